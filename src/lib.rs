@@ -1,0 +1,14 @@
+//! xdpblast: a file preloaded into an AF_XDP UMEM, sent as UDP at wire speed,
+//! rebuilt and verified with BLAKE3 on the other side.
+//!
+//! The folders explain the architecture:
+//! - [`wire`]: bytes on the wire, checked views for untrusted input;
+//! - [`proto`]: the transfer protocol as pure state machines, time passed in;
+//! - [`afxdp`]: the kernel-facing parts (UMEM, XSK rings, our XDP program), the
+//!   only place with ring and UMEM `unsafe`;
+//! - [`net`]: interface facts and the neighbour table, over netlink;
+//! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
+//! - [`report`]: human and JSON output.
+
+pub mod wire;
+pub mod proto;

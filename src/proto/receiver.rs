@@ -1,0 +1,508 @@
+//! The receiving side of a transfer, as a state machine without I/O.
+//!
+//! The driver feeds it datagrams (data path and control path) and the current
+//! time; it answers with where to write each payload, control datagrams to
+//! send, and events the driver must act on (create the output, verify it).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::chunkset::ChunkSet;
+use crate::wire::message::{Message, Nack, SessionInfo};
+use crate::wire::WireError;
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Give up when nothing arrives from the sender for this long.
+    pub idle_timeout: Duration,
+    /// How often missing chunks are reported (and a heartbeat sent).
+    pub nack_interval: Duration,
+    /// Most NACK datagrams in one round.
+    pub max_nack_parts: u16,
+    /// Chunks one NACK datagram can describe (its bitmap has nbits/8 bytes).
+    pub nack_window_bits: u32,
+    /// After success, stay to answer repeated end probes until this long passes
+    /// without one (the final ack may have been lost).
+    pub linger: Duration,
+    /// Accept a session only from this address.
+    pub allow_from: Option<IpAddr>,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            idle_timeout: Duration::from_secs(10),
+            nack_interval: Duration::from_millis(10),
+            max_nack_parts: 32,
+            nack_window_bits: 8192,
+            linger: Duration::from_millis(300),
+            allow_from: None,
+        }
+    }
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Wire(WireError),
+    /// Data before any session was opened.
+    NoSession,
+    /// From an address or port other than the one that opened the session.
+    WrongSource,
+    WrongSession,
+    /// Chunk index beyond the end of the file.
+    OutOfRange,
+    /// Payload length is not the chunk's length.
+    BadLength,
+    /// Already held.
+    Duplicate,
+    /// A kind that does not belong on this path.
+    WrongKind,
+    /// Session parameters disagree with the ones agreed at Hello.
+    InfoMismatch,
+    /// A second sender tried to open a session while one is active.
+    Busy,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 16] = [
+        DropReason::Wire(WireError::Truncated),
+        DropReason::Wire(WireError::BadMagic),
+        DropReason::Wire(WireError::BadVersion),
+        DropReason::Wire(WireError::BadLength),
+        DropReason::Wire(WireError::UnknownKind),
+        DropReason::Wire(WireError::BadBody),
+        DropReason::Wire(WireError::NotUdp),
+        DropReason::NoSession,
+        DropReason::WrongSource,
+        DropReason::WrongSession,
+        DropReason::OutOfRange,
+        DropReason::BadLength,
+        DropReason::Duplicate,
+        DropReason::WrongKind,
+        DropReason::InfoMismatch,
+        DropReason::Busy,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            DropReason::Wire(WireError::Truncated) => 0,
+            DropReason::Wire(WireError::BadMagic) => 1,
+            DropReason::Wire(WireError::BadVersion) => 2,
+            DropReason::Wire(WireError::BadLength) => 3,
+            DropReason::Wire(WireError::UnknownKind) => 4,
+            DropReason::Wire(WireError::BadBody) => 5,
+            DropReason::Wire(WireError::NotUdp) => 6,
+            DropReason::NoSession => 7,
+            DropReason::WrongSource => 8,
+            DropReason::WrongSession => 9,
+            DropReason::OutOfRange => 10,
+            DropReason::BadLength => 11,
+            DropReason::Duplicate => 12,
+            DropReason::WrongKind => 13,
+            DropReason::InfoMismatch => 14,
+            DropReason::Busy => 15,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Wire(e) => e.as_str(),
+            DropReason::NoSession => "no_session",
+            DropReason::WrongSource => "wrong_source",
+            DropReason::WrongSession => "wrong_session",
+            DropReason::OutOfRange => "out_of_range",
+            DropReason::BadLength => "bad_chunk_length",
+            DropReason::Duplicate => "duplicate",
+            DropReason::WrongKind => "wrong_kind",
+            DropReason::InfoMismatch => "info_mismatch",
+            DropReason::Busy => "busy",
+        }
+    }
+}
+
+/// Dropped datagrams, by reason.
+#[derive(Debug, Clone, Default)]
+pub struct DropCounts([u64; DropReason::ALL.len()]);
+
+impl DropCounts {
+    pub fn add(&mut self, r: DropReason) {
+        self.0[r.index()] += 1;
+    }
+    pub fn get(&self, r: DropReason) -> u64 {
+        self.0[r.index()]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// Non-zero counters by name.
+    pub fn by_name(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        DropReason::ALL
+            .iter()
+            .filter(|r| self.get(**r) > 0)
+            .map(|r| (r.as_str(), self.get(*r)))
+            .collect()
+    }
+}
+
+impl Serialize for DropCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.by_name().serialize(s)
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A session opened: prepare an output of `info.file_size` bytes. On failure
+    /// call [`Receiver::abort`].
+    Start { info: SessionInfo, peer: SocketAddr },
+    /// Every chunk is in: hash the output and call [`Receiver::verified`].
+    Verify,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    #[error("no data from the sender for {0:?} (idle timeout); is the sender running and the route right?")]
+    IdleTimeout(Duration),
+    #[error("digest mismatch: the file received does not match the sender's BLAKE3 digest")]
+    DigestMismatch,
+    #[error("the sender aborted: {0}")]
+    PeerAborted(String),
+    #[error("{0}")]
+    Local(String),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RecvSummary {
+    pub file_size: u64,
+    pub chunks: u64,
+    pub digest: [u8; 32],
+}
+
+#[derive(Debug)]
+enum State {
+    Listening,
+    Receiving,
+    Verifying,
+    /// Done was sent; `ok` says whether the digest matched.
+    Complete { ok: bool, last_probe: Instant },
+    Finished,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    peer: SocketAddr,
+    info: SessionInfo,
+    chunks: ChunkSet,
+    /// Highest chunk index seen + 1, now and at the previous NACK tick.
+    high: u64,
+    high_at_last_tick: u64,
+    /// The sender has signalled the end of a pass: every gap is a loss.
+    end_seen: bool,
+    round: u64,
+    digest: Option<[u8; 32]>,
+}
+
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    state: State,
+    session: Option<Session>,
+    last_heard: Instant,
+    next_nack: Instant,
+    transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<Event>,
+    outcome: Option<Result<RecvSummary, RecvError>>,
+    pub drops: DropCounts,
+    /// Payload bytes accepted (each chunk once).
+    pub bytes: u64,
+    pub nacks_sent: u64,
+    pub first_data: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+impl Receiver {
+    pub fn new(cfg: ReceiverConfig, now: Instant) -> Receiver {
+        Receiver {
+            next_nack: now + cfg.nack_interval,
+            cfg,
+            state: State::Listening,
+            session: None,
+            last_heard: now,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            outcome: None,
+            drops: DropCounts::default(),
+            bytes: 0,
+            nacks_sent: 0,
+            first_data: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn info(&self) -> Option<&SessionInfo> {
+        self.session.as_ref().map(|s| &s.info)
+    }
+
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.session.as_ref().map(|s| s.peer)
+    }
+
+    pub fn chunks_received(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.chunks.count())
+    }
+
+    /// A datagram from the data path. Returns the file offset and bytes to
+    /// write, or `None` if it was dropped (and counted) or carried no data.
+    pub fn on_data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a [u8]) -> Option<(u64, &'a [u8])> {
+        match self.data(now, from, bytes) {
+            Ok(w) => w,
+            Err(r) => {
+                self.drops.add(r);
+                None
+            }
+        }
+    }
+
+    fn data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a [u8]) -> Result<Option<(u64, &'a [u8])>, DropReason> {
+        let msg = Message::parse(bytes).map_err(DropReason::Wire)?;
+        let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
+        if from != s.peer {
+            return Err(DropReason::WrongSource);
+        }
+        match msg {
+            Message::Data { session, chunk, payload } => {
+                if session != s.id {
+                    return Err(DropReason::WrongSession);
+                }
+                let want = s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)?;
+                if payload.len() != want {
+                    return Err(DropReason::BadLength);
+                }
+                self.last_heard = now;
+                s.high = s.high.max(chunk + 1);
+                if !s.chunks.insert(chunk) {
+                    return Err(DropReason::Duplicate);
+                }
+                self.first_data.get_or_insert(now);
+                self.bytes += payload.len() as u64;
+                if s.chunks.is_complete() && matches!(self.state, State::Receiving) {
+                    self.state = State::Verifying;
+                    self.events.push_back(Event::Verify);
+                }
+                Ok(Some((chunk * u64::from(s.info.chunk_size), payload)))
+            }
+            Message::Meta { session, last, info } => {
+                if session != s.id {
+                    return Err(DropReason::WrongSession);
+                }
+                if info != s.info {
+                    return Err(DropReason::InfoMismatch);
+                }
+                self.last_heard = now;
+                if last {
+                    s.end_seen = true;
+                }
+                Ok(None)
+            }
+            _ => Err(DropReason::WrongKind),
+        }
+    }
+
+    /// A datagram on the control socket.
+    pub fn on_control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if let Err(r) = self.control(now, from, bytes) {
+            self.drops.add(r);
+        }
+    }
+
+    fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
+        let msg = Message::parse(bytes).map_err(DropReason::Wire)?;
+        match msg {
+            Message::Hello { session, info } => match &self.session {
+                None => {
+                    if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
+                        return Err(DropReason::WrongSource);
+                    }
+                    self.session = Some(Session {
+                        id: session,
+                        peer: from,
+                        info,
+                        chunks: ChunkSet::new(info.n_chunks),
+                        high: 0,
+                        high_at_last_tick: 0,
+                        end_seen: false,
+                        round: 0,
+                        digest: None,
+                    });
+                    self.last_heard = now;
+                    self.state = State::Receiving;
+                    self.events.push_back(Event::Start { info, peer: from });
+                    self.transmit.push_back((from, Message::HelloAck { session }.to_vec()));
+                    if info.n_chunks == 0 {
+                        self.state = State::Verifying;
+                        self.events.push_back(Event::Verify);
+                    }
+                    Ok(())
+                }
+                Some(s) if s.id == session && s.peer == from => {
+                    // Our ack was lost: say it again.
+                    self.last_heard = now;
+                    self.transmit.push_back((from, Message::HelloAck { session }.to_vec()));
+                    Ok(())
+                }
+                Some(_) => {
+                    self.transmit.push_back((from, Message::Abort { session, reason: "receiver busy with another session" }.to_vec()));
+                    Err(DropReason::Busy)
+                }
+            },
+            Message::End { session, info } => {
+                let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
+                if from != s.peer {
+                    return Err(DropReason::WrongSource);
+                }
+                if session != s.id {
+                    return Err(DropReason::WrongSession);
+                }
+                if info != s.info {
+                    return Err(DropReason::InfoMismatch);
+                }
+                self.last_heard = now;
+                s.end_seen = true;
+                match &mut self.state {
+                    State::Complete { ok, last_probe } => {
+                        *last_probe = now;
+                        let digest = s.digest.unwrap_or([0; 32]);
+                        self.transmit.push_back((from, Message::Done { session, ok: *ok, digest }.to_vec()));
+                    }
+                    // Report what is missing without waiting for the timer.
+                    State::Receiving => self.next_nack = now,
+                    _ => {}
+                }
+                Ok(())
+            }
+            Message::Abort { session, reason } => {
+                let s = self.session.as_ref().ok_or(DropReason::NoSession)?;
+                if from != s.peer || session != s.id {
+                    return Err(DropReason::WrongSource);
+                }
+                self.fail(RecvError::PeerAborted(reason.to_string()));
+                Ok(())
+            }
+            _ => Err(DropReason::WrongKind),
+        }
+    }
+
+    /// The driver hashed the output.
+    pub fn verified(&mut self, now: Instant, digest: [u8; 32]) {
+        let Some(s) = self.session.as_mut() else { return };
+        if !matches!(self.state, State::Verifying) {
+            return;
+        }
+        let ok = digest == s.info.digest;
+        s.digest = Some(digest);
+        self.transmit.push_back((s.peer, Message::Done { session: s.id, ok, digest }.to_vec()));
+        self.state = State::Complete { ok, last_probe: now };
+        self.outcome = Some(if ok {
+            Ok(RecvSummary { file_size: s.info.file_size, chunks: s.info.n_chunks, digest })
+        } else {
+            Err(RecvError::DigestMismatch)
+        });
+    }
+
+    /// The driver could not go on (output could not be created, disk full...).
+    /// Tells the sender and finishes with `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        if let Some(s) = &self.session {
+            self.transmit.push_back((s.peer, Message::Abort { session: s.id, reason }.to_vec()));
+        }
+        self.fail(RecvError::Local(reason.to_string()));
+    }
+
+    fn fail(&mut self, e: RecvError) {
+        self.state = State::Finished;
+        if !matches!(self.outcome, Some(Ok(_))) {
+            self.outcome = Some(Err(e));
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next instant [`Receiver::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Finished => None,
+            State::Complete { last_probe, .. } => Some(*last_probe + self.cfg.linger),
+            State::Receiving => Some(self.next_nack.min(self.last_heard + self.cfg.idle_timeout)),
+            _ => Some(self.last_heard + self.cfg.idle_timeout),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            State::Finished => {}
+            State::Complete { last_probe, .. } => {
+                if now >= *last_probe + self.cfg.linger {
+                    self.state = State::Finished;
+                }
+            }
+            State::Listening | State::Verifying | State::Receiving => {
+                if now >= self.last_heard + self.cfg.idle_timeout {
+                    self.fail(RecvError::IdleTimeout(self.cfg.idle_timeout));
+                    return;
+                }
+                if matches!(self.state, State::Receiving) && now >= self.next_nack {
+                    self.next_nack = now + self.cfg.nack_interval;
+                    self.send_nacks();
+                }
+            }
+        }
+    }
+
+    /// One NACK round: bitmaps of the missing chunks below the watermark, or a
+    /// bare heartbeat when nothing is missing yet.
+    fn send_nacks(&mut self) {
+        let Some(s) = self.session.as_mut() else { return };
+        // A gap above last tick's high-water mark may still be reordering.
+        let watermark = if s.end_seen { s.info.n_chunks } else { s.high_at_last_tick };
+        s.high_at_last_tick = s.high;
+        s.round += 1;
+        let mut from = 0;
+        let mut part = 0u16;
+        while part < self.cfg.max_nack_parts {
+            let Some(base) = s.chunks.next_missing(from, watermark) else { break };
+            let room = u32::try_from(watermark - base).unwrap_or(u32::MAX);
+            let nbits = s.chunks.missing_bitmap(base, self.cfg.nack_window_bits.min(room), &mut self.scratch);
+            let nack = Nack { round: s.round, part, received: s.chunks.count(), base, nbits, bitmap: &self.scratch };
+            self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
+            part += 1;
+            from = base + u64::from(nbits);
+        }
+        if part == 0 {
+            let nack = Nack { round: s.round, part: 0, received: s.chunks.count(), base: 0, nbits: 0, bitmap: &[] };
+            self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
+        }
+        self.nacks_sent += u64::from(part);
+    }
+
+    /// `Some` once the transfer has succeeded or failed.
+    pub fn outcome(&self) -> Option<&Result<RecvSummary, RecvError>> {
+        self.outcome.as_ref()
+    }
+
+    /// True when the driver may exit: failed, or succeeded and done lingering.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}

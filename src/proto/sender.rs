@@ -1,0 +1,309 @@
+//! The sending side of a transfer, as a state machine without I/O.
+//!
+//! It decides which prebuilt frame goes out next (the transmit plan: the
+//! first-pass Meta, retransmits with priority, the first pass in order, the
+//! closing Meta) and which control datagrams to send (Hello, end probes). The
+//! driver owns the rings and the socket; frames are never modified, so a
+//! retransmit is the same frame posted again.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::wire::message::{Message, SessionInfo};
+use crate::wire::WireError;
+
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Hello is repeated this often until acknowledged.
+    pub hello_interval: Duration,
+    /// End probes are repeated this often while nothing is left to send.
+    pub probe_interval: Duration,
+    /// Give up when the receiver has said nothing for this long.
+    pub timeout: Duration,
+    /// Least time between the last retransmit of a repair round and accepting
+    /// the next round, so chunks still in flight are not sent twice. Raised to
+    /// twice the handshake round trip when that is longer.
+    pub repair_guard: Duration,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            hello_interval: Duration::from_millis(100),
+            probe_interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(10),
+            repair_guard: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A prebuilt frame the driver should post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameId {
+    Data(u64),
+    /// Session info on the data path: first packet (`last == false`) and the
+    /// packet that ends the first pass (`last == true`).
+    Meta { last: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no answer from the receiver for {0:?} during the handshake; is `xdpblast recv` running and reachable?")]
+    HandshakeTimeout(Duration),
+    #[error("the receiver went silent for {0:?} mid-transfer")]
+    Timeout(Duration),
+    #[error("the receiver reports a digest mismatch: the file it rebuilt differs from ours")]
+    DigestMismatch,
+    #[error("the receiver aborted: {0}")]
+    ReceiverAborted(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SendStats {
+    /// Data frames posted in the first pass.
+    pub first_pass: u64,
+    /// Data frames posted again because the receiver reported them missing.
+    pub retransmits: u64,
+    pub meta_frames: u64,
+    pub end_probes: u64,
+    pub nack_rounds: u64,
+    /// NACKs ignored as stale or too soon after a repair.
+    pub nacks_ignored: u64,
+    /// Chunks the receiver last reported holding.
+    pub peer_received: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Handshake { first_hello: Option<Instant>, next_hello: Instant },
+    Transfer,
+    Finished,
+}
+
+#[derive(Debug)]
+pub struct Sender {
+    cfg: SenderConfig,
+    session: u64,
+    info: SessionInfo,
+    state: State,
+    next_first_pass: u64,
+    meta_first_sent: bool,
+    meta_last_sent: bool,
+    repairs: VecDeque<u64>,
+    round: Option<u64>,
+    round_parts: HashSet<u16>,
+    last_repair_post: Option<Instant>,
+    repair_guard: Duration,
+    last_heard: Instant,
+    next_probe: Instant,
+    outcome: Option<Result<(), SendError>>,
+    pub stats: SendStats,
+    pub rtt: Option<Duration>,
+}
+
+impl Sender {
+    pub fn new(cfg: SenderConfig, session: u64, info: SessionInfo, now: Instant) -> Sender {
+        Sender {
+            repair_guard: cfg.repair_guard,
+            cfg,
+            session,
+            info,
+            state: State::Handshake { first_hello: None, next_hello: now },
+            next_first_pass: 0,
+            meta_first_sent: false,
+            meta_last_sent: false,
+            repairs: VecDeque::new(),
+            round: None,
+            round_parts: HashSet::new(),
+            last_repair_post: None,
+            last_heard: now,
+            next_probe: now,
+            outcome: None,
+            stats: SendStats::default(),
+            rtt: None,
+        }
+    }
+
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    pub fn is_transferring(&self) -> bool {
+        matches!(self.state, State::Transfer)
+    }
+
+    fn pass_done(&self) -> bool {
+        self.next_first_pass >= self.info.n_chunks && self.meta_last_sent
+    }
+
+    /// Frames still queued for posting (repairs plus the rest of the first pass).
+    pub fn backlog(&self) -> u64 {
+        self.repairs.len() as u64 + (self.info.n_chunks - self.next_first_pass)
+    }
+
+    /// Fills `out` with the next frames to post; returns how many.
+    pub fn next_frames(&mut self, now: Instant, out: &mut [FrameId]) -> usize {
+        if !matches!(self.state, State::Transfer) {
+            return 0;
+        }
+        let mut n = 0;
+        if !self.meta_first_sent && n < out.len() {
+            out[n] = FrameId::Meta { last: false };
+            self.meta_first_sent = true;
+            self.stats.meta_frames += 1;
+            n += 1;
+        }
+        while n < out.len() {
+            if let Some(chunk) = self.repairs.pop_front() {
+                out[n] = FrameId::Data(chunk);
+                self.stats.retransmits += 1;
+                self.last_repair_post = Some(now);
+            } else if self.next_first_pass < self.info.n_chunks {
+                out[n] = FrameId::Data(self.next_first_pass);
+                self.next_first_pass += 1;
+                self.stats.first_pass += 1;
+            } else if !self.meta_last_sent {
+                out[n] = FrameId::Meta { last: true };
+                self.meta_last_sent = true;
+                self.stats.meta_frames += 1;
+                // The first end probe follows one probe interval after the pass.
+                self.next_probe = now + self.cfg.probe_interval;
+            } else {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The next control datagram to send, if one is due.
+    pub fn poll_control(&mut self, now: Instant) -> Option<Vec<u8>> {
+        match &mut self.state {
+            State::Handshake { first_hello, next_hello } => {
+                if now < *next_hello {
+                    return None;
+                }
+                first_hello.get_or_insert(now);
+                *next_hello = now + self.cfg.hello_interval;
+                Some(Message::Hello { session: self.session, info: self.info }.to_vec())
+            }
+            State::Transfer => {
+                if !self.pass_done() || !self.repairs.is_empty() || now < self.next_probe {
+                    return None;
+                }
+                self.next_probe = now + self.cfg.probe_interval;
+                self.stats.end_probes += 1;
+                Some(Message::End { session: self.session, info: self.info }.to_vec())
+            }
+            State::Finished => None,
+        }
+    }
+
+    /// A datagram from the receiver's control socket. Errors are for counting;
+    /// the datagram is simply ignored.
+    pub fn on_control(&mut self, now: Instant, bytes: &[u8]) -> Result<(), WireError> {
+        let msg = Message::parse(bytes)?;
+        let session = match &msg {
+            Message::HelloAck { session }
+            | Message::Nack { session, .. }
+            | Message::Done { session, .. }
+            | Message::Abort { session, .. } => *session,
+            _ => return Err(WireError::UnknownKind),
+        };
+        if session != self.session || matches!(self.state, State::Finished) {
+            return Err(WireError::BadBody);
+        }
+        self.last_heard = now;
+        match msg {
+            Message::HelloAck { .. } => {
+                if let State::Handshake { first_hello, .. } = self.state {
+                    let rtt = first_hello.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+                    self.rtt = Some(rtt);
+                    self.repair_guard = self.cfg.repair_guard.max(rtt * 2);
+                    self.state = State::Transfer;
+                }
+            }
+            Message::Nack { nack, .. } => {
+                if !matches!(self.state, State::Transfer) {
+                    return Ok(());
+                }
+                self.stats.peer_received = self.stats.peer_received.max(nack.received);
+                if nack.nbits == 0 {
+                    return Ok(()); // heartbeat
+                }
+                let same_round = self.round == Some(nack.round);
+                let newer = self.round.is_none_or(|r| nack.round > r);
+                let settled = self.repairs.is_empty()
+                    && self.last_repair_post.is_none_or(|t| now >= t + self.repair_guard);
+                if same_round {
+                    if !self.round_parts.insert(nack.part) {
+                        return Ok(()); // duplicate datagram
+                    }
+                } else if newer && settled {
+                    self.round = Some(nack.round);
+                    self.round_parts.clear();
+                    self.round_parts.insert(nack.part);
+                    self.stats.nack_rounds += 1;
+                } else {
+                    self.stats.nacks_ignored += 1;
+                    return Ok(());
+                }
+                // Only chunks already sent can be lost; anything else is noise.
+                let limit = self.next_first_pass;
+                self.repairs.extend(nack.missing().filter(|c| *c < limit));
+            }
+            Message::Done { ok, digest, .. } => {
+                self.state = State::Finished;
+                self.outcome = Some(if ok && digest == self.info.digest { Ok(()) } else { Err(SendError::DigestMismatch) });
+            }
+            Message::Abort { reason, .. } => {
+                self.state = State::Finished;
+                self.outcome = Some(Err(SendError::ReceiverAborted(reason.to_string())));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = self.last_heard + self.cfg.timeout;
+        match &self.state {
+            State::Handshake { next_hello, .. } => Some((*next_hello).min(deadline)),
+            State::Transfer if self.pass_done() && self.repairs.is_empty() => Some(self.next_probe.min(deadline)),
+            State::Transfer => Some(deadline),
+            State::Finished => None,
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.last_heard + self.cfg.timeout {
+            return;
+        }
+        let err = match self.state {
+            State::Handshake { .. } => SendError::HandshakeTimeout(self.cfg.timeout),
+            State::Transfer => SendError::Timeout(self.cfg.timeout),
+            State::Finished => return,
+        };
+        self.state = State::Finished;
+        self.outcome = Some(Err(err));
+    }
+
+    /// Ends the transfer from the driver's side (e.g. the link went down).
+    pub fn fail_local(&mut self) {
+        self.state = State::Finished;
+    }
+
+    pub fn outcome(&self) -> Option<&Result<(), SendError>> {
+        self.outcome.as_ref()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}

@@ -1,0 +1,380 @@
+//! Deterministic tests of the protocol over a simulated network.
+//!
+//! Virtual time, a seeded PRNG, and a network that can lose, reorder and
+//! duplicate datagrams on each path. No sockets, no sleeping.
+
+use std::collections::BinaryHeap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::receiver::{Event, RecvError};
+use super::sender::SendError;
+use super::*;
+use crate::wire::message::{Message, SessionInfo};
+
+const SENDER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000));
+const RECEIVER_CTRL: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 9001));
+
+#[derive(Clone, Copy, Debug, Default)]
+struct PathFaults {
+    loss: f64,
+    dup: f64,
+    /// Probability of extra delay, up to `reorder_spread`.
+    reorder: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum To {
+    ReceiverData,
+    ReceiverCtrl,
+    Sender,
+}
+
+#[derive(PartialEq, Eq)]
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    to: To,
+    bytes: Vec<u8>,
+}
+impl Ord for InFlight {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq)) // min-heap
+    }
+}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+struct Sim {
+    rng: u64,
+    now: Instant,
+    seq: u64,
+    net: BinaryHeap<InFlight>,
+    data_faults: PathFaults,
+    ctrl_faults: PathFaults,
+    latency: Duration,
+    reorder_spread: Duration,
+    /// Drop the first N Done messages (lost final ack).
+    drop_done: u32,
+    file: Vec<u8>,
+    chunk: u32,
+    out: Vec<u8>,
+    /// Data frames the sender may post per 100 µs step.
+    rate: usize,
+}
+
+struct Outcome {
+    send: Result<(), SendError>,
+    recv: Result<(), RecvError>,
+    out: Vec<u8>,
+    retransmits: u64,
+    duplicates: u64,
+}
+
+impl Sim {
+    fn new(size: usize, chunk: u32, seed: u64) -> Sim {
+        let mut s = Sim {
+            rng: seed | 1,
+            now: Instant::now(),
+            seq: 0,
+            net: BinaryHeap::new(),
+            data_faults: PathFaults::default(),
+            ctrl_faults: PathFaults::default(),
+            latency: Duration::from_micros(50),
+            reorder_spread: Duration::from_micros(500),
+            drop_done: 0,
+            file: Vec::new(),
+            chunk,
+            out: Vec::new(),
+            rate: 16,
+        };
+        s.file = (0..size).map(|_| s.next_u64() as u8).collect();
+        s
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    fn send(&mut self, to: To, bytes: Vec<u8>) {
+        let faults = if to == To::ReceiverData { self.data_faults } else { self.ctrl_faults };
+        if to == To::Sender && self.drop_done > 0 && matches!(Message::parse(&bytes), Ok(Message::Done { .. })) {
+            self.drop_done -= 1;
+            return;
+        }
+        if self.chance(faults.loss) {
+            return;
+        }
+        let copies = if self.chance(faults.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut at = self.now + self.latency;
+            if self.chance(faults.reorder) {
+                at += self.reorder_spread.mul_f64((self.next_u64() % 1000) as f64 / 1000.0);
+            }
+            self.seq += 1;
+            self.net.push(InFlight { at, seq: self.seq, to, bytes: bytes.clone() });
+        }
+    }
+
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            file_size: self.file.len() as u64,
+            chunk_size: self.chunk,
+            n_chunks: chunk_count(self.file.len() as u64, self.chunk),
+            digest: *blake3::hash(&self.file).as_bytes(),
+        }
+    }
+
+    fn frame(&self, id: FrameId, session: u64, info: &SessionInfo) -> Vec<u8> {
+        match id {
+            FrameId::Data(c) => {
+                let start = (c * u64::from(self.chunk)) as usize;
+                let end = (start + self.chunk as usize).min(self.file.len());
+                Message::Data { session, chunk: c, payload: &self.file[start..end] }.to_vec()
+            }
+            FrameId::Meta { last } => Message::Meta { session, last, info: *info }.to_vec(),
+        }
+    }
+
+    fn run(mut self) -> Outcome {
+        let info = self.info();
+        let start = self.now;
+        let mut tx = Sender::new(SenderConfig::default(), 0xabcd, info, self.now);
+        let mut rx = Receiver::new(ReceiverConfig::default(), self.now);
+        let mut ids = vec![FrameId::Meta { last: false }; self.rate];
+        let step = Duration::from_micros(100);
+        while !(tx.is_finished() && rx.is_finished()) {
+            assert!(self.now - start < Duration::from_secs(120), "simulation did not converge");
+            // Sender: control, then frames.
+            while let Some(c) = tx.poll_control(self.now) {
+                self.send(To::ReceiverCtrl, c);
+            }
+            let n = tx.next_frames(self.now, &mut ids);
+            for id in ids[..n].to_vec() {
+                let f = self.frame(id, tx.session(), &info);
+                self.send(To::ReceiverData, f);
+            }
+            // Network delivery up to now.
+            while self.net.peek().is_some_and(|p| p.at <= self.now) {
+                let Some(p) = self.net.pop() else { break };
+                match p.to {
+                    To::ReceiverData => {
+                        if let Some((off, payload)) = rx.on_data(self.now, SENDER, &p.bytes) {
+                            let off = off as usize;
+                            self.out[off..off + payload.len()].copy_from_slice(payload);
+                        }
+                    }
+                    To::ReceiverCtrl => rx.on_control(self.now, SENDER, &p.bytes),
+                    To::Sender => {
+                        let _ = tx.on_control(self.now, &p.bytes);
+                    }
+                }
+                while let Some(ev) = rx.poll_event() {
+                    match ev {
+                        Event::Start { info, peer } => {
+                            assert_eq!(peer, SENDER);
+                            self.out = vec![0; info.file_size as usize];
+                        }
+                        Event::Verify => {
+                            let d = *blake3::hash(&self.out).as_bytes();
+                            rx.verified(self.now, d);
+                        }
+                    }
+                }
+            }
+            while let Some((to, bytes)) = rx.poll_transmit() {
+                assert_eq!(to, SENDER);
+                self.send(To::Sender, bytes);
+            }
+            if tx.poll_timeout().is_some_and(|t| t <= self.now) {
+                tx.handle_timeout(self.now);
+            }
+            if rx.poll_timeout().is_some_and(|t| t <= self.now) {
+                rx.handle_timeout(self.now);
+            }
+            self.now += step;
+        }
+        Outcome {
+            send: tx.outcome().cloned().unwrap_or(Err(SendError::Timeout(Duration::ZERO))),
+            recv: rx.outcome().cloned().map(|r| r.map(|_| ())).unwrap_or(Err(RecvError::Local("no outcome".into()))),
+            out: self.out,
+            retransmits: tx.stats.retransmits,
+            duplicates: rx.drops.get(receiver::DropReason::Duplicate),
+        }
+    }
+}
+
+fn assert_delivered(o: &Outcome, file: &[u8]) {
+    assert_eq!(o.send, Ok(()));
+    assert_eq!(o.recv, Ok(()));
+    assert!(o.out == file, "output differs from input");
+}
+
+#[test]
+fn clean_network_delivers_without_retransmits() {
+    let sim = Sim::new(100_000, 1000, 1);
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert_eq!(o.retransmits, 0);
+}
+
+#[test]
+fn loss_on_data_path_is_repaired() {
+    for seed in 1..6 {
+        let mut sim = Sim::new(300_000, 1000, seed);
+        sim.data_faults.loss = 0.05;
+        let file = sim.file.clone();
+        let o = sim.run();
+        assert_delivered(&o, &file);
+        assert!(o.retransmits > 0, "seed {seed}: 5% loss must cause retransmits");
+        // 300 chunks at 5% loss: expect ~16 lost; repairs must stay far below a resend.
+        assert!(o.retransmits < 100, "seed {seed}: {} retransmits", o.retransmits);
+    }
+}
+
+#[test]
+fn heavy_loss_on_both_paths_still_converges() {
+    let mut sim = Sim::new(200_000, 1000, 7);
+    sim.data_faults.loss = 0.3;
+    sim.ctrl_faults.loss = 0.3;
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+}
+
+#[test]
+fn reordering_and_duplication_are_harmless() {
+    let mut sim = Sim::new(200_000, 999, 11);
+    sim.data_faults = PathFaults { loss: 0.0, dup: 0.1, reorder: 0.3 };
+    sim.ctrl_faults = PathFaults { loss: 0.0, dup: 0.1, reorder: 0.3 };
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert!(o.duplicates > 0, "duplicated frames must be counted as duplicates");
+}
+
+#[test]
+fn lost_final_ack_is_answered_again() {
+    let mut sim = Sim::new(50_000, 1000, 3);
+    sim.drop_done = 2;
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+}
+
+#[test]
+fn empty_file_transfers() {
+    let sim = Sim::new(0, 1000, 5);
+    let o = sim.run();
+    assert_eq!(o.send, Ok(()));
+    assert_eq!(o.recv, Ok(()));
+    assert!(o.out.is_empty());
+}
+
+#[test]
+fn corrupted_output_fails_digest_on_both_sides() {
+    let now = Instant::now();
+    let data = vec![5u8; 3000];
+    let info = SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: *blake3::hash(&data).as_bytes() };
+    let mut rx = Receiver::new(ReceiverConfig::default(), now);
+    rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
+    for c in 0..3 {
+        let m = Message::Data { session: 1, chunk: c, payload: &data[..1000] }.to_vec();
+        assert!(rx.on_data(now, SENDER, &m).is_some());
+    }
+    assert!(matches!(rx.poll_event(), Some(Event::Start { .. })));
+    assert_eq!(rx.poll_event(), Some(Event::Verify));
+    rx.verified(now, [0; 32]);
+    assert_eq!(rx.outcome(), Some(&Err(RecvError::DigestMismatch)));
+    let _ack = rx.poll_transmit();
+    let (_, done) = rx.poll_transmit().unwrap();
+    let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
+    tx.poll_control(now);
+    tx.on_control(now, &Message::HelloAck { session: 1 }.to_vec()).unwrap();
+    tx.on_control(now, &done).unwrap();
+    assert_eq!(tx.outcome(), Some(&Err(SendError::DigestMismatch)));
+}
+
+#[test]
+fn hostile_datagrams_are_dropped_and_counted() {
+    use super::receiver::DropReason;
+    let now = Instant::now();
+    let data = vec![1u8; 2500];
+    let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: *blake3::hash(&data).as_bytes() };
+    let mut rx = Receiver::new(ReceiverConfig::default(), now);
+    let stranger: SocketAddr = "192.0.2.66:40000".parse().unwrap();
+    // Data before any session.
+    assert!(rx.on_data(now, SENDER, &Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec()).is_none());
+    rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
+    let cases: Vec<(SocketAddr, Vec<u8>, DropReason)> = vec![
+        (SENDER, vec![0xff; 40], DropReason::Wire(crate::wire::WireError::BadMagic)),
+        (SENDER, vec![0; 5], DropReason::Wire(crate::wire::WireError::Truncated)),
+        (stranger, Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::WrongSource),
+        (SENDER, Message::Data { session: 2, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::WrongSession),
+        (SENDER, Message::Data { session: 1, chunk: 3, payload: &data[..500] }.to_vec(), DropReason::OutOfRange),
+        (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.to_vec(), DropReason::BadLength),
+        (SENDER, Message::HelloAck { session: 1 }.to_vec(), DropReason::WrongKind),
+    ];
+    for (from, bytes, reason) in &cases {
+        let before = rx.drops.get(*reason);
+        assert!(rx.on_data(now, *from, bytes).is_none(), "{reason:?} must be dropped");
+        assert_eq!(rx.drops.get(*reason), before + 1, "{reason:?} must be counted");
+    }
+    assert_eq!(rx.drops.get(DropReason::NoSession), 1);
+    assert_eq!(rx.chunks_received(), 0);
+    // A second sender cannot take over.
+    rx.on_control(now, stranger, &Message::Hello { session: 9, info }.to_vec());
+    assert_eq!(rx.drops.get(DropReason::Busy), 1);
+    assert_eq!(rx.peer(), Some(SENDER));
+}
+
+#[test]
+fn receiver_idle_timeout_fails_with_clear_error() {
+    let now = Instant::now();
+    let mut rx = Receiver::new(ReceiverConfig { idle_timeout: Duration::from_secs(2), ..Default::default() }, now);
+    rx.handle_timeout(now + Duration::from_secs(1));
+    assert!(rx.outcome().is_none());
+    rx.handle_timeout(now + Duration::from_secs(2));
+    assert_eq!(rx.outcome(), Some(&Err(RecvError::IdleTimeout(Duration::from_secs(2)))));
+    assert!(rx.is_finished());
+}
+
+#[test]
+fn sender_handshake_timeout_fails_with_clear_error() {
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 1, chunk_size: 1, n_chunks: 1, digest: [0; 32] };
+    let mut tx = Sender::new(SenderConfig { timeout: Duration::from_secs(3), ..Default::default() }, 1, info, now);
+    assert!(tx.poll_control(now).is_some(), "Hello goes out at once");
+    tx.handle_timeout(now + Duration::from_secs(3));
+    assert_eq!(tx.outcome(), Some(&Err(SendError::HandshakeTimeout(Duration::from_secs(3)))));
+}
+
+#[test]
+fn nack_for_unsent_chunks_is_ignored() {
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: [0; 32] };
+    let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
+    tx.poll_control(now);
+    tx.on_control(now, &Message::HelloAck { session: 1 }.to_vec()).unwrap();
+    let mut ids = [FrameId::Meta { last: false }; 3];
+    assert_eq!(tx.next_frames(now, &mut ids), 3); // Meta, 0, 1
+    let bitmap = [0xffu8, 0x03];
+    let nack = crate::wire::message::Nack { round: 1, part: 0, received: 0, base: 0, nbits: 10, bitmap: &bitmap };
+    tx.on_control(now, &Message::Nack { session: 1, nack }.to_vec()).unwrap();
+    let mut ids = [FrameId::Meta { last: false }; 4];
+    let n = tx.next_frames(now, &mut ids);
+    // Repairs first (only 0 and 1 were ever sent), then the first pass resumes.
+    assert_eq!(&ids[..n], &[FrameId::Data(0), FrameId::Data(1), FrameId::Data(2), FrameId::Data(3)]);
+    assert_eq!(tx.stats.retransmits, 2);
+}

@@ -1,0 +1,434 @@
+//! The xdpblast header and the messages it frames.
+//!
+//! Every datagram, data or control, starts with the same 24-byte header:
+//!
+//! ```text
+//!  0      4       5      6        8                16               24
+//!  +------+-------+------+--------+----------------+----------------+------
+//!  |magic |version| kind |body len|   session id   |      seq       | body
+//!  +------+-------+------+--------+----------------+----------------+------
+//! ```
+//!
+//! All integers are big-endian. `seq` is the chunk index for `Data`, the NACK
+//! round for `Nack`, and 0 elsewhere. `body len` counts the bytes after the
+//! header; trailing bytes beyond it (Ethernet padding) are ignored.
+
+use super::WireError;
+
+pub const MAGIC: u32 = 0x5842_4c53; // "XBLS"
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 24;
+/// Length of a [`SessionInfo`] body.
+pub const SESSION_INFO_LEN: usize = 56;
+/// Fixed part of a NACK body before its bitmap.
+pub const NACK_FIXED_LEN: usize = 24;
+
+mod field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const KIND: usize = 5;
+    pub const BODY_LEN: Range<usize> = 6..8;
+    pub const SESSION: Range<usize> = 8..16;
+    pub const SEQ: Range<usize> = 16..24;
+}
+
+/// Message kinds. Data-path kinds are below 16, control kinds from 16 up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Data = 1,
+    Meta = 2,
+    Hello = 16,
+    HelloAck = 17,
+    Nack = 18,
+    End = 19,
+    Done = 20,
+    Abort = 21,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Data,
+            2 => Kind::Meta,
+            16 => Kind::Hello,
+            17 => Kind::HelloAck,
+            18 => Kind::Nack,
+            19 => Kind::End,
+            20 => Kind::Done,
+            21 => Kind::Abort,
+            _ => return None,
+        })
+    }
+}
+
+/// A checked view of the header over untrusted bytes.
+///
+/// Construction validates the length, magic, version, kind and body length, so
+/// the accessors below cannot read out of bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Header<'a> {
+    buf: &'a [u8],
+    kind: Kind,
+}
+
+fn be_u16(b: &[u8]) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[..2]);
+    u16::from_be_bytes(a)
+}
+fn be_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_be_bytes(a)
+}
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+impl<'a> Header<'a> {
+    pub fn new_checked(buf: &'a [u8]) -> Result<Header<'a>, WireError> {
+        if buf.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if be_u32(&buf[field::MAGIC]) != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        if buf[field::VERSION] != VERSION {
+            return Err(WireError::BadVersion);
+        }
+        let kind = Kind::from_u8(buf[field::KIND]).ok_or(WireError::UnknownKind)?;
+        let body_len = usize::from(be_u16(&buf[field::BODY_LEN]));
+        if HEADER_LEN + body_len > buf.len() {
+            return Err(WireError::BadLength);
+        }
+        Ok(Header { buf, kind })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn session(&self) -> u64 {
+        be_u64(&self.buf[field::SESSION])
+    }
+    pub fn seq(&self) -> u64 {
+        be_u64(&self.buf[field::SEQ])
+    }
+    pub fn body(&self) -> &'a [u8] {
+        let len = usize::from(be_u16(&self.buf[field::BODY_LEN]));
+        &self.buf[HEADER_LEN..HEADER_LEN + len]
+    }
+}
+
+/// Writes a header into `out[..HEADER_LEN]`.
+///
+/// # Panics
+/// If `out` is shorter than [`HEADER_LEN`]; callers size their buffers from the
+/// same constant, so this is a programming error, not an input error.
+pub fn emit_header(out: &mut [u8], kind: Kind, body_len: u16, session: u64, seq: u64) {
+    out[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
+    out[field::VERSION] = VERSION;
+    out[field::KIND] = kind as u8;
+    out[field::BODY_LEN].copy_from_slice(&body_len.to_be_bytes());
+    out[field::SESSION].copy_from_slice(&session.to_be_bytes());
+    out[field::SEQ].copy_from_slice(&seq.to_be_bytes());
+}
+
+/// What a transfer is: carried by Hello, by the first and last data-path
+/// packets (Meta), and by the end-of-transfer probe (End).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub file_size: u64,
+    pub chunk_size: u32,
+    pub n_chunks: u64,
+    pub digest: [u8; 32],
+}
+
+impl SessionInfo {
+    pub fn parse(body: &[u8]) -> Result<SessionInfo, WireError> {
+        if body.len() < SESSION_INFO_LEN {
+            return Err(WireError::BadBody);
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&body[24..56]);
+        let info = SessionInfo {
+            file_size: be_u64(&body[0..8]),
+            chunk_size: be_u32(&body[8..12]),
+            // body[12..16] is reserved for flags
+            n_chunks: be_u64(&body[16..24]),
+            digest,
+        };
+        // The three sizes must agree; otherwise a hostile Hello could make the
+        // receiver size its bitmap and its file inconsistently.
+        if info.chunk_size == 0 || info.n_chunks != info.file_size.div_ceil(u64::from(info.chunk_size))
+        {
+            return Err(WireError::BadBody);
+        }
+        Ok(info)
+    }
+
+    pub fn emit(&self, out: &mut [u8]) {
+        out[0..8].copy_from_slice(&self.file_size.to_be_bytes());
+        out[8..12].copy_from_slice(&self.chunk_size.to_be_bytes());
+        out[12..16].fill(0);
+        out[16..24].copy_from_slice(&self.n_chunks.to_be_bytes());
+        out[24..56].copy_from_slice(&self.digest);
+    }
+
+    /// Byte length of chunk `idx`, or `None` past the end.
+    pub fn chunk_len(&self, idx: u64) -> Option<usize> {
+        if idx >= self.n_chunks {
+            return None;
+        }
+        let start = idx * u64::from(self.chunk_size);
+        Some((self.file_size - start).min(u64::from(self.chunk_size)) as usize)
+    }
+}
+
+/// A NACK: the receiver's view of one window of chunks, plus progress figures
+/// the sender can use for its rate. An empty bitmap is a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack<'a> {
+    /// Round number; all parts of one round share it.
+    pub round: u64,
+    /// Part index within the round.
+    pub part: u16,
+    /// Distinct chunks the receiver holds.
+    pub received: u64,
+    /// First chunk the bitmap describes.
+    pub base: u64,
+    /// Number of chunks the bitmap describes.
+    pub nbits: u32,
+    /// Bit i (LSB first within each byte) set = chunk `base + i` is missing.
+    pub bitmap: &'a [u8],
+}
+
+impl<'a> Nack<'a> {
+    pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
+        let base = self.base;
+        (0..self.nbits as usize)
+            .filter(move |i| self.bitmap[i / 8] & (1 << (i % 8)) != 0)
+            .map(move |i| base + i as u64)
+    }
+}
+
+/// A parsed datagram. Borrowed bodies point into the checked buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    Data { session: u64, chunk: u64, payload: &'a [u8] },
+    /// `last` is false on the first data-path packet and true on the one that
+    /// ends a pass (carried in `seq`: 0 or 1).
+    Meta { session: u64, last: bool, info: SessionInfo },
+    Hello { session: u64, info: SessionInfo },
+    HelloAck { session: u64 },
+    Nack { session: u64, nack: Nack<'a> },
+    End { session: u64, info: SessionInfo },
+    Done { session: u64, ok: bool, digest: [u8; 32] },
+    Abort { session: u64, reason: &'a str },
+}
+
+impl<'a> Message<'a> {
+    pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, WireError> {
+        let h = Header::new_checked(buf)?;
+        let session = h.session();
+        let body = h.body();
+        Ok(match h.kind() {
+            Kind::Data => Message::Data { session, chunk: h.seq(), payload: body },
+            Kind::Meta => Message::Meta { session, last: h.seq() == 1, info: SessionInfo::parse(body)? },
+            Kind::Hello => Message::Hello { session, info: SessionInfo::parse(body)? },
+            Kind::End => Message::End { session, info: SessionInfo::parse(body)? },
+            Kind::HelloAck => Message::HelloAck { session },
+            Kind::Nack => {
+                if body.len() < NACK_FIXED_LEN {
+                    return Err(WireError::BadBody);
+                }
+                let part = be_u16(&body[0..2]);
+                let nbits = be_u32(&body[4..8]);
+                let received = be_u64(&body[8..16]);
+                let base = be_u64(&body[16..24]);
+                let bitmap = &body[NACK_FIXED_LEN..];
+                if (nbits as usize).div_ceil(8) != bitmap.len() {
+                    return Err(WireError::BadBody);
+                }
+                Message::Nack { session, nack: Nack { round: h.seq(), part, received, base, nbits, bitmap } }
+            }
+            Kind::Done => {
+                if body.len() < 40 {
+                    return Err(WireError::BadBody);
+                }
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(&body[8..40]);
+                Message::Done { session, ok: body[0] == 1, digest }
+            }
+            Kind::Abort => {
+                let reason = std::str::from_utf8(body).map_err(|_| WireError::BadBody)?;
+                Message::Abort { session, reason }
+            }
+        })
+    }
+
+    /// Serialises the message into a new buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0u8; HEADER_LEN];
+        let (kind, session, seq) = match self {
+            Message::Data { session, chunk, payload } => {
+                out.extend_from_slice(payload);
+                (Kind::Data, *session, *chunk)
+            }
+            Message::Meta { session, info, .. }
+            | Message::Hello { session, info }
+            | Message::End { session, info } => {
+                out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
+                info.emit(&mut out[HEADER_LEN..]);
+                let (kind, seq) = match self {
+                    Message::Meta { last, .. } => (Kind::Meta, u64::from(*last)),
+                    Message::Hello { .. } => (Kind::Hello, 0),
+                    _ => (Kind::End, 0),
+                };
+                (kind, *session, seq)
+            }
+            Message::HelloAck { session } => (Kind::HelloAck, *session, 0),
+            Message::Nack { session, nack } => {
+                out.extend_from_slice(&nack.part.to_be_bytes());
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&nack.nbits.to_be_bytes());
+                out.extend_from_slice(&nack.received.to_be_bytes());
+                out.extend_from_slice(&nack.base.to_be_bytes());
+                out.extend_from_slice(nack.bitmap);
+                (Kind::Nack, *session, nack.round)
+            }
+            Message::Done { session, ok, digest } => {
+                out.push(u8::from(*ok));
+                out.extend_from_slice(&[0; 7]);
+                out.extend_from_slice(digest);
+                (Kind::Done, *session, 0)
+            }
+            Message::Abort { session, reason } => {
+                // Keep the reason within one small datagram, cut on a char boundary.
+                let mut end = reason.len().min(512);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&reason.as_bytes()[..end]);
+                (Kind::Abort, *session, 0)
+            }
+        };
+        let body_len = (out.len() - HEADER_LEN) as u16;
+        emit_header(&mut out, kind, body_len, session, seq);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> SessionInfo {
+        SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: [7; 32] }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let bitmap = [0b1010_0001u8, 0b1];
+        let msgs = [
+            Message::Data { session: 9, chunk: 3, payload: b"hello" },
+            Message::Meta { session: 9, last: false, info: info() },
+            Message::Meta { session: 9, last: true, info: info() },
+            Message::Hello { session: 9, info: info() },
+            Message::HelloAck { session: 9 },
+            Message::Nack {
+                session: 9,
+                nack: Nack { round: 4, part: 1, received: 77, base: 100, nbits: 9, bitmap: &bitmap },
+            },
+            Message::End { session: 9, info: info() },
+            Message::Done { session: 9, ok: true, digest: [3; 32] },
+            Message::Abort { session: 9, reason: "disk full" },
+        ];
+        for m in msgs {
+            let bytes = m.to_vec();
+            assert_eq!(Message::parse(&bytes).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn nack_bitmap_lists_missing_chunks() {
+        let bitmap = [0b1010_0001u8, 0b1];
+        let n = Nack { round: 0, part: 0, received: 0, base: 100, nbits: 9, bitmap: &bitmap };
+        assert_eq!(n.missing().collect::<Vec<_>>(), vec![100, 105, 107, 108]);
+    }
+
+    #[test]
+    fn trailing_padding_is_ignored() {
+        let mut bytes = Message::Data { session: 1, chunk: 0, payload: b"ab" }.to_vec();
+        bytes.extend_from_slice(&[0; 30]);
+        assert_eq!(
+            Message::parse(&bytes).unwrap(),
+            Message::Data { session: 1, chunk: 0, payload: b"ab" }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_headers() {
+        let good = Message::Data { session: 1, chunk: 0, payload: b"abcd" }.to_vec();
+        assert_eq!(Message::parse(&good[..10]), Err(WireError::Truncated));
+        let mut b = good.clone();
+        b[0] ^= 1;
+        assert_eq!(Message::parse(&b), Err(WireError::BadMagic));
+        let mut b = good.clone();
+        b[4] = 2;
+        assert_eq!(Message::parse(&b), Err(WireError::BadVersion));
+        let mut b = good.clone();
+        b[5] = 99;
+        assert_eq!(Message::parse(&b), Err(WireError::UnknownKind));
+        let mut b = good.clone();
+        b[7] = 200;
+        assert_eq!(Message::parse(&b), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn refuses_inconsistent_session_info() {
+        let mut bad = info();
+        bad.n_chunks = 11;
+        let bytes = Message::Hello { session: 1, info: bad }.to_vec();
+        assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
+        let mut zero = info();
+        zero.chunk_size = 0;
+        let bytes = Message::Hello { session: 1, info: zero }.to_vec();
+        assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
+    }
+
+    #[test]
+    fn chunk_len_covers_short_tail() {
+        let i = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: [0; 32] };
+        assert_eq!(i.chunk_len(0), Some(1000));
+        assert_eq!(i.chunk_len(2), Some(500));
+        assert_eq!(i.chunk_len(3), None);
+    }
+
+    #[test]
+    fn parse_never_panics_on_arbitrary_bytes() {
+        // Deterministic pseudo-random inputs plus every prefix of a valid message.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..200 {
+            let mut buf = vec![0u8; len];
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            if len >= 6 {
+                buf[..4].copy_from_slice(&MAGIC.to_be_bytes());
+                buf[4] = VERSION;
+            }
+            let _ = Message::parse(&buf);
+        }
+        let good = Message::Hello { session: 1, info: info() }.to_vec();
+        for end in 0..good.len() {
+            assert!(Message::parse(&good[..end]).is_err());
+        }
+    }
+}
