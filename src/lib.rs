@@ -12,3 +12,7 @@
 
 pub mod wire;
 pub mod proto;
+pub mod afxdp;
+pub mod net;
+pub mod io;
+pub mod report;

@@ -1,1 +1,268 @@
-fn main() {}
+//! The `xdpblast` command line: send, recv, probe.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::info;
+
+use xdpblast::afxdp::program::Steering;
+use xdpblast::afxdp::xsk::BindMode;
+use xdpblast::io::afxdp_recv::AfxdpReceiver;
+use xdpblast::io::afxdp_send::{self, SendOptions};
+use xdpblast::io::control::{control_port, Control};
+use xdpblast::io::receive::{self, DataPath, RecvOptions};
+use xdpblast::io::udp_recv::UdpReceiver;
+use xdpblast::net::iface::{parse_mac, Interface};
+
+mod probe;
+
+#[derive(Parser)]
+#[command(name = "xdpblast", version, about = "Blast a file over AF_XDP, verified end to end with BLAKE3")]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `debug` or `xdpblast=trace`.
+    #[arg(long, global = true, env = "XDPBLAST_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send FILE to a receiver.
+    Send(SendArgs),
+    /// Receive one file and verify it.
+    Recv(RecvArgs),
+    /// Report what this host and interface can do.
+    Probe(ProbeArgs),
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum SendMode {
+    /// AF_XDP where the interface allows it.
+    Auto,
+    /// AF_XDP, copy or zero-copy as the driver allows.
+    Afxdp,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum XskBind {
+    Auto,
+    Copy,
+    Zerocopy,
+}
+
+impl From<XskBind> for BindMode {
+    fn from(b: XskBind) -> BindMode {
+        match b {
+            XskBind::Auto => BindMode::Auto,
+            XskBind::Copy => BindMode::Copy,
+            XskBind::Zerocopy => BindMode::ZeroCopy,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// The file to send.
+    file: PathBuf,
+    /// Interface to transmit on.
+    #[arg(long)]
+    iface: String,
+    /// Receiver's data address; its control port is PORT + 1.
+    #[arg(long)]
+    dst: SocketAddrV4,
+    /// Next hop's MAC; default: the kernel's neighbour table.
+    #[arg(long)]
+    dst_mac: Option<String>,
+    /// Source IPv4 address; default: the interface's.
+    #[arg(long)]
+    src: Option<Ipv4Addr>,
+    /// IP packet size in bytes; default and maximum: the interface MTU.
+    #[arg(long)]
+    packet_size: Option<u32>,
+    #[arg(long, value_enum, default_value = "auto")]
+    mode: SendMode,
+    /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_bind: XskBind,
+    /// Give up when the receiver is silent this long (seconds).
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Largest UMEM to build, in MiB; the file must fit (streaming is future work).
+    #[arg(long, default_value_t = 16384)]
+    umem_budget: u64,
+    /// Descriptors posted per batch.
+    #[arg(long, default_value_t = 256)]
+    batch: u32,
+    /// Print one JSON object at the end instead of interval lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum RecvMode {
+    /// Our XDP program steers the data port into AF_XDP sockets.
+    Afxdp,
+    /// A plain UDP socket (recvmmsg).
+    Udp,
+}
+
+#[derive(clap::Args)]
+struct RecvArgs {
+    /// Interface to receive on (required for afxdp, and for --inject-loss).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Data address to listen on; the control socket uses PORT + 1.
+    #[arg(long)]
+    listen: SocketAddrV4,
+    /// Where the file goes; written as PATH.partial until verified.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "afxdp")]
+    mode: RecvMode,
+    /// Idle timeout in seconds: give up if nothing arrives for this long.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Test knob: our XDP program drops data packets with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    inject_loss: f64,
+    /// Accept a session only from this address.
+    #[arg(long)]
+    allow_from: Option<IpAddr>,
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_bind: XskBind,
+    /// Print one JSON object at the end instead of interval lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    #[arg(long)]
+    iface: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s < 1e7) {
+        bail!("{what} must be a positive number of seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    xdpblast::io::install_stop_handler();
+
+    let r = match cli.cmd {
+        Cmd::Send(a) => cmd_send(a),
+        Cmd::Recv(a) => cmd_recv(a),
+        Cmd::Probe(a) => probe::run(&a.iface, a.json),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xdpblast: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
+    let dst_mac = match &a.dst_mac {
+        Some(s) => Some(parse_mac(s).with_context(|| format!("--dst-mac {s:?} is not a MAC address like 02:00:00:00:00:01"))?),
+        None => None,
+    };
+    let opts = SendOptions {
+        file: a.file,
+        iface: a.iface,
+        dst: a.dst,
+        dst_mac,
+        src: a.src,
+        packet_size: a.packet_size,
+        timeout: seconds(a.timeout, "--timeout")?,
+        umem_budget: a.umem_budget.saturating_mul(1 << 20),
+        bind: a.xdp_bind.into(),
+        batch: a.batch,
+        intervals: !a.json,
+    };
+    // Every check that can refuse the job runs before a packet leaves.
+    let prep = afxdp_send::prepare(&opts)?;
+    if a.mode == SendMode::Auto {
+        info!(iface = %opts.iface, "mode auto: using AF_XDP (the interface is up and AF_XDP sockets are available)");
+    }
+    let report = afxdp_send::send(&opts, prep)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(report.verified)
+}
+
+fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
+    if !(0.0..=1.0).contains(&a.inject_loss) {
+        bail!("--inject-loss must be between 0.0 and 1.0, got {}", a.inject_loss);
+    }
+    let ctrl_addr = SocketAddrV4::new(*a.listen.ip(), control_port(a.listen.port())?);
+    let ctrl = Control::bind(ctrl_addr.into())?;
+    let opts = RecvOptions {
+        out: a.out.clone(),
+        idle_timeout: seconds(a.timeout, "--timeout")?,
+        allow_from: a.allow_from,
+        intervals: !a.json,
+    };
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!("the output directory {} does not exist", parent.display());
+        }
+    }
+    let iface = match &a.iface {
+        Some(name) => Some(Interface::lookup(name)?),
+        None => None,
+    };
+    let report = match a.mode {
+        RecvMode::Afxdp => {
+            let iface = iface.context("--iface is required with --mode afxdp")?;
+            let mut rx = AfxdpReceiver::open(&iface, a.listen, a.inject_loss, a.xdp_bind.into())?;
+            let mode = match rx.mode() {
+                xdpblast::afxdp::xsk::XskMode::Copy => "afxdp-copy",
+                xdpblast::afxdp::xsk::XskMode::ZeroCopy => "afxdp-zerocopy",
+            };
+            eprintln!("xdpblast recv: ready on {} ({mode}, {} queue(s), XDP {:?})", a.listen, iface.rx_queues, rx.steering().mode());
+            let mut report = receive::run(mode, rx.data_paths(), ctrl, &opts);
+            report.path_stats = serde_json::json!({"xdp": rx.steering().counters(), "xsk": rx.socket_stats()});
+            report
+        }
+        RecvMode::Udp => {
+            // The loss knob lives in our XDP program; with no XSK in its map it
+            // passes every surviving packet to the kernel stack.
+            let steering = match (&iface, a.inject_loss > 0.0) {
+                (Some(i), true) => Some(Steering::attach(&i.name, i.index, None, a.listen.port(), a.inject_loss)?),
+                (None, true) => bail!("--inject-loss needs --iface (the loss is injected by our XDP program)"),
+                _ => None,
+            };
+            let udp = UdpReceiver::bind(a.listen)?;
+            eprintln!("xdpblast recv: ready on {} (udp)", a.listen);
+            let paths: Vec<Box<dyn DataPath>> = vec![Box::new(udp)];
+            let mut report = receive::run("udp", paths, ctrl, &opts);
+            if let Some(s) = &steering {
+                report.path_stats = serde_json::json!({"xdp": s.counters()});
+            }
+            report
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if let Some(e) = &report.error {
+        eprintln!("xdpblast recv: error: {e}; output kept at {}", report.path);
+    }
+    Ok(report.verified)
+}

@@ -216,12 +216,16 @@ pub struct Receiver {
     last_heard: Instant,
     next_nack: Instant,
     transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// A HelloAck is owed since this instant.
+    hello_ack_due: Option<Instant>,
     events: VecDeque<Event>,
     outcome: Option<Result<RecvSummary, RecvError>>,
     pub drops: DropCounts,
     /// Payload bytes accepted (each chunk once).
     pub bytes: u64,
     pub nacks_sent: u64,
+    /// Retransmits the sender reported in its end probes.
+    pub peer_retransmits: u64,
     pub first_data: Option<Instant>,
     scratch: Vec<u8>,
 }
@@ -235,11 +239,13 @@ impl Receiver {
             session: None,
             last_heard: now,
             transmit: VecDeque::new(),
+            hello_ack_due: None,
             events: VecDeque::new(),
             outcome: None,
             drops: DropCounts::default(),
             bytes: 0,
             nacks_sent: 0,
+            peer_retransmits: 0,
             first_data: None,
             scratch: Vec::new(),
         }
@@ -343,7 +349,7 @@ impl Receiver {
                     self.last_heard = now;
                     self.state = State::Receiving;
                     self.events.push_back(Event::Start { info, peer: from });
-                    self.transmit.push_back((from, Message::HelloAck { session }.to_vec()));
+                    self.hello_ack_due = Some(now);
                     if info.n_chunks == 0 {
                         self.state = State::Verifying;
                         self.events.push_back(Event::Verify);
@@ -353,7 +359,7 @@ impl Receiver {
                 Some(s) if s.id == session && s.peer == from => {
                     // Our ack was lost: say it again.
                     self.last_heard = now;
-                    self.transmit.push_back((from, Message::HelloAck { session }.to_vec()));
+                    self.hello_ack_due.get_or_insert(now);
                     Ok(())
                 }
                 Some(_) => {
@@ -361,7 +367,7 @@ impl Receiver {
                     Err(DropReason::Busy)
                 }
             },
-            Message::End { session, info } => {
+            Message::End { session, info, retransmits } => {
                 let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
                 if from != s.peer {
                     return Err(DropReason::WrongSource);
@@ -374,6 +380,7 @@ impl Receiver {
                 }
                 self.last_heard = now;
                 s.end_seen = true;
+                self.peer_retransmits = self.peer_retransmits.max(retransmits);
                 match &mut self.state {
                     State::Complete { ok, last_probe } => {
                         *last_probe = now;
@@ -431,7 +438,13 @@ impl Receiver {
         }
     }
 
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    /// The next control datagram to send. `now` stamps the HelloAck's delay.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        if let (Some(at), Some(s)) = (self.hello_ack_due, &self.session) {
+            self.hello_ack_due = None;
+            let delay_us = now.saturating_duration_since(at).as_micros() as u64;
+            return Some((s.peer, Message::HelloAck { session: s.id, delay_us }.to_vec()));
+        }
         self.transmit.pop_front()
     }
 

@@ -77,7 +77,7 @@ pub struct SendStats {
 
 #[derive(Debug)]
 enum State {
-    Handshake { first_hello: Option<Instant>, next_hello: Instant },
+    Handshake { last_hello: Option<Instant>, next_hello: Instant },
     Transfer,
     Finished,
 }
@@ -110,7 +110,7 @@ impl Sender {
             cfg,
             session,
             info,
-            state: State::Handshake { first_hello: None, next_hello: now },
+            state: State::Handshake { last_hello: None, next_hello: now },
             next_first_pass: 0,
             meta_first_sent: false,
             meta_last_sent: false,
@@ -185,11 +185,11 @@ impl Sender {
     /// The next control datagram to send, if one is due.
     pub fn poll_control(&mut self, now: Instant) -> Option<Vec<u8>> {
         match &mut self.state {
-            State::Handshake { first_hello, next_hello } => {
+            State::Handshake { last_hello, next_hello } => {
                 if now < *next_hello {
                     return None;
                 }
-                first_hello.get_or_insert(now);
+                *last_hello = Some(now);
                 *next_hello = now + self.cfg.hello_interval;
                 Some(Message::Hello { session: self.session, info: self.info }.to_vec())
             }
@@ -199,7 +199,7 @@ impl Sender {
                 }
                 self.next_probe = now + self.cfg.probe_interval;
                 self.stats.end_probes += 1;
-                Some(Message::End { session: self.session, info: self.info }.to_vec())
+                Some(Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits }.to_vec())
             }
             State::Finished => None,
         }
@@ -210,7 +210,7 @@ impl Sender {
     pub fn on_control(&mut self, now: Instant, bytes: &[u8]) -> Result<(), WireError> {
         let msg = Message::parse(bytes)?;
         let session = match &msg {
-            Message::HelloAck { session }
+            Message::HelloAck { session, .. }
             | Message::Nack { session, .. }
             | Message::Done { session, .. }
             | Message::Abort { session, .. } => *session,
@@ -221,9 +221,12 @@ impl Sender {
         }
         self.last_heard = now;
         match msg {
-            Message::HelloAck { .. } => {
-                if let State::Handshake { first_hello, .. } = self.state {
-                    let rtt = first_hello.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+            Message::HelloAck { delay_us, .. } => {
+                if let State::Handshake { last_hello, .. } = self.state {
+                    // The receiver's own delay (preparing its output) is not path time.
+                    let rtt = last_hello
+                        .map(|t| now.saturating_duration_since(t).saturating_sub(Duration::from_micros(delay_us)))
+                        .unwrap_or_default();
                     self.rtt = Some(rtt);
                     self.repair_guard = self.cfg.repair_guard.max(rtt * 2);
                     self.state = State::Transfer;

@@ -192,7 +192,7 @@ impl Sim {
                     }
                 }
             }
-            while let Some((to, bytes)) = rx.poll_transmit() {
+            while let Some((to, bytes)) = rx.poll_transmit(self.now) {
                 assert_eq!(to, SENDER);
                 self.send(To::Sender, bytes);
             }
@@ -297,11 +297,11 @@ fn corrupted_output_fails_digest_on_both_sides() {
     assert_eq!(rx.poll_event(), Some(Event::Verify));
     rx.verified(now, [0; 32]);
     assert_eq!(rx.outcome(), Some(&Err(RecvError::DigestMismatch)));
-    let _ack = rx.poll_transmit();
-    let (_, done) = rx.poll_transmit().unwrap();
+    let _ack = rx.poll_transmit(now);
+    let (_, done) = rx.poll_transmit(now).unwrap();
     let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
     tx.poll_control(now);
-    tx.on_control(now, &Message::HelloAck { session: 1 }.to_vec()).unwrap();
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
     tx.on_control(now, &done).unwrap();
     assert_eq!(tx.outcome(), Some(&Err(SendError::DigestMismatch)));
 }
@@ -324,7 +324,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
         (SENDER, Message::Data { session: 2, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::WrongSession),
         (SENDER, Message::Data { session: 1, chunk: 3, payload: &data[..500] }.to_vec(), DropReason::OutOfRange),
         (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.to_vec(), DropReason::BadLength),
-        (SENDER, Message::HelloAck { session: 1 }.to_vec(), DropReason::WrongKind),
+        (SENDER, Message::HelloAck { session: 1, delay_us: 0 }.to_vec(), DropReason::WrongKind),
     ];
     for (from, bytes, reason) in &cases {
         let before = rx.drops.get(*reason);
@@ -366,7 +366,7 @@ fn nack_for_unsent_chunks_is_ignored() {
     let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: [0; 32] };
     let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
     tx.poll_control(now);
-    tx.on_control(now, &Message::HelloAck { session: 1 }.to_vec()).unwrap();
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
     let mut ids = [FrameId::Meta { last: false }; 3];
     assert_eq!(tx.next_frames(now, &mut ids), 3); // Meta, 0, 1
     let bitmap = [0xffu8, 0x03];

@@ -36,22 +36,31 @@ impl FrameTemplate {
         if out.len() < total {
             return Err(FrameError::TooLong { need: total, have: out.len() });
         }
-        let udp_len = UDP_LEN + udp_payload.len();
-        let ip_payload = u16::try_from(udp_len).map_err(|_| FrameError::TooLong { need: total, have: 65535 })?;
+        out[IPV4_UDP_OVERHEAD..total].copy_from_slice(udp_payload);
+        self.build_in_place(out, udp_payload.len())
+    }
+
+    /// Like [`FrameTemplate::build`], for a UDP payload already in place at
+    /// `frame[IPV4_UDP_OVERHEAD..]` (preload reads the file straight there).
+    pub fn build_in_place(&self, frame: &mut [u8], udp_payload_len: usize) -> Result<usize, FrameError> {
+        let total = IPV4_UDP_OVERHEAD + udp_payload_len;
+        if frame.len() < total {
+            return Err(FrameError::TooLong { need: total, have: frame.len() });
+        }
+        let too_long = FrameError::TooLong { need: total, have: 65535 };
+        let ip_payload = u16::try_from(UDP_LEN + udp_payload_len).map_err(|_| too_long)?;
         let mut ip = Ipv4Header::new(ip_payload, self.ttl, IpNumber::UDP, self.src.ip().octets(), self.dst.ip().octets())
-            .map_err(|_| FrameError::TooLong { need: total, have: 65535 })?;
+            .map_err(|_| too_long)?;
         // Each datagram fits one frame; forbid fragmentation so an MTU mistake
         // shows up as an error rather than a silent split.
         ip.dont_fragment = true;
         ip.header_checksum = ip.calc_header_checksum();
-        let udp = UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, udp_payload)
-            .map_err(|_| FrameError::TooLong { need: total, have: 65535 })?;
+        let udp = UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &frame[IPV4_UDP_OVERHEAD..total])
+            .map_err(|_| too_long)?;
         let eth = Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type: EtherType::IPV4 };
-
-        out[..ETH_LEN].copy_from_slice(&eth.to_bytes());
-        out[ETH_LEN..ETH_LEN + IPV4_LEN].copy_from_slice(&ip.to_bytes());
-        out[ETH_LEN + IPV4_LEN..IPV4_UDP_OVERHEAD].copy_from_slice(&udp.to_bytes());
-        out[IPV4_UDP_OVERHEAD..total].copy_from_slice(udp_payload);
+        frame[..ETH_LEN].copy_from_slice(&eth.to_bytes());
+        frame[ETH_LEN..ETH_LEN + IPV4_LEN].copy_from_slice(&ip.to_bytes());
+        frame[ETH_LEN + IPV4_LEN..IPV4_UDP_OVERHEAD].copy_from_slice(&udp.to_bytes());
         Ok(total)
     }
 }

@@ -223,9 +223,12 @@ pub enum Message<'a> {
     /// ends a pass (carried in `seq`: 0 or 1).
     Meta { session: u64, last: bool, info: SessionInfo },
     Hello { session: u64, info: SessionInfo },
-    HelloAck { session: u64 },
+    /// `delay_us`: how long the receiver held the Hello before answering
+    /// (preparing its output), so the sender can take it out of its RTT sample.
+    HelloAck { session: u64, delay_us: u64 },
     Nack { session: u64, nack: Nack<'a> },
-    End { session: u64, info: SessionInfo },
+    /// End-of-transfer probe; `retransmits` is the sender's count so far.
+    End { session: u64, info: SessionInfo, retransmits: u64 },
     Done { session: u64, ok: bool, digest: [u8; 32] },
     Abort { session: u64, reason: &'a str },
 }
@@ -239,8 +242,12 @@ impl<'a> Message<'a> {
             Kind::Data => Message::Data { session, chunk: h.seq(), payload: body },
             Kind::Meta => Message::Meta { session, last: h.seq() == 1, info: SessionInfo::parse(body)? },
             Kind::Hello => Message::Hello { session, info: SessionInfo::parse(body)? },
-            Kind::End => Message::End { session, info: SessionInfo::parse(body)? },
-            Kind::HelloAck => Message::HelloAck { session },
+            Kind::End => {
+                let info = SessionInfo::parse(body)?;
+                let retransmits = body.get(SESSION_INFO_LEN..SESSION_INFO_LEN + 8).map_or(0, be_u64);
+                Message::End { session, info, retransmits }
+            }
+            Kind::HelloAck => Message::HelloAck { session, delay_us: body.get(..8).map_or(0, be_u64) },
             Kind::Nack => {
                 if body.len() < NACK_FIXED_LEN {
                     return Err(WireError::BadBody);
@@ -278,19 +285,25 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(payload);
                 (Kind::Data, *session, *chunk)
             }
-            Message::Meta { session, info, .. }
-            | Message::Hello { session, info }
-            | Message::End { session, info } => {
+            Message::End { session, info, retransmits } => {
+                out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
+                info.emit(&mut out[HEADER_LEN..]);
+                out.extend_from_slice(&retransmits.to_be_bytes());
+                (Kind::End, *session, 0)
+            }
+            Message::Meta { session, info, .. } | Message::Hello { session, info } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 let (kind, seq) = match self {
                     Message::Meta { last, .. } => (Kind::Meta, u64::from(*last)),
-                    Message::Hello { .. } => (Kind::Hello, 0),
-                    _ => (Kind::End, 0),
+                    _ => (Kind::Hello, 0),
                 };
                 (kind, *session, seq)
             }
-            Message::HelloAck { session } => (Kind::HelloAck, *session, 0),
+            Message::HelloAck { session, delay_us } => {
+                out.extend_from_slice(&delay_us.to_be_bytes());
+                (Kind::HelloAck, *session, 0)
+            }
             Message::Nack { session, nack } => {
                 out.extend_from_slice(&nack.part.to_be_bytes());
                 out.extend_from_slice(&[0, 0]);
@@ -338,12 +351,12 @@ mod tests {
             Message::Meta { session: 9, last: false, info: info() },
             Message::Meta { session: 9, last: true, info: info() },
             Message::Hello { session: 9, info: info() },
-            Message::HelloAck { session: 9 },
+            Message::HelloAck { session: 9, delay_us: 1234 },
             Message::Nack {
                 session: 9,
                 nack: Nack { round: 4, part: 1, received: 77, base: 100, nbits: 9, bitmap: &bitmap },
             },
-            Message::End { session: 9, info: info() },
+            Message::End { session: 9, info: info(), retransmits: 12 },
             Message::Done { session: 9, ok: true, digest: [3; 32] },
             Message::Abort { session: 9, reason: "disk full" },
         ];

@@ -1,0 +1,173 @@
+//! Our XDP program (`bpf/xdpblast.bpf.c`): load, configure, attach, count.
+//!
+//! It is attached through a **bpf_link**. The link lives as long as this
+//! process holds its file descriptor, so the kernel detaches the program when
+//! the process exits for any reason, SIGKILL included. Nothing is pinned.
+
+use std::mem::MaybeUninit;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, RawFd};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
+use serde::Serialize;
+use tracing::info;
+
+mod skel {
+    #![allow(clippy::all, unused_imports, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals)]
+    include!(concat!(env!("OUT_DIR"), "/xdpblast.skel.rs"));
+}
+use skel::{XdpblastSkel, XdpblastSkelBuilder};
+
+/// Mirrors `enum xb_counter` in the BPF program.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub redirected: u64,
+    pub passed: u64,
+    pub malformed: u64,
+    pub loss_dropped: u64,
+    pub no_socket: u64,
+}
+
+/// How the program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    Native,
+    Generic,
+    Offload,
+    Unknown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("cannot load the XDP program: {0} (needs root or CAP_BPF + CAP_NET_ADMIN)")]
+    Load(String),
+    #[error("cannot attach the XDP program to {ifname}: {err}{hint}")]
+    Attach { ifname: String, err: String, hint: &'static str },
+    #[error("cannot update the {map} map: {err}")]
+    Map { map: &'static str, err: String },
+}
+
+pub struct Steering {
+    link: Link,
+    skel: XdpblastSkel<'static>,
+    ifindex: u32,
+    mode: AttachMode,
+}
+
+impl Steering {
+    /// Loads the program, writes its config, and attaches it to `ifindex`.
+    /// `loss` is the probability (0..=1) of dropping a data packet.
+    pub fn attach(ifname: &str, ifindex: u32, dst_ip: Option<Ipv4Addr>, data_port: u16, loss: f64) -> Result<Steering, ProgramError> {
+        // The skeleton borrows its object storage for its whole life. One
+        // receiver loads one program, so a small, bounded leak is the simple
+        // honest answer to that borrow.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = XdpblastSkelBuilder::default().open(storage).map_err(|e| ProgramError::Load(format!("{e:#}")))?;
+        let skel = open.load().map_err(|e| ProgramError::Load(format!("{e:#}")))?;
+
+        let threshold = (loss.clamp(0.0, 1.0) * f64::from(u32::MAX)).round() as u32;
+        let mut cfg = Vec::with_capacity(12);
+        cfg.extend_from_slice(&threshold.to_ne_bytes());
+        cfg.extend_from_slice(&dst_ip.map_or([0; 4], |ip| ip.octets()));
+        cfg.extend_from_slice(&data_port.to_be_bytes());
+        cfg.extend_from_slice(&[0, 0]);
+        skel.maps
+            .config
+            .update(&0u32.to_ne_bytes(), &cfg, MapFlags::ANY)
+            .map_err(|e| ProgramError::Map { map: "config", err: format!("{e:#}") })?;
+
+        let ifindex_i = i32::try_from(ifindex).map_err(|_| ProgramError::Attach {
+            ifname: ifname.into(),
+            err: "ifindex out of range".into(),
+            hint: "",
+        })?;
+        let link = skel.progs.xdpblast_steer.attach_xdp(ifindex_i).map_err(|e| {
+            let err = format!("{e:#}");
+            let hint = if err.contains("Device or resource busy") || err.contains("EBUSY") {
+                " (another XDP program is attached; see `ip link show` and detach it with `ip link set dev IF xdp off`)"
+            } else if err.contains("No such device") {
+                " (no such interface)"
+            } else {
+                ""
+            };
+            ProgramError::Attach { ifname: ifname.into(), err, hint }
+        })?;
+        let mode = query_attach_mode(ifindex);
+        info!(ifname, ?mode, data_port, loss, "XDP program attached through a bpf_link");
+        Ok(Steering { link, skel, ifindex, mode })
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Steers packets arriving on `queue` into the AF_XDP socket `xsk_fd`.
+    pub fn add_socket(&self, queue: u32, xsk_fd: RawFd) -> Result<(), ProgramError> {
+        self.skel
+            .maps
+            .xsks
+            .update(&queue.to_ne_bytes(), &xsk_fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| ProgramError::Map { map: "xsks", err: format!("{e:#}") })
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> XdpCounters {
+        let mut sums = [0u64; 5];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            if let Ok(Some(per_cpu)) = self.skel.maps.counters.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY) {
+                *sum = per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
+                    .sum();
+            }
+        }
+        XdpCounters { redirected: sums[0], passed: sums[1], malformed: sums[2], loss_dropped: sums[3], no_socket: sums[4] }
+    }
+
+    /// Detaches now rather than at drop, reporting errors.
+    pub fn detach(self) -> Result<(), String> {
+        self.link.detach().map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// What the kernel reports about XDP on an interface.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct XdpQuery {
+    pub prog_id: u32,
+    pub attach_mode: u8,
+    /// NETDEV_XDP_ACT_* bits the driver advertises.
+    pub feature_flags: u64,
+}
+
+impl XdpQuery {
+    pub const ACT_BASIC: u64 = 1 << 0;
+    pub const ACT_REDIRECT: u64 = 1 << 1;
+    pub const ACT_NDO_XMIT: u64 = 1 << 2;
+    pub const ACT_XSK_ZEROCOPY: u64 = 1 << 3;
+}
+
+/// Queries XDP state on `ifindex` (program attached, driver features).
+pub fn query(ifindex: u32) -> Result<XdpQuery, String> {
+    // `Xdp::query` only uses the ifindex; any descriptor serves as the handle.
+    let stdin = std::io::stdin();
+    let xdp = libbpf_rs::Xdp::new(stdin.as_fd());
+    let q = xdp
+        .query(i32::try_from(ifindex).map_err(|_| "ifindex out of range".to_string())?, libbpf_rs::XdpFlags::NONE)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(XdpQuery { prog_id: q.prog_id, attach_mode: q.attach_mode, feature_flags: q.feature_flags })
+}
+
+fn query_attach_mode(ifindex: u32) -> AttachMode {
+    match query(ifindex).map(|q| q.attach_mode) {
+        Ok(1) => AttachMode::Native,
+        Ok(2) => AttachMode::Generic,
+        Ok(3) => AttachMode::Offload,
+        _ => AttachMode::Unknown,
+    }
+}

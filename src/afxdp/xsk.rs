@@ -1,0 +1,293 @@
+//! One AF_XDP socket on one interface queue, over xdpilone's rings.
+//!
+//! This module and [`super::umem`] are the only places that touch ring memory
+//! or UMEM pointers. The socket owns its UMEM area, and its fields are declared
+//! so that rings and sockets drop before the memory they point into.
+
+use std::ffi::CString;
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::RawFd;
+
+use tracing::{debug, info, warn};
+use xdpilone::xdp::{XdpDesc, XdpStatisticsV2};
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+use super::umem::UmemArea;
+
+const SOL_XDP: libc::c_int = 283;
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+/// Not in Debian's 6.1 uapi headers: raises the number of frames one copy-mode
+/// `sendto` may push (kernel default 32).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Copy or zero-copy, as the kernel chose at bind time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XskMode {
+    Copy,
+    ZeroCopy,
+}
+
+/// What to ask for at bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy if the driver has it, copy otherwise.
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    pub ifname: String,
+    pub queue: u32,
+    /// Ring sizes; powers of two. 0 leaves that ring out.
+    pub rx_size: u32,
+    pub tx_size: u32,
+    pub fill_size: u32,
+    pub comp_size: u32,
+    pub bind: BindMode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("interface {0:?}: {1}")]
+    Interface(String, String),
+    #[error("cannot create the AF_XDP socket: {0} (needs root or CAP_NET_RAW + CAP_BPF, and a kernel with CONFIG_XDP_SOCKETS)")]
+    Socket(String),
+    #[error("cannot register the UMEM: {0} (locked-memory limit or memory cgroup; CAP_IPC_LOCK lifts the former)")]
+    Umem(String),
+    #[error("cannot bind to {ifname} queue {queue}: {err}{hint}")]
+    Bind { ifname: String, queue: u32, err: String, hint: &'static str },
+    #[error("cannot map the {0} ring: {1}")]
+    Map(&'static str, String),
+}
+
+fn errno_str(e: xdpilone::Errno) -> String {
+    io::Error::from_raw_os_error(e.get_raw()).to_string()
+}
+
+/// An AF_XDP socket with its rings and its UMEM.
+pub struct Xsk {
+    // Drop order matters: rings and sockets first, then the UMEM registration,
+    // then the memory itself.
+    tx: Option<RingTx>,
+    rx: Option<RingRx>,
+    device: DeviceQueue,
+    user: User,
+    _umem: Umem,
+    area: UmemArea,
+    mode: XskMode,
+    fd: RawFd,
+    /// Frames waiting to go back to the fill ring. The kernel publishes its
+    /// fill-ring consumer index lazily, so a refill may briefly find less room
+    /// than it just freed; what does not fit waits here for the next call.
+    recycle: Vec<u64>,
+}
+
+impl Xsk {
+    pub fn open(area: UmemArea, cfg: &XskConfig) -> Result<Xsk, XskError> {
+        let ucfg = UmemConfig {
+            fill_size: cfg.fill_size,
+            complete_size: cfg.comp_size,
+            frame_size: area.frame_size(),
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is a page-aligned mapping of `area.len()` bytes that this
+        // struct owns and drops only after `_umem` and every ring (field order).
+        let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
+
+        let name = CString::new(cfg.ifname.as_str()).map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
+        let mut ifinfo = IfInfo::invalid();
+        ifinfo.from_name(&name).map_err(|e| XskError::Interface(cfg.ifname.clone(), errno_str(e)))?;
+        ifinfo.set_queue(cfg.queue);
+
+        let sock = Socket::with_shared(&ifinfo, &umem).map_err(|e| XskError::Socket(errno_str(e)))?;
+        let device = umem.fq_cq(&sock).map_err(|e| XskError::Umem(errno_str(e)))?;
+        let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
+        bind_flags |= match cfg.bind {
+            BindMode::Auto => 0,
+            BindMode::Copy => SocketConfig::XDP_BIND_COPY,
+            BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+        };
+        let scfg = SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
+        let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(errno_str(e)))?;
+        umem.bind(&user).map_err(|e| {
+            let raw = e.get_raw();
+            let hint = match raw {
+                libc::EINVAL => " (queue out of range for this interface?)",
+                libc::EBUSY => " (another AF_XDP socket is bound to this queue)",
+                libc::EOPNOTSUPP => " (the driver does not support the requested mode)",
+                libc::ENETDOWN => " (interface is down)",
+                _ => "",
+            };
+            XskError::Bind { ifname: cfg.ifname.clone(), queue: cfg.queue, err: errno_str(e), hint }
+        })?;
+        let tx = if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
+        let rx = if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
+        let fd = user.as_raw_fd();
+        let mode = query_mode(fd);
+        info!(ifname = %cfg.ifname, queue = cfg.queue, ?mode, "AF_XDP socket bound");
+        Ok(Xsk { tx, rx, device, user, _umem: umem, area, mode, fd, recycle: Vec::new() })
+    }
+
+    pub fn mode(&self) -> XskMode {
+        self.mode
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn area(&self) -> &UmemArea {
+        &self.area
+    }
+
+    /// Raises the copy-mode TX budget per `sendto`. Returns the kernel's answer.
+    pub fn set_tx_budget(&self, budget: u32) -> io::Result<()> {
+        let r = setsockopt_u32(self.fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget);
+        match &r {
+            Ok(()) => info!(budget, "raised the copy-mode TX budget (XDP_MAX_TX_SKB_BUDGET)"),
+            Err(e) => debug!(budget, "kernel refused XDP_MAX_TX_SKB_BUDGET: {e}"),
+        }
+        r
+    }
+
+    /// Puts frames on the fill ring. Returns how many went in.
+    pub fn fill(&mut self, addrs: impl Iterator<Item = u64>, max: u32) -> u32 {
+        let mut w = self.device.fill(max);
+        let n = w.insert(addrs);
+        w.commit();
+        n
+    }
+
+    /// Posts up to `max` descriptors `(addr, len)` on the TX ring and publishes
+    /// them. Returns how many were posted (fewer when the ring is full).
+    pub fn post(&mut self, descs: impl Iterator<Item = (u64, u32)>, max: u32) -> u32 {
+        let Some(tx) = self.tx.as_mut() else { return 0 };
+        let mut w = tx.transmit(max);
+        let n = w.insert(descs.map(|(addr, len)| XdpDesc { addr, len, options: 0 }));
+        w.commit();
+        n
+    }
+
+    /// Descriptors posted that the kernel has not consumed yet.
+    pub fn tx_pending(&self) -> u32 {
+        self.tx.as_ref().map_or(0, |t| t.pending())
+    }
+
+    pub fn tx_needs_wakeup(&self) -> bool {
+        self.tx.as_ref().is_some_and(|t| t.needs_wakeup())
+    }
+
+    /// Reaps up to `max` completions. Returns how many.
+    pub fn reap(&mut self, max: u32) -> u32 {
+        let mut r = self.device.complete(max);
+        let mut n = 0;
+        while r.read().is_some() {
+            n += 1;
+        }
+        r.release();
+        n
+    }
+
+    /// Asks the kernel to transmit what is on the TX ring.
+    pub fn kick(&self) -> Kick {
+        // SAFETY: a zero-length sendto on our own socket fd, no buffers passed.
+        let r = unsafe { libc::sendto(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+        if r >= 0 {
+            return Kick::Ok;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // More work than one call's budget, or the driver's queue is full:
+            // call again.
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Kick::Again,
+            // The kernel built an skb and the device dropped it.
+            Some(libc::EBUSY) => Kick::Dropped,
+            Some(libc::ENETDOWN) | Some(libc::ENXIO) => Kick::Fatal(io::Error::new(
+                e.kind(),
+                format!("the interface went down or away ({e})"),
+            )),
+            _ => Kick::Fatal(e),
+        }
+    }
+
+    /// Wakes the kernel to refill from the fill ring, when it asked to.
+    pub fn wake_rx_if_needed(&mut self) {
+        if self.device.needs_wakeup() {
+            // SAFETY: zero-length non-blocking recvfrom on our socket, no buffers.
+            unsafe { libc::recvfrom(self.fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+        }
+    }
+
+    /// Takes up to `max` received frames, hands each one's bytes to `f`, then
+    /// returns the frames to the fill ring. Returns how many were taken.
+    pub fn receive(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
+        let Some(rx) = self.rx.as_mut() else { return 0 };
+        let mask = !(u64::from(self.area.frame_size()) - 1);
+        let mut r = rx.receive(max);
+        let mut n = 0;
+        while let Some(desc) = r.read() {
+            n += 1;
+            // SAFETY: the kernel handed this frame to us on the RX ring; it will
+            // not write it again until we put it back on the fill ring below.
+            match unsafe { self.area.bytes_at(desc.addr, desc.len) } {
+                Some(bytes) => f(bytes),
+                None => warn!(addr = desc.addr, len = desc.len, "RX descriptor outside the UMEM; skipped"),
+            }
+            self.recycle.push(desc.addr & mask);
+        }
+        r.release();
+        if !self.recycle.is_empty() {
+            let mut w = self.device.fill(self.recycle.len() as u32);
+            let put = w.insert(self.recycle.iter().copied()) as usize;
+            w.commit();
+            self.recycle.drain(..put);
+        }
+        n
+    }
+
+    pub fn statistics(&self) -> Option<XdpStatisticsV2> {
+        self.user.statistics_v2().ok()
+    }
+}
+
+/// The result of a TX kick.
+#[derive(Debug)]
+pub enum Kick {
+    Ok,
+    /// Call again: budget used up or the device queue is full.
+    Again,
+    /// A frame was dropped by the device after leaving the ring.
+    Dropped,
+    Fatal(io::Error),
+}
+
+fn query_mode(fd: RawFd) -> XskMode {
+    let mut opts: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `opts`, a u32 we own.
+    let r = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut opts as *mut u32).cast(), &mut len) };
+    if r == 0 && opts & XDP_OPTIONS_ZEROCOPY != 0 {
+        XskMode::ZeroCopy
+    } else {
+        XskMode::Copy
+    }
+}
+
+/// `setsockopt` with a u32 value.
+pub fn setsockopt_u32(fd: RawFd, level: libc::c_int, name: libc::c_int, value: u32) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live u32 and its exact size.
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const u32).cast(), std::mem::size_of::<u32>() as libc::socklen_t)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,302 @@
+//! The AF_XDP sender: the file preloaded into UMEM frames, the transmit
+//! scheduler posting their descriptors.
+//!
+//! The hot loop reaps completions, asks the protocol for the next frame ids,
+//! posts `(addr, len)` descriptors in one batch, and kicks only when the kernel
+//! asks. It never reads or writes a payload byte.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::control::{control_port, Control};
+use crate::afxdp::preload::{preload, FramePlan, FILL_SPARE};
+use crate::afxdp::xsk::{BindMode, Kick, Xsk, XskConfig, XskMode};
+use crate::net::iface::{format_mac, Interface};
+use crate::net::neigh;
+use crate::proto::sender::SendStats;
+use crate::proto::{FrameId, Sender, SenderConfig};
+use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
+use crate::wire::frame::FrameTemplate;
+
+pub const TX_RING: u32 = 2048;
+pub const COMP_RING: u32 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub file: PathBuf,
+    pub iface: String,
+    pub dst: SocketAddrV4,
+    pub dst_mac: Option<[u8; 6]>,
+    pub src: Option<Ipv4Addr>,
+    pub packet_size: Option<u32>,
+    pub timeout: Duration,
+    pub umem_budget: u64,
+    pub bind: BindMode,
+    pub batch: u32,
+    pub intervals: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SendReport {
+    pub mode: String,
+    pub bytes: u64,
+    pub packets: u64,
+    pub retransmits: u64,
+    pub goodput_bps: f64,
+    pub elapsed_s: f64,
+    pub digest: String,
+    pub verified: bool,
+    pub preload_s: f64,
+    pub packet_size: u32,
+    pub chunk_size: u32,
+    pub kicks: u64,
+    /// Kicks answered EBUSY: a frame the device dropped after it left our ring.
+    pub kernel_tx_drops: u64,
+    pub rtt_us: Option<u64>,
+    pub stats: SendStats,
+}
+
+/// Everything that can be checked before a packet leaves.
+pub struct Prepared {
+    pub iface: Interface,
+    pub plan: FramePlan,
+    pub src: SocketAddrV4,
+    pub file: File,
+    pub file_size: u64,
+}
+
+pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
+    let iface = Interface::lookup(&opts.iface)?;
+    if !iface.oper_up {
+        bail!("interface {} is down; bring it up with `ip link set dev {} up`", iface.name, iface.name);
+    }
+    let src_ip = match opts.src.or(iface.ipv4) {
+        Some(ip) => ip,
+        None => bail!("interface {} has no IPv4 address; give one with --src", iface.name),
+    };
+    let file = File::open(&opts.file).with_context(|| format!("opening {}", opts.file.display()))?;
+    let meta = file.metadata().with_context(|| format!("reading {}", opts.file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", opts.file.display());
+    }
+    let packet_size = opts.packet_size.unwrap_or(iface.mtu);
+    let plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem_budget)?;
+    Ok(Prepared { src: SocketAddrV4::new(src_ip, 0), iface, plan, file, file_size: meta.len() })
+}
+
+/// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
+/// resolve it if needed.
+fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
+    if let Some(mac) = neigh::lookup(iface.index, dst)? {
+        return Ok(mac);
+    }
+    // A datagram to the discard port makes the kernel resolve the neighbour;
+    // what the peer does with it does not matter.
+    let nudge = std::net::UdpSocket::bind((local, 0))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let _ = nudge.send_to(&[], (dst, 9));
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(mac) = neigh::lookup(iface.index, dst)? {
+            return Ok(mac);
+        }
+    }
+    bail!(
+        "no neighbour entry for {dst} on {} after 3 s of ARP; is the address on-link and up? (for a routed destination give the gateway's MAC with --dst-mac)",
+        iface.name
+    )
+}
+
+pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
+    let Prepared { iface, plan, src, file, file_size } = prep;
+    let ctrl_peer = SocketAddr::V4(SocketAddrV4::new(*opts.dst.ip(), control_port(opts.dst.port())?));
+    let mut ctrl = Control::connect(SocketAddr::V4(src), ctrl_peer)?;
+    let local = match ctrl.local_addr()? {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => bail!("IPv6 control sockets are not supported yet"),
+    };
+    let dst_mac = match opts.dst_mac {
+        Some(m) => m,
+        None => resolve_mac(&iface, *src.ip(), *opts.dst.ip())?,
+    };
+    info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "route resolved");
+
+    // Data frames leave from the control socket's port, so the receiver can
+    // hold data to the same source as the session's Hello.
+    let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
+    let session = super::random_session();
+    let t_preload = Instant::now();
+    let pre = preload(&file, &plan, &tpl, session)?;
+    let preload_s = t_preload.elapsed().as_secs_f64();
+    let info = pre.info;
+    let meta_len = pre.meta_len;
+
+    let cfg = XskConfig {
+        ifname: iface.name.clone(),
+        queue: 0,
+        rx_size: 0,
+        tx_size: TX_RING,
+        fill_size: FILL_SPARE,
+        comp_size: COMP_RING,
+        bind: opts.bind,
+    };
+    let mut xsk = Xsk::open(pre.area, &cfg)?;
+    let mode = xsk.mode();
+    let mode_name = match mode {
+        XskMode::Copy => "afxdp-copy",
+        XskMode::ZeroCopy => "afxdp-zerocopy",
+    };
+    info!(mode = mode_name, "transmit mode chosen by the kernel");
+    if mode == XskMode::Copy {
+        let _ = xsk.set_tx_budget(TX_RING);
+    }
+    // Some drivers need a populated fill ring even for TX-only sockets.
+    let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
+    xsk.fill(spare.into_iter(), FILL_SPARE);
+
+    let start = Instant::now();
+    let scfg = SenderConfig { timeout: opts.timeout, ..Default::default() };
+    let mut sender = Sender::new(scfg, session, info, start);
+    let batch = opts.batch.clamp(1, TX_RING);
+    let mut ids = vec![FrameId::Meta { last: false }; batch as usize];
+    let frame_size = u64::from(plan.frame_size);
+    let mut outstanding: u32 = 0;
+    let mut kicks = 0u64;
+    let mut kernel_drops = 0u64;
+    let mut first_post: Option<Instant> = None;
+    let mut intervals = Intervals::new(opts.intervals, start);
+    let mut idle_spins = 0u32;
+    let mut local_error: Option<anyhow::Error> = None;
+
+    loop {
+        let now = Instant::now();
+        if super::stop_requested() {
+            sender.fail_local();
+            local_error = Some(anyhow::anyhow!("interrupted"));
+            break;
+        }
+        outstanding -= xsk.reap(COMP_RING).min(outstanding);
+
+        loop {
+            match ctrl.recv() {
+                Ok(Some((_, bytes))) => {
+                    let _ = sender.on_control(now, bytes);
+                }
+                Ok(None) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    if sender.is_transferring() {
+                        sender.fail_local();
+                        local_error = Some(anyhow::anyhow!("the receiver's control port {ctrl_peer} is closed: the receiver exited"));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    sender.fail_local();
+                    local_error = Some(anyhow::anyhow!("control socket: {e}"));
+                    break;
+                }
+            }
+        }
+        while let Some(c) = sender.poll_control(now) {
+            if let Err(e) = ctrl.send(&c) {
+                // Before the receiver is up, its port is closed: keep trying.
+                if e.raw_os_error() != Some(libc::ECONNREFUSED) {
+                    warn!("control send: {e}");
+                }
+            }
+        }
+        if sender.poll_timeout().is_some_and(|t| t <= now) {
+            sender.handle_timeout(now);
+        }
+        if sender.is_finished() {
+            break;
+        }
+
+        // Post as many frames as the TX ring and the completion ring can take.
+        let room = batch.min(TX_RING - xsk.tx_pending().min(TX_RING)).min(COMP_RING - outstanding.min(COMP_RING));
+        let n = sender.next_frames(now, &mut ids[..room as usize]);
+        if n > 0 {
+            first_post.get_or_insert(now);
+            let descs = ids[..n].iter().map(|id| match *id {
+                FrameId::Data(c) => (c * frame_size, plan.data_len(&info, c)),
+                FrameId::Meta { last } => (u64::from(plan.meta_frame(last)) * frame_size, meta_len),
+            });
+            let posted = xsk.post(descs, n as u32);
+            debug_assert_eq!(posted as usize, n, "room was computed from the ring state");
+            outstanding += posted;
+        }
+        if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) && xsk.tx_needs_wakeup() {
+            kicks += 1;
+            match xsk.kick() {
+                Kick::Ok | Kick::Again => {}
+                Kick::Dropped => {
+                    kernel_drops += 1;
+                    if kernel_drops == 1 {
+                        warn!("the device dropped a frame after it left the TX ring (kick returned EBUSY); the receiver will ask for it again");
+                    }
+                }
+                Kick::Fatal(e) => {
+                    sender.fail_local();
+                    local_error = Some(anyhow::anyhow!("transmit failed on {}: {e}", iface.name));
+                    break;
+                }
+            }
+        }
+        intervals.tick(now, sender.stats.peer_received * u64::from(plan.chunk_size), || {
+            format!("{} retransmits", sender.stats.retransmits)
+        });
+        if n == 0 && outstanding == 0 {
+            idle_spins += 1;
+            if idle_spins > 64 {
+                let wait = sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+                super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
+            }
+        } else {
+            idle_spins = 0;
+        }
+    }
+
+    let end = Instant::now();
+    let elapsed = end.saturating_duration_since(first_post.unwrap_or(start)).as_secs_f64();
+    let stats = sender.stats.clone();
+    let verified = matches!(sender.outcome(), Some(Ok(())));
+    if let Some(e) = local_error {
+        return Err(e);
+    }
+    match sender.outcome() {
+        Some(Ok(())) => {}
+        Some(Err(e)) => bail!("{e}"),
+        None => bail!("the transfer stopped without an outcome"),
+    }
+    if opts.intervals {
+        println!(
+            "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  sender, {} retransmits, verified by receiver",
+            human_bytes(file_size),
+            human_bits_per_sec(file_size as f64 * 8.0 / elapsed.max(1e-9)),
+            stats.retransmits
+        );
+    }
+    Ok(SendReport {
+        mode: mode_name.to_string(),
+        bytes: file_size,
+        packets: stats.first_pass + stats.retransmits + stats.meta_frames,
+        retransmits: stats.retransmits,
+        goodput_bps: file_size as f64 * 8.0 / elapsed.max(1e-9),
+        elapsed_s: elapsed,
+        digest: hex(&info.digest),
+        verified,
+        preload_s,
+        packet_size: plan.packet_size,
+        chunk_size: plan.chunk_size,
+        kicks,
+        kernel_tx_drops: kernel_drops,
+        rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
+        stats,
+    })
+}

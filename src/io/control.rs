@@ -1,0 +1,60 @@
+//! The control channel: an ordinary UDP socket on each side.
+//!
+//! The receiver's control port is its data port + 1. NACKs, acks and probes
+//! travel here, outside the data path and outside any loss injection.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+pub fn control_port(data_port: u16) -> io::Result<u16> {
+    data_port
+        .checked_add(1)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the data port must be below 65535 (control uses port + 1)"))
+}
+
+pub struct Control {
+    sock: UdpSocket,
+    buf: Vec<u8>,
+}
+
+impl Control {
+    pub fn bind(addr: SocketAddr) -> io::Result<Control> {
+        let sock = UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("binding the control socket to {addr}: {e}")))?;
+        sock.set_nonblocking(true)?;
+        Ok(Control { sock, buf: vec![0u8; 65536] })
+    }
+
+    /// Binds to `local` and connects to `peer`, so ICMP errors (the peer's port
+    /// closed) come back as ECONNREFUSED.
+    pub fn connect(local: SocketAddr, peer: SocketAddr) -> io::Result<Control> {
+        let c = Control::bind(local)?;
+        c.sock.connect(peer)?;
+        Ok(c)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Next datagram, or `None` when nothing is waiting.
+    pub fn recv(&mut self) -> io::Result<Option<(SocketAddr, &[u8])>> {
+        match self.sock.recv_from(&mut self.buf) {
+            Ok((n, from)) => Ok(Some((from, &self.buf[..n]))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn send_to(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        self.sock.send_to(bytes, to).map(|_| ())
+    }
+
+    pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        self.sock.send(bytes).map(|_| ())
+    }
+}

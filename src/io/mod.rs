@@ -1,0 +1,57 @@
+//! Drivers that move the protocol's datagrams between [`crate::proto`]'s state
+//! machines and the kernel.
+//!
+//! - [`afxdp_send`]: the sender, preloaded UMEM frames posted on the TX ring;
+//! - [`receive`]: the receiver loop shared by both receive paths, with
+//!   [`afxdp_recv`] (our XDP program + an XSK) and [`udp_recv`] (recvmmsg);
+//! - [`control`] and [`output`]: the control socket and the output file.
+
+pub mod afxdp_recv;
+pub mod afxdp_send;
+pub mod control;
+pub mod output;
+pub mod receive;
+pub mod udp_recv;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM request a clean stop: loops see
+/// [`stop_requested`], unwind, detach and remove what they made.
+pub fn install_stop_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(sig, &act) } {
+            tracing::warn!("cannot install a handler for {sig}: {e}");
+        }
+    }
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// A random session id.
+pub fn random_session() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_ok() {
+        return u64::from_ne_bytes(b);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes.
+pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
+    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = timeout.as_millis().min(1000) as libc::c_int;
+    // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+}

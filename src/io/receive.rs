@@ -1,0 +1,220 @@
+//! The receiver's event loop, shared by the AF_XDP and UDP-socket data paths.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::control::Control;
+use super::output::Output;
+use crate::proto::receiver::{DropCounts, DropReason, Event, RecvError};
+use crate::proto::{Receiver, ReceiverConfig};
+use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
+use crate::wire::WireError;
+
+/// A source of datagrams for the data port.
+pub trait DataPath {
+    /// Takes what is ready (a bounded batch), calling `f` with each datagram's
+    /// source and UDP payload, or the reason its frame was not a UDP datagram.
+    fn poll(&mut self, f: &mut dyn FnMut(Result<(SocketAddr, &[u8]), WireError>)) -> io::Result<usize>;
+    /// A descriptor that becomes readable when datagrams arrive.
+    fn fd(&self) -> RawFd;
+}
+
+pub struct RecvOptions {
+    pub out: PathBuf,
+    pub idle_timeout: Duration,
+    pub allow_from: Option<IpAddr>,
+    pub intervals: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecvReport {
+    pub mode: String,
+    pub bytes: u64,
+    pub packets: u64,
+    pub retransmits: u64,
+    pub goodput_bps: f64,
+    pub elapsed_s: f64,
+    pub digest: String,
+    pub verified: bool,
+    pub path: String,
+    pub nacks_sent: u64,
+    pub dropped: DropCounts,
+    pub error: Option<String>,
+    /// Extra path-specific figures (XDP counters, socket statistics).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub path_stats: serde_json::Value,
+}
+
+/// Runs one transfer to completion. Returns the report; `report.error` is set
+/// and `verified` false when it failed.
+pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control, opts: &RecvOptions) -> RecvReport {
+    let start = Instant::now();
+    let cfg = ReceiverConfig { idle_timeout: opts.idle_timeout, allow_from: opts.allow_from, ..Default::default() };
+    let mut rx = Receiver::new(cfg, start);
+    let mut out: Option<Output> = None;
+    let mut packets = 0u64;
+    let mut verified_at: Option<Instant> = None;
+    let mut fatal: Option<String> = None;
+    let mut intervals = Intervals::new(opts.intervals, start);
+    let mut fds: Vec<RawFd> = paths.iter().map(|p| p.fd()).collect();
+    fds.push(ctrl.fd());
+    let mut idle_spins = 0u32;
+
+    loop {
+        let now = Instant::now();
+        if super::stop_requested() {
+            rx.abort("receiver interrupted");
+        }
+        // Data path.
+        let mut got = 0usize;
+        for p in paths.iter_mut() {
+            let r = p.poll(&mut |d| {
+                packets += 1;
+                match d {
+                    Ok((from, payload)) => {
+                        if let Some((off, bytes)) = rx.on_data(now, from, payload) {
+                            if !out.as_mut().is_some_and(|o| o.write_at(off, bytes)) {
+                                rx.drops.add(DropReason::OutOfRange);
+                            }
+                        }
+                    }
+                    Err(e) => rx.drops.add(DropReason::Wire(e)),
+                }
+            });
+            match r {
+                Ok(n) => got += n,
+                Err(e) => {
+                    fatal.get_or_insert(format!("data path: {e}"));
+                    rx.abort("receiver data path failed");
+                }
+            }
+        }
+        // Control path.
+        loop {
+            match ctrl.recv() {
+                Ok(Some((from, bytes))) => {
+                    got += 1;
+                    rx.on_control(now, from, bytes);
+                }
+                Ok(None) => break,
+                // ICMP errors from an earlier reply (the sender went away).
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+                Err(e) => {
+                    warn!("control socket: {e}");
+                    break;
+                }
+            }
+        }
+        // Events.
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                Event::Start { info, peer } => {
+                    info!(%peer, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, "session opened");
+                    match Output::create(&opts.out, info.file_size) {
+                        Ok(o) => out = Some(o),
+                        Err(e) => {
+                            let msg = format!("cannot prepare the output: {e}");
+                            fatal.get_or_insert(msg.clone());
+                            rx.abort(&msg);
+                        }
+                    }
+                }
+                Event::Verify => {
+                    let Some(o) = out.take() else { continue };
+                    let digest = o.digest();
+                    let expected = rx.info().map(|i| i.digest);
+                    if Some(digest) == expected {
+                        // Rename before acknowledging: when the sender hears
+                        // Done, the file is in place.
+                        match o.commit() {
+                            Ok(p) => info!(path = %p.display(), "digest verified; output committed"),
+                            Err(e) => {
+                                let msg = format!("verified, but cannot commit the output: {e}");
+                                fatal.get_or_insert(msg.clone());
+                                rx.abort(&msg);
+                                continue;
+                            }
+                        }
+                    } else {
+                        warn!(partial = %o.partial().display(), "digest mismatch; output left as partial");
+                    }
+                    verified_at = Some(Instant::now());
+                    rx.verified(Instant::now(), digest);
+                }
+            }
+        }
+        // Timers and replies.
+        if rx.poll_timeout().is_some_and(|t| t <= now) {
+            rx.handle_timeout(now);
+        }
+        while let Some((to, bytes)) = rx.poll_transmit(Instant::now()) {
+            if let Err(e) = ctrl.send_to(to, &bytes) {
+                if e.raw_os_error() != Some(libc::ECONNREFUSED) {
+                    warn!("sending to {to}: {e}");
+                }
+            }
+        }
+        intervals.tick(now, rx.bytes, || {
+            let n = rx.info().map_or(0, |i| i.n_chunks);
+            format!("{}/{} chunks", rx.chunks_received(), n)
+        });
+        if rx.is_finished() {
+            break;
+        }
+        if got == 0 {
+            idle_spins += 1;
+            if idle_spins > 64 {
+                let wait = rx.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+                super::wait_readable(&fds, wait.min(Duration::from_millis(5)));
+            }
+        } else {
+            idle_spins = 0;
+        }
+    }
+
+    let first = rx.first_data.unwrap_or(start);
+    let end = verified_at.unwrap_or_else(Instant::now);
+    let elapsed = end.saturating_duration_since(first).as_secs_f64();
+    let (verified, digest, error) = match rx.outcome() {
+        Some(Ok(s)) => (true, hex(&s.digest), None),
+        Some(Err(e)) => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| explain(e)))),
+        None => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
+    };
+    let bytes = rx.info().map_or(0, |i| i.file_size);
+    let path = if verified { opts.out.display().to_string() } else { super::output::partial_path(&opts.out).display().to_string() };
+    if opts.intervals {
+        if verified {
+            println!(
+                "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",
+                human_bytes(bytes),
+                human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
+                &digest[..16.min(digest.len())]
+            );
+        }
+    }
+    RecvReport {
+        mode: mode.to_string(),
+        bytes,
+        packets,
+        retransmits: rx.peer_retransmits,
+        goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
+        elapsed_s: elapsed,
+        digest,
+        verified,
+        path,
+        nacks_sent: rx.nacks_sent,
+        dropped: rx.drops.clone(),
+        error,
+        path_stats: serde_json::Value::Null,
+    }
+}
+
+fn explain(e: &RecvError) -> String {
+    e.to_string()
+}

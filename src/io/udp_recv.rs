@@ -1,0 +1,90 @@
+//! The plain UDP-socket receive path: `recvmmsg` in batches. The interop check,
+//! and the mode for hosts without XDP.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+
+use tracing::{debug, info};
+
+use super::receive::DataPath;
+use crate::afxdp::xsk::setsockopt_u32;
+use crate::wire::WireError;
+
+const BATCH: usize = 64;
+const SLOT: usize = 9216;
+const RCVBUF: u32 = 64 << 20;
+
+pub struct UdpReceiver {
+    sock: UdpSocket,
+    bufs: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_in>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl UdpReceiver {
+    pub fn bind(listen: SocketAddrV4) -> io::Result<UdpReceiver> {
+        let sock = UdpSocket::bind(listen).map_err(|e| io::Error::new(e.kind(), format!("binding the data socket to {listen}: {e}")))?;
+        sock.set_nonblocking(true)?;
+        // A deep socket buffer absorbs bursts; FORCE needs CAP_NET_ADMIN.
+        if setsockopt_u32(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
+            let r = setsockopt_u32(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF);
+            debug!("SO_RCVBUFFORCE refused; SO_RCVBUF: {r:?} (capped by net.core.rmem_max)");
+        }
+        info!(%listen, "UDP receive path ready");
+        Ok(UdpReceiver {
+            sock,
+            bufs: vec![0u8; BATCH * SLOT],
+            iov: Vec::with_capacity(BATCH),
+            // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+            addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            hdrs: vec![unsafe { std::mem::zeroed() }; BATCH],
+        })
+    }
+}
+
+impl DataPath for UdpReceiver {
+    fn poll(&mut self, f: &mut dyn FnMut(Result<(SocketAddr, &[u8]), WireError>)) -> io::Result<usize> {
+        self.iov.clear();
+        for slot in self.bufs.chunks_exact_mut(SLOT) {
+            self.iov.push(libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: SLOT });
+        }
+        for i in 0..BATCH {
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at a live iovec over its own SLOT-byte
+        // region of `bufs` and at its own sockaddr_in; all outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(self.sock.as_raw_fd(), self.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let len = (self.hdrs[i].msg_len as usize).min(SLOT);
+            let a = &self.addrs[i];
+            let from = SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port)));
+            f(Ok((from, &self.bufs[i * SLOT..i * SLOT + len])));
+        }
+        Ok(n)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}

@@ -1,0 +1,138 @@
+//! What the kernel knows about one interface.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, State, XdpAttached};
+use netlink_packet_route::RouteNetlinkMessage;
+use serde::Serialize;
+
+use super::netlink::dump;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub tx_queues: u32,
+    pub rx_queues: u32,
+    pub oper_up: bool,
+    pub ipv4: Option<Ipv4Addr>,
+    /// An XDP program is attached (by anyone), and how.
+    pub xdp_attached: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error("no interface named {0:?} in this network namespace (see `ip link`)")]
+    NotFound(String),
+    #[error("asking the kernel about interfaces failed: {0}")]
+    Netlink(#[from] io::Error),
+}
+
+impl Interface {
+    pub fn lookup(name: &str) -> Result<Interface, IfaceError> {
+        let links = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        let link = links
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .find(|l| l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)))
+            .ok_or_else(|| IfaceError::NotFound(name.to_string()))?;
+
+        let mut iface = Interface {
+            name: name.to_string(),
+            index: link.header.index,
+            mac: [0; 6],
+            mtu: 1500,
+            tx_queues: 1,
+            rx_queues: 1,
+            oper_up: false,
+            ipv4: None,
+            xdp_attached: None,
+        };
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Address(mac) if mac.len() == 6 => iface.mac.copy_from_slice(mac),
+                LinkAttribute::Mtu(m) => iface.mtu = *m,
+                LinkAttribute::NumTxQueues(q) => iface.tx_queues = *q,
+                LinkAttribute::NumRxQueues(q) => iface.rx_queues = *q,
+                // veth reports "unknown" when up without carrier detection.
+                LinkAttribute::OperState(s) => iface.oper_up = matches!(s, State::Up | State::Unknown),
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        if let LinkXdp::Attached(at) = x {
+                            iface.xdp_attached = match at {
+                                XdpAttached::None => None,
+                                XdpAttached::Driver => Some("native".into()),
+                                XdpAttached::SocketBuffer => Some("generic".into()),
+                                XdpAttached::Hardware => Some("offload".into()),
+                                other => Some(format!("{other:?}").to_lowercase()),
+                            };
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        let addrs = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        iface.ipv4 = addrs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == iface.index => Some(a),
+                _ => None,
+            })
+            .flat_map(|a| a.attributes)
+            .find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            });
+        Ok(iface)
+    }
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let m = parse_mac("02:aB:00:11:22:ff").unwrap();
+        assert_eq!(format_mac(&m), "02:ab:00:11:22:ff");
+        assert!(parse_mac("02:ab:00:11:22").is_none());
+        assert!(parse_mac("02:ab:00:11:22:zz").is_none());
+        assert!(parse_mac("002:ab:00:11:22:ff").is_none());
+    }
+
+    #[test]
+    fn loopback_is_found_and_unknown_is_refused() {
+        let lo = Interface::lookup("lo").expect("every namespace has lo");
+        assert_eq!(lo.index, 1);
+        assert!(lo.mtu >= 1500);
+        assert!(matches!(Interface::lookup("no-such-if0"), Err(IfaceError::NotFound(_))));
+    }
+}

@@ -1,0 +1,7 @@
+//! Facts about the network the driver runs on, read from the kernel over
+//! rtnetlink: an interface's index, MAC, MTU, queues, IPv4 address and XDP
+//! state, and the neighbour table (the next hop's MAC).
+
+mod netlink;
+pub mod iface;
+pub mod neigh;

@@ -1,0 +1,39 @@
+//! The kernel's neighbour table: which MAC answers for an IPv4 next hop.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::netlink::dump;
+
+/// The MAC of `ip` on interface `ifindex`, if the kernel has a usable entry.
+pub fn lookup(ifindex: u32, ip: Ipv4Addr) -> io::Result<Option<[u8; 6]>> {
+    let msgs = dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))?;
+    for m in msgs {
+        let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+        if n.header.ifindex != ifindex {
+            continue;
+        }
+        if matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None) {
+            continue;
+        }
+        let dst = n.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
+            _ => None,
+        });
+        if dst != Some(ip) {
+            continue;
+        }
+        if let Some(mac) = n.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => Some(l.clone()),
+            _ => None,
+        }) {
+            let mut out = [0u8; 6];
+            out.copy_from_slice(&mac);
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
+}

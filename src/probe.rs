@@ -1,0 +1,170 @@
+//! `xdpblast probe`: what this host and interface can do, as root or not.
+
+use serde::Serialize;
+
+use xdpblast::afxdp::program::{self, Steering, XdpQuery};
+use xdpblast::afxdp::umem::UmemArea;
+use xdpblast::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
+use xdpblast::net::iface::{format_mac, Interface};
+
+#[derive(Serialize)]
+struct Probe {
+    kernel: String,
+    euid: u32,
+    capabilities: Vec<&'static str>,
+    missing_capabilities: Vec<&'static str>,
+    memlock_limit: Option<u64>,
+    iface: Option<Interface>,
+    iface_error: Option<String>,
+    driver_xdp_features: Vec<&'static str>,
+    xdp_native: Result<String, String>,
+    af_xdp: Result<String, String>,
+    zero_copy_capable: bool,
+    auto_mode: String,
+    problems: Vec<String>,
+}
+
+const CAPS: [(u32, &str); 5] =
+    [(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW"), (14, "CAP_IPC_LOCK"), (21, "CAP_SYS_ADMIN"), (39, "CAP_BPF")];
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(0)
+}
+
+fn memlock() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).ok().map(|(soft, _)| soft)
+}
+
+pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
+    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let caps = effective_caps();
+    let have: Vec<&str> = CAPS.iter().filter(|(b, _)| caps & (1 << b) != 0).map(|(_, n)| *n).collect();
+    let mut missing: Vec<&str> = Vec::new();
+    for need in ["CAP_NET_ADMIN", "CAP_NET_RAW"] {
+        if !have.contains(&need) {
+            missing.push(need);
+        }
+    }
+    if !have.contains(&"CAP_BPF") && !have.contains(&"CAP_SYS_ADMIN") {
+        missing.push("CAP_BPF");
+    }
+    let mut problems = Vec::new();
+    let (iface, iface_error) = match Interface::lookup(ifname) {
+        Ok(i) => (Some(i), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let mut features = Vec::new();
+    let mut zc_capable = false;
+    let mut xdp_native = Err("not tried".to_string());
+    let mut af_xdp = Err("not tried".to_string());
+    if let Some(i) = &iface {
+        if !i.oper_up {
+            problems.push(format!("{} is down", i.name));
+        }
+        if let Some(by) = &i.xdp_attached {
+            problems.push(format!("an XDP program is already attached to {} ({by}); a receiver cannot attach ours", i.name));
+        }
+        if let Ok(q) = program::query(i.index) {
+            for (bit, name) in [
+                (XdpQuery::ACT_BASIC, "basic"),
+                (XdpQuery::ACT_REDIRECT, "redirect"),
+                (XdpQuery::ACT_NDO_XMIT, "ndo_xmit"),
+                (XdpQuery::ACT_XSK_ZEROCOPY, "xsk_zerocopy"),
+            ] {
+                if q.feature_flags & bit != 0 {
+                    features.push(name);
+                }
+            }
+            zc_capable = q.feature_flags & XdpQuery::ACT_XSK_ZEROCOPY != 0;
+        }
+        xdp_native = if i.xdp_attached.is_some() {
+            Err("skipped: another program is attached".into())
+        } else {
+            // Port 0 steers nothing: every packet passes while we look.
+            Steering::attach(&i.name, i.index, None, 0, 0.0).map(|s| format!("{:?}", s.mode()).to_lowercase()).map_err(|e| e.to_string())
+        };
+        af_xdp = UmemArea::new(64, 2048).map_err(|e| e.to_string()).and_then(|area| {
+            let cfg = XskConfig { ifname: i.name.clone(), queue: 0, rx_size: 0, tx_size: 64, fill_size: 64, comp_size: 64, bind: BindMode::Auto };
+            Xsk::open(area, &cfg).map(|x| match x.mode() {
+                XskMode::Copy => "copy mode".to_string(),
+                XskMode::ZeroCopy => "zero-copy mode".to_string(),
+            })
+            .map_err(|e| e.to_string())
+        });
+    }
+    if let Err(e) = &af_xdp {
+        problems.push(format!("AF_XDP: {e}"));
+    }
+    let auto_mode = match (&af_xdp, &iface) {
+        (Ok(m), Some(_)) => format!("afxdp ({m})"),
+        _ => "none: AF_XDP is not usable here, and the TCP sendfile fallback is not built yet".to_string(),
+    };
+    let p = Probe {
+        kernel,
+        euid: nix::unistd::geteuid().as_raw(),
+        capabilities: have,
+        missing_capabilities: missing,
+        memlock_limit: memlock(),
+        iface,
+        iface_error,
+        driver_xdp_features: features,
+        xdp_native,
+        af_xdp,
+        zero_copy_capable: zc_capable,
+        auto_mode,
+        problems,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print_human(&p, ifname);
+    }
+    Ok(p.af_xdp.is_ok())
+}
+
+fn yes_no<T: std::fmt::Display, E: std::fmt::Display>(r: &Result<T, E>) -> String {
+    match r {
+        Ok(v) => format!("yes ({v})"),
+        Err(e) => format!("no: {e}"),
+    }
+}
+
+fn print_human(p: &Probe, ifname: &str) {
+    println!("kernel            {}", p.kernel);
+    println!("user              euid {}; capabilities: {}", p.euid, p.capabilities.join(" "));
+    if !p.missing_capabilities.is_empty() {
+        println!("missing           {}", p.missing_capabilities.join(" "));
+    }
+    if let Some(m) = p.memlock_limit {
+        let shown = if m == u64::MAX { "unlimited".to_string() } else { format!("{} KiB", m / 1024) };
+        println!("RLIMIT_MEMLOCK    {shown} (CAP_IPC_LOCK lets the UMEM register anyway)");
+    }
+    match &p.iface {
+        Some(i) => {
+            println!(
+                "interface         {} (index {}, mac {}, mtu {}, {} tx / {} rx queues, {}, ipv4 {})",
+                i.name,
+                i.index,
+                format_mac(&i.mac),
+                i.mtu,
+                i.tx_queues,
+                i.rx_queues,
+                if i.oper_up { "up" } else { "DOWN" },
+                i.ipv4.map_or("none".to_string(), |a| a.to_string())
+            );
+            println!("driver XDP        {}", if p.driver_xdp_features.is_empty() { "no features reported".into() } else { p.driver_xdp_features.join(" ") });
+        }
+        None => println!("interface         {ifname}: {}", p.iface_error.as_deref().unwrap_or("not found")),
+    }
+    println!("XDP attach        {}", yes_no(&p.xdp_native));
+    println!("AF_XDP socket     {}", yes_no(&p.af_xdp));
+    println!("zero-copy         {}", if p.zero_copy_capable { "supported by the driver" } else { "not supported by the driver (copy mode)" });
+    println!("send --mode auto  {}", p.auto_mode);
+    for pr in &p.problems {
+        println!("problem           {pr}");
+    }
+}
