@@ -1,0 +1,231 @@
+//! Test bed for the integration tests: two network namespaces joined by a veth
+//! pair, created through `scripts/veth.sh` (the same script people use) and
+//! removed when the test ends, whether it passes or panics.
+//!
+//! These tests need root, network namespaces, veth and AF_XDP. Where they are
+//! missing, the test fails and says why: a silent pass would hide that
+//! nothing was tested.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_xdpblast");
+pub const TX_IP: &str = "10.77.0.1";
+pub const RX_IP: &str = "10.77.0.2";
+
+/// Network tests run one at a time: the machine has two cores, and timing
+/// between concurrent blasts would only measure contention.
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fails the test with the reason if this host cannot run it.
+pub fn require_privileges() {
+    let euid = unsafe_free_euid();
+    assert_eq!(euid, 0, "this test needs root (network namespaces, veth, XDP, AF_XDP); run the README's test command as root");
+    let ok = Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(ok.is_ok_and(|s| s.success()), "this test needs iproute2's `ip` (scripts/install-deps.sh installs it)");
+}
+
+fn unsafe_free_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).unwrap_or("1").to_string())))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+pub struct Veth {
+    pub name: String,
+    pub tx_ns: String,
+    pub rx_ns: String,
+    pub tx_if: String,
+    pub rx_if: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Veth {
+    pub fn new() -> Veth {
+        Veth::with_queues(1)
+    }
+
+    pub fn with_queues(queues: u32) -> Veth {
+        require_privileges();
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let name = format!("xt{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
+        let out = Command::new(repo().join("scripts/veth.sh"))
+            .args(["up", &name, &queues.to_string()])
+            .output()
+            .expect("running scripts/veth.sh");
+        assert!(out.status.success(), "scripts/veth.sh up {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Veth {
+            tx_ns: format!("{name}-tx"),
+            rx_ns: format!("{name}-rx"),
+            tx_if: format!("{name}-a"),
+            rx_if: format!("{name}-b"),
+            name,
+            _serial: serial,
+        }
+    }
+
+    pub fn in_ns(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, BIN]).args(args);
+        c
+    }
+
+    /// Starts `xdpblast recv` in the receive namespace and waits for `ready`.
+    pub fn start_receiver(&self, out: &Path, extra: &[&str]) -> Receiver {
+        let listen = format!("{RX_IP}:9000");
+        let out_s = out.to_str().expect("utf-8 path");
+        let mut args = vec!["--log", "warn", "recv", "--iface", &self.rx_if, "--listen", &listen, "--out", out_s, "--json"];
+        args.extend_from_slice(extra);
+        let stderr_path = out.with_extension("recv.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("receiver log");
+        let child = self
+            .in_ns(&self.rx_ns, &args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning the receiver");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            if log.contains("ready") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "receiver never said ready; its log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Receiver { child: Some(child), log: stderr_path }
+    }
+
+    /// Runs `xdpblast send FILE` from the transmit namespace, bounded in time.
+    pub fn send(&self, file: &Path, extra: &[&str]) -> Output {
+        let dst = format!("{RX_IP}:9000");
+        let f = file.to_str().expect("utf-8 path");
+        let mut args = vec!["--log", "warn", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
+        args.extend_from_slice(extra);
+        let mut c = Command::new("timeout");
+        c.args(["120", "ip", "netns", "exec", &self.tx_ns, BIN]).args(&args);
+        c.output().expect("running the sender")
+    }
+
+    /// The `xdp` object `ip -d -j link show` reports for the receive interface,
+    /// or None when no XDP program is attached.
+    pub fn rx_xdp(&self) -> Option<serde_json::Value> {
+        let out = Command::new("ip").args(["-n", &self.rx_ns, "-d", "-j", "link", "show", "dev", &self.rx_if]).output().expect("ip link show");
+        assert!(out.status.success(), "ip link show failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output is JSON");
+        v.get(0).and_then(|l| l.get("xdp")).cloned()
+    }
+
+    /// Packets the transmit interface has sent, from the kernel's counters.
+    pub fn tx_packets(&self) -> u64 {
+        let out = Command::new("ip").args(["-n", &self.tx_ns, "-s", "-j", "link", "show", "dev", &self.tx_if]).output().expect("ip -s link show");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output is JSON");
+        v[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packet counter")
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/veth.sh")).args(["down", &self.name]).status();
+        for ns in [&self.tx_ns, &self.rx_ns] {
+            let still = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains(ns.as_str()));
+            if still.unwrap_or(false) && !std::thread::panicking() {
+                panic!("namespace {ns} was not removed");
+            }
+        }
+    }
+}
+
+pub struct Receiver {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Receiver {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Waits (bounded) for the receiver to exit and parses its JSON report.
+    pub fn finish(mut self) -> (bool, serde_json::Value, String) {
+        let Some(mut child) = self.child.take() else { panic!("receiver already finished") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("waiting for the receiver") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("receiver did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("receiver JSON ({e}): {stdout}\nlog:\n{log}"));
+        (status.success(), json, log)
+    }
+
+    /// Kills the receiver with `signal` and reaps it.
+    pub fn kill(mut self, signal: &str) {
+        let Some(mut child) = self.child.take() else { return };
+        // `ip netns exec` execs the binary, so the child's pid is the receiver's.
+        let st = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill");
+        assert!(st.success(), "kill -{signal} failed");
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A file of `len` pseudo-random bytes (seeded, so failures reproduce).
+pub fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let mut x = seed | 1;
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, &data).expect("writing the test file");
+    p
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sender JSON ({e}); exit {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).expect("reading a") == std::fs::read(b).expect("reading b")
+}

@@ -1,0 +1,77 @@
+//! What must never happen: an XDP program left behind, a frame the link will
+//! drop sent silently, a partial file that looks complete.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn wait_detached(veth: &Veth) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if veth.rx_xdp().is_none() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn no_xdp_program_left_after_sigkill() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rx = veth.start_receiver(&dir.path().join("out.bin"), &[]);
+    let attached = veth.rx_xdp().expect("while the receiver runs, our program must be attached");
+    assert_eq!(attached["prog"]["name"], "xdpblast_steer");
+    rx.kill("KILL");
+    assert!(wait_detached(&veth), "XDP program still attached 5 s after SIGKILL: {:?}", veth.rx_xdp());
+}
+
+#[test]
+fn no_xdp_program_left_after_sigterm_or_idle_timeout() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    assert!(veth.rx_xdp().is_some());
+    rx.kill("TERM");
+    assert!(wait_detached(&veth), "XDP program left after SIGTERM");
+
+    // Idle timeout: nobody sends; the receiver must give up, fail, and detach.
+    let rx = veth.start_receiver(&out, &["--timeout", "1"]);
+    let (ok, report, _log) = rx.finish();
+    assert!(!ok, "an idle timeout is a failure");
+    assert_eq!(report["verified"], false);
+    assert!(report["error"].as_str().unwrap_or("").contains("idle timeout"), "{report}");
+    assert!(!out.exists(), "no output may appear at PATH without a verified transfer");
+    assert!(wait_detached(&veth));
+}
+
+#[test]
+fn packet_size_above_mtu_is_refused_before_any_packet_leaves() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 1 << 20, 10);
+    let before = veth.tx_packets();
+    let sent = veth.send(&file, &["--packet-size", "1600"]);
+    let after = veth.tx_packets();
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success(), "a packet size above the MTU must fail");
+    assert!(stderr.contains("above the MTU") && stderr.contains("1500"), "the error must name the MTU: {stderr}");
+    assert_eq!(before, after, "no packet may leave the interface: {before} -> {after}");
+}
+
+#[test]
+fn sender_without_receiver_fails_with_clear_timeout() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 4096, 11);
+    let started = Instant::now();
+    let sent = veth.send(&file, &["--timeout", "1"]);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success());
+    assert!(stderr.contains("no answer from the receiver"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the timeout must bound the run");
+}

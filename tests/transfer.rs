@@ -1,0 +1,95 @@
+//! End-to-end transfers over a veth pair between two namespaces the test
+//! creates: real AF_XDP sockets, our real XDP program, no mocks.
+
+mod common;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn assert_transfer(veth: &Veth, recv_args: &[&str], expect_mode: &str, size: usize, seed: u64) -> (serde_json::Value, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", size, seed);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, recv_args);
+    let sent = veth.send(&file, &[]);
+    let send = json(&sent);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "sender failed: {}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "receiver failed: {recv}\n{log}");
+    assert_eq!(send["verified"], true);
+    assert_eq!(recv["verified"], true);
+    assert_eq!(recv["mode"], expect_mode);
+    assert_eq!(send["mode"], "afxdp-copy", "veth has no zero-copy, so the kernel must pick copy mode");
+    assert_eq!(send["digest"], recv["digest"]);
+    assert_eq!(send["bytes"].as_u64(), Some(size as u64));
+    assert_eq!(send["digest"].as_str(), Some(blake3::hash(&std::fs::read(&file).expect("read")).to_hex().as_str()));
+    assert!(same_file(&file, &out), "output differs from input");
+    assert!(!dir.path().join("out.bin.partial").exists(), "the partial file must be renamed away");
+    (send, recv)
+}
+
+#[test]
+fn afxdp_to_afxdp_64mib_arrives_byte_identical() {
+    let veth = Veth::new();
+    let (send, recv) = assert_transfer(&veth, &[], "afxdp-copy", 64 * MIB, 1);
+    let redirected = recv["path_stats"]["xdp"]["redirected"].as_u64().unwrap_or(0);
+    assert!(redirected >= send["stats"]["first_pass"].as_u64().unwrap_or(u64::MAX), "every data frame must pass through our XDP program: {recv}");
+    assert_eq!(recv["path_stats"]["xdp"]["loss_dropped"], 0);
+    assert!(veth.rx_xdp().is_none(), "XDP program left attached after a normal exit");
+}
+
+#[test]
+fn afxdp_with_5pct_injected_loss_is_repaired() {
+    let veth = Veth::new();
+    let (send, recv) = assert_transfer(&veth, &["--inject-loss", "0.05"], "afxdp-copy", 64 * MIB, 2);
+    let dropped = recv["path_stats"]["xdp"]["loss_dropped"].as_u64().unwrap_or(0);
+    let first_pass = send["stats"]["first_pass"].as_u64().unwrap_or(0);
+    let rtx = send["retransmits"].as_u64().unwrap_or(0);
+    // 46,346 frames at 5%: expect ~2,300 drops; 3% and 8% are far outside chance.
+    assert!(dropped > first_pass * 3 / 100 && dropped < first_pass * 8 / 100, "loss knob dropped {dropped} of {first_pass}");
+    assert!(rtx >= dropped * 9 / 10, "every injected drop must be repaired: {rtx} retransmits for {dropped} drops");
+    assert!(rtx < first_pass / 5, "repairs must stay far below a second full pass: {rtx}");
+    assert_eq!(recv["retransmits"], send["retransmits"], "the end probe carries the sender's retransmit count");
+}
+
+#[test]
+fn afxdp_sender_to_udp_socket_receiver() {
+    let veth = Veth::new();
+    let (_send, recv) = assert_transfer(&veth, &["--mode", "udp"], "udp", 64 * MIB, 3);
+    assert!(recv["path_stats"].is_null(), "no XDP program is loaded in plain UDP mode");
+    assert!(veth.rx_xdp().is_none());
+}
+
+#[test]
+fn udp_socket_receiver_with_injected_loss() {
+    let veth = Veth::new();
+    let (send, recv) = assert_transfer(&veth, &["--mode", "udp", "--inject-loss", "0.05"], "udp", 16 * MIB, 4);
+    assert!(recv["path_stats"]["xdp"]["loss_dropped"].as_u64().unwrap_or(0) > 0);
+    assert!(send["retransmits"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn small_and_empty_files() {
+    let veth = Veth::new();
+    for (size, seed) in [(0usize, 5u64), (1, 6), (1447, 7), (1449, 8)] {
+        assert_transfer(&veth, &[], "afxdp-copy", size, seed);
+    }
+}
+
+#[test]
+fn explicit_packet_size_below_mtu() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 3 * MIB, 9);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let sent = veth.send(&file, &["--packet-size", "600"]);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{recv}\n{log}");
+    let s = json(&sent);
+    assert_eq!(s["packet_size"], 600);
+    assert_eq!(s["chunk_size"], 600 - 20 - 8 - 24);
+    assert!(same_file(&file, &out));
+}
