@@ -1,0 +1,91 @@
+//! Per-packet hot pieces, measured with criterion (never in timed tests):
+//! - building a data frame at preload (headers + IPv4/UDP checksums);
+//! - the receiver's per-datagram work: parse, checks, chunk bookkeeping;
+//! - one NACK round over a large, lossy chunk set.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use xdpblast::proto::chunkset::ChunkSet;
+use xdpblast::proto::{Receiver, ReceiverConfig};
+use xdpblast::wire::frame::{example_template, parse_udp};
+use xdpblast::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
+
+fn frame_build(c: &mut Criterion) {
+    let tpl = example_template();
+    let mut g = c.benchmark_group("preload_frame");
+    for payload in [64usize, 1448] {
+        let mut frame = vec![0u8; 2048];
+        g.throughput(Throughput::Bytes(payload as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(payload), &payload, |b, &p| {
+            b.iter(|| {
+                emit_header(&mut frame[42..], Kind::Data, p as u16, 7, 123);
+                black_box(tpl.build_in_place(&mut frame, HEADER_LEN + p).expect("fits"))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn receive_path(c: &mut Criterion) {
+    let tpl = example_template();
+    let chunk = 1448u32;
+    let n = 1u64 << 16;
+    let info = SessionInfo { file_size: n * u64::from(chunk), chunk_size: chunk, n_chunks: n, digest: [0; 32] };
+    let payload = vec![0xabu8; chunk as usize];
+    // Prebuilt frames, as they would sit in the receive UMEM.
+    let frames: Vec<Vec<u8>> = (0..1024u64)
+        .map(|i| {
+            let msg = Message::Data { session: 1, chunk: i, payload: &payload }.to_vec();
+            let mut f = vec![0u8; 2048];
+            let len = tpl.build(&msg, &mut f).expect("fits");
+            f.truncate(len);
+            f
+        })
+        .collect();
+    let from = SocketAddr::V4(tpl.src);
+    let mut g = c.benchmark_group("receive_datagram");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_check_mark", |b| {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), now);
+        rx.on_control(now, from, &Message::Hello { session: 1, info }.to_vec());
+        let mut i = 0usize;
+        b.iter(|| {
+            let f = &frames[i % frames.len()];
+            i += 1;
+            let d = parse_udp(f).expect("valid frame");
+            // After the first lap chunks are duplicates: the same checks run.
+            black_box(rx.on_data(now, d.src, d.payload).map(|(off, p)| off + p.len() as u64))
+        })
+    });
+    g.finish();
+}
+
+fn nack_round(c: &mut Criterion) {
+    // 1 GiB of 1448-byte chunks, 5% missing, one bitmap window scan.
+    let n = 741_538u64;
+    let mut set = ChunkSet::new(n);
+    let mut x = 12345u64;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 20 != 0 {
+            set.insert(i);
+        }
+    }
+    let mut out = Vec::new();
+    c.bench_function("nack_window_8192_bits", |b| {
+        b.iter(|| {
+            let base = set.next_missing(0, n).expect("some missing");
+            black_box(set.missing_bitmap(base, 8192, &mut out))
+        })
+    });
+}
+
+criterion_group!(benches, frame_build, receive_path, nack_round);
+criterion_main!(benches);

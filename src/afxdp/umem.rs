@@ -6,6 +6,8 @@
 use std::io;
 use std::ptr::NonNull;
 
+use memmap2::{Advice, MmapMut, MmapOptions};
+
 use tracing::{debug, info};
 
 const HUGE_PAGE: usize = 2 << 20;
@@ -21,18 +23,15 @@ pub enum Backing {
 
 /// An anonymous, page-aligned region of `frames * frame_size` bytes.
 pub struct UmemArea {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: MmapMut,
+    /// Base of `map`, taken once: receive-side reads build a slice over one
+    /// frame from it, never a reference to the whole area, which the kernel
+    /// writes into concurrently.
+    base: NonNull<u8>,
     frame_size: u32,
     frames: u32,
     backing: Backing,
 }
-
-// SAFETY: the area is plain memory owned by this value; access is governed by
-// `&`/`&mut` borrows of it, and the kernel only touches frames we hand it.
-unsafe impl Send for UmemArea {}
-// SAFETY: shared references only read.
-unsafe impl Sync for UmemArea {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UmemError {
@@ -44,6 +43,13 @@ pub enum UmemError {
     Map { bytes: usize, source: io::Error },
 }
 
+// SAFETY: `base` points into `map`, which this value owns; moving the value
+// to another thread moves the mapping with it.
+unsafe impl Send for UmemArea {}
+// SAFETY: shared access only reads, through `bytes_at`, whose caller promises
+// the bytes are not being written.
+unsafe impl Sync for UmemArea {}
+
 impl UmemArea {
     pub fn new(frames: u32, frame_size: u32) -> Result<UmemArea, UmemError> {
         if frame_size != 2048 && frame_size != 4096 {
@@ -52,54 +58,24 @@ impl UmemArea {
         let bytes = u64::from(frames) * u64::from(frame_size);
         let len = usize::try_from(bytes)
             .ok()
-            .filter(|l| *l <= isize::MAX as usize)
+            .filter(|l| *l <= isize::MAX as usize / 2)
             .ok_or(UmemError::TooBig { frames: u64::from(frames), frame_size })?
             .max(frame_size as usize);
         let huge_len = len.div_ceil(HUGE_PAGE) * HUGE_PAGE;
-
-        // SAFETY: an anonymous private mapping with no address hint; the result
-        // is checked against MAP_FAILED before use.
-        let huge = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                huge_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        let (ptr, len, backing) = if huge != libc::MAP_FAILED {
-            (huge, huge_len, Backing::HugeTlb)
-        } else {
-            debug!("no 2 MiB huge pages ({}); using regular pages with THP advice", io::Error::last_os_error());
-            // SAFETY: as above, without MAP_HUGETLB.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(UmemError::Map { bytes: len, source: io::Error::last_os_error() });
+        let (map, backing) = match MmapOptions::new().len(huge_len).huge(Some(21)).populate().map_anon() {
+            Ok(m) => (m, Backing::HugeTlb),
+            Err(e) => {
+                debug!("no 2 MiB huge pages ({e}); using regular pages with THP advice");
+                let m = MmapOptions::new().len(len).map_anon().map_err(|source| UmemError::Map { bytes: len, source })?;
+                // Failure only means no transparent huge pages.
+                let _ = m.advise(Advice::HugePage);
+                (m, Backing::Thp)
             }
-            // SAFETY: advice on a mapping we own; failure only means no THP.
-            unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-            (p, len, Backing::Thp)
         };
-        info!(bytes = len, frames, frame_size, ?backing, "UMEM mapped");
-        Ok(UmemArea {
-            // mmap never returns null on success.
-            ptr: NonNull::new(ptr.cast()).ok_or(UmemError::Map { bytes: len, source: io::Error::other("null mapping") })?,
-            len,
-            frame_size,
-            frames,
-            backing,
-        })
+        info!(bytes = map.len(), frames, frame_size, ?backing, "UMEM mapped");
+        let mut map = map;
+        let base = NonNull::new(map.as_mut_ptr()).ok_or(UmemError::Map { bytes: len, source: io::Error::other("null mapping") })?;
+        Ok(UmemArea { map, base, frame_size, frames, backing })
     }
 
     pub fn frame_size(&self) -> u32 {
@@ -112,10 +88,10 @@ impl UmemArea {
         self.backing
     }
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.is_empty()
     }
 
     /// UMEM address (offset) of frame `idx`.
@@ -124,28 +100,22 @@ impl UmemArea {
     }
 
     /// The whole area, for registering with the kernel.
-    pub fn as_nonnull_slice(&self) -> NonNull<[u8]> {
-        NonNull::slice_from_raw_parts(self.ptr, self.len)
+    pub fn as_nonnull_slice(&mut self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.base, self.map.len())
     }
 
     /// Frame `idx` for writing (preload). `None` past the end.
     pub fn frame_mut(&mut self, idx: u32) -> Option<&mut [u8]> {
-        if idx >= self.frames {
-            return None;
-        }
         let fs = self.frame_size as usize;
-        // SAFETY: idx < frames, so [idx*fs, idx*fs+fs) lies inside the mapping of
-        // `len >= frames*fs` bytes; `&mut self` makes the borrow exclusive.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(idx as usize * fs), fs) })
+        let start = (idx < self.frames).then_some(idx as usize * fs)?;
+        self.map.get_mut(start..start + fs)
     }
 
     /// The whole area for writing (preload), e.g. to cut into frames with
-    /// `chunks_exact_mut(frame_size)`.
+    /// `chunks_exact_mut(frame_size)`. Only reachable before a socket owns the
+    /// area: [`super::xsk::Xsk`] hands out shared references only.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes long and owned by us; `&mut self`
-        // makes the borrow exclusive (no kernel ring refers to it before the
-        // socket takes ownership of the area).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        &mut self.map[..]
     }
 
     /// Bytes at UMEM address `addr`, `len` long, if inside the area. Used on
@@ -158,19 +128,13 @@ impl UmemArea {
     pub unsafe fn bytes_at(&self, addr: u64, len: u32) -> Option<&[u8]> {
         let start = usize::try_from(addr).ok()?;
         let end = start.checked_add(len as usize)?;
-        if end > self.len {
+        if end > self.map.len() {
             return None;
         }
-        // SAFETY: bounds checked just above; exclusivity is the caller's promise.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start), len as usize) })
-    }
-}
-
-impl Drop for UmemArea {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the region mmap returned; every socket that
-        // registered it is dropped before this (see field order in the owners).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // SAFETY: [start, end) lies inside the mapping (checked above), which
+        // lives as long as `self`; the caller guarantees the kernel is not
+        // writing these bytes while the slice is alive.
+        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), len as usize) })
     }
 }
 

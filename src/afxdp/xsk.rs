@@ -88,7 +88,7 @@ pub struct Xsk {
 }
 
 impl Xsk {
-    pub fn open(area: UmemArea, cfg: &XskConfig) -> Result<Xsk, XskError> {
+    pub fn open(mut area: UmemArea, cfg: &XskConfig) -> Result<Xsk, XskError> {
         let ucfg = UmemConfig {
             fill_size: cfg.fill_size,
             complete_size: cfg.comp_size,
@@ -224,23 +224,30 @@ impl Xsk {
         }
     }
 
-    /// Takes up to `max` received frames, hands each one's bytes to `f`, then
-    /// returns the frames to the fill ring. Returns how many were taken.
-    pub fn receive(&mut self, max: u32, mut f: impl FnMut(&[u8])) -> u32 {
+    /// Takes up to `max` received frames and hands them to `f` as one batch
+    /// (so the caller can coalesce its writes), then returns the frames to the
+    /// fill ring. Returns how many were taken.
+    pub fn receive(&mut self, max: u32, f: impl FnOnce(&[&[u8]])) -> u32 {
         let Some(rx) = self.rx.as_mut() else { return 0 };
         let mask = !(u64::from(self.area.frame_size()) - 1);
         let mut r = rx.receive(max);
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(r.capacity() as usize);
         let mut n = 0;
         while let Some(desc) = r.read() {
             n += 1;
             // SAFETY: the kernel handed this frame to us on the RX ring; it will
-            // not write it again until we put it back on the fill ring below.
+            // not write it again until we put it back on the fill ring below,
+            // after `f` has returned and `frames` is gone.
             match unsafe { self.area.bytes_at(desc.addr, desc.len) } {
-                Some(bytes) => f(bytes),
+                Some(bytes) => frames.push(bytes),
                 None => warn!(addr = desc.addr, len = desc.len, "RX descriptor outside the UMEM; skipped"),
             }
             self.recycle.push(desc.addr & mask);
         }
+        if !frames.is_empty() {
+            f(&frames);
+        }
+        drop(frames);
         r.release();
         if !self.recycle.is_empty() {
             let mut w = self.device.fill(self.recycle.len() as u32);

@@ -2,12 +2,12 @@
 //! per receive queue; frames are parsed in place and recycled to the fill ring.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::os::fd::RawFd;
 
 use tracing::info;
 
-use super::receive::DataPath;
+use super::receive::{DataPath, Datagram};
 use crate::afxdp::program::Steering;
 use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
@@ -92,12 +92,18 @@ struct XskPath<'a> {
 }
 
 impl DataPath for XskPath<'_> {
-    fn poll(&mut self, f: &mut dyn FnMut(Result<(SocketAddr, &[u8]), WireError>)) -> io::Result<usize> {
+    fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize> {
         let port = self.port;
-        let n = self.xsk.receive(BATCH, |frame| match parse_udp(frame) {
-            Ok(d) if d.dst.port() == port => f(Ok((d.src, d.payload))),
-            Ok(_) => f(Err(WireError::NotUdp)),
-            Err(e) => f(Err(e)),
+        let n = self.xsk.receive(BATCH, |frames| {
+            let batch: Vec<Datagram<'_>> = frames
+                .iter()
+                .map(|frame| match parse_udp(frame) {
+                    Ok(d) if d.dst.port() == port => Ok((d.src, d.payload)),
+                    Ok(_) => Err(WireError::NotUdp),
+                    Err(e) => Err(e),
+                })
+                .collect();
+            f(&batch);
         });
         self.xsk.wake_rx_if_needed();
         Ok(n as usize)

@@ -16,11 +16,15 @@ use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
 use crate::wire::WireError;
 
+/// One received datagram: its source and UDP payload, or why its frame was
+/// not a UDP datagram for us.
+pub type Datagram<'a> = Result<(SocketAddr, &'a [u8]), WireError>;
+
 /// A source of datagrams for the data port.
 pub trait DataPath {
-    /// Takes what is ready (a bounded batch), calling `f` with each datagram's
-    /// source and UDP payload, or the reason its frame was not a UDP datagram.
-    fn poll(&mut self, f: &mut dyn FnMut(Result<(SocketAddr, &[u8]), WireError>)) -> io::Result<usize>;
+    /// Takes what is ready (a bounded batch) and hands it to `f` in one call,
+    /// so writes can be coalesced while the batch's buffers are held.
+    fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize>;
     /// A descriptor that becomes readable when datagrams arrive.
     fn fd(&self) -> RawFd;
 }
@@ -65,6 +69,7 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
     let mut fds: Vec<RawFd> = paths.iter().map(|p| p.fd()).collect();
     fds.push(ctrl.fd());
     let mut idle_spins = 0u32;
+    let mut write_error: Option<io::Error> = None;
 
     loop {
         let now = Instant::now();
@@ -74,19 +79,35 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
         // Data path.
         let mut got = 0usize;
         for p in paths.iter_mut() {
-            let r = p.poll(&mut |d| {
-                packets += 1;
-                match d {
-                    Ok((from, payload)) => {
-                        if let Some((off, bytes)) = rx.on_data(now, from, payload) {
-                            if !out.as_mut().is_some_and(|o| o.write_at(off, bytes)) {
-                                rx.drops.add(DropReason::OutOfRange);
+            let r = p.poll(&mut |batch| {
+                packets += batch.len() as u64;
+                let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
+                for d in batch {
+                    match d {
+                        Ok((from, payload)) => {
+                            if let Some(w) = rx.on_data(now, *from, payload) {
+                                writes.push(w);
                             }
                         }
+                        Err(e) => rx.drops.add(DropReason::Wire(*e)),
                     }
-                    Err(e) => rx.drops.add(DropReason::Wire(e)),
+                }
+                if writes.is_empty() {
+                    return;
+                }
+                let result = match out.as_mut() {
+                    Some(o) => o.write_batch(&mut writes),
+                    None => Err(io::Error::other("data before the output was prepared")),
+                };
+                if let Err(e) = result {
+                    write_error.get_or_insert(e);
                 }
             });
+            if let Some(e) = write_error.take() {
+                let msg = format!("writing the output: {e}");
+                fatal.get_or_insert(msg.clone());
+                rx.abort(&msg);
+            }
             match r {
                 Ok(n) => got += n,
                 Err(e) => {
@@ -127,7 +148,15 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
                 }
                 Event::Verify => {
                     let Some(o) = out.take() else { continue };
-                    let digest = o.digest();
+                    let digest = match o.digest() {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let msg = format!("reading the output back to verify it: {e}");
+                            fatal.get_or_insert(msg.clone());
+                            rx.abort(&msg);
+                            continue;
+                        }
+                    };
                     let expected = rx.info().map(|i| i.digest);
                     if Some(digest) == expected {
                         // Rename before acknowledging: when the sender hears
@@ -160,10 +189,9 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
                 }
             }
         }
-        intervals.tick(now, rx.bytes, || {
-            let n = rx.info().map_or(0, |i| i.n_chunks);
-            format!("{}/{} chunks", rx.chunks_received(), n)
-        });
+        if let Some(n) = rx.info().map(|i| i.n_chunks) {
+            intervals.tick(now, rx.bytes, || format!("{}/{n} chunks", rx.chunks_received()));
+        }
         if rx.is_finished() {
             break;
         }

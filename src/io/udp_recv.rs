@@ -7,9 +7,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use tracing::{debug, info};
 
-use super::receive::DataPath;
+use super::receive::{DataPath, Datagram};
 use crate::afxdp::xsk::setsockopt_u32;
-use crate::wire::WireError;
 
 const BATCH: usize = 64;
 const SLOT: usize = 9216;
@@ -46,7 +45,7 @@ impl UdpReceiver {
 }
 
 impl DataPath for UdpReceiver {
-    fn poll(&mut self, f: &mut dyn FnMut(Result<(SocketAddr, &[u8]), WireError>)) -> io::Result<usize> {
+    fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize> {
         self.iov.clear();
         for slot in self.bufs.chunks_exact_mut(SLOT) {
             self.iov.push(libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: SLOT });
@@ -75,11 +74,16 @@ impl DataPath for UdpReceiver {
             };
         }
         let n = n as usize;
-        for i in 0..n {
-            let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-            let a = &self.addrs[i];
-            let from = SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port)));
-            f(Ok((from, &self.bufs[i * SLOT..i * SLOT + len])));
+        let batch: Vec<Datagram<'_>> = (0..n)
+            .map(|i| {
+                let len = (self.hdrs[i].msg_len as usize).min(SLOT);
+                let a = &self.addrs[i];
+                let from = SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port)));
+                Ok((from, &self.bufs[i * SLOT..i * SLOT + len]))
+            })
+            .collect();
+        if n > 0 {
+            f(&batch);
         }
         Ok(n)
     }
