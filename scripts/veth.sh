@@ -34,6 +34,10 @@ case "$cmd" in
     down
     ip netns add "$TX_NS"
     ip netns add "$RX_NS"
+    # IPv4 only: no IPv6 autoconfiguration chatter on the test links.
+    for ns in "$TX_NS" "$RX_NS"; do
+      ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    done
     ip link add "$TX_IF" numtxqueues "$queues" numrxqueues "$queues" netns "$TX_NS" type veth \
       peer name "$RX_IF" numtxqueues "$queues" numrxqueues "$queues" netns "$RX_NS"
     ip -n "$TX_NS" addr add "$TX_IP/24" dev "$TX_IF"
