@@ -18,7 +18,8 @@ use crate::wire::WireError;
 pub struct ReceiverConfig {
     /// Give up when nothing arrives from the sender for this long.
     pub idle_timeout: Duration,
-    /// How often missing chunks are reported (and a heartbeat sent).
+    /// How often missing chunks and progress are reported (an empty NACK is
+    /// a heartbeat). The sender's flow-control window advances on these.
     pub nack_interval: Duration,
     /// Most NACK datagrams in one round.
     pub max_nack_parts: u16,
@@ -35,7 +36,7 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             idle_timeout: Duration::from_secs(10),
-            nack_interval: Duration::from_millis(10),
+            nack_interval: Duration::from_millis(5),
             max_nack_parts: 32,
             nack_window_bits: 8192,
             linger: Duration::from_millis(300),
@@ -202,8 +203,13 @@ struct Session {
     /// Highest chunk index seen + 1, now and at the previous NACK tick.
     high: u64,
     high_at_last_tick: u64,
-    /// The sender has signalled the end of a pass: every gap is a loss.
+    /// The data-path Meta that closes a pass arrived: every gap before it is
+    /// a loss (it travels behind the data, in order).
     end_seen: bool,
+    /// An end probe arrived on the control path. It overtakes data still
+    /// queued for us, so it counts only once the data path has gone quiet.
+    end_probed: bool,
+    last_data: Option<Instant>,
     round: u64,
     digest: Option<[u8; 32]>,
 }
@@ -291,6 +297,7 @@ impl Receiver {
                     return Err(DropReason::BadLength);
                 }
                 self.last_heard = now;
+                s.last_data = Some(now);
                 s.high = s.high.max(chunk + 1);
                 if !s.chunks.insert(chunk) {
                     return Err(DropReason::Duplicate);
@@ -343,6 +350,8 @@ impl Receiver {
                         high: 0,
                         high_at_last_tick: 0,
                         end_seen: false,
+                        end_probed: false,
+                        last_data: None,
                         round: 0,
                         digest: None,
                     });
@@ -379,7 +388,7 @@ impl Receiver {
                     return Err(DropReason::InfoMismatch);
                 }
                 self.last_heard = now;
-                s.end_seen = true;
+                s.end_probed = true;
                 self.peer_retransmits = self.peer_retransmits.max(retransmits);
                 match &mut self.state {
                     State::Complete { ok, last_probe } => {
@@ -477,7 +486,7 @@ impl Receiver {
                 }
                 if matches!(self.state, State::Receiving) && now >= self.next_nack {
                     self.next_nack = now + self.cfg.nack_interval;
-                    self.send_nacks();
+                    self.send_nacks(now);
                 }
             }
         }
@@ -485,10 +494,12 @@ impl Receiver {
 
     /// One NACK round: bitmaps of the missing chunks below the watermark, or a
     /// bare heartbeat when nothing is missing yet.
-    fn send_nacks(&mut self) {
+    fn send_nacks(&mut self, now: Instant) {
         let Some(s) = self.session.as_mut() else { return };
-        // A gap above last tick's high-water mark may still be reordering.
-        let watermark = if s.end_seen { s.info.n_chunks } else { s.high_at_last_tick };
+        // A gap above last tick's high-water mark may still be reordering, or
+        // still queued in our own receive ring.
+        let quiet = s.last_data.is_none_or(|t| now >= t + self.cfg.nack_interval);
+        let watermark = if s.end_seen || (s.end_probed && quiet) { s.info.n_chunks } else { s.high_at_last_tick };
         s.high_at_last_tick = s.high;
         s.round += 1;
         let mut from = 0;
@@ -497,13 +508,13 @@ impl Receiver {
             let Some(base) = s.chunks.next_missing(from, watermark) else { break };
             let room = u32::try_from(watermark - base).unwrap_or(u32::MAX);
             let nbits = s.chunks.missing_bitmap(base, self.cfg.nack_window_bits.min(room), &mut self.scratch);
-            let nack = Nack { round: s.round, part, received: s.chunks.count(), base, nbits, bitmap: &self.scratch };
+            let nack = Nack { round: s.round, part, received: s.chunks.count(), high: s.high, base, nbits, bitmap: &self.scratch };
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
             part += 1;
             from = base + u64::from(nbits);
         }
         if part == 0 {
-            let nack = Nack { round: s.round, part: 0, received: s.chunks.count(), base: 0, nbits: 0, bitmap: &[] };
+            let nack = Nack { round: s.round, part: 0, received: s.chunks.count(), high: s.high, base: 0, nbits: 0, bitmap: &[] };
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
         }
         self.nacks_sent += u64::from(part);

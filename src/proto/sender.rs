@@ -26,6 +26,14 @@ pub struct SenderConfig {
     /// the next round, so chunks still in flight are not sent twice. Raised to
     /// twice the handshake round trip when that is longer.
     pub repair_guard: Duration,
+    /// Flow control: the first pass runs at most this many chunks ahead of the
+    /// receiver's reported high-water mark. Together with `max_repairs` it
+    /// should not exceed what the receiver can buffer (its RX ring).
+    pub window: u64,
+    /// Most chunks taken from one NACK round; the rest come in later rounds.
+    pub max_repairs: usize,
+    /// A full window with no progress for this long re-posts its last chunk.
+    pub tail_probe_after: Duration,
 }
 
 impl Default for SenderConfig {
@@ -35,6 +43,9 @@ impl Default for SenderConfig {
             probe_interval: Duration::from_millis(20),
             timeout: Duration::from_secs(10),
             repair_guard: Duration::from_millis(10),
+            window: 12288,
+            max_repairs: 4096,
+            tail_probe_after: Duration::from_millis(30),
         }
     }
 }
@@ -73,6 +84,12 @@ pub struct SendStats {
     pub nacks_ignored: u64,
     /// Chunks the receiver last reported holding.
     pub peer_received: u64,
+    /// The receiver's last reported high-water mark.
+    pub peer_high: u64,
+    /// Times the first pass had to wait for the receiver (window full).
+    pub window_stalls: u64,
+    /// Tail chunks re-posted because a full window saw no progress.
+    pub tail_probes: u64,
 }
 
 #[derive(Debug)]
@@ -96,6 +113,8 @@ pub struct Sender {
     round_parts: HashSet<u16>,
     last_repair_post: Option<Instant>,
     repair_guard: Duration,
+    /// Since when the window has been full without the receiver moving it.
+    stalled_since: Option<Instant>,
     last_heard: Instant,
     next_probe: Instant,
     outcome: Option<Result<(), SendError>>,
@@ -118,6 +137,7 @@ impl Sender {
             round: None,
             round_parts: HashSet::new(),
             last_repair_post: None,
+            stalled_since: None,
             last_heard: now,
             next_probe: now,
             outcome: None,
@@ -164,10 +184,31 @@ impl Sender {
                 out[n] = FrameId::Data(chunk);
                 self.stats.retransmits += 1;
                 self.last_repair_post = Some(now);
-            } else if self.next_first_pass < self.info.n_chunks {
+            } else if self.next_first_pass < self.info.n_chunks
+                && self.next_first_pass < self.stats.peer_high + self.cfg.window
+            {
                 out[n] = FrameId::Data(self.next_first_pass);
                 self.next_first_pass += 1;
                 self.stats.first_pass += 1;
+            } else if self.next_first_pass < self.info.n_chunks {
+                // The window is full: wait for the receiver's next report. If
+                // none moves it, the window's tail may be lost (the receiver
+                // cannot NACK what it has not seen past), so probe the tail.
+                match self.stalled_since {
+                    None => {
+                        self.stalled_since = Some(now);
+                        self.stats.window_stalls += 1;
+                    }
+                    Some(t) if now >= t + self.cfg.tail_probe_after && self.next_first_pass > 0 => {
+                        self.stalled_since = Some(now);
+                        out[n] = FrameId::Data(self.next_first_pass - 1);
+                        self.stats.retransmits += 1;
+                        self.stats.tail_probes += 1;
+                        n += 1;
+                    }
+                    Some(_) => {}
+                }
+                break;
             } else if !self.meta_last_sent {
                 out[n] = FrameId::Meta { last: true };
                 self.meta_last_sent = true;
@@ -237,6 +278,11 @@ impl Sender {
                     return Ok(());
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
+                let high = nack.high.min(self.next_first_pass);
+                if high > self.stats.peer_high {
+                    self.stats.peer_high = high;
+                    self.stalled_since = None;
+                }
                 if nack.nbits == 0 {
                     return Ok(()); // heartbeat
                 }
@@ -259,7 +305,8 @@ impl Sender {
                 }
                 // Only chunks already sent can be lost; anything else is noise.
                 let limit = self.next_first_pass;
-                self.repairs.extend(nack.missing().filter(|c| *c < limit));
+                let room = self.cfg.max_repairs.saturating_sub(self.repairs.len());
+                self.repairs.extend(nack.missing().filter(|c| *c < limit).take(room));
             }
             Message::Done { ok, digest, .. } => {
                 self.state = State::Finished;

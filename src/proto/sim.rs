@@ -59,14 +59,26 @@ struct Sim {
     reorder_spread: Duration,
     /// Drop the first N Done messages (lost final ack).
     drop_done: u32,
+    /// Every data frame sent within this span (from the start) is lost.
+    blackout: Option<(Duration, Duration)>,
+    start: Instant,
     file: Vec<u8>,
     chunk: u32,
     out: Vec<u8>,
     /// Data frames the sender may post per 100 µs step.
     rate: usize,
+    /// The receiver's data ring: at most `ring_cap` datagrams wait, and the
+    /// receiver takes at most `drain` per step. Overflow is dropped and counted.
+    ring: std::collections::VecDeque<Vec<u8>>,
+    ring_cap: usize,
+    drain: usize,
+    ring_drops: u64,
+    sender_cfg: SenderConfig,
 }
 
 struct Outcome {
+    ring_drops: u64,
+    tail_probes: u64,
     send: Result<(), SendError>,
     recv: Result<(), RecvError>,
     out: Vec<u8>,
@@ -86,10 +98,17 @@ impl Sim {
             latency: Duration::from_micros(50),
             reorder_spread: Duration::from_micros(500),
             drop_done: 0,
+            blackout: None,
+            start: Instant::now(),
             file: Vec::new(),
             chunk,
             out: Vec::new(),
             rate: 16,
+            ring: std::collections::VecDeque::new(),
+            ring_cap: usize::MAX,
+            drain: usize::MAX,
+            ring_drops: 0,
+            sender_cfg: SenderConfig::default(),
         };
         s.file = (0..size).map(|_| s.next_u64() as u8).collect();
         s
@@ -114,6 +133,12 @@ impl Sim {
         }
         if self.chance(faults.loss) {
             return;
+        }
+        if let (To::ReceiverData, Some((from, to))) = (to, self.blackout) {
+            let t = self.now - self.start;
+            if t >= from && t < to {
+                return;
+            }
         }
         let copies = if self.chance(faults.dup) { 2 } else { 1 };
         for _ in 0..copies {
@@ -149,7 +174,8 @@ impl Sim {
     fn run(mut self) -> Outcome {
         let info = self.info();
         let start = self.now;
-        let mut tx = Sender::new(SenderConfig::default(), 0xabcd, info, self.now);
+        self.start = start;
+        let mut tx = Sender::new(self.sender_cfg.clone(), 0xabcd, info, self.now);
         let mut rx = Receiver::new(ReceiverConfig::default(), self.now);
         let mut ids = vec![FrameId::Meta { last: false }; self.rate];
         let step = Duration::from_micros(100);
@@ -169,9 +195,10 @@ impl Sim {
                 let Some(p) = self.net.pop() else { break };
                 match p.to {
                     To::ReceiverData => {
-                        if let Some((off, payload)) = rx.on_data(self.now, SENDER, &p.bytes) {
-                            let off = off as usize;
-                            self.out[off..off + payload.len()].copy_from_slice(payload);
+                        if self.ring.len() >= self.ring_cap {
+                            self.ring_drops += 1;
+                        } else {
+                            self.ring.push_back(p.bytes);
                         }
                     }
                     To::ReceiverCtrl => rx.on_control(self.now, SENDER, &p.bytes),
@@ -192,6 +219,19 @@ impl Sim {
                     }
                 }
             }
+            for _ in 0..self.drain {
+                let Some(bytes) = self.ring.pop_front() else { break };
+                if let Some((off, payload)) = rx.on_data(self.now, SENDER, &bytes) {
+                    let off = off as usize;
+                    self.out[off..off + payload.len()].copy_from_slice(payload);
+                }
+                while let Some(ev) = rx.poll_event() {
+                    if ev == Event::Verify {
+                        let d = *blake3::hash(&self.out).as_bytes();
+                        rx.verified(self.now, d);
+                    }
+                }
+            }
             while let Some((to, bytes)) = rx.poll_transmit(self.now) {
                 assert_eq!(to, SENDER);
                 self.send(To::Sender, bytes);
@@ -205,6 +245,8 @@ impl Sim {
             self.now += step;
         }
         Outcome {
+            ring_drops: self.ring_drops,
+            tail_probes: tx.stats.tail_probes,
             send: tx.outcome().cloned().unwrap_or(Err(SendError::Timeout(Duration::ZERO))),
             recv: rx.outcome().cloned().map(|r| r.map(|_| ())).unwrap_or(Err(RecvError::Local("no outcome".into()))),
             out: self.out,
@@ -262,6 +304,47 @@ fn reordering_and_duplication_are_harmless() {
     let o = sim.run();
     assert_delivered(&o, &file);
     assert!(o.duplicates > 0, "duplicated frames must be counted as duplicates");
+}
+
+#[test]
+fn slow_receiver_is_not_overrun() {
+    // The sender could post 16 frames per step; the receiver takes 4, into a
+    // ring of 16384. Flow control must keep the ring from overflowing.
+    let mut sim = Sim::new(40_000_000, 1000, 21);
+    sim.ring_cap = 16384;
+    sim.drain = 4;
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert_eq!(o.ring_drops, 0, "the receiver's ring overflowed");
+    assert_eq!(o.retransmits, 0);
+}
+
+#[test]
+fn without_flow_control_a_slow_receiver_is_overrun() {
+    // The same setup with the window opened wide: shows the test above can fail.
+    let mut sim = Sim::new(40_000_000, 1000, 21);
+    sim.ring_cap = 16384;
+    sim.drain = 4;
+    sim.sender_cfg.window = u64::MAX / 2;
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert!(o.ring_drops > 1000, "expected overflow, got {}", o.ring_drops);
+}
+
+#[test]
+fn lost_window_tail_is_probed() {
+    // Every data frame is lost for 5 ms mid-transfer: the whole window's tail
+    // goes, the receiver's high-water mark stops short of it, and only a tail
+    // probe can restart progress.
+    let mut sim = Sim::new(3_000_000, 1000, 31);
+    sim.sender_cfg.window = 64;
+    sim.blackout = Some((Duration::from_millis(20), Duration::from_millis(25)));
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert!(o.tail_probes > 0, "the stalled window must have been probed");
 }
 
 #[test]
@@ -370,7 +453,7 @@ fn nack_for_unsent_chunks_is_ignored() {
     let mut ids = [FrameId::Meta { last: false }; 3];
     assert_eq!(tx.next_frames(now, &mut ids), 3); // Meta, 0, 1
     let bitmap = [0xffu8, 0x03];
-    let nack = crate::wire::message::Nack { round: 1, part: 0, received: 0, base: 0, nbits: 10, bitmap: &bitmap };
+    let nack = crate::wire::message::Nack { round: 1, part: 0, received: 0, high: 2, base: 0, nbits: 10, bitmap: &bitmap };
     tx.on_control(now, &Message::Nack { session: 1, nack }.to_vec()).unwrap();
     let mut ids = [FrameId::Meta { last: false }; 4];
     let n = tx.next_frames(now, &mut ids);

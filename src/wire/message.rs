@@ -21,7 +21,7 @@ pub const HEADER_LEN: usize = 24;
 /// Length of a [`SessionInfo`] body.
 pub const SESSION_INFO_LEN: usize = 56;
 /// Fixed part of a NACK body before its bitmap.
-pub const NACK_FIXED_LEN: usize = 24;
+pub const NACK_FIXED_LEN: usize = 32;
 
 mod field {
     use std::ops::Range;
@@ -198,6 +198,9 @@ pub struct Nack<'a> {
     pub part: u16,
     /// Distinct chunks the receiver holds.
     pub received: u64,
+    /// Highest chunk index the receiver has taken in, plus one: how far the
+    /// first pass has got through. The sender keeps a bounded window ahead of it.
+    pub high: u64,
     /// First chunk the bitmap describes.
     pub base: u64,
     /// Number of chunks the bitmap describes.
@@ -256,11 +259,12 @@ impl<'a> Message<'a> {
                 let nbits = be_u32(&body[4..8]);
                 let received = be_u64(&body[8..16]);
                 let base = be_u64(&body[16..24]);
+                let high = be_u64(&body[24..32]);
                 let bitmap = &body[NACK_FIXED_LEN..];
                 if (nbits as usize).div_ceil(8) != bitmap.len() {
                     return Err(WireError::BadBody);
                 }
-                Message::Nack { session, nack: Nack { round: h.seq(), part, received, base, nbits, bitmap } }
+                Message::Nack { session, nack: Nack { round: h.seq(), part, received, high, base, nbits, bitmap } }
             }
             Kind::Done => {
                 if body.len() < 40 {
@@ -310,6 +314,7 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&nack.nbits.to_be_bytes());
                 out.extend_from_slice(&nack.received.to_be_bytes());
                 out.extend_from_slice(&nack.base.to_be_bytes());
+                out.extend_from_slice(&nack.high.to_be_bytes());
                 out.extend_from_slice(nack.bitmap);
                 (Kind::Nack, *session, nack.round)
             }
@@ -354,7 +359,7 @@ mod tests {
             Message::HelloAck { session: 9, delay_us: 1234 },
             Message::Nack {
                 session: 9,
-                nack: Nack { round: 4, part: 1, received: 77, base: 100, nbits: 9, bitmap: &bitmap },
+                nack: Nack { round: 4, part: 1, received: 77, high: 120, base: 100, nbits: 9, bitmap: &bitmap },
             },
             Message::End { session: 9, info: info(), retransmits: 12 },
             Message::Done { session: 9, ok: true, digest: [3; 32] },
@@ -369,7 +374,7 @@ mod tests {
     #[test]
     fn nack_bitmap_lists_missing_chunks() {
         let bitmap = [0b1010_0001u8, 0b1];
-        let n = Nack { round: 0, part: 0, received: 0, base: 100, nbits: 9, bitmap: &bitmap };
+        let n = Nack { round: 0, part: 0, received: 0, high: 0, base: 100, nbits: 9, bitmap: &bitmap };
         assert_eq!(n.missing().collect::<Vec<_>>(), vec![100, 105, 107, 108]);
     }
 
