@@ -106,6 +106,8 @@ pub enum PreloadError {
     Changed { before: u64, after: u64 },
     #[error("building a frame: {0}")]
     Frame(#[from] crate::wire::frame::FrameError),
+    #[error("frame {0} is outside the UMEM plan")]
+    Layout(u32),
 }
 
 pub struct Preloaded {
@@ -114,21 +116,27 @@ pub struct Preloaded {
     pub meta_len: u32,
 }
 
-/// Reads `file` once into a new UMEM laid out by `plan`.
-pub fn preload(file: &File, plan: &FramePlan, tpl: &FrameTemplate, session: u64) -> Result<Preloaded, PreloadError> {
+/// Reads `file` once into a new UMEM laid out by `plan`. `tick` runs after
+/// every batch of frames (about every 1.5 MB), so the caller can keep its
+/// control channel alive during a long preload.
+pub fn preload(
+    file: &File,
+    plan: &FramePlan,
+    tpl: &FrameTemplate,
+    session: u64,
+    mut tick: impl FnMut(),
+) -> Result<Preloaded, PreloadError> {
     let before = file.metadata()?;
     let file_size = before.len();
     let mut area = UmemArea::new(plan.total_frames, plan.frame_size)?;
     let fs = plan.frame_size as usize;
-    let chunk = plan.chunk_size as usize;
     let mut hasher = blake3::Hasher::new();
     let started = std::time::Instant::now();
 
     let info_without_digest = |digest| SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest };
-    let shape = info_without_digest([0; 32]);
+    let shape = info_without_digest(None);
     {
-        let frames: Vec<&mut [u8]> = area.as_mut_slice().chunks_exact_mut(fs).take(plan.n_chunks as usize).collect();
-        let mut frames = frames;
+        let mut frames: Vec<&mut [u8]> = area.as_mut_slice().chunks_exact_mut(fs).take(plan.n_chunks as usize).collect();
         let mut idx = 0usize;
         let mut offset = 0u64;
         while idx < frames.len() {
@@ -164,8 +172,8 @@ pub fn preload(file: &File, plan: &FramePlan, tpl: &FrameTemplate, session: u64)
             }
             offset += want as u64;
             idx = batch_end;
+            tick();
         }
-        let _ = chunk;
     }
 
     let after = file.metadata()?;
@@ -173,12 +181,12 @@ pub fn preload(file: &File, plan: &FramePlan, tpl: &FrameTemplate, session: u64)
         return Err(PreloadError::Changed { before: file_size, after: after.len() });
     }
 
-    let info = info_without_digest(*hasher.finalize().as_bytes());
+    let info = info_without_digest(Some(*hasher.finalize().as_bytes()));
     let mut meta_len = 0;
     for last in [false, true] {
         let msg = Message::Meta { session, last, info }.to_vec();
         let idx = plan.meta_frame(last);
-        let f = area.frame_mut(idx).ok_or(PreloadError::Frame(crate::wire::frame::FrameError::TooLong { need: 0, have: 0 }))?;
+        let f = area.frame_mut(idx).ok_or(PreloadError::Layout(idx))?;
         meta_len = tpl.build(&msg, f)? as u32;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -216,8 +224,10 @@ mod tests {
         tmp.write_all(&data).unwrap();
         let plan = FramePlan::new(data.len() as u64, 1000, 1500, "v", u64::MAX).unwrap();
         let tpl = example_template();
-        let p = preload(&tmp, &plan, &tpl, 42).unwrap();
-        assert_eq!(p.info.digest, *blake3::hash(&data).as_bytes());
+        let mut ticks = 0;
+        let p = preload(&tmp, &plan, &tpl, 42, || ticks += 1).unwrap();
+        assert!(ticks >= 1);
+        assert_eq!(p.info.digest, Some(*blake3::hash(&data).as_bytes()));
         let mut rebuilt = Vec::new();
         for c in 0..plan.n_chunks {
             let len = plan.data_len(&p.info, c);

@@ -164,13 +164,21 @@ impl Xsk {
         n
     }
 
-    /// Posts up to `max` descriptors `(addr, len)` on the TX ring and publishes
-    /// them. Returns how many were posted (fewer when the ring is full).
-    pub fn post(&mut self, descs: impl Iterator<Item = (u64, u32)>, max: u32) -> u32 {
+    /// Reserves up to `max` TX slots, lets `fill` choose that many (or fewer)
+    /// descriptors `(addr, len)`, and publishes them. Returns how many were
+    /// posted. Reserving first means a caller never hands out more frames than
+    /// the ring has room for.
+    pub fn post_with<I>(&mut self, max: u32, fill: impl FnOnce(usize) -> I) -> u32
+    where
+        I: ExactSizeIterator<Item = (u64, u32)>,
+    {
         let Some(tx) = self.tx.as_mut() else { return 0 };
         let mut w = tx.transmit(max);
+        let descs = fill(w.capacity() as usize);
+        let want = descs.len();
         let n = w.insert(descs.map(|(addr, len)| XdpDesc { addr, len, options: 0 }));
         w.commit();
+        assert_eq!(n as usize, want, "the TX ring took fewer descriptors than it reserved");
         n
     }
 

@@ -23,6 +23,7 @@ use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
 use crate::wire::frame::FrameTemplate;
+use crate::wire::message::SessionInfo;
 
 pub const TX_RING: u32 = 2048;
 pub const COMP_RING: u32 = 4096;
@@ -113,6 +114,39 @@ fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Res
     )
 }
 
+/// Takes every waiting control datagram into the sender, sends what is due,
+/// and runs its timers. Fails when the receiver's control port closes after
+/// the handshake (it exited).
+fn service_control(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: SocketAddr) -> anyhow::Result<()> {
+    loop {
+        match ctrl.recv() {
+            Ok(Some((_, bytes))) => {
+                let _ = sender.on_control(now, bytes);
+            }
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                // Before the receiver is up its port is closed: keep trying.
+                if sender.is_acked() {
+                    bail!("the receiver's control port {peer} is closed: the receiver exited");
+                }
+                break;
+            }
+            Err(e) => bail!("control socket: {e}"),
+        }
+    }
+    while let Some(c) = sender.poll_control(now) {
+        if let Err(e) = ctrl.send(&c) {
+            if e.raw_os_error() != Some(libc::ECONNREFUSED) {
+                warn!("control send: {e}");
+            }
+        }
+    }
+    if sender.poll_timeout().is_some_and(|t| t <= now) {
+        sender.handle_timeout(now);
+    }
+    Ok(())
+}
+
 pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let Prepared { iface, plan, src, file, file_size } = prep;
     let ctrl_peer = SocketAddr::V4(SocketAddrV4::new(*opts.dst.ip(), control_port(opts.dst.port())?));
@@ -131,10 +165,45 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
     let session = super::random_session();
+    let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
+    let scfg = SenderConfig { timeout: opts.timeout, ..Default::default() };
+    let mut sender = Sender::new(scfg, session, shape, Instant::now());
+
+    // Hello first: the receiver prepares its output (and can refuse, e.g. a
+    // full disk) before we spend time reading the file.
+    while !sender.is_acked() {
+        let now = Instant::now();
+        service_control(&mut sender, &mut ctrl, now, ctrl_peer)?;
+        if super::stop_requested() {
+            bail!("interrupted");
+        }
+        if let Some(r) = sender.outcome() {
+            return Err(anyhow::anyhow!("{}", r.as_ref().err().map_or("handshake ended early".to_string(), |e| e.to_string())));
+        }
+        let wait = sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+        super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(20)));
+    }
+
+    // Preload, answering the control channel between batches (keepalive
+    // Hellos hold off the receiver's idle timer).
     let t_preload = Instant::now();
-    let pre = preload(&file, &plan, &tpl, session)?;
+    let mut ctrl_error: Option<anyhow::Error> = None;
+    let pre = preload(&file, &plan, &tpl, session, || {
+        if ctrl_error.is_none() {
+            if let Err(e) = service_control(&mut sender, &mut ctrl, Instant::now(), ctrl_peer) {
+                ctrl_error = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = ctrl_error {
+        return Err(e);
+    }
+    if let Some(Err(e)) = sender.outcome() {
+        bail!("{e}");
+    }
     let preload_s = t_preload.elapsed().as_secs_f64();
     let info = pre.info;
+    let digest = info.digest.context("preload produced no digest")?;
     let meta_len = pre.meta_len;
 
     let cfg = XskConfig {
@@ -160,9 +229,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
     xsk.fill(spare.into_iter(), FILL_SPARE);
 
+    sender.start(digest);
     let start = Instant::now();
-    let scfg = SenderConfig { timeout: opts.timeout, ..Default::default() };
-    let mut sender = Sender::new(scfg, session, info, start);
     let batch = opts.batch.clamp(1, TX_RING);
     let mut ids = vec![FrameId::Meta { last: false }; batch as usize];
     let frame_size = u64::from(plan.frame_size);
@@ -182,53 +250,28 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
             break;
         }
         outstanding -= xsk.reap(COMP_RING).min(outstanding);
-
-        loop {
-            match ctrl.recv() {
-                Ok(Some((_, bytes))) => {
-                    let _ = sender.on_control(now, bytes);
-                }
-                Ok(None) => break,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    if sender.is_transferring() {
-                        sender.fail_local();
-                        local_error = Some(anyhow::anyhow!("the receiver's control port {ctrl_peer} is closed: the receiver exited"));
-                    }
-                    break;
-                }
-                Err(e) => {
-                    sender.fail_local();
-                    local_error = Some(anyhow::anyhow!("control socket: {e}"));
-                    break;
-                }
-            }
-        }
-        while let Some(c) = sender.poll_control(now) {
-            if let Err(e) = ctrl.send(&c) {
-                // Before the receiver is up, its port is closed: keep trying.
-                if e.raw_os_error() != Some(libc::ECONNREFUSED) {
-                    warn!("control send: {e}");
-                }
-            }
-        }
-        if sender.poll_timeout().is_some_and(|t| t <= now) {
-            sender.handle_timeout(now);
+        if let Err(e) = service_control(&mut sender, &mut ctrl, now, ctrl_peer) {
+            sender.fail_local();
+            local_error = Some(e);
+            break;
         }
         if sender.is_finished() {
             break;
         }
 
-        // Post as many frames as the TX ring and the completion ring can take.
-        let room = batch.min(TX_RING - xsk.tx_pending().min(TX_RING)).min(COMP_RING - outstanding.min(COMP_RING));
-        let n = sender.next_frames(now, &mut ids[..room as usize]);
-        if n > 0 {
-            first_post.get_or_insert(now);
-            let descs = ids[..n].iter().map(|id| match *id {
+        // Reserve ring slots first, then let the scheduler fill exactly those:
+        // a frame id it hands out is always posted.
+        let room = batch.min(COMP_RING - outstanding.min(COMP_RING));
+        let posted = xsk.post_with(room, |cap| {
+            let n = sender.next_frames(now, &mut ids[..cap]);
+            ids[..n].iter().map(|id| match *id {
                 FrameId::Data(c) => (c * frame_size, plan.data_len(&info, c)),
                 FrameId::Meta { last } => (u64::from(plan.meta_frame(last)) * frame_size, meta_len),
-            });
-            let posted = xsk.post(descs, n as u32);
-            debug_assert_eq!(posted as usize, n, "room was computed from the ring state");
+            })
+        });
+        let n = posted as usize;
+        if n > 0 {
+            first_post.get_or_insert(now);
             outstanding += posted;
         }
         if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) && xsk.tx_needs_wakeup() {
@@ -289,7 +332,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         retransmits: stats.retransmits,
         goodput_bps: file_size as f64 * 8.0 / elapsed.max(1e-9),
         elapsed_s: elapsed,
-        digest: hex(&info.digest),
+        digest: hex(&digest),
         verified,
         preload_s,
         packet_size: plan.packet_size,

@@ -7,7 +7,7 @@
 //! intermediate copy, no page faults, and I/O errors come back as errors.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Read, Seek};
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +27,16 @@ pub struct Output {
     partial: PathBuf,
     file: File,
     len: u64,
+    /// BLAKE3 over `0..hashed`, read back from the file as it fills in order.
+    hasher: blake3::Hasher,
+    hashed: u64,
+    /// Writeback has been started for `0..synced`.
+    synced: u64,
+    buf: Vec<u8>,
 }
+
+/// Start writeback in steps of this many bytes.
+const WRITEBACK_STEP: u64 = 32 << 20;
 
 impl Output {
     pub fn create(path: &Path, len: u64) -> io::Result<Output> {
@@ -54,7 +63,16 @@ impl Output {
             }
         }
         info!(path = %partial.display(), bytes = len, "output reserved");
-        Ok(Output { path: path.to_path_buf(), partial, file, len })
+        Ok(Output {
+            path: path.to_path_buf(),
+            partial,
+            file,
+            len,
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
+            synced: 0,
+            buf: vec![0u8; 1 << 20],
+        })
     }
 
     /// Writes each `(offset, bytes)`; sorts them and issues one `pwritev` per
@@ -94,20 +112,37 @@ impl Output {
         Ok(())
     }
 
-    /// BLAKE3 of the whole file, read back from the file.
-    pub fn digest(&self) -> io::Result<[u8; 32]> {
-        let mut f = &self.file;
-        f.rewind()?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
+    /// Hashes the file, read back, from where it stopped up to `upto` (bytes
+    /// known to be final), at most `budget` bytes this call; and starts
+    /// writeback of what it has hashed, so the final sync has little left.
+    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
+        let end = upto.min(self.len).min(self.hashed.saturating_add(budget));
+        while self.hashed < end {
+            let want = (end - self.hashed).min(self.buf.len() as u64) as usize;
+            let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[..want], self.hashed)?;
             if n == 0 {
-                break;
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the output is shorter than what was written"));
             }
-            h.update(&buf[..n]);
+            self.hasher.update(&self.buf[..n]);
+            self.hashed += n as u64;
         }
-        Ok(*h.finalize().as_bytes())
+        if self.hashed >= self.synced + WRITEBACK_STEP {
+            let (off, len) = (self.synced, self.hashed - self.synced);
+            // SAFETY: sync_file_range on our own descriptor with in-range
+            // offsets; it only starts writeback and touches no memory of ours.
+            let r = unsafe { libc::sync_file_range(self.file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE) };
+            if r == 0 {
+                self.synced = self.hashed;
+            }
+        }
+        Ok(())
+    }
+
+    /// BLAKE3 of the whole file, read back from the file (the part hashed
+    /// ahead of time is not read twice).
+    pub fn digest(&mut self) -> io::Result<[u8; 32]> {
+        self.hash_ahead(self.len, u64::MAX)?;
+        Ok(*self.hasher.finalize().as_bytes())
     }
 
     /// Flushes to disk and renames `PATH.partial` to `PATH`.
@@ -137,6 +172,7 @@ mod tests {
         o.write_batch(&mut [(5, &b"wor"[..]), (0, &b"hello"[..]), (8, &b"ld"[..])]).unwrap();
         o.write_batch(&mut [(10, &b"!!"[..])]).unwrap();
         assert!(o.write_batch(&mut [(11, &b"xy"[..])]).is_err(), "past the end");
+        o.hash_ahead(5, 3).unwrap(); // part of the prefix, in a small step
         assert_eq!(o.digest().unwrap(), *blake3::hash(b"helloworld!!").as_bytes());
         o.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"helloworld!!");
@@ -147,7 +183,7 @@ mod tests {
     fn empty_output_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty");
-        let o = Output::create(&path, 0).unwrap();
+        let mut o = Output::create(&path, 0).unwrap();
         assert_eq!(o.digest().unwrap(), *blake3::hash(b"").as_bytes());
         o.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len(), 0);

@@ -147,7 +147,7 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
                     }
                 }
                 Event::Verify => {
-                    let Some(o) = out.take() else { continue };
+                    let Some(mut o) = out.take() else { continue };
                     let digest = match o.digest() {
                         Ok(d) => d,
                         Err(e) => {
@@ -157,7 +157,7 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
                             continue;
                         }
                     };
-                    let expected = rx.info().map(|i| i.digest);
+                    let expected = rx.info().and_then(|i| i.digest);
                     if Some(digest) == expected {
                         // Rename before acknowledging: when the sender hears
                         // Done, the file is in place.
@@ -179,6 +179,9 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
             }
         }
         // Timers and replies.
+        if got == 0 {
+            rx.note_idle(now);
+        }
         if rx.poll_timeout().is_some_and(|t| t <= now) {
             rx.handle_timeout(now);
         }
@@ -196,6 +199,16 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
             break;
         }
         if got == 0 {
+            // Nothing waiting: hash ahead over the part of the file that is
+            // complete, in small steps, so verification at the end has little
+            // left to do. Timers ran above, right after the poll.
+            if let Some(o) = out.as_mut() {
+                if let Err(e) = o.hash_ahead(rx.contiguous_bytes(), 2 << 20) {
+                    let msg = format!("reading the output back: {e}");
+                    fatal.get_or_insert(msg.clone());
+                    rx.abort(&msg);
+                }
+            }
             idle_spins += 1;
             if idle_spins > 64 {
                 let wait = rx.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));

@@ -6,12 +6,14 @@ pub struct ChunkSet {
     words: Vec<u64>,
     len: u64,
     count: u64,
+    /// Chunks `0..prefix` are all held.
+    prefix: u64,
 }
 
 impl ChunkSet {
     pub fn new(len: u64) -> ChunkSet {
         let words = usize::try_from(len.div_ceil(64)).unwrap_or(usize::MAX);
-        ChunkSet { words: vec![0; words], len, count: 0 }
+        ChunkSet { words: vec![0; words], len, count: 0, prefix: 0 }
     }
 
     pub fn len(&self) -> u64 {
@@ -44,7 +46,15 @@ impl ChunkSet {
         }
         self.words[w] |= mask;
         self.count += 1;
+        if idx == self.prefix {
+            self.prefix = self.next_missing(idx, self.len).unwrap_or(self.len);
+        }
         true
+    }
+
+    /// How many leading chunks are all held.
+    pub fn prefix(&self) -> u64 {
+        self.prefix
     }
 
     pub fn contains(&self, idx: u64) -> bool {
@@ -98,6 +108,13 @@ mod tests {
         assert!(!s.insert(130), "out of range");
         assert_eq!(s.count(), 2);
         assert!(s.contains(129) && !s.contains(1));
+        assert_eq!(s.prefix(), 1);
+        for i in 2..129 {
+            s.insert(i);
+        }
+        assert_eq!(s.prefix(), 1, "chunk 1 still missing");
+        s.insert(1);
+        assert_eq!(s.prefix(), 130);
     }
 
     #[test]

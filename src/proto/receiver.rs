@@ -209,7 +209,8 @@ struct Session {
     /// An end probe arrived on the control path. It overtakes data still
     /// queued for us, so it counts only once the data path has gone quiet.
     end_probed: bool,
-    last_data: Option<Instant>,
+    /// Since when the driver has found the data path empty (cleared by data).
+    idle_since: Option<Instant>,
     round: u64,
     digest: Option<[u8; 32]>,
 }
@@ -265,6 +266,21 @@ impl Receiver {
         self.session.as_ref().map(|s| s.peer)
     }
 
+    /// The driver polled the data path and found nothing waiting. Only a data
+    /// path that has stayed empty for a tick lets an end probe (which overtakes
+    /// queued data) turn every gap into a loss.
+    pub fn note_idle(&mut self, now: Instant) {
+        if let Some(s) = self.session.as_mut() {
+            s.idle_since.get_or_insert(now);
+        }
+    }
+
+    /// Bytes from the start of the file that are all written: what can be
+    /// hashed ahead of the end.
+    pub fn contiguous_bytes(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| (s.chunks.prefix() * u64::from(s.info.chunk_size)).min(s.info.file_size))
+    }
+
     pub fn chunks_received(&self) -> u64 {
         self.session.as_ref().map_or(0, |s| s.chunks.count())
     }
@@ -297,30 +313,30 @@ impl Receiver {
                     return Err(DropReason::BadLength);
                 }
                 self.last_heard = now;
-                s.last_data = Some(now);
+                s.idle_since = None;
                 s.high = s.high.max(chunk + 1);
                 if !s.chunks.insert(chunk) {
                     return Err(DropReason::Duplicate);
                 }
                 self.first_data.get_or_insert(now);
                 self.bytes += payload.len() as u64;
-                if s.chunks.is_complete() && matches!(self.state, State::Receiving) {
-                    self.state = State::Verifying;
-                    self.events.push_back(Event::Verify);
-                }
-                Ok(Some((chunk * u64::from(s.info.chunk_size), payload)))
+                let offset = chunk * u64::from(s.info.chunk_size);
+                self.maybe_verify();
+                Ok(Some((offset, payload)))
             }
             Message::Meta { session, last, info } => {
                 if session != s.id {
                     return Err(DropReason::WrongSession);
                 }
-                if info != s.info {
+                if !info.same_transfer(&s.info) {
                     return Err(DropReason::InfoMismatch);
                 }
                 self.last_heard = now;
+                s.info.digest = s.info.digest.or(info.digest);
                 if last {
                     s.end_seen = true;
                 }
+                self.maybe_verify();
                 Ok(None)
             }
             _ => Err(DropReason::WrongKind),
@@ -351,7 +367,7 @@ impl Receiver {
                         high_at_last_tick: 0,
                         end_seen: false,
                         end_probed: false,
-                        last_data: None,
+                        idle_since: None,
                         round: 0,
                         digest: None,
                     });
@@ -359,10 +375,7 @@ impl Receiver {
                     self.state = State::Receiving;
                     self.events.push_back(Event::Start { info, peer: from });
                     self.hello_ack_due = Some(now);
-                    if info.n_chunks == 0 {
-                        self.state = State::Verifying;
-                        self.events.push_back(Event::Verify);
-                    }
+                    self.maybe_verify();
                     Ok(())
                 }
                 Some(s) if s.id == session && s.peer == from => {
@@ -384,10 +397,11 @@ impl Receiver {
                 if session != s.id {
                     return Err(DropReason::WrongSession);
                 }
-                if info != s.info {
+                if !info.same_transfer(&s.info) {
                     return Err(DropReason::InfoMismatch);
                 }
                 self.last_heard = now;
+                s.info.digest = s.info.digest.or(info.digest);
                 s.end_probed = true;
                 self.peer_retransmits = self.peer_retransmits.max(retransmits);
                 match &mut self.state {
@@ -400,6 +414,7 @@ impl Receiver {
                     State::Receiving => self.next_nack = now,
                     _ => {}
                 }
+                self.maybe_verify();
                 Ok(())
             }
             Message::Abort { session, reason } => {
@@ -414,13 +429,23 @@ impl Receiver {
         }
     }
 
+    /// Every chunk is in and the digest to check against is known: ask the
+    /// driver to verify.
+    fn maybe_verify(&mut self) {
+        let Some(s) = &self.session else { return };
+        if matches!(self.state, State::Receiving) && s.chunks.is_complete() && s.info.digest.is_some() {
+            self.state = State::Verifying;
+            self.events.push_back(Event::Verify);
+        }
+    }
+
     /// The driver hashed the output.
     pub fn verified(&mut self, now: Instant, digest: [u8; 32]) {
         let Some(s) = self.session.as_mut() else { return };
         if !matches!(self.state, State::Verifying) {
             return;
         }
-        let ok = digest == s.info.digest;
+        let ok = Some(digest) == s.info.digest;
         s.digest = Some(digest);
         self.transmit.push_back((s.peer, Message::Done { session: s.id, ok, digest }.to_vec()));
         self.state = State::Complete { ok, last_probe: now };
@@ -498,7 +523,7 @@ impl Receiver {
         let Some(s) = self.session.as_mut() else { return };
         // A gap above last tick's high-water mark may still be reordering, or
         // still queued in our own receive ring.
-        let quiet = s.last_data.is_none_or(|t| now >= t + self.cfg.nack_interval);
+        let quiet = s.idle_since.is_some_and(|t| now >= t + self.cfg.nack_interval);
         let watermark = if s.end_seen || (s.end_probed && quiet) { s.info.n_chunks } else { s.high_at_last_tick };
         s.high_at_last_tick = s.high;
         s.round += 1;
@@ -512,6 +537,18 @@ impl Receiver {
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
             part += 1;
             from = base + u64::from(nbits);
+        }
+        if part > 0 {
+            tracing::debug!(
+                round = s.round,
+                parts = part,
+                first_missing = s.chunks.next_missing(0, watermark),
+                watermark,
+                high = s.high,
+                held = s.chunks.count(),
+                end_seen = s.end_seen,
+                "NACK round"
+            );
         }
         if part == 0 {
             let nack = Nack { round: s.round, part: 0, received: s.chunks.count(), high: s.high, base: 0, nbits: 0, bitmap: &[] };

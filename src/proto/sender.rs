@@ -6,7 +6,7 @@
 //! driver owns the rings and the socket; frames are never modified, so a
 //! retransmit is the same frame posted again.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -94,7 +94,10 @@ pub struct SendStats {
 
 #[derive(Debug)]
 enum State {
-    Handshake { last_hello: Option<Instant>, next_hello: Instant },
+    /// Saying Hello until acknowledged, and (the driver still preloading)
+    /// until [`Sender::start`] supplies the digest. Hellos after the ack are
+    /// keepalives that hold the receiver's idle timer off.
+    Handshake { last_hello: Option<Instant>, next_hello: Instant, acked: bool },
     Transfer,
     Finished,
 }
@@ -115,6 +118,11 @@ pub struct Sender {
     repair_guard: Duration,
     /// Since when the window has been full without the receiver moving it.
     stalled_since: Option<Instant>,
+    /// For each repaired chunk, where the first pass stood when the repair was
+    /// posted. The data path is FIFO, so the receiver cannot have seen that
+    /// repair until its reported high-water mark passes that position; a NACK
+    /// naming the chunk before then is stale, not a second loss.
+    repair_pos: HashMap<u64, u64>,
     last_heard: Instant,
     next_probe: Instant,
     outcome: Option<Result<(), SendError>>,
@@ -129,7 +137,7 @@ impl Sender {
             cfg,
             session,
             info,
-            state: State::Handshake { last_hello: None, next_hello: now },
+            state: State::Handshake { last_hello: None, next_hello: now, acked: false },
             next_first_pass: 0,
             meta_first_sent: false,
             meta_last_sent: false,
@@ -138,6 +146,7 @@ impl Sender {
             round_parts: HashSet::new(),
             last_repair_post: None,
             stalled_since: None,
+            repair_pos: HashMap::new(),
             last_heard: now,
             next_probe: now,
             outcome: None,
@@ -156,6 +165,20 @@ impl Sender {
 
     pub fn is_transferring(&self) -> bool {
         matches!(self.state, State::Transfer)
+    }
+
+    /// The receiver has acknowledged the Hello.
+    pub fn is_acked(&self) -> bool {
+        matches!(self.state, State::Handshake { acked: true, .. } | State::Transfer)
+    }
+
+    /// The file is preloaded and its digest known: data may flow once (or as
+    /// soon as) the receiver has acknowledged.
+    pub fn start(&mut self, digest: [u8; 32]) {
+        self.info.digest = Some(digest);
+        if let State::Handshake { acked: true, .. } = self.state {
+            self.state = State::Transfer;
+        }
     }
 
     fn pass_done(&self) -> bool {
@@ -184,6 +207,7 @@ impl Sender {
                 out[n] = FrameId::Data(chunk);
                 self.stats.retransmits += 1;
                 self.last_repair_post = Some(now);
+                self.repair_pos.insert(chunk, self.next_first_pass);
             } else if self.next_first_pass < self.info.n_chunks
                 && self.next_first_pass < self.stats.peer_high + self.cfg.window
             {
@@ -226,7 +250,7 @@ impl Sender {
     /// The next control datagram to send, if one is due.
     pub fn poll_control(&mut self, now: Instant) -> Option<Vec<u8>> {
         match &mut self.state {
-            State::Handshake { last_hello, next_hello } => {
+            State::Handshake { last_hello, next_hello, .. } => {
                 if now < *next_hello {
                     return None;
                 }
@@ -263,14 +287,19 @@ impl Sender {
         self.last_heard = now;
         match msg {
             Message::HelloAck { delay_us, .. } => {
-                if let State::Handshake { last_hello, .. } = self.state {
-                    // The receiver's own delay (preparing its output) is not path time.
-                    let rtt = last_hello
-                        .map(|t| now.saturating_duration_since(t).saturating_sub(Duration::from_micros(delay_us)))
-                        .unwrap_or_default();
-                    self.rtt = Some(rtt);
-                    self.repair_guard = self.cfg.repair_guard.max(rtt * 2);
-                    self.state = State::Transfer;
+                if let State::Handshake { last_hello, acked, .. } = &mut self.state {
+                    if !*acked {
+                        *acked = true;
+                        // The receiver's own delay (preparing its output) is not path time.
+                        let rtt = last_hello
+                            .map(|t| now.saturating_duration_since(t).saturating_sub(Duration::from_micros(delay_us)))
+                            .unwrap_or_default();
+                        self.rtt = Some(rtt);
+                        self.repair_guard = self.cfg.repair_guard.max(rtt * 2);
+                    }
+                    if self.info.digest.is_some() {
+                        self.state = State::Transfer;
+                    }
                 }
             }
             Message::Nack { nack, .. } => {
@@ -305,12 +334,17 @@ impl Sender {
                 }
                 // Only chunks already sent can be lost; anything else is noise.
                 let limit = self.next_first_pass;
+                let n_chunks = self.info.n_chunks;
                 let room = self.cfg.max_repairs.saturating_sub(self.repairs.len());
-                self.repairs.extend(nack.missing().filter(|c| *c < limit).take(room));
+                let repair_pos = &self.repair_pos;
+                let in_flight = |c: &u64| repair_pos.get(c).is_some_and(|&p| p < n_chunks && nack.high <= p);
+                // A round whose chunks are all still in flight queues nothing, so
+                // the next round is accepted at once.
+                self.repairs.extend(nack.missing().filter(|c| *c < limit && !in_flight(c)).take(room));
             }
             Message::Done { ok, digest, .. } => {
                 self.state = State::Finished;
-                self.outcome = Some(if ok && digest == self.info.digest { Ok(()) } else { Err(SendError::DigestMismatch) });
+                self.outcome = Some(if ok && Some(digest) == self.info.digest { Ok(()) } else { Err(SendError::DigestMismatch) });
             }
             Message::Abort { reason, .. } => {
                 self.state = State::Finished;
@@ -336,6 +370,7 @@ impl Sender {
             return;
         }
         let err = match self.state {
+            State::Handshake { acked: true, .. } => SendError::Timeout(self.cfg.timeout),
             State::Handshake { .. } => SendError::HandshakeTimeout(self.cfg.timeout),
             State::Transfer => SendError::Timeout(self.cfg.timeout),
             State::Finished => return,

@@ -74,6 +74,10 @@ struct Sim {
     drain: usize,
     ring_drops: u64,
     sender_cfg: SenderConfig,
+    receiver_cfg: ReceiverConfig,
+    /// The sender learns its digest (finishes preloading) this long after
+    /// starting; until then it only handshakes and keeps the session alive.
+    preload_time: Duration,
 }
 
 struct Outcome {
@@ -109,6 +113,8 @@ impl Sim {
             drain: usize::MAX,
             ring_drops: 0,
             sender_cfg: SenderConfig::default(),
+            receiver_cfg: ReceiverConfig::default(),
+            preload_time: Duration::ZERO,
         };
         s.file = (0..size).map(|_| s.next_u64() as u8).collect();
         s
@@ -156,7 +162,7 @@ impl Sim {
             file_size: self.file.len() as u64,
             chunk_size: self.chunk,
             n_chunks: chunk_count(self.file.len() as u64, self.chunk),
-            digest: *blake3::hash(&self.file).as_bytes(),
+            digest: Some(*blake3::hash(&self.file).as_bytes()),
         }
     }
 
@@ -175,12 +181,17 @@ impl Sim {
         let info = self.info();
         let start = self.now;
         self.start = start;
-        let mut tx = Sender::new(self.sender_cfg.clone(), 0xabcd, info, self.now);
-        let mut rx = Receiver::new(ReceiverConfig::default(), self.now);
+        let mut tx = Sender::new(self.sender_cfg.clone(), 0xabcd, SessionInfo { digest: None, ..info }, self.now);
+        let mut rx = Receiver::new(self.receiver_cfg.clone(), self.now);
+        let mut preloaded = false;
         let mut ids = vec![FrameId::Meta { last: false }; self.rate];
         let step = Duration::from_micros(100);
         while !(tx.is_finished() && rx.is_finished()) {
             assert!(self.now - start < Duration::from_secs(120), "simulation did not converge");
+            if !preloaded && self.now - start >= self.preload_time {
+                tx.start(info.digest.expect("the sim knows its digest"));
+                preloaded = true;
+            }
             // Sender: control, then frames.
             while let Some(c) = tx.poll_control(self.now) {
                 self.send(To::ReceiverCtrl, c);
@@ -218,6 +229,9 @@ impl Sim {
                         }
                     }
                 }
+            }
+            if self.ring.is_empty() {
+                rx.note_idle(self.now);
             }
             for _ in 0..self.drain {
                 let Some(bytes) = self.ring.pop_front() else { break };
@@ -348,6 +362,19 @@ fn lost_window_tail_is_probed() {
 }
 
 #[test]
+fn long_preload_after_hello_keeps_the_session_alive() {
+    // Hello goes out before the file is read; a preload three times longer
+    // than the receiver's idle timeout must not end the session.
+    let mut sim = Sim::new(100_000, 1000, 41);
+    sim.receiver_cfg.idle_timeout = Duration::from_secs(1);
+    sim.sender_cfg.timeout = Duration::from_secs(1);
+    sim.preload_time = Duration::from_secs(3);
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+}
+
+#[test]
 fn lost_final_ack_is_answered_again() {
     let mut sim = Sim::new(50_000, 1000, 3);
     sim.drop_done = 2;
@@ -369,7 +396,7 @@ fn empty_file_transfers() {
 fn corrupted_output_fails_digest_on_both_sides() {
     let now = Instant::now();
     let data = vec![5u8; 3000];
-    let info = SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: *blake3::hash(&data).as_bytes() };
+    let info = SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
     for c in 0..3 {
@@ -394,7 +421,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
     use super::receiver::DropReason;
     let now = Instant::now();
     let data = vec![1u8; 2500];
-    let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: *blake3::hash(&data).as_bytes() };
+    let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     let stranger: SocketAddr = "192.0.2.66:40000".parse().unwrap();
     // Data before any session.
@@ -436,7 +463,7 @@ fn receiver_idle_timeout_fails_with_clear_error() {
 #[test]
 fn sender_handshake_timeout_fails_with_clear_error() {
     let now = Instant::now();
-    let info = SessionInfo { file_size: 1, chunk_size: 1, n_chunks: 1, digest: [0; 32] };
+    let info = SessionInfo { file_size: 1, chunk_size: 1, n_chunks: 1, digest: None };
     let mut tx = Sender::new(SenderConfig { timeout: Duration::from_secs(3), ..Default::default() }, 1, info, now);
     assert!(tx.poll_control(now).is_some(), "Hello goes out at once");
     tx.handle_timeout(now + Duration::from_secs(3));
@@ -446,7 +473,7 @@ fn sender_handshake_timeout_fails_with_clear_error() {
 #[test]
 fn nack_for_unsent_chunks_is_ignored() {
     let now = Instant::now();
-    let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: [0; 32] };
+    let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([0; 32]) };
     let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
     tx.poll_control(now);
     tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
@@ -459,5 +486,39 @@ fn nack_for_unsent_chunks_is_ignored() {
     let n = tx.next_frames(now, &mut ids);
     // Repairs first (only 0 and 1 were ever sent), then the first pass resumes.
     assert_eq!(&ids[..n], &[FrameId::Data(0), FrameId::Data(1), FrameId::Data(2), FrameId::Data(3)]);
+    assert_eq!(tx.stats.retransmits, 2);
+}
+
+#[test]
+fn nack_for_a_repair_still_in_flight_is_not_repeated() {
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 100_000, chunk_size: 1000, n_chunks: 100, digest: Some([0; 32]) };
+    let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
+    tx.poll_control(now);
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
+    let mut ids = [FrameId::Meta { last: false }; 21];
+    assert_eq!(tx.next_frames(now, &mut ids), 21); // Meta, chunks 0..20
+    let nack = |round, high| {
+        let bitmap = [0b100u8]; // chunk 2 missing
+        Message::Nack {
+            session: 1,
+            nack: crate::wire::message::Nack { round, part: 0, received: 0, high, base: 0, nbits: 3, bitmap: &bitmap },
+        }
+        .to_vec()
+    };
+    tx.on_control(now, &nack(1, 10)).unwrap();
+    let mut one = [FrameId::Meta { last: false }; 1];
+    assert_eq!(tx.next_frames(now, &mut one), 1);
+    assert_eq!(one[0], FrameId::Data(2), "the repair goes out first");
+    // The repair was posted when the first pass stood at chunk 20. A later NACK
+    // from a receiver that has only seen up to 15 cannot have seen it yet.
+    let later = now + Duration::from_millis(50);
+    tx.on_control(later, &nack(2, 15)).unwrap();
+    assert_eq!(tx.next_frames(later, &mut one), 1);
+    assert_eq!(one[0], FrameId::Data(20), "no second repair while the first is in flight");
+    // Once the receiver has seen past position 20, chunk 2 missing is a real loss.
+    tx.on_control(later, &nack(3, 21)).unwrap();
+    assert_eq!(tx.next_frames(later, &mut one), 1);
+    assert_eq!(one[0], FrameId::Data(2));
     assert_eq!(tx.stats.retransmits, 2);
 }

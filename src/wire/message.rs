@@ -144,8 +144,14 @@ pub struct SessionInfo {
     pub file_size: u64,
     pub chunk_size: u32,
     pub n_chunks: u64,
-    pub digest: [u8; 32],
+    /// BLAKE3 of the whole file. A Hello may go out before the sender has
+    /// read the file (it says Hello first, then preloads); Meta and End always
+    /// carry it.
+    pub digest: Option<[u8; 32]>,
 }
+
+/// `SessionInfo` flag: the digest field is valid.
+const FLAG_DIGEST: u32 = 1;
 
 impl SessionInfo {
     pub fn parse(body: &[u8]) -> Result<SessionInfo, WireError> {
@@ -154,12 +160,12 @@ impl SessionInfo {
         }
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&body[24..56]);
+        let flags = be_u32(&body[12..16]);
         let info = SessionInfo {
             file_size: be_u64(&body[0..8]),
             chunk_size: be_u32(&body[8..12]),
-            // body[12..16] is reserved for flags
             n_chunks: be_u64(&body[16..24]),
-            digest,
+            digest: (flags & FLAG_DIGEST != 0).then_some(digest),
         };
         // The three sizes must agree; otherwise a hostile Hello could make the
         // receiver size its bitmap and its file inconsistently.
@@ -173,9 +179,18 @@ impl SessionInfo {
     pub fn emit(&self, out: &mut [u8]) {
         out[0..8].copy_from_slice(&self.file_size.to_be_bytes());
         out[8..12].copy_from_slice(&self.chunk_size.to_be_bytes());
-        out[12..16].fill(0);
+        let flags = if self.digest.is_some() { FLAG_DIGEST } else { 0 };
+        out[12..16].copy_from_slice(&flags.to_be_bytes());
         out[16..24].copy_from_slice(&self.n_chunks.to_be_bytes());
-        out[24..56].copy_from_slice(&self.digest);
+        out[24..56].copy_from_slice(&self.digest.unwrap_or([0; 32]));
+    }
+
+    /// Same transfer: sizes agree, and digests agree where both are known.
+    pub fn same_transfer(&self, other: &SessionInfo) -> bool {
+        self.file_size == other.file_size
+            && self.chunk_size == other.chunk_size
+            && self.n_chunks == other.n_chunks
+            && (self.digest.is_none() || other.digest.is_none() || self.digest == other.digest)
     }
 
     /// Byte length of chunk `idx`, or `None` past the end.
@@ -345,7 +360,7 @@ mod tests {
     use super::*;
 
     fn info() -> SessionInfo {
-        SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: [7; 32] }
+        SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([7; 32]) }
     }
 
     #[test]
@@ -356,6 +371,7 @@ mod tests {
             Message::Meta { session: 9, last: false, info: info() },
             Message::Meta { session: 9, last: true, info: info() },
             Message::Hello { session: 9, info: info() },
+            Message::Hello { session: 9, info: SessionInfo { digest: None, ..info() } },
             Message::HelloAck { session: 9, delay_us: 1234 },
             Message::Nack {
                 session: 9,
@@ -420,7 +436,7 @@ mod tests {
 
     #[test]
     fn chunk_len_covers_short_tail() {
-        let i = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: [0; 32] };
+        let i = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: None };
         assert_eq!(i.chunk_len(0), Some(1000));
         assert_eq!(i.chunk_len(2), Some(500));
         assert_eq!(i.chunk_len(3), None);
