@@ -34,7 +34,7 @@ fn receive_path(c: &mut Criterion) {
     let tpl = example_template();
     let chunk = 1448u32;
     let n = 1u64 << 16;
-    let info = SessionInfo { file_size: n * u64::from(chunk), chunk_size: chunk, n_chunks: n, digest: [0; 32] };
+    let info = SessionInfo { file_size: n * u64::from(chunk), chunk_size: chunk, n_chunks: n, digest: Some([0; 32]) };
     let payload = vec![0xabu8; chunk as usize];
     // Prebuilt frames, as they would sit in the receive UMEM.
     let frames: Vec<Vec<u8>> = (0..1024u64)

@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 cargo build --release --locked --all-targets
+cargo clippy --release --locked --all-targets -- -D warnings
 cargo test --release --locked

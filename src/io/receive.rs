@@ -229,15 +229,13 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
     };
     let bytes = rx.info().map_or(0, |i| i.file_size);
     let path = if verified { opts.out.display().to_string() } else { super::output::partial_path(&opts.out).display().to_string() };
-    if opts.intervals {
-        if verified {
-            println!(
-                "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",
-                human_bytes(bytes),
-                human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
-                &digest[..16.min(digest.len())]
-            );
-        }
+    if opts.intervals && verified {
+        println!(
+            "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",
+            human_bytes(bytes),
+            human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
+            &digest[..16.min(digest.len())]
+        );
     }
     RecvReport {
         mode: mode.to_string(),

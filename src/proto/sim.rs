@@ -13,7 +13,6 @@ use super::*;
 use crate::wire::message::{Message, SessionInfo};
 
 const SENDER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000));
-const RECEIVER_CTRL: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 9001));
 
 #[derive(Clone, Copy, Debug, Default)]
 struct PathFaults {
@@ -197,7 +196,7 @@ impl Sim {
                 self.send(To::ReceiverCtrl, c);
             }
             let n = tx.next_frames(self.now, &mut ids);
-            for id in ids[..n].to_vec() {
+            for id in ids[..n].iter().copied() {
                 let f = self.frame(id, tx.session(), &info);
                 self.send(To::ReceiverData, f);
             }
