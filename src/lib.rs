@@ -10,9 +10,9 @@
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
 //! - [`report`]: human and JSON output.
 
-pub mod wire;
-pub mod proto;
 pub mod afxdp;
-pub mod net;
 pub mod io;
+pub mod net;
+pub mod proto;
 pub mod report;
+pub mod wire;

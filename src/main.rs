@@ -157,9 +157,15 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
     xdpblast::io::install_stop_handler();
 
     let r = match cli.cmd {
@@ -179,7 +185,9 @@ fn main() -> ExitCode {
 
 fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
     let dst_mac = match &a.dst_mac {
-        Some(s) => Some(parse_mac(s).with_context(|| format!("--dst-mac {s:?} is not a MAC address like 02:00:00:00:00:01"))?),
+        Some(s) => {
+            Some(parse_mac(s).with_context(|| format!("--dst-mac {s:?} is not a MAC address like 02:00:00:00:00:01"))?)
+        }
         None => None,
     };
     let opts = SendOptions {
@@ -236,7 +244,12 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
                 xdpblast::afxdp::xsk::XskMode::Copy => "afxdp-copy",
                 xdpblast::afxdp::xsk::XskMode::ZeroCopy => "afxdp-zerocopy",
             };
-            eprintln!("xdpblast recv: ready on {} ({mode}, {} queue(s), XDP {:?})", a.listen, iface.rx_queues, rx.steering().mode());
+            eprintln!(
+                "xdpblast recv: ready on {} ({mode}, {} queue(s), XDP {:?})",
+                a.listen,
+                iface.rx_queues,
+                rx.steering().mode()
+            );
             let mut report = receive::run(mode, rx.data_paths(), ctrl, &opts);
             report.path_stats = serde_json::json!({"xdp": rx.steering().counters(), "xsk": rx.socket_stats()});
             report

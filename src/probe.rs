@@ -66,7 +66,10 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
             problems.push(format!("{} is down", i.name));
         }
         if let Some(by) = &i.xdp_attached {
-            problems.push(format!("an XDP program is already attached to {} ({by}); a receiver cannot attach ours", i.name));
+            problems.push(format!(
+                "an XDP program is already attached to {} ({by}); a receiver cannot attach ours",
+                i.name
+            ));
         }
         if let Ok(q) = program::query(i.index) {
             for (bit, name) in [
@@ -85,15 +88,26 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
             Err("skipped: another program is attached".into())
         } else {
             // Port 0 steers nothing: every packet passes while we look.
-            Steering::attach(&i.name, i.index, None, 0, 0.0).map(|s| format!("{:?}", s.mode()).to_lowercase()).map_err(|e| e.to_string())
+            Steering::attach(&i.name, i.index, None, 0, 0.0)
+                .map(|s| format!("{:?}", s.mode()).to_lowercase())
+                .map_err(|e| e.to_string())
         };
         af_xdp = UmemArea::new(64, 2048).map_err(|e| e.to_string()).and_then(|area| {
-            let cfg = XskConfig { ifname: i.name.clone(), queue: 0, rx_size: 0, tx_size: 64, fill_size: 64, comp_size: 64, bind: BindMode::Auto };
-            Xsk::open(area, &cfg).map(|x| match x.mode() {
-                XskMode::Copy => "copy mode".to_string(),
-                XskMode::ZeroCopy => "zero-copy mode".to_string(),
-            })
-            .map_err(|e| e.to_string())
+            let cfg = XskConfig {
+                ifname: i.name.clone(),
+                queue: 0,
+                rx_size: 0,
+                tx_size: 64,
+                fill_size: 64,
+                comp_size: 64,
+                bind: BindMode::Auto,
+            };
+            Xsk::open(area, &cfg)
+                .map(|x| match x.mode() {
+                    XskMode::Copy => "copy mode".to_string(),
+                    XskMode::ZeroCopy => "zero-copy mode".to_string(),
+                })
+                .map_err(|e| e.to_string())
         });
     }
     if let Err(e) = &af_xdp {
@@ -156,13 +170,23 @@ fn print_human(p: &Probe, ifname: &str) {
                 if i.oper_up { "up" } else { "DOWN" },
                 i.ipv4.map_or("none".to_string(), |a| a.to_string())
             );
-            println!("driver XDP        {}", if p.driver_xdp_features.is_empty() { "no features reported".into() } else { p.driver_xdp_features.join(" ") });
+            println!(
+                "driver XDP        {}",
+                if p.driver_xdp_features.is_empty() {
+                    "no features reported".into()
+                } else {
+                    p.driver_xdp_features.join(" ")
+                }
+            );
         }
         None => println!("interface         {ifname}: {}", p.iface_error.as_deref().unwrap_or("not found")),
     }
     println!("XDP attach        {}", yes_no(&p.xdp_native));
     println!("AF_XDP socket     {}", yes_no(&p.af_xdp));
-    println!("zero-copy         {}", if p.zero_copy_capable { "supported by the driver" } else { "not supported by the driver (copy mode)" });
+    println!(
+        "zero-copy         {}",
+        if p.zero_copy_capable { "supported by the driver" } else { "not supported by the driver (copy mode)" }
+    );
     println!("send --mode auto  {}", p.auto_mode);
     for pr in &p.problems {
         println!("problem           {pr}");

@@ -7,7 +7,13 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn assert_transfer(veth: &Veth, recv_args: &[&str], expect_mode: &str, size: usize, seed: u64) -> (serde_json::Value, serde_json::Value) {
+fn assert_transfer(
+    veth: &Veth,
+    recv_args: &[&str],
+    expect_mode: &str,
+    size: usize,
+    seed: u64,
+) -> (serde_json::Value, serde_json::Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = random_file(dir.path(), "in.bin", size, seed);
     let out = dir.path().join("out.bin");
@@ -42,9 +48,12 @@ fn assert_retransmits_accounted(send: &serde_json::Value, recv: &serde_json::Val
         + n(&send["kernel_tx_drops"])
         + n(&send["stats"]["tail_probes"]);
     // A few repairs may race the last NACK round; anything more is a bug.
-    assert!(rtx <= explained + 16, "{rtx} retransmits, but only {explained} counted drops
+    assert!(
+        rtx <= explained + 16,
+        "{rtx} retransmits, but only {explained} counted drops
 send: {send}
-recv: {recv}");
+recv: {recv}"
+    );
 }
 
 #[test]
@@ -52,7 +61,10 @@ fn afxdp_to_afxdp_64mib_arrives_byte_identical() {
     let veth = Veth::new();
     let (send, recv) = assert_transfer(&veth, &[], "afxdp-copy", 64 * MIB, 1);
     let redirected = recv["path_stats"]["xdp"]["redirected"].as_u64().unwrap_or(0);
-    assert!(redirected >= send["stats"]["first_pass"].as_u64().unwrap_or(u64::MAX), "every data frame must pass through our XDP program: {recv}");
+    assert!(
+        redirected >= send["stats"]["first_pass"].as_u64().unwrap_or(u64::MAX),
+        "every data frame must pass through our XDP program: {recv}"
+    );
     assert_eq!(recv["path_stats"]["xdp"]["loss_dropped"], 0);
     assert_retransmits_accounted(&send, &recv);
     assert!(veth.rx_xdp().is_none(), "XDP program left attached after a normal exit");
@@ -66,7 +78,10 @@ fn afxdp_with_5pct_injected_loss_is_repaired() {
     let first_pass = send["stats"]["first_pass"].as_u64().unwrap_or(0);
     let rtx = send["retransmits"].as_u64().unwrap_or(0);
     // 46,346 frames at 5%: expect ~2,300 drops; 3% and 8% are far outside chance.
-    assert!(dropped > first_pass * 3 / 100 && dropped < first_pass * 8 / 100, "loss knob dropped {dropped} of {first_pass}");
+    assert!(
+        dropped > first_pass * 3 / 100 && dropped < first_pass * 8 / 100,
+        "loss knob dropped {dropped} of {first_pass}"
+    );
     assert!(rtx >= dropped, "every injected drop must be repaired: {rtx} retransmits for {dropped} drops");
     assert_retransmits_accounted(&send, &recv);
     assert_eq!(recv["retransmits"], send["retransmits"], "the end probe carries the sender's retransmit count");

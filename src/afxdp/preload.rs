@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::umem::{UmemArea, UmemError};
 use crate::proto::chunk_count;
-use crate::wire::frame::{FrameTemplate, IPV4_UDP_L3_OVERHEAD, IPV4_UDP_OVERHEAD, ETH_LEN};
+use crate::wire::frame::{FrameTemplate, ETH_LEN, IPV4_UDP_L3_OVERHEAD, IPV4_UDP_OVERHEAD};
 use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
 
 /// Spare frames for the sender's fill ring.
@@ -56,7 +56,13 @@ pub enum PlanError {
 }
 
 impl FramePlan {
-    pub fn new(file_size: u64, packet_size: u32, mtu: u32, iface: &str, umem_budget: u64) -> Result<FramePlan, PlanError> {
+    pub fn new(
+        file_size: u64,
+        packet_size: u32,
+        mtu: u32,
+        iface: &str,
+        umem_budget: u64,
+    ) -> Result<FramePlan, PlanError> {
         if packet_size > mtu {
             return Err(PlanError::AboveMtu { size: packet_size, mtu, iface: iface.into() });
         }
@@ -74,11 +80,10 @@ impl FramePlan {
         let n_chunks = chunk_count(file_size, chunk_size);
         let frames = n_chunks + 2 + u64::from(FILL_SPARE);
         let bytes = frames * u64::from(frame_size);
-        let total_frames = u32::try_from(frames).ok().filter(|_| bytes <= umem_budget).ok_or(PlanError::OverBudget {
-            frames,
-            bytes,
-            budget: umem_budget,
-        })?;
+        let total_frames = u32::try_from(frames)
+            .ok()
+            .filter(|_| bytes <= umem_budget)
+            .ok_or(PlanError::OverBudget { frames, bytes, budget: umem_budget })?;
         Ok(FramePlan { packet_size, chunk_size, frame_size, n_chunks, total_frames })
     }
 
@@ -133,10 +138,12 @@ pub fn preload(
     let mut hasher = blake3::Hasher::new();
     let started = std::time::Instant::now();
 
-    let info_without_digest = |digest| SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest };
+    let info_without_digest =
+        |digest| SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest };
     let shape = info_without_digest(None);
     {
-        let mut frames: Vec<&mut [u8]> = area.as_mut_slice().chunks_exact_mut(fs).take(plan.n_chunks as usize).collect();
+        let mut frames: Vec<&mut [u8]> =
+            area.as_mut_slice().chunks_exact_mut(fs).take(plan.n_chunks as usize).collect();
         let mut idx = 0usize;
         let mut offset = 0u64;
         while idx < frames.len() {
@@ -156,7 +163,8 @@ pub fn preload(
                     iov.push(IoSliceMut::new(&mut f[PAYLOAD_OFFSET + skip..PAYLOAD_OFFSET + len]));
                     skip = 0;
                 }
-                let n = nix::sys::uio::preadv(file, &mut iov, (offset + got as u64) as libc::off_t).map_err(io::Error::from)?;
+                let n = nix::sys::uio::preadv(file, &mut iov, (offset + got as u64) as libc::off_t)
+                    .map_err(io::Error::from)?;
                 if n == 0 {
                     let after = file.metadata()?.len();
                     return Err(PreloadError::Changed { before: file_size, after });

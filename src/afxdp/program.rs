@@ -59,7 +59,13 @@ pub struct Steering {
 impl Steering {
     /// Loads the program, writes its config, and attaches it to `ifindex`.
     /// `loss` is the probability (0..=1) of dropping a data packet.
-    pub fn attach(ifname: &str, ifindex: u32, dst_ip: Option<Ipv4Addr>, data_port: u16, loss: f64) -> Result<Steering, ProgramError> {
+    pub fn attach(
+        ifname: &str,
+        ifindex: u32,
+        dst_ip: Option<Ipv4Addr>,
+        data_port: u16,
+        loss: f64,
+    ) -> Result<Steering, ProgramError> {
         // The skeleton borrows its object storage for its whole life. One
         // receiver loads one program, so a small, bounded leak is the simple
         // honest answer to that borrow.
@@ -127,7 +133,13 @@ impl Steering {
                     .sum();
             }
         }
-        XdpCounters { redirected: sums[0], passed: sums[1], malformed: sums[2], loss_dropped: sums[3], no_socket: sums[4] }
+        XdpCounters {
+            redirected: sums[0],
+            passed: sums[1],
+            malformed: sums[2],
+            loss_dropped: sums[3],
+            no_socket: sums[4],
+        }
     }
 
     /// Detaches now rather than at drop, reporting errors.

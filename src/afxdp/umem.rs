@@ -66,7 +66,8 @@ impl UmemArea {
             Ok(m) => (m, Backing::HugeTlb),
             Err(e) => {
                 debug!("no 2 MiB huge pages ({e}); using regular pages with THP advice");
-                let m = MmapOptions::new().len(len).map_anon().map_err(|source| UmemError::Map { bytes: len, source })?;
+                let m =
+                    MmapOptions::new().len(len).map_anon().map_err(|source| UmemError::Map { bytes: len, source })?;
                 // Failure only means no transparent huge pages.
                 let _ = m.advise(Advice::HugePage);
                 (m, Backing::Thp)
@@ -74,7 +75,8 @@ impl UmemArea {
         };
         info!(bytes = map.len(), frames, frame_size, ?backing, "UMEM mapped");
         let mut map = map;
-        let base = NonNull::new(map.as_mut_ptr()).ok_or(UmemError::Map { bytes: len, source: io::Error::other("null mapping") })?;
+        let base = NonNull::new(map.as_mut_ptr())
+            .ok_or(UmemError::Map { bytes: len, source: io::Error::other("null mapping") })?;
         Ok(UmemArea { map, base, frame_size, frames, backing })
     }
 

@@ -100,7 +100,8 @@ impl Xsk {
         // struct owns and drops only after `_umem` and every ring (field order).
         let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
 
-        let name = CString::new(cfg.ifname.as_str()).map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
+        let name = CString::new(cfg.ifname.as_str())
+            .map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
         let mut ifinfo = IfInfo::invalid();
         ifinfo.from_name(&name).map_err(|e| XskError::Interface(cfg.ifname.clone(), errno_str(e)))?;
         ifinfo.set_queue(cfg.queue);
@@ -113,7 +114,8 @@ impl Xsk {
             BindMode::Copy => SocketConfig::XDP_BIND_COPY,
             BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
         };
-        let scfg = SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
+        let scfg =
+            SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
         let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(errno_str(e)))?;
         umem.bind(&user).map_err(|e| {
             let raw = e.get_raw();
@@ -126,8 +128,10 @@ impl Xsk {
             };
             XskError::Bind { ifname: cfg.ifname.clone(), queue: cfg.queue, err: errno_str(e), hint }
         })?;
-        let tx = if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
-        let rx = if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
+        let tx =
+            if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
+        let rx =
+            if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
         let fd = user.as_raw_fd();
         let mode = query_mode(fd);
         info!(ifname = %cfg.ifname, queue = cfg.queue, ?mode, "AF_XDP socket bound");
@@ -216,10 +220,9 @@ impl Xsk {
             Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Kick::Again,
             // The kernel built an skb and the device dropped it.
             Some(libc::EBUSY) => Kick::Dropped,
-            Some(libc::ENETDOWN) | Some(libc::ENXIO) => Kick::Fatal(io::Error::new(
-                e.kind(),
-                format!("the interface went down or away ({e})"),
-            )),
+            Some(libc::ENETDOWN) | Some(libc::ENXIO) => {
+                Kick::Fatal(io::Error::new(e.kind(), format!("the interface went down or away ({e})")))
+            }
             _ => Kick::Fatal(e),
         }
     }
@@ -228,7 +231,16 @@ impl Xsk {
     pub fn wake_rx_if_needed(&mut self) {
         if self.device.needs_wakeup() {
             // SAFETY: zero-length non-blocking recvfrom on our socket, no buffers.
-            unsafe { libc::recvfrom(self.fd, std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+            unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
         }
     }
 

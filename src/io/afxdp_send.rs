@@ -178,9 +178,13 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
             bail!("interrupted");
         }
         if let Some(r) = sender.outcome() {
-            return Err(anyhow::anyhow!("{}", r.as_ref().err().map_or("handshake ended early".to_string(), |e| e.to_string())));
+            return Err(anyhow::anyhow!(
+                "{}",
+                r.as_ref().err().map_or("handshake ended early".to_string(), |e| e.to_string())
+            ));
         }
-        let wait = sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+        let wait =
+            sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
         super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(20)));
     }
 
@@ -297,7 +301,9 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         if n == 0 && outstanding == 0 {
             idle_spins += 1;
             if idle_spins > 64 {
-                let wait = sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+                let wait = sender
+                    .poll_timeout()
+                    .map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
                 super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
             }
         } else {

@@ -8,9 +8,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 pub fn control_port(data_port: u16) -> io::Result<u16> {
-    data_port
-        .checked_add(1)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the data port must be below 65535 (control uses port + 1)"))
+    data_port.checked_add(1).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the data port must be below 65535 (control uses port + 1)")
+    })
 }
 
 pub struct Control {
@@ -20,7 +20,8 @@ pub struct Control {
 
 impl Control {
     pub fn bind(addr: SocketAddr) -> io::Result<Control> {
-        let sock = UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("binding the control socket to {addr}: {e}")))?;
+        let sock = UdpSocket::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding the control socket to {addr}: {e}")))?;
         sock.set_nonblocking(true)?;
         Ok(Control { sock, buf: vec![0u8; 65536] })
     }

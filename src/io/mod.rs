@@ -44,13 +44,15 @@ pub fn random_session() -> u64 {
     if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_ok() {
         return u64::from_ne_bytes(b);
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     t ^ (u64::from(std::process::id()) << 32)
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.
 pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
-    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let ms = timeout.as_millis().min(1000) as libc::c_int;
     // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };

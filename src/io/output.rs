@@ -55,10 +55,16 @@ impl Output {
             if r != 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                    warn!("{} cannot reserve space (no fallocate); a full disk would show up mid-transfer", partial.display());
+                    warn!(
+                        "{} cannot reserve space (no fallocate); a full disk would show up mid-transfer",
+                        partial.display()
+                    );
                     file.set_len(len)?;
                 } else {
-                    return Err(io::Error::new(e.kind(), format!("reserving {len} bytes for {}: {e}", partial.display())));
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("reserving {len} bytes for {}: {e}", partial.display()),
+                    ));
                 }
             }
         }
@@ -89,7 +95,10 @@ impl Output {
                 j += 1;
             }
             if end > self.len {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("write past the end ({end} > {})", self.len)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("write past the end ({end} > {})", self.len),
+                ));
             }
             self.write_run(start, &writes[i..j])?;
             i = j;
@@ -121,7 +130,10 @@ impl Output {
             let want = (end - self.hashed).min(self.buf.len() as u64) as usize;
             let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[..want], self.hashed)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the output is shorter than what was written"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the output is shorter than what was written",
+                ));
             }
             self.hasher.update(&self.buf[..n]);
             self.hashed += n as u64;
@@ -130,7 +142,14 @@ impl Output {
             let (off, len) = (self.synced, self.hashed - self.synced);
             // SAFETY: sync_file_range on our own descriptor with in-range
             // offsets; it only starts writeback and touches no memory of ours.
-            let r = unsafe { libc::sync_file_range(self.file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE) };
+            let r = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    off as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
             if r == 0 {
                 self.synced = self.hashed;
             }
@@ -148,8 +167,9 @@ impl Output {
     /// Flushes to disk and renames `PATH.partial` to `PATH`.
     pub fn commit(self) -> io::Result<PathBuf> {
         self.file.sync_data()?;
-        std::fs::rename(&self.partial, &self.path)
-            .map_err(|e| io::Error::new(e.kind(), format!("renaming {} to {}: {e}", self.partial.display(), self.path.display())))?;
+        std::fs::rename(&self.partial, &self.path).map_err(|e| {
+            io::Error::new(e.kind(), format!("renaming {} to {}: {e}", self.partial.display(), self.path.display()))
+        })?;
         Ok(self.path)
     }
 

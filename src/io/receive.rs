@@ -211,7 +211,8 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
             }
             idle_spins += 1;
             if idle_spins > 64 {
-                let wait = rx.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+                let wait =
+                    rx.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
                 super::wait_readable(&fds, wait.min(Duration::from_millis(5)));
             }
         } else {
@@ -228,7 +229,11 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
         None => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
     };
     let bytes = rx.info().map_or(0, |i| i.file_size);
-    let path = if verified { opts.out.display().to_string() } else { super::output::partial_path(&opts.out).display().to_string() };
+    let path = if verified {
+        opts.out.display().to_string()
+    } else {
+        super::output::partial_path(&opts.out).display().to_string()
+    };
     if opts.intervals && verified {
         println!(
             "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",

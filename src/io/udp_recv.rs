@@ -24,7 +24,8 @@ pub struct UdpReceiver {
 
 impl UdpReceiver {
     pub fn bind(listen: SocketAddrV4) -> io::Result<UdpReceiver> {
-        let sock = UdpSocket::bind(listen).map_err(|e| io::Error::new(e.kind(), format!("binding the data socket to {listen}: {e}")))?;
+        let sock = UdpSocket::bind(listen)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding the data socket to {listen}: {e}")))?;
         sock.set_nonblocking(true)?;
         // A deep socket buffer absorbs bursts; FORCE needs CAP_NET_ADMIN.
         if setsockopt_u32(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
@@ -64,7 +65,13 @@ impl DataPath for UdpReceiver {
         // SAFETY: every header points at a live iovec over its own SLOT-byte
         // region of `bufs` and at its own sockaddr_in; all outlive the call.
         let n = unsafe {
-            libc::recvmmsg(self.sock.as_raw_fd(), self.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -78,7 +85,8 @@ impl DataPath for UdpReceiver {
             .map(|i| {
                 let len = (self.hdrs[i].msg_len as usize).min(SLOT);
                 let a = &self.addrs[i];
-                let from = SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port)));
+                let from =
+                    SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port)));
                 Ok((from, &self.bufs[i * SLOT..i * SLOT + len]))
             })
             .collect();

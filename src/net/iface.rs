@@ -89,7 +89,8 @@ impl Interface {
             })
             .flat_map(|a| a.attributes)
             .find_map(|a| match a {
-                AddressAttribute::Local(std::net::IpAddr::V4(ip)) | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(ip),
+                AddressAttribute::Local(std::net::IpAddr::V4(ip))
+                | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             });
         Ok(iface)

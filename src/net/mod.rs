@@ -2,6 +2,6 @@
 //! rtnetlink: an interface's index, MAC, MTU, queues, IPv4 address and XDP
 //! state, and the neighbour table (the next hop's MAC).
 
-mod netlink;
 pub mod iface;
 pub mod neigh;
+mod netlink;

@@ -141,11 +141,7 @@ impl DropCounts {
     }
     /// Non-zero counters by name.
     pub fn by_name(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        DropReason::ALL
-            .iter()
-            .filter(|r| self.get(**r) > 0)
-            .map(|r| (r.as_str(), self.get(*r)))
-            .collect()
+        DropReason::ALL.iter().filter(|r| self.get(**r) > 0).map(|r| (r.as_str(), self.get(*r))).collect()
     }
 }
 
@@ -190,7 +186,10 @@ enum State {
     Receiving,
     Verifying,
     /// Done was sent; `ok` says whether the digest matched.
-    Complete { ok: bool, last_probe: Instant },
+    Complete {
+        ok: bool,
+        last_probe: Instant,
+    },
     Finished,
 }
 
@@ -297,7 +296,12 @@ impl Receiver {
         }
     }
 
-    fn data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a [u8]) -> Result<Option<(u64, &'a [u8])>, DropReason> {
+    fn data<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    ) -> Result<Option<(u64, &'a [u8])>, DropReason> {
         let msg = Message::parse(bytes).map_err(DropReason::Wire)?;
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         if from != s.peer {
@@ -385,7 +389,10 @@ impl Receiver {
                     Ok(())
                 }
                 Some(_) => {
-                    self.transmit.push_back((from, Message::Abort { session, reason: "receiver busy with another session" }.to_vec()));
+                    self.transmit.push_back((
+                        from,
+                        Message::Abort { session, reason: "receiver busy with another session" }.to_vec(),
+                    ));
                     Err(DropReason::Busy)
                 }
             },
@@ -533,7 +540,15 @@ impl Receiver {
             let Some(base) = s.chunks.next_missing(from, watermark) else { break };
             let room = u32::try_from(watermark - base).unwrap_or(u32::MAX);
             let nbits = s.chunks.missing_bitmap(base, self.cfg.nack_window_bits.min(room), &mut self.scratch);
-            let nack = Nack { round: s.round, part, received: s.chunks.count(), high: s.high, base, nbits, bitmap: &self.scratch };
+            let nack = Nack {
+                round: s.round,
+                part,
+                received: s.chunks.count(),
+                high: s.high,
+                base,
+                nbits,
+                bitmap: &self.scratch,
+            };
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
             part += 1;
             from = base + u64::from(nbits);
@@ -551,7 +566,15 @@ impl Receiver {
             );
         }
         if part == 0 {
-            let nack = Nack { round: s.round, part: 0, received: s.chunks.count(), high: s.high, base: 0, nbits: 0, bitmap: &[] };
+            let nack = Nack {
+                round: s.round,
+                part: 0,
+                received: s.chunks.count(),
+                high: s.high,
+                base: 0,
+                nbits: 0,
+                bitmap: &[],
+            };
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
         }
         self.nacks_sent += u64::from(part);

@@ -56,7 +56,9 @@ pub enum FrameId {
     Data(u64),
     /// Session info on the data path: first packet (`last == false`) and the
     /// packet that ends the first pass (`last == true`).
-    Meta { last: bool },
+    Meta {
+        last: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +99,11 @@ enum State {
     /// Saying Hello until acknowledged, and (the driver still preloading)
     /// until [`Sender::start`] supplies the digest. Hellos after the ack are
     /// keepalives that hold the receiver's idle timer off.
-    Handshake { last_hello: Option<Instant>, next_hello: Instant, acked: bool },
+    Handshake {
+        last_hello: Option<Instant>,
+        next_hello: Instant,
+        acked: bool,
+    },
     Transfer,
     Finished,
 }
@@ -264,7 +270,10 @@ impl Sender {
                 }
                 self.next_probe = now + self.cfg.probe_interval;
                 self.stats.end_probes += 1;
-                Some(Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits }.to_vec())
+                Some(
+                    Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits }
+                        .to_vec(),
+                )
             }
             State::Finished => None,
         }
@@ -317,8 +326,8 @@ impl Sender {
                 }
                 let same_round = self.round == Some(nack.round);
                 let newer = self.round.is_none_or(|r| nack.round > r);
-                let settled = self.repairs.is_empty()
-                    && self.last_repair_post.is_none_or(|t| now >= t + self.repair_guard);
+                let settled =
+                    self.repairs.is_empty() && self.last_repair_post.is_none_or(|t| now >= t + self.repair_guard);
                 if same_round {
                     if !self.round_parts.insert(nack.part) {
                         return Ok(()); // duplicate datagram
@@ -344,7 +353,8 @@ impl Sender {
             }
             Message::Done { ok, digest, .. } => {
                 self.state = State::Finished;
-                self.outcome = Some(if ok && Some(digest) == self.info.digest { Ok(()) } else { Err(SendError::DigestMismatch) });
+                self.outcome =
+                    Some(if ok && Some(digest) == self.info.digest { Ok(()) } else { Err(SendError::DigestMismatch) });
             }
             Message::Abort { reason, .. } => {
                 self.state = State::Finished;

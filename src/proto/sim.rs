@@ -395,7 +395,8 @@ fn empty_file_transfers() {
 fn corrupted_output_fails_digest_on_both_sides() {
     let now = Instant::now();
     let data = vec![5u8; 3000];
-    let info = SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
+    let info =
+        SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
     for c in 0..3 {
@@ -420,11 +421,14 @@ fn hostile_datagrams_are_dropped_and_counted() {
     use super::receiver::DropReason;
     let now = Instant::now();
     let data = vec![1u8; 2500];
-    let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
+    let info =
+        SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     let stranger: SocketAddr = "192.0.2.66:40000".parse().unwrap();
     // Data before any session.
-    assert!(rx.on_data(now, SENDER, &Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec()).is_none());
+    assert!(rx
+        .on_data(now, SENDER, &Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec())
+        .is_none());
     rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
     let cases: Vec<(SocketAddr, Vec<u8>, DropReason)> = vec![
         (SENDER, vec![0xff; 40], DropReason::Wire(crate::wire::WireError::BadMagic)),
@@ -479,7 +483,8 @@ fn nack_for_unsent_chunks_is_ignored() {
     let mut ids = [FrameId::Meta { last: false }; 3];
     assert_eq!(tx.next_frames(now, &mut ids), 3); // Meta, 0, 1
     let bitmap = [0xffu8, 0x03];
-    let nack = crate::wire::message::Nack { round: 1, part: 0, received: 0, high: 2, base: 0, nbits: 10, bitmap: &bitmap };
+    let nack =
+        crate::wire::message::Nack { round: 1, part: 0, received: 0, high: 2, base: 0, nbits: 10, bitmap: &bitmap };
     tx.on_control(now, &Message::Nack { session: 1, nack }.to_vec()).unwrap();
     let mut ids = [FrameId::Meta { last: false }; 4];
     let n = tx.next_frames(now, &mut ids);

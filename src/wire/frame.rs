@@ -49,14 +49,16 @@ impl FrameTemplate {
         }
         let too_long = FrameError::TooLong { need: total, have: 65535 };
         let ip_payload = u16::try_from(UDP_LEN + udp_payload_len).map_err(|_| too_long)?;
-        let mut ip = Ipv4Header::new(ip_payload, self.ttl, IpNumber::UDP, self.src.ip().octets(), self.dst.ip().octets())
-            .map_err(|_| too_long)?;
+        let mut ip =
+            Ipv4Header::new(ip_payload, self.ttl, IpNumber::UDP, self.src.ip().octets(), self.dst.ip().octets())
+                .map_err(|_| too_long)?;
         // Each datagram fits one frame; forbid fragmentation so an MTU mistake
         // shows up as an error rather than a silent split.
         ip.dont_fragment = true;
         ip.header_checksum = ip.calc_header_checksum();
-        let udp = UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &frame[IPV4_UDP_OVERHEAD..total])
-            .map_err(|_| too_long)?;
+        let udp =
+            UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &frame[IPV4_UDP_OVERHEAD..total])
+                .map_err(|_| too_long)?;
         let eth = Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type: EtherType::IPV4 };
         frame[..ETH_LEN].copy_from_slice(&eth.to_bytes());
         frame[ETH_LEN..ETH_LEN + IPV4_LEN].copy_from_slice(&ip.to_bytes());
@@ -157,11 +159,7 @@ mod tests {
             let ip = &buf[ETH_LEN..ETH_LEN + IPV4_LEN];
             assert_eq!(checksum::internet_checksum(ip), 0, "IPv4 header checksum, len {len}");
             let udp = &buf[ETH_LEN + IPV4_LEN..n];
-            assert_eq!(
-                checksum::udp_ipv4(t.src.ip().octets(), t.dst.ip().octets(), udp),
-                0,
-                "UDP checksum, len {len}"
-            );
+            assert_eq!(checksum::udp_ipv4(t.src.ip().octets(), t.dst.ip().octets(), udp), 0, "UDP checksum, len {len}");
         }
     }
 

@@ -169,8 +169,7 @@ impl SessionInfo {
         };
         // The three sizes must agree; otherwise a hostile Hello could make the
         // receiver size its bitmap and its file inconsistently.
-        if info.chunk_size == 0 || info.n_chunks != info.file_size.div_ceil(u64::from(info.chunk_size))
-        {
+        if info.chunk_size == 0 || info.n_chunks != info.file_size.div_ceil(u64::from(info.chunk_size)) {
             return Err(WireError::BadBody);
         }
         Ok(info)
@@ -227,28 +226,54 @@ pub struct Nack<'a> {
 impl<'a> Nack<'a> {
     pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
         let base = self.base;
-        (0..self.nbits as usize)
-            .filter(move |i| self.bitmap[i / 8] & (1 << (i % 8)) != 0)
-            .map(move |i| base + i as u64)
+        (0..self.nbits as usize).filter(move |i| self.bitmap[i / 8] & (1 << (i % 8)) != 0).map(move |i| base + i as u64)
     }
 }
 
 /// A parsed datagram. Borrowed bodies point into the checked buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
-    Data { session: u64, chunk: u64, payload: &'a [u8] },
+    Data {
+        session: u64,
+        chunk: u64,
+        payload: &'a [u8],
+    },
     /// `last` is false on the first data-path packet and true on the one that
     /// ends a pass (carried in `seq`: 0 or 1).
-    Meta { session: u64, last: bool, info: SessionInfo },
-    Hello { session: u64, info: SessionInfo },
+    Meta {
+        session: u64,
+        last: bool,
+        info: SessionInfo,
+    },
+    Hello {
+        session: u64,
+        info: SessionInfo,
+    },
     /// `delay_us`: how long the receiver held the Hello before answering
     /// (preparing its output), so the sender can take it out of its RTT sample.
-    HelloAck { session: u64, delay_us: u64 },
-    Nack { session: u64, nack: Nack<'a> },
+    HelloAck {
+        session: u64,
+        delay_us: u64,
+    },
+    Nack {
+        session: u64,
+        nack: Nack<'a>,
+    },
     /// End-of-transfer probe; `retransmits` is the sender's count so far.
-    End { session: u64, info: SessionInfo, retransmits: u64 },
-    Done { session: u64, ok: bool, digest: [u8; 32] },
-    Abort { session: u64, reason: &'a str },
+    End {
+        session: u64,
+        info: SessionInfo,
+        retransmits: u64,
+    },
+    Done {
+        session: u64,
+        ok: bool,
+        digest: [u8; 32],
+    },
+    Abort {
+        session: u64,
+        reason: &'a str,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -398,10 +423,7 @@ mod tests {
     fn trailing_padding_is_ignored() {
         let mut bytes = Message::Data { session: 1, chunk: 0, payload: b"ab" }.to_vec();
         bytes.extend_from_slice(&[0; 30]);
-        assert_eq!(
-            Message::parse(&bytes).unwrap(),
-            Message::Data { session: 1, chunk: 0, payload: b"ab" }
-        );
+        assert_eq!(Message::parse(&bytes).unwrap(), Message::Data { session: 1, chunk: 0, payload: b"ab" });
     }
 
     #[test]

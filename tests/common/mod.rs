@@ -29,7 +29,10 @@ fn repo() -> PathBuf {
 /// Fails the test with the reason if this host cannot run it.
 pub fn require_privileges() {
     let euid = unsafe_free_euid();
-    assert_eq!(euid, 0, "this test needs root (network namespaces, veth, XDP, AF_XDP); run the README's test command as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces, veth, XDP, AF_XDP); run the README's test command as root"
+    );
     let ok = Command::new("ip").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
     assert!(ok.is_ok_and(|s| s.success()), "this test needs iproute2's `ip` (scripts/install-deps.sh installs it)");
 }
@@ -37,7 +40,10 @@ pub fn require_privileges() {
 fn unsafe_free_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).unwrap_or("1").to_string())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).unwrap_or("1").to_string()))
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(u32::MAX)
 }
@@ -85,7 +91,8 @@ impl Veth {
     pub fn start_receiver(&self, out: &Path, extra: &[&str]) -> Receiver {
         let listen = format!("{RX_IP}:9000");
         let out_s = out.to_str().expect("utf-8 path");
-        let mut args = vec!["--log", "warn", "recv", "--iface", &self.rx_if, "--listen", &listen, "--out", out_s, "--json"];
+        let mut args =
+            vec!["--log", "warn", "recv", "--iface", &self.rx_if, "--listen", &listen, "--out", out_s, "--json"];
         args.extend_from_slice(extra);
         let stderr_path = out.with_extension("recv.log");
         let stderr = std::fs::File::create(&stderr_path).expect("receiver log");
@@ -121,7 +128,10 @@ impl Veth {
     /// The `xdp` object `ip -d -j link show` reports for the receive interface,
     /// or None when no XDP program is attached.
     pub fn rx_xdp(&self) -> Option<serde_json::Value> {
-        let out = Command::new("ip").args(["-n", &self.rx_ns, "-d", "-j", "link", "show", "dev", &self.rx_if]).output().expect("ip link show");
+        let out = Command::new("ip")
+            .args(["-n", &self.rx_ns, "-d", "-j", "link", "show", "dev", &self.rx_if])
+            .output()
+            .expect("ip link show");
         assert!(out.status.success(), "ip link show failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output is JSON");
         v.get(0).and_then(|l| l.get("xdp")).cloned()
@@ -129,7 +139,10 @@ impl Veth {
 
     /// Packets the transmit interface has sent, from the kernel's counters.
     pub fn tx_packets(&self) -> u64 {
-        let out = Command::new("ip").args(["-n", &self.tx_ns, "-s", "-j", "link", "show", "dev", &self.tx_if]).output().expect("ip -s link show");
+        let out = Command::new("ip")
+            .args(["-n", &self.tx_ns, "-s", "-j", "link", "show", "dev", &self.tx_if])
+            .output()
+            .expect("ip -s link show");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output is JSON");
         v[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packet counter")
     }
@@ -139,7 +152,10 @@ impl Drop for Veth {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/veth.sh")).args(["down", &self.name]).status();
         for ns in [&self.tx_ns, &self.rx_ns] {
-            let still = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains(ns.as_str()));
+            let still = Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains(ns.as_str()));
             if still.unwrap_or(false) && !std::thread::panicking() {
                 panic!("namespace {ns} was not removed");
             }
@@ -176,7 +192,8 @@ impl Receiver {
             let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
         }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("receiver JSON ({e}): {stdout}\nlog:\n{log}"));
+        let json =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("receiver JSON ({e}): {stdout}\nlog:\n{log}"));
         (status.success(), json, log)
     }
 
