@@ -208,10 +208,25 @@ struct Session {
     /// An end probe arrived on the control path. It overtakes data still
     /// queued for us, so it counts only once the data path has gone quiet.
     end_probed: bool,
+    /// Closing Metas seen: the sender's marks in its send sequence after the
+    /// first pass. Reported as position `n_chunks + markers`.
+    markers: u64,
     /// Since when the driver has found the data path empty (cleared by data).
     idle_since: Option<Instant>,
     round: u64,
     digest: Option<[u8; 32]>,
+}
+
+impl Session {
+    /// How far through the sender's send sequence we have seen: the first
+    /// pass's high-water mark, then `n_chunks` plus the closing markers seen.
+    fn position(&self) -> u64 {
+        if self.markers > 0 {
+            self.info.n_chunks + self.markers
+        } else {
+            self.high
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -339,6 +354,7 @@ impl Receiver {
                 s.info.digest = s.info.digest.or(info.digest);
                 if last {
                     s.end_seen = true;
+                    s.markers += 1;
                 }
                 self.maybe_verify();
                 Ok(None)
@@ -371,6 +387,7 @@ impl Receiver {
                         high_at_last_tick: 0,
                         end_seen: false,
                         end_probed: false,
+                        markers: 0,
                         idle_since: None,
                         round: 0,
                         digest: None,
@@ -544,7 +561,7 @@ impl Receiver {
                 round: s.round,
                 part,
                 received: s.chunks.count(),
-                high: s.high,
+                high: s.position(),
                 base,
                 nbits,
                 bitmap: &self.scratch,
@@ -570,7 +587,7 @@ impl Receiver {
                 round: s.round,
                 part: 0,
                 received: s.chunks.count(),
-                high: s.high,
+                high: s.position(),
                 base: 0,
                 nbits: 0,
                 bitmap: &[],

@@ -124,11 +124,18 @@ pub struct Sender {
     repair_guard: Duration,
     /// Since when the window has been full without the receiver moving it.
     stalled_since: Option<Instant>,
-    /// For each repaired chunk, where the first pass stood when the repair was
-    /// posted. The data path is FIFO, so the receiver cannot have seen that
-    /// repair until its reported high-water mark passes that position; a NACK
-    /// naming the chunk before then is stale, not a second loss.
+    /// For each repaired chunk, the position in the send sequence when the
+    /// repair was posted: during the first pass, the next first-pass chunk;
+    /// after it, `n_chunks` + closing markers posted so far. The data path is
+    /// FIFO, so the receiver cannot have seen the repair until its reported
+    /// position passes that one; a NACK naming the chunk before then is stale,
+    /// not a second loss.
     repair_pos: HashMap<u64, u64>,
+    /// Closing Metas posted: the first ends the first pass, each later one
+    /// follows a round of repairs and marks how far the receiver has got.
+    markers_posted: u64,
+    /// A repair went out after the pass; a marker must follow the round.
+    marker_due: bool,
     last_heard: Instant,
     next_probe: Instant,
     outcome: Option<Result<(), SendError>>,
@@ -153,6 +160,8 @@ impl Sender {
             last_repair_post: None,
             stalled_since: None,
             repair_pos: HashMap::new(),
+            markers_posted: 0,
+            marker_due: false,
             last_heard: now,
             next_probe: now,
             outcome: None,
@@ -187,6 +196,15 @@ impl Sender {
         }
     }
 
+    /// Where the send sequence stands (see `repair_pos`).
+    fn position(&self) -> u64 {
+        if self.meta_last_sent {
+            self.info.n_chunks + self.markers_posted
+        } else {
+            self.next_first_pass
+        }
+    }
+
     fn pass_done(&self) -> bool {
         self.next_first_pass >= self.info.n_chunks && self.meta_last_sent
     }
@@ -213,7 +231,8 @@ impl Sender {
                 out[n] = FrameId::Data(chunk);
                 self.stats.retransmits += 1;
                 self.last_repair_post = Some(now);
-                self.repair_pos.insert(chunk, self.next_first_pass);
+                self.repair_pos.insert(chunk, self.position());
+                self.marker_due = self.meta_last_sent;
             } else if self.next_first_pass < self.info.n_chunks
                 && self.next_first_pass < self.stats.peer_high + self.cfg.window
             {
@@ -239,9 +258,11 @@ impl Sender {
                     Some(_) => {}
                 }
                 break;
-            } else if !self.meta_last_sent {
+            } else if !self.meta_last_sent || self.marker_due {
                 out[n] = FrameId::Meta { last: true };
                 self.meta_last_sent = true;
+                self.marker_due = false;
+                self.markers_posted += 1;
                 self.stats.meta_frames += 1;
                 // The first end probe follows one probe interval after the pass.
                 self.next_probe = now + self.cfg.probe_interval;
@@ -316,6 +337,8 @@ impl Sender {
                     return Ok(());
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
+                // Past the first pass the reported position counts markers; the
+                // window only cares about first-pass chunks.
                 let high = nack.high.min(self.next_first_pass);
                 if high > self.stats.peer_high {
                     self.stats.peer_high = high;
@@ -343,13 +366,26 @@ impl Sender {
                 }
                 // Only chunks already sent can be lost; anything else is noise.
                 let limit = self.next_first_pass;
-                let n_chunks = self.info.n_chunks;
                 let room = self.cfg.max_repairs.saturating_sub(self.repairs.len());
                 let repair_pos = &self.repair_pos;
-                let in_flight = |c: &u64| repair_pos.get(c).is_some_and(|&p| p < n_chunks && nack.high <= p);
+                let in_flight = |c: &u64| repair_pos.get(c).is_some_and(|&p| nack.high <= p);
                 // A round whose chunks are all still in flight queues nothing, so
                 // the next round is accepted at once.
-                self.repairs.extend(nack.missing().filter(|c| *c < limit && !in_flight(c)).take(room));
+                let before = self.repairs.len();
+                let mut stale = 0u64;
+                for c in nack.missing().filter(|c| *c < limit) {
+                    if in_flight(&c) {
+                        stale += 1;
+                    } else if self.repairs.len() - before < room {
+                        self.repairs.push_back(c);
+                    }
+                }
+                // After the pass, only a marker moves the receiver's position. If
+                // the one after our last repairs was lost, everything looks in
+                // flight for ever: send another.
+                if self.meta_last_sent && stale > 0 && self.repairs.len() == before {
+                    self.marker_due = true;
+                }
             }
             Message::Done { ok, digest, .. } => {
                 self.state = State::Finished;
