@@ -24,8 +24,9 @@ mod probe;
 #[command(name = "xdpblast", version, about = "Blast a file over AF_XDP, verified end to end with BLAKE3")]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `debug` or `xdpblast=trace`.
-    #[arg(long, global = true, env = "XDPBLAST_LOG", default_value = "info")]
-    log: String,
+    /// Default: `info` for send and recv, `warn` for probe.
+    #[arg(long, global = true, env = "XDPBLAST_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -157,8 +158,12 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let default_level = if matches!(cli.cmd, Cmd::Probe(_)) { "warn" } else { "info" };
+    let level = cli.log.as_deref().unwrap_or(default_level);
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+        eprintln!("xdpblast: --log {level:?} is not a valid filter ({e}); using {default_level}");
+        tracing_subscriber::EnvFilter::new(default_level)
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

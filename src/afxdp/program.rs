@@ -56,6 +56,21 @@ pub struct Steering {
     mode: AttachMode,
 }
 
+/// Sends libbpf's own messages through `tracing` instead of raw stderr.
+fn route_libbpf_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, |level, msg: String| {
+            let msg = msg.trim_end();
+            match level {
+                libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+                libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
+                libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
+            }
+        })));
+    });
+}
+
 impl Steering {
     /// Loads the program, writes its config, and attaches it to `ifindex`.
     /// `loss` is the probability (0..=1) of dropping a data packet.
@@ -69,6 +84,7 @@ impl Steering {
         // The skeleton borrows its object storage for its whole life. One
         // receiver loads one program, so a small, bounded leak is the simple
         // honest answer to that borrow.
+        route_libbpf_logs();
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let open = XdpblastSkelBuilder::default().open(storage).map_err(|e| ProgramError::Load(format!("{e:#}")))?;
         let skel = open.load().map_err(|e| ProgramError::Load(format!("{e:#}")))?;

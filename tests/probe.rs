@@ -1,0 +1,57 @@
+//! `xdpblast probe` on a veth end, as root and as an unprivileged user.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn probe_reports_copy_mode_native_xdp_and_link_facts() {
+    let veth = Veth::new();
+    let out = veth.in_ns(&veth.rx_ns, &["probe", "--iface", &veth.rx_if, "--json"]).output().expect("probe");
+    assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(p["af_xdp"]["Ok"], "copy mode", "{p}");
+    assert_eq!(p["xdp_native"]["Ok"], "native", "{p}");
+    assert_eq!(p["zero_copy_capable"], false, "veth has no AF_XDP zero-copy");
+    assert_eq!(p["iface"]["mtu"], 1500);
+    assert_eq!(p["iface"]["rx_queues"], 1);
+    assert_eq!(p["iface"]["ipv4"], RX_IP);
+    assert!(p["auto_mode"].as_str().unwrap_or("").starts_with("afxdp"));
+    assert!(veth.rx_xdp().is_none(), "the probe must not leave its test attachment behind");
+}
+
+#[test]
+fn probe_without_privileges_names_what_is_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    let veth = Veth::new();
+    // The unprivileged user must be able to reach the binary whatever the
+    // permissions of the checkout's path: run a copy from a world-readable dir.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.path().join("xdpblast");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    let bin = bin.to_str().expect("utf-8 path");
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &veth.rx_ns,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]);
+    c.args([bin, "probe", "--iface", &veth.rx_if, "--json"]);
+    let out = c.output().expect("setpriv probe");
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("probe JSON ({e}): {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(!out.status.success(), "without privileges AF_XDP is not usable, and the exit code says so");
+    assert_eq!(p["euid"], 65534);
+    let missing: Vec<&str> =
+        p["missing_capabilities"].as_array().expect("list").iter().filter_map(|v| v.as_str()).collect();
+    assert!(missing.contains(&"CAP_NET_RAW") && missing.contains(&"CAP_BPF"), "{p}");
+    assert!(p["af_xdp"]["Err"].is_string(), "{p}");
+}
