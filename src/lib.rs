@@ -15,4 +15,5 @@ pub mod io;
 pub mod net;
 pub mod proto;
 pub mod report;
+pub mod syscount;
 pub mod wire;

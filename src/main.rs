@@ -14,7 +14,8 @@ use xdpblast::afxdp::xsk::BindMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};
-use xdpblast::io::receive::{self, DataPath, RecvOptions};
+use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
+use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::udp_recv::UdpReceiver;
 use xdpblast::net::iface::{parse_mac, Interface};
 
@@ -43,10 +44,30 @@ enum Cmd {
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum SendMode {
-    /// AF_XDP where the interface allows it.
+    /// AF_XDP where the interface allows it, otherwise sendfile over TCP.
     Auto,
     /// AF_XDP, copy or zero-copy as the driver allows.
     Afxdp,
+    /// TCP, sendfile(2) in a loop.
+    Sendfile,
+    /// TCP, read into a buffer then write.
+    Readwrite,
+    /// TCP, mmap the file then write from the mapping.
+    Mmap,
+    /// TCP, file -> pipe -> socket with splice(2).
+    Splice,
+}
+
+impl SendMode {
+    fn tcp(self) -> Option<TcpMode> {
+        match self {
+            SendMode::Sendfile => Some(TcpMode::Sendfile),
+            SendMode::Readwrite => Some(TcpMode::Readwrite),
+            SendMode::Mmap => Some(TcpMode::Mmap),
+            SendMode::Splice => Some(TcpMode::Splice),
+            SendMode::Auto | SendMode::Afxdp => None,
+        }
+    }
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -70,10 +91,11 @@ impl From<XskBind> for BindMode {
 struct SendArgs {
     /// The file to send.
     file: PathBuf,
-    /// Interface to transmit on.
+    /// Interface to transmit on (AF_XDP modes).
     #[arg(long)]
-    iface: String,
-    /// Receiver's data address; its control port is PORT + 1.
+    iface: Option<String>,
+    /// Receiver's address; for AF_XDP its control port is PORT + 1; TCP modes
+    /// connect to PORT.
     #[arg(long)]
     dst: SocketAddrV4,
     /// Next hop's MAC; default: the kernel's neighbour table.
@@ -110,11 +132,14 @@ enum RecvMode {
     Afxdp,
     /// A plain UDP socket (recvmmsg).
     Udp,
+    /// TCP only (the sendfile / readwrite / mmap / splice senders).
+    Tcp,
 }
 
 #[derive(clap::Args)]
 struct RecvArgs {
     /// Interface to receive on (required for afxdp, and for --inject-loss).
+    /// Every mode also accepts a TCP sender on the same address.
     #[arg(long)]
     iface: Option<String>,
     /// Data address to listen on; the control socket uses PORT + 1.
@@ -189,6 +214,32 @@ fn main() -> ExitCode {
 }
 
 fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
+    let timeout = seconds(a.timeout, "--timeout")?;
+    let tcp_mode = match a.mode.tcp() {
+        Some(m) => Some(m),
+        None => {
+            let iface = a.iface.as_deref().context("--iface is required for AF_XDP (--mode afxdp or auto)")?;
+            match (a.mode, afxdp_send::available(iface)) {
+                (SendMode::Auto, Ok(how)) => {
+                    info!(iface, "mode auto: AF_XDP ({how})");
+                    None
+                }
+                (SendMode::Auto, Err(why)) => {
+                    info!(iface, "mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {why}");
+                    Some(TcpMode::Sendfile)
+                }
+                _ => None,
+            }
+        }
+    };
+    if let Some(mode) = tcp_mode {
+        let opts = TcpSendOptions { file: a.file, dst: a.dst.into(), mode, timeout, intervals: !a.json };
+        let report = tcp::send(&opts)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        return Ok(report.verified);
+    }
     let dst_mac = match &a.dst_mac {
         Some(s) => {
             Some(parse_mac(s).with_context(|| format!("--dst-mac {s:?} is not a MAC address like 02:00:00:00:00:01"))?)
@@ -197,12 +248,12 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
     };
     let opts = SendOptions {
         file: a.file,
-        iface: a.iface,
+        iface: a.iface.unwrap_or_default(),
         dst: a.dst,
         dst_mac,
         src: a.src,
         packet_size: a.packet_size,
-        timeout: seconds(a.timeout, "--timeout")?,
+        timeout,
         umem_budget: a.umem_budget.saturating_mul(1 << 20),
         bind: a.xdp_bind.into(),
         batch: a.batch,
@@ -210,9 +261,6 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
     };
     // Every check that can refuse the job runs before a packet leaves.
     let prep = afxdp_send::prepare(&opts)?;
-    if a.mode == SendMode::Auto {
-        info!(iface = %opts.iface, "mode auto: using AF_XDP (the interface is up and AF_XDP sockets are available)");
-    }
     let report = afxdp_send::send(&opts, prep)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -241,7 +289,15 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         Some(name) => Some(Interface::lookup(name)?),
         None => None,
     };
-    let report = match a.mode {
+    // Every mode serves a TCP sender too (the AF_XDP sender's fallback).
+    let listener = tcp::listen(a.listen.into())?;
+    let outcome = match a.mode {
+        RecvMode::Tcp => {
+            eprintln!("xdpblast recv: ready on {} (tcp)", a.listen);
+            let stream = accept_within(&listener, opts.idle_timeout)?;
+            let report = tcp::receive(stream, &a.out, opts.idle_timeout, opts.intervals);
+            return finish_tcp(report, a.json);
+        }
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
             let mut rx = AfxdpReceiver::open(&iface, a.listen, a.inject_loss, a.xdp_bind.into())?;
@@ -255,9 +311,13 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
                 iface.rx_queues,
                 rx.steering().mode()
             );
-            let mut report = receive::run(mode, rx.data_paths(), ctrl, &opts);
-            report.path_stats = serde_json::json!({"xdp": rx.steering().counters(), "xsk": rx.socket_stats()});
-            report
+            match receive::run(mode, rx.data_paths(), ctrl, &opts, Some(&listener)) {
+                Outcome::Done(mut report) => {
+                    report.path_stats = serde_json::json!({"xdp": rx.steering().counters(), "xsk": rx.socket_stats()});
+                    Outcome::Done(report)
+                }
+                other => other,
+            }
         }
         RecvMode::Udp => {
             // The loss knob lives in our XDP program; with no XSK in its map it
@@ -270,11 +330,22 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
             let udp = UdpReceiver::bind(a.listen)?;
             eprintln!("xdpblast recv: ready on {} (udp)", a.listen);
             let paths: Vec<Box<dyn DataPath>> = vec![Box::new(udp)];
-            let mut report = receive::run("udp", paths, ctrl, &opts);
-            if let Some(s) = &steering {
-                report.path_stats = serde_json::json!({"xdp": s.counters()});
+            match receive::run("udp", paths, ctrl, &opts, Some(&listener)) {
+                Outcome::Done(mut report) => {
+                    if let Some(s) = &steering {
+                        report.path_stats = serde_json::json!({"xdp": s.counters()});
+                    }
+                    Outcome::Done(report)
+                }
+                other => other,
             }
-            report
+        }
+    };
+    let report = match outcome {
+        Outcome::Done(r) => r,
+        Outcome::TcpFallback(stream) => {
+            let report = tcp::receive(stream, &a.out, opts.idle_timeout, opts.intervals);
+            return finish_tcp(report, a.json);
         }
     };
     if a.json {
@@ -282,6 +353,43 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     }
     if let Some(e) = &report.error {
         eprintln!("xdpblast recv: error: {e}; output kept at {}", report.path);
+    }
+    Ok(report.verified)
+}
+
+/// Waits for one TCP connection, bounded by the idle timeout.
+fn accept_within(listener: &std::net::TcpListener, timeout: Duration) -> anyhow::Result<std::net::TcpStream> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                info!(%peer, "TCP sender connected");
+                s.set_nonblocking(false)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => bail!("accepting a TCP connection: {e}"),
+        }
+        if xdpblast::io::stop_requested() {
+            bail!("interrupted");
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            bail!("no sender connected within {timeout:?} (idle timeout)");
+        }
+        xdpblast::io::wait_readable(
+            &[std::os::fd::AsRawFd::as_raw_fd(listener)],
+            (deadline - now).min(Duration::from_millis(200)),
+        );
+    }
+}
+
+fn finish_tcp(report: tcp::TcpReport, json: bool) -> anyhow::Result<bool> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if let Some(e) = &report.error {
+        eprintln!("xdpblast recv: error: {e}");
     }
     Ok(report.verified)
 }

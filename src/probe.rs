@@ -115,7 +115,7 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
     }
     let auto_mode = match (&af_xdp, &iface) {
         (Ok(m), Some(_)) => format!("afxdp ({m})"),
-        _ => "none: AF_XDP is not usable here, and the TCP sendfile fallback is not built yet".to_string(),
+        _ => "sendfile over TCP (AF_XDP is not usable here)".to_string(),
     };
     let p = Probe {
         kernel,

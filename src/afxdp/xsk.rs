@@ -208,6 +208,7 @@ impl Xsk {
 
     /// Asks the kernel to transmit what is on the TX ring.
     pub fn kick(&self) -> Kick {
+        crate::syscount::count(1);
         // SAFETY: a zero-length sendto on our own socket fd, no buffers passed.
         let r = unsafe { libc::sendto(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
         if r >= 0 {
@@ -230,6 +231,7 @@ impl Xsk {
     /// Wakes the kernel to refill from the fill ring, when it asked to.
     pub fn wake_rx_if_needed(&mut self) {
         if self.device.needs_wakeup() {
+            crate::syscount::count(1);
             // SAFETY: zero-length non-blocking recvfrom on our socket, no buffers.
             unsafe {
                 libc::recvfrom(

@@ -61,6 +61,9 @@ pub struct SendReport {
     pub kernel_tx_drops: u64,
     pub rtt_us: Option<u64>,
     pub stats: SendStats,
+    pub rusage: super::Rusage,
+    /// Data-path syscalls (see `crate::syscount`).
+    pub syscalls: u64,
 }
 
 /// Everything that can be checked before a packet leaves.
@@ -89,6 +92,30 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
     let plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem_budget)?;
     Ok(Prepared { src: SocketAddrV4::new(src_ip, 0), iface, plan, file, file_size: meta.len() })
+}
+
+/// Whether an AF_XDP socket can be bound on `iface` here; `Ok` says in which
+/// mode. Used by `send --mode auto` to choose before anything is sent.
+pub fn available(iface: &str) -> Result<String, String> {
+    let info = Interface::lookup(iface).map_err(|e| e.to_string())?;
+    if !info.oper_up {
+        return Err(format!("{iface} is down"));
+    }
+    let area = crate::afxdp::umem::UmemArea::new(64, 2048).map_err(|e| e.to_string())?;
+    let cfg = XskConfig {
+        ifname: iface.to_string(),
+        queue: 0,
+        rx_size: 0,
+        tx_size: 64,
+        fill_size: 64,
+        comp_size: 64,
+        bind: BindMode::Auto,
+    };
+    let xsk = Xsk::open(area, &cfg).map_err(|e| e.to_string())?;
+    Ok(match xsk.mode() {
+        XskMode::Copy => "copy mode".into(),
+        XskMode::ZeroCopy => "zero-copy mode".into(),
+    })
 }
 
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
@@ -347,5 +374,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         kernel_tx_drops: kernel_drops,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
+        rusage: super::Rusage::of_self(),
+        syscalls: crate::syscount::total(),
     })
 }

@@ -44,6 +44,7 @@ impl Control {
 
     /// Next datagram, or `None` when nothing is waiting.
     pub fn recv(&mut self) -> io::Result<Option<(SocketAddr, &[u8])>> {
+        crate::syscount::count(1);
         match self.sock.recv_from(&mut self.buf) {
             Ok((n, from)) => Ok(Some((from, &self.buf[..n]))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -52,10 +53,12 @@ impl Control {
     }
 
     pub fn send_to(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        crate::syscount::count(1);
         self.sock.send_to(bytes, to).map(|_| ())
     }
 
     pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        crate::syscount::count(1);
         self.sock.send(bytes).map(|_| ())
     }
 }

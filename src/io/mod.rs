@@ -11,6 +11,7 @@ pub mod afxdp_send;
 pub mod control;
 pub mod output;
 pub mod receive;
+pub mod tcp;
 pub mod udp_recv;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,11 +50,39 @@ pub fn random_session() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
+/// CPU time and context switches of this process (getrusage).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rusage {
+    pub user_s: f64,
+    pub sys_s: f64,
+    pub voluntary_ctx_switches: u64,
+    pub involuntary_ctx_switches: u64,
+}
+
+impl Rusage {
+    pub fn of_self() -> Rusage {
+        use nix::sys::resource::{getrusage, UsageWho};
+        match getrusage(UsageWho::RUSAGE_SELF) {
+            Ok(u) => {
+                let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+                Rusage {
+                    user_s: secs(u.user_time()),
+                    sys_s: secs(u.system_time()),
+                    voluntary_ctx_switches: u.voluntary_context_switches() as u64,
+                    involuntary_ctx_switches: u.involuntary_context_switches() as u64,
+                }
+            }
+            Err(_) => Rusage::default(),
+        }
+    }
+}
+
 /// Waits until one of `fds` is readable or `timeout` passes.
 pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let ms = timeout.as_millis().min(1000) as libc::c_int;
+    crate::syscount::count(1);
     // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
 }

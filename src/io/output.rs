@@ -111,6 +111,7 @@ impl Output {
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+            crate::syscount::count(1);
             let n = nix::sys::uio::pwritev(&self.file, rest, off).map_err(io::Error::from)?;
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
@@ -128,6 +129,7 @@ impl Output {
         let end = upto.min(self.len).min(self.hashed.saturating_add(budget));
         while self.hashed < end {
             let want = (end - self.hashed).min(self.buf.len() as u64) as usize;
+            crate::syscount::count(1);
             let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[..want], self.hashed)?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -140,6 +142,7 @@ impl Output {
         }
         if self.hashed >= self.synced + WRITEBACK_STEP {
             let (off, len) = (self.synced, self.hashed - self.synced);
+            crate::syscount::count(1);
             // SAFETY: sync_file_range on our own descriptor with in-range
             // offsets; it only starts writeback and touches no memory of ours.
             let r = unsafe {

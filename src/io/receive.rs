@@ -50,14 +50,31 @@ pub struct RecvReport {
     pub nacks_sent: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
+    pub rusage: super::Rusage,
+    /// Data-path syscalls (see `crate::syscount`).
+    pub syscalls: u64,
     /// Extra path-specific figures (XDP counters, socket statistics).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub path_stats: serde_json::Value,
 }
 
-/// Runs one transfer to completion. Returns the report; `report.error` is set
-/// and `verified` false when it failed.
-pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control, opts: &RecvOptions) -> RecvReport {
+/// How a receive ended: a report, or a TCP connection that arrived before any
+/// datagram session (a sender that fell back to TCP), to be served instead.
+pub enum Outcome {
+    Done(Box<RecvReport>),
+    TcpFallback(std::net::TcpStream),
+}
+
+/// Runs one transfer to completion. The report's `error` is set and `verified`
+/// false when it failed. `fallback`, if given, is polled while no session is
+/// open.
+pub fn run(
+    mode: &str,
+    mut paths: Vec<Box<dyn DataPath + '_>>,
+    mut ctrl: Control,
+    opts: &RecvOptions,
+    fallback: Option<&std::net::TcpListener>,
+) -> Outcome {
     let start = Instant::now();
     let cfg = ReceiverConfig { idle_timeout: opts.idle_timeout, allow_from: opts.allow_from, ..Default::default() };
     let mut rx = Receiver::new(cfg, start);
@@ -68,6 +85,9 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
     let mut intervals = Intervals::new(opts.intervals, start);
     let mut fds: Vec<RawFd> = paths.iter().map(|p| p.fd()).collect();
     fds.push(ctrl.fd());
+    if let Some(l) = fallback {
+        fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
+    }
     let mut idle_spins = 0u32;
     let mut write_error: Option<io::Error> = None;
 
@@ -198,6 +218,15 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
         if rx.is_finished() {
             break;
         }
+        if got == 0 && rx.info().is_none() {
+            if let Some(l) = fallback {
+                crate::syscount::count(1);
+                if let Ok((stream, peer)) = l.accept() {
+                    info!(%peer, "a sender connected over TCP: serving the TCP fallback");
+                    return Outcome::TcpFallback(stream);
+                }
+            }
+        }
         if got == 0 {
             // Nothing waiting: hash ahead over the part of the file that is
             // complete, in small steps, so verification at the end has little
@@ -242,7 +271,7 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
             &digest[..16.min(digest.len())]
         );
     }
-    RecvReport {
+    Outcome::Done(Box::new(RecvReport {
         mode: mode.to_string(),
         bytes,
         packets,
@@ -255,8 +284,10 @@ pub fn run(mode: &str, mut paths: Vec<Box<dyn DataPath + '_>>, mut ctrl: Control
         nacks_sent: rx.nacks_sent,
         dropped: rx.drops.clone(),
         error,
+        rusage: super::Rusage::of_self(),
+        syscalls: crate::syscount::total(),
         path_stats: serde_json::Value::Null,
-    }
+    }))
 }
 
 fn explain(e: &RecvError) -> String {

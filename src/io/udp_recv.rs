@@ -62,6 +62,7 @@ impl DataPath for UdpReceiver {
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
+        crate::syscount::count(1);
         // SAFETY: every header points at a live iovec over its own SLOT-byte
         // region of `bufs` and at its own sockaddr_in; all outlive the call.
         let n = unsafe {

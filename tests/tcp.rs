@@ -1,0 +1,97 @@
+//! The TCP rungs of the zero-copy ladder, and the automatic fallback to
+//! sendfile when AF_XDP cannot run, over a veth pair in namespaces.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn tcp_transfer(veth: &Veth, mode: &str, recv_args: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 24 << 20, 100 + mode.len() as u64);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, recv_args);
+    let dst = format!("{RX_IP}:9000");
+    let f = file.to_str().expect("utf-8");
+    let sent = veth
+        .in_ns(&veth.tx_ns, &["--log", "warn", "send", f, "--mode", mode, "--dst", &dst, "--json"])
+        .output()
+        .expect("send");
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "{mode}: sender failed: {}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{mode}: receiver failed: {recv}\n{log}");
+    let send = json(&sent);
+    assert_eq!(send["mode"], mode);
+    assert_eq!(send["verified"], true);
+    assert_eq!(recv["mode"], "tcp");
+    assert_eq!(recv["verified"], true);
+    assert_eq!(send["digest"], recv["digest"]);
+    assert!(send["syscalls"].as_u64().unwrap_or(0) > 0, "syscalls are counted");
+    assert!(same_file(&file, &out), "{mode}: output differs");
+}
+
+#[test]
+fn every_tcp_mode_arrives_byte_identical() {
+    let veth = Veth::new();
+    for mode in ["sendfile", "readwrite", "mmap", "splice"] {
+        tcp_transfer(&veth, mode, &["--mode", "tcp"]);
+    }
+}
+
+#[test]
+fn afxdp_receiver_also_serves_a_tcp_sender() {
+    let veth = Veth::new();
+    tcp_transfer(&veth, "sendfile", &[]);
+}
+
+#[test]
+fn auto_mode_falls_back_to_sendfile_where_af_xdp_cannot_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let file = random_file(dir.path(), "in.bin", 8 << 20, 77);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let bin = dir.path().join("xdpblast");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    // Without privileges no UMEM can be registered: auto must say so and use TCP.
+    let dst = format!("{RX_IP}:9000");
+    let sent = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &veth.tx_ns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([
+            bin.to_str().expect("utf-8"),
+            "send",
+            file.to_str().expect("utf-8"),
+            "--iface",
+            &veth.tx_if,
+            "--dst",
+            &dst,
+            "--json",
+        ])
+        .output()
+        .expect("send");
+    let (rx_ok, recv, log) = rx.finish();
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(sent.status.success(), "{stderr}");
+    assert!(rx_ok, "{recv}\n{log}");
+    assert!(
+        stderr.contains("falling back to sendfile") && stderr.contains("because AF_XDP cannot run here"),
+        "{stderr}"
+    );
+    assert_eq!(json(&sent)["mode"], "sendfile");
+    assert!(same_file(&file, &out));
+}
