@@ -45,9 +45,15 @@ case "$cmd" in
     for ns in "$TX_NS" "$RX_NS"; do ip -n "$ns" link set lo up; done
     ip -n "$TX_NS" link set "$TX_IF" up
     ip -n "$RX_NS" link set "$RX_IF" up
-    # Threaded NAPI lets the receiver's kernel work run on the other core.
-    ip netns exec "$RX_NS" sh -c "echo 1 > /sys/class/net/$RX_IF/threaded" 2>/dev/null || true
-    echo "veth.sh: $TX_NS/$TX_IF ($TX_IP) <-> $RX_NS/$RX_IF ($RX_IP), $queues queue(s)"
+    # Threaded NAPI lets the receiver's kernel work run on the other core. A
+    # veth has NAPI only with XDP attached or GRO on, so turn GRO on first.
+    if ip netns exec "$RX_NS" ethtool -K "$RX_IF" gro on >/dev/null 2>&1 &&
+       ip netns exec "$RX_NS" sh -c "echo 1 > /sys/class/net/$RX_IF/threaded" 2>/dev/null; then
+      napi="threaded NAPI on $RX_IF"
+    else
+      napi="threaded NAPI unavailable on $RX_IF"
+    fi
+    echo "veth.sh: $TX_NS/$TX_IF ($TX_IP) <-> $RX_NS/$RX_IF ($RX_IP), $queues queue(s), $napi"
     ;;
   down)
     down

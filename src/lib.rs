@@ -8,9 +8,11 @@
 //!   only place with ring and UMEM `unsafe`;
 //! - [`net`]: interface facts and the neighbour table, over netlink;
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
+//! - [`bench`]: every mode side by side on a veth pair it creates;
 //! - [`report`]: human and JSON output.
 
 pub mod afxdp;
+pub mod bench;
 pub mod io;
 pub mod net;
 pub mod proto;

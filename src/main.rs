@@ -40,6 +40,30 @@ enum Cmd {
     Recv(RecvArgs),
     /// Report what this host and interface can do.
     Probe(ProbeArgs),
+    /// Put every mode side by side on a veth pair this command creates (root).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Size of the generated file (K, M, G suffixes).
+    #[arg(long, default_value = "1G")]
+    size: String,
+    /// Send this file instead of generating one.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Modes to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "afxdp,sendfile,readwrite,mmap,splice")]
+    modes: Vec<String>,
+    /// Runs per mode, interleaved across modes.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw an SVG chart of goodput and CPU per GiB here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -183,7 +207,7 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.cmd, Cmd::Probe(_)) { "warn" } else { "info" };
+    let default_level = if matches!(cli.cmd, Cmd::Probe(_) | Cmd::Bench(_)) { "warn" } else { "info" };
     let level = cli.log.as_deref().unwrap_or(default_level);
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
         eprintln!("xdpblast: --log {level:?} is not a valid filter ({e}); using {default_level}");
@@ -202,6 +226,7 @@ fn main() -> ExitCode {
         Cmd::Send(a) => cmd_send(a),
         Cmd::Recv(a) => cmd_recv(a),
         Cmd::Probe(a) => probe::run(&a.iface, a.json),
+        Cmd::Bench(a) => cmd_bench(a),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
@@ -211,6 +236,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
+    let opts = xdpblast::bench::BenchOptions {
+        size: xdpblast::bench::parse_size(&a.size)?,
+        file: a.file,
+        modes: a.modes.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+        runs: a.runs,
+        json: a.json,
+        plot: a.plot,
+    };
+    let report = xdpblast::bench::run(&opts)?;
+    Ok(report.results.iter().all(|r| r.verified))
 }
 
 fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {

@@ -138,6 +138,20 @@ impl Xsk {
         Ok(Xsk { tx, rx, device, user, _umem: umem, area, mode, fd, recycle: Vec::new() })
     }
 
+    /// Whether this process can create an AF_XDP socket and register a UMEM
+    /// (privileges, kernel support), without binding any queue: a bound queue
+    /// is released asynchronously, so a throwaway bind would race the real one.
+    pub fn can_register(mut area: UmemArea) -> Result<(), XskError> {
+        let ucfg =
+            UmemConfig { fill_size: 64, complete_size: 64, frame_size: area.frame_size(), headroom: 0, flags: 0 };
+        // SAFETY: `area` is a page-aligned mapping we own and that outlives the
+        // UMEM, which is dropped at the end of this function.
+        let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
+        drop(umem);
+        drop(area);
+        Ok(())
+    }
+
     pub fn mode(&self) -> XskMode {
         self.mode
     }

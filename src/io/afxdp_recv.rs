@@ -10,7 +10,7 @@ use tracing::info;
 use super::receive::{DataPath, Datagram};
 use crate::afxdp::program::Steering;
 use crate::afxdp::umem::UmemArea;
-use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
+use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
 use crate::net::iface::Interface;
 use crate::wire::frame::parse_udp;
 use crate::wire::WireError;
@@ -33,9 +33,12 @@ impl AfxdpReceiver {
     pub fn open(iface: &Interface, listen: SocketAddrV4, loss: f64, bind: BindMode) -> anyhow::Result<AfxdpReceiver> {
         let dst_ip = (!listen.ip().is_unspecified()).then_some(*listen.ip());
         let steering = Steering::attach(&iface.name, iface.index, dst_ip, listen.port(), loss)?;
-        let queues = iface.rx_queues.clamp(1, 64);
-        let mut sockets = Vec::with_capacity(queues as usize);
-        for q in 0..queues {
+        // Netlink reports the queues a device has room for, not how many are
+        // in use (a veth allocates one per CPU): bind from queue 0 up and stop
+        // at the first the kernel calls out of range.
+        let max_queues = iface.rx_queues.clamp(1, 64);
+        let mut sockets = Vec::with_capacity(max_queues as usize);
+        for q in 0..max_queues {
             let area = UmemArea::new(RX_FRAMES, 2048)?;
             let cfg = XskConfig {
                 ifname: iface.name.clone(),
@@ -46,19 +49,27 @@ impl AfxdpReceiver {
                 comp_size: 64,
                 bind,
             };
-            let mut xsk = Xsk::open(area, &cfg)?;
+            let mut xsk = match Xsk::open(area, &cfg) {
+                Ok(x) => x,
+                Err(XskError::Bind { err, .. }) if q > 0 && err.contains("Invalid argument") => break,
+                Err(e) => return Err(e.into()),
+            };
             let addrs: Vec<u64> = (0..RX_FRAMES).map(|i| xsk.area().addr(i)).collect();
             let filled = xsk.fill(addrs.into_iter(), RX_FRAMES);
             anyhow::ensure!(filled == RX_FRAMES, "could fill only {filled} of {RX_FRAMES} receive frames");
             steering.add_socket(q, xsk.fd())?;
             sockets.push(xsk);
         }
-        info!(queues, mode = ?sockets.first().map(|s| s.mode()), "AF_XDP receive path ready");
+        info!(queues = sockets.len(), mode = ?sockets.first().map(|s| s.mode()), "AF_XDP receive path ready");
         Ok(AfxdpReceiver { sockets, steering, data_port: listen.port() })
     }
 
     pub fn mode(&self) -> XskMode {
         self.sockets.first().map_or(XskMode::Copy, |s| s.mode())
+    }
+
+    pub fn queues(&self) -> usize {
+        self.sockets.len()
     }
 
     pub fn steering(&self) -> &Steering {
@@ -105,8 +116,12 @@ impl DataPath for XskPath<'_> {
                 .collect();
             f(&batch);
         });
-        self.xsk.wake_rx_if_needed();
         Ok(n as usize)
+    }
+
+    fn before_block(&mut self) {
+        // Drivers that need it are woken before we sleep on an empty ring.
+        self.xsk.wake_rx_if_needed();
     }
 
     fn fd(&self) -> RawFd {

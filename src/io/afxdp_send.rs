@@ -26,6 +26,8 @@ use crate::wire::frame::FrameTemplate;
 use crate::wire::message::SessionInfo;
 
 pub const TX_RING: u32 = 2048;
+/// How often a busy send loop looks at the control socket.
+const CONTROL_EVERY: Duration = Duration::from_micros(200);
 pub const COMP_RING: u32 = 4096;
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,8 @@ pub struct SendReport {
     pub rtt_us: Option<u64>,
     pub stats: SendStats,
     pub rusage: super::Rusage,
+    /// CPU and context switches from the first frame to the verdict.
+    pub transfer_rusage: super::Rusage,
     /// Data-path syscalls (see `crate::syscount`).
     pub syscalls: u64,
 }
@@ -94,28 +98,17 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     Ok(Prepared { src: SocketAddrV4::new(src_ip, 0), iface, plan, file, file_size: meta.len() })
 }
 
-/// Whether an AF_XDP socket can be bound on `iface` here; `Ok` says in which
-/// mode. Used by `send --mode auto` to choose before anything is sent.
+/// Whether AF_XDP can run on `iface` here (interface up, AF_XDP sockets,
+/// a UMEM registers). Used by `send --mode auto` to choose before anything is
+/// sent. It binds no queue, so it cannot collide with the real socket.
 pub fn available(iface: &str) -> Result<String, String> {
     let info = Interface::lookup(iface).map_err(|e| e.to_string())?;
     if !info.oper_up {
         return Err(format!("{iface} is down"));
     }
     let area = crate::afxdp::umem::UmemArea::new(64, 2048).map_err(|e| e.to_string())?;
-    let cfg = XskConfig {
-        ifname: iface.to_string(),
-        queue: 0,
-        rx_size: 0,
-        tx_size: 64,
-        fill_size: 64,
-        comp_size: 64,
-        bind: BindMode::Auto,
-    };
-    let xsk = Xsk::open(area, &cfg).map_err(|e| e.to_string())?;
-    Ok(match xsk.mode() {
-        XskMode::Copy => "copy mode".into(),
-        XskMode::ZeroCopy => "zero-copy mode".into(),
-    })
+    Xsk::can_register(area).map_err(|e| e.to_string())?;
+    Ok("AF_XDP sockets available; the kernel picks copy or zero-copy at bind".into())
 }
 
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
@@ -261,6 +254,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     xsk.fill(spare.into_iter(), FILL_SPARE);
 
     sender.start(digest);
+    info!("transfer started");
+    let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
     let batch = opts.batch.clamp(1, TX_RING);
     let mut ids = vec![FrameId::Meta { last: false }; batch as usize];
@@ -271,6 +266,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let mut first_post: Option<Instant> = None;
     let mut intervals = Intervals::new(opts.intervals, start);
     let mut idle_spins = 0u32;
+    let mut next_control = Instant::now();
+    let mut woke = false;
     let mut local_error: Option<anyhow::Error> = None;
 
     loop {
@@ -281,10 +278,16 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
             break;
         }
         outstanding -= xsk.reap(COMP_RING).min(outstanding);
-        if let Err(e) = service_control(&mut sender, &mut ctrl, now, ctrl_peer) {
-            sender.fail_local();
-            local_error = Some(e);
-            break;
+        // The receiver reports every few milliseconds: while frames flow, look
+        // at the control socket at most every CONTROL_EVERY.
+        if woke || now >= next_control {
+            woke = false;
+            next_control = now + CONTROL_EVERY;
+            if let Err(e) = service_control(&mut sender, &mut ctrl, now, ctrl_peer) {
+                sender.fail_local();
+                local_error = Some(e);
+                break;
+            }
         }
         if sender.is_finished() {
             break;
@@ -332,6 +335,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
                     .poll_timeout()
                     .map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
                 super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
+                woke = true;
             }
         } else {
             idle_spins = 0;
@@ -375,6 +379,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         rusage: super::Rusage::of_self(),
+        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
     })
 }

@@ -75,6 +75,24 @@ impl Rusage {
             Err(_) => Rusage::default(),
         }
     }
+
+    /// What was used since `earlier`.
+    pub fn since(&self, earlier: &Rusage) -> Rusage {
+        Rusage {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            sys_s: (self.sys_s - earlier.sys_s).max(0.0),
+            voluntary_ctx_switches: self.voluntary_ctx_switches.saturating_sub(earlier.voluntary_ctx_switches),
+            involuntary_ctx_switches: self.involuntary_ctx_switches.saturating_sub(earlier.involuntary_ctx_switches),
+        }
+    }
+
+    pub fn cpu_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
+    pub fn ctx_switches(&self) -> u64 {
+        self.voluntary_ctx_switches + self.involuntary_ctx_switches
+    }
 }
 
 /// Waits until one of `fds` is readable or `timeout` passes.

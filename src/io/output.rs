@@ -126,7 +126,13 @@ impl Output {
     /// known to be final), at most `budget` bytes this call; and starts
     /// writeback of what it has hashed, so the final sync has little left.
     pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
-        let end = upto.min(self.len).min(self.hashed.saturating_add(budget));
+        let mut end = upto.min(self.len).min(self.hashed.saturating_add(budget));
+        // Read back in whole buffers (one syscall per MiB); the last partial
+        // buffer waits for the end, when `digest` takes it.
+        if end < self.len {
+            let step = self.buf.len() as u64;
+            end = self.hashed + (end.saturating_sub(self.hashed) / step) * step;
+        }
         while self.hashed < end {
             let want = (end - self.hashed).min(self.buf.len() as u64) as usize;
             crate::syscount::count(1);

@@ -16,6 +16,9 @@ use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
 use crate::wire::WireError;
 
+/// How often a busy loop looks at the control socket.
+const CONTROL_EVERY: Duration = Duration::from_micros(200);
+
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
 pub type Datagram<'a> = Result<(SocketAddr, &'a [u8]), WireError>;
@@ -27,6 +30,8 @@ pub trait DataPath {
     fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize>;
     /// A descriptor that becomes readable when datagrams arrive.
     fn fd(&self) -> RawFd;
+    /// Called before the loop blocks in `poll`: a chance to wake the kernel.
+    fn before_block(&mut self) {}
 }
 
 pub struct RecvOptions {
@@ -89,6 +94,9 @@ pub fn run(
         fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
     }
     let mut idle_spins = 0u32;
+    let mut next_control = start;
+    // Set after a blocking wait: whatever woke us may be on the control socket.
+    let mut woke = false;
     let mut write_error: Option<io::Error> = None;
 
     loop {
@@ -136,19 +144,27 @@ pub fn run(
                 }
             }
         }
-        // Control path.
-        loop {
-            match ctrl.recv() {
-                Ok(Some((from, bytes))) => {
-                    got += 1;
-                    rx.on_control(now, from, bytes);
-                }
-                Ok(None) => break,
-                // ICMP errors from an earlier reply (the sender went away).
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
-                Err(e) => {
-                    warn!("control socket: {e}");
-                    break;
+        // Control path: datagrams come every few milliseconds, so look at most
+        // every CONTROL_EVERY while data flows (an idle loop always looks).
+        let check_control = woke || now >= next_control;
+        woke = false;
+        if check_control {
+            next_control = now + CONTROL_EVERY;
+        }
+        if check_control {
+            loop {
+                match ctrl.recv() {
+                    Ok(Some((from, bytes))) => {
+                        got += 1;
+                        rx.on_control(now, from, bytes);
+                    }
+                    Ok(None) => break,
+                    // ICMP errors from an earlier reply (the sender went away).
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+                    Err(e) => {
+                        warn!("control socket: {e}");
+                        break;
+                    }
                 }
             }
         }

@@ -70,6 +70,8 @@ pub struct TcpReport {
     pub error: Option<String>,
     pub path: Option<String>,
     pub rusage: super::Rusage,
+    /// CPU and context switches from the first byte to the verdict.
+    pub transfer_rusage: super::Rusage,
     pub syscalls: u64,
 }
 
@@ -234,7 +236,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         .with_context(|| format!("connecting to {} (is `xdpblast recv` listening there?)", opts.dst))?;
     sock.set_read_timeout(Some(opts.timeout))?;
     sock.set_write_timeout(Some(opts.timeout))?;
-    info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, "TCP transfer");
+    info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, "transfer started");
+    let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
     write_all_counted(&mut sock, &header(size))?;
     send_body(opts.mode, &file, size, &mut sock).with_context(|| format!("sending over {}", opts.mode.name()))?;
@@ -269,6 +272,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         error: None,
         path: None,
         rusage: super::Rusage::of_self(),
+        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
     })
 }
@@ -308,6 +312,7 @@ pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, interval
             super::output::partial_path(out).display().to_string()
         }),
         rusage: super::Rusage::of_self(),
+        transfer_rusage: super::Rusage::of_self(),
         syscalls: crate::syscount::total(),
     }
 }

@@ -1,0 +1,425 @@
+//! `xdpblast bench`: every mode side by side on a veth pair the bench makes.
+//!
+//! Runs are interleaved (A B C A B C ...), every transfer is verified, and all
+//! figures are measured: goodput from the sender's report, CPU and context
+//! switches from each process's getrusage over its transfer phase, whole-system
+//! CPU from /proc/stat deltas over the same phase (catching softirq and NAPI
+//! work that belongs to no process), data-path syscalls counted at call sites.
+
+mod plot;
+mod testbed;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::info;
+
+use crate::report::human_bits_per_sec;
+use testbed::{Testbed, RX_IP};
+
+pub const ALL_MODES: [&str; 5] = ["afxdp", "sendfile", "readwrite", "mmap", "splice"];
+const GIB: f64 = (1u64 << 30) as f64;
+
+pub struct BenchOptions {
+    pub size: u64,
+    pub file: Option<PathBuf>,
+    pub modes: Vec<String>,
+    pub runs: u32,
+    pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+}
+
+/// One verified transfer's measurements.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    goodput_bps: f64,
+    pps: Option<f64>,
+    sender_cpu_s: f64,
+    receiver_cpu_s: f64,
+    system_cpu_s: f64,
+    syscalls: u64,
+    ctx_switches: u64,
+    retransmits: u64,
+    verified: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub runs: usize,
+    pub goodput_bps: Stat,
+    pub packets_per_s: Option<f64>,
+    pub verified: bool,
+    pub sender_cpu_s_per_gib: f64,
+    pub receiver_cpu_s_per_gib: f64,
+    pub system_cpu_s_per_gib: f64,
+    pub syscalls_per_gib: f64,
+    pub ctx_switches_per_gib: f64,
+    pub retransmits: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Host {
+    pub kernel: String,
+    pub cpus: usize,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub results: Vec<ModeResult>,
+    pub ratio_afxdp_over_sendfile: Option<f64>,
+    pub host: Host,
+    pub file_bytes: u64,
+    pub runs: u32,
+}
+
+/// Parses "1G", "64MiB", "500M", "4096".
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("{s:?} is not a size like 1G or 64M"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => bail!("unknown size unit {u:?} in {s:?} (use K, M, G)"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Busy and total jiffies over all CPUs, from /proc/stat.
+fn proc_stat() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = text.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let v: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+struct Spawned {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Starts a child with piped stdout and stderr; stderr lines arrive on a channel.
+fn spawn(mut cmd: Command) -> anyhow::Result<Spawned> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning xdpblast")?;
+    let stderr = child.stderr.take().context("child stderr")?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Spawned { child, lines })
+}
+
+/// Waits for a stderr line containing `needle`, keeping what it read.
+fn wait_line(s: &Spawned, needle: &str, timeout: Duration, log: &mut Vec<String>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match s.lines.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok(l) => {
+                let hit = l.contains(needle);
+                log.push(l);
+                if hit {
+                    return Ok(());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the process exited before `{needle}`:\n{}", log.join("\n"))
+            }
+        }
+        if crate::io::stop_requested() {
+            bail!("interrupted");
+        }
+        if Instant::now() >= deadline {
+            bail!("no `{needle}` within {timeout:?}:\n{}", log.join("\n"));
+        }
+    }
+}
+
+/// Waits (bounded) for the child and parses its stdout as JSON.
+fn finish(mut s: Spawned, timeout: Duration, what: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if s.child.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() >= deadline || crate::io::stop_requested() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+            bail!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = String::new();
+    if let Some(mut o) = s.child.stdout.take() {
+        std::io::Read::read_to_string(&mut o, &mut out)?;
+    }
+    let rest: Vec<String> = s.lines.try_iter().collect();
+    serde_json::from_str(&out).with_context(|| format!("{what} printed no JSON report:\n{}", rest.join("\n")))
+}
+
+fn run_once(bed: &Testbed, exe: &Path, mode: &str, file: &Path, out: &Path) -> anyhow::Result<Run> {
+    let _ = std::fs::remove_file(out);
+    let listen = format!("{RX_IP}:9000");
+    let out_s = out.to_str().context("utf-8 output path")?;
+    let file_s = file.to_str().context("utf-8 file path")?;
+    let mut rcmd = bed.exec(&bed.rx_ns);
+    rcmd.arg(exe).args(["--log", "warn", "recv", "--listen", &listen, "--out", out_s, "--json", "--timeout", "30"]);
+    if mode == "afxdp" {
+        rcmd.args(["--iface", &bed.rx_if]);
+    } else {
+        rcmd.args(["--mode", "tcp"]);
+    }
+    let receiver = spawn(rcmd)?;
+    let mut rlog = Vec::new();
+    wait_line(&receiver, "ready", Duration::from_secs(20), &mut rlog)?;
+
+    let mut scmd = bed.exec(&bed.tx_ns);
+    scmd.arg(exe).args(["--log", "info", "send", file_s, "--dst", &listen, "--json", "--timeout", "30"]);
+    if mode == "afxdp" {
+        scmd.args(["--mode", "afxdp", "--iface", &bed.tx_if]);
+    } else {
+        scmd.args(["--mode", mode]);
+    }
+    let retrans_before = bed.tcp_retrans();
+    let sender = spawn(scmd)?;
+    let mut slog = Vec::new();
+    wait_line(&sender, "transfer started", Duration::from_secs(120), &mut slog)?;
+    let (busy0, _) = proc_stat();
+    let send = finish(sender, Duration::from_secs(300), "the sender")?;
+    let (busy1, _) = proc_stat();
+    let recv = finish(receiver, Duration::from_secs(60), "the receiver")?;
+    let tcp_retrans = bed.tcp_retrans().saturating_sub(retrans_before);
+
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    let verified = send["verified"] == true && recv["verified"] == true && send["digest"] == recv["digest"];
+    if !verified {
+        bail!("{mode}: transfer not verified\nsender: {send}\nreceiver: {recv}");
+    }
+    let elapsed = f(&send["elapsed_s"]);
+    let tr = &send["transfer_rusage"];
+    Ok(Run {
+        goodput_bps: f(&send["goodput_bps"]),
+        pps: send["packets"].as_u64().map(|p| p as f64 / elapsed.max(1e-9)),
+        sender_cpu_s: f(&tr["user_s"]) + f(&tr["sys_s"]),
+        receiver_cpu_s: f(&recv["rusage"]["user_s"]) + f(&recv["rusage"]["sys_s"]),
+        system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
+        syscalls: u(&send["syscalls"]),
+        ctx_switches: u(&tr["voluntary_ctx_switches"]) + u(&tr["involuntary_ctx_switches"]),
+        retransmits: if mode == "afxdp" { u(&send["retransmits"]) } else { tcp_retrans },
+        verified,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn summarize(mode: &str, runs: &[Run], bytes: u64) -> ModeResult {
+    let gib = bytes as f64 / GIB;
+    let per_gib = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect()) / gib;
+    let goodputs: Vec<f64> = runs.iter().map(|r| r.goodput_bps).collect();
+    ModeResult {
+        mode: if mode == "afxdp" { "afxdp-copy".into() } else { mode.into() },
+        runs: runs.len(),
+        goodput_bps: Stat {
+            median: median(goodputs.clone()),
+            min: goodputs.iter().copied().fold(f64::INFINITY, f64::min),
+            max: goodputs.iter().copied().fold(0.0, f64::max),
+        },
+        packets_per_s: runs.first().and_then(|r| r.pps).map(|_| median(runs.iter().filter_map(|r| r.pps).collect())),
+        verified: runs.iter().all(|r| r.verified),
+        sender_cpu_s_per_gib: per_gib(|r| r.sender_cpu_s),
+        receiver_cpu_s_per_gib: per_gib(|r| r.receiver_cpu_s),
+        system_cpu_s_per_gib: per_gib(|r| r.system_cpu_s),
+        syscalls_per_gib: per_gib(|r| r.syscalls as f64),
+        ctx_switches_per_gib: per_gib(|r| r.ctx_switches as f64),
+        retransmits: runs.iter().map(|r| r.retransmits).sum(),
+    }
+}
+
+fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for c in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    for m in &opts.modes {
+        if !ALL_MODES.contains(&m.as_str()) {
+            bail!("unknown mode {m:?}; modes are {}", ALL_MODES.join(","));
+        }
+    }
+    anyhow::ensure!(opts.runs >= 1, "--runs must be at least 1");
+    let exe = std::env::current_exe().context("finding our own binary")?;
+    let work = tempfile::Builder::new().prefix("xdpblast-bench").tempdir()?;
+    let file = match &opts.file {
+        Some(f) => f.clone(),
+        None => {
+            let p = work.path().join("input.bin");
+            eprintln!("bench: generating a {} file", crate::report::human_bytes(opts.size));
+            generate(&p, opts.size)?;
+            p
+        }
+    };
+    let bytes = std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?.len();
+    let out = work.path().join("output.bin");
+    let bed = Testbed::create()?;
+    let mtu = bed.mtu;
+
+    let total = u64::from(opts.runs) * opts.modes.len() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); opts.modes.len()];
+    for r in 0..opts.runs {
+        for (i, mode) in opts.modes.iter().enumerate() {
+            bar.set_message(format!(
+                "{mode}, run {}/{}: transferring {}",
+                r + 1,
+                opts.runs,
+                crate::report::human_bytes(bytes)
+            ));
+            let res = run_once(&bed, &exe, mode, &file, &out).with_context(|| format!("{mode}, run {}", r + 1))?;
+            bar.println(format!("  {mode:<10} run {}: {}", r + 1, human_bits_per_sec(res.goodput_bps)));
+            runs[i].push(res);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    drop(bed);
+
+    let results: Vec<ModeResult> = opts.modes.iter().zip(&runs).map(|(m, rs)| summarize(m, rs, bytes)).collect();
+    let med = |name: &str| results.iter().find(|r| r.mode.starts_with(name)).map(|r| r.goodput_bps.median);
+    let ratio = match (med("afxdp"), med("sendfile")) {
+        (Some(a), Some(s)) if s > 0.0 => Some(a / s),
+        _ => None,
+    };
+    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let report = BenchReport {
+        results,
+        ratio_afxdp_over_sendfile: ratio,
+        host: Host { kernel, cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), mtu },
+        file_bytes: bytes,
+        runs: opts.runs,
+    };
+    print_table(&report);
+    if let Some(p) = &opts.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!("JSON written to {}", p.display());
+    }
+    if let Some(p) = &opts.plot {
+        plot::draw(&report, p)?;
+        println!("chart written to {}", p.display());
+    }
+    info!("bench done");
+    Ok(report)
+}
+
+fn print_table(r: &BenchReport) {
+    println!(
+        "\n{} file, {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}",
+        crate::report::human_bytes(r.file_bytes),
+        r.runs,
+        r.host.kernel,
+        r.host.cpus,
+        r.host.mtu
+    );
+    println!(
+        "{:<11} {:>30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8}",
+        "mode",
+        "goodput median (min-max)",
+        "pkt/s",
+        "tx CPU",
+        "rx CPU",
+        "sys CPU",
+        "syscalls",
+        "ctxsw",
+        "rexmit",
+        "verified"
+    );
+    println!(
+        "{:<11} {:>30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8}",
+        "", "", "", "s/GiB", "s/GiB", "s/GiB", "/GiB", "/GiB", "", ""
+    );
+    for m in &r.results {
+        let g = &m.goodput_bps;
+        println!(
+            "{:<11} {:>30} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>10.0} {:>8} {:>8}",
+            m.mode,
+            format!("{} ({:.2}-{:.2})", human_bits_per_sec(g.median), g.min / 1e9, g.max / 1e9),
+            m.packets_per_s.map_or("-".to_string(), |p| format!("{:.0}k", p / 1e3)),
+            m.sender_cpu_s_per_gib,
+            m.receiver_cpu_s_per_gib,
+            m.system_cpu_s_per_gib,
+            m.syscalls_per_gib,
+            m.ctx_switches_per_gib,
+            m.retransmits,
+            if m.verified { "yes" } else { "NO" }
+        );
+    }
+    match r.ratio_afxdp_over_sendfile {
+        Some(x) => println!("AF_XDP / sendfile goodput (medians): {x:.2}x"),
+        None => println!("AF_XDP / sendfile goodput: n/a (run both modes)"),
+    }
+}

@@ -1,0 +1,85 @@
+//! The bench chart: goodput and CPU per GiB for each mode, as SVG.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use super::BenchReport;
+
+pub fn draw(r: &BenchReport, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 460)).into_drawing_area();
+    root.fill(&WHITE).context("drawing the chart")?;
+    let (left, right) = root.split_horizontally(520);
+    let n = r.results.len();
+    let names: Vec<String> = r.results.iter().map(|m| m.mode.clone()).collect();
+
+    let gmax = r.results.iter().map(|m| m.goodput_bps.max / 1e9).fold(0.0, f64::max).max(0.1) * 1.15;
+    let mut g = ChartBuilder::on(&left)
+        .caption("Verified goodput (Gbit/s, median; whiskers min-max)", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..n as f64, 0f64..gmax)
+        .context("goodput axes")?;
+    g.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
+        .draw()
+        .context("goodput mesh")?;
+    for (i, m) in r.results.iter().enumerate() {
+        let x = i as f64;
+        g.draw_series(std::iter::once(Rectangle::new(
+            [(x + 0.2, 0.0), (x + 0.8, m.goodput_bps.median / 1e9)],
+            BLUE.mix(0.6).filled(),
+        )))
+        .context("goodput bar")?;
+        g.draw_series(std::iter::once(PathElement::new(
+            vec![(x + 0.5, m.goodput_bps.min / 1e9), (x + 0.5, m.goodput_bps.max / 1e9)],
+            BLACK.stroke_width(2),
+        )))
+        .context("goodput whisker")?;
+    }
+
+    let cmax = r
+        .results
+        .iter()
+        .map(|m| m.sender_cpu_s_per_gib.max(m.receiver_cpu_s_per_gib).max(m.system_cpu_s_per_gib))
+        .fold(0.0, f64::max)
+        .max(0.01)
+        * 1.15;
+    let mut c = ChartBuilder::on(&right)
+        .caption("CPU seconds per GiB: sender, receiver, whole system", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..n as f64, 0f64..cmax)
+        .context("cpu axes")?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
+        .draw()
+        .context("cpu mesh")?;
+    let series = [(0usize, RED), (1, GREEN), (2, BLACK)];
+    for (i, m) in r.results.iter().enumerate() {
+        let vals = [m.sender_cpu_s_per_gib, m.receiver_cpu_s_per_gib, m.system_cpu_s_per_gib];
+        for (k, color) in series {
+            let x0 = i as f64 + 0.15 + k as f64 * 0.24;
+            c.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + 0.22, vals[k])], color.mix(0.6).filled())))
+                .context("cpu bar")?;
+        }
+    }
+    for (k, (label, color)) in [("sender", RED), ("receiver", GREEN), ("system", BLACK)].into_iter().enumerate() {
+        c.draw_series(std::iter::once(Rectangle::new(
+            [(0.05, cmax * (0.97 - 0.05 * k as f64)), (0.15, cmax * (0.94 - 0.05 * k as f64))],
+            color.mix(0.6).filled(),
+        )))
+        .context("legend")?
+        .label(label);
+    }
+    c.configure_series_labels().border_style(BLACK).draw().ok();
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The bench's own test bed: two network namespaces joined by a veth pair,
+//! created with iproute2 and removed on drop (the bench needs nothing but root).
+//! Same layout as `scripts/veth.sh`: 10.77.0.1 (tx) <-> 10.77.0.2 (rx).
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use tracing::{info, warn};
+
+pub const TX_IP: &str = "10.77.0.1";
+pub const RX_IP: &str = "10.77.0.2";
+
+pub struct Testbed {
+    pub tx_ns: String,
+    pub rx_ns: String,
+    pub tx_if: String,
+    pub rx_if: String,
+    pub mtu: u32,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("running `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Testbed {
+    pub fn create() -> anyhow::Result<Testbed> {
+        let name = format!("xbb{}", std::process::id() % 100_000);
+        let bed = Testbed {
+            tx_ns: format!("{name}-tx"),
+            rx_ns: format!("{name}-rx"),
+            tx_if: format!("{name}-a"),
+            rx_if: format!("{name}-b"),
+            mtu: 1500,
+        };
+        bed.remove();
+        // From here on, Drop cleans up whatever part was made.
+        bed.build().context("creating the bench's namespaces and veth pair (run as root)")?;
+        info!(tx = %bed.tx_ns, rx = %bed.rx_ns, "test bed up");
+        Ok(bed)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        for ns in [&self.tx_ns, &self.rx_ns] {
+            ip(&["netns", "add", ns])?;
+            // IPv4 only: no autoconfiguration chatter.
+            ip(&["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "link",
+            "add",
+            &self.tx_if,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+            "netns",
+            &self.tx_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.rx_if,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+            "netns",
+            &self.rx_ns,
+        ])?;
+        ip(&["-n", &self.tx_ns, "addr", "add", &format!("{TX_IP}/24"), "dev", &self.tx_if])?;
+        ip(&["-n", &self.rx_ns, "addr", "add", &format!("{RX_IP}/24"), "dev", &self.rx_if])?;
+        ip(&["-n", &self.tx_ns, "link", "set", &self.tx_if, "up"])?;
+        ip(&["-n", &self.rx_ns, "link", "set", &self.rx_if, "up"])?;
+        // Threaded NAPI lets the receiver's kernel work run on the other core.
+        // A veth has NAPI only with XDP attached or GRO on: GRO first.
+        let threaded = format!("echo 1 > /sys/class/net/{}/threaded", self.rx_if);
+        let gro = ip(&["netns", "exec", &self.rx_ns, "ethtool", "-K", &self.rx_if, "gro", "on"]);
+        if let Err(e) = gro.and_then(|_| ip(&["netns", "exec", &self.rx_ns, "sh", "-c", &threaded])) {
+            warn!("threaded NAPI unavailable on {}: {e:#}", self.rx_if);
+        }
+        Ok(())
+    }
+
+    fn remove(&self) {
+        for ns in [&self.tx_ns, &self.rx_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+
+    /// `ip netns exec NS` prefix for a command.
+    pub fn exec(&self, ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        c
+    }
+
+    /// TCP segments retransmitted in the transmit namespace so far.
+    pub fn tcp_retrans(&self) -> u64 {
+        let out = self.exec(&self.tx_ns).args(["cat", "/proc/net/snmp"]).output();
+        let Ok(out) = out else { return 0 };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "RetransSegs")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.remove();
+        info!("test bed removed");
+    }
+}
