@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::BenchReport;
 
@@ -40,6 +41,10 @@ pub fn draw(r: &BenchReport, path: &Path) -> anyhow::Result<()> {
             BLACK.stroke_width(2),
         )))
         .context("goodput whisker")?;
+        let label = format!("{} {:.2}", m.mode, m.goodput_bps.median / 1e9);
+        let style = ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+        g.draw_series(std::iter::once(Text::new(label, (x + 0.5, m.goodput_bps.max / 1e9 + gmax * 0.01), style)))
+            .context("goodput label")?;
     }
 
     let cmax = r
@@ -70,6 +75,10 @@ pub fn draw(r: &BenchReport, path: &Path) -> anyhow::Result<()> {
             c.draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + 0.22, vals[k])], color.mix(0.6).filled())))
                 .context("cpu bar")?;
         }
+        let top = vals.iter().copied().fold(0.0, f64::max);
+        let style = ("sans-serif", 11).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+        c.draw_series(std::iter::once(Text::new(m.mode.clone(), (i as f64 + 0.5, top + cmax * 0.01), style)))
+            .context("cpu label")?;
     }
     for (k, (label, color)) in [("sender", RED), ("receiver", GREEN), ("system", BLACK)].into_iter().enumerate() {
         c.draw_series(std::iter::once(Rectangle::new(

@@ -1,0 +1,52 @@
+//! A short `xdpblast bench` run: every mode verified, the JSON parses with the
+//! contract's keys, a chart is drawn, and the bench's namespaces are gone.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn short_bench_run_produces_verified_json_and_chart() {
+    require_privileges();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let svg_path = dir.path().join("bench.svg");
+    let out = Command::new("timeout")
+        .args(["600", BIN, "bench", "--size", "8M", "--runs", "1"])
+        .args(["--json", json_path.to_str().expect("utf-8"), "--plot", svg_path.to_str().expect("utf-8")])
+        .output()
+        .expect("running the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("AF_XDP / sendfile goodput (medians):"), "the table ends with the ratio:\n{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("bench JSON")).expect("valid JSON");
+    let results = report["results"].as_array().expect("results");
+    let modes: Vec<&str> = results.iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(modes, ["afxdp-copy", "sendfile", "readwrite", "mmap", "splice"]);
+    for r in results {
+        assert_eq!(r["verified"], true, "{r}");
+        for key in [
+            "sender_cpu_s_per_gib",
+            "receiver_cpu_s_per_gib",
+            "system_cpu_s_per_gib",
+            "syscalls_per_gib",
+            "ctx_switches_per_gib",
+        ] {
+            assert!(r[key].as_f64().is_some_and(|v| v >= 0.0), "{key} in {r}");
+        }
+        let g = &r["goodput_bps"];
+        assert!(g["median"].as_f64().unwrap_or(0.0) > 0.0 && g["min"].as_f64() <= g["max"].as_f64(), "{r}");
+        assert!(r["syscalls_per_gib"].as_f64().unwrap_or(0.0) > 0.0, "syscalls are counted: {r}");
+    }
+    assert!(report["ratio_afxdp_over_sendfile"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(report["host"]["cpus"].as_u64().unwrap_or(0) >= 1);
+    let svg = std::fs::read_to_string(&svg_path).expect("chart");
+    assert!(svg.starts_with("<svg") && svg.contains("sendfile"), "an SVG chart naming the modes");
+
+    let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains("xbb"), "the bench left a namespace behind");
+}
