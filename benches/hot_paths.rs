@@ -87,5 +87,23 @@ fn nack_round(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frame_build, receive_path, nack_round);
+fn transmit_schedule(c: &mut Criterion) {
+    // The protocol half of the TX fill loop: choosing the next 256 frame ids
+    // (the other half is storing 16-byte descriptors into the ring).
+    use xdpblast::proto::{FrameId, Sender, SenderConfig};
+    let n = 1u64 << 40; // effectively endless
+    let info = SessionInfo { file_size: n * 1448, chunk_size: 1448, n_chunks: n, digest: Some([0; 32]) };
+    let now = Instant::now();
+    let cfg = SenderConfig { window: u64::MAX / 4, ..Default::default() };
+    let mut tx = Sender::new(cfg, 1, info, now);
+    tx.poll_control(now);
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).expect("ack");
+    let mut ids = vec![FrameId::Meta { last: false }; 256];
+    let mut g = c.benchmark_group("transmit_schedule");
+    g.throughput(Throughput::Elements(256));
+    g.bench_function("next_256_frames", |b| b.iter(|| black_box(tx.next_frames(now, &mut ids))));
+    g.finish();
+}
+
+criterion_group!(benches, frame_build, receive_path, nack_round, transmit_schedule);
 criterion_main!(benches);

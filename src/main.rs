@@ -64,6 +64,16 @@ struct BenchArgs {
     /// Draw an SVG chart of goodput and CPU per GiB here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Where the receiving veth's NAPI runs: in softirq context on the
+    /// sending CPU, or in a kthread the scheduler may move to the other core.
+    #[arg(long, value_enum, default_value = "softirq")]
+    napi: Napi,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Napi {
+    Softirq,
+    Threaded,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -246,6 +256,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
         runs: a.runs,
         json: a.json,
         plot: a.plot,
+        threaded_napi: a.napi == Napi::Threaded,
     };
     let report = xdpblast::bench::run(&opts)?;
     Ok(report.results.iter().all(|r| r.verified))

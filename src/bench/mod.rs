@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub runs: u32,
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    /// Run the receiving veth's NAPI in a kthread instead of softirq context.
+    pub threaded_napi: bool,
 }
 
 /// One verified transfer's measurements.
@@ -76,6 +78,7 @@ pub struct Host {
     pub kernel: String,
     pub cpus: usize,
     pub mtu: u32,
+    pub napi: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,7 +323,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let bytes = std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?.len();
     let out = work.path().join("output.bin");
-    let bed = Testbed::create()?;
+    let bed = Testbed::create(opts.threaded_napi)?;
     let mtu = bed.mtu;
 
     let total = u64::from(opts.runs) * opts.modes.len() as u64;
@@ -358,7 +361,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let report = BenchReport {
         results,
         ratio_afxdp_over_sendfile: ratio,
-        host: Host { kernel, cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), mtu },
+        host: Host {
+            kernel,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            mtu,
+            napi: if opts.threaded_napi { "threaded" } else { "softirq" },
+        },
         file_bytes: bytes,
         runs: opts.runs,
     };
@@ -378,12 +386,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 
 fn print_table(r: &BenchReport) {
     println!(
-        "\n{} file, {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}",
+        "\n{} file, {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}, receiver NAPI {}",
         crate::report::human_bytes(r.file_bytes),
         r.runs,
         r.host.kernel,
         r.host.cpus,
-        r.host.mtu
+        r.host.mtu,
+        r.host.napi
     );
     println!(
         "{:<11} {:>30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8}",

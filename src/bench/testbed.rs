@@ -27,7 +27,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Testbed {
-    pub fn create() -> anyhow::Result<Testbed> {
+    pub fn create(threaded_napi: bool) -> anyhow::Result<Testbed> {
         let name = format!("xbb{}", std::process::id() % 100_000);
         let bed = Testbed {
             tx_ns: format!("{name}-tx"),
@@ -38,12 +38,12 @@ impl Testbed {
         };
         bed.remove();
         // From here on, Drop cleans up whatever part was made.
-        bed.build().context("creating the bench's namespaces and veth pair (run as root)")?;
+        bed.build(threaded_napi).context("creating the bench's namespaces and veth pair (run as root)")?;
         info!(tx = %bed.tx_ns, rx = %bed.rx_ns, "test bed up");
         Ok(bed)
     }
 
-    fn build(&self) -> anyhow::Result<()> {
+    fn build(&self, threaded_napi: bool) -> anyhow::Result<()> {
         for ns in [&self.tx_ns, &self.rx_ns] {
             ip(&["netns", "add", ns])?;
             // IPv4 only: no autoconfiguration chatter.
@@ -76,12 +76,19 @@ impl Testbed {
         ip(&["-n", &self.rx_ns, "addr", "add", &format!("{RX_IP}/24"), "dev", &self.rx_if])?;
         ip(&["-n", &self.tx_ns, "link", "set", &self.tx_if, "up"])?;
         ip(&["-n", &self.rx_ns, "link", "set", &self.rx_if, "up"])?;
-        // Threaded NAPI lets the receiver's kernel work run on the other core.
-        // A veth has NAPI only with XDP attached or GRO on: GRO first.
-        let threaded = format!("echo 1 > /sys/class/net/{}/threaded", self.rx_if);
+        // GRO gives the receiving veth a NAPI instance (TCP coalesces, and
+        // threaded NAPI needs one to exist).
         let gro = ip(&["netns", "exec", &self.rx_ns, "ethtool", "-K", &self.rx_if, "gro", "on"]);
-        if let Err(e) = gro.and_then(|_| ip(&["netns", "exec", &self.rx_ns, "sh", "-c", &threaded])) {
-            warn!("threaded NAPI unavailable on {}: {e:#}", self.rx_if);
+        if let Err(e) = &gro {
+            warn!("GRO unavailable on {}: {e:#}", self.rx_if);
+        }
+        // Threaded NAPI moves the receiver's kernel work to a kthread the
+        // scheduler can put on the other core.
+        if threaded_napi {
+            let threaded = format!("echo 1 > /sys/class/net/{}/threaded", self.rx_if);
+            if let Err(e) = gro.and_then(|_| ip(&["netns", "exec", &self.rx_ns, "sh", "-c", &threaded])) {
+                warn!("threaded NAPI unavailable on {}: {e:#}", self.rx_if);
+            }
         }
         Ok(())
     }

@@ -59,6 +59,8 @@ pub struct SendReport {
     pub packet_size: u32,
     pub chunk_size: u32,
     pub kicks: u64,
+    /// Kicks that moved nothing because the device queue was full.
+    pub kicks_unproductive: u64,
     /// Kicks answered EBUSY: a frame the device dropped after it left our ring.
     pub kernel_tx_drops: u64,
     pub rtt_us: Option<u64>,
@@ -262,6 +264,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let frame_size = u64::from(plan.frame_size);
     let mut outstanding: u32 = 0;
     let mut kicks = 0u64;
+    let mut kicks_unproductive = 0u64;
+    let mut backoff = 0u32;
     let mut kernel_drops = 0u64;
     let mut first_post: Option<Instant> = None;
     let mut intervals = Intervals::new(opts.intervals, start);
@@ -310,8 +314,24 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         }
         if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) && xsk.tx_needs_wakeup() {
             kicks += 1;
+            let pending_before = xsk.tx_pending();
             match xsk.kick() {
-                Kick::Ok | Kick::Again => {}
+                Kick::Ok => backoff = 0,
+                Kick::Again => {
+                    // The device queue is full (a veth peer's ring, a NIC's TX
+                    // queue): the kernel took nothing. Kicking again at once
+                    // only burns syscalls, so wait a little longer each time,
+                    // spinning without a syscall, until it drains.
+                    if xsk.tx_pending() >= pending_before {
+                        kicks_unproductive += 1;
+                        backoff = (backoff * 2).clamp(64, 1 << 14);
+                        for _ in 0..backoff {
+                            std::hint::spin_loop();
+                        }
+                    } else {
+                        backoff = 0;
+                    }
+                }
                 Kick::Dropped => {
                     kernel_drops += 1;
                     if kernel_drops == 1 {
@@ -375,6 +395,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
         kicks,
+        kicks_unproductive,
         kernel_tx_drops: kernel_drops,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
