@@ -2,7 +2,8 @@
 //!
 //! Runs are interleaved (A B C A B C ...), every transfer is verified, and all
 //! figures are measured: goodput from the sender's report, CPU and context
-//! switches from each process's getrusage over its transfer phase, whole-system
+//! switches from each process's getrusage over its transfer phase (sender:
+//! first frame or byte to verdict; receiver: session start to verdict), whole-system
 //! CPU from /proc/stat deltas over the same phase (catching softirq and NAPI
 //! work that belongs to no process), data-path syscalls counted at call sites.
 
@@ -241,7 +242,7 @@ fn run_once(bed: &Testbed, exe: &Path, mode: &str, file: &Path, out: &Path) -> a
         goodput_bps: f(&send["goodput_bps"]),
         pps: send["packets"].as_u64().map(|p| p as f64 / elapsed.max(1e-9)),
         sender_cpu_s: f(&tr["user_s"]) + f(&tr["sys_s"]),
-        receiver_cpu_s: f(&recv["rusage"]["user_s"]) + f(&recv["rusage"]["sys_s"]),
+        receiver_cpu_s: f(&recv["transfer_rusage"]["user_s"]) + f(&recv["transfer_rusage"]["sys_s"]),
         system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
         syscalls: u(&send["syscalls"]),
         ctx_switches: u(&tr["voluntary_ctx_switches"]) + u(&tr["involuntary_ctx_switches"]),

@@ -56,6 +56,9 @@ pub struct RecvReport {
     pub dropped: DropCounts,
     pub error: Option<String>,
     pub rusage: super::Rusage,
+    /// CPU and context switches from the session's Hello to the verdict
+    /// (setting up sockets and the XDP program is not counted).
+    pub transfer_rusage: super::Rusage,
     /// Data-path syscalls (see `crate::syscount`).
     pub syscalls: u64,
     /// Extra path-specific figures (XDP counters, socket statistics).
@@ -98,6 +101,7 @@ pub fn run(
     // Set after a blocking wait: whatever woke us may be on the control socket.
     let mut woke = false;
     let mut write_error: Option<io::Error> = None;
+    let mut rusage_at_start: Option<super::Rusage> = None;
 
     loop {
         let now = Instant::now();
@@ -172,6 +176,7 @@ pub fn run(
         while let Some(ev) = rx.poll_event() {
             match ev {
                 Event::Start { info, peer } => {
+                    rusage_at_start = Some(super::Rusage::of_self());
                     info!(%peer, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, "session opened");
                     match Output::create(&opts.out, info.file_size) {
                         Ok(o) => out = Some(o),
@@ -301,6 +306,7 @@ pub fn run(
         dropped: rx.drops.clone(),
         error,
         rusage: super::Rusage::of_self(),
+        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start.unwrap_or_default()),
         syscalls: crate::syscount::total(),
         path_stats: serde_json::Value::Null,
     }))

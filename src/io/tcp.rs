@@ -280,6 +280,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
 /// Receives one TCP transfer on an accepted connection.
 pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, intervals: bool) -> TcpReport {
     let start = Instant::now();
+    let rusage_at_start = super::Rusage::of_self();
     let mut bytes = 0u64;
     let r = receive_inner(&mut sock, out, idle_timeout, &mut bytes);
     let elapsed = start.elapsed().as_secs_f64();
@@ -312,7 +313,7 @@ pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, interval
             super::output::partial_path(out).display().to_string()
         }),
         rusage: super::Rusage::of_self(),
-        transfer_rusage: super::Rusage::of_self(),
+        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
     }
 }
