@@ -287,7 +287,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        return Ok(report.verified);
+        return Ok(report.summary.verified);
     }
     let dst_mac = match &a.dst_mac {
         Some(s) => {
@@ -314,7 +314,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    Ok(report.verified)
+    Ok(report.summary.verified)
 }
 
 fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
@@ -403,7 +403,7 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     if let Some(e) = &report.error {
         eprintln!("xdpblast recv: error: {e}; output kept at {}", report.path);
     }
-    Ok(report.verified)
+    Ok(report.summary.verified)
 }
 
 /// Waits for one TCP connection, bounded by the idle timeout.
@@ -440,5 +440,5 @@ fn finish_tcp(report: tcp::TcpReport, json: bool) -> anyhow::Result<bool> {
     if let Some(e) = &report.error {
         eprintln!("xdpblast recv: error: {e}");
     }
-    Ok(report.verified)
+    Ok(report.summary.verified)
 }

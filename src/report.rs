@@ -3,6 +3,24 @@
 
 use std::time::{Duration, Instant};
 
+/// The keys every transfer report carries, whatever the mode (flattened into
+/// each mode's JSON object).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// e.g. "afxdp-copy", "afxdp-zerocopy", "udp", "tcp", "sendfile".
+    pub mode: String,
+    pub bytes: u64,
+    /// Frames or datagrams, where the mode has them.
+    pub packets: Option<u64>,
+    pub retransmits: u64,
+    /// Verified goodput: file bits over `elapsed_s`; 0 when not verified.
+    pub goodput_bps: f64,
+    pub elapsed_s: f64,
+    /// BLAKE3 of the file, hex.
+    pub digest: String,
+    pub verified: bool,
+}
+
 /// "1.25 GBytes" (binary multiples, as iperf3 prints transfer sizes).
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["Bytes", "KBytes", "MBytes", "GBytes", "TBytes"];

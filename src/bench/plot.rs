@@ -8,6 +8,31 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::BenchReport;
 
+type Axes<'a> = ChartContext<
+    'a,
+    SVGBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Axes for `n` labelled bar groups from 0 to `ymax`, no grid.
+fn bar_axes<'a>(
+    area: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    caption: &str,
+    ydesc: &str,
+    n: usize,
+    ymax: f64,
+) -> anyhow::Result<Axes<'a>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
+        .context("chart axes")?;
+    chart.configure_mesh().disable_mesh().x_labels(0).y_desc(ydesc).draw().context("chart axes")?;
+    Ok(chart)
+}
+
 pub fn draw(r: &BenchReport, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 460)).into_drawing_area();
     root.fill(&WHITE).context("drawing the chart")?;
@@ -15,14 +40,7 @@ pub fn draw(r: &BenchReport, path: &Path) -> anyhow::Result<()> {
     let n = r.results.len();
 
     let gmax = r.results.iter().map(|m| m.goodput_bps.max / 1e9).fold(0.0, f64::max).max(0.1) * 1.15;
-    let mut g = ChartBuilder::on(&left)
-        .caption("Verified goodput (Gbit/s, median; whiskers min-max)", ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..n as f64, 0f64..gmax)
-        .context("goodput axes")?;
-    g.configure_mesh().disable_mesh().x_labels(0).y_desc("Gbit/s").draw().context("goodput axes")?;
+    let mut g = bar_axes(&left, "Verified goodput (Gbit/s, median; whiskers min-max)", "Gbit/s", n, gmax)?;
     for (i, m) in r.results.iter().enumerate() {
         let x = i as f64;
         g.draw_series(std::iter::once(Rectangle::new(
@@ -48,14 +66,8 @@ pub fn draw(r: &BenchReport, path: &Path) -> anyhow::Result<()> {
         .fold(0.0, f64::max)
         .max(0.01)
         * 1.15;
-    let mut c = ChartBuilder::on(&right)
-        .caption("CPU s/GiB: sender (red), receiver (green), whole system (black)", ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..n as f64, 0f64..cmax)
-        .context("cpu axes")?;
-    c.configure_mesh().disable_mesh().x_labels(0).y_desc("CPU s/GiB").draw().context("cpu axes")?;
+    let mut c =
+        bar_axes(&right, "CPU s/GiB: sender (red), receiver (green), whole system (black)", "CPU s/GiB", n, cmax)?;
     let series = [(0usize, RED), (1, GREEN), (2, BLACK)];
     for (i, m) in r.results.iter().enumerate() {
         let vals = [m.sender_cpu_s_per_gib, m.receiver_cpu_s_per_gib, m.system_cpu_s_per_gib];

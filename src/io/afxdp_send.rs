@@ -47,14 +47,8 @@ pub struct SendOptions {
 
 #[derive(Debug, Serialize)]
 pub struct SendReport {
-    pub mode: String,
-    pub bytes: u64,
-    pub packets: u64,
-    pub retransmits: u64,
-    pub goodput_bps: f64,
-    pub elapsed_s: f64,
-    pub digest: String,
-    pub verified: bool,
+    #[serde(flatten)]
+    pub summary: crate::report::Summary,
     pub preload_s: f64,
     pub packet_size: u32,
     pub chunk_size: u32,
@@ -383,14 +377,16 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         );
     }
     Ok(SendReport {
-        mode: mode_name.to_string(),
-        bytes: file_size,
-        packets: stats.first_pass + stats.retransmits + stats.meta_frames,
-        retransmits: stats.retransmits,
-        goodput_bps: file_size as f64 * 8.0 / elapsed.max(1e-9),
-        elapsed_s: elapsed,
-        digest: hex(&digest),
-        verified,
+        summary: crate::report::Summary {
+            mode: mode_name.to_string(),
+            bytes: file_size,
+            packets: Some(stats.first_pass + stats.retransmits + stats.meta_frames),
+            retransmits: stats.retransmits,
+            goodput_bps: file_size as f64 * 8.0 / elapsed.max(1e-9),
+            elapsed_s: elapsed,
+            digest: hex(&digest),
+            verified,
+        },
         preload_s,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,

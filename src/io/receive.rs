@@ -43,14 +43,8 @@ pub struct RecvOptions {
 
 #[derive(Debug, Serialize)]
 pub struct RecvReport {
-    pub mode: String,
-    pub bytes: u64,
-    pub packets: u64,
-    pub retransmits: u64,
-    pub goodput_bps: f64,
-    pub elapsed_s: f64,
-    pub digest: String,
-    pub verified: bool,
+    #[serde(flatten)]
+    pub summary: crate::report::Summary,
     pub path: String,
     pub nacks_sent: u64,
     pub dropped: DropCounts,
@@ -293,14 +287,16 @@ pub fn run(
         );
     }
     Outcome::Done(Box::new(RecvReport {
-        mode: mode.to_string(),
-        bytes,
-        packets,
-        retransmits: rx.peer_retransmits,
-        goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
-        elapsed_s: elapsed,
-        digest,
-        verified,
+        summary: crate::report::Summary {
+            mode: mode.to_string(),
+            bytes,
+            packets: Some(packets),
+            retransmits: rx.peer_retransmits,
+            goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
+            elapsed_s: elapsed,
+            digest,
+            verified,
+        },
         path,
         nacks_sent: rx.nacks_sent,
         dropped: rx.drops.clone(),

@@ -57,14 +57,8 @@ impl TcpMode {
 /// What either side reports at the end (the same keys as the AF_XDP reports).
 #[derive(Debug, Serialize)]
 pub struct TcpReport {
-    pub mode: String,
-    pub bytes: u64,
-    pub packets: Option<u64>,
-    pub retransmits: u64,
-    pub goodput_bps: f64,
-    pub elapsed_s: f64,
-    pub digest: String,
-    pub verified: bool,
+    #[serde(flatten)]
+    pub summary: crate::report::Summary,
     /// Untimed: hashing the file before sending (the AF_XDP preload's twin).
     pub prepare_s: f64,
     pub error: Option<String>,
@@ -260,14 +254,16 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         );
     }
     Ok(TcpReport {
-        mode: opts.mode.name().to_string(),
-        bytes: size,
-        packets: None,
-        retransmits: 0,
-        goodput_bps: goodput,
-        elapsed_s: elapsed,
-        digest: hex(&digest),
-        verified,
+        summary: crate::report::Summary {
+            mode: opts.mode.name().to_string(),
+            bytes: size,
+            packets: None,
+            retransmits: 0,
+            goodput_bps: goodput,
+            elapsed_s: elapsed,
+            digest: hex(&digest),
+            verified,
+        },
         prepare_s,
         error: None,
         path: None,
@@ -297,14 +293,16 @@ pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, interval
         );
     }
     TcpReport {
-        mode: "tcp".into(),
-        bytes,
-        packets: None,
-        retransmits: 0,
-        goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
-        elapsed_s: elapsed,
-        digest,
-        verified,
+        summary: crate::report::Summary {
+            mode: "tcp".into(),
+            bytes,
+            packets: None,
+            retransmits: 0,
+            goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
+            elapsed_s: elapsed,
+            digest,
+            verified,
+        },
         prepare_s: 0.0,
         error,
         path: Some(if verified {
