@@ -10,6 +10,7 @@ use common::*;
 #[test]
 fn short_bench_run_produces_verified_json_and_chart() {
     require_privileges();
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("bench.json");
     let svg_path = dir.path().join("bench.svg");
@@ -49,4 +50,43 @@ fn short_bench_run_produces_verified_json_and_chart() {
 
     let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("xbb"), "the bench left a namespace behind");
+}
+
+#[test]
+fn ctrl_c_stops_the_bench_and_removes_its_namespaces() {
+    require_privileges();
+    let _serial = serial();
+    let mut child = Command::new(BIN)
+        .args(["bench", "--size", "256M", "--runs", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning the bench");
+    let name = format!("xbb{}", child.id() % 100_000);
+    // Wait until its test bed exists, so the interrupt lands mid-run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+        if String::from_utf8_lossy(&list.stdout).contains(&name) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bench never created {name}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bench did not stop within 60 s of SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success(), "an interrupted bench reports failure");
+    let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&name), "namespaces left after Ctrl-C");
+    let ps = Command::new("pgrep").args(["-f", "xdpblast.*recv --listen 10.77.0.2"]).output().expect("pgrep");
+    assert!(ps.stdout.is_empty(), "a receiver outlived the bench: {}", String::from_utf8_lossy(&ps.stdout));
 }

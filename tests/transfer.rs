@@ -85,7 +85,10 @@ fn afxdp_with_5pct_injected_loss_is_repaired() {
     // Every dropped data frame is posted again; a dropped Meta frame is not
     // (end probes cover it), so at most `meta_frames` drops go unrepaired.
     let meta = send["stats"]["meta_frames"].as_u64().unwrap_or(0);
-    assert!(rtx + meta >= dropped, "every injected drop must be repaired: {rtx} retransmits (+{meta} Meta) for {dropped} drops");
+    assert!(
+        rtx + meta >= dropped,
+        "every injected drop must be repaired: {rtx} retransmits (+{meta} Meta) for {dropped} drops"
+    );
     assert_retransmits_accounted(&send, &recv);
     assert_eq!(recv["retransmits"], send["retransmits"], "the end probe carries the sender's retransmit count");
 }

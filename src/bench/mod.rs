@@ -133,6 +133,16 @@ struct Spawned {
     lines: mpsc::Receiver<String>,
 }
 
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // On any early exit (an error, Ctrl-C) no child outlives the bench.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts a child with piped stdout and stderr; stderr lines arrive on a channel.
 fn spawn(mut cmd: Command) -> anyhow::Result<Spawned> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning xdpblast")?;
@@ -190,7 +200,8 @@ fn finish(mut s: Spawned, timeout: Duration, what: &str) -> anyhow::Result<Value
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut out = String::new();
-    if let Some(mut o) = s.child.stdout.take() {
+    let stdout = s.child.stdout.take();
+    if let Some(mut o) = stdout {
         std::io::Read::read_to_string(&mut o, &mut out)?;
     }
     let rest: Vec<String> = s.lines.try_iter().collect();

@@ -20,6 +20,12 @@ pub const RX_IP: &str = "10.77.0.2";
 /// Network tests run one at a time: the machine has two cores, and timing
 /// between concurrent blasts would only measure contention.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the network-test lock, for tests that make their own test bed.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn repo() -> PathBuf {
@@ -64,7 +70,7 @@ impl Veth {
 
     pub fn with_queues(queues: u32) -> Veth {
         require_privileges();
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = serial();
         let name = format!("xt{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
         let out = Command::new(repo().join("scripts/veth.sh"))
             .args(["up", &name, &queues.to_string()])
