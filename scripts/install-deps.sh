@@ -14,6 +14,7 @@ PKGS=(
   iproute2         # ip netns / ip link for the veth harness
   ethtool          # probe reports queues and driver features
   linux-libc-dev   # uapi headers (linux/if_xdp.h, linux/bpf.h)
+  iperf3           # the bench's outside reference row (iperf3 -Z)
 )
 
 missing=()

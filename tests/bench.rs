@@ -44,6 +44,13 @@ fn short_bench_run_produces_verified_json_and_chart() {
         assert!(r["syscalls_per_gib"].as_f64().unwrap_or(0.0) > 0.0, "syscalls are counted: {r}");
     }
     assert!(report["ratio_afxdp_over_sendfile"].as_f64().is_some_and(|x| x > 0.0));
+    // install-deps.sh installs iperf3, so the outside reference is there, and
+    // what iperf3 does not report is null, not zero.
+    let reference = &report["reference"];
+    assert_eq!(reference["mode"], "iperf3-Z", "{reference}");
+    assert!(reference["goodput_bps"]["median"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(reference["syscalls_per_gib"].is_null() && reference["ctx_switches_per_gib"].is_null());
+    assert_eq!(reference["verified"], false);
     assert!(report["host"]["cpus"].as_u64().unwrap_or(0) >= 1);
     let svg = std::fs::read_to_string(&svg_path).expect("chart");
     assert!(svg.starts_with("<svg") && svg.contains("sendfile"), "an SVG chart naming the modes");

@@ -46,8 +46,9 @@ struct Run {
     sender_cpu_s: f64,
     receiver_cpu_s: f64,
     system_cpu_s: f64,
-    syscalls: u64,
-    ctx_switches: u64,
+    /// `None` where the tool does not report it (the iperf3 reference).
+    syscalls: Option<u64>,
+    ctx_switches: Option<u64>,
     retransmits: u64,
     verified: bool,
 }
@@ -69,8 +70,9 @@ pub struct ModeResult {
     pub sender_cpu_s_per_gib: f64,
     pub receiver_cpu_s_per_gib: f64,
     pub system_cpu_s_per_gib: f64,
-    pub syscalls_per_gib: f64,
-    pub ctx_switches_per_gib: f64,
+    /// `null` where not measured (the iperf3 reference).
+    pub syscalls_per_gib: Option<f64>,
+    pub ctx_switches_per_gib: Option<f64>,
     pub retransmits: u64,
 }
 
@@ -85,6 +87,10 @@ pub struct Host {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub results: Vec<ModeResult>,
+    /// `iperf3 -Z` between the same namespaces, when iperf3 is installed: an
+    /// outside reference for TCP on this link. It moves no file and verifies
+    /// nothing, so it is kept apart from `results`.
+    pub reference: Option<ModeResult>,
     pub ratio_afxdp_over_sendfile: Option<f64>,
     pub host: Host,
     pub file_bytes: u64,
@@ -255,10 +261,56 @@ fn run_once(bed: &Testbed, exe: &Path, mode: &str, file: &Path, out: &Path) -> a
         sender_cpu_s: f(&tr["user_s"]) + f(&tr["sys_s"]),
         receiver_cpu_s: f(&recv["transfer_rusage"]["user_s"]) + f(&recv["transfer_rusage"]["sys_s"]),
         system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
-        syscalls: u(&send["syscalls"]),
-        ctx_switches: u(&tr["voluntary_ctx_switches"]) + u(&tr["involuntary_ctx_switches"]),
+        syscalls: Some(u(&send["syscalls"])),
+        ctx_switches: Some(u(&tr["voluntary_ctx_switches"]) + u(&tr["involuntary_ctx_switches"])),
         retransmits: if mode == "afxdp" { u(&send["retransmits"]) } else { tcp_retrans },
         verified,
+    })
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// One `iperf3 -Z -n BYTES` run: zero-copy TCP of BYTES, measured by iperf3.
+fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Result<Run> {
+    let mut server = bed.exec(&bed.rx_ns);
+    server.arg(iperf3).args(["-s", "-1", "-B", RX_IP, "-p", "5201", "-J"]);
+    let server = spawn(server)?;
+    // iperf3 says nothing until it is done: retry the client until it connects.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (busy0, _) = proc_stat();
+    let out = loop {
+        let out = bed
+            .exec(&bed.tx_ns)
+            .arg(iperf3)
+            .args(["-c", RX_IP, "-p", "5201", "-Z", "-n", &bytes.to_string(), "-J"])
+            .output()
+            .context("running the iperf3 client")?;
+        if out.status.success() || Instant::now() >= deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (busy1, _) = proc_stat();
+    let _ = finish(server, Duration::from_secs(30), "the iperf3 server");
+    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let f = |x: &Value| x.as_f64().unwrap_or(0.0);
+    let secs = f(&v["end"]["sum_received"]["seconds"]);
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    Ok(Run {
+        goodput_bps: f(&v["end"]["sum_received"]["bits_per_second"]),
+        pps: None,
+        sender_cpu_s: f(&cpu["host_total"]) / 100.0 * secs,
+        receiver_cpu_s: f(&cpu["remote_total"]) / 100.0 * secs,
+        system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
+        syscalls: None,
+        ctx_switches: None,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        verified: false,
     })
 }
 
@@ -288,8 +340,16 @@ fn summarize(mode: &str, runs: &[Run], bytes: u64) -> ModeResult {
         sender_cpu_s_per_gib: per_gib(|r| r.sender_cpu_s),
         receiver_cpu_s_per_gib: per_gib(|r| r.receiver_cpu_s),
         system_cpu_s_per_gib: per_gib(|r| r.system_cpu_s),
-        syscalls_per_gib: per_gib(|r| r.syscalls as f64),
-        ctx_switches_per_gib: per_gib(|r| r.ctx_switches as f64),
+        syscalls_per_gib: runs
+            .iter()
+            .map(|r| r.syscalls.map(|s| s as f64))
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| median(v) / gib),
+        ctx_switches_per_gib: runs
+            .iter()
+            .map(|r| r.ctx_switches.map(|s| s as f64))
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| median(v) / gib),
         retransmits: runs.iter().map(|r| r.retransmits).sum(),
     }
 }
@@ -346,6 +406,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); opts.modes.len()];
+    let iperf3 = find_in_path("iperf3");
+    let mut reference: Vec<Run> = Vec::new();
     for r in 0..opts.runs {
         for (i, mode) in opts.modes.iter().enumerate() {
             bar.set_message(format!(
@@ -359,6 +421,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             runs[i].push(res);
             bar.inc(1);
         }
+        if let Some(ip3) = &iperf3 {
+            bar.set_message(format!("iperf3 -Z (reference), run {}/{}", r + 1, opts.runs));
+            match run_iperf3(&bed, ip3, bytes) {
+                Ok(res) => reference.push(res),
+                Err(e) => bar.println(format!("  iperf3 reference skipped: {e:#}")),
+            }
+        }
+        if crate::io::stop_requested() {
+            bail!("interrupted");
+        }
     }
     bar.finish_and_clear();
     drop(bed);
@@ -370,8 +442,14 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         _ => None,
     };
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let reference = (!reference.is_empty()).then(|| {
+        let mut m = summarize("iperf3 -Z", &reference, bytes);
+        m.mode = "iperf3-Z".into();
+        m
+    });
     let report = BenchReport {
         results,
+        reference,
         ratio_afxdp_over_sendfile: ratio,
         host: Host {
             kernel,
@@ -426,18 +504,35 @@ fn print_table(r: &BenchReport) {
     for m in &r.results {
         let g = &m.goodput_bps;
         println!(
-            "{:<11} {:>30} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>12.0} {:>10.0} {:>8} {:>8}",
+            "{:<11} {:>30} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>10} {:>8} {:>8}",
             m.mode,
             format!("{} ({:.2}-{:.2})", human_bits_per_sec(g.median), g.min / 1e9, g.max / 1e9),
             m.packets_per_s.map_or("-".to_string(), |p| format!("{:.0}k", p / 1e3)),
             m.sender_cpu_s_per_gib,
             m.receiver_cpu_s_per_gib,
             m.system_cpu_s_per_gib,
-            m.syscalls_per_gib,
-            m.ctx_switches_per_gib,
+            m.syscalls_per_gib.map_or("-".into(), |v| format!("{v:.0}")),
+            m.ctx_switches_per_gib.map_or("-".into(), |v| format!("{v:.0}")),
             m.retransmits,
             if m.verified { "yes" } else { "NO" }
         );
+    }
+    if let Some(m) = &r.reference {
+        let g = &m.goodput_bps;
+        println!(
+            "{:<11} {:>30} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>10} {:>8} {:>8}",
+            m.mode,
+            format!("{} ({:.2}-{:.2})", human_bits_per_sec(g.median), g.min / 1e9, g.max / 1e9),
+            "-",
+            m.sender_cpu_s_per_gib,
+            m.receiver_cpu_s_per_gib,
+            m.system_cpu_s_per_gib,
+            "-",
+            "-",
+            m.retransmits,
+            "n/a"
+        );
+        println!("(iperf3 -Z: an outside reference for TCP on this link; it moves no file and verifies nothing; its CPU columns are iperf3's own figures)");
     }
     match r.ratio_afxdp_over_sendfile {
         Some(x) => println!("AF_XDP / sendfile goodput (medians): {x:.2}x"),
