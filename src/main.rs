@@ -158,6 +158,9 @@ struct SendArgs {
     /// Print one JSON object at the end instead of interval lines.
     #[arg(long)]
     json: bool,
+    /// Machine-readable progress lines on stderr (used by `bench`).
+    #[arg(long, hide = true)]
+    progress: bool,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -282,7 +285,8 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         }
     };
     if let Some(mode) = tcp_mode {
-        let opts = TcpSendOptions { file: a.file, dst: a.dst.into(), mode, timeout, intervals: !a.json };
+        let opts =
+            TcpSendOptions { file: a.file, dst: a.dst.into(), mode, timeout, intervals: !a.json, progress: a.progress };
         let report = tcp::send(&opts)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -307,6 +311,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         bind: a.xdp_bind.into(),
         batch: a.batch,
         intervals: !a.json,
+        progress: a.progress,
     };
     // Every check that can refuse the job runs before a packet leaves.
     let prep = afxdp_send::prepare(&opts)?;

@@ -192,9 +192,22 @@ fn wait_line(s: &Spawned, needle: &str, timeout: Duration, log: &mut Vec<String>
 }
 
 /// Waits (bounded) for the child and parses its stdout as JSON.
-fn finish(mut s: Spawned, timeout: Duration, what: &str) -> anyhow::Result<Value> {
+fn finish(s: Spawned, timeout: Duration, what: &str) -> anyhow::Result<Value> {
+    finish_watching(s, timeout, what, |_| {})
+}
+
+/// Like [`finish`], handing each stderr line to `on_line` while it waits.
+fn finish_watching(
+    mut s: Spawned,
+    timeout: Duration,
+    what: &str,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<Value> {
     let deadline = Instant::now() + timeout;
     loop {
+        for line in s.lines.try_iter() {
+            on_line(&line);
+        }
         if s.child.try_wait()?.is_some() {
             break;
         }
@@ -214,7 +227,14 @@ fn finish(mut s: Spawned, timeout: Duration, what: &str) -> anyhow::Result<Value
     serde_json::from_str(&out).with_context(|| format!("{what} printed no JSON report:\n{}", rest.join("\n")))
 }
 
-fn run_once(bed: &Testbed, exe: &Path, mode: &str, file: &Path, out: &Path) -> anyhow::Result<Run> {
+fn run_once(
+    bed: &Testbed,
+    exe: &Path,
+    mode: &str,
+    file: &Path,
+    out: &Path,
+    bytes_bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Run> {
     let _ = std::fs::remove_file(out);
     let listen = format!("{RX_IP}:9000");
     let out_s = out.to_str().context("utf-8 output path")?;
@@ -231,7 +251,7 @@ fn run_once(bed: &Testbed, exe: &Path, mode: &str, file: &Path, out: &Path) -> a
     wait_line(&receiver, "ready", Duration::from_secs(20), &mut rlog)?;
 
     let mut scmd = bed.exec(&bed.tx_ns);
-    scmd.arg(exe).args(["--log", "info", "send", file_s, "--dst", &listen, "--json", "--timeout", "30"]);
+    scmd.arg(exe).args(["--log", "info", "send", file_s, "--dst", &listen, "--json", "--progress", "--timeout", "30"]);
     if mode == "afxdp" {
         scmd.args(["--mode", "afxdp", "--iface", &bed.tx_if]);
     } else {
@@ -242,7 +262,19 @@ fn run_once(bed: &Testbed, exe: &Path, mode: &str, file: &Path, out: &Path) -> a
     let mut slog = Vec::new();
     wait_line(&sender, "transfer started", Duration::from_secs(120), &mut slog)?;
     let (busy0, _) = proc_stat();
-    let send = finish(sender, Duration::from_secs(300), "the sender")?;
+    bytes_bar.set_position(0);
+    let send = finish_watching(sender, Duration::from_secs(300), "the sender", |line| {
+        let mut it = line.split_whitespace();
+        if it.next() == Some("progress") {
+            if let (Some(done), Some(total)) =
+                (it.next().and_then(|v| v.parse().ok()), it.next().and_then(|v| v.parse().ok()))
+            {
+                bytes_bar.set_length(total);
+                bytes_bar.set_position(done);
+            }
+        }
+    })?;
+    bytes_bar.set_position(bytes_bar.length().unwrap_or(0));
     let (busy1, _) = proc_stat();
     let recv = finish(receiver, Duration::from_secs(60), "the receiver")?;
     let tcp_retrans = bed.tcp_retrans().saturating_sub(retrans_before);
@@ -399,12 +431,21 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mtu = bed.mtu;
 
     let total = u64::from(opts.runs) * opts.modes.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
+    let bars = indicatif::MultiProgress::new();
+    let bar = bars.add(indicatif::ProgressBar::new(total));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] runs {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    let bytes_bar = bars.add(indicatif::ProgressBar::new(bytes));
+    bytes_bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  transfer {bar:40} {bytes}/{total_bytes} (confirmed by the receiver for AF_XDP, sent for TCP)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bytes_bar.enable_steady_tick(Duration::from_millis(200));
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); opts.modes.len()];
     let iperf3 = find_in_path("iperf3");
     let mut reference: Vec<Run> = Vec::new();
@@ -416,7 +457,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 opts.runs,
                 crate::report::human_bytes(bytes)
             ));
-            let res = run_once(&bed, &exe, mode, &file, &out).with_context(|| format!("{mode}, run {}", r + 1))?;
+            let res = run_once(&bed, &exe, mode, &file, &out, &bytes_bar)
+                .with_context(|| format!("{mode}, run {}", r + 1))?;
             bar.println(format!("  {mode:<10} run {}: {}", r + 1, human_bits_per_sec(res.goodput_bps)));
             runs[i].push(res);
             bar.inc(1);
@@ -433,6 +475,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     bar.finish_and_clear();
+    bytes_bar.finish_and_clear();
     drop(bed);
 
     let results: Vec<ModeResult> = opts.modes.iter().zip(&runs).map(|(m, rs)| summarize(m, rs, bytes)).collect();

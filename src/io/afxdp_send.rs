@@ -43,6 +43,9 @@ pub struct SendOptions {
     pub bind: BindMode,
     pub batch: u32,
     pub intervals: bool,
+    /// Print `progress BYTES TOTAL` lines on stderr (for `bench`): bytes the
+    /// receiver reports holding.
+    pub progress: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -266,6 +269,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let mut idle_spins = 0u32;
     let mut next_control = Instant::now();
     let mut woke = false;
+    let mut next_progress = Instant::now();
     let mut local_error: Option<anyhow::Error> = None;
 
     loop {
@@ -338,6 +342,11 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
                     break;
                 }
             }
+        }
+        if opts.progress && now >= next_progress {
+            next_progress = now + Duration::from_millis(100);
+            let held = (sender.stats.peer_received * u64::from(plan.chunk_size)).min(file_size);
+            eprintln!("progress {held} {file_size}");
         }
         intervals.tick(now, sender.stats.peer_received * u64::from(plan.chunk_size), || {
             format!("{} retransmits", sender.stats.retransmits)

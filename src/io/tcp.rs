@@ -114,20 +114,31 @@ fn write_all_counted(sock: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn send_body(mode: TcpMode, file: &File, size: u64, sock: &mut TcpStream) -> io::Result<()> {
+/// Bytes per sendfile call: large enough that a GiB takes a handful of calls,
+/// small enough that progress shows.
+const SENDFILE_STEP: usize = 64 << 20;
+
+fn send_body(
+    mode: TcpMode,
+    file: &File,
+    size: u64,
+    sock: &mut TcpStream,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
     let fd_in = file.as_raw_fd();
     let fd_out = sock.as_raw_fd();
     match mode {
         TcpMode::Sendfile => {
             let mut off: libc::off_t = 0;
             while (off as u64) < size {
-                let want = ((size - off as u64) as usize).min(1 << 30);
+                let want = ((size - off as u64) as usize).min(SENDFILE_STEP);
                 // SAFETY: sendfile between two descriptors we own, with a valid
                 // offset pointer; the kernel moves page references, no buffers of ours.
                 let n = check(unsafe { libc::sendfile(fd_out, fd_in, &mut off, want) }, "sendfile")?;
                 if n == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while being sent"));
                 }
+                progress(off as u64);
             }
         }
         TcpMode::Readwrite => {
@@ -142,6 +153,7 @@ fn send_body(mode: TcpMode, file: &File, size: u64, sock: &mut TcpStream) -> io:
                 }
                 write_all_counted(sock, &buf[..n])?;
                 off += n as u64;
+                progress(off);
             }
         }
         TcpMode::Mmap => {
@@ -151,8 +163,11 @@ fn send_body(mode: TcpMode, file: &File, size: u64, sock: &mut TcpStream) -> io:
                 // the documented hazard of this rung of the ladder.
                 let map = unsafe { memmap2::MmapOptions::new().len(size as usize).map(file) }?;
                 count_syscalls(1);
+                let mut sent = 0u64;
                 for chunk in map.chunks(CHUNK) {
                     write_all_counted(sock, chunk)?;
+                    sent += chunk.len() as u64;
+                    progress(sent);
                 }
             }
         }
@@ -205,6 +220,7 @@ fn send_body(mode: TcpMode, file: &File, size: u64, sock: &mut TcpStream) -> io:
                     }
                     inpipe -= n;
                 }
+                progress(off as u64);
             }
         }
     }
@@ -217,6 +233,8 @@ pub struct TcpSendOptions {
     pub mode: TcpMode,
     pub timeout: Duration,
     pub intervals: bool,
+    /// Print `progress BYTES TOTAL` lines on stderr (for `bench`).
+    pub progress: bool,
 }
 
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
@@ -234,7 +252,15 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
     write_all_counted(&mut sock, &header(size))?;
-    send_body(opts.mode, &file, size, &mut sock).with_context(|| format!("sending over {}", opts.mode.name()))?;
+    let mut next_report = Instant::now();
+    let mut report_progress = |done: u64| {
+        if opts.progress && Instant::now() >= next_report {
+            next_report = Instant::now() + Duration::from_millis(100);
+            eprintln!("progress {done} {size}");
+        }
+    };
+    send_body(opts.mode, &file, size, &mut sock, &mut report_progress)
+        .with_context(|| format!("sending over {}", opts.mode.name()))?;
     write_all_counted(&mut sock, &digest)?;
     let mut reply = [0u8; 33];
     count_syscalls(1);
