@@ -14,11 +14,15 @@ fn short_bench_run_produces_verified_json_and_chart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json_path = dir.path().join("bench.json");
     let svg_path = dir.path().join("bench.svg");
-    let out = Command::new("timeout")
-        .args(["600", BIN, "bench", "--size", "8M", "--runs", "1"])
+    let child = Command::new(BIN)
+        .args(["bench", "--size", "8M", "--runs", "1"])
         .args(["--json", json_path.to_str().expect("utf-8"), "--plot", svg_path.to_str().expect("utf-8")])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running the bench");
+    let name = format!("xbb{}", child.id() % 100_000);
+    let out = child.wait_with_output().expect("bench output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("AF_XDP / sendfile goodput (medians):"), "the table ends with the ratio:\n{stdout}");
@@ -47,7 +51,12 @@ fn short_bench_run_produces_verified_json_and_chart() {
     // install-deps.sh installs iperf3, so the outside reference is there, and
     // what iperf3 does not report is null, not zero.
     let reference = &report["reference"];
-    assert_eq!(reference["mode"], "iperf3-Z", "{reference}");
+    assert_eq!(
+        reference["mode"],
+        "iperf3-Z",
+        "no iperf3 reference row; bench output:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(reference["goodput_bps"]["median"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(reference["syscalls_per_gib"].is_null() && reference["ctx_switches_per_gib"].is_null());
     assert_eq!(reference["verified"], false);
@@ -56,7 +65,7 @@ fn short_bench_run_produces_verified_json_and_chart() {
     assert!(svg.starts_with("<svg") && svg.contains("sendfile"), "an SVG chart naming the modes");
 
     let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
-    assert!(!String::from_utf8_lossy(&netns.stdout).contains("xbb"), "the bench left a namespace behind");
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&name), "the bench left {name} behind");
 }
 
 #[test]

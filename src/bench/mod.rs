@@ -319,7 +319,10 @@ fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Result<Run> {
             .args(["-c", RX_IP, "-p", "5201", "-Z", "-n", &bytes.to_string(), "-J"])
             .output()
             .context("running the iperf3 client")?;
-        if out.status.success() || Instant::now() >= deadline {
+        // Until the server listens, the client is refused (and iperf3 may
+        // still exit 0, with the error in its JSON).
+        let refused = String::from_utf8_lossy(&out.stdout).contains("Connection refused");
+        if (out.status.success() && !refused) || Instant::now() >= deadline {
             break out;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -467,7 +470,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             bar.set_message(format!("iperf3 -Z (reference), run {}/{}", r + 1, opts.runs));
             match run_iperf3(&bed, ip3, bytes) {
                 Ok(res) => reference.push(res),
-                Err(e) => bar.println(format!("  iperf3 reference skipped: {e:#}")),
+                Err(e) => tracing::warn!("iperf3 reference skipped: {e:#}"),
             }
         }
         if crate::io::stop_requested() {

@@ -22,12 +22,12 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-/// Makes SIGINT and SIGTERM request a clean stop: loops see
+/// Makes SIGINT, SIGTERM and SIGHUP request a clean stop: loops see
 /// [`stop_requested`], unwind, detach and remove what they made.
 pub fn install_stop_handler() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let act = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         if let Err(e) = unsafe { sigaction(sig, &act) } {
             tracing::warn!("cannot install a handler for {sig}: {e}");
