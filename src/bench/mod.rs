@@ -125,12 +125,9 @@ fn proc_stat() -> (u64, u64) {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf reads a constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
     }
 }
 
