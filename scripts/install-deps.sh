@@ -15,6 +15,8 @@ PKGS=(
   ethtool          # probe reports queues and driver features
   linux-libc-dev   # uapi headers (linux/if_xdp.h, linux/bpf.h)
   iperf3           # the bench's outside reference row (iperf3 -Z)
+  util-linux       # setpriv: the tests run xdpblast unprivileged
+  procps           # pgrep: the tests check no process outlives the bench
 )
 
 missing=()

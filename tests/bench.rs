@@ -61,6 +61,7 @@ fn short_bench_run_produces_verified_json_and_chart() {
     assert!(reference["syscalls_per_gib"].is_null() && reference["ctx_switches_per_gib"].is_null());
     assert_eq!(reference["verified"], false);
     assert!(report["host"]["cpus"].as_u64().unwrap_or(0) >= 1);
+    assert_eq!(report["host"]["mtu"], 1500, "the MTU the kernel reports for a fresh veth");
     let svg = std::fs::read_to_string(&svg_path).expect("chart");
     assert!(svg.starts_with("<svg") && svg.contains("sendfile"), "an SVG chart naming the modes");
 

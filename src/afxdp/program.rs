@@ -50,9 +50,10 @@ pub enum ProgramError {
 }
 
 pub struct Steering {
-    link: Link,
+    /// Held, never read: the program stays attached exactly as long as this
+    /// link is open (and the kernel closes it when the process dies).
+    _link: Link,
     skel: XdpblastSkel<'static>,
-    ifindex: u32,
     mode: AttachMode,
 }
 
@@ -118,15 +119,11 @@ impl Steering {
         })?;
         let mode = query_attach_mode(ifindex);
         info!(ifname, ?mode, data_port, loss, "XDP program attached through a bpf_link");
-        Ok(Steering { link, skel, ifindex, mode })
+        Ok(Steering { _link: link, skel, mode })
     }
 
     pub fn mode(&self) -> AttachMode {
         self.mode
-    }
-
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
     }
 
     /// Steers packets arriving on `queue` into the AF_XDP socket `xsk_fd`.
@@ -156,11 +153,6 @@ impl Steering {
             loss_dropped: sums[3],
             no_socket: sums[4],
         }
-    }
-
-    /// Detaches now rather than at drop, reporting errors.
-    pub fn detach(self) -> Result<(), String> {
-        self.link.detach().map_err(|e| format!("{e:#}"))
     }
 }
 

@@ -428,7 +428,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let bytes = std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?.len();
     let out = work.path().join("output.bin");
     let bed = Testbed::create(opts.threaded_napi)?;
-    let mtu = bed.mtu;
+    let mtu = bed.mtu()?;
 
     let total = u64::from(opts.runs) * opts.modes.len() as u64;
     let bars = indicatif::MultiProgress::new();

@@ -15,7 +15,6 @@ pub struct Testbed {
     pub rx_ns: String,
     pub tx_if: String,
     pub rx_if: String,
-    pub mtu: u32,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -34,7 +33,6 @@ impl Testbed {
             rx_ns: format!("{name}-rx"),
             tx_if: format!("{name}-a"),
             rx_if: format!("{name}-b"),
-            mtu: 1500,
         };
         bed.remove();
         // From here on, Drop cleans up whatever part was made.
@@ -97,6 +95,13 @@ impl Testbed {
         for ns in [&self.tx_ns, &self.rx_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+    }
+
+    /// The transmit interface's MTU, as the kernel reports it.
+    pub fn mtu(&self) -> anyhow::Result<u32> {
+        let out = Command::new("ip").args(["-n", &self.tx_ns, "-j", "link", "show", "dev", &self.tx_if]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("`ip -j link show` output")?;
+        v[0]["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()).context("no MTU in `ip -j link show`")
     }
 
     /// `ip netns exec NS` prefix for a command.

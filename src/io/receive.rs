@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::control::Control;
 use super::output::Output;
-use crate::proto::receiver::{DropCounts, DropReason, Event, RecvError};
+use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
 use crate::wire::WireError;
@@ -269,7 +269,7 @@ pub fn run(
     let elapsed = end.saturating_duration_since(first).as_secs_f64();
     let (verified, digest, error) = match rx.outcome() {
         Some(Ok(s)) => (true, hex(&s.digest), None),
-        Some(Err(e)) => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| explain(e)))),
+        Some(Err(e)) => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| e.to_string()))),
         None => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
     };
     let bytes = rx.info().map_or(0, |i| i.file_size);
@@ -306,8 +306,4 @@ pub fn run(
         syscalls: crate::syscount::total(),
         path_stats: serde_json::Value::Null,
     }))
-}
-
-fn explain(e: &RecvError) -> String {
-    e.to_string()
 }
