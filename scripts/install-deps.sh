@@ -40,3 +40,9 @@ if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
+
+# The fuzz smoke run (scripts/fuzz.sh) needs cargo-fuzz.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi

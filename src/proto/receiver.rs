@@ -30,6 +30,9 @@ pub struct ReceiverConfig {
     pub linger: Duration,
     /// Accept a session only from this address.
     pub allow_from: Option<IpAddr>,
+    /// Largest session accepted, in chunks: the chunk bitmap is allocated at
+    /// Hello, so a hostile Hello must not be able to size it freely.
+    pub max_chunks: u64,
 }
 
 impl Default for ReceiverConfig {
@@ -41,6 +44,8 @@ impl Default for ReceiverConfig {
             nack_window_bits: 8192,
             linger: Duration::from_millis(300),
             allow_from: None,
+            // 128 MiB of bitmap; 1.5 TB at 1448-byte chunks.
+            max_chunks: 1 << 30,
         }
     }
 }
@@ -66,10 +71,13 @@ pub enum DropReason {
     InfoMismatch,
     /// A second sender tried to open a session while one is active.
     Busy,
+    /// A Hello for a file with more chunks than `max_chunks`, or chunks no
+    /// datagram can carry.
+    TooLarge,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Wire(WireError::Truncated),
         DropReason::Wire(WireError::BadMagic),
         DropReason::Wire(WireError::BadVersion),
@@ -86,6 +94,7 @@ impl DropReason {
         DropReason::WrongKind,
         DropReason::InfoMismatch,
         DropReason::Busy,
+        DropReason::TooLarge,
     ];
 
     fn index(self) -> usize {
@@ -106,6 +115,7 @@ impl DropReason {
             DropReason::WrongKind => 13,
             DropReason::InfoMismatch => 14,
             DropReason::Busy => 15,
+            DropReason::TooLarge => 16,
         }
     }
 
@@ -121,6 +131,7 @@ impl DropReason {
             DropReason::WrongKind => "wrong_kind",
             DropReason::InfoMismatch => "info_mismatch",
             DropReason::Busy => "busy",
+            DropReason::TooLarge => "too_large",
         }
     }
 }
@@ -276,6 +287,10 @@ impl Receiver {
         self.session.as_ref().map(|s| &s.info)
     }
 
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
     pub fn peer(&self) -> Option<SocketAddr> {
         self.session.as_ref().map(|s| s.peer)
     }
@@ -319,9 +334,9 @@ impl Receiver {
     ) -> Result<Option<(u64, &'a [u8])>, DropReason> {
         let msg = Message::parse(bytes).map_err(DropReason::Wire)?;
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
-        if from != s.peer {
-            return Err(DropReason::WrongSource);
-        }
+        // Every check drops; their order only decides which reason is
+        // counted. The cheap content checks come first so a hostile source
+        // shows what it sent, and the source check last before acceptance.
         match msg {
             Message::Data { session, chunk, payload } => {
                 if session != s.id {
@@ -330,6 +345,9 @@ impl Receiver {
                 let want = s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)?;
                 if payload.len() != want {
                     return Err(DropReason::BadLength);
+                }
+                if from != s.peer {
+                    return Err(DropReason::WrongSource);
                 }
                 self.last_heard = now;
                 s.idle_since = None;
@@ -346,6 +364,9 @@ impl Receiver {
             Message::Meta { session, last, info } => {
                 if session != s.id {
                     return Err(DropReason::WrongSession);
+                }
+                if from != s.peer {
+                    return Err(DropReason::WrongSource);
                 }
                 if !info.same_transfer(&s.info) {
                     return Err(DropReason::InfoMismatch);
@@ -377,6 +398,12 @@ impl Receiver {
                 None => {
                     if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
                         return Err(DropReason::WrongSource);
+                    }
+                    // A chunk travels in one UDP datagram, so it is below 64 KiB.
+                    if info.n_chunks > self.cfg.max_chunks || info.chunk_size > u32::from(u16::MAX) {
+                        let reason = "file too large for this receiver";
+                        self.transmit.push_back((from, Message::Abort { session, reason }.to_vec()));
+                        return Err(DropReason::TooLarge);
                     }
                     self.session = Some(Session {
                         id: session,
@@ -605,5 +632,65 @@ impl Receiver {
     /// True when the driver may exit: failed, or succeeded and done lingering.
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "10.0.0.1:4000";
+    const OTHER: &str = "10.0.0.9:4000";
+
+    fn open(info: SessionInfo) -> (Receiver, Instant) {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), now);
+        rx.on_control(now, PEER.parse().unwrap(), &Message::Hello { session: 7, info }.to_vec());
+        (rx, now)
+    }
+
+    #[test]
+    fn hello_for_an_oversized_file_is_refused_with_an_abort() {
+        let now = Instant::now();
+        let cfg = ReceiverConfig { max_chunks: 100, ..Default::default() };
+        let mut rx = Receiver::new(cfg, now);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        for info in [
+            SessionInfo { file_size: 1_000_000, chunk_size: 1000, n_chunks: 1000, digest: None },
+            SessionInfo { file_size: 70_000, chunk_size: 70_000, n_chunks: 1, digest: None },
+        ] {
+            rx.on_control(now, peer, &Message::Hello { session: 7, info }.to_vec());
+            assert!(rx.info().is_none(), "no session may open for {info:?}");
+            let (to, bytes) = rx.poll_transmit(now).expect("an abort tells the sender why");
+            assert_eq!(to, peer);
+            assert!(matches!(Message::parse(&bytes), Ok(Message::Abort { .. })));
+        }
+        assert_eq!(rx.drops.get(DropReason::TooLarge), 2);
+        assert!(rx.poll_event().is_none());
+    }
+
+    #[test]
+    fn drops_are_counted_by_what_was_wrong() {
+        let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: None };
+        let (mut rx, now) = open(info);
+        let other: SocketAddr = OTHER.parse().unwrap();
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let chunk = [1u8; 1000];
+        let cases: [(SocketAddr, Vec<u8>, DropReason); 6] = [
+            (other, Message::Data { session: 8, chunk: 0, payload: &chunk }.to_vec(), DropReason::WrongSession),
+            (other, Message::Data { session: 7, chunk: 3, payload: &chunk[..500] }.to_vec(), DropReason::OutOfRange),
+            (other, Message::Data { session: 7, chunk: 2, payload: &chunk }.to_vec(), DropReason::BadLength),
+            (other, Message::Data { session: 7, chunk: 0, payload: &chunk }.to_vec(), DropReason::WrongSource),
+            (peer, b"XBLS".to_vec(), DropReason::Wire(WireError::Truncated)),
+            (peer, Message::HelloAck { session: 7, delay_us: 0 }.to_vec(), DropReason::WrongKind),
+        ];
+        for (from, bytes, reason) in &cases {
+            assert_eq!(rx.on_data(now, *from, bytes), None);
+            assert_eq!(rx.drops.get(*reason), 1, "{reason:?}");
+        }
+        assert_eq!(rx.drops.total(), cases.len() as u64);
+        assert_eq!(rx.chunks_received(), 0, "nothing from a stranger or malformed may be taken");
+        let good = Message::Data { session: 7, chunk: 0, payload: &chunk }.to_vec();
+        assert_eq!(rx.on_data(now, peer, &good), Some((0, &chunk[..])));
     }
 }

@@ -301,7 +301,8 @@ impl<'a> Message<'a> {
                 let base = be_u64(&body[16..24]);
                 let high = be_u64(&body[24..32]);
                 let bitmap = &body[NACK_FIXED_LEN..];
-                if (nbits as usize).div_ceil(8) != bitmap.len() {
+                // The bitmap's length must match, and its chunk indexes fit a u64.
+                if (nbits as usize).div_ceil(8) != bitmap.len() || base.checked_add(u64::from(nbits)).is_none() {
                     return Err(WireError::BadBody);
                 }
                 Message::Nack { session, nack: Nack { round: h.seq(), part, received, high, base, nbits, bitmap } }
@@ -417,6 +418,16 @@ mod tests {
         let bitmap = [0b1010_0001u8, 0b1];
         let n = Nack { round: 0, part: 0, received: 0, high: 0, base: 100, nbits: 9, bitmap: &bitmap };
         assert_eq!(n.missing().collect::<Vec<_>>(), vec![100, 105, 107, 108]);
+    }
+
+    /// Found by the `wire` fuzz target: a base near u64::MAX made `missing()`
+    /// overflow.
+    #[test]
+    fn nack_whose_indexes_overflow_is_refused() {
+        let bitmap = [0xffu8];
+        let nack = Nack { round: 1, part: 0, received: 0, high: 0, base: u64::MAX - 3, nbits: 8, bitmap: &bitmap };
+        let bytes = Message::Nack { session: 1, nack }.to_vec();
+        assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
     }
 
     #[test]

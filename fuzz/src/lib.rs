@@ -1,0 +1,137 @@
+//! Harnesses shared by the fuzz targets and the seed generator.
+//!
+//! `receiver` input is a script of records, each `[op][len u16 LE][bytes]`,
+//! that a small driver plays against the sans-IO receiver, with a model of
+//! the output file in memory. Seeds are real sessions written in this format
+//! (`make_seeds`), so the fuzzer starts from deep states and mutates them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use xdpblast::proto::receiver::Event;
+use xdpblast::proto::{Receiver, ReceiverConfig};
+use xdpblast::wire::frame::parse_udp;
+use xdpblast::wire::message::Message;
+
+/// The peer that opens the session in every seed, and a stranger.
+pub const PEER: &str = "10.77.0.1:40000";
+pub const STRANGER: &str = "10.77.0.9:40000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    DataFromPeer = 0,
+    ControlFromPeer = 1,
+    DataFromStranger = 2,
+    ControlFromStranger = 3,
+    /// Advance the clock by `bytes[0]` milliseconds (0..255), then run timers.
+    Sleep = 4,
+    /// The driver found the data path empty.
+    Idle = 5,
+}
+
+impl Op {
+    fn from_byte(b: u8) -> Op {
+        match b % 6 {
+            0 => Op::DataFromPeer,
+            1 => Op::ControlFromPeer,
+            2 => Op::DataFromStranger,
+            3 => Op::ControlFromStranger,
+            4 => Op::Sleep,
+            _ => Op::Idle,
+        }
+    }
+}
+
+/// Appends one record to a script.
+pub fn record(script: &mut Vec<u8>, op: Op, bytes: &[u8]) {
+    let len = u16::try_from(bytes.len()).expect("a record is at most 64 KiB");
+    script.push(op as u8);
+    script.extend_from_slice(&len.to_le_bytes());
+    script.extend_from_slice(bytes);
+}
+
+/// Largest output the model keeps in memory; bigger sessions are refused by
+/// the receiver's `max_chunks`.
+const MAX_MODEL_BYTES: u64 = 16 * 65535;
+
+/// Plays a script against the receiver and checks what must always hold:
+/// no panic; every write lies inside the file; every datagram the receiver
+/// sends parses; a success is reported only when the model file matches the
+/// digest the session announced. Returns whether the transfer succeeded.
+pub fn run_receiver(script: &[u8]) -> bool {
+    let peer: SocketAddr = PEER.parse().expect("constant address");
+    let stranger: SocketAddr = STRANGER.parse().expect("constant address");
+    let t0 = Instant::now();
+    let mut now = t0;
+    let cfg = ReceiverConfig { idle_timeout: Duration::from_secs(2), max_chunks: 16, ..Default::default() };
+    let mut rx = Receiver::new(cfg, now);
+    let mut file: Vec<u8> = Vec::new();
+    let mut rest = script;
+    while rest.len() >= 3 {
+        let op = Op::from_byte(rest[0]);
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let bytes = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+        match op {
+            Op::DataFromPeer | Op::DataFromStranger => {
+                let from = if op == Op::DataFromPeer { peer } else { stranger };
+                if let Some((offset, payload)) = rx.on_data(now, from, bytes) {
+                    let end = offset + payload.len() as u64;
+                    let size = rx.info().map_or(0, |i| i.file_size);
+                    assert!(end <= size, "write {offset}+{} beyond the file size {size}", payload.len());
+                    file[offset as usize..end as usize].copy_from_slice(payload);
+                }
+            }
+            Op::ControlFromPeer => rx.on_control(now, peer, bytes),
+            Op::ControlFromStranger => rx.on_control(now, stranger, bytes),
+            Op::Sleep => {
+                now += Duration::from_millis(u64::from(bytes.first().copied().unwrap_or(1)));
+                if rx.poll_timeout().is_some_and(|t| t <= now) {
+                    rx.handle_timeout(now);
+                }
+            }
+            Op::Idle => rx.note_idle(now),
+        }
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                Event::Start { info, .. } => {
+                    assert!(info.file_size <= MAX_MODEL_BYTES, "a session above max_chunks was opened");
+                    file = vec![0; info.file_size as usize];
+                }
+                Event::Verify => rx.verified(now, *blake3::hash(&file).as_bytes()),
+            }
+        }
+        while let Some((to, bytes)) = rx.poll_transmit(now) {
+            assert!(Message::parse(&bytes).is_ok(), "the receiver sent a datagram it cannot parse itself");
+            assert!(to == peer || to == stranger, "a reply to an address nobody used: {to}");
+        }
+        if rx.is_finished() {
+            break;
+        }
+    }
+    if let (Some(Ok(summary)), Some(info)) = (rx.outcome(), rx.info()) {
+        assert_eq!(Some(summary.digest), info.digest, "success with a digest other than the announced one");
+        assert_eq!(*blake3::hash(&file).as_bytes(), summary.digest, "success, but the file differs");
+        return true;
+    }
+    false
+}
+
+/// Parses untrusted bytes as a frame and as a datagram, and checks that what
+/// parses re-serialises to something that parses to the same message.
+pub fn run_wire(data: &[u8]) {
+    if let Ok(d) = parse_udp(data) {
+        assert!(d.payload.len() <= data.len());
+        check_message(d.payload);
+    }
+    check_message(data);
+}
+
+fn check_message(bytes: &[u8]) {
+    let Ok(msg) = Message::parse(bytes) else { return };
+    if let Message::Nack { nack, .. } = &msg {
+        assert!(nack.missing().count() <= nack.nbits as usize);
+    }
+    let again = msg.to_vec();
+    assert_eq!(Message::parse(&again).as_ref(), Ok(&msg), "round trip changed the message");
+}
