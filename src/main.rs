@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing::info;
 
 use xdpblast::afxdp::program::Steering;
+use xdpblast::afxdp::umem::UmemError;
 use xdpblast::afxdp::xsk::BindMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
@@ -18,6 +19,7 @@ use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::udp_recv::UdpReceiver;
 use xdpblast::net::iface::{parse_mac, Interface};
+use xdpblast::proto::pacer::Rate;
 
 mod probe;
 
@@ -155,6 +157,10 @@ struct SendArgs {
     /// Descriptors posted per batch.
     #[arg(long, default_value_t = 256)]
     batch: u32,
+    /// Pace to this rate: bits/s counted over whole Ethernet frames (500M,
+    /// 10G) or packets/s (200kpps). Default: as fast as the link takes.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<Rate>,
     /// Print one JSON object at the end instead of interval lines.
     #[arg(long)]
     json: bool,
@@ -209,6 +215,10 @@ struct ProbeArgs {
     iface: String,
     #[arg(long)]
     json: bool,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    Rate::parse(s)
 }
 
 fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -285,13 +295,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         }
     };
     if let Some(mode) = tcp_mode {
-        let opts =
-            TcpSendOptions { file: a.file, dst: a.dst.into(), mode, timeout, intervals: !a.json, progress: a.progress };
-        let report = tcp::send(&opts)?;
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
-        return Ok(report.summary.verified);
+        return send_tcp(&a, a.file.clone(), mode, timeout);
     }
     let dst_mac = match &a.dst_mac {
         Some(s) => {
@@ -300,8 +304,8 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let opts = SendOptions {
-        file: a.file,
-        iface: a.iface.unwrap_or_default(),
+        file: a.file.clone(),
+        iface: a.iface.clone().unwrap_or_default(),
         dst: a.dst,
         dst_mac,
         src: a.src,
@@ -310,12 +314,33 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         umem_budget: a.umem_budget.saturating_mul(1 << 20),
         bind: a.xdp_bind.into(),
         batch: a.batch,
+        rate: a.rate,
         intervals: !a.json,
         progress: a.progress,
     };
     // Every check that can refuse the job runs before a packet leaves.
-    let prep = afxdp_send::prepare(&opts)?;
+    let prep = match afxdp_send::prepare(&opts) {
+        Ok(p) => p,
+        // In auto mode a UMEM this host cannot lock is a reason to use TCP.
+        Err(e)
+            if a.mode == SendMode::Auto
+                && e.downcast_ref::<UmemError>().is_some_and(|u| matches!(u, UmemError::AboveMemlock { .. })) =>
+        {
+            info!("mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {e}");
+            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout);
+        }
+        Err(e) => return Err(e),
+    };
     let report = afxdp_send::send(&opts, prep)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(report.summary.verified)
+}
+
+fn send_tcp(a: &SendArgs, file: PathBuf, mode: TcpMode, timeout: Duration) -> anyhow::Result<bool> {
+    let opts = TcpSendOptions { file, dst: a.dst.into(), mode, timeout, intervals: !a.json, progress: a.progress };
+    let report = tcp::send(&opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -41,6 +41,46 @@ pub enum UmemError {
     TooBig { frames: u64, frame_size: u32 },
     #[error("cannot map a UMEM of {bytes} bytes: {source} (free memory, or the memory cgroup's limit, is too small)")]
     Map { bytes: usize, source: io::Error },
+    #[error("the UMEM needs {bytes} bytes, but this host has only {available} bytes available (MemAvailable in /proc/meminfo); send a smaller file or free memory (streaming files larger than memory is not supported yet)")]
+    AboveMemory { bytes: u64, available: u64 },
+    #[error("the UMEM needs {bytes} bytes of locked memory, above RLIMIT_MEMLOCK ({limit} bytes), and this process lacks CAP_IPC_LOCK; run as root with CAP_IPC_LOCK, raise the limit (`ulimit -l`), or send a smaller file")]
+    AboveMemlock { bytes: u64, limit: u64 },
+}
+
+/// Checks, before anything is allocated or sent, that a UMEM of `bytes` can
+/// exist here: it must fit the memory available, and the kernel charges it to
+/// RLIMIT_MEMLOCK unless the process holds CAP_IPC_LOCK.
+pub fn check_fits(bytes: u64) -> Result<(), UmemError> {
+    if let Some(available) = meminfo_available() {
+        if bytes > available {
+            return Err(UmemError::AboveMemory { bytes, available });
+        }
+    }
+    if !has_cap_ipc_lock() {
+        if let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK) {
+            if limit != libc::RLIM_INFINITY && bytes > limit {
+                return Err(UmemError::AboveMemlock { bytes, limit });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn meminfo_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// CAP_IPC_LOCK (bit 14) in the effective set, from /proc/self/status.
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 // SAFETY: `base` points into `map`, which this value owns; moving the value

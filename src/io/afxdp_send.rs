@@ -15,15 +15,16 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::{control_port, Control};
-use crate::afxdp::preload::{preload, FramePlan, FILL_SPARE};
+use crate::afxdp::preload::{preload, FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
 use crate::afxdp::xsk::{BindMode, Kick, Xsk, XskConfig, XskMode};
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
+use crate::proto::pacer::{Pacer, Rate};
 use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
 use crate::wire::frame::FrameTemplate;
-use crate::wire::message::SessionInfo;
+use crate::wire::message::{Message, SessionInfo};
 
 pub const TX_RING: u32 = 2048;
 /// How often a busy send loop looks at the control socket.
@@ -42,6 +43,8 @@ pub struct SendOptions {
     pub umem_budget: u64,
     pub bind: BindMode,
     pub batch: u32,
+    /// Pace the transmit ring to this rate (token bucket).
+    pub rate: Option<Rate>,
     pub intervals: bool,
     /// Print `progress BYTES TOTAL` lines on stderr (for `bench`): bytes the
     /// receiver reports holding.
@@ -76,6 +79,29 @@ pub struct Prepared {
     pub src: SocketAddrV4,
     pub file: File,
     pub file_size: u64,
+    /// The file's identity when opened; checked again after the transfer.
+    pub stamp: FileStamp,
+}
+
+/// What changes when a file is written, truncated or replaced in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+        }
+    }
 }
 
 pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
@@ -94,7 +120,15 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     }
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
     let plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem_budget)?;
-    Ok(Prepared { src: SocketAddrV4::new(src_ip, 0), iface, plan, file, file_size: meta.len() })
+    crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
+    Ok(Prepared {
+        src: SocketAddrV4::new(src_ip, 0),
+        iface,
+        plan,
+        file,
+        file_size: meta.len(),
+        stamp: FileStamp::of(&meta),
+    })
 }
 
 /// Whether AF_XDP can run on `iface` here (interface up, AF_XDP sockets,
@@ -166,10 +200,35 @@ fn service_control(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: 
     Ok(())
 }
 
+/// Runs one transfer. When it fails on our side (interrupted, link down, the
+/// file changed), the receiver is told with an Abort, so it stops at once
+/// and keeps its output as partial instead of waiting for its idle timeout.
 pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
-    let Prepared { iface, plan, src, file, file_size } = prep;
     let ctrl_peer = SocketAddr::V4(SocketAddrV4::new(*opts.dst.ip(), control_port(opts.dst.port())?));
-    let mut ctrl = Control::connect(SocketAddr::V4(src), ctrl_peer)?;
+    let mut ctrl = Control::connect(SocketAddr::V4(prep.src), ctrl_peer)?;
+    let session = super::random_session();
+    let result = transfer(opts, prep, &mut ctrl, ctrl_peer, session);
+    if let Err(e) = &result {
+        let mut reason = format!("sender failed: {e:#}");
+        let mut cut = reason.len().min(512);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        // Best effort: the receiver may be gone already.
+        let _ = ctrl.send(&Message::Abort { session, reason: &reason }.to_vec());
+    }
+    result
+}
+
+fn transfer(
+    opts: &SendOptions,
+    prep: Prepared,
+    ctrl: &mut Control,
+    ctrl_peer: SocketAddr,
+    session: u64,
+) -> anyhow::Result<SendReport> {
+    let Prepared { iface, plan, src, file, file_size, stamp } = prep;
     let local = match ctrl.local_addr()? {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(_) => bail!("IPv6 control sockets are not supported yet"),
@@ -183,7 +242,6 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let session = super::random_session();
     let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
     let scfg = SenderConfig { timeout: opts.timeout, ..Default::default() };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
@@ -192,7 +250,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     // full disk) before we spend time reading the file.
     while !sender.is_acked() {
         let now = Instant::now();
-        service_control(&mut sender, &mut ctrl, now, ctrl_peer)?;
+        service_control(&mut sender, ctrl, now, ctrl_peer)?;
         if super::stop_requested() {
             bail!("interrupted");
         }
@@ -209,11 +267,17 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
 
     // Preload, answering the control channel between batches (keepalive
     // Hellos hold off the receiver's idle timer).
+    info!(
+        bytes = file_size,
+        frames = plan.total_frames,
+        frame_size = plan.frame_size,
+        "preloading the file into the UMEM"
+    );
     let t_preload = Instant::now();
     let mut ctrl_error: Option<anyhow::Error> = None;
     let pre = preload(&file, &plan, &tpl, session, || {
         if ctrl_error.is_none() {
-            if let Err(e) = service_control(&mut sender, &mut ctrl, Instant::now(), ctrl_peer) {
+            if let Err(e) = service_control(&mut sender, ctrl, Instant::now(), ctrl_peer) {
                 ctrl_error = Some(e);
             }
         }
@@ -271,6 +335,12 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let mut woke = false;
     let mut next_progress = Instant::now();
     let mut local_error: Option<anyhow::Error> = None;
+    let full_frame = PAYLOAD_OFFSET as u32 + plan.chunk_size;
+    let mut pacer = opts.rate.map(|r| Pacer::new(r, full_frame, start));
+    let frame_len = |id: &FrameId| match *id {
+        FrameId::Data(c) => plan.data_len(&info, c),
+        FrameId::Meta { .. } => meta_len,
+    };
 
     loop {
         let now = Instant::now();
@@ -285,7 +355,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         if woke || now >= next_control {
             woke = false;
             next_control = now + CONTROL_EVERY;
-            if let Err(e) = service_control(&mut sender, &mut ctrl, now, ctrl_peer) {
+            if let Err(e) = service_control(&mut sender, ctrl, now, ctrl_peer) {
                 sender.fail_local();
                 local_error = Some(e);
                 break;
@@ -297,11 +367,14 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
 
         // Reserve ring slots first, then let the scheduler fill exactly those:
         // a frame id it hands out is always posted.
-        let room = batch.min(COMP_RING - outstanding.min(COMP_RING));
+        let mut room = batch.min(COMP_RING - outstanding.min(COMP_RING));
+        if let Some(p) = pacer.as_mut() {
+            room = p.allowance(now, full_frame, room);
+        }
         let posted = xsk.post_with(room, |cap| {
             let n = sender.next_frames(now, &mut ids[..cap]);
             ids[..n].iter().map(|id| match *id {
-                FrameId::Data(c) => (c * frame_size, plan.data_len(&info, c)),
+                FrameId::Data(c) => (c * frame_size, frame_len(id)),
                 FrameId::Meta { last } => (u64::from(plan.meta_frame(last)) * frame_size, meta_len),
             })
         });
@@ -309,6 +382,9 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         if n > 0 {
             first_post.get_or_insert(now);
             outstanding += posted;
+            if let Some(p) = pacer.as_mut() {
+                p.spend(posted, ids[..n].iter().map(|id| u64::from(frame_len(id))).sum());
+            }
         }
         if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) && xsk.tx_needs_wakeup() {
             kicks += 1;
@@ -354,9 +430,14 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         if n == 0 && outstanding == 0 {
             idle_spins += 1;
             if idle_spins > 64 {
-                let wait = sender
+                let mut wait = sender
                     .poll_timeout()
                     .map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+                // Held back by the pacer rather than idle: sleep only until the
+                // next frame may leave.
+                if let Some(p) = pacer.as_ref().filter(|_| sender.backlog() > 0) {
+                    wait = wait.min(p.ready_at(full_frame).saturating_duration_since(Instant::now()));
+                }
                 super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
                 woke = true;
             }
@@ -376,6 +457,17 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         Some(Ok(())) => {}
         Some(Err(e)) => bail!("{e}"),
         None => bail!("the transfer stopped without an outcome"),
+    }
+    // What was sent is the file as read once at preload (a change during
+    // preload is refused there). A change since then means the receiver holds
+    // a version that no longer exists here: say so, and fail.
+    let now_stamp = std::fs::metadata(&opts.file).map(|m| FileStamp::of(&m)).ok();
+    if now_stamp != Some(stamp) {
+        bail!(
+            "{} changed while it was being sent (written, truncated or replaced); the receiver holds the version read at preload (blake3 {}), not the current file",
+            opts.file.display(),
+            hex(&digest)
+        );
     }
     if opts.intervals {
         println!(

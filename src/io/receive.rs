@@ -171,7 +171,8 @@ pub fn run(
             match ev {
                 Event::Start { info, peer } => {
                     rusage_at_start = Some(super::Rusage::of_self());
-                    info!(%peer, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, "session opened");
+                    let session = format!("{:016x}", rx.session_id().unwrap_or(0));
+                    info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, "session opened");
                     match Output::create(&opts.out, info.file_size) {
                         Ok(o) => out = Some(o),
                         Err(e) => {

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod chunkset;
+pub mod pacer;
 pub mod receiver;
 pub mod sender;
 

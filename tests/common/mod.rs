@@ -94,7 +94,7 @@ impl Veth {
     }
 
     /// Starts `xdpblast recv` in the receive namespace and waits for `ready`.
-    pub fn start_receiver(&self, out: &Path, extra: &[&str]) -> Receiver {
+    pub fn start_receiver(&self, out: &Path, extra: &[&str]) -> Proc {
         let listen = format!("{RX_IP}:9000");
         let out_s = out.to_str().expect("utf-8 path");
         let mut args =
@@ -117,7 +117,20 @@ impl Veth {
             assert!(Instant::now() < deadline, "receiver never said ready; its log:\n{log}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Receiver { child: Some(child), log: stderr_path }
+        Proc { child: Some(child), log: stderr_path }
+    }
+
+    /// Starts `xdpblast send FILE` in the transmit namespace without waiting
+    /// for it; its log goes to `log` (at info level unless `extra` says).
+    pub fn start_sender(&self, file: &Path, log: &Path, extra: &[&str]) -> Proc {
+        let dst = format!("{RX_IP}:9000");
+        let f = file.to_str().expect("utf-8 path");
+        let mut args = vec!["--log", "info", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
+        args.extend_from_slice(extra);
+        let stderr = std::fs::File::create(log).expect("sender log");
+        let child =
+            self.in_ns(&self.tx_ns, &args).stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawning the sender");
+        Proc { child: Some(child), log: log.to_path_buf() }
     }
 
     /// Runs `xdpblast send FILE` from the transmit namespace, bounded in time.
@@ -169,41 +182,75 @@ impl Drop for Veth {
     }
 }
 
-pub struct Receiver {
+/// A running `xdpblast` (sender or receiver) with its log file.
+pub struct Proc {
     child: Option<Child>,
     pub log: PathBuf,
 }
 
-impl Receiver {
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits (bounded) for the receiver to exit and parses its JSON report.
-    pub fn finish(mut self) -> (bool, serde_json::Value, String) {
-        let Some(mut child) = self.child.take() else { panic!("receiver already finished") };
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Waits until the log contains `needle`; returns the log. Fails the test
+    /// after `secs`, or if the process exits first.
+    pub fn wait_log(&mut self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            let exited = self.child.as_mut().map(|c| c.try_wait().ok().flatten().is_some()).unwrap_or(true);
+            assert!(!exited, "exited before logging {needle:?}; log:\n{log}");
+            assert!(Instant::now() < deadline, "no {needle:?} in the log within {secs} s; log:\n{log}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `signal` without waiting for the exit.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let st = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill");
+        assert!(st.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits (bounded by `secs`) for the exit; returns success, stdout and the
+    /// log, and how long the wait took.
+    pub fn wait_exit(mut self, secs: u64) -> (bool, String, String, Duration) {
+        let Some(mut child) = self.child.take() else { panic!("already finished") };
+        let started = Instant::now();
         let status = loop {
-            if let Some(s) = child.try_wait().expect("waiting for the receiver") {
+            if let Some(s) = child.try_wait().expect("waiting for the process") {
                 break s;
             }
-            if Instant::now() > deadline {
+            if started.elapsed() > Duration::from_secs(secs) {
                 let _ = child.kill();
-                panic!("receiver did not exit within 60 s");
+                let _ = child.wait();
+                panic!("did not exit within {secs} s; log:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         };
         let mut stdout = String::new();
         if let Some(mut o) = child.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
         }
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let json =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("receiver JSON ({e}): {stdout}\nlog:\n{log}"));
-        (status.success(), json, log)
+        (status.success(), stdout, self.log_text(), started.elapsed())
     }
 
-    /// Kills the receiver with `signal` and reaps it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Waits (bounded) for the exit and parses the JSON report on stdout.
+    pub fn finish(self) -> (bool, serde_json::Value, String) {
+        let (ok, stdout, log, _) = self.wait_exit(60);
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON report ({e}): {stdout}\nlog:\n{log}"));
+        (ok, json, log)
+    }
+
+    /// Kills the process with `signal` and reaps it.
     pub fn kill(mut self, signal: &str) {
         let Some(mut child) = self.child.take() else { return };
         // `ip netns exec` execs the binary, so the child's pid is the receiver's.
@@ -213,7 +260,7 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
+impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -1,0 +1,316 @@
+//! Faults around a transfer: a side killed or interrupted, the link going
+//! down, the file changing under the sender, a full disk, memory limits.
+//! Whatever happens, the run ends with a clear error, within its timeout,
+//! never leaves PATH looking complete, and never leaves an XDP program behind.
+//!
+//! Transfers that must still be running when the fault hits are paced with
+//! `--rate`, so "mid-transfer" holds on any machine.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn wait_detached(veth: &Veth) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while veth.rx_xdp().is_some() {
+        assert!(Instant::now() < deadline, "XDP program still attached: {:?}", veth.rx_xdp());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 64 MiB at 200 Mb/s: about 2.8 s of sending.
+const SLOW: &[&str] = &["--rate", "200M"];
+
+#[test]
+fn receiver_killed_mid_transfer_sender_fails_within_its_timeout() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 21);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[SLOW, &["--timeout", "3"]].concat());
+    tx.wait_log("transfer started", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    rx.kill("KILL");
+    let (ok, _, log, waited) = tx.wait_exit(30);
+    assert!(!ok, "the sender must fail when its receiver dies: {log}");
+    assert!(
+        log.contains("the receiver exited") || log.contains("went silent"),
+        "the error must say the receiver is gone: {log}"
+    );
+    assert!(waited < Duration::from_secs(10), "it took {waited:?}, above the 3 s timeout plus slack");
+    assert!(!out.exists());
+    wait_detached(&veth);
+}
+
+#[test]
+fn sender_killed_mid_transfer_receiver_times_out_and_keeps_partial() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 22);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "2"]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), SLOW);
+    tx.wait_log("transfer started", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    tx.kill("KILL");
+    let started = Instant::now();
+    let (ok, report, log) = rx.finish();
+    assert!(!ok, "{report}");
+    assert!(report["error"].as_str().unwrap_or("").contains("idle timeout"), "{report}\n{log}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let partial = dir.path().join("out.bin.partial");
+    assert!(!out.exists(), "PATH must not exist after a failed transfer");
+    assert!(partial.exists(), "the data received must stay at PATH.partial");
+    assert_eq!(report["path"].as_str(), partial.to_str());
+    wait_detached(&veth);
+}
+
+#[test]
+fn sigint_to_the_sender_aborts_both_sides_cleanly() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 23);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "30"]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), SLOW);
+    tx.wait_log("transfer started", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    tx.signal("INT");
+    let (ok, _, log, _) = tx.wait_exit(10);
+    assert!(!ok);
+    assert!(log.contains("interrupted"), "{log}");
+    // The sender's Abort ends the receiver at once, not after its 30 s timeout.
+    let started = Instant::now();
+    let (rx_ok, report, rx_log) = rx.finish();
+    assert!(!rx_ok);
+    assert!(started.elapsed() < Duration::from_secs(10), "the receiver waited for its idle timeout");
+    let err = report["error"].as_str().unwrap_or("");
+    assert!(err.contains("the sender aborted") && err.contains("interrupted"), "{report}\n{rx_log}");
+    assert!(!out.exists());
+    wait_detached(&veth);
+}
+
+#[test]
+fn sigterm_to_the_receiver_aborts_both_sides_cleanly() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 24);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[SLOW, &["--timeout", "30"]].concat());
+    tx.wait_log("transfer started", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    rx.signal("TERM");
+    let (rx_ok, report, _) = rx.finish();
+    assert!(!rx_ok);
+    assert!(report["error"].as_str().unwrap_or("").contains("interrupted"), "{report}");
+    let (ok, _, log, waited) = tx.wait_exit(30);
+    assert!(!ok);
+    assert!(log.contains("the receiver aborted: receiver interrupted"), "{log}");
+    assert!(waited < Duration::from_secs(10), "the sender waited for its timeout");
+    assert!(!out.exists());
+    wait_detached(&veth);
+}
+
+#[test]
+fn sigint_to_bench_leaves_no_namespace() {
+    require_privileges();
+    let _serial = serial();
+    let mut child = Command::new(BIN)
+        .args(["--log", "warn", "bench", "--size", "256M", "--runs", "3", "--modes", "afxdp,sendfile"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning bench");
+    let ns = format!("xbb{}", child.id());
+    let netns = || {
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout).to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !netns().contains(&ns) {
+        assert!(Instant::now() < deadline, "bench never created {ns}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bench did not exit within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(!status.success(), "an interrupted bench must not report success: {stderr}");
+    let left = netns();
+    assert!(!left.contains(&ns), "bench left its namespaces behind: {left}");
+}
+
+#[test]
+fn interface_down_mid_transfer_is_a_clear_error() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 25);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[SLOW, &["--timeout", "30"]].concat());
+    tx.wait_log("transfer started", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("ip")
+        .args(["-n", &veth.tx_ns, "link", "set", "dev", &veth.tx_if, "down"])
+        .status()
+        .expect("ip link set down");
+    assert!(st.success());
+    let (ok, _, log, waited) = tx.wait_exit(40);
+    assert!(!ok);
+    assert!(
+        log.contains(&veth.tx_if) && log.contains("down"),
+        "the error must name the interface and say it is down: {log}"
+    );
+    assert!(waited < Duration::from_secs(10), "it took {waited:?}: a hang, not an error");
+    let (rx_ok, report, _) = rx.finish();
+    assert!(!rx_ok, "{report}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn file_truncated_during_preload_is_refused_before_sending() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Big enough that preload takes a while after the handshake.
+    let file = random_file(dir.path(), "in.bin", 512 * MIB, 26);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let before = veth.tx_packets();
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[]);
+    tx.wait_log("preloading", 20);
+    std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(100 * MIB as u64).expect("truncate");
+    let (ok, _, log, _) = tx.wait_exit(60);
+    assert!(!ok, "{log}");
+    assert!(log.contains("changed while it was being read"), "{log}");
+    let (rx_ok, report, _) = rx.finish();
+    assert!(!rx_ok);
+    assert!(report["error"].as_str().unwrap_or("").contains("the sender aborted"), "{report}");
+    assert!(!out.exists());
+    // The handshake and the abort went over the control socket; no data frame left.
+    assert!(veth.tx_packets() - before < 50, "data frames left after the file changed");
+}
+
+#[test]
+fn file_rewritten_while_sending_is_reported_not_passed_as_good() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 27);
+    let original = std::fs::read(&file).expect("read");
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), SLOW);
+    tx.wait_log("transfer started", 20);
+    // Same size, other bytes: only the timestamps tell.
+    let mut changed = original.clone();
+    changed[..4096].fill(0xee);
+    std::fs::write(&file, &changed).expect("rewrite");
+    let (ok, _, log, _) = tx.wait_exit(60);
+    assert!(!ok, "a sender whose file changed must not report success: {log}");
+    assert!(log.contains("changed while it was being sent"), "{log}");
+    // What the receiver holds is the snapshot read at preload, whole and
+    // consistent with the digest it verified, never a mix.
+    let (_, report, _) = rx.finish();
+    if report["verified"] == true {
+        assert_eq!(std::fs::read(&out).expect("read out"), original);
+    } else {
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_output_stays_partial() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 32 * MIB, 28);
+    let mnt = tempfile::tempdir().expect("mount point");
+    let m = mnt.path().to_str().expect("utf-8");
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "xdpblast-test", m]).status().expect("mount");
+    assert!(st.success(), "mounting a tmpfs needs root");
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(m.to_string());
+    let out = mnt.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let sent = veth.send(&file, &[]);
+    let (rx_ok, report, log) = rx.finish();
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!rx_ok);
+    let err = report["error"].as_str().unwrap_or("");
+    assert!(err.contains("No space left on device") && err.contains("reserving"), "{report}\n{log}");
+    assert!(!sent.status.success());
+    assert!(stderr.contains("the receiver aborted") && stderr.contains("No space left"), "{stderr}");
+    assert!(!out.exists());
+    assert!(mnt.path().join("out.bin.partial").exists(), "the partial output is kept, named as partial");
+}
+
+#[test]
+fn file_above_the_umem_budget_or_memory_is_refused_naming_the_limit() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = veth.tx_packets();
+    let file = random_file(dir.path(), "in.bin", 32 * MIB, 29);
+    let sent = veth.send(&file, &["--umem-budget", "16"]);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success());
+    assert!(stderr.contains("above the UMEM budget of 16777216 bytes (--umem-budget)"), "{stderr}");
+
+    // A sparse file larger than this host's memory, with the budget lifted.
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge).expect("create").set_len(1 << 40).expect("sparse 1 TiB");
+    let sent = veth.send(&huge, &["--umem-budget", "4000000"]);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success());
+    assert!(stderr.contains("MemAvailable"), "{stderr}");
+    assert_eq!(veth.tx_packets(), before, "nothing may be sent for a job that cannot run");
+}
+
+#[test]
+fn umem_above_memlock_without_cap_ipc_lock_is_refused_naming_the_limit() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 16 * MIB, 30);
+    let dst = format!("{RX_IP}:9000");
+    let run = |mode: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &veth.tx_ns, "setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", BIN])
+            .args(["--log", "info", "send", file.to_str().expect("utf-8"), "--iface", &veth.tx_if, "--dst", &dst])
+            .args(["--mode", mode, "--timeout", "2"])
+            .output()
+            .expect("setpriv send")
+    };
+    let memlock = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).expect("getrlimit").0;
+    assert!(memlock < 16 << 20, "this test needs RLIMIT_MEMLOCK below 16 MiB (it is {memlock})");
+    let forced = run("afxdp");
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(!forced.status.success());
+    assert!(stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("CAP_IPC_LOCK"), "{stderr}");
+    // In auto mode the same limit is a reason to fall back to TCP (nobody
+    // listens here, so it then fails to connect; the choice is what counts).
+    let auto = run("auto");
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    assert!(stderr.contains("falling back to sendfile") && stderr.contains("RLIMIT_MEMLOCK"), "{stderr}");
+}
