@@ -9,7 +9,8 @@
  * control socket keep working.
  *
  * A test knob in the config map drops data packets with a given probability,
- * because this kind of host has no tc netem.
+ * because this kind of host has no tc netem. Another turns the program into a
+ * drop sink that counts what it drops.
  *
  * The program is attached through a bpf_link owned by the receiver process: the
  * kernel detaches it when the last reference to the link goes away, which is
@@ -24,24 +25,30 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-/* Keep in sync with src/xdp.rs (Counter). */
+/* Keep in sync with src/afxdp/program.rs (XdpCounters). */
 enum xb_counter {
 	XB_REDIRECTED = 0,   /* data packet handed to the XSK */
 	XB_PASSED = 1,       /* not ours: given to the kernel stack */
 	XB_MALFORMED = 2,    /* truncated or inconsistent L2/L3/L4 header */
 	XB_LOSS_DROPPED = 3, /* dropped by the loss-injection knob */
 	XB_NO_SOCKET = 4,    /* data packet but no XSK on this queue: passed */
-	XB_NR_COUNTERS = 5,
+	XB_SUNK = 5,         /* data packet dropped by the sink (XB_FLAG_SINK) */
+	XB_SUNK_BYTES = 6,   /* their bytes, from the Ethernet header on */
+	XB_NR_COUNTERS = 7,
 };
 
-/* Keep in sync with src/xdp.rs (Config). All multi-byte fields in network order
+/* Keep in sync with src/afxdp/program.rs (Steering::load). All multi-byte fields in network order
  * except loss_threshold, which is compared with bpf_get_prandom_u32(). */
 struct xb_config {
 	__u32 loss_threshold; /* drop when prandom < threshold; 0 disables */
 	__u32 dst_ip4;        /* 0 = any address */
 	__u16 data_port;      /* 0 = steer nothing */
-	__u16 reserved;
+	__u16 flags;          /* XB_FLAG_* */
 };
+
+/* Drop every data packet, counted: a native-XDP drop sink for packet-rate
+ * measurements (`xdpblast sink`). */
+#define XB_FLAG_SINK 1
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -139,6 +146,13 @@ int xdpblast_steer(struct xdp_md *ctx)
 	if (udp->dest != cfg->data_port)
 		return count(XB_PASSED, XDP_PASS);
 
+	if (cfg->flags & XB_FLAG_SINK) {
+		__u32 idx = XB_SUNK_BYTES;
+		__u64 *b = bpf_map_lookup_elem(&counters, &idx);
+		if (b)
+			*b += data_end - data;
+		return count(XB_SUNK, XDP_DROP);
+	}
 	if (cfg->loss_threshold && bpf_get_prandom_u32() < cfg->loss_threshold)
 		return count(XB_LOSS_DROPPED, XDP_DROP);
 

@@ -15,6 +15,7 @@ use xdpblast::afxdp::xsk::BindMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};
+use xdpblast::io::raw_send::{self, RawOptions};
 use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::udp_recv::UdpReceiver;
@@ -44,6 +45,24 @@ enum Cmd {
     Probe(ProbeArgs),
     /// Put every mode side by side on a veth pair this command creates (root).
     Bench(BenchArgs),
+    /// Drop and count UDP packets for a port in our XDP program (a native
+    /// drop sink for `send --raw` packet-rate runs).
+    Sink(SinkArgs),
+}
+
+#[derive(clap::Args)]
+struct SinkArgs {
+    #[arg(long)]
+    iface: String,
+    /// UDP destination port to drop.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print one JSON object at the end instead of interval lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +180,22 @@ struct SendArgs {
     /// 10G) or packets/s (200kpps). Default: as fast as the link takes.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<Rate>,
+    /// Raw mode: send the preloaded frames round and round for --duration
+    /// seconds, with no protocol and no receiver (measure against a drop sink,
+    /// e.g. `xdpblast sink` on the peer).
+    #[arg(long, requires = "duration")]
+    raw: bool,
+    /// Seconds to transmit in raw mode.
+    #[arg(long, requires = "raw")]
+    duration: Option<f64>,
+    /// Raw mode: one AF_XDP socket and one pinned thread per TX queue 0..N,
+    /// on one shared UMEM.
+    #[arg(long, default_value_t = 1, requires = "raw")]
+    queues: u32,
+    /// Raw mode: prefer busy polling on the sockets (SO_PREFER_BUSY_POLL,
+    /// SO_BUSY_POLL, SO_BUSY_POLL_BUDGET = --batch).
+    #[arg(long, requires = "raw")]
+    busy_poll: bool,
     /// Print one JSON object at the end instead of interval lines.
     #[arg(long)]
     json: bool,
@@ -230,7 +265,7 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.cmd, Cmd::Probe(_) | Cmd::Bench(_)) { "warn" } else { "info" };
+    let default_level = if matches!(cli.cmd, Cmd::Probe(_) | Cmd::Bench(_) | Cmd::Sink(_)) { "warn" } else { "info" };
     let level = cli.log.as_deref().unwrap_or(default_level);
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
         eprintln!("xdpblast: --log {level:?} is not a valid filter ({e}); using {default_level}");
@@ -250,6 +285,7 @@ fn main() -> ExitCode {
         Cmd::Recv(a) => cmd_recv(a),
         Cmd::Probe(a) => probe::run(&a.iface, a.json),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Sink(a) => cmd_sink(a),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
@@ -259,6 +295,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_sink(a: SinkArgs) -> anyhow::Result<bool> {
+    let iface = Interface::lookup(&a.iface)?;
+    let report = xdpblast::io::sink::run(&iface, a.port, seconds(a.duration, "--duration")?, !a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(true)
 }
 
 fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
@@ -318,6 +363,19 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         intervals: !a.json,
         progress: a.progress,
     };
+    if a.raw {
+        let raw = RawOptions {
+            duration: seconds(a.duration.unwrap_or(0.0), "--duration")?,
+            queues: a.queues,
+            busy_poll: a.busy_poll,
+        };
+        let prep = afxdp_send::prepare(&opts)?;
+        let report = raw_send::run(&opts, &raw, prep)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        return Ok(true);
+    }
     // Every check that can refuse the job runs before a packet leaves.
     let prep = match afxdp_send::prepare(&opts) {
         Ok(p) => p,

@@ -86,6 +86,102 @@ impl Intervals {
     }
 }
 
+/// One interval of a packet-rate run.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RateSample {
+    /// End of the interval, seconds from the start.
+    pub t: f64,
+    pub pps: f64,
+    pub bits_per_sec: f64,
+}
+
+/// Per-second packet and bit rates, printed as they come (unless quiet) and
+/// kept for the JSON report.
+pub struct PacketRate {
+    print: bool,
+    start: Instant,
+    last: Instant,
+    last_packets: u64,
+    last_bytes: u64,
+    pub samples: Vec<RateSample>,
+}
+
+impl PacketRate {
+    pub fn new(print: bool, now: Instant) -> PacketRate {
+        PacketRate { print, start: now, last: now, last_packets: 0, last_bytes: 0, samples: Vec::new() }
+    }
+
+    /// Call often with running totals; closes an interval each second.
+    pub fn tick(&mut self, now: Instant, packets: u64, bytes: u64, label: &str) {
+        if now >= self.last + Duration::from_secs(1) {
+            self.close(now, packets, bytes, label);
+        }
+    }
+
+    /// Closes the current interval, however short.
+    pub fn close(&mut self, now: Instant, packets: u64, bytes: u64, label: &str) {
+        let dt = (now - self.last).as_secs_f64();
+        if dt < 1e-3 {
+            return;
+        }
+        let t0 = (self.last - self.start).as_secs_f64();
+        let t = (now - self.start).as_secs_f64();
+        let pps = packets.saturating_sub(self.last_packets) as f64 / dt;
+        let bits_per_sec = bytes.saturating_sub(self.last_bytes) as f64 * 8.0 / dt;
+        if self.print {
+            println!(
+                "[{t0:6.2}-{t:6.2} sec]  {:>10}  {:>16}  {label}",
+                human_pps(pps),
+                human_bits_per_sec(bits_per_sec)
+            );
+        }
+        self.samples.push(RateSample { t, pps, bits_per_sec });
+        self.last = now;
+        self.last_packets = packets;
+        self.last_bytes = bytes;
+    }
+
+    /// Median packets/s over the full one-second intervals (a short last
+    /// interval is left out unless it is the only one).
+    pub fn median_pps(&self) -> f64 {
+        let full: Vec<f64> = self
+            .samples
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                let t0 = if *i == 0 { 0.0 } else { self.samples[i - 1].t };
+                s.t - t0 >= 0.9
+            })
+            .map(|(_, s)| s.pps)
+            .collect();
+        if full.is_empty() {
+            return median(self.samples.iter().map(|s| s.pps).collect());
+        }
+        median(full)
+    }
+}
+
+/// Median of the values (0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// "1.71 Mpps".
+pub fn human_pps(pps: f64) -> String {
+    if pps >= 1e6 {
+        format!("{:.2} Mpps", pps / 1e6)
+    } else if pps >= 1e3 {
+        format!("{:.1} kpps", pps / 1e3)
+    } else {
+        format!("{pps:.0} pps")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +193,10 @@ mod tests {
         assert_eq!(human_bits_per_sec(9.41e9), "9.41 Gbits/sec");
         assert_eq!(human_bits_per_sec(12.0), "12.00 bits/sec");
         assert_eq!(hex(&[0, 0xab]), "00ab");
+        assert_eq!(human_pps(1.714e6), "1.71 Mpps");
+        assert_eq!(human_pps(200e3), "200.0 kpps");
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
     }
 }

@@ -27,6 +27,9 @@ pub struct XdpCounters {
     pub malformed: u64,
     pub loss_dropped: u64,
     pub no_socket: u64,
+    /// Dropped by the sink ([`Steering::attach_sink`]), and their bytes.
+    pub sunk: u64,
+    pub sunk_bytes: u64,
 }
 
 /// How the program ended up attached.
@@ -48,6 +51,9 @@ pub enum ProgramError {
     #[error("cannot update the {map} map: {err}")]
     Map { map: &'static str, err: String },
 }
+
+/// `xb_config.flags` bit: drop and count every data packet.
+const FLAG_SINK: u16 = 1;
 
 pub struct Steering {
     /// Held, never read: the program stays attached exactly as long as this
@@ -82,6 +88,23 @@ impl Steering {
         data_port: u16,
         loss: f64,
     ) -> Result<Steering, ProgramError> {
+        Steering::load(ifname, ifindex, dst_ip, data_port, loss, 0)
+    }
+
+    /// The same program as a native-XDP drop sink: every UDP datagram for
+    /// `data_port` is dropped in the driver and counted (`sunk`).
+    pub fn attach_sink(ifname: &str, ifindex: u32, data_port: u16) -> Result<Steering, ProgramError> {
+        Steering::load(ifname, ifindex, None, data_port, 0.0, FLAG_SINK)
+    }
+
+    fn load(
+        ifname: &str,
+        ifindex: u32,
+        dst_ip: Option<Ipv4Addr>,
+        data_port: u16,
+        loss: f64,
+        flags: u16,
+    ) -> Result<Steering, ProgramError> {
         // The skeleton borrows its object storage for its whole life. One
         // receiver loads one program, so a small, bounded leak is the simple
         // honest answer to that borrow.
@@ -95,7 +118,7 @@ impl Steering {
         cfg.extend_from_slice(&threshold.to_ne_bytes());
         cfg.extend_from_slice(&dst_ip.map_or([0; 4], |ip| ip.octets()));
         cfg.extend_from_slice(&data_port.to_be_bytes());
-        cfg.extend_from_slice(&[0, 0]);
+        cfg.extend_from_slice(&flags.to_ne_bytes());
         skel.maps
             .config
             .update(&0u32.to_ne_bytes(), &cfg, MapFlags::ANY)
@@ -118,7 +141,7 @@ impl Steering {
             ProgramError::Attach { ifname: ifname.into(), err, hint }
         })?;
         let mode = query_attach_mode(ifindex);
-        info!(ifname, ?mode, data_port, loss, "XDP program attached through a bpf_link");
+        info!(ifname, ?mode, data_port, loss, flags, "XDP program attached through a bpf_link");
         Ok(Steering { _link: link, skel, mode })
     }
 
@@ -137,7 +160,7 @@ impl Steering {
 
     /// Counters summed over CPUs.
     pub fn counters(&self) -> XdpCounters {
-        let mut sums = [0u64; 5];
+        let mut sums = [0u64; 7];
         for (i, sum) in sums.iter_mut().enumerate() {
             if let Ok(Some(per_cpu)) = self.skel.maps.counters.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY) {
                 *sum = per_cpu
@@ -152,6 +175,8 @@ impl Steering {
             malformed: sums[2],
             loss_dropped: sums[3],
             no_socket: sums[4],
+            sunk: sums[5],
+            sunk_bytes: sums[6],
         }
     }
 }

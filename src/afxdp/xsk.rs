@@ -69,26 +69,52 @@ fn errno_str(e: xdpilone::Errno) -> String {
     io::Error::from_raw_os_error(e.get_raw()).to_string()
 }
 
-/// An AF_XDP socket with its rings and its UMEM.
-pub struct Xsk {
-    // Drop order matters: rings and sockets first, then the UMEM registration,
-    // then the memory itself.
+/// One socket's rings: TX/RX, and the fill/completion pair of its queue.
+pub struct Queue {
     tx: Option<RingTx>,
     rx: Option<RingRx>,
     device: DeviceQueue,
     user: User,
-    _umem: Umem,
-    area: UmemArea,
-    mode: XskMode,
     fd: RawFd,
+    queue: u32,
     /// Frames waiting to go back to the fill ring. The kernel publishes its
     /// fill-ring consumer index lazily, so a refill may briefly find less room
     /// than it just freed; what does not fit waits here for the next call.
     recycle: Vec<u64>,
 }
 
+/// AF_XDP sockets on one or more queues of an interface, sharing one UMEM.
+/// Dereferences to its first queue, which is all most callers use.
+pub struct Xsk {
+    // Drop order matters: rings and sockets first, then the UMEM registration,
+    // then the memory itself.
+    queues: Vec<Queue>,
+    _umem: Umem,
+    area: UmemArea,
+    mode: XskMode,
+}
+
+impl std::ops::Deref for Xsk {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        &self.queues[0]
+    }
+}
+
+impl std::ops::DerefMut for Xsk {
+    fn deref_mut(&mut self) -> &mut Queue {
+        &mut self.queues[0]
+    }
+}
+
 impl Xsk {
-    pub fn open(mut area: UmemArea, cfg: &XskConfig) -> Result<Xsk, XskError> {
+    pub fn open(area: UmemArea, cfg: &XskConfig) -> Result<Xsk, XskError> {
+        Xsk::open_queues(area, cfg, &[cfg.queue])
+    }
+
+    /// One socket per queue in `queues` (`cfg.queue` is ignored), all on one
+    /// UMEM, each with its own fill/completion pair.
+    pub fn open_queues(mut area: UmemArea, cfg: &XskConfig, queues: &[u32]) -> Result<Xsk, XskError> {
         let ucfg = UmemConfig {
             fill_size: cfg.fill_size,
             complete_size: cfg.comp_size,
@@ -98,44 +124,16 @@ impl Xsk {
         };
         // SAFETY: `area` is a page-aligned mapping of `area.len()` bytes that this
         // struct owns and drops only after `_umem` and every ring (field order).
+        if queues.is_empty() {
+            return Err(XskError::Interface(cfg.ifname.clone(), "no queue to bind".into()));
+        }
         let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
-
-        let name = CString::new(cfg.ifname.as_str())
-            .map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
-        let mut ifinfo = IfInfo::invalid();
-        ifinfo.from_name(&name).map_err(|e| XskError::Interface(cfg.ifname.clone(), errno_str(e)))?;
-        ifinfo.set_queue(cfg.queue);
-
-        let sock = Socket::with_shared(&ifinfo, &umem).map_err(|e| XskError::Socket(errno_str(e)))?;
-        let device = umem.fq_cq(&sock).map_err(|e| XskError::Umem(errno_str(e)))?;
-        let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
-        bind_flags |= match cfg.bind {
-            BindMode::Auto => 0,
-            BindMode::Copy => SocketConfig::XDP_BIND_COPY,
-            BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
-        };
-        let scfg =
-            SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
-        let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(errno_str(e)))?;
-        umem.bind(&user).map_err(|e| {
-            let raw = e.get_raw();
-            let hint = match raw {
-                libc::EINVAL => " (queue out of range for this interface?)",
-                libc::EBUSY => " (another AF_XDP socket is bound to this queue)",
-                libc::EOPNOTSUPP => " (the driver does not support the requested mode)",
-                libc::ENETDOWN => " (interface is down)",
-                _ => "",
-            };
-            XskError::Bind { ifname: cfg.ifname.clone(), queue: cfg.queue, err: errno_str(e), hint }
-        })?;
-        let tx =
-            if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
-        let rx =
-            if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
-        let fd = user.as_raw_fd();
-        let mode = query_mode(fd);
-        info!(ifname = %cfg.ifname, queue = cfg.queue, ?mode, "AF_XDP socket bound");
-        Ok(Xsk { tx, rx, device, user, _umem: umem, area, mode, fd, recycle: Vec::new() })
+        let mut bound = Vec::with_capacity(queues.len());
+        for &q in queues {
+            bound.push(Queue::bind(&umem, cfg, q)?);
+        }
+        let mode = bound.first().map_or(XskMode::Copy, |q| query_mode(q.fd));
+        Ok(Xsk { queues: bound, _umem: umem, area, mode })
     }
 
     /// Whether this process can create an AF_XDP socket and register a UMEM
@@ -156,12 +154,98 @@ impl Xsk {
         self.mode
     }
 
+    pub fn area(&self) -> &UmemArea {
+        &self.area
+    }
+
+    /// Every queue's rings, for one thread per queue.
+    pub fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.queues
+    }
+
+    /// Takes up to `max` received frames and hands them to `f` as one batch
+    /// (so the caller can coalesce its writes), then returns the frames to the
+    /// fill ring. Returns how many were taken.
+    pub fn receive(&mut self, max: u32, f: impl FnOnce(&[&[u8]])) -> u32 {
+        let area = &self.area;
+        let q = &mut self.queues[0];
+        let Some(rx) = q.rx.as_mut() else { return 0 };
+        let mask = !(u64::from(area.frame_size()) - 1);
+        let mut r = rx.receive(max);
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(r.capacity() as usize);
+        let mut n = 0;
+        while let Some(desc) = r.read() {
+            n += 1;
+            // SAFETY: the kernel handed this frame to us on the RX ring; it will
+            // not write it again until we put it back on the fill ring below,
+            // after `f` has returned and `frames` is gone.
+            match unsafe { area.bytes_at(desc.addr, desc.len) } {
+                Some(bytes) => frames.push(bytes),
+                None => warn!(addr = desc.addr, len = desc.len, "RX descriptor outside the UMEM; skipped"),
+            }
+            q.recycle.push(desc.addr & mask);
+        }
+        if !frames.is_empty() {
+            f(&frames);
+        }
+        drop(frames);
+        r.release();
+        if !q.recycle.is_empty() {
+            let mut w = q.device.fill(q.recycle.len() as u32);
+            let put = w.insert(q.recycle.iter().copied()) as usize;
+            w.commit();
+            q.recycle.drain(..put);
+        }
+        n
+    }
+}
+
+impl Queue {
+    fn bind(umem: &Umem, cfg: &XskConfig, queue: u32) -> Result<Queue, XskError> {
+        let name = CString::new(cfg.ifname.as_str())
+            .map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
+        let mut ifinfo = IfInfo::invalid();
+        ifinfo.from_name(&name).map_err(|e| XskError::Interface(cfg.ifname.clone(), errno_str(e)))?;
+        ifinfo.set_queue(queue);
+
+        let sock = Socket::with_shared(&ifinfo, umem).map_err(|e| XskError::Socket(errno_str(e)))?;
+        let device = umem.fq_cq(&sock).map_err(|e| XskError::Umem(errno_str(e)))?;
+        let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
+        bind_flags |= match cfg.bind {
+            BindMode::Auto => 0,
+            BindMode::Copy => SocketConfig::XDP_BIND_COPY,
+            BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+        };
+        let scfg =
+            SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
+        let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(errno_str(e)))?;
+        umem.bind(&user).map_err(|e| {
+            let raw = e.get_raw();
+            let hint = match raw {
+                libc::EINVAL => " (queue out of range for this interface?)",
+                libc::EBUSY => " (another AF_XDP socket is bound to this queue)",
+                libc::EOPNOTSUPP => " (the driver does not support the requested mode)",
+                libc::ENETDOWN => " (interface is down)",
+                _ => "",
+            };
+            XskError::Bind { ifname: cfg.ifname.clone(), queue, err: errno_str(e), hint }
+        })?;
+        let tx =
+            if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
+        let rx =
+            if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
+        let fd = user.as_raw_fd();
+        info!(ifname = %cfg.ifname, queue, mode = ?query_mode(fd), "AF_XDP socket bound");
+        Ok(Queue { tx, rx, device, user, fd, queue, recycle: Vec::new() })
+    }
+
     pub fn fd(&self) -> RawFd {
         self.fd
     }
 
-    pub fn area(&self) -> &UmemArea {
-        &self.area
+    /// The interface queue this socket is bound to.
+    pub fn queue_id(&self) -> u32 {
+        self.queue
     }
 
     /// Raises the copy-mode TX budget per `sendto`. Returns the kernel's answer.
@@ -258,40 +342,6 @@ impl Xsk {
                 )
             };
         }
-    }
-
-    /// Takes up to `max` received frames and hands them to `f` as one batch
-    /// (so the caller can coalesce its writes), then returns the frames to the
-    /// fill ring. Returns how many were taken.
-    pub fn receive(&mut self, max: u32, f: impl FnOnce(&[&[u8]])) -> u32 {
-        let Some(rx) = self.rx.as_mut() else { return 0 };
-        let mask = !(u64::from(self.area.frame_size()) - 1);
-        let mut r = rx.receive(max);
-        let mut frames: Vec<&[u8]> = Vec::with_capacity(r.capacity() as usize);
-        let mut n = 0;
-        while let Some(desc) = r.read() {
-            n += 1;
-            // SAFETY: the kernel handed this frame to us on the RX ring; it will
-            // not write it again until we put it back on the fill ring below,
-            // after `f` has returned and `frames` is gone.
-            match unsafe { self.area.bytes_at(desc.addr, desc.len) } {
-                Some(bytes) => frames.push(bytes),
-                None => warn!(addr = desc.addr, len = desc.len, "RX descriptor outside the UMEM; skipped"),
-            }
-            self.recycle.push(desc.addr & mask);
-        }
-        if !frames.is_empty() {
-            f(&frames);
-        }
-        drop(frames);
-        r.release();
-        if !self.recycle.is_empty() {
-            let mut w = self.device.fill(self.recycle.len() as u32);
-            let put = w.insert(self.recycle.iter().copied()) as usize;
-            w.commit();
-            self.recycle.drain(..put);
-        }
-        n
     }
 
     pub fn statistics(&self) -> Option<XdpStatisticsV2> {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::info;
 
-use crate::report::human_bits_per_sec;
+use crate::report::{human_bits_per_sec, median};
 use testbed::{Testbed, RX_IP};
 
 pub const ALL_MODES: [&str; 5] = ["afxdp", "sendfile", "readwrite", "mmap", "splice"];
@@ -344,15 +344,6 @@ fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Result<Run> {
         retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
         verified: false,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn summarize(mode: &str, runs: &[Run], bytes: u64) -> ModeResult {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::control::{control_port, Control};
 use crate::afxdp::preload::{preload, FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
-use crate::afxdp::xsk::{BindMode, Kick, Xsk, XskConfig, XskMode};
+use crate::afxdp::xsk::{BindMode, Kick, Queue, Xsk, XskConfig, XskMode};
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
 use crate::proto::pacer::{Pacer, Rate};
@@ -144,9 +144,58 @@ pub fn available(iface: &str) -> Result<String, String> {
     Ok("AF_XDP sockets available; the kernel picks copy or zero-copy at bind".into())
 }
 
+/// Kicks the kernel to transmit what is on a TX ring, when it asks to be
+/// kicked, and counts what the kicks achieved.
+#[derive(Debug, Default)]
+pub struct Kicker {
+    pub kicks: u64,
+    /// Kicks that moved nothing because the device queue was full.
+    pub unproductive: u64,
+    /// Kicks answered EBUSY: the device dropped a frame after it left our ring.
+    pub device_drops: u64,
+    backoff: u32,
+}
+
+impl Kicker {
+    /// Fails only when transmitting can no longer work (the link went down).
+    pub fn kick_if_needed(&mut self, q: &Queue) -> std::io::Result<()> {
+        if !q.tx_needs_wakeup() {
+            return Ok(());
+        }
+        self.kicks += 1;
+        let pending_before = q.tx_pending();
+        match q.kick() {
+            Kick::Ok => self.backoff = 0,
+            Kick::Again => {
+                // The device queue is full (a veth peer's ring, a NIC's TX
+                // queue): the kernel took nothing. Kicking again at once only
+                // burns syscalls, so wait a little longer each time, spinning
+                // without a syscall, until it drains.
+                if q.tx_pending() >= pending_before {
+                    self.unproductive += 1;
+                    self.backoff = (self.backoff * 2).clamp(64, 1 << 14);
+                    for _ in 0..self.backoff {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    self.backoff = 0;
+                }
+            }
+            Kick::Dropped => {
+                self.device_drops += 1;
+                if self.device_drops == 1 {
+                    warn!("the device dropped a frame after it left the TX ring (kick returned EBUSY)");
+                }
+            }
+            Kick::Fatal(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
 /// resolve it if needed.
-fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
+pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
     if let Some(mac) = neigh::lookup(iface.index, dst)? {
         return Ok(mac);
     }
@@ -324,10 +373,7 @@ fn transfer(
     let mut ids = vec![FrameId::Meta { last: false }; batch as usize];
     let frame_size = u64::from(plan.frame_size);
     let mut outstanding: u32 = 0;
-    let mut kicks = 0u64;
-    let mut kicks_unproductive = 0u64;
-    let mut backoff = 0u32;
-    let mut kernel_drops = 0u64;
+    let mut kicker = Kicker::default();
     let mut first_post: Option<Instant> = None;
     let mut intervals = Intervals::new(opts.intervals, start);
     let mut idle_spins = 0u32;
@@ -386,37 +432,11 @@ fn transfer(
                 p.spend(posted, ids[..n].iter().map(|id| u64::from(frame_len(id))).sum());
             }
         }
-        if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) && xsk.tx_needs_wakeup() {
-            kicks += 1;
-            let pending_before = xsk.tx_pending();
-            match xsk.kick() {
-                Kick::Ok => backoff = 0,
-                Kick::Again => {
-                    // The device queue is full (a veth peer's ring, a NIC's TX
-                    // queue): the kernel took nothing. Kicking again at once
-                    // only burns syscalls, so wait a little longer each time,
-                    // spinning without a syscall, until it drains.
-                    if xsk.tx_pending() >= pending_before {
-                        kicks_unproductive += 1;
-                        backoff = (backoff * 2).clamp(64, 1 << 14);
-                        for _ in 0..backoff {
-                            std::hint::spin_loop();
-                        }
-                    } else {
-                        backoff = 0;
-                    }
-                }
-                Kick::Dropped => {
-                    kernel_drops += 1;
-                    if kernel_drops == 1 {
-                        warn!("the device dropped a frame after it left the TX ring (kick returned EBUSY); the receiver will ask for it again");
-                    }
-                }
-                Kick::Fatal(e) => {
-                    sender.fail_local();
-                    local_error = Some(anyhow::anyhow!("transmit failed on {}: {e}", iface.name));
-                    break;
-                }
+        if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) {
+            if let Err(e) = kicker.kick_if_needed(&xsk) {
+                sender.fail_local();
+                local_error = Some(anyhow::anyhow!("transmit failed on {}: {e}", iface.name));
+                break;
             }
         }
         if opts.progress && now >= next_progress {
@@ -491,9 +511,9 @@ fn transfer(
         preload_s,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
-        kicks,
-        kicks_unproductive,
-        kernel_tx_drops: kernel_drops,
+        kicks: kicker.kicks,
+        kicks_unproductive: kicker.unproductive,
+        kernel_tx_drops: kicker.device_drops,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         rusage: super::Rusage::of_self(),

@@ -10,7 +10,9 @@ pub mod afxdp_recv;
 pub mod afxdp_send;
 pub mod control;
 pub mod output;
+pub mod raw_send;
 pub mod receive;
+pub mod sink;
 pub mod tcp;
 pub mod udp_recv;
 

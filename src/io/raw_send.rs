@@ -1,0 +1,323 @@
+//! `send --raw`: the preloaded frames transmitted round and round for a fixed
+//! time, with no protocol and no receiver process, to measure the transmit
+//! path alone (against a drop sink such as `xdpblast sink`).
+//!
+//! One AF_XDP socket per TX queue, all on one UMEM, each driven by its own
+//! thread pinned to a core. The loop is the transfer's hot loop without the
+//! scheduler: reap completions, post a batch of descriptors, kick when asked.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::afxdp_send::{resolve_mac, Kicker, Prepared, SendOptions, COMP_RING, TX_RING};
+use crate::afxdp::preload::{preload, FILL_SPARE};
+use crate::afxdp::xsk::{setsockopt_u32, Queue, Xsk, XskConfig, XskMode};
+use crate::net::iface::format_mac;
+use crate::proto::pacer::{Pacer, Rate};
+use crate::report::{human_bits_per_sec, human_pps, PacketRate, RateSample};
+use crate::wire::frame::FrameTemplate;
+
+#[derive(Debug, Clone)]
+pub struct RawOptions {
+    pub duration: Duration,
+    pub queues: u32,
+    /// Busy-poll socket options on every XSK (`SO_PREFER_BUSY_POLL`,
+    /// `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET`).
+    pub busy_poll: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueStats {
+    pub queue: u32,
+    pub cpu: Option<usize>,
+    pub packets: u64,
+    pub kicks: u64,
+    pub kicks_unproductive: u64,
+    pub device_drops: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RawReport {
+    pub mode: String,
+    pub queues: u32,
+    /// Bytes of each frame from the Ethernet header on (what the interface
+    /// counters count; add 24 for preamble, FCS and gap on a real wire).
+    pub frame_len: u32,
+    pub packet_size: u32,
+    pub batch: u32,
+    pub rate: Option<String>,
+    pub busy_poll: bool,
+    pub umem_backing: String,
+    pub elapsed_s: f64,
+    /// Frames the kernel completed (took from the TX ring and transmitted).
+    pub packets: u64,
+    pub bytes: u64,
+    pub pps: f64,
+    pub bits_per_sec: f64,
+    /// Median over the one-second intervals.
+    pub median_pps: f64,
+    pub intervals: Vec<RateSample>,
+    pub per_queue: Vec<QueueStats>,
+    pub rusage: super::Rusage,
+    pub syscalls: u64,
+}
+
+/// Shared between the queue threads and the reporting thread.
+struct Shared {
+    stop: AtomicBool,
+    packets: Vec<AtomicU64>,
+}
+
+pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Result<RawReport> {
+    let Prepared { iface, plan, src, file, .. } = prep;
+    if raw.queues == 0 {
+        bail!("--queues must be at least 1");
+    }
+    if raw.queues > iface.tx_queues {
+        bail!(
+            "--queues {} but {} has {} TX queue(s); for a veth pair create it with `numtxqueues N numrxqueues N`",
+            raw.queues,
+            iface.name,
+            iface.tx_queues
+        );
+    }
+    // A socket bound for the run reserves the source port the frames carry.
+    let port_holder = std::net::UdpSocket::bind(src).context("reserving a source port")?;
+    let local = match port_holder.local_addr()? {
+        std::net::SocketAddr::V4(a) => a,
+        std::net::SocketAddr::V6(_) => bail!("IPv6 is not supported yet"),
+    };
+    let dst_mac = match opts.dst_mac {
+        Some(m) => m,
+        None => resolve_mac(&iface, *src.ip(), *opts.dst.ip())?,
+    };
+    info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "raw mode: no protocol, frames sent round and round");
+    let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
+    let pre = preload(&file, &plan, &tpl, super::random_session(), || {})?;
+    // Equal frames only, so bytes = packets x frame length exactly: leave out a
+    // short last chunk unless it is all there is.
+    let info = pre.info;
+    let full = if plan.n_chunks > 1 && info.chunk_len(plan.n_chunks - 1) != Some(plan.chunk_size as usize) {
+        plan.n_chunks - 1
+    } else {
+        plan.n_chunks
+    };
+    let frame_len = plan.data_len(&info, 0);
+    let backing = format!("{:?}", pre.area.backing()).to_lowercase();
+
+    let cfg = XskConfig {
+        ifname: iface.name.clone(),
+        queue: 0,
+        rx_size: 0,
+        tx_size: TX_RING,
+        fill_size: FILL_SPARE,
+        comp_size: COMP_RING,
+        bind: opts.bind,
+    };
+    let queue_ids: Vec<u32> = (0..raw.queues).collect();
+    let mut xsk = Xsk::open_queues(pre.area, &cfg, &queue_ids)?;
+    let mode = match xsk.mode() {
+        XskMode::Copy => "afxdp-copy",
+        XskMode::ZeroCopy => "afxdp-zerocopy",
+    };
+    let frame_size = u64::from(plan.frame_size);
+    let spare: Vec<u64> = plan.spare_frames().map(|i| u64::from(i) * frame_size).collect();
+    let per_queue_spare = (spare.len() / raw.queues as usize).max(1);
+    for (i, q) in xsk.queues_mut().iter_mut().enumerate() {
+        if mode == "afxdp-copy" {
+            let _ = q.set_tx_budget(TX_RING);
+        }
+        if raw.busy_poll {
+            set_busy_poll(q, opts.batch)?;
+        }
+        let mine = spare.iter().copied().skip(i * per_queue_spare).take(per_queue_spare);
+        q.fill(mine, per_queue_spare as u32);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shared = Shared { stop: AtomicBool::new(false), packets: (0..raw.queues).map(|_| AtomicU64::new(0)).collect() };
+    let per_queue_rate = opts.rate.map(|r| r.scaled(1.0 / f64::from(raw.queues)));
+    let batch = opts.batch.clamp(1, TX_RING);
+    let start = Instant::now();
+    let end = start + raw.duration;
+    let mut rates = PacketRate::new(opts.intervals, start);
+    let label = format!("{mode}, {} queue(s), {frame_len} B frames", raw.queues);
+
+    let results: Vec<std::io::Result<QueueStats>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = xsk
+            .queues_mut()
+            .iter_mut()
+            .enumerate()
+            .map(|(i, q)| {
+                let shared = &shared;
+                let cpu = (raw.queues > 1 || cpus > 1).then_some(i % cpus);
+                scope.spawn(move || {
+                    if let Some(c) = cpu {
+                        pin_to(c);
+                    }
+                    let lane = Lane { index: i, frames: full, frame_size, frame_len, batch, rate: per_queue_rate };
+                    let r = lane.transmit(q, shared);
+                    r.map(|(packets, k)| QueueStats {
+                        queue: q.queue_id(),
+                        cpu,
+                        packets,
+                        kicks: k.kicks,
+                        kicks_unproductive: k.unproductive,
+                        device_drops: k.device_drops,
+                    })
+                })
+            })
+            .collect();
+        loop {
+            let now = Instant::now();
+            let total: u64 = shared.packets.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+            if now >= end || super::stop_requested() || handles.iter().any(|h| h.is_finished()) {
+                shared.stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            rates.tick(now, total, total * u64::from(frame_len), &label);
+            std::thread::sleep(Duration::from_millis(5).min(end.saturating_duration_since(now)));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a transmit thread panicked"))))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut per_queue = Vec::new();
+    for r in results {
+        per_queue.push(r.with_context(|| format!("transmit failed on {}", iface.name))?);
+    }
+    let packets: u64 = per_queue.iter().map(|q| q.packets).sum();
+    let bytes = packets * u64::from(frame_len);
+    rates.close(start + elapsed, packets, bytes, &label);
+    if super::stop_requested() {
+        bail!("interrupted");
+    }
+    drop(port_holder);
+    let secs = elapsed.as_secs_f64();
+    let report = RawReport {
+        mode: mode.into(),
+        queues: raw.queues,
+        frame_len,
+        packet_size: plan.packet_size,
+        batch,
+        rate: opts.rate.map(|r| r.to_string()),
+        busy_poll: raw.busy_poll,
+        umem_backing: backing,
+        elapsed_s: secs,
+        packets,
+        bytes,
+        pps: packets as f64 / secs,
+        bits_per_sec: bytes as f64 * 8.0 / secs,
+        median_pps: rates.median_pps(),
+        intervals: rates.samples.clone(),
+        per_queue,
+        rusage: super::Rusage::of_self(),
+        syscalls: crate::syscount::total(),
+    };
+    if opts.intervals {
+        println!(
+            "- - - - -\n[  0.00-{secs:6.2} sec]  {:>10}  {:>16}  sender, median {} per second",
+            human_pps(report.pps),
+            human_bits_per_sec(report.bits_per_sec),
+            human_pps(report.median_pps)
+        );
+    }
+    Ok(report)
+}
+
+/// One queue's share of the work.
+struct Lane {
+    index: usize,
+    frames: u64,
+    frame_size: u64,
+    frame_len: u32,
+    batch: u32,
+    rate: Option<Rate>,
+}
+
+impl Lane {
+    /// Transmits until told to stop. Returns frames completed and kick counts.
+    fn transmit(&self, q: &mut Queue, shared: &Shared) -> std::io::Result<(u64, Kicker)> {
+        let mut kicker = Kicker::default();
+        let mut pacer = self.rate.map(|r| Pacer::new(r, self.frame_len, Instant::now()));
+        // Lanes start at different frames; any frame may be posted by any lane.
+        let mut next = (self.index as u64 * self.frames / 2).min(self.frames.saturating_sub(1));
+        let mut outstanding = 0u32;
+        let mut completed = 0u64;
+        let mut spins = 0u32;
+        while !shared.stop.load(Ordering::Relaxed) {
+            let done = q.reap(COMP_RING);
+            outstanding -= done.min(outstanding);
+            completed += u64::from(done);
+            if done > 0 {
+                shared.packets[self.index].store(completed, Ordering::Relaxed);
+            }
+            let mut room = self.batch.min(COMP_RING - outstanding.min(COMP_RING));
+            if let Some(p) = pacer.as_mut() {
+                room = p.allowance(Instant::now(), self.frame_len, room);
+            }
+            let posted = q.post_with(room, |cap| {
+                let (start, frames, size, len) = (next, self.frames, self.frame_size, self.frame_len);
+                (0..cap).map(move |k| (((start + k as u64) % frames) * size, len))
+            });
+            if posted > 0 {
+                next = (next + u64::from(posted)) % self.frames;
+                outstanding += posted;
+                if let Some(p) = pacer.as_mut() {
+                    p.spend(posted, u64::from(posted) * u64::from(self.frame_len));
+                }
+            }
+            if outstanding > 0 {
+                kicker.kick_if_needed(q)?;
+            }
+            if posted == 0 && outstanding == 0 {
+                // Paced and waiting for tokens: sleep when the wait is long.
+                spins += 1;
+                if let (Some(p), true) = (pacer.as_ref(), spins > 64) {
+                    let wait = p.ready_at(self.frame_len).saturating_duration_since(Instant::now());
+                    if wait > Duration::from_micros(50) {
+                        std::thread::sleep(wait.min(Duration::from_millis(5)));
+                    }
+                }
+            } else {
+                spins = 0;
+            }
+        }
+        // Let the frames in flight complete, bounded.
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while outstanding > 0 && Instant::now() < deadline {
+            let _ = kicker.kick_if_needed(q);
+            let done = q.reap(COMP_RING);
+            outstanding -= done.min(outstanding);
+            completed += u64::from(done);
+        }
+        if outstanding > 0 {
+            warn!(queue = q.queue_id(), outstanding, "frames still in flight at the end");
+        }
+        Ok((completed, kicker))
+    }
+}
+
+fn set_busy_poll(q: &Queue, budget: u32) -> anyhow::Result<()> {
+    let fd = q.fd();
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_PREFER_BUSY_POLL, 1).context("SO_PREFER_BUSY_POLL")?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, 20).context("SO_BUSY_POLL (needs CAP_NET_ADMIN)")?;
+    setsockopt_u32(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL_BUDGET, budget).context("SO_BUSY_POLL_BUDGET")?;
+    info!(queue = q.queue_id(), budget, "busy polling preferred on this socket");
+    Ok(())
+}
+
+/// Pins the calling thread to one CPU; a failure is logged, not fatal.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let r = set.set(cpu).and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    match r {
+        Ok(()) => info!(cpu, "transmit thread pinned"),
+        Err(e) => warn!(cpu, "cannot pin the transmit thread: {e}"),
+    }
+}
