@@ -34,7 +34,8 @@ enum xb_counter {
 	XB_NO_SOCKET = 4,    /* data packet but no XSK on this queue: passed */
 	XB_SUNK = 5,         /* data packet dropped by the sink (XB_FLAG_SINK) */
 	XB_SUNK_BYTES = 6,   /* their bytes, from the Ethernet header on */
-	XB_NR_COUNTERS = 7,
+	XB_OVER_CAPACITY = 7, /* dropped by the capacity knob */
+	XB_NR_COUNTERS = 8,
 };
 
 /* Keep in sync with src/afxdp/program.rs (Steering::load). All multi-byte fields in network order
@@ -44,6 +45,14 @@ struct xb_config {
 	__u32 dst_ip4;        /* 0 = any address */
 	__u16 data_port;      /* 0 = steer nothing */
 	__u16 flags;          /* XB_FLAG_* */
+	__u32 capacity_pps;   /* test knob: take at most this many data packets
+	                       * per second (per CPU), drop the rest; 0 = off */
+};
+
+/* Token bucket for capacity_pps, one per CPU (no lock on the fast path). */
+struct xb_bucket {
+	__u64 last_ns;
+	__u64 tokens; /* in 1e-9 packets */
 };
 
 /* Drop every data packet, counted: a native-XDP drop sink for packet-rate
@@ -63,6 +72,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct xb_config);
 } config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xb_bucket);
+} bucket SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -86,6 +102,34 @@ static __always_inline int count(__u32 idx, int verdict)
 	if (c)
 		*c += 1;
 	return verdict;
+}
+
+#define NS_PER_SEC 1000000000ULL
+/* Up to this many packets may arrive back to back, like a receive ring. */
+#define BUCKET_BURST 256ULL
+
+/* A receiver that can take only `pps` packets per second: 1 when this packet
+ * fits, 0 when it is over. */
+static __always_inline int take_token(__u32 pps)
+{
+	__u32 key = 0;
+	struct xb_bucket *b = bpf_map_lookup_elem(&bucket, &key);
+	if (!b)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 elapsed = now - b->last_ns;
+	if (elapsed > NS_PER_SEC)
+		elapsed = NS_PER_SEC;
+	b->last_ns = now;
+	__u64 tokens = b->tokens + elapsed * pps;
+	if (tokens > BUCKET_BURST * NS_PER_SEC)
+		tokens = BUCKET_BURST * NS_PER_SEC;
+	if (tokens < NS_PER_SEC) {
+		b->tokens = tokens;
+		return 0;
+	}
+	b->tokens = tokens - NS_PER_SEC;
+	return 1;
 }
 
 SEC("xdp")
@@ -153,6 +197,8 @@ int xdpblast_steer(struct xdp_md *ctx)
 			*b += data_end - data;
 		return count(XB_SUNK, XDP_DROP);
 	}
+	if (cfg->capacity_pps && !take_token(cfg->capacity_pps))
+		return count(XB_OVER_CAPACITY, XDP_DROP);
 	if (cfg->loss_threshold && bpf_get_prandom_u32() < cfg->loss_threshold)
 		return count(XB_LOSS_DROPPED, XDP_DROP);
 

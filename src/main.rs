@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::info;
 
-use xdpblast::afxdp::program::Steering;
+use xdpblast::afxdp::program::{Steering, TestKnobs};
 use xdpblast::afxdp::umem::UmemError;
 use xdpblast::afxdp::xsk::BindMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
@@ -162,6 +162,9 @@ struct SendArgs {
     /// IP packet size in bytes; default and maximum: the interface MTU.
     #[arg(long)]
     packet_size: Option<u32>,
+    /// UMEM frame size, 2048 or 4096; default: the smallest that holds a packet.
+    #[arg(long)]
+    frame_size: Option<u32>,
     #[arg(long, value_enum, default_value = "auto")]
     mode: SendMode,
     /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
@@ -180,6 +183,11 @@ struct SendArgs {
     /// 10G) or packets/s (200kpps). Default: as fast as the link takes.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<Rate>,
+    /// Adapt the rate to the loss the receiver reports (AIMD), never above
+    /// --rate (or the link speed). Off by default: it cannot tell random loss
+    /// from a receiver that is overrun, and would slow down for both.
+    #[arg(long, conflicts_with = "raw")]
+    adapt: bool,
     /// Raw mode: send the preloaded frames round and round for --duration
     /// seconds, with no protocol and no receiver (measure against a drop sink,
     /// e.g. `xdpblast sink` on the peer).
@@ -234,6 +242,10 @@ struct RecvArgs {
     /// Test knob: our XDP program drops data packets with this probability.
     #[arg(long, default_value_t = 0.0)]
     inject_loss: f64,
+    /// Test knob: our XDP program takes at most this many data packets per
+    /// second and drops the rest, like a receiver too slow for the sender.
+    #[arg(long, default_value_t = 0)]
+    inject_capacity: u32,
     /// Accept a session only from this address.
     #[arg(long)]
     allow_from: Option<IpAddr>,
@@ -355,11 +367,13 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         dst_mac,
         src: a.src,
         packet_size: a.packet_size,
+        frame_size: a.frame_size,
         timeout,
         umem_budget: a.umem_budget.saturating_mul(1 << 20),
         bind: a.xdp_bind.into(),
         batch: a.batch,
         rate: a.rate,
+        adapt: a.adapt,
         intervals: !a.json,
         progress: a.progress,
     };
@@ -409,6 +423,7 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     if !(0.0..=1.0).contains(&a.inject_loss) {
         bail!("--inject-loss must be between 0.0 and 1.0, got {}", a.inject_loss);
     }
+    let knobs = TestKnobs { loss: a.inject_loss, capacity_pps: a.inject_capacity };
     let ctrl_addr = SocketAddrV4::new(*a.listen.ip(), control_port(a.listen.port())?);
     let ctrl = Control::bind(ctrl_addr.into())?;
     let opts = RecvOptions {
@@ -437,7 +452,7 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         }
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
-            let mut rx = AfxdpReceiver::open(&iface, a.listen, a.inject_loss, a.xdp_bind.into())?;
+            let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into())?;
             let mode = match rx.mode() {
                 xdpblast::afxdp::xsk::XskMode::Copy => "afxdp-copy",
                 xdpblast::afxdp::xsk::XskMode::ZeroCopy => "afxdp-zerocopy",
@@ -459,9 +474,11 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         RecvMode::Udp => {
             // The loss knob lives in our XDP program; with no XSK in its map it
             // passes every surviving packet to the kernel stack.
-            let steering = match (&iface, a.inject_loss > 0.0) {
-                (Some(i), true) => Some(Steering::attach(&i.name, i.index, None, a.listen.port(), a.inject_loss)?),
-                (None, true) => bail!("--inject-loss needs --iface (the loss is injected by our XDP program)"),
+            let steering = match (&iface, knobs != TestKnobs::default()) {
+                (Some(i), true) => Some(Steering::attach(&i.name, i.index, None, a.listen.port(), knobs)?),
+                (None, true) => {
+                    bail!("--inject-loss and --inject-capacity need --iface (our XDP program injects them)")
+                }
                 _ => None,
             };
             let udp = UdpReceiver::bind(a.listen)?;

@@ -88,7 +88,7 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
             Err("skipped: another program is attached".into())
         } else {
             // Port 0 steers nothing: every packet passes while we look.
-            Steering::attach(&i.name, i.index, None, 0, 0.0)
+            Steering::attach(&i.name, i.index, None, 0, Default::default())
                 .map(|s| format!("{:?}", s.mode()).to_lowercase())
                 .map_err(|e| e.to_string())
         };

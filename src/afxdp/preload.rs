@@ -51,6 +51,8 @@ pub enum PlanError {
     TooSmall(u32),
     #[error("a {frame} byte frame does not fit a 4096 byte UMEM frame; multi-buffer frames are not supported yet")]
     FrameTooBig { frame: u32 },
+    #[error("--frame-size {asked} must be 2048 or 4096, and at least {need} for this packet size")]
+    FrameSize { asked: u32, need: u32 },
     #[error("the file needs {frames} frames ({bytes} bytes of UMEM), above the UMEM budget of {budget} bytes (--umem-budget); streaming files larger than the budget is not supported yet")]
     OverBudget { frames: u64, bytes: u64, budget: u64 },
 }
@@ -85,6 +87,21 @@ impl FramePlan {
             .filter(|_| bytes <= umem_budget)
             .ok_or(PlanError::OverBudget { frames, bytes, budget: umem_budget })?;
         Ok(FramePlan { packet_size, chunk_size, frame_size, n_chunks, total_frames })
+    }
+
+    /// The same plan in UMEM frames of `frame_size` bytes instead of the
+    /// smallest that fits (2048 or 4096).
+    pub fn with_frame_size(mut self, frame_size: u32, umem_budget: u64) -> Result<FramePlan, PlanError> {
+        if !(frame_size == 2048 || frame_size == 4096) || frame_size < self.frame_size {
+            return Err(PlanError::FrameSize { asked: frame_size, need: self.frame_size });
+        }
+        self.frame_size = frame_size;
+        let frames = u64::from(self.total_frames);
+        let bytes = frames * u64::from(frame_size);
+        if bytes > umem_budget {
+            return Err(PlanError::OverBudget { frames, bytes, budget: umem_budget });
+        }
+        Ok(self)
     }
 
     pub fn meta_frame(&self, last: bool) -> u32 {
@@ -223,6 +240,11 @@ mod tests {
         assert_eq!(p.chunk_size, 1500 - 28 - 24);
         assert_eq!(p.frame_size, 2048);
         assert_eq!(FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap().frame_size, 4096);
+        let p4 = p.with_frame_size(4096, u64::MAX).unwrap();
+        assert_eq!((p4.frame_size, p4.total_frames, p4.chunk_size), (4096, p.total_frames, p.chunk_size));
+        assert!(matches!(p.with_frame_size(3000, u64::MAX), Err(PlanError::FrameSize { .. })));
+        let big = FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap();
+        assert!(matches!(big.with_frame_size(2048, u64::MAX), Err(PlanError::FrameSize { asked: 2048, need: 4096 })));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct XdpCounters {
     /// Dropped by the sink ([`Steering::attach_sink`]), and their bytes.
     pub sunk: u64,
     pub sunk_bytes: u64,
+    /// Dropped by the capacity knob (`recv --inject-capacity`).
+    pub over_capacity: u64,
 }
 
 /// How the program ended up attached.
@@ -50,6 +52,16 @@ pub enum ProgramError {
     Attach { ifname: String, err: String, hint: &'static str },
     #[error("cannot update the {map} map: {err}")]
     Map { map: &'static str, err: String },
+}
+
+/// Test knobs in the program: loss and a capacity limit, because this kind of
+/// host has no tc netem.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TestKnobs {
+    /// Probability (0..=1) of dropping a data packet.
+    pub loss: f64,
+    /// Take at most this many data packets per second (per CPU); 0 = off.
+    pub capacity_pps: u32,
 }
 
 /// `xb_config.flags` bit: drop and count every data packet.
@@ -86,15 +98,15 @@ impl Steering {
         ifindex: u32,
         dst_ip: Option<Ipv4Addr>,
         data_port: u16,
-        loss: f64,
+        knobs: TestKnobs,
     ) -> Result<Steering, ProgramError> {
-        Steering::load(ifname, ifindex, dst_ip, data_port, loss, 0)
+        Steering::load(ifname, ifindex, dst_ip, data_port, knobs, 0)
     }
 
     /// The same program as a native-XDP drop sink: every UDP datagram for
     /// `data_port` is dropped in the driver and counted (`sunk`).
     pub fn attach_sink(ifname: &str, ifindex: u32, data_port: u16) -> Result<Steering, ProgramError> {
-        Steering::load(ifname, ifindex, None, data_port, 0.0, FLAG_SINK)
+        Steering::load(ifname, ifindex, None, data_port, TestKnobs::default(), FLAG_SINK)
     }
 
     fn load(
@@ -102,9 +114,10 @@ impl Steering {
         ifindex: u32,
         dst_ip: Option<Ipv4Addr>,
         data_port: u16,
-        loss: f64,
+        knobs: TestKnobs,
         flags: u16,
     ) -> Result<Steering, ProgramError> {
+        let loss = knobs.loss;
         // The skeleton borrows its object storage for its whole life. One
         // receiver loads one program, so a small, bounded leak is the simple
         // honest answer to that borrow.
@@ -114,11 +127,12 @@ impl Steering {
         let skel = open.load().map_err(|e| ProgramError::Load(format!("{e:#}")))?;
 
         let threshold = (loss.clamp(0.0, 1.0) * f64::from(u32::MAX)).round() as u32;
-        let mut cfg = Vec::with_capacity(12);
+        let mut cfg = Vec::with_capacity(16);
         cfg.extend_from_slice(&threshold.to_ne_bytes());
         cfg.extend_from_slice(&dst_ip.map_or([0; 4], |ip| ip.octets()));
         cfg.extend_from_slice(&data_port.to_be_bytes());
         cfg.extend_from_slice(&flags.to_ne_bytes());
+        cfg.extend_from_slice(&knobs.capacity_pps.to_ne_bytes());
         skel.maps
             .config
             .update(&0u32.to_ne_bytes(), &cfg, MapFlags::ANY)
@@ -141,7 +155,15 @@ impl Steering {
             ProgramError::Attach { ifname: ifname.into(), err, hint }
         })?;
         let mode = query_attach_mode(ifindex);
-        info!(ifname, ?mode, data_port, loss, flags, "XDP program attached through a bpf_link");
+        info!(
+            ifname,
+            ?mode,
+            data_port,
+            loss,
+            capacity_pps = knobs.capacity_pps,
+            flags,
+            "XDP program attached through a bpf_link"
+        );
         Ok(Steering { _link: link, skel, mode })
     }
 
@@ -160,7 +182,7 @@ impl Steering {
 
     /// Counters summed over CPUs.
     pub fn counters(&self) -> XdpCounters {
-        let mut sums = [0u64; 7];
+        let mut sums = [0u64; 8];
         for (i, sum) in sums.iter_mut().enumerate() {
             if let Ok(Some(per_cpu)) = self.skel.maps.counters.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY) {
                 *sum = per_cpu
@@ -177,6 +199,7 @@ impl Steering {
             no_socket: sums[4],
             sunk: sums[5],
             sunk_bytes: sums[6],
+            over_capacity: sums[7],
         }
     }
 }

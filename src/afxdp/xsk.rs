@@ -129,8 +129,8 @@ impl Xsk {
         }
         let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
         let mut bound = Vec::with_capacity(queues.len());
-        for &q in queues {
-            bound.push(Queue::bind(&umem, cfg, q)?);
+        for (i, &q) in queues.iter().enumerate() {
+            bound.push(Queue::bind(&umem, cfg, q, i == 0)?);
         }
         let mode = bound.first().map_or(XskMode::Copy, |q| query_mode(q.fd));
         Ok(Xsk { queues: bound, _umem: umem, area, mode })
@@ -201,20 +201,28 @@ impl Xsk {
 }
 
 impl Queue {
-    fn bind(umem: &Umem, cfg: &XskConfig, queue: u32) -> Result<Queue, XskError> {
+    /// The first socket uses the UMEM's own descriptor; later ones get their
+    /// own and bind with XDP_SHARED_UMEM, inheriting the first one's copy,
+    /// zero-copy and need-wakeup settings (the kernel refuses them as flags).
+    fn bind(umem: &Umem, cfg: &XskConfig, queue: u32, first: bool) -> Result<Queue, XskError> {
         let name = CString::new(cfg.ifname.as_str())
             .map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
         let mut ifinfo = IfInfo::invalid();
         ifinfo.from_name(&name).map_err(|e| XskError::Interface(cfg.ifname.clone(), errno_str(e)))?;
         ifinfo.set_queue(queue);
 
-        let sock = Socket::with_shared(&ifinfo, umem).map_err(|e| XskError::Socket(errno_str(e)))?;
+        let sock = if first { Socket::with_shared(&ifinfo, umem) } else { Socket::new(&ifinfo) }
+            .map_err(|e| XskError::Socket(errno_str(e)))?;
         let device = umem.fq_cq(&sock).map_err(|e| XskError::Umem(errno_str(e)))?;
-        let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP;
-        bind_flags |= match cfg.bind {
-            BindMode::Auto => 0,
-            BindMode::Copy => SocketConfig::XDP_BIND_COPY,
-            BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+        let bind_flags = if first {
+            SocketConfig::XDP_BIND_NEED_WAKEUP
+                | match cfg.bind {
+                    BindMode::Auto => 0,
+                    BindMode::Copy => SocketConfig::XDP_BIND_COPY,
+                    BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+                }
+        } else {
+            0
         };
         let scfg =
             SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use tracing::info;
 
 use super::receive::{DataPath, Datagram};
-use crate::afxdp::program::Steering;
+use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
 use crate::net::iface::Interface;
@@ -30,9 +30,14 @@ pub struct AfxdpReceiver {
 }
 
 impl AfxdpReceiver {
-    pub fn open(iface: &Interface, listen: SocketAddrV4, loss: f64, bind: BindMode) -> anyhow::Result<AfxdpReceiver> {
+    pub fn open(
+        iface: &Interface,
+        listen: SocketAddrV4,
+        knobs: TestKnobs,
+        bind: BindMode,
+    ) -> anyhow::Result<AfxdpReceiver> {
         let dst_ip = (!listen.ip().is_unspecified()).then_some(*listen.ip());
-        let steering = Steering::attach(&iface.name, iface.index, dst_ip, listen.port(), loss)?;
+        let steering = Steering::attach(&iface.name, iface.index, dst_ip, listen.port(), knobs)?;
         // Netlink reports the queues a device has room for, not how many are
         // in use (a veth allocates one per CPU): bind from queue 0 up and stop
         // at the first the kernel calls out of range.

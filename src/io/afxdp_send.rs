@@ -19,7 +19,7 @@ use crate::afxdp::preload::{preload, FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
 use crate::afxdp::xsk::{BindMode, Kick, Queue, Xsk, XskConfig, XskMode};
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
-use crate::proto::pacer::{Pacer, Rate};
+use crate::proto::pacer::{Aimd, Pacer, Rate};
 use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
@@ -39,12 +39,17 @@ pub struct SendOptions {
     pub dst_mac: Option<[u8; 6]>,
     pub src: Option<Ipv4Addr>,
     pub packet_size: Option<u32>,
+    /// UMEM frame size; default the smallest that fits (2048 or 4096).
+    pub frame_size: Option<u32>,
     pub timeout: Duration,
     pub umem_budget: u64,
     pub bind: BindMode,
     pub batch: u32,
     /// Pace the transmit ring to this rate (token bucket).
     pub rate: Option<Rate>,
+    /// Adapt the rate to the loss the receiver reports (AIMD), within `rate`
+    /// or the link speed.
+    pub adapt: bool,
     pub intervals: bool,
     /// Print `progress BYTES TOTAL` lines on stderr (for `bench`): bytes the
     /// receiver reports holding.
@@ -70,6 +75,33 @@ pub struct SendReport {
     pub transfer_rusage: super::Rusage,
     /// Data-path syscalls (see `crate::syscount`).
     pub syscalls: u64,
+    /// With `--adapt`: the rate over time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<Adaptation>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Adaptation {
+    pub ceiling: String,
+    /// "bits_per_sec" or "packets_per_sec".
+    pub unit: &'static str,
+    pub decreases: u64,
+    /// Every 20 ms and at each decrease: seconds since the first frame, the
+    /// rate, and the loss the last report gave (basis points).
+    pub rate_log: Vec<RatePoint>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RatePoint {
+    pub t: f64,
+    pub rate: f64,
+    pub loss_bp: u16,
+}
+
+/// The interface's speed from sysfs (veth says 10 Gb/s), if it knows one.
+fn link_speed(ifname: &str) -> Option<Rate> {
+    let mbps: i64 = std::fs::read_to_string(format!("/sys/class/net/{ifname}/speed")).ok()?.trim().parse().ok()?;
+    (mbps > 0).then_some(Rate::BitsPerSec(mbps as f64 * 1e6))
 }
 
 /// Everything that can be checked before a packet leaves.
@@ -119,7 +151,10 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         bail!("{} is not a regular file", opts.file.display());
     }
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
-    let plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem_budget)?;
+    let mut plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem_budget)?;
+    if let Some(fs) = opts.frame_size {
+        plan = plan.with_frame_size(fs, opts.umem_budget)?;
+    }
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     Ok(Prepared {
         src: SocketAddrV4::new(src_ip, 0),
@@ -382,7 +417,14 @@ fn transfer(
     let mut next_progress = Instant::now();
     let mut local_error: Option<anyhow::Error> = None;
     let full_frame = PAYLOAD_OFFSET as u32 + plan.chunk_size;
-    let mut pacer = opts.rate.map(|r| Pacer::new(r, full_frame, start));
+    let mut aimd = opts.adapt.then(|| {
+        let ceiling = opts.rate.or_else(|| link_speed(&iface.name)).unwrap_or(Rate::BitsPerSec(100e9));
+        info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
+        Aimd::new(ceiling, sender.rtt)
+    });
+    let mut pacer = opts.rate.or(aimd.as_ref().map(|a| a.rate())).map(|r| Pacer::new(r, full_frame, start));
+    let mut rate_log: Vec<RatePoint> = Vec::new();
+    let mut next_rate_point = start;
     let frame_len = |id: &FrameId| match *id {
         FrameId::Data(c) => plan.data_len(&info, c),
         FrameId::Meta { .. } => meta_len,
@@ -409,6 +451,20 @@ fn transfer(
         }
         if sender.is_finished() {
             break;
+        }
+        if let (Some(a), Some(p)) = (aimd.as_mut(), pacer.as_mut()) {
+            if let Some(loss_bp) = sender.take_loss_report() {
+                let changed = a.on_report(now, loss_bp);
+                if let Some(r) = changed {
+                    p.set_rate(r, now);
+                }
+                let t = now.saturating_duration_since(first_post.unwrap_or(start)).as_secs_f64();
+                let decreased = changed.is_some() && loss_bp > 0;
+                if (decreased || now >= next_rate_point) && rate_log.len() < 100_000 {
+                    next_rate_point = now + Duration::from_millis(20);
+                    rate_log.push(RatePoint { t, rate: a.rate().value(), loss_bp });
+                }
+            }
         }
 
         // Reserve ring slots first, then let the scheduler fill exactly those:
@@ -519,5 +575,14 @@ fn transfer(
         rusage: super::Rusage::of_self(),
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
+        adaptation: aimd.map(|a| Adaptation {
+            ceiling: a.ceiling().to_string(),
+            unit: match a.ceiling() {
+                Rate::BitsPerSec(_) => "bits_per_sec",
+                Rate::PacketsPerSec(_) => "packets_per_sec",
+            },
+            decreases: a.decreases,
+            rate_log,
+        }),
     })
 }

@@ -20,7 +20,8 @@ pub struct SinkReport {
     pub bytes: u64,
     pub pps: f64,
     pub bits_per_sec: f64,
-    /// Median over the one-second intervals in which packets arrived.
+    /// Median over the one-second intervals in which packets arrived, less
+    /// the first and the last of them (partly idle).
     pub median_pps: f64,
     pub intervals: Vec<RateSample>,
 }
@@ -45,8 +46,12 @@ pub fn run(iface: &Interface, port: u16, duration: Duration, print: bool) -> any
     let elapsed = start.elapsed();
     rates.close(start + elapsed, c.sunk, c.sunk_bytes, label);
     let secs = elapsed.as_secs_f64();
-    // Seconds before the sender started or after it stopped are not its rate.
-    let active: Vec<f64> = rates.samples.iter().map(|s| s.pps).filter(|p| *p > 0.0).collect();
+    // Seconds before the sender started or after it stopped are not its rate,
+    // and the first and last seconds with traffic are partly idle.
+    let mut active: Vec<f64> = rates.samples.iter().map(|s| s.pps).filter(|p| *p > 0.0).collect();
+    if active.len() > 2 {
+        active = active[1..active.len() - 1].to_vec();
+    }
     let report = SinkReport {
         iface: iface.name.clone(),
         port,

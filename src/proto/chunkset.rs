@@ -62,6 +62,25 @@ impl ChunkSet {
     }
 
     /// The first missing chunk at or after `from` and before `upto`.
+    /// Chunks in `from..upto` not held.
+    pub fn count_missing(&self, from: u64, upto: u64) -> u64 {
+        let upto = upto.min(self.len);
+        if from >= upto {
+            return 0;
+        }
+        let mut held = 0u64;
+        let mut idx = from;
+        while idx < upto {
+            let w = (idx / 64) as usize;
+            let lo = idx % 64;
+            let hi = (upto - (idx - lo)).min(64);
+            let mask = if hi - lo == 64 { !0 } else { ((1u64 << (hi - lo)) - 1) << lo };
+            held += u64::from((self.words[w] & mask).count_ones());
+            idx = idx - lo + hi;
+        }
+        (upto - from) - held
+    }
+
     pub fn next_missing(&self, from: u64, upto: u64) -> Option<u64> {
         let upto = upto.min(self.len);
         let mut idx = from;
@@ -115,6 +134,18 @@ mod tests {
         assert_eq!(s.prefix(), 1, "chunk 1 still missing");
         s.insert(1);
         assert_eq!(s.prefix(), 130);
+    }
+
+    #[test]
+    fn count_missing_matches_a_scan() {
+        let mut c = ChunkSet::new(300);
+        for i in (0..300).filter(|i| i % 3 != 0 && i % 7 != 1) {
+            c.insert(i);
+        }
+        for (from, upto) in [(0, 300), (5, 6), (63, 65), (64, 128), (1, 299), (10, 10), (250, 900)] {
+            let want = (from..upto.min(300)).filter(|i| !c.contains(*i)).count() as u64;
+            assert_eq!(c.count_missing(from, upto), want, "{from}..{upto}");
+        }
     }
 
     #[test]

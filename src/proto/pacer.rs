@@ -208,3 +208,119 @@ mod tests {
         assert_eq!(sent, 10, "10 kpps for 1 ms");
     }
 }
+
+/// Loss-driven rate adaptation (AIMD), in the manner of UDT and Tsunami: the
+/// receiver reports the loss it saw in each NACK tick; above a threshold the
+/// rate drops towards what got through, otherwise it climbs by a fixed step,
+/// never above the ceiling (`--rate`, or the link speed).
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    ceiling: Rate,
+    rate: f64,
+    floor: f64,
+    step: f64,
+    /// Loss above this, in basis points, is congestion.
+    threshold_bp: u16,
+    /// After a decrease, reports already in flight still show the old loss:
+    /// ignore losses for this long.
+    hold: Duration,
+    last_decrease: Option<Instant>,
+    /// Until the first loss the rate grows by half each report, from a
+    /// sixteenth of the ceiling: a slow receiver then meets a short ramp, not
+    /// a burst at full speed.
+    slow_start: bool,
+    pub decreases: u64,
+}
+
+impl Aimd {
+    pub fn new(ceiling: Rate, rtt: Option<Duration>) -> Aimd {
+        let c = ceiling.value();
+        Aimd {
+            ceiling,
+            rate: (c / 16.0).max(1.0),
+            floor: (c / 1000.0).max(1.0),
+            step: c / 1000.0,
+            threshold_bp: 100,
+            hold: rtt.map_or(Duration::from_millis(15), |r| (r * 3).max(Duration::from_millis(15))),
+            last_decrease: None,
+            slow_start: true,
+            decreases: 0,
+        }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.ceiling.scaled(self.rate / self.ceiling.value())
+    }
+
+    pub fn ceiling(&self) -> Rate {
+        self.ceiling
+    }
+
+    /// One loss report. Returns the new rate when it changed.
+    pub fn on_report(&mut self, now: Instant, loss_bp: u16) -> Option<Rate> {
+        let before = self.rate;
+        if loss_bp > self.threshold_bp {
+            if self.last_decrease.is_some_and(|t| now < t + self.hold) {
+                return None;
+            }
+            // What got through, a little below it; at least a gentle cut.
+            let delivered = self.rate * (1.0 - f64::from(loss_bp) / 10_000.0);
+            self.rate = (delivered * 0.97).min(self.rate * 0.875).max(self.floor);
+            self.last_decrease = Some(now);
+            self.decreases += 1;
+            self.slow_start = false;
+        } else if self.slow_start {
+            self.rate = (self.rate * 1.5).min(self.ceiling.value());
+        } else {
+            self.rate = (self.rate + self.step).min(self.ceiling.value());
+        }
+        (self.rate != before).then(|| self.rate())
+    }
+}
+
+#[cfg(test)]
+mod aimd_tests {
+    use super::*;
+
+    /// Against a receiver that takes `cap` of whatever is offered, reports
+    /// every 5 ms converge near `cap` and keep the loss small.
+    #[test]
+    fn converges_near_a_receivers_capacity() {
+        let ceiling = Rate::BitsPerSec(10e9);
+        let cap = 2.4e9;
+        let mut a = Aimd::new(ceiling, Some(Duration::from_micros(100)));
+        let t0 = Instant::now();
+        let (mut offered, mut lost) = (0.0, 0.0);
+        let mut rates = Vec::new();
+        for tick in 0..2000u32 {
+            let r = a.rate().value();
+            let loss = ((r - cap) / r).max(0.0);
+            if tick >= 200 {
+                offered += r;
+                lost += r * loss;
+                rates.push(r);
+            }
+            a.on_report(t0 + Duration::from_millis(5 * u64::from(tick)), (loss * 10_000.0) as u16);
+        }
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        assert!(mean > 0.85 * cap && mean < 1.05 * cap, "mean rate {mean:.3e} against capacity {cap:.3e}");
+        assert!(lost / offered < 0.05, "loss {:.3}", lost / offered);
+        assert!(a.rate().value() <= ceiling.value());
+    }
+
+    #[test]
+    fn without_loss_it_climbs_to_the_ceiling_and_stays() {
+        let mut a = Aimd::new(Rate::PacketsPerSec(1e6), None);
+        assert_eq!(a.rate(), Rate::PacketsPerSec(1e6 / 16.0), "slow start begins low");
+        let t0 = Instant::now();
+        // 1/16 x 1.5^7 > 1: seven loss-free reports reach the ceiling.
+        for i in 0..7 {
+            assert!(a.on_report(t0 + Duration::from_millis(i), 0).is_some());
+        }
+        for i in 7..100 {
+            assert_eq!(a.on_report(t0 + Duration::from_millis(i), 0), None);
+        }
+        assert_eq!(a.rate(), Rate::PacketsPerSec(1e6));
+        assert_eq!(a.decreases, 0);
+    }
+}

@@ -226,6 +226,8 @@ struct Session {
     idle_since: Option<Instant>,
     round: u64,
     digest: Option<[u8; 32]>,
+    /// First chunk not yet counted in a loss report.
+    loss_from: u64,
 }
 
 impl Session {
@@ -418,6 +420,7 @@ impl Receiver {
                         idle_since: None,
                         round: 0,
                         digest: None,
+                        loss_from: 0,
                     });
                     self.last_heard = now;
                     self.state = State::Receiving;
@@ -578,6 +581,13 @@ impl Receiver {
         let watermark = if s.end_seen || (s.end_probed && quiet) { s.info.n_chunks } else { s.high_at_last_tick };
         s.high_at_last_tick = s.high;
         s.round += 1;
+        // Loss over the first-pass chunks this report newly covers.
+        let covered = watermark.saturating_sub(s.loss_from);
+        let loss_bp = (covered > 0).then(|| {
+            let lost = s.chunks.count_missing(s.loss_from, watermark);
+            (lost * 10_000 / covered) as u16
+        });
+        s.loss_from = s.loss_from.max(watermark);
         let mut from = 0;
         let mut part = 0u16;
         while part < self.cfg.max_nack_parts {
@@ -592,6 +602,7 @@ impl Receiver {
                 base,
                 nbits,
                 bitmap: &self.scratch,
+                loss_bp,
             };
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
             part += 1;
@@ -618,6 +629,7 @@ impl Receiver {
                 base: 0,
                 nbits: 0,
                 bitmap: &[],
+                loss_bp,
             };
             self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
         }

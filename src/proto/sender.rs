@@ -92,6 +92,8 @@ pub struct SendStats {
     pub window_stalls: u64,
     /// Tail chunks re-posted because a full window saw no progress.
     pub tail_probes: u64,
+    /// Loss reports received (one per NACK round), for rate adaptation.
+    pub loss_reports: u64,
 }
 
 #[derive(Debug)]
@@ -141,6 +143,8 @@ pub struct Sender {
     outcome: Option<Result<(), SendError>>,
     pub stats: SendStats,
     pub rtt: Option<Duration>,
+    /// The worst loss reported since the driver last asked, in basis points.
+    loss_unread: Option<u16>,
 }
 
 impl Sender {
@@ -167,6 +171,7 @@ impl Sender {
             outcome: None,
             stats: SendStats::default(),
             rtt: None,
+            loss_unread: None,
         }
     }
 
@@ -337,6 +342,10 @@ impl Sender {
                     return Ok(());
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
+                if let (0, Some(l)) = (nack.part, nack.loss_bp) {
+                    self.stats.loss_reports += 1;
+                    self.loss_unread = Some(self.loss_unread.map_or(l, |o| o.max(l)));
+                }
                 // Past the first pass the reported position counts markers; the
                 // window only cares about first-pass chunks.
                 let high = nack.high.min(self.next_first_pass);
@@ -423,6 +432,12 @@ impl Sender {
         };
         self.state = State::Finished;
         self.outcome = Some(Err(err));
+    }
+
+    /// The worst loss the receiver reported since the last call, in basis
+    /// points of the chunks each report covered.
+    pub fn take_loss_report(&mut self) -> Option<u16> {
+        self.loss_unread.take()
     }
 
     /// Ends the transfer from the driver's side (e.g. the link went down).

@@ -503,8 +503,16 @@ fn nack_for_unsent_chunks_is_ignored() {
     let mut ids = [FrameId::Meta { last: false }; 3];
     assert_eq!(tx.next_frames(now, &mut ids), 3); // Meta, 0, 1
     let bitmap = [0xffu8, 0x03];
-    let nack =
-        crate::wire::message::Nack { round: 1, part: 0, received: 0, high: 2, base: 0, nbits: 10, bitmap: &bitmap };
+    let nack = crate::wire::message::Nack {
+        round: 1,
+        part: 0,
+        received: 0,
+        high: 2,
+        base: 0,
+        nbits: 10,
+        bitmap: &bitmap,
+        loss_bp: None,
+    };
     tx.on_control(now, &Message::Nack { session: 1, nack }.to_vec()).unwrap();
     let mut ids = [FrameId::Meta { last: false }; 4];
     let n = tx.next_frames(now, &mut ids);
@@ -526,7 +534,16 @@ fn nack_for_a_repair_still_in_flight_is_not_repeated() {
         let bitmap = [0b100u8]; // chunk 2 missing
         Message::Nack {
             session: 1,
-            nack: crate::wire::message::Nack { round, part: 0, received: 0, high, base: 0, nbits: 3, bitmap: &bitmap },
+            nack: crate::wire::message::Nack {
+                round,
+                part: 0,
+                received: 0,
+                high,
+                base: 0,
+                nbits: 3,
+                bitmap: &bitmap,
+                loss_bp: None,
+            },
         }
         .to_vec()
     };

@@ -221,7 +221,14 @@ pub struct Nack<'a> {
     pub nbits: u32,
     /// Bit i (LSB first within each byte) set = chunk `base + i` is missing.
     pub bitmap: &'a [u8],
+    /// Loss the receiver saw since its previous report, in basis points
+    /// (1/100 of a percent) of the first-pass chunks that report covers;
+    /// `None` when no new chunks were covered. Drives the sender's rate.
+    pub loss_bp: Option<u16>,
 }
+
+/// `loss_bp` on the wire when there is no sample.
+const NO_LOSS_SAMPLE: u16 = u16::MAX;
 
 impl<'a> Nack<'a> {
     pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
@@ -296,6 +303,11 @@ impl<'a> Message<'a> {
                     return Err(WireError::BadBody);
                 }
                 let part = be_u16(&body[0..2]);
+                let loss_bp = match be_u16(&body[2..4]) {
+                    NO_LOSS_SAMPLE => None,
+                    l if l <= 10_000 => Some(l),
+                    _ => return Err(WireError::BadBody),
+                };
                 let nbits = be_u32(&body[4..8]);
                 let received = be_u64(&body[8..16]);
                 let base = be_u64(&body[16..24]);
@@ -305,7 +317,10 @@ impl<'a> Message<'a> {
                 if (nbits as usize).div_ceil(8) != bitmap.len() || base.checked_add(u64::from(nbits)).is_none() {
                     return Err(WireError::BadBody);
                 }
-                Message::Nack { session, nack: Nack { round: h.seq(), part, received, high, base, nbits, bitmap } }
+                Message::Nack {
+                    session,
+                    nack: Nack { round: h.seq(), part, received, high, base, nbits, bitmap, loss_bp },
+                }
             }
             Kind::Done => {
                 if body.len() < 40 {
@@ -351,7 +366,7 @@ impl<'a> Message<'a> {
             }
             Message::Nack { session, nack } => {
                 out.extend_from_slice(&nack.part.to_be_bytes());
-                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&nack.loss_bp.map_or(NO_LOSS_SAMPLE, |l| l.min(10_000)).to_be_bytes());
                 out.extend_from_slice(&nack.nbits.to_be_bytes());
                 out.extend_from_slice(&nack.received.to_be_bytes());
                 out.extend_from_slice(&nack.base.to_be_bytes());
@@ -401,7 +416,16 @@ mod tests {
             Message::HelloAck { session: 9, delay_us: 1234 },
             Message::Nack {
                 session: 9,
-                nack: Nack { round: 4, part: 1, received: 77, high: 120, base: 100, nbits: 9, bitmap: &bitmap },
+                nack: Nack {
+                    round: 4,
+                    part: 1,
+                    received: 77,
+                    high: 120,
+                    base: 100,
+                    nbits: 9,
+                    bitmap: &bitmap,
+                    loss_bp: Some(250),
+                },
             },
             Message::End { session: 9, info: info(), retransmits: 12 },
             Message::Done { session: 9, ok: true, digest: [3; 32] },
@@ -416,7 +440,7 @@ mod tests {
     #[test]
     fn nack_bitmap_lists_missing_chunks() {
         let bitmap = [0b1010_0001u8, 0b1];
-        let n = Nack { round: 0, part: 0, received: 0, high: 0, base: 100, nbits: 9, bitmap: &bitmap };
+        let n = Nack { round: 0, part: 0, received: 0, high: 0, base: 100, nbits: 9, bitmap: &bitmap, loss_bp: None };
         assert_eq!(n.missing().collect::<Vec<_>>(), vec![100, 105, 107, 108]);
     }
 
@@ -425,7 +449,16 @@ mod tests {
     #[test]
     fn nack_whose_indexes_overflow_is_refused() {
         let bitmap = [0xffu8];
-        let nack = Nack { round: 1, part: 0, received: 0, high: 0, base: u64::MAX - 3, nbits: 8, bitmap: &bitmap };
+        let nack = Nack {
+            round: 1,
+            part: 0,
+            received: 0,
+            high: 0,
+            base: u64::MAX - 3,
+            nbits: 8,
+            bitmap: &bitmap,
+            loss_bp: None,
+        };
         let bytes = Message::Nack { session: 1, nack }.to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
     }

@@ -31,7 +31,7 @@ fn main() {
     let bitmap = [0b0000_0010u8];
     let nack = Message::Nack {
         session: SESSION,
-        nack: Nack { round: 1, part: 0, received: 2, high: 3, base: 0, nbits: 3, bitmap: &bitmap },
+        nack: Nack { round: 1, part: 0, received: 2, high: 3, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
     }
     .to_vec();
     let done = Message::Done { session: SESSION, ok: true, digest }.to_vec();
