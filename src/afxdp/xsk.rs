@@ -230,7 +230,9 @@ impl Queue {
         umem.bind(&user).map_err(|e| {
             let raw = e.get_raw();
             let hint = match raw {
-                libc::EINVAL => " (queue out of range for this interface?)",
+                libc::EINVAL => {
+                    " (queue out of range for this interface? a veth has the queues given by numtxqueues/numrxqueues)"
+                }
                 libc::EBUSY => " (another AF_XDP socket is bound to this queue)",
                 libc::EOPNOTSUPP => " (the driver does not support the requested mode)",
                 libc::ENETDOWN => " (interface is down)",
