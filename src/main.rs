@@ -453,10 +453,7 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
             let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into())?;
-            let mode = match rx.mode() {
-                xdpblast::afxdp::xsk::XskMode::Copy => "afxdp-copy",
-                xdpblast::afxdp::xsk::XskMode::ZeroCopy => "afxdp-zerocopy",
-            };
+            let mode = rx.mode().name();
             eprintln!(
                 "xdpblast recv: ready on {} ({mode}, {} queue(s), XDP {:?})",
                 a.listen,

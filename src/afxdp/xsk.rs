@@ -30,6 +30,16 @@ pub enum XskMode {
     ZeroCopy,
 }
 
+impl XskMode {
+    /// The mode as reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            XskMode::Copy => "afxdp-copy",
+            XskMode::ZeroCopy => "afxdp-zerocopy",
+        }
+    }
+}
+
 /// What to ask for at bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindMode {

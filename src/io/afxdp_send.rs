@@ -98,6 +98,19 @@ pub struct RatePoint {
     pub loss_bp: u16,
 }
 
+/// A transmit-only socket's rings (queue 0; `Xsk::open_queues` takes others).
+pub(crate) fn tx_config(ifname: &str, bind: BindMode) -> XskConfig {
+    XskConfig {
+        ifname: ifname.to_string(),
+        queue: 0,
+        rx_size: 0,
+        tx_size: TX_RING,
+        fill_size: FILL_SPARE,
+        comp_size: COMP_RING,
+        bind,
+    }
+}
+
 /// The interface's speed from sysfs (veth says 10 Gb/s), if it knows one.
 fn link_speed(ifname: &str) -> Option<Rate> {
     let mbps: i64 = std::fs::read_to_string(format!("/sys/class/net/{ifname}/speed")).ok()?.trim().parse().ok()?;
@@ -377,21 +390,9 @@ fn transfer(
     let digest = info.digest.context("preload produced no digest")?;
     let meta_len = pre.meta_len;
 
-    let cfg = XskConfig {
-        ifname: iface.name.clone(),
-        queue: 0,
-        rx_size: 0,
-        tx_size: TX_RING,
-        fill_size: FILL_SPARE,
-        comp_size: COMP_RING,
-        bind: opts.bind,
-    };
-    let mut xsk = Xsk::open(pre.area, &cfg)?;
+    let mut xsk = Xsk::open(pre.area, &tx_config(&iface.name, opts.bind))?;
     let mode = xsk.mode();
-    let mode_name = match mode {
-        XskMode::Copy => "afxdp-copy",
-        XskMode::ZeroCopy => "afxdp-zerocopy",
-    };
+    let mode_name = mode.name();
     info!(mode = mode_name, "transmit mode chosen by the kernel");
     if mode == XskMode::Copy {
         let _ = xsk.set_tx_budget(TX_RING);

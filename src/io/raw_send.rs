@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::afxdp_send::{resolve_mac, Kicker, Prepared, SendOptions, COMP_RING, TX_RING};
-use crate::afxdp::preload::{preload, FILL_SPARE};
-use crate::afxdp::xsk::{setsockopt_u32, Queue, Xsk, XskConfig, XskMode};
+use super::afxdp_send::{resolve_mac, tx_config, Kicker, Prepared, SendOptions, COMP_RING, TX_RING};
+use crate::afxdp::preload::preload;
+use crate::afxdp::xsk::{setsockopt_u32, Queue, Xsk, XskMode};
 use crate::net::iface::format_mac;
 use crate::proto::pacer::{Pacer, Rate};
 use crate::report::{human_bits_per_sec, human_pps, PacketRate, RateSample};
@@ -109,26 +109,15 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     let frame_len = plan.data_len(&info, 0);
     let backing = format!("{:?}", pre.area.backing()).to_lowercase();
 
-    let cfg = XskConfig {
-        ifname: iface.name.clone(),
-        queue: 0,
-        rx_size: 0,
-        tx_size: TX_RING,
-        fill_size: FILL_SPARE,
-        comp_size: COMP_RING,
-        bind: opts.bind,
-    };
     let queue_ids: Vec<u32> = (0..raw.queues).collect();
-    let mut xsk = Xsk::open_queues(pre.area, &cfg, &queue_ids)?;
-    let mode = match xsk.mode() {
-        XskMode::Copy => "afxdp-copy",
-        XskMode::ZeroCopy => "afxdp-zerocopy",
-    };
+    let mut xsk = Xsk::open_queues(pre.area, &tx_config(&iface.name, opts.bind), &queue_ids)?;
+    let copy_mode = xsk.mode() == XskMode::Copy;
+    let mode = xsk.mode().name();
     let frame_size = u64::from(plan.frame_size);
-    let spare: Vec<u64> = plan.spare_frames().map(|i| u64::from(i) * frame_size).collect();
+    let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
     let per_queue_spare = (spare.len() / raw.queues as usize).max(1);
     for (i, q) in xsk.queues_mut().iter_mut().enumerate() {
-        if mode == "afxdp-copy" {
+        if copy_mode {
             let _ = q.set_tx_budget(TX_RING);
         }
         if raw.busy_poll {
