@@ -94,10 +94,6 @@ impl Pacer {
         p
     }
 
-    pub fn rate(&self) -> Rate {
-        self.rate
-    }
-
     /// Changes the rate from now on (tokens already earned are kept, up to
     /// the new capacity).
     pub fn set_rate(&mut self, rate: Rate, now: Instant) {
