@@ -22,7 +22,7 @@ fn frame_build(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(payload as u64));
         g.bench_with_input(BenchmarkId::from_parameter(payload), &payload, |b, &p| {
             b.iter(|| {
-                emit_header(&mut frame[42..], Kind::Data, p as u16, 7, 123);
+                emit_header(&mut frame[42..], Kind::Data, p as u16, 7, 0xc00c1e, 123);
                 black_box(tpl.build_in_place(&mut frame, HEADER_LEN + p).expect("fits"))
             })
         });
@@ -37,22 +37,24 @@ fn receive_path(c: &mut Criterion) {
     let info = SessionInfo { file_size: n * u64::from(chunk), chunk_size: chunk, n_chunks: n, digest: Some([0; 32]) };
     let payload = vec![0xabu8; chunk as usize];
     // Prebuilt frames, as they would sit in the receive UMEM.
+    let from = SocketAddr::V4(tpl.src);
+    let now = Instant::now();
+    let mut rx = Receiver::new(ReceiverConfig::default(), now);
+    let cookie = rx.cookie_for(from.ip(), 1);
+    rx.on_control(now, from, &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false }.encode(cookie));
     let frames: Vec<Vec<u8>> = (0..1024u64)
         .map(|i| {
-            let msg = Message::Data { session: 1, chunk: i, payload: &payload }.to_vec();
+            let msg = Message::Data { session: 1, chunk: i, payload: &payload }.encode(cookie);
             let mut f = vec![0u8; 2048];
             let len = tpl.build(&msg, &mut f).expect("fits");
             f.truncate(len);
             f
         })
         .collect();
-    let from = SocketAddr::V4(tpl.src);
     let mut g = c.benchmark_group("receive_datagram");
     g.throughput(Throughput::Elements(1));
+    // Checksums verified, header checked, chunk marked.
     g.bench_function("parse_check_mark", |b| {
-        let now = Instant::now();
-        let mut rx = Receiver::new(ReceiverConfig::default(), now);
-        rx.on_control(now, from, &Message::Hello { session: 1, info }.to_vec());
         let mut i = 0usize;
         b.iter(|| {
             let f = &frames[i % frames.len()];
@@ -97,7 +99,9 @@ fn transmit_schedule(c: &mut Criterion) {
     let cfg = SenderConfig { window: u64::MAX / 4, ..Default::default() };
     let mut tx = Sender::new(cfg, 1, info, now);
     tx.poll_control(now);
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).expect("ack");
+    for opened in [false, true] {
+        tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened }.encode(7)).expect("ack");
+    }
     let mut ids = vec![FrameId::Meta { last: false }; 256];
     let mut g = c.benchmark_group("transmit_schedule");
     g.throughput(Throughput::Elements(256));

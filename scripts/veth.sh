@@ -3,6 +3,9 @@
 # test bed xdpblast's tests, quick start and bench use.
 #
 #   scripts/veth.sh up   [NAME] [QUEUES]   create NAME-tx and NAME-rx (default NAME=xb)
+#   scripts/veth.sh lan  [NAME]            the same two ends on a bridge that floods
+#                                          every frame, plus NAME-x, an attacker
+#                                          that sees all traffic (security tests)
 #   scripts/veth.sh down [NAME]            remove them (idempotent)
 #   scripts/veth.sh env  [NAME]            print the variables below
 #   NAPI=threaded scripts/veth.sh up ...   run the receiving end's NAPI in a kthread
@@ -13,6 +16,8 @@
 # namespace's addresses):
 #   netns NAME-tx: interface NAME-a, 10.77.0.1/24
 #   netns NAME-rx: interface NAME-b, 10.77.0.2/24
+#   lan only: netns NAME-x: interface NAME-x, 10.77.0.3/24; netns NAME-br holds
+#   the bridge (learning off on every port, so it floods like a hub)
 # QUEUES sets numtxqueues/numrxqueues on both ends (default 1).
 set -euo pipefail
 
@@ -22,14 +27,29 @@ queues=${3:-1}
 TX_NS="$name-tx"; RX_NS="$name-rx"
 TX_IF="$name-a";  RX_IF="$name-b"
 TX_IP=10.77.0.1;  RX_IP=10.77.0.2
+X_NS="$name-x";   BR_NS="$name-br"; X_IF="$name-x"; X_IP=10.77.0.3
 
 if ((${#TX_IF} > 15)); then
   echo "veth.sh: name '$name' too long for an interface name" >&2; exit 2
 fi
 
 down() {
-  ip netns del "$TX_NS" 2>/dev/null || true
-  ip netns del "$RX_NS" 2>/dev/null || true
+  for ns in "$TX_NS" "$RX_NS" "$X_NS" "$BR_NS"; do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+# One end of the LAN: netns $1 gets interface $2 with address $3; its peer
+# $4 becomes a port of the bridge.
+lan_port() {
+  ip netns add "$1"
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip link add "$2" netns "$1" type veth peer name "$4" netns "$BR_NS"
+  ip -n "$1" addr add "$3/24" dev "$2"
+  ip -n "$1" link set lo up
+  ip -n "$1" link set "$2" up
+  ip -n "$BR_NS" link set "$4" master br0 up
+  ip netns exec "$BR_NS" bridge link set dev "$4" learning off
 }
 
 case "$cmd" in
@@ -61,13 +81,25 @@ case "$cmd" in
     fi
     echo "veth.sh: $TX_NS/$TX_IF ($TX_IP) <-> $RX_NS/$RX_IF ($RX_IP), $queues queue(s), $napi"
     ;;
+  lan)
+    down
+    ip netns add "$BR_NS"
+    ip netns exec "$BR_NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    ip -n "$BR_NS" link add br0 type bridge ageing_time 0
+    ip -n "$BR_NS" link set br0 up
+    lan_port "$TX_NS" "$TX_IF" "$TX_IP" "$name-pa"
+    lan_port "$RX_NS" "$RX_IF" "$RX_IP" "$name-pb"
+    lan_port "$X_NS" "$X_IF" "$X_IP" "$name-px"
+    ip netns exec "$RX_NS" ethtool -K "$RX_IF" gro on >/dev/null 2>&1 || true
+    echo "veth.sh: $TX_NS ($TX_IP), $RX_NS ($RX_IP) and attacker $X_NS ($X_IP) on a flooding bridge in $BR_NS"
+    ;;
   down)
     down
     ;;
   env)
-    echo "TX_NS=$TX_NS RX_NS=$RX_NS TX_IF=$TX_IF RX_IF=$RX_IF TX_IP=$TX_IP RX_IP=$RX_IP"
+    echo "TX_NS=$TX_NS RX_NS=$RX_NS TX_IF=$TX_IF RX_IF=$RX_IF TX_IP=$TX_IP RX_IP=$RX_IP X_NS=$X_NS X_IF=$X_IF X_IP=$X_IP"
     ;;
   *)
-    sed -n '2,17p' "$0" >&2; exit 2
+    sed -n '2,23p' "$0" >&2; exit 2
     ;;
 esac

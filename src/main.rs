@@ -15,6 +15,7 @@ use xdpblast::afxdp::xsk::BindMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};
+use xdpblast::io::output::{check_target, OutputPolicy};
 use xdpblast::io::raw_send::{self, RawOptions};
 use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
@@ -231,9 +232,18 @@ struct RecvArgs {
     /// Data address to listen on; the control socket uses PORT + 1.
     #[arg(long)]
     listen: SocketAddrV4,
-    /// Where the file goes; written as PATH.partial until verified.
+    /// Where the file goes; written as PATH.partial (created new, never
+    /// through a link) until verified, then renamed over PATH. An existing
+    /// PATH is replaced, as cp, scp and rsync do, unless --no-clobber.
     #[arg(long)]
     out: PathBuf,
+    /// Refuse to replace an existing PATH (checked at start and at the rename).
+    #[arg(long)]
+    no_clobber: bool,
+    /// Refuse files larger than this (K, M, G, T suffixes). Default: any
+    /// size the disk has room for.
+    #[arg(long, value_parser = parse_size)]
+    max_size: Option<u64>,
     #[arg(long, value_enum, default_value = "afxdp")]
     mode: RecvMode,
     /// Idle timeout in seconds: give up if nothing arrives for this long.
@@ -246,7 +256,9 @@ struct RecvArgs {
     /// second and drops the rest, like a receiver too slow for the sender.
     #[arg(long, default_value_t = 0)]
     inject_capacity: u32,
-    /// Accept a session only from this address.
+    /// Accept a session only from this address (datagram and TCP senders
+    /// alike). Without it, the first sender to complete the handshake is
+    /// served.
     #[arg(long)]
     allow_from: Option<IpAddr>,
     #[arg(long, value_enum, default_value = "auto")]
@@ -266,6 +278,10 @@ struct ProbeArgs {
 
 fn parse_rate(s: &str) -> Result<Rate, String> {
     Rate::parse(s)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    xdpblast::bench::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -424,31 +440,32 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         bail!("--inject-loss must be between 0.0 and 1.0, got {}", a.inject_loss);
     }
     let knobs = TestKnobs { loss: a.inject_loss, capacity_pps: a.inject_capacity };
+    let policy = OutputPolicy { no_clobber: a.no_clobber };
+    // Everything that would refuse the output is checked before `ready`.
+    check_target(&a.out, policy)?;
     let ctrl_addr = SocketAddrV4::new(*a.listen.ip(), control_port(a.listen.port())?);
     let ctrl = Control::bind(ctrl_addr.into())?;
-    let opts = RecvOptions {
-        out: a.out.clone(),
-        idle_timeout: seconds(a.timeout, "--timeout")?,
-        allow_from: a.allow_from,
-        intervals: !a.json,
-    };
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            bail!("the output directory {} does not exist", parent.display());
-        }
-    }
     let iface = match &a.iface {
         Some(name) => Some(Interface::lookup(name)?),
         None => None,
     };
-    // Every mode serves a TCP sender too (the AF_XDP sender's fallback).
+    let opts = RecvOptions {
+        out: a.out.clone(),
+        policy,
+        idle_timeout: seconds(a.timeout, "--timeout")?,
+        allow_from: a.allow_from,
+        max_size: a.max_size,
+        // IPv4 and UDP headers: 28 bytes of the MTU.
+        max_datagram: iface.as_ref().map(|i| (i.mtu as usize).saturating_sub(28)),
+        tcp_only: a.mode == RecvMode::Tcp,
+        intervals: !a.json,
+    };
+    // Every mode serves a TCP sender too, once admitted on the control port.
     let listener = tcp::listen(a.listen.into())?;
     let outcome = match a.mode {
         RecvMode::Tcp => {
             eprintln!("xdpblast recv: ready on {} (tcp)", a.listen);
-            let stream = accept_within(&listener, opts.idle_timeout)?;
-            let report = tcp::receive(stream, &a.out, opts.idle_timeout, opts.intervals);
-            return finish_tcp(report, a.json);
+            receive::run("tcp", Vec::new(), ctrl, &opts, Some(&listener))
         }
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
@@ -494,8 +511,8 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     };
     let report = match outcome {
         Outcome::Done(r) => r,
-        Outcome::TcpFallback(stream) => {
-            let report = tcp::receive(stream, &a.out, opts.idle_timeout, opts.intervals);
+        Outcome::TcpFallback(stream, header) => {
+            let report = tcp::receive(stream, &header, &a.out, policy, opts.idle_timeout, opts.intervals);
             return finish_tcp(report, a.json);
         }
     };
@@ -503,36 +520,12 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     if let Some(e) = &report.error {
-        eprintln!("xdpblast recv: error: {e}; output kept at {}", report.path);
+        match &report.path {
+            Some(p) => eprintln!("xdpblast recv: error: {e}; what arrived is kept at {p}"),
+            None => eprintln!("xdpblast recv: error: {e}; nothing was written"),
+        }
     }
     Ok(report.summary.verified)
-}
-
-/// Waits for one TCP connection, bounded by the idle timeout.
-fn accept_within(listener: &std::net::TcpListener, timeout: Duration) -> anyhow::Result<std::net::TcpStream> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match listener.accept() {
-            Ok((s, peer)) => {
-                info!(%peer, "TCP sender connected");
-                s.set_nonblocking(false)?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => bail!("accepting a TCP connection: {e}"),
-        }
-        if xdpblast::io::stop_requested() {
-            bail!("interrupted");
-        }
-        let now = std::time::Instant::now();
-        if now >= deadline {
-            bail!("no sender connected within {timeout:?} (idle timeout)");
-        }
-        xdpblast::io::wait_readable(
-            &[std::os::fd::AsRawFd::as_raw_fd(listener)],
-            (deadline - now).min(Duration::from_millis(200)),
-        );
-    }
 }
 
 fn finish_tcp(report: tcp::TcpReport, json: bool) -> anyhow::Result<bool> {

@@ -130,6 +130,6 @@ fn explicit_packet_size_below_mtu() {
     assert!(rx_ok, "{recv}\n{log}");
     let s = json(&sent);
     assert_eq!(s["packet_size"], 600);
-    assert_eq!(s["chunk_size"], 600 - 20 - 8 - 24);
+    assert_eq!(s["chunk_size"], 600 - 20 - 8 - xdpblast::wire::message::HEADER_LEN);
     assert!(same_file(&file, &out));
 }

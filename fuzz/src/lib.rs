@@ -12,6 +12,7 @@ use xdpblast::proto::receiver::Event;
 use xdpblast::proto::{Receiver, ReceiverConfig};
 use xdpblast::wire::frame::parse_udp;
 use xdpblast::wire::message::Message;
+use xdpblast::wire::stream::StreamHeader;
 
 /// The peer that opens the session in every seed, and a stranger.
 pub const PEER: &str = "10.77.0.1:40000";
@@ -50,6 +51,19 @@ pub fn record(script: &mut Vec<u8>, op: Op, bytes: &[u8]) {
     script.extend_from_slice(bytes);
 }
 
+/// The receiver every script runs against.
+fn receiver(now: Instant) -> Receiver {
+    // The default (fixed) cookie key, so seeds can carry the cookie.
+    let cfg = ReceiverConfig { idle_timeout: Duration::from_secs(2), max_chunks: 16, ..Default::default() };
+    Receiver::new(cfg, now)
+}
+
+/// The cookie the harness's receiver gives [`PEER`] for `session`.
+pub fn peer_cookie(session: u64) -> u64 {
+    let peer: SocketAddr = PEER.parse().expect("constant address");
+    receiver(Instant::now()).cookie_for(peer.ip(), session)
+}
+
 /// Largest output the model keeps in memory; bigger sessions are refused by
 /// the receiver's `max_chunks`.
 const MAX_MODEL_BYTES: u64 = 16 * 65535;
@@ -63,8 +77,7 @@ pub fn run_receiver(script: &[u8]) -> bool {
     let stranger: SocketAddr = STRANGER.parse().expect("constant address");
     let t0 = Instant::now();
     let mut now = t0;
-    let cfg = ReceiverConfig { idle_timeout: Duration::from_secs(2), max_chunks: 16, ..Default::default() };
-    let mut rx = Receiver::new(cfg, now);
+    let mut rx = receiver(now);
     let mut file: Vec<u8> = Vec::new();
     let mut rest = script;
     while rest.len() >= 3 {
@@ -117,21 +130,25 @@ pub fn run_receiver(script: &[u8]) -> bool {
     false
 }
 
-/// Parses untrusted bytes as a frame and as a datagram, and checks that what
-/// parses re-serialises to something that parses to the same message.
+/// Parses untrusted bytes as a frame, as a datagram and as a TCP stream
+/// header, and checks that what parses re-serialises to something that
+/// parses to the same value.
 pub fn run_wire(data: &[u8]) {
     if let Ok(d) = parse_udp(data) {
         assert!(d.payload.len() <= data.len());
         check_message(d.payload);
     }
     check_message(data);
+    if let Ok(h) = StreamHeader::parse(data) {
+        assert_eq!(StreamHeader::parse(&h.emit()), Ok(h), "round trip changed the stream header");
+    }
 }
 
 fn check_message(bytes: &[u8]) {
-    let Ok(msg) = Message::parse(bytes) else { return };
+    let Ok((msg, cookie)) = Message::parse_with_cookie(bytes) else { return };
     if let Message::Nack { nack, .. } = &msg {
         assert!(nack.missing().count() <= nack.nbits as usize);
     }
-    let again = msg.to_vec();
-    assert_eq!(Message::parse(&again).as_ref(), Ok(&msg), "round trip changed the message");
+    let again = msg.encode(cookie);
+    assert_eq!(Message::parse_with_cookie(&again), Ok((msg, cookie)), "round trip changed the message");
 }

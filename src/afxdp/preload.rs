@@ -138,14 +138,16 @@ pub struct Preloaded {
     pub meta_len: u32,
 }
 
-/// Reads `file` once into a new UMEM laid out by `plan`. `tick` runs after
-/// every batch of frames (about every 1.5 MB), so the caller can keep its
-/// control channel alive during a long preload.
+/// Reads `file` once into a new UMEM laid out by `plan`, every frame stamped
+/// with `session` and the receiver's `cookie`. `tick` runs after every batch
+/// of frames (about every 1.5 MB), so the caller can keep its control channel
+/// alive during a long preload.
 pub fn preload(
     file: &File,
     plan: &FramePlan,
     tpl: &FrameTemplate,
     session: u64,
+    cookie: u64,
     mut tick: impl FnMut(),
 ) -> Result<Preloaded, PreloadError> {
     let before = file.metadata()?;
@@ -192,7 +194,7 @@ pub fn preload(
                 let c = (idx + i) as u64;
                 let len = shape.chunk_len(c).unwrap_or(0);
                 hasher.update(&f[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]);
-                emit_header(&mut f[IPV4_UDP_OVERHEAD..], Kind::Data, len as u16, session, c);
+                emit_header(&mut f[IPV4_UDP_OVERHEAD..], Kind::Data, len as u16, session, cookie, c);
                 tpl.build_in_place(f, HEADER_LEN + len)?;
             }
             offset += want as u64;
@@ -209,7 +211,7 @@ pub fn preload(
     let info = info_without_digest(Some(*hasher.finalize().as_bytes()));
     let mut meta_len = 0;
     for last in [false, true] {
-        let msg = Message::Meta { session, last, info }.to_vec();
+        let msg = Message::Meta { session, last, info }.encode(cookie);
         let idx = plan.meta_frame(last);
         let f = area.frame_mut(idx).ok_or(PreloadError::Layout(idx))?;
         meta_len = tpl.build(&msg, f)? as u32;
@@ -237,7 +239,7 @@ mod tests {
         assert!(matches!(FramePlan::new(10, 40, 1500, "veth0", u64::MAX), Err(PlanError::TooSmall(40))));
         assert!(matches!(FramePlan::new(1 << 30, 1500, 1500, "v", 1 << 20), Err(PlanError::OverBudget { .. })));
         let p = FramePlan::new(10_000, 1500, 1500, "v", u64::MAX).unwrap();
-        assert_eq!(p.chunk_size, 1500 - 28 - 24);
+        assert_eq!(p.chunk_size, 1500 - 28 - HEADER_LEN as u32);
         assert_eq!(p.frame_size, 2048);
         assert_eq!(FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap().frame_size, 4096);
         let p4 = p.with_frame_size(4096, u64::MAX).unwrap();
@@ -255,7 +257,7 @@ mod tests {
         let plan = FramePlan::new(data.len() as u64, 1000, 1500, "v", u64::MAX).unwrap();
         let tpl = example_template();
         let mut ticks = 0;
-        let p = preload(&tmp, &plan, &tpl, 42, || ticks += 1).unwrap();
+        let p = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, || ticks += 1).unwrap();
         assert!(ticks >= 1);
         assert_eq!(p.info.digest, Some(*blake3::hash(&data).as_bytes()));
         let mut rebuilt = Vec::new();
@@ -264,9 +266,9 @@ mod tests {
             // SAFETY: no kernel uses this area in the test.
             let frame = unsafe { p.area.bytes_at(p.area.addr(c as u32), len) }.unwrap();
             let d = parse_udp(frame).unwrap();
-            match Message::parse(d.payload).unwrap() {
-                Message::Data { session, chunk, payload } => {
-                    assert_eq!((session, chunk), (42, c));
+            match Message::parse_with_cookie(d.payload).unwrap() {
+                (Message::Data { session, chunk, payload }, cookie) => {
+                    assert_eq!((session, chunk, cookie), (42, c, 0xc00c1e));
                     rebuilt.extend_from_slice(payload);
                 }
                 m => panic!("unexpected {m:?}"),

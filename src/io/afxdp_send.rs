@@ -126,6 +126,8 @@ pub struct Prepared {
     pub file_size: u64,
     /// The file's identity when opened; checked again after the transfer.
     pub stamp: FileStamp,
+    /// Names the file to the receiver, which refuses to write over it.
+    pub source: crate::wire::message::SourceId,
 }
 
 /// What changes when a file is written, truncated or replaced in place.
@@ -176,6 +178,7 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         file,
         file_size: meta.len(),
         stamp: FileStamp::of(&meta),
+        source: super::output::source_id(&meta),
     })
 }
 
@@ -264,39 +267,6 @@ pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> 
     )
 }
 
-/// Takes every waiting control datagram into the sender, sends what is due,
-/// and runs its timers. Fails when the receiver's control port closes after
-/// the handshake (it exited).
-fn service_control(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: SocketAddr) -> anyhow::Result<()> {
-    loop {
-        match ctrl.recv() {
-            Ok(Some((_, bytes))) => {
-                let _ = sender.on_control(now, bytes);
-            }
-            Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                // Before the receiver is up its port is closed: keep trying.
-                if sender.is_acked() {
-                    bail!("the receiver's control port {peer} is closed: the receiver exited");
-                }
-                break;
-            }
-            Err(e) => bail!("control socket: {e}"),
-        }
-    }
-    while let Some(c) = sender.poll_control(now) {
-        if let Err(e) = ctrl.send(&c) {
-            if e.raw_os_error() != Some(libc::ECONNREFUSED) {
-                warn!("control send: {e}");
-            }
-        }
-    }
-    if sender.poll_timeout().is_some_and(|t| t <= now) {
-        sender.handle_timeout(now);
-    }
-    Ok(())
-}
-
 /// Runs one transfer. When it fails on our side (interrupted, link down, the
 /// file changed), the receiver is told with an Abort, so it stops at once
 /// and keeps its output as partial instead of waiting for its idle timeout.
@@ -304,28 +274,41 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let ctrl_peer = SocketAddr::V4(SocketAddrV4::new(*opts.dst.ip(), control_port(opts.dst.port())?));
     let mut ctrl = Control::connect(SocketAddr::V4(prep.src), ctrl_peer)?;
     let session = super::random_session();
-    let result = transfer(opts, prep, &mut ctrl, ctrl_peer, session);
+    let shape = SessionInfo {
+        file_size: prep.file_size,
+        chunk_size: prep.plan.chunk_size,
+        n_chunks: prep.plan.n_chunks,
+        digest: None,
+    };
+    let scfg = SenderConfig { timeout: opts.timeout, source: prep.source, ..Default::default() };
+    let mut sender = Sender::new(scfg, session, shape, Instant::now());
+    let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer);
     if let Err(e) = &result {
-        let mut reason = format!("sender failed: {e:#}");
-        let mut cut = reason.len().min(512);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-        // Best effort: the receiver may be gone already.
-        let _ = ctrl.send(&Message::Abort { session, reason: &reason }.to_vec());
+        abort_receiver(&ctrl, &sender, &format!("sender failed: {e:#}"));
     }
     result
+}
+
+/// Tells the receiver we gave up, so it stops at once instead of waiting for
+/// its idle timeout. Best effort: it may be gone already.
+pub(crate) fn abort_receiver(ctrl: &Control, sender: &Sender, reason: &str) {
+    let mut cut = reason.len().min(512);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let abort = Message::Abort { session: sender.session(), reason: &reason[..cut] };
+    let _ = ctrl.send(&abort.encode(sender.cookie().unwrap_or(0)));
 }
 
 fn transfer(
     opts: &SendOptions,
     prep: Prepared,
+    sender: &mut Sender,
     ctrl: &mut Control,
     ctrl_peer: SocketAddr,
-    session: u64,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, plan, src, file, file_size, stamp } = prep;
+    let Prepared { iface, plan, src, file, file_size, stamp, .. } = prep;
+    let session = sender.session();
     let local = match ctrl.local_addr()? {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(_) => bail!("IPv6 control sockets are not supported yet"),
@@ -339,28 +322,12 @@ fn transfer(
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
-    let scfg = SenderConfig { timeout: opts.timeout, ..Default::default() };
-    let mut sender = Sender::new(scfg, session, shape, Instant::now());
 
     // Hello first: the receiver prepares its output (and can refuse, e.g. a
-    // full disk) before we spend time reading the file.
-    while !sender.is_acked() {
-        let now = Instant::now();
-        service_control(&mut sender, ctrl, now, ctrl_peer)?;
-        if super::stop_requested() {
-            bail!("interrupted");
-        }
-        if let Some(r) = sender.outcome() {
-            return Err(anyhow::anyhow!(
-                "{}",
-                r.as_ref().err().map_or("handshake ended early".to_string(), |e| e.to_string())
-            ));
-        }
-        let wait =
-            sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-        super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(20)));
-    }
+    // full disk) before we spend time reading the file, and its cookie goes
+    // into every frame we build.
+    super::control::handshake(sender, ctrl, ctrl_peer)?;
+    let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
 
     // Preload, answering the control channel between batches (keepalive
     // Hellos hold off the receiver's idle timer).
@@ -372,9 +339,9 @@ fn transfer(
     );
     let t_preload = Instant::now();
     let mut ctrl_error: Option<anyhow::Error> = None;
-    let pre = preload(&file, &plan, &tpl, session, || {
+    let pre = preload(&file, &plan, &tpl, session, cookie, || {
         if ctrl_error.is_none() {
-            if let Err(e) = service_control(&mut sender, ctrl, Instant::now(), ctrl_peer) {
+            if let Err(e) = super::control::service(sender, ctrl, Instant::now(), ctrl_peer) {
                 ctrl_error = Some(e);
             }
         }
@@ -401,7 +368,7 @@ fn transfer(
     let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
     xsk.fill(spare.into_iter(), FILL_SPARE);
 
-    sender.start(digest);
+    sender.start(Instant::now(), digest);
     info!("transfer started");
     let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
@@ -444,7 +411,7 @@ fn transfer(
         if woke || now >= next_control {
             woke = false;
             next_control = now + CONTROL_EVERY;
-            if let Err(e) = service_control(&mut sender, ctrl, now, ctrl_peer) {
+            if let Err(e) = super::control::service(sender, ctrl, now, ctrl_peer) {
                 sender.fail_local();
                 local_error = Some(e);
                 break;

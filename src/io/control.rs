@@ -6,6 +6,9 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::proto::Sender;
 
 pub fn control_port(data_port: u16) -> io::Result<u16> {
     data_port.checked_add(1).ok_or_else(|| {
@@ -61,4 +64,56 @@ impl Control {
         crate::syscount::count(1);
         self.sock.send(bytes).map(|_| ())
     }
+}
+
+/// Takes every waiting control datagram into the sender, sends what is due,
+/// and runs its timers. Fails when the receiver's control port closes after
+/// the handshake (it exited).
+pub fn service(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: SocketAddr) -> anyhow::Result<()> {
+    loop {
+        match ctrl.recv() {
+            Ok(Some((_, bytes))) => {
+                let _ = sender.on_control(now, bytes);
+            }
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                // Before the receiver is up its port is closed: keep trying.
+                if sender.is_acked() {
+                    anyhow::bail!("the receiver's control port {peer} is closed: the receiver exited");
+                }
+                break;
+            }
+            Err(e) => anyhow::bail!("control socket: {e}"),
+        }
+    }
+    while let Some(c) = sender.poll_control(now) {
+        if let Err(e) = ctrl.send(&c) {
+            if e.raw_os_error() != Some(libc::ECONNREFUSED) {
+                tracing::warn!("control send: {e}");
+            }
+        }
+    }
+    if sender.poll_timeout().is_some_and(|t| t <= now) {
+        sender.handle_timeout(now);
+    }
+    Ok(())
+}
+
+/// Says Hello until the receiver has opened the session (the cookie's round
+/// trip included), or fails with why it did not.
+pub fn handshake(sender: &mut Sender, ctrl: &mut Control, peer: SocketAddr) -> anyhow::Result<()> {
+    while !sender.is_acked() {
+        let now = Instant::now();
+        service(sender, ctrl, now, peer)?;
+        if super::stop_requested() {
+            anyhow::bail!("interrupted");
+        }
+        if let Some(r) = sender.outcome() {
+            anyhow::bail!("{}", r.as_ref().err().map_or("handshake ended early".to_string(), |e| e.to_string()));
+        }
+        let wait =
+            sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+        super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(20)));
+    }
+    Ok(())
 }

@@ -41,15 +41,25 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
-/// A random session id.
-pub fn random_session() -> u64 {
-    let mut b = [0u8; 8];
+/// Bytes from the kernel's random source (getrandom(2)); a clock-and-pid
+/// mix only if that fails, which Linux does not do once booted.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_ok() {
-        return u64::from_ne_bytes(b);
+        return b;
     }
     let t =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 32)
+    let seed = blake3::hash(&[t.to_ne_bytes(), u64::from(std::process::id()).to_ne_bytes()].concat());
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = seed.as_bytes()[i % 32];
+    }
+    b
+}
+
+/// A random session id.
+pub fn random_session() -> u64 {
+    u64::from_ne_bytes(random_bytes())
 }
 
 /// CPU time and context switches of this process (getrusage).

@@ -1,6 +1,19 @@
 //! The output file: written at `PATH.partial`, renamed to `PATH` only after
 //! its BLAKE3 digest matched the sender's.
 //!
+//! The receiver often runs as root and writes where others can write too (a
+//! 1777 directory), so nothing it does follows a link or reuses a file it did
+//! not make:
+//! - `PATH.partial` is created new (`O_CREAT|O_EXCL|O_NOFOLLOW`); a leftover
+//!   of that name is unlinked first (unlink never follows a link), and if
+//!   another one appears in between, creation fails instead of opening it;
+//! - the commit renames our own inode (checked by device and inode) over
+//!   `PATH`. A rename replaces `PATH` itself, never a file a link at `PATH`
+//!   points to, as rsync does; with `--no-clobber` an existing `PATH` is
+//!   refused up front and at the rename (`RENAME_NOREPLACE`);
+//! - a session whose input file is `PATH` or `PATH.partial` on this host (the
+//!   sender names it by [`source_id`]) is refused before anything is touched.
+//!
 //! Space is reserved up front with `fallocate`, so a full disk is a clear error
 //! at the start. Each receive batch is written with one `pwritev` per run of
 //! contiguous chunks, straight from the receive buffers (the UMEM frames): no
@@ -9,9 +22,72 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
+
+use crate::wire::message::SourceId;
+
+/// Names a file on this host: its device and inode, hashed with the boot id
+/// so that the same numbers on another machine (or after a reboot) differ.
+pub fn source_id(meta: &std::fs::Metadata) -> SourceId {
+    let boot = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let mut h = blake3::Hasher::new();
+    h.update(b"xdpblast source id v1");
+    h.update(&boot);
+    h.update(&meta.dev().to_be_bytes());
+    h.update(&meta.ino().to_be_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
+}
+
+/// What the receiver may do to an existing `PATH`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputPolicy {
+    /// Refuse an existing `PATH` instead of replacing it.
+    pub no_clobber: bool,
+}
+
+/// Checks, before the receiver says it is ready, that `path` can be written
+/// at all: its directory exists, it is not a directory, and (`no_clobber`) it
+/// does not exist.
+pub fn check_target(path: &Path, policy: OutputPolicy) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the output directory {} does not exist", parent.display()),
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            format!("--out {} is a directory; name the file to write, e.g. {}/FILE", path.display(), path.display()),
+        )),
+        Ok(_) if policy.no_clobber => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and --no-clobber is set", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses when `path` (or the link it is) names the file being sent.
+fn refuse_own_input(path: &Path, source: &SourceId) -> io::Result<()> {
+    let stats = [std::fs::metadata(path), std::fs::symlink_metadata(path)];
+    if stats.iter().flatten().any(|m| source_id(m) == *source) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is the sender's own input file; refusing to write over it", path.display()),
+        ));
+    }
+    Ok(())
+}
 
 pub fn partial_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
@@ -25,6 +101,7 @@ const IOV_MAX: usize = 1024;
 pub struct Output {
     path: PathBuf,
     partial: PathBuf,
+    policy: OutputPolicy,
     file: File,
     len: u64,
     /// BLAKE3 over `0..hashed`, read back from the file as it fills in order.
@@ -39,13 +116,23 @@ pub struct Output {
 const WRITEBACK_STEP: u64 = 32 << 20;
 
 impl Output {
-    pub fn create(path: &Path, len: u64) -> io::Result<Output> {
+    /// Creates `PATH.partial` anew for a file of `len` bytes sent from
+    /// `source` (see the module's rules) and reserves its space.
+    pub fn create(path: &Path, len: u64, source: &SourceId, policy: OutputPolicy) -> io::Result<Output> {
         let partial = partial_path(path);
+        refuse_own_input(path, source)?;
+        refuse_own_input(&partial, source)?;
+        check_target(path, policy)?;
+        match std::fs::remove_file(&partial) {
+            Ok(()) => info!(path = %partial.display(), "removed a partial file left by an earlier run"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("removing the old {}: {e}", partial.display()))),
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&partial)
             .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", partial.display())))?;
         if len > 0 {
@@ -72,6 +159,7 @@ impl Output {
         Ok(Output {
             path: path.to_path_buf(),
             partial,
+            policy,
             file,
             len,
             hasher: blake3::Hasher::new(),
@@ -173,10 +261,31 @@ impl Output {
         Ok(*self.hasher.finalize().as_bytes())
     }
 
-    /// Flushes to disk and renames `PATH.partial` to `PATH`.
+    /// Flushes to disk and renames `PATH.partial` to `PATH`, provided
+    /// `PATH.partial` is still the file we created.
     pub fn commit(self) -> io::Result<PathBuf> {
         self.file.sync_data()?;
-        std::fs::rename(&self.partial, &self.path).map_err(|e| {
+        let ours = self.file.metadata()?;
+        let there = std::fs::symlink_metadata(&self.partial)?;
+        if (there.dev(), there.ino()) != (ours.dev(), ours.ino()) {
+            return Err(io::Error::other(format!(
+                "{} was replaced by someone else during the transfer; not committing it",
+                self.partial.display()
+            )));
+        }
+        let renamed = if self.policy.no_clobber {
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &self.partial,
+                nix::fcntl::AT_FDCWD,
+                &self.path,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        } else {
+            std::fs::rename(&self.partial, &self.path)
+        };
+        renamed.map_err(|e| {
             io::Error::new(e.kind(), format!("renaming {} to {}: {e}", self.partial.display(), self.path.display()))
         })?;
         Ok(self.path)
@@ -195,7 +304,7 @@ mod tests {
     fn batches_land_at_offsets_and_commit_renames() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.bin");
-        let mut o = Output::create(&path, 12).unwrap();
+        let mut o = Output::create(&path, 12, &[0; 16], OutputPolicy::default()).unwrap();
         assert!(partial_path(&path).exists());
         // Out of order, with a gap filled by a later batch.
         o.write_batch(&mut [(5, &b"wor"[..]), (0, &b"hello"[..]), (8, &b"ld"[..])]).unwrap();
@@ -212,9 +321,65 @@ mod tests {
     fn empty_output_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty");
-        let mut o = Output::create(&path, 0).unwrap();
+        let mut o = Output::create(&path, 0, &[0; 16], OutputPolicy::default()).unwrap();
         assert_eq!(o.digest().unwrap(), *blake3::hash(b"").as_bytes());
         o.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_planted_partial_link_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("out.bin");
+        std::os::unix::fs::symlink(&victim, partial_path(&path)).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let mut o = Output::create(&path, 3, &[0; 16], OutputPolicy::default()).unwrap();
+        o.write_batch(&mut [(0, &b"new"[..])]).unwrap();
+        o.digest().unwrap();
+        o.commit().unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the link's target is untouched");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "PATH is our file now");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn the_senders_own_input_is_refused_before_anything_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("data.bin");
+        std::fs::write(&input, b"input").unwrap();
+        let source = source_id(&std::fs::metadata(&input).unwrap());
+        let e = Output::create(&input, 5, &source, OutputPolicy::default()).err().expect("refused");
+        assert!(e.to_string().contains("own input"), "{e}");
+        assert_eq!(std::fs::read(&input).unwrap(), b"input");
+        // The input is --out's partial.
+        let staged = dir.path().join("out.bin.partial");
+        std::fs::rename(&input, &staged).unwrap();
+        let out = dir.path().join("out.bin");
+        let e = Output::create(&out, 5, &source, OutputPolicy::default()).err().expect("refused");
+        assert!(e.to_string().contains("own input"), "{e}");
+        assert_eq!(std::fs::read(&staged).unwrap(), b"input");
+        assert!(!out.exists());
+        // Another file is not mistaken for it.
+        assert!(Output::create(&dir.path().join("other"), 5, &source, OutputPolicy::default()).is_ok());
+    }
+
+    #[test]
+    fn no_clobber_refuses_an_existing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        std::fs::write(&path, b"old").unwrap();
+        let policy = OutputPolicy { no_clobber: true };
+        assert_eq!(check_target(&path, policy).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert!(Output::create(&path, 1, &[0; 16], policy).is_err());
+        assert_eq!(check_target(dir.path(), OutputPolicy::default()).unwrap_err().kind(), io::ErrorKind::IsADirectory);
+        // Appearing during the transfer: the rename refuses too.
+        let other = dir.path().join("new.bin");
+        let mut o = Output::create(&other, 1, &[0; 16], policy).unwrap();
+        o.write_batch(&mut [(0, &b"x"[..])]).unwrap();
+        std::fs::write(&other, b"raced").unwrap();
+        assert!(o.commit().is_err());
+        assert_eq!(std::fs::read(&other).unwrap(), b"raced");
     }
 }

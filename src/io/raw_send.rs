@@ -97,7 +97,8 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     };
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "raw mode: no protocol, frames sent round and round");
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let pre = preload(&file, &plan, &tpl, super::random_session(), || {})?;
+    // No receiver, so no cookie: the frames only have to reach a drop sink.
+    let pre = preload(&file, &plan, &tpl, super::random_session(), 0, || {})?;
     // Equal frames only, so bytes = packets x frame length exactly: leave out a
     // short last chunk unless it is all there is.
     let info = pre.info;

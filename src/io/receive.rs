@@ -10,10 +10,11 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::output::Output;
+use super::output::{Output, OutputPolicy};
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
+use crate::wire::stream::StreamHeader;
 use crate::wire::WireError;
 
 /// How often a busy loop looks at the control socket.
@@ -36,8 +37,15 @@ pub trait DataPath {
 
 pub struct RecvOptions {
     pub out: PathBuf,
+    pub policy: OutputPolicy,
     pub idle_timeout: Duration,
     pub allow_from: Option<IpAddr>,
+    /// Refuse files larger than this (`--max-size`).
+    pub max_size: Option<u64>,
+    /// Largest UDP payload the data path takes (from the interface's MTU).
+    pub max_datagram: Option<usize>,
+    /// Take files over TCP only (`recv --mode tcp`).
+    pub tcp_only: bool,
     pub intervals: bool,
 }
 
@@ -45,7 +53,9 @@ pub struct RecvOptions {
 pub struct RecvReport {
     #[serde(flatten)]
     pub summary: crate::report::Summary,
-    pub path: String,
+    /// Where the file is: PATH once verified, PATH.partial after a failure
+    /// that left one, none when nothing was written.
+    pub path: Option<String>,
     pub nacks_sent: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
@@ -60,11 +70,12 @@ pub struct RecvReport {
     pub path_stats: serde_json::Value,
 }
 
-/// How a receive ended: a report, or a TCP connection that arrived before any
-/// datagram session (a sender that fell back to TCP), to be served instead.
+/// How a receive ended: a report, or the TCP stream of a session admitted
+/// over the control channel (a sender that asked for TCP), its header read
+/// and checked, to be served instead.
 pub enum Outcome {
     Done(Box<RecvReport>),
-    TcpFallback(std::net::TcpStream),
+    TcpFallback(std::net::TcpStream, StreamHeader),
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
@@ -78,7 +89,15 @@ pub fn run(
     fallback: Option<&std::net::TcpListener>,
 ) -> Outcome {
     let start = Instant::now();
-    let cfg = ReceiverConfig { idle_timeout: opts.idle_timeout, allow_from: opts.allow_from, ..Default::default() };
+    let cfg = ReceiverConfig {
+        idle_timeout: opts.idle_timeout,
+        allow_from: opts.allow_from,
+        max_file_size: opts.max_size,
+        max_datagram: opts.max_datagram,
+        tcp_only: opts.tcp_only,
+        cookie_key: super::random_bytes(),
+        ..Default::default()
+    };
     let mut rx = Receiver::new(cfg, start);
     let mut out: Option<Output> = None;
     let mut packets = 0u64;
@@ -169,11 +188,16 @@ pub fn run(
         // Events.
         while let Some(ev) = rx.poll_event() {
             match ev {
-                Event::Start { info, peer } => {
+                Event::Start { info, peer, source, via_tcp } => {
                     rusage_at_start = Some(super::Rusage::of_self());
                     let session = format!("{:016x}", rx.session_id().unwrap_or(0));
-                    info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, "session opened");
-                    match Output::create(&opts.out, info.file_size) {
+                    info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
+                    if via_tcp {
+                        // The file comes over TCP: the output is made once
+                        // the stream shows up with this session's cookie.
+                        continue;
+                    }
+                    match Output::create(&opts.out, info.file_size, &source, opts.policy) {
                         Ok(o) => out = Some(o),
                         Err(e) => {
                             let msg = format!("cannot prepare the output: {e}");
@@ -234,12 +258,11 @@ pub fn run(
         if rx.is_finished() {
             break;
         }
-        if got == 0 && rx.info().is_none() {
+        // A waiting TCP connection is looked at with the control socket.
+        if got == 0 && check_control {
             if let Some(l) = fallback {
-                crate::syscount::count(1);
-                if let Ok((stream, peer)) = l.accept() {
-                    info!(%peer, "a sender connected over TCP: serving the TCP fallback");
-                    return Outcome::TcpFallback(stream);
+                if let Some((stream, header)) = accept_admitted(l, &rx, opts.idle_timeout) {
+                    return Outcome::TcpFallback(stream, header);
                 }
             }
         }
@@ -274,10 +297,11 @@ pub fn run(
         None => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
     };
     let bytes = rx.info().map_or(0, |i| i.file_size);
+    let partial = super::output::partial_path(&opts.out);
     let path = if verified {
-        opts.out.display().to_string()
+        Some(opts.out.display().to_string())
     } else {
-        super::output::partial_path(&opts.out).display().to_string()
+        (out.is_some() || partial.exists()).then(|| partial.display().to_string())
     };
     if opts.intervals && verified {
         println!(
@@ -307,4 +331,41 @@ pub fn run(
         syscalls: crate::syscount::total(),
         path_stats: serde_json::Value::Null,
     }))
+}
+
+/// Takes one waiting TCP connection, if any, and returns it with its header
+/// when it is the stream of the session admitted with `via_tcp`. Anything
+/// else is closed and logged: a TCP peer follows the same admission as a
+/// datagram sender (`--allow-from`, the cookie), and its header must arrive
+/// within the timeout however slowly it trickles.
+fn accept_admitted(
+    listener: &std::net::TcpListener,
+    rx: &Receiver,
+    timeout: Duration,
+) -> Option<(std::net::TcpStream, StreamHeader)> {
+    crate::syscount::count(1);
+    let (mut stream, from) = listener.accept().ok()?;
+    let expected = rx.peer().map(|p| p.ip());
+    if expected != Some(from.ip()) {
+        warn!(%from, "refused a TCP connection: no session admitted from that address (a TCP sender says Hello on the control port first)");
+        return None;
+    }
+    if let Err(e) = stream.set_nonblocking(false) {
+        warn!(%from, "TCP connection: {e}");
+        return None;
+    }
+    match super::tcp::read_header(&mut stream, timeout) {
+        Ok(h) if rx.tcp_admits(from.ip(), &h) => {
+            info!(%from, "the admitted sender connected over TCP");
+            Some((stream, h))
+        }
+        Ok(_) => {
+            warn!(%from, "refused a TCP stream: its session, cookie or size is not the admitted session's");
+            None
+        }
+        Err(e) => {
+            warn!(%from, "refused a TCP stream: {e:#}");
+            None
+        }
+    }
 }

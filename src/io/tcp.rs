@@ -2,9 +2,13 @@
 //! guarantee as AF_XDP (the receiver writes `PATH.partial`, checks BLAKE3 and
 //! renames only on a match; both sides exit 0 only then).
 //!
-//! Stream: a 24-byte header (magic, version, file size), the file's bytes, the
-//! 32-byte BLAKE3 digest. Reply: one status byte (1 = verified) and the
-//! receiver's digest.
+//! Admission follows the datagram rules: the sender first says Hello on the
+//! receiver's control port (`via_tcp`), echoes the receiver's cookie, and only
+//! then connects; the stream's header ([`crate::wire::stream`]) names that
+//! admitted session. The receiver refuses any other connection before reading
+//! a byte of file, bounds the header's arrival by its timeout, and fails a
+//! stream that stops making progress (at least [`PROGRESS_QUANTUM`] bytes per
+//! timeout), however slowly bytes still trickle in.
 //!
 //! | mode      | how the sender moves the file            |
 //! |-----------|------------------------------------------|
@@ -24,13 +28,16 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tracing::info;
 
-use super::output::Output;
+use super::control::Control;
+use super::output::{Output, OutputPolicy};
+use crate::proto::{Sender, SenderConfig};
 use crate::report::{hex, human_bits_per_sec, human_bytes};
+use crate::wire::message::SessionInfo;
+use crate::wire::stream::{StreamHeader, HEADER_LEN, REPLY_LEN};
 
-const MAGIC: u32 = 0x5842_4c54; // "XBLT"
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 24;
 const CHUNK: usize = 1 << 20;
+/// A stream must deliver at least this much per timeout to count as moving.
+pub const PROGRESS_QUANTUM: u64 = 64 << 10;
 
 use crate::syscount::count as count_syscalls;
 
@@ -67,14 +74,6 @@ pub struct TcpReport {
     /// CPU and context switches from the first byte to the verdict.
     pub transfer_rusage: super::Rusage,
     pub syscalls: u64,
-}
-
-fn header(size: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..4].copy_from_slice(&MAGIC.to_be_bytes());
-    h[4..8].copy_from_slice(&VERSION.to_be_bytes());
-    h[8..16].copy_from_slice(&size.to_be_bytes());
-    h
 }
 
 fn hash_file(file: &File) -> io::Result<[u8; 32]> {
@@ -239,11 +238,16 @@ pub struct TcpSendOptions {
 
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let file = File::open(&opts.file).with_context(|| format!("opening {}", opts.file.display()))?;
-    let size = file.metadata()?.len();
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", opts.file.display());
+    }
+    let size = meta.len();
     let t_prep = Instant::now();
     let digest = hash_file(&file).with_context(|| format!("reading {}", opts.file.display()))?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
 
+    let (session, cookie) = admit(opts, size, super::output::source_id(&meta))?;
     let mut sock = TcpStream::connect_timeout(&opts.dst, opts.timeout)
         .with_context(|| format!("connecting to {} (is `xdpblast recv` listening there?)", opts.dst))?;
     sock.set_read_timeout(Some(opts.timeout))?;
@@ -251,7 +255,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, "transfer started");
     let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
-    write_all_counted(&mut sock, &header(size))?;
+    let header = StreamHeader { file_size: size, session, cookie, source: super::output::source_id(&meta) };
+    write_all_counted(&mut sock, &header.emit())?;
     let mut next_report = Instant::now();
     let mut report_progress = |done: u64| {
         if opts.progress && Instant::now() >= next_report {
@@ -262,7 +267,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     send_body(opts.mode, &file, size, &mut sock, &mut report_progress)
         .with_context(|| format!("sending over {}", opts.mode.name()))?;
     write_all_counted(&mut sock, &digest)?;
-    let mut reply = [0u8; 33];
+    let mut reply = [0u8; REPLY_LEN];
     count_syscalls(1);
     sock.read_exact(&mut reply).context("waiting for the receiver's verdict (it closed or timed out)")?;
     let elapsed = start.elapsed().as_secs_f64();
@@ -299,12 +304,38 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     })
 }
 
-/// Receives one TCP transfer on an accepted connection.
-pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, intervals: bool) -> TcpReport {
+/// Opens the session over the receiver's control port, as a datagram sender
+/// would, asking for the file over TCP; returns its id and the receiver's
+/// cookie for the stream header.
+fn admit(opts: &TcpSendOptions, size: u64, source: crate::wire::message::SourceId) -> anyhow::Result<(u64, u64)> {
+    let ctrl_peer = SocketAddr::new(opts.dst.ip(), super::control::control_port(opts.dst.port())?);
+    let any: SocketAddr = if ctrl_peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().context("wildcard")?;
+    let mut ctrl = Control::connect(any, ctrl_peer)?;
+    let session = super::random_session();
+    let chunk = CHUNK as u32;
+    let info =
+        SessionInfo { file_size: size, chunk_size: chunk, n_chunks: size.div_ceil(u64::from(chunk)), digest: None };
+    let cfg = SenderConfig { timeout: opts.timeout, source, via_tcp: true, ..Default::default() };
+    let mut sender = Sender::new(cfg, session, info, Instant::now());
+    super::control::handshake(&mut sender, &mut ctrl, ctrl_peer)?;
+    let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
+    Ok((session, cookie))
+}
+
+/// Receives one admitted TCP transfer: `header` was read and checked
+/// against the session by the receive loop.
+pub fn receive(
+    mut sock: TcpStream,
+    header: &StreamHeader,
+    out: &Path,
+    policy: OutputPolicy,
+    timeout: Duration,
+    intervals: bool,
+) -> TcpReport {
     let start = Instant::now();
     let rusage_at_start = super::Rusage::of_self();
-    let mut bytes = 0u64;
-    let r = receive_inner(&mut sock, out, idle_timeout, &mut bytes);
+    let bytes = header.file_size;
+    let r = receive_inner(&mut sock, header, out, policy, timeout);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -318,6 +349,7 @@ pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, interval
             &digest[..16]
         );
     }
+    let partial = super::output::partial_path(out);
     TcpReport {
         summary: crate::report::Summary {
             mode: "tcp".into(),
@@ -331,66 +363,120 @@ pub fn receive(mut sock: TcpStream, out: &Path, idle_timeout: Duration, interval
         },
         prepare_s: 0.0,
         error,
-        path: Some(if verified {
-            out.display().to_string()
+        path: if verified {
+            Some(out.display().to_string())
         } else {
-            super::output::partial_path(out).display().to_string()
-        }),
+            partial.exists().then(|| partial.display().to_string())
+        },
         rusage: super::Rusage::of_self(),
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
     }
 }
 
+/// A deadline that moves only when the stream does: at least
+/// [`PROGRESS_QUANTUM`] bytes (or the rest of the stream) per `timeout`.
+struct Progress {
+    timeout: Duration,
+    deadline: Instant,
+    mark: u64,
+}
+
+impl Progress {
+    fn new(timeout: Duration) -> Progress {
+        Progress { timeout, deadline: Instant::now() + timeout, mark: 0 }
+    }
+
+    /// `got` bytes so far of a stream of `total`.
+    fn advance(&mut self, got: u64, total: u64) {
+        if got >= self.mark.saturating_add(PROGRESS_QUANTUM) || got == total {
+            self.mark = got;
+            self.deadline = Instant::now() + self.timeout;
+        }
+    }
+
+    /// Reads into `buf` before the deadline; 0 only at the end of the stream.
+    fn read(&self, sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<usize> {
+        loop {
+            if super::stop_requested() {
+                bail!("interrupted");
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the sender delivered under {} KiB in {:?} (idle timeout)", PROGRESS_QUANTUM >> 10, self.timeout);
+            }
+            // Wake now and then to see a stop request.
+            sock.set_read_timeout(Some(left.min(Duration::from_millis(500))))?;
+            count_syscalls(1);
+            match sock.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => bail!("receiving: {e}"),
+            }
+        }
+    }
+
+    fn read_exact(&mut self, sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = self.read(sock, &mut buf[got..])?;
+            if n == 0 {
+                bail!("the sender closed the connection");
+            }
+            got += n;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a stream's header within `timeout` of now, however it trickles in.
+pub fn read_header(sock: &mut TcpStream, timeout: Duration) -> anyhow::Result<StreamHeader> {
+    let mut h = [0u8; HEADER_LEN];
+    // One deadline for the whole header: a byte now and then never moves it.
+    let mut p = Progress::new(timeout);
+    p.read_exact(sock, &mut h).context("reading the stream header")?;
+    StreamHeader::parse(&h).map_err(|e| anyhow::anyhow!("not an xdpblast TCP stream ({e})"))
+}
+
 fn receive_inner(
     sock: &mut TcpStream,
+    header: &StreamHeader,
     out: &Path,
-    idle_timeout: Duration,
-    bytes: &mut u64,
+    policy: OutputPolicy,
+    timeout: Duration,
 ) -> anyhow::Result<[u8; 32]> {
-    sock.set_read_timeout(Some(idle_timeout))?;
-    let idle = |e: io::Error| -> anyhow::Error {
-        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-            anyhow::anyhow!("no data from the sender for {idle_timeout:?} (idle timeout)")
-        } else {
-            anyhow::anyhow!("receiving: {e}")
-        }
-    };
-    let mut h = [0u8; HEADER_LEN];
-    count_syscalls(1);
-    sock.read_exact(&mut h).map_err(idle)?;
-    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    if be32(&h[0..4]) != MAGIC || be32(&h[4..8]) != VERSION {
-        bail!("not an xdpblast TCP stream (bad magic or version)");
-    }
-    let mut size_b = [0u8; 8];
-    size_b.copy_from_slice(&h[8..16]);
-    let size = u64::from_be_bytes(size_b);
-    *bytes = size;
-    let mut output = Output::create(out, size).context("preparing the output")?;
+    let size = header.file_size;
+    let mut output = Output::create(out, size, &header.source, policy).context("preparing the output")?;
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
+    let mut progress = Progress::new(timeout);
     while got < size {
+        if super::stop_requested() {
+            bail!("receiver interrupted");
+        }
         let want = ((size - got) as usize).min(CHUNK);
-        count_syscalls(1);
-        let n = sock.read(&mut buf[..want]).map_err(idle)?;
+        let n = progress.read(sock, &mut buf[..want])?;
         if n == 0 {
             bail!("the sender closed the connection after {got} of {size} bytes");
         }
         count_syscalls(1);
         output.write_batch(&mut [(got, &buf[..n])]).context("writing the output")?;
         got += n as u64;
+        progress.advance(got, size);
         output.hash_ahead(got, u64::MAX).context("reading the output back")?;
     }
     let mut theirs = [0u8; 32];
-    count_syscalls(1);
-    sock.read_exact(&mut theirs).map_err(idle)?;
+    progress.read_exact(sock, &mut theirs)?;
     let ours = output.digest().context("reading the output back")?;
     let ok = ours == theirs;
     if ok {
         output.commit().context("committing the output")?;
     }
-    let mut reply = [0u8; 33];
+    let mut reply = [0u8; REPLY_LEN];
     reply[0] = u8::from(ok);
     reply[1..].copy_from_slice(&ours);
     count_syscalls(1);
@@ -406,4 +492,58 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let l = TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("binding TCP {addr}: {e}")))?;
     l.set_nonblocking(true)?;
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer on loopback that writes `bytes` one at a time, `gap` apart.
+    fn trickler(bytes: Vec<u8>, gap: Duration) -> (TcpStream, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            for b in bytes {
+                if s.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        let (s, _) = l.accept().expect("accept");
+        (s, t)
+    }
+
+    #[test]
+    fn a_trickled_header_fails_within_the_timeout() {
+        let h = StreamHeader { file_size: 10, session: 1, cookie: 2, source: [3; 16] }.emit();
+        let (mut s, t) = trickler(h.to_vec(), Duration::from_millis(100));
+        let started = Instant::now();
+        let r = read_header(&mut s, Duration::from_millis(600));
+        let took = started.elapsed();
+        assert!(r.is_err(), "48 bytes at 10 per second cannot beat 0.6 s");
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        drop(s);
+        t.join().expect("trickler");
+        // The same header at once parses.
+        let (mut s, t) = trickler(h.to_vec(), Duration::ZERO);
+        assert_eq!(read_header(&mut s, Duration::from_secs(2)).expect("header").cookie, 2);
+        t.join().expect("trickler");
+    }
+
+    #[test]
+    fn progress_needs_a_quantum_per_timeout() {
+        let mut p = Progress::new(Duration::from_secs(5));
+        let first = p.deadline;
+        p.advance(PROGRESS_QUANTUM - 1, 1 << 30);
+        assert_eq!(p.deadline, first, "under a quantum does not count");
+        std::thread::sleep(Duration::from_millis(2));
+        p.advance(PROGRESS_QUANTUM, 1 << 30);
+        assert!(p.deadline > first);
+        let second = p.deadline;
+        std::thread::sleep(Duration::from_millis(2));
+        p.advance(PROGRESS_QUANTUM + 10, PROGRESS_QUANTUM + 10);
+        assert!(p.deadline > second, "the end of the stream counts");
+    }
 }

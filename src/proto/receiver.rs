@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::chunkset::ChunkSet;
-use crate::wire::message::{Message, Nack, SessionInfo};
-use crate::wire::WireError;
+use crate::wire::message::{Message, Nack, SessionInfo, SourceId, HEADER_LEN};
+use crate::wire::stream::StreamHeader;
+use crate::wire::{untrusted_text, WireError};
 
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
-    /// Give up when nothing arrives from the sender for this long.
+    /// Give up when no new data has arrived for this long. Control traffic
+    /// does not count: only chunks the receiver did not hold yet (and, before
+    /// the first chunk, the sender's keepalive Hellos while it prepares).
     pub idle_timeout: Duration,
     /// How often missing chunks and progress are reported (an empty NACK is
     /// a heartbeat). The sender's flow-control window advances on these.
@@ -33,6 +36,17 @@ pub struct ReceiverConfig {
     /// Largest session accepted, in chunks: the chunk bitmap is allocated at
     /// Hello, so a hostile Hello must not be able to size it freely.
     pub max_chunks: u64,
+    /// Largest file accepted, in bytes (`recv --max-size`).
+    pub max_file_size: Option<u64>,
+    /// Largest UDP payload the data path delivers (the interface's MTU less
+    /// IP and UDP headers), when known: a session whose datagrams are larger
+    /// is refused at Hello, naming the MTU, instead of losing every packet.
+    pub max_datagram: Option<usize>,
+    /// Take the file only over TCP (`recv --mode tcp`).
+    pub tcp_only: bool,
+    /// Key for the cookies answered to Hellos. The driver sets a fresh random
+    /// one; the default (all zeros) is for deterministic tests.
+    pub cookie_key: [u8; 32],
 }
 
 impl Default for ReceiverConfig {
@@ -46,6 +60,10 @@ impl Default for ReceiverConfig {
             allow_from: None,
             // 128 MiB of bitmap; 1.5 TB at 1448-byte chunks.
             max_chunks: 1 << 30,
+            max_file_size: None,
+            max_datagram: None,
+            tcp_only: false,
+            cookie_key: [0; 32],
         }
     }
 }
@@ -71,13 +89,19 @@ pub enum DropReason {
     InfoMismatch,
     /// A second sender tried to open a session while one is active.
     Busy,
+    /// A Hello from an address `--allow-from` does not name.
+    Refused,
     /// A Hello for a file with more chunks than `max_chunks`, or chunks no
     /// datagram can carry.
     TooLarge,
+    /// The header's cookie is not the one this session's sender was given.
+    BadCookie,
+    /// A Hello asking for a transport this receiver does not take.
+    WrongMode,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Wire(WireError::Truncated),
         DropReason::Wire(WireError::BadMagic),
         DropReason::Wire(WireError::BadVersion),
@@ -85,6 +109,7 @@ impl DropReason {
         DropReason::Wire(WireError::UnknownKind),
         DropReason::Wire(WireError::BadBody),
         DropReason::Wire(WireError::NotUdp),
+        DropReason::Wire(WireError::BadChecksum),
         DropReason::NoSession,
         DropReason::WrongSource,
         DropReason::WrongSession,
@@ -95,28 +120,14 @@ impl DropReason {
         DropReason::InfoMismatch,
         DropReason::Busy,
         DropReason::TooLarge,
+        DropReason::BadCookie,
+        DropReason::WrongMode,
+        DropReason::Refused,
     ];
 
     fn index(self) -> usize {
-        match self {
-            DropReason::Wire(WireError::Truncated) => 0,
-            DropReason::Wire(WireError::BadMagic) => 1,
-            DropReason::Wire(WireError::BadVersion) => 2,
-            DropReason::Wire(WireError::BadLength) => 3,
-            DropReason::Wire(WireError::UnknownKind) => 4,
-            DropReason::Wire(WireError::BadBody) => 5,
-            DropReason::Wire(WireError::NotUdp) => 6,
-            DropReason::NoSession => 7,
-            DropReason::WrongSource => 8,
-            DropReason::WrongSession => 9,
-            DropReason::OutOfRange => 10,
-            DropReason::BadLength => 11,
-            DropReason::Duplicate => 12,
-            DropReason::WrongKind => 13,
-            DropReason::InfoMismatch => 14,
-            DropReason::Busy => 15,
-            DropReason::TooLarge => 16,
-        }
+        // Every reason is listed in ALL (the unit test checks it).
+        DropReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +143,9 @@ impl DropReason {
             DropReason::InfoMismatch => "info_mismatch",
             DropReason::Busy => "busy",
             DropReason::TooLarge => "too_large",
+            DropReason::BadCookie => "bad_cookie",
+            DropReason::WrongMode => "wrong_mode",
+            DropReason::Refused => "refused",
         }
     }
 }
@@ -165,17 +179,25 @@ impl Serialize for DropCounts {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A session opened: prepare an output of `info.file_size` bytes. On failure
-    /// call [`Receiver::abort`].
-    Start { info: SessionInfo, peer: SocketAddr },
+    /// A session opened (its sender echoed our cookie): prepare an output of
+    /// `info.file_size` bytes, unless `via_tcp`, when the file comes over a
+    /// TCP connection that [`Receiver::tcp_admits`] must accept first. On
+    /// failure call [`Receiver::abort`].
+    Start { info: SessionInfo, peer: SocketAddr, source: SourceId, via_tcp: bool },
     /// Every chunk is in: hash the output and call [`Receiver::verified`].
     Verify,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
-    #[error("no data from the sender for {0:?} (idle timeout); is the sender running and the route right?")]
-    IdleTimeout(Duration),
+    #[error("no sender opened a session within {0:?} (idle timeout); is the sender running and the route right?")]
+    NoSender(Duration),
+    #[error(
+        "the session opened but no data arrived for {0:?} (idle timeout); is something on the path (a smaller MTU, a firewall) dropping the sender's packets?"
+    )]
+    NoData(Duration),
+    #[error("no new data from the sender for {0:?} (idle timeout), whatever else it sent")]
+    Stalled(Duration),
     #[error("digest mismatch: the file received does not match the sender's BLAKE3 digest")]
     DigestMismatch,
     #[error("the sender aborted: {0}")]
@@ -207,8 +229,11 @@ enum State {
 #[derive(Debug)]
 struct Session {
     id: u64,
+    /// Our answer to its first Hello, carried by every later datagram.
+    cookie: u64,
     peer: SocketAddr,
     info: SessionInfo,
+    via_tcp: bool,
     chunks: ChunkSet,
     /// Highest chunk index seen + 1, now and at the previous NACK tick.
     high: u64,
@@ -240,6 +265,11 @@ impl Session {
             self.high
         }
     }
+
+    /// Encodes a datagram to this session's sender, with its cookie.
+    fn encode(&self, msg: &Message<'_>) -> (SocketAddr, Vec<u8>) {
+        (self.peer, msg.encode(self.cookie))
+    }
 }
 
 #[derive(Debug)]
@@ -247,7 +277,10 @@ pub struct Receiver {
     cfg: ReceiverConfig,
     state: State,
     session: Option<Session>,
-    last_heard: Instant,
+    /// When the transfer last moved: the session opened, a new chunk, or
+    /// (before the first chunk) a keepalive Hello. The idle timeout runs
+    /// from here.
+    last_progress: Instant,
     next_nack: Instant,
     transmit: VecDeque<(SocketAddr, Vec<u8>)>,
     /// A HelloAck is owed since this instant.
@@ -261,6 +294,8 @@ pub struct Receiver {
     /// Retransmits the sender reported in its end probes.
     pub peer_retransmits: u64,
     pub first_data: Option<Instant>,
+    /// Cookies handed out to Hellos that did not carry one yet.
+    pub cookies_sent: u64,
     scratch: Vec<u8>,
 }
 
@@ -271,7 +306,7 @@ impl Receiver {
             cfg,
             state: State::Listening,
             session: None,
-            last_heard: now,
+            last_progress: now,
             transmit: VecDeque::new(),
             hello_ack_due: None,
             events: VecDeque::new(),
@@ -281,6 +316,7 @@ impl Receiver {
             nacks_sent: 0,
             peer_retransmits: 0,
             first_data: None,
+            cookies_sent: 0,
             scratch: Vec::new(),
         }
     }
@@ -295,6 +331,35 @@ impl Receiver {
 
     pub fn peer(&self) -> Option<SocketAddr> {
         self.session.as_ref().map(|s| s.peer)
+    }
+
+    /// The cookie a sender at `ip` must echo for `session`: a keyed hash, so
+    /// the receiver keeps no state for Hellos it has only answered.
+    pub fn cookie_for(&self, ip: IpAddr, session: u64) -> u64 {
+        let mut input = [0u8; 24];
+        let v6 = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        input[..16].copy_from_slice(&v6.octets());
+        input[16..].copy_from_slice(&session.to_be_bytes());
+        let h = blake3::keyed_hash(&self.cfg.cookie_key, &input);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        // 0 means "no cookie yet" on the wire.
+        u64::from_be_bytes(b).max(1)
+    }
+
+    /// Whether a TCP stream from `from` with header `h` is the fallback of
+    /// the open session: same sender address, session, cookie and size.
+    pub fn tcp_admits(&self, from: IpAddr, h: &StreamHeader) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.via_tcp
+                && s.peer.ip() == from
+                && s.id == h.session
+                && s.cookie == h.cookie
+                && s.info.file_size == h.file_size
+        })
     }
 
     /// The driver polled the data path and found nothing waiting. Only a data
@@ -334,11 +399,12 @@ impl Receiver {
         from: SocketAddr,
         bytes: &'a [u8],
     ) -> Result<Option<(u64, &'a [u8])>, DropReason> {
-        let msg = Message::parse(bytes).map_err(DropReason::Wire)?;
+        let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         // Every check drops; their order only decides which reason is
         // counted. The cheap content checks come first so a hostile source
-        // shows what it sent, and the source check last before acceptance.
+        // shows what it sent, and the source checks (cookie, address) last
+        // before acceptance.
         match msg {
             Message::Data { session, chunk, payload } => {
                 if session != s.id {
@@ -348,15 +414,18 @@ impl Receiver {
                 if payload.len() != want {
                     return Err(DropReason::BadLength);
                 }
+                if cookie != s.cookie {
+                    return Err(DropReason::BadCookie);
+                }
                 if from != s.peer {
                     return Err(DropReason::WrongSource);
                 }
-                self.last_heard = now;
                 s.idle_since = None;
                 s.high = s.high.max(chunk + 1);
                 if !s.chunks.insert(chunk) {
                     return Err(DropReason::Duplicate);
                 }
+                self.last_progress = now;
                 self.first_data.get_or_insert(now);
                 self.bytes += payload.len() as u64;
                 let offset = chunk * u64::from(s.info.chunk_size);
@@ -367,13 +436,15 @@ impl Receiver {
                 if session != s.id {
                     return Err(DropReason::WrongSession);
                 }
+                if cookie != s.cookie {
+                    return Err(DropReason::BadCookie);
+                }
                 if from != s.peer {
                     return Err(DropReason::WrongSource);
                 }
                 if !info.same_transfer(&s.info) {
                     return Err(DropReason::InfoMismatch);
                 }
-                self.last_heard = now;
                 s.info.digest = s.info.digest.or(info.digest);
                 if last {
                     s.end_seen = true;
@@ -394,67 +465,29 @@ impl Receiver {
     }
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
-        let msg = Message::parse(bytes).map_err(DropReason::Wire)?;
+        let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
+        if let Message::Hello { session, info, source, via_tcp } = msg {
+            return self.hello(now, from, cookie, session, info, source, via_tcp);
+        }
+        let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
+        let session = match msg {
+            Message::End { session, .. } | Message::Abort { session, .. } => session,
+            _ => return Err(DropReason::WrongKind),
+        };
+        if from != s.peer {
+            return Err(DropReason::WrongSource);
+        }
+        if session != s.id {
+            return Err(DropReason::WrongSession);
+        }
+        if cookie != s.cookie {
+            return Err(DropReason::BadCookie);
+        }
         match msg {
-            Message::Hello { session, info } => match &self.session {
-                None => {
-                    if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
-                        return Err(DropReason::WrongSource);
-                    }
-                    // A chunk travels in one UDP datagram, so it is below 64 KiB.
-                    if info.n_chunks > self.cfg.max_chunks || info.chunk_size > u32::from(u16::MAX) {
-                        let reason = "file too large for this receiver";
-                        self.transmit.push_back((from, Message::Abort { session, reason }.to_vec()));
-                        return Err(DropReason::TooLarge);
-                    }
-                    self.session = Some(Session {
-                        id: session,
-                        peer: from,
-                        info,
-                        chunks: ChunkSet::new(info.n_chunks),
-                        high: 0,
-                        high_at_last_tick: 0,
-                        end_seen: false,
-                        end_probed: false,
-                        markers: 0,
-                        idle_since: None,
-                        round: 0,
-                        digest: None,
-                        loss_from: 0,
-                    });
-                    self.last_heard = now;
-                    self.state = State::Receiving;
-                    self.events.push_back(Event::Start { info, peer: from });
-                    self.hello_ack_due = Some(now);
-                    self.maybe_verify();
-                    Ok(())
-                }
-                Some(s) if s.id == session && s.peer == from => {
-                    // Our ack was lost: say it again.
-                    self.last_heard = now;
-                    self.hello_ack_due.get_or_insert(now);
-                    Ok(())
-                }
-                Some(_) => {
-                    self.transmit.push_back((
-                        from,
-                        Message::Abort { session, reason: "receiver busy with another session" }.to_vec(),
-                    ));
-                    Err(DropReason::Busy)
-                }
-            },
-            Message::End { session, info, retransmits } => {
-                let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
-                if from != s.peer {
-                    return Err(DropReason::WrongSource);
-                }
-                if session != s.id {
-                    return Err(DropReason::WrongSession);
-                }
+            Message::End { info, retransmits, .. } => {
                 if !info.same_transfer(&s.info) {
                     return Err(DropReason::InfoMismatch);
                 }
-                self.last_heard = now;
                 s.info.digest = s.info.digest.or(info.digest);
                 s.end_probed = true;
                 self.peer_retransmits = self.peer_retransmits.max(retransmits);
@@ -462,32 +495,131 @@ impl Receiver {
                     State::Complete { ok, last_probe } => {
                         *last_probe = now;
                         let digest = s.digest.unwrap_or([0; 32]);
-                        self.transmit.push_back((from, Message::Done { session, ok: *ok, digest }.to_vec()));
+                        let reply = s.encode(&Message::Done { session, ok: *ok, digest });
+                        self.transmit.push_back(reply);
                     }
                     // Report what is missing without waiting for the timer.
                     State::Receiving => self.next_nack = now,
                     _ => {}
                 }
                 self.maybe_verify();
-                Ok(())
             }
-            Message::Abort { session, reason } => {
-                let s = self.session.as_ref().ok_or(DropReason::NoSession)?;
-                if from != s.peer || session != s.id {
-                    return Err(DropReason::WrongSource);
-                }
-                self.fail(RecvError::PeerAborted(reason.to_string()));
-                Ok(())
-            }
-            _ => Err(DropReason::WrongKind),
+            Message::Abort { reason, .. } => self.fail(RecvError::PeerAborted(untrusted_text(reason))),
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// A Hello. Without our cookie it only earns one (no state is kept);
+    /// with it, it opens the session. Every refusal tells the sender why.
+    #[allow(clippy::too_many_arguments)]
+    fn hello(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        cookie: u64,
+        session: u64,
+        info: SessionInfo,
+        source: SourceId,
+        via_tcp: bool,
+    ) -> Result<(), DropReason> {
+        if let Some(s) = &self.session {
+            if s.id != session || s.peer != from {
+                let busy = Message::Abort { session, reason: "receiver busy with another session" };
+                self.transmit.push_back((from, busy.to_vec()));
+                return Err(DropReason::Busy);
+            }
+            if cookie != s.cookie {
+                // A repeat of the first Hello: answer the challenge again.
+                self.transmit.push_back(s.encode(&Message::HelloAck { session, delay_us: 0, opened: false }));
+                return Ok(());
+            }
+            // Our ack was lost, or a keepalive while the sender prepares.
+            if self.first_data.is_none() {
+                self.last_progress = now;
+            }
+            self.hello_ack_due.get_or_insert(now);
+            return Ok(());
+        }
+        if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
+            return Err(DropReason::Refused);
+        }
+        if let Err((drop, reason)) = self.admissible(&info, via_tcp) {
+            self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
+            return Err(drop);
+        }
+        let expected = self.cookie_for(from.ip(), session);
+        if cookie != expected {
+            self.cookies_sent += 1;
+            let challenge = Message::HelloAck { session, delay_us: 0, opened: false };
+            self.transmit.push_back((from, challenge.encode(expected)));
+            return if cookie == 0 { Ok(()) } else { Err(DropReason::BadCookie) };
+        }
+        self.session = Some(Session {
+            id: session,
+            cookie,
+            peer: from,
+            info,
+            via_tcp,
+            chunks: ChunkSet::new(if via_tcp { 0 } else { info.n_chunks }),
+            high: 0,
+            high_at_last_tick: 0,
+            end_seen: false,
+            end_probed: false,
+            markers: 0,
+            idle_since: None,
+            round: 0,
+            digest: None,
+            loss_from: 0,
+        });
+        self.last_progress = now;
+        self.state = State::Receiving;
+        self.events.push_back(Event::Start { info, peer: from, source, via_tcp });
+        self.hello_ack_due = Some(now);
+        if !via_tcp {
+            self.maybe_verify();
+        }
+        Ok(())
+    }
+
+    /// Whether a session of `info` fits this receiver; the reason if not.
+    fn admissible(&self, info: &SessionInfo, via_tcp: bool) -> Result<(), (DropReason, String)> {
+        if self.cfg.tcp_only && !via_tcp {
+            let why = "this receiver takes the file over TCP only (recv --mode tcp); send with --mode sendfile";
+            return Err((DropReason::WrongMode, why.into()));
+        }
+        if let Some(max) = self.cfg.max_file_size.filter(|m| info.file_size > *m) {
+            return Err((
+                DropReason::TooLarge,
+                format!("file of {} bytes is above this receiver's --max-size {max}", info.file_size),
+            ));
+        }
+        if via_tcp {
+            return Ok(());
+        }
+        // A chunk travels in one UDP datagram, so it is below 64 KiB.
+        if info.n_chunks > self.cfg.max_chunks || info.chunk_size > u32::from(u16::MAX) {
+            return Err((DropReason::TooLarge, "file too large for this receiver".into()));
+        }
+        let datagram = HEADER_LEN + info.chunk_size as usize;
+        if let Some(max) = self.cfg.max_datagram.filter(|m| datagram > *m) {
+            // IPv4 + UDP headers: 28 bytes.
+            let reason = format!(
+                "the sender's packets of {} bytes are above this receiver's MTU of {} bytes; send with --packet-size {} or less",
+                datagram + 28,
+                max + 28,
+                max + 28
+            );
+            return Err((DropReason::TooLarge, reason));
+        }
+        Ok(())
     }
 
     /// Every chunk is in and the digest to check against is known: ask the
     /// driver to verify.
     fn maybe_verify(&mut self) {
         let Some(s) = &self.session else { return };
-        if matches!(self.state, State::Receiving) && s.chunks.is_complete() && s.info.digest.is_some() {
+        if matches!(self.state, State::Receiving) && !s.via_tcp && s.chunks.is_complete() && s.info.digest.is_some() {
             self.state = State::Verifying;
             self.events.push_back(Event::Verify);
         }
@@ -501,7 +633,8 @@ impl Receiver {
         }
         let ok = Some(digest) == s.info.digest;
         s.digest = Some(digest);
-        self.transmit.push_back((s.peer, Message::Done { session: s.id, ok, digest }.to_vec()));
+        let done = s.encode(&Message::Done { session: s.id, ok, digest });
+        self.transmit.push_back(done);
         self.state = State::Complete { ok, last_probe: now };
         self.outcome = Some(if ok {
             Ok(RecvSummary { file_size: s.info.file_size, chunks: s.info.n_chunks, digest })
@@ -514,7 +647,7 @@ impl Receiver {
     /// Tells the sender and finishes with `reason`.
     pub fn abort(&mut self, reason: &str) {
         if let Some(s) = &self.session {
-            self.transmit.push_back((s.peer, Message::Abort { session: s.id, reason }.to_vec()));
+            self.transmit.push_back(s.encode(&Message::Abort { session: s.id, reason }));
         }
         self.fail(RecvError::Local(reason.to_string()));
     }
@@ -531,7 +664,7 @@ impl Receiver {
         if let (Some(at), Some(s)) = (self.hello_ack_due, &self.session) {
             self.hello_ack_due = None;
             let delay_us = now.saturating_duration_since(at).as_micros() as u64;
-            return Some((s.peer, Message::HelloAck { session: s.id, delay_us }.to_vec()));
+            return Some(s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true }));
         }
         self.transmit.pop_front()
     }
@@ -545,8 +678,8 @@ impl Receiver {
         match &self.state {
             State::Finished => None,
             State::Complete { last_probe, .. } => Some(*last_probe + self.cfg.linger),
-            State::Receiving => Some(self.next_nack.min(self.last_heard + self.cfg.idle_timeout)),
-            _ => Some(self.last_heard + self.cfg.idle_timeout),
+            State::Receiving => Some(self.next_nack.min(self.last_progress + self.cfg.idle_timeout)),
+            _ => Some(self.last_progress + self.cfg.idle_timeout),
         }
     }
 
@@ -559,11 +692,25 @@ impl Receiver {
                 }
             }
             State::Listening | State::Verifying | State::Receiving => {
-                if now >= self.last_heard + self.cfg.idle_timeout {
-                    self.fail(RecvError::IdleTimeout(self.cfg.idle_timeout));
+                if now >= self.last_progress + self.cfg.idle_timeout {
+                    let t = self.cfg.idle_timeout;
+                    let e = match (&self.session, self.first_data) {
+                        (None, _) => RecvError::NoSender(t),
+                        (Some(_), None) => RecvError::NoData(t),
+                        (Some(_), Some(_)) => RecvError::Stalled(t),
+                    };
+                    // Tell the sender why, so it need not wait for its own
+                    // timeout to guess.
+                    if let Some(s) = &self.session {
+                        let why = e.to_string();
+                        let abort = s.encode(&Message::Abort { session: s.id, reason: &why });
+                        self.transmit.push_back(abort);
+                    }
+                    self.fail(e);
                     return;
                 }
-                if matches!(self.state, State::Receiving) && now >= self.next_nack {
+                let tcp = self.session.as_ref().is_some_and(|s| s.via_tcp);
+                if matches!(self.state, State::Receiving) && !tcp && now >= self.next_nack {
                     self.next_nack = now + self.cfg.nack_interval;
                     self.send_nacks(now);
                 }
@@ -604,7 +751,7 @@ impl Receiver {
                 bitmap: &self.scratch,
                 loss_bp,
             };
-            self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
+            self.transmit.push_back(s.encode(&Message::Nack { session: s.id, nack }));
             part += 1;
             from = base + u64::from(nbits);
         }
@@ -631,7 +778,7 @@ impl Receiver {
                 bitmap: &[],
                 loss_bp,
             };
-            self.transmit.push_back((s.peer, Message::Nack { session: s.id, nack }.to_vec()));
+            self.transmit.push_back(s.encode(&Message::Nack { session: s.id, nack }));
         }
         self.nacks_sent += u64::from(part);
     }
@@ -654,55 +801,155 @@ mod tests {
     const PEER: &str = "10.0.0.1:4000";
     const OTHER: &str = "10.0.0.9:4000";
 
-    fn open(info: SessionInfo) -> (Receiver, Instant) {
+    fn hello(info: SessionInfo) -> Message<'static> {
+        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false }
+    }
+
+    /// A receiver with session 7 open from PEER; returns its cookie.
+    fn open(info: SessionInfo) -> (Receiver, Instant, u64) {
         let now = Instant::now();
         let mut rx = Receiver::new(ReceiverConfig::default(), now);
-        rx.on_control(now, PEER.parse().unwrap(), &Message::Hello { session: 7, info }.to_vec());
-        (rx, now)
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let cookie = rx.cookie_for(peer.ip(), 7);
+        rx.on_control(now, peer, &hello(info).encode(cookie));
+        assert!(rx.info().is_some());
+        (rx, now, cookie)
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_counter() {
+        let mut counts = DropCounts::default();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            counts.add(*r);
+        }
+        assert_eq!(counts.by_name().len(), DropReason::ALL.len(), "names are distinct");
+    }
+
+    #[test]
+    fn a_hello_without_the_cookie_opens_nothing_and_earns_one() {
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig { cookie_key: [3; 32], ..Default::default() }, now);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: None };
+        rx.on_control(now, peer, &hello(info).to_vec());
+        assert!(rx.info().is_none() && rx.poll_event().is_none(), "no state before the cookie's round trip");
+        let (to, bytes) = rx.poll_transmit(now).expect("a challenge");
+        assert_eq!(to, peer);
+        let (msg, cookie) = Message::parse_with_cookie(&bytes).unwrap();
+        assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false });
+        assert_eq!(cookie, rx.cookie_for(peer.ip(), 7));
+        assert_ne!(cookie, rx.cookie_for(OTHER.parse::<SocketAddr>().unwrap().ip(), 7), "bound to the address");
+        // A guessed cookie is refused and counted; the right one opens.
+        rx.on_control(now, peer, &hello(info).encode(cookie ^ 1));
+        assert_eq!(rx.drops.get(DropReason::BadCookie), 1);
+        assert!(rx.info().is_none());
+        rx.on_control(now, peer, &hello(info).encode(cookie));
+        assert!(matches!(rx.poll_event(), Some(Event::Start { .. })));
+        let (_, ack) = rx.poll_transmit(now).expect("the opening ack");
+        assert_eq!(
+            Message::parse_with_cookie(&ack).unwrap().0,
+            Message::HelloAck { session: 7, delay_us: 0, opened: true }
+        );
+    }
+
+    #[test]
+    fn allow_from_refuses_before_any_answer() {
+        let now = Instant::now();
+        let cfg = ReceiverConfig { allow_from: Some("10.0.0.1".parse().unwrap()), ..Default::default() };
+        let mut rx = Receiver::new(cfg, now);
+        let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: None };
+        rx.on_control(now, OTHER.parse().unwrap(), &hello(info).to_vec());
+        assert_eq!(rx.drops.get(DropReason::Refused), 1);
+        assert!(rx.poll_transmit(now).is_none(), "a refused stranger gets no answer");
     }
 
     #[test]
     fn hello_for_an_oversized_file_is_refused_with_an_abort() {
         let now = Instant::now();
-        let cfg = ReceiverConfig { max_chunks: 100, ..Default::default() };
+        let cfg = ReceiverConfig { max_chunks: 100, max_datagram: Some(1472), ..Default::default() };
         let mut rx = Receiver::new(cfg, now);
         let peer: SocketAddr = PEER.parse().unwrap();
         for info in [
             SessionInfo { file_size: 1_000_000, chunk_size: 1000, n_chunks: 1000, digest: None },
             SessionInfo { file_size: 70_000, chunk_size: 70_000, n_chunks: 1, digest: None },
+            // 2948-byte packets against an MTU of 1500.
+            SessionInfo { file_size: 29_200, chunk_size: 2920, n_chunks: 10, digest: None },
         ] {
-            rx.on_control(now, peer, &Message::Hello { session: 7, info }.to_vec());
+            rx.on_control(now, peer, &hello(info).to_vec());
             assert!(rx.info().is_none(), "no session may open for {info:?}");
             let (to, bytes) = rx.poll_transmit(now).expect("an abort tells the sender why");
             assert_eq!(to, peer);
             assert!(matches!(Message::parse(&bytes), Ok(Message::Abort { .. })));
+            if info.chunk_size == 2920 {
+                let Ok(Message::Abort { reason, .. }) = Message::parse(&bytes) else { unreachable!() };
+                assert!(reason.contains("MTU of 1500") && reason.contains("2980"), "{reason}");
+            }
         }
-        assert_eq!(rx.drops.get(DropReason::TooLarge), 2);
+        assert_eq!(rx.drops.get(DropReason::TooLarge), 3);
         assert!(rx.poll_event().is_none());
     }
 
     #[test]
     fn drops_are_counted_by_what_was_wrong() {
         let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: None };
-        let (mut rx, now) = open(info);
+        let (mut rx, now, cookie) = open(info);
         let other: SocketAddr = OTHER.parse().unwrap();
         let peer: SocketAddr = PEER.parse().unwrap();
         let chunk = [1u8; 1000];
-        let cases: [(SocketAddr, Vec<u8>, DropReason); 6] = [
-            (other, Message::Data { session: 8, chunk: 0, payload: &chunk }.to_vec(), DropReason::WrongSession),
-            (other, Message::Data { session: 7, chunk: 3, payload: &chunk[..500] }.to_vec(), DropReason::OutOfRange),
-            (other, Message::Data { session: 7, chunk: 2, payload: &chunk }.to_vec(), DropReason::BadLength),
-            (other, Message::Data { session: 7, chunk: 0, payload: &chunk }.to_vec(), DropReason::WrongSource),
+        let data = |session, chunk, payload| Message::Data { session, chunk, payload }.encode(cookie);
+        let cases: [(SocketAddr, Vec<u8>, DropReason); 8] = [
+            (other, data(8, 0, &chunk), DropReason::WrongSession),
+            (other, data(7, 3, &chunk[..500]), DropReason::OutOfRange),
+            (other, data(7, 2, &chunk), DropReason::BadLength),
+            (other, data(7, 0, &chunk), DropReason::WrongSource),
+            // Blind spoofing: the right address and session, no cookie.
+            (peer, Message::Data { session: 7, chunk: 0, payload: &chunk }.to_vec(), DropReason::BadCookie),
             (peer, b"XBLS".to_vec(), DropReason::Wire(WireError::Truncated)),
-            (peer, Message::HelloAck { session: 7, delay_us: 0 }.to_vec(), DropReason::WrongKind),
+            (peer, Message::HelloAck { session: 7, delay_us: 0, opened: true }.encode(cookie), DropReason::WrongKind),
+            (peer, Message::Meta { session: 7, last: true, info }.encode(cookie ^ 4), DropReason::BadCookie),
         ];
         for (from, bytes, reason) in &cases {
+            let before = rx.drops.get(*reason);
             assert_eq!(rx.on_data(now, *from, bytes), None);
-            assert_eq!(rx.drops.get(*reason), 1, "{reason:?}");
+            assert_eq!(rx.drops.get(*reason), before + 1, "{reason:?}");
         }
         assert_eq!(rx.drops.total(), cases.len() as u64);
         assert_eq!(rx.chunks_received(), 0, "nothing from a stranger or malformed may be taken");
-        let good = Message::Data { session: 7, chunk: 0, payload: &chunk }.to_vec();
+        let good = data(7, 0, &chunk);
         assert_eq!(rx.on_data(now, peer, &good), Some((0, &chunk[..])));
+    }
+
+    #[test]
+    fn control_chatter_does_not_keep_a_stalled_transfer_alive() {
+        let info = SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: Some([1; 32]) };
+        let (mut rx, start, cookie) = open(info);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let chunk = [1u8; 1000];
+        assert!(rx
+            .on_data(start, peer, &Message::Data { session: 7, chunk: 0, payload: &chunk }.encode(cookie))
+            .is_some());
+        // End probes and keepalive Hellos every 100 ms, never a new chunk.
+        let mut now = start;
+        let end = Message::End { session: 7, info, retransmits: 0 }.encode(cookie);
+        while !rx.is_finished() {
+            now += Duration::from_millis(100);
+            assert!(now < start + Duration::from_secs(11), "the idle timeout must fire");
+            rx.on_control(now, peer, &end);
+            rx.on_control(now, peer, &hello(info).encode(cookie));
+            rx.handle_timeout(now);
+        }
+        assert!(now >= start + Duration::from_secs(10));
+        assert_eq!(rx.outcome(), Some(&Err(RecvError::Stalled(Duration::from_secs(10)))));
+    }
+
+    #[test]
+    fn network_text_in_an_abort_is_escaped() {
+        let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: None };
+        let (mut rx, now, cookie) = open(info);
+        let reason = "x\n\u{1b}[32mdigest verified; output committed";
+        rx.on_control(now, PEER.parse().unwrap(), &Message::Abort { session: 7, reason }.encode(cookie));
+        let Some(Err(RecvError::PeerAborted(shown))) = rx.outcome() else { panic!("{:?}", rx.outcome()) };
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
     }
 }

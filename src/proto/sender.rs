@@ -11,8 +11,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::wire::message::{Message, SessionInfo};
-use crate::wire::WireError;
+use crate::wire::message::{Message, SessionInfo, SourceId, HEADER_LEN};
+use crate::wire::{untrusted_text, WireError};
+
+/// How far ahead of the last NACK round it accepted a sender takes a new
+/// one. The receiver numbers a round per tick (5 ms by default), so this is
+/// minutes of rounds; a forged round far ahead would otherwise make every
+/// real one look stale for ever.
+pub const MAX_ROUND_JUMP: u64 = 1 << 16;
 
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
@@ -20,7 +26,9 @@ pub struct SenderConfig {
     pub hello_interval: Duration,
     /// End probes are repeated this often while nothing is left to send.
     pub probe_interval: Duration,
-    /// Give up when the receiver has said nothing for this long.
+    /// Give up when the transfer has not moved for this long: no answer to
+    /// the Hello, or no new chunk reported held by the receiver (control
+    /// chatter does not count).
     pub timeout: Duration,
     /// Least time between the last retransmit of a repair round and accepting
     /// the next round, so chunks still in flight are not sent twice. Raised to
@@ -34,6 +42,11 @@ pub struct SenderConfig {
     pub max_repairs: usize,
     /// A full window with no progress for this long re-posts its last chunk.
     pub tail_probe_after: Duration,
+    /// Names the input file in the Hello, so a receiver about to write over
+    /// it refuses.
+    pub source: SourceId,
+    /// Ask for the file over TCP (the fallback where AF_XDP cannot run).
+    pub via_tcp: bool,
 }
 
 impl Default for SenderConfig {
@@ -46,6 +59,8 @@ impl Default for SenderConfig {
             window: 12288,
             max_repairs: 4096,
             tail_probe_after: Duration::from_millis(30),
+            source: [0; 16],
+            via_tcp: false,
         }
     }
 }
@@ -67,6 +82,12 @@ pub enum SendError {
     HandshakeTimeout(Duration),
     #[error("the receiver went silent for {0:?} mid-transfer")]
     Timeout(Duration),
+    #[error(
+        "the receiver has taken in none of our data in {0:?}; are our {1}-byte packets above an MTU on the path? (lower --packet-size)"
+    )]
+    NothingArrived(Duration, usize),
+    #[error("the receiver reported no new data for {0:?}, whatever else it said")]
+    Stalled(Duration),
     #[error("the receiver reports a digest mismatch: the file it rebuilt differs from ours")]
     DigestMismatch,
     #[error("the receiver aborted: {0}")]
@@ -94,6 +115,10 @@ pub struct SendStats {
     pub tail_probes: u64,
     /// Loss reports received (one per NACK round), for rate adaptation.
     pub loss_reports: u64,
+    /// NACKs dropped: a round too far ahead, or counts beyond the file.
+    pub nacks_out_of_window: u64,
+    /// Datagrams from the receiver's address without its cookie.
+    pub bad_cookie: u64,
 }
 
 #[derive(Debug)]
@@ -138,6 +163,15 @@ pub struct Sender {
     markers_posted: u64,
     /// A repair went out after the pass; a marker must follow the round.
     marker_due: bool,
+    /// The receiver's cookie, from its first HelloAck.
+    cookie: Option<u64>,
+    /// The last NACK round taken in (heartbeats included): the anchor of the
+    /// window of rounds accepted.
+    latest_round: u64,
+    /// When the transfer last moved (the handshake went on, the receiver
+    /// reported new chunks); the timeout runs from here.
+    last_progress: Instant,
+    /// When the receiver last said anything at all (for the error's words).
     last_heard: Instant,
     next_probe: Instant,
     outcome: Option<Result<(), SendError>>,
@@ -166,6 +200,9 @@ impl Sender {
             repair_pos: HashMap::new(),
             markers_posted: 0,
             marker_due: false,
+            cookie: None,
+            latest_round: 0,
+            last_progress: now,
             last_heard: now,
             next_probe: now,
             outcome: None,
@@ -192,12 +229,18 @@ impl Sender {
         matches!(self.state, State::Handshake { acked: true, .. } | State::Transfer)
     }
 
+    /// The receiver's cookie, once its first HelloAck came.
+    pub fn cookie(&self) -> Option<u64> {
+        self.cookie
+    }
+
     /// The file is preloaded and its digest known: data may flow once (or as
     /// soon as) the receiver has acknowledged.
-    pub fn start(&mut self, digest: [u8; 32]) {
+    pub fn start(&mut self, now: Instant, digest: [u8; 32]) {
         self.info.digest = Some(digest);
         if let State::Handshake { acked: true, .. } = self.state {
             self.state = State::Transfer;
+            self.last_progress = now;
         }
     }
 
@@ -288,7 +331,13 @@ impl Sender {
                 }
                 *last_hello = Some(now);
                 *next_hello = now + self.cfg.hello_interval;
-                Some(Message::Hello { session: self.session, info: self.info }.to_vec())
+                let hello = Message::Hello {
+                    session: self.session,
+                    info: self.info,
+                    source: self.cfg.source,
+                    via_tcp: self.cfg.via_tcp,
+                };
+                Some(hello.encode(self.cookie.unwrap_or(0)))
             }
             State::Transfer => {
                 if !self.pass_done() || !self.repairs.is_empty() || now < self.next_probe {
@@ -296,10 +345,8 @@ impl Sender {
                 }
                 self.next_probe = now + self.cfg.probe_interval;
                 self.stats.end_probes += 1;
-                Some(
-                    Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits }
-                        .to_vec(),
-                )
+                let end = Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits };
+                Some(end.encode(self.cookie.unwrap_or(0)))
             }
             State::Finished => None,
         }
@@ -308,7 +355,7 @@ impl Sender {
     /// A datagram from the receiver's control socket. Errors are for counting;
     /// the datagram is simply ignored.
     pub fn on_control(&mut self, now: Instant, bytes: &[u8]) -> Result<(), WireError> {
-        let msg = Message::parse(bytes)?;
+        let (msg, cookie) = Message::parse_with_cookie(bytes)?;
         let session = match &msg {
             Message::HelloAck { session, .. }
             | Message::Nack { session, .. }
@@ -319,10 +366,30 @@ impl Sender {
         if session != self.session || matches!(self.state, State::Finished) {
             return Err(WireError::BadBody);
         }
+        // Once the receiver has given its cookie, everything from it carries
+        // the cookie; before, only its challenge and a refusal can come.
+        match (self.cookie, &msg) {
+            (Some(k), _) if k != cookie => {
+                self.stats.bad_cookie += 1;
+                return Err(WireError::BadBody);
+            }
+            (None, Message::HelloAck { opened: false, .. }) if cookie != 0 => {
+                self.cookie = Some(cookie);
+                if let State::Handshake { next_hello, .. } = &mut self.state {
+                    *next_hello = now; // echo it at once
+                }
+                return Ok(());
+            }
+            (None, Message::Abort { .. }) => {}
+            (None, _) => return Err(WireError::BadBody),
+            _ => {}
+        }
         self.last_heard = now;
         match msg {
+            Message::HelloAck { opened: false, .. } => {}
             Message::HelloAck { delay_us, .. } => {
                 if let State::Handshake { last_hello, acked, .. } = &mut self.state {
+                    self.last_progress = now;
                     if !*acked {
                         *acked = true;
                         // The receiver's own delay (preparing its output) is not path time.
@@ -338,8 +405,24 @@ impl Sender {
                 }
             }
             Message::Nack { nack, .. } => {
-                if !matches!(self.state, State::Transfer) {
+                let sane = nack.round <= self.latest_round.saturating_add(MAX_ROUND_JUMP)
+                    && nack.received <= self.info.n_chunks
+                    && nack.high <= self.info.n_chunks.saturating_add(self.markers_posted);
+                if !sane {
+                    self.stats.nacks_out_of_window += 1;
                     return Ok(());
+                }
+                self.latest_round = self.latest_round.max(nack.round);
+                if !matches!(self.state, State::Transfer) {
+                    // While the driver prepares, the receiver's heartbeats
+                    // show it is still there.
+                    if self.is_acked() {
+                        self.last_progress = now;
+                    }
+                    return Ok(());
+                }
+                if nack.received > self.stats.peer_received {
+                    self.last_progress = now;
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
                 if let (0, Some(l)) = (nack.part, nack.loss_bp) {
@@ -403,7 +486,7 @@ impl Sender {
             }
             Message::Abort { reason, .. } => {
                 self.state = State::Finished;
-                self.outcome = Some(Err(SendError::ReceiverAborted(reason.to_string())));
+                self.outcome = Some(Err(SendError::ReceiverAborted(untrusted_text(reason))));
             }
             _ => {}
         }
@@ -411,7 +494,7 @@ impl Sender {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let deadline = self.last_heard + self.cfg.timeout;
+        let deadline = self.last_progress + self.cfg.timeout;
         match &self.state {
             State::Handshake { next_hello, .. } => Some((*next_hello).min(deadline)),
             State::Transfer if self.pass_done() && self.repairs.is_empty() => Some(self.next_probe.min(deadline)),
@@ -421,13 +504,18 @@ impl Sender {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now < self.last_heard + self.cfg.timeout {
+        if now < self.last_progress + self.cfg.timeout {
             return;
         }
+        let t = self.cfg.timeout;
         let err = match self.state {
-            State::Handshake { acked: true, .. } => SendError::Timeout(self.cfg.timeout),
-            State::Handshake { .. } => SendError::HandshakeTimeout(self.cfg.timeout),
-            State::Transfer => SendError::Timeout(self.cfg.timeout),
+            State::Handshake { acked: true, .. } => SendError::Timeout(t),
+            State::Handshake { .. } => SendError::HandshakeTimeout(t),
+            State::Transfer if now >= self.last_heard + t => SendError::Timeout(t),
+            State::Transfer if self.stats.peer_received == 0 => {
+                SendError::NothingArrived(t, self.info.chunk_size as usize + HEADER_LEN + 28)
+            }
+            State::Transfer => SendError::Stalled(t),
             State::Finished => return,
         };
         self.state = State::Finished;

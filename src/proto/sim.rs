@@ -172,14 +172,14 @@ impl Sim {
         }
     }
 
-    fn frame(&self, id: FrameId, session: u64, info: &SessionInfo) -> Vec<u8> {
+    fn frame(&self, id: FrameId, session: u64, cookie: u64, info: &SessionInfo) -> Vec<u8> {
         match id {
             FrameId::Data(c) => {
                 let start = (c * u64::from(self.chunk)) as usize;
                 let end = (start + self.chunk as usize).min(self.file.len());
-                Message::Data { session, chunk: c, payload: &self.file[start..end] }.to_vec()
+                Message::Data { session, chunk: c, payload: &self.file[start..end] }.encode(cookie)
             }
-            FrameId::Meta { last } => Message::Meta { session, last, info: *info }.to_vec(),
+            FrameId::Meta { last } => Message::Meta { session, last, info: *info }.encode(cookie),
         }
     }
 
@@ -195,7 +195,7 @@ impl Sim {
         while !(tx.is_finished() && rx.is_finished()) {
             assert!(self.now - start < Duration::from_secs(120), "simulation did not converge");
             if !preloaded && self.now - start >= self.preload_time {
-                tx.start(info.digest.expect("the sim knows its digest"));
+                tx.start(self.now, info.digest.expect("the sim knows its digest"));
                 preloaded = true;
             }
             // Sender: control, then frames.
@@ -204,7 +204,7 @@ impl Sim {
             }
             let n = tx.next_frames(self.now, &mut ids);
             for id in ids[..n].iter().copied() {
-                let f = self.frame(id, tx.session(), &info);
+                let f = self.frame(id, tx.session(), tx.cookie().expect("data flows after the handshake"), &info);
                 self.send(To::ReceiverData, f);
             }
             // Network delivery up to now.
@@ -225,7 +225,7 @@ impl Sim {
                 }
                 while let Some(ev) = rx.poll_event() {
                     match ev {
-                        Event::Start { info, peer } => {
+                        Event::Start { info, peer, .. } => {
                             assert_eq!(peer, SENDER);
                             self.out = vec![0; info.file_size as usize];
                         }
@@ -418,9 +418,9 @@ fn corrupted_output_fails_digest_on_both_sides() {
     let info =
         SessionInfo { file_size: 3000, chunk_size: 1000, n_chunks: 3, digest: Some(*blake3::hash(&data).as_bytes()) };
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
-    rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
+    let cookie = open_session(&mut rx, now, info);
     for c in 0..3 {
-        let m = Message::Data { session: 1, chunk: c, payload: &data[..1000] }.to_vec();
+        let m = Message::Data { session: 1, chunk: c, payload: &data[..1000] }.encode(cookie);
         assert!(rx.on_data(now, SENDER, &m).is_some());
     }
     assert!(matches!(rx.poll_event(), Some(Event::Start { .. })));
@@ -431,7 +431,7 @@ fn corrupted_output_fails_digest_on_both_sides() {
     let (_, done) = rx.poll_transmit(now).unwrap();
     let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
     tx.poll_control(now);
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
+    acknowledge(&mut tx, now, cookie);
     tx.on_control(now, &done).unwrap();
     assert_eq!(tx.outcome(), Some(&Err(SendError::DigestMismatch)));
 }
@@ -449,15 +449,16 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert!(rx
         .on_data(now, SENDER, &Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec())
         .is_none());
-    rx.on_control(now, SENDER, &Message::Hello { session: 1, info }.to_vec());
+    let k = open_session(&mut rx, now, info);
     let cases: Vec<(SocketAddr, Vec<u8>, DropReason)> = vec![
         (SENDER, vec![0xff; 40], DropReason::Wire(crate::wire::WireError::BadMagic)),
         (SENDER, vec![0; 5], DropReason::Wire(crate::wire::WireError::Truncated)),
-        (stranger, Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::WrongSource),
-        (SENDER, Message::Data { session: 2, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::WrongSession),
-        (SENDER, Message::Data { session: 1, chunk: 3, payload: &data[..500] }.to_vec(), DropReason::OutOfRange),
-        (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.to_vec(), DropReason::BadLength),
-        (SENDER, Message::HelloAck { session: 1, delay_us: 0 }.to_vec(), DropReason::WrongKind),
+        (stranger, Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.encode(k), DropReason::WrongSource),
+        (SENDER, Message::Data { session: 2, chunk: 0, payload: &data[..1000] }.encode(k), DropReason::WrongSession),
+        (SENDER, Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::BadCookie),
+        (SENDER, Message::Data { session: 1, chunk: 3, payload: &data[..500] }.encode(k), DropReason::OutOfRange),
+        (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.encode(k), DropReason::BadLength),
+        (SENDER, Message::HelloAck { session: 1, delay_us: 0, opened: true }.encode(k), DropReason::WrongKind),
     ];
     for (from, bytes, reason) in &cases {
         let before = rx.drops.get(*reason);
@@ -467,7 +468,8 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert_eq!(rx.drops.get(DropReason::NoSession), 1);
     assert_eq!(rx.chunks_received(), 0);
     // A second sender cannot take over.
-    rx.on_control(now, stranger, &Message::Hello { session: 9, info }.to_vec());
+    let hello = Message::Hello { session: 9, info, source: [0; 16], via_tcp: false };
+    rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
     assert_eq!(rx.drops.get(DropReason::Busy), 1);
     assert_eq!(rx.peer(), Some(SENDER));
 }
@@ -479,7 +481,7 @@ fn receiver_idle_timeout_fails_with_clear_error() {
     rx.handle_timeout(now + Duration::from_secs(1));
     assert!(rx.outcome().is_none());
     rx.handle_timeout(now + Duration::from_secs(2));
-    assert_eq!(rx.outcome(), Some(&Err(RecvError::IdleTimeout(Duration::from_secs(2)))));
+    assert_eq!(rx.outcome(), Some(&Err(RecvError::NoSender(Duration::from_secs(2)))));
     assert!(rx.is_finished());
 }
 
@@ -499,7 +501,7 @@ fn nack_for_unsent_chunks_is_ignored() {
     let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([0; 32]) };
     let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
     tx.poll_control(now);
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
+    acknowledge(&mut tx, now, K);
     let mut ids = [FrameId::Meta { last: false }; 3];
     assert_eq!(tx.next_frames(now, &mut ids), 3); // Meta, 0, 1
     let bitmap = [0xffu8, 0x03];
@@ -513,7 +515,7 @@ fn nack_for_unsent_chunks_is_ignored() {
         bitmap: &bitmap,
         loss_bp: None,
     };
-    tx.on_control(now, &Message::Nack { session: 1, nack }.to_vec()).unwrap();
+    tx.on_control(now, &Message::Nack { session: 1, nack }.encode(K)).unwrap();
     let mut ids = [FrameId::Meta { last: false }; 4];
     let n = tx.next_frames(now, &mut ids);
     // Repairs first (only 0 and 1 were ever sent), then the first pass resumes.
@@ -527,7 +529,7 @@ fn nack_for_a_repair_still_in_flight_is_not_repeated() {
     let info = SessionInfo { file_size: 100_000, chunk_size: 1000, n_chunks: 100, digest: Some([0; 32]) };
     let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
     tx.poll_control(now);
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0 }.to_vec()).unwrap();
+    acknowledge(&mut tx, now, K);
     let mut ids = [FrameId::Meta { last: false }; 21];
     assert_eq!(tx.next_frames(now, &mut ids), 21); // Meta, chunks 0..20
     let nack = |round, high| {
@@ -545,7 +547,7 @@ fn nack_for_a_repair_still_in_flight_is_not_repeated() {
                 loss_bp: None,
             },
         }
-        .to_vec()
+        .encode(K)
     };
     tx.on_control(now, &nack(1, 10)).unwrap();
     let mut one = [FrameId::Meta { last: false }; 1];
@@ -562,4 +564,72 @@ fn nack_for_a_repair_still_in_flight_is_not_repeated() {
     assert_eq!(tx.next_frames(later, &mut one), 1);
     assert_eq!(one[0], FrameId::Data(2));
     assert_eq!(tx.stats.retransmits, 2);
+}
+
+/// A cookie for sender-side tests.
+const K: u64 = 0x5eed;
+
+/// Opens session 1 from SENDER on `rx` (the Hello echoing its cookie);
+/// returns the cookie.
+fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
+    let cookie = rx.cookie_for(SENDER.ip(), 1);
+    rx.on_control(now, SENDER, &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false }.encode(cookie));
+    cookie
+}
+
+/// Plays the receiver's two answers to session 1's Hello: the cookie
+/// challenge, then the ack that opens the session.
+fn acknowledge(tx: &mut Sender, now: Instant, cookie: u64) {
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: false }.encode(cookie)).unwrap();
+    let echo = tx.poll_control(now).expect("the Hello goes out again at once, with the cookie");
+    assert_eq!(Message::parse_with_cookie(&echo).map(|(_, c)| c), Ok(cookie));
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: true }.encode(cookie)).unwrap();
+    assert!(tx.is_acked());
+}
+
+#[test]
+fn a_forged_nack_round_far_ahead_cannot_freeze_repairs() {
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([0; 32]) };
+    let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
+    tx.poll_control(now);
+    acknowledge(&mut tx, now, K);
+    let mut ids = [FrameId::Meta { last: false }; 4];
+    assert_eq!(tx.next_frames(now, &mut ids), 4); // Meta, 0, 1, 2
+    let nack = |round| {
+        let bitmap = [0b10u8]; // chunk 1 missing
+        let nack = crate::wire::message::Nack {
+            round,
+            part: 0,
+            received: 2,
+            high: 3,
+            base: 0,
+            nbits: 2,
+            bitmap: &bitmap,
+            loss_bp: None,
+        };
+        Message::Nack { session: 1, nack }.encode(K)
+    };
+    // An on-path forger's NACK with the largest round.
+    tx.on_control(now, &nack(u64::MAX)).unwrap();
+    assert_eq!(tx.stats.nacks_out_of_window, 1);
+    assert_eq!(tx.stats.retransmits, 0);
+    // The receiver's real round 3 still gets its repair.
+    tx.on_control(now, &nack(3)).unwrap();
+    let mut one = [FrameId::Meta { last: false }; 1];
+    assert_eq!(tx.next_frames(now, &mut one), 1);
+    assert_eq!(one[0], FrameId::Data(1));
+}
+
+#[test]
+fn sender_fails_when_nothing_arrives_whatever_the_chatter() {
+    // Every data frame is lost (an MTU mismatch): heartbeats keep coming,
+    // yet the sender must end inside its timeout and name the likely cause.
+    let mut sim = Sim::new(20_000, 1000, 9);
+    sim.data_faults.loss = 1.0;
+    sim.sender_cfg.timeout = Duration::from_secs(1);
+    sim.receiver_cfg.idle_timeout = Duration::from_secs(1);
+    let o = sim.run();
+    assert!(matches!(o.send, Err(SendError::NothingArrived(_, 1060))), "{:?}", o.send);
+    assert_eq!(o.recv, Err(RecvError::NoData(Duration::from_secs(1))));
 }

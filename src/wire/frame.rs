@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, NetSlice, SlicedPacket, TransportSlice, UdpHeader};
 
-use super::WireError;
+use super::{checksum, WireError};
 
 pub const ETH_LEN: usize = Ethernet2Header::LEN;
 pub const IPV4_LEN: usize = Ipv4Header::MIN_LEN;
@@ -91,12 +91,21 @@ pub fn parse_udp(frame: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
         Some(TransportSlice::Udp(udp)) => udp,
         _ => return Err(WireError::NotUdp),
     };
+    // A frame handed to us raw (AF_XDP) has not been checked by the kernel's
+    // stack: a damaged one is refused here, counted, and repaired like a loss.
     let (src_ip, dst_ip): (std::net::IpAddr, std::net::IpAddr) = match &sliced.net {
         Some(NetSlice::Ipv4(v4)) => {
             if v4.is_payload_fragmented() {
                 return Err(WireError::NotUdp);
             }
             let h = v4.header();
+            if checksum::internet_checksum(h.slice()) != 0 {
+                return Err(WireError::BadChecksum);
+            }
+            // Checksum 0: the sender computed none (RFC 768).
+            if udp.checksum() != 0 && checksum::udp_ipv4(h.source(), h.destination(), udp.slice()) != 0 {
+                return Err(WireError::BadChecksum);
+            }
             (h.source_addr().into(), h.destination_addr().into())
         }
         Some(NetSlice::Ipv6(v6)) => {
@@ -104,6 +113,10 @@ pub fn parse_udp(frame: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
                 return Err(WireError::NotUdp);
             }
             let h = v6.header();
+            // Over IPv6 the UDP checksum is mandatory (RFC 8200).
+            if checksum::udp_ipv6(h.source(), h.destination(), udp.slice()) != 0 {
+                return Err(WireError::BadChecksum);
+            }
             (h.source_addr().into(), h.destination_addr().into())
         }
         _ => return Err(WireError::NotUdp),
@@ -134,7 +147,6 @@ pub fn example_template() -> FrameTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::checksum;
 
     #[test]
     fn build_then_parse_round_trips() {
@@ -175,6 +187,25 @@ mod tests {
         let mut buf = [0u8; 256];
         t.build(&[0u8; 115 - 28], &mut buf).unwrap();
         assert_eq!(&buf[ETH_LEN + 10..ETH_LEN + 12], &[0xb8, 0x61]);
+    }
+
+    #[test]
+    fn damaged_frames_are_refused_by_checksum() {
+        let t = example_template();
+        let mut frame = [0u8; 2048];
+        let n = t.build(b"chunk payload", &mut frame).unwrap();
+        assert!(parse_udp(&frame[..n]).is_ok());
+        // One bit flipped in the payload, in the IPv4 header's TTL, and in
+        // the UDP checksum itself.
+        for at in [n - 1, ETH_LEN + 8, ETH_LEN + IPV4_LEN + 6] {
+            let mut bad = frame;
+            bad[at] ^= 0x10;
+            assert_eq!(parse_udp(&bad[..n]), Err(WireError::BadChecksum), "flip at {at}");
+        }
+        // A UDP checksum of 0 means "none" over IPv4 and is taken.
+        let mut none = frame;
+        none[ETH_LEN + IPV4_LEN + 6..ETH_LEN + IPV4_LEN + 8].copy_from_slice(&[0, 0]);
+        assert!(parse_udp(&none[..n]).is_ok());
     }
 
     #[test]

@@ -3,21 +3,26 @@
 //! Every datagram, data or control, starts with the same 24-byte header:
 //!
 //! ```text
-//!  0      4       5      6        8                16               24
-//!  +------+-------+------+--------+----------------+----------------+------
-//!  |magic |version| kind |body len|   session id   |      seq       | body
-//!  +------+-------+------+--------+----------------+----------------+------
+//!  0      4       5      6        8             16             24             32
+//!  +------+-------+------+--------+--------------+--------------+--------------+------
+//!  |magic |version| kind |body len|  session id  |    cookie    |     seq      | body
+//!  +------+-------+------+--------+--------------+--------------+--------------+------
 //! ```
 //!
 //! All integers are big-endian. `seq` is the chunk index for `Data`, the NACK
 //! round for `Nack`, and 0 elsewhere. `body len` counts the bytes after the
 //! header; trailing bytes beyond it (Ethernet padding) are ignored.
+//!
+//! `cookie` is the receiver's answer to the first Hello, echoed in every later
+//! datagram of the session in both directions (0 before it is known). A
+//! sender that cannot see the receiver's replies cannot learn it, so it cannot
+//! open a session or inject data under someone else's address.
 
 use super::WireError;
 
 pub const MAGIC: u32 = 0x5842_4c53; // "XBLS"
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 24;
+pub const VERSION: u8 = 2;
+pub const HEADER_LEN: usize = 32;
 /// Length of a [`SessionInfo`] body.
 pub const SESSION_INFO_LEN: usize = 56;
 /// Fixed part of a NACK body before its bitmap.
@@ -30,7 +35,8 @@ mod field {
     pub const KIND: usize = 5;
     pub const BODY_LEN: Range<usize> = 6..8;
     pub const SESSION: Range<usize> = 8..16;
-    pub const SEQ: Range<usize> = 16..24;
+    pub const COOKIE: Range<usize> = 16..24;
+    pub const SEQ: Range<usize> = 24..32;
 }
 
 /// Message kinds. Data-path kinds are below 16, control kinds from 16 up.
@@ -114,6 +120,9 @@ impl<'a> Header<'a> {
     pub fn session(&self) -> u64 {
         be_u64(&self.buf[field::SESSION])
     }
+    pub fn cookie(&self) -> u64 {
+        be_u64(&self.buf[field::COOKIE])
+    }
     pub fn seq(&self) -> u64 {
         be_u64(&self.buf[field::SEQ])
     }
@@ -128,12 +137,13 @@ impl<'a> Header<'a> {
 /// # Panics
 /// If `out` is shorter than [`HEADER_LEN`]; callers size their buffers from the
 /// same constant, so this is a programming error, not an input error.
-pub fn emit_header(out: &mut [u8], kind: Kind, body_len: u16, session: u64, seq: u64) {
+pub fn emit_header(out: &mut [u8], kind: Kind, body_len: u16, session: u64, cookie: u64, seq: u64) {
     out[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
     out[field::VERSION] = VERSION;
     out[field::KIND] = kind as u8;
     out[field::BODY_LEN].copy_from_slice(&body_len.to_be_bytes());
     out[field::SESSION].copy_from_slice(&session.to_be_bytes());
+    out[field::COOKIE].copy_from_slice(&cookie.to_be_bytes());
     out[field::SEQ].copy_from_slice(&seq.to_be_bytes());
 }
 
@@ -149,6 +159,16 @@ pub struct SessionInfo {
     /// carry it.
     pub digest: Option<[u8; 32]>,
 }
+
+/// Who the sender's input file is: a hash of the host's boot id with the
+/// file's device and inode. Equal on both ends only when the receiver would
+/// write over the very file being sent (same host, same inode).
+pub type SourceId = [u8; 16];
+
+/// Length of a Hello body: session info, source id, flags.
+pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4;
+/// Hello flag: send the file over TCP, not the data path.
+const HELLO_VIA_TCP: u32 = 1;
 
 /// `SessionInfo` flag: the digest field is valid.
 const FLAG_DIGEST: u32 = 1;
@@ -252,15 +272,25 @@ pub enum Message<'a> {
         last: bool,
         info: SessionInfo,
     },
+    /// Opens a session. The first Hello carries cookie 0 and opens nothing:
+    /// the receiver answers with a cookie, and only a Hello that echoes it
+    /// opens the session. `source` names the sender's input file (see
+    /// [`SourceId`]); `via_tcp` asks for the file over TCP instead of the data
+    /// path (the sender's fallback).
     Hello {
         session: u64,
         info: SessionInfo,
+        source: SourceId,
+        via_tcp: bool,
     },
-    /// `delay_us`: how long the receiver held the Hello before answering
+    /// The receiver's answer, its cookie in the header. `opened` is false for
+    /// the answer to a Hello without the cookie, true once the session is
+    /// open. `delay_us`: how long the receiver held the Hello before answering
     /// (preparing its output), so the sender can take it out of its RTT sample.
     HelloAck {
         session: u64,
         delay_us: u64,
+        opened: bool,
     },
     Nack {
         session: u64,
@@ -291,13 +321,27 @@ impl<'a> Message<'a> {
         Ok(match h.kind() {
             Kind::Data => Message::Data { session, chunk: h.seq(), payload: body },
             Kind::Meta => Message::Meta { session, last: h.seq() == 1, info: SessionInfo::parse(body)? },
-            Kind::Hello => Message::Hello { session, info: SessionInfo::parse(body)? },
+            Kind::Hello => {
+                if body.len() < HELLO_LEN {
+                    return Err(WireError::BadBody);
+                }
+                let info = SessionInfo::parse(body)?;
+                let mut source = [0u8; 16];
+                source.copy_from_slice(&body[SESSION_INFO_LEN..SESSION_INFO_LEN + 16]);
+                let flags = be_u32(&body[SESSION_INFO_LEN + 16..HELLO_LEN]);
+                Message::Hello { session, info, source, via_tcp: flags & HELLO_VIA_TCP != 0 }
+            }
             Kind::End => {
                 let info = SessionInfo::parse(body)?;
                 let retransmits = body.get(SESSION_INFO_LEN..SESSION_INFO_LEN + 8).map_or(0, be_u64);
                 Message::End { session, info, retransmits }
             }
-            Kind::HelloAck => Message::HelloAck { session, delay_us: body.get(..8).map_or(0, be_u64) },
+            Kind::HelloAck => {
+                if body.len() < 9 {
+                    return Err(WireError::BadBody);
+                }
+                Message::HelloAck { session, delay_us: be_u64(&body[..8]), opened: body[8] == 1 }
+            }
             Kind::Nack => {
                 if body.len() < NACK_FIXED_LEN {
                     return Err(WireError::BadBody);
@@ -337,8 +381,19 @@ impl<'a> Message<'a> {
         })
     }
 
-    /// Serialises the message into a new buffer.
+    /// Parses a datagram and returns its message with the header's cookie.
+    pub fn parse_with_cookie(buf: &'a [u8]) -> Result<(Message<'a>, u64), WireError> {
+        let cookie = Header::new_checked(buf)?.cookie();
+        Ok((Message::parse(buf)?, cookie))
+    }
+
+    /// Serialises the message with cookie 0 (a first Hello, or a test).
     pub fn to_vec(&self) -> Vec<u8> {
+        self.encode(0)
+    }
+
+    /// Serialises the message into a new buffer, `cookie` in its header.
+    pub fn encode(&self, cookie: u64) -> Vec<u8> {
         let mut out = vec![0u8; HEADER_LEN];
         let (kind, session, seq) = match self {
             Message::Data { session, chunk, payload } => {
@@ -351,17 +406,22 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&retransmits.to_be_bytes());
                 (Kind::End, *session, 0)
             }
-            Message::Meta { session, info, .. } | Message::Hello { session, info } => {
+            Message::Meta { session, info, last } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
-                let (kind, seq) = match self {
-                    Message::Meta { last, .. } => (Kind::Meta, u64::from(*last)),
-                    _ => (Kind::Hello, 0),
-                };
-                (kind, *session, seq)
+                (Kind::Meta, *session, u64::from(*last))
             }
-            Message::HelloAck { session, delay_us } => {
+            Message::Hello { session, info, source, via_tcp } => {
+                out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
+                info.emit(&mut out[HEADER_LEN..]);
+                out.extend_from_slice(source);
+                let flags = if *via_tcp { HELLO_VIA_TCP } else { 0 };
+                out.extend_from_slice(&flags.to_be_bytes());
+                (Kind::Hello, *session, 0)
+            }
+            Message::HelloAck { session, delay_us, opened } => {
                 out.extend_from_slice(&delay_us.to_be_bytes());
+                out.push(u8::from(*opened));
                 (Kind::HelloAck, *session, 0)
             }
             Message::Nack { session, nack } => {
@@ -391,7 +451,7 @@ impl<'a> Message<'a> {
             }
         };
         let body_len = (out.len() - HEADER_LEN) as u16;
-        emit_header(&mut out, kind, body_len, session, seq);
+        emit_header(&mut out, kind, body_len, session, cookie, seq);
         out
     }
 }
@@ -411,9 +471,10 @@ mod tests {
             Message::Data { session: 9, chunk: 3, payload: b"hello" },
             Message::Meta { session: 9, last: false, info: info() },
             Message::Meta { session: 9, last: true, info: info() },
-            Message::Hello { session: 9, info: info() },
-            Message::Hello { session: 9, info: SessionInfo { digest: None, ..info() } },
-            Message::HelloAck { session: 9, delay_us: 1234 },
+            Message::Hello { session: 9, info: info(), source: [5; 16], via_tcp: false },
+            Message::Hello { session: 9, info: SessionInfo { digest: None, ..info() }, source: [0; 16], via_tcp: true },
+            Message::HelloAck { session: 9, delay_us: 1234, opened: false },
+            Message::HelloAck { session: 9, delay_us: 0, opened: true },
             Message::Nack {
                 session: 9,
                 nack: Nack {
@@ -432,8 +493,8 @@ mod tests {
             Message::Abort { session: 9, reason: "disk full" },
         ];
         for m in msgs {
-            let bytes = m.to_vec();
-            assert_eq!(Message::parse(&bytes).unwrap(), m);
+            let bytes = m.encode(0xc0ffee);
+            assert_eq!(Message::parse_with_cookie(&bytes).unwrap(), (m, 0xc0ffee));
         }
     }
 
@@ -478,7 +539,7 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(Message::parse(&b), Err(WireError::BadMagic));
         let mut b = good.clone();
-        b[4] = 2;
+        b[4] = VERSION + 1;
         assert_eq!(Message::parse(&b), Err(WireError::BadVersion));
         let mut b = good.clone();
         b[5] = 99;
@@ -492,11 +553,11 @@ mod tests {
     fn refuses_inconsistent_session_info() {
         let mut bad = info();
         bad.n_chunks = 11;
-        let bytes = Message::Hello { session: 1, info: bad }.to_vec();
+        let bytes = Message::Hello { session: 1, info: bad, source: [0; 16], via_tcp: false }.to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
         let mut zero = info();
         zero.chunk_size = 0;
-        let bytes = Message::Hello { session: 1, info: zero }.to_vec();
+        let bytes = Message::Hello { session: 1, info: zero, source: [0; 16], via_tcp: false }.to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
     }
 
@@ -526,7 +587,7 @@ mod tests {
             }
             let _ = Message::parse(&buf);
         }
-        let good = Message::Hello { session: 1, info: info() }.to_vec();
+        let good = Message::Hello { session: 1, info: info(), source: [1; 16], via_tcp: false }.to_vec();
         for end in 0..good.len() {
             assert!(Message::parse(&good[..end]).is_err());
         }

@@ -8,6 +8,33 @@
 pub mod checksum;
 pub mod frame;
 pub mod message;
+pub mod stream;
+
+/// Text that came from the network (an Abort's reason), made safe to print:
+/// control characters, escape sequences and newlines are shown escaped
+/// (`\u{1b}`, `\n`), so a peer cannot paint fake lines on a terminal or in
+/// a log. At most `MAX_UNTRUSTED_TEXT` characters are kept.
+pub fn untrusted_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_UNTRUSTED_TEXT));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_UNTRUSTED_TEXT {
+            out.push_str("...");
+            break;
+        }
+        // Bidirectional overrides and other format characters can reorder
+        // what a terminal shows; escape them with the controls.
+        let format_char = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || format_char || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Most characters of network text kept by [`untrusted_text`].
+pub const MAX_UNTRUSTED_TEXT: usize = 200;
 
 /// Why a datagram was refused. Every variant is a drop reason the receiver counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +53,8 @@ pub enum WireError {
     BadBody,
     /// Not Ethernet / IP / UDP, or a header was inconsistent.
     NotUdp,
+    /// The IPv4 header or UDP checksum does not match: damaged on the way.
+    BadChecksum,
 }
 
 impl WireError {
@@ -38,6 +67,7 @@ impl WireError {
             WireError::UnknownKind => "unknown_kind",
             WireError::BadBody => "bad_body",
             WireError::NotUdp => "not_udp",
+            WireError::BadChecksum => "bad_checksum",
         }
     }
 }
@@ -49,3 +79,18 @@ impl std::fmt::Display for WireError {
 }
 
 impl std::error::Error for WireError {}
+
+#[cfg(test)]
+mod tests {
+    use super::untrusted_text;
+
+    #[test]
+    fn network_text_cannot_paint_the_terminal() {
+        let forged = "x\n\u{1b}[32mdigest verified; output committed\u{1b}[0m\r\u{202e}";
+        let shown = untrusted_text(forged);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert_eq!(shown, "x\\n\\u{1b}[32mdigest verified; output committed\\u{1b}[0m\\r\\u{202e}");
+        assert_eq!(untrusted_text("disk full"), "disk full");
+        assert_eq!(untrusted_text(&"a".repeat(1000)).len(), super::MAX_UNTRUSTED_TEXT + 3);
+    }
+}

@@ -7,6 +7,8 @@
 //! nothing was tested.
 #![allow(dead_code)]
 
+pub mod packet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_xdpblast");
 pub const TX_IP: &str = "10.77.0.1";
 pub const RX_IP: &str = "10.77.0.2";
+/// The attacker's address on a [`Veth::lan`].
+pub const X_IP: &str = "10.77.0.3";
 
 /// Network tests run one at a time: the machine has two cores, and timing
 /// between concurrent blasts would only measure contention.
@@ -60,6 +64,9 @@ pub struct Veth {
     pub rx_ns: String,
     pub tx_if: String,
     pub rx_if: String,
+    /// The attacker's namespace and interface ([`Veth::lan`] only).
+    pub x_ns: String,
+    pub x_if: String,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -69,22 +76,49 @@ impl Veth {
     }
 
     pub fn with_queues(queues: u32) -> Veth {
+        Veth::create(&["up", &queues.to_string()])
+    }
+
+    /// Sender and receiver on a bridge that floods every frame, with an
+    /// attacker in a third namespace that sees all of their traffic.
+    pub fn lan() -> Veth {
+        Veth::create(&["lan"])
+    }
+
+    fn create(how: &[&str]) -> Veth {
         require_privileges();
         let serial = serial();
         let name = format!("xt{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed));
         let out = Command::new(repo().join("scripts/veth.sh"))
-            .args(["up", &name, &queues.to_string()])
+            .arg(how[0])
+            .arg(&name)
+            .args(&how[1..])
             .output()
             .expect("running scripts/veth.sh");
-        assert!(out.status.success(), "scripts/veth.sh up {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "scripts/veth.sh {how:?} {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Veth {
             tx_ns: format!("{name}-tx"),
             rx_ns: format!("{name}-rx"),
             tx_if: format!("{name}-a"),
             rx_if: format!("{name}-b"),
+            x_ns: format!("{name}-x"),
+            x_if: format!("{name}-x"),
             name,
             _serial: serial,
         }
+    }
+
+    /// Sets an interface's MTU inside its namespace.
+    pub fn set_mtu(&self, ns: &str, ifname: &str, mtu: u32) {
+        let st = Command::new("ip")
+            .args(["-n", ns, "link", "set", "dev", ifname, "mtu", &mtu.to_string()])
+            .status()
+            .expect("ip link set mtu");
+        assert!(st.success(), "setting MTU {mtu} on {ifname} failed");
     }
 
     pub fn in_ns(&self, ns: &str, args: &[&str]) -> Command {
@@ -170,7 +204,8 @@ impl Veth {
 impl Drop for Veth {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/veth.sh")).args(["down", &self.name]).status();
-        for ns in [&self.tx_ns, &self.rx_ns] {
+        let bridge = format!("{}-br", self.name);
+        for ns in [&self.tx_ns, &self.rx_ns, &self.x_ns, &bridge] {
             let still = Command::new("ip")
                 .args(["netns", "list"])
                 .output()
@@ -293,6 +328,16 @@ pub fn json(out: &Output) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
+    })
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+        f()
     })
 }
 

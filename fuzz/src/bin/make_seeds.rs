@@ -6,7 +6,8 @@ use std::path::Path;
 
 use xdpblast::wire::frame::example_template;
 use xdpblast::wire::message::{Message, Nack, SessionInfo};
-use xdpblast_fuzz::{record, Op};
+use xdpblast::wire::stream::StreamHeader;
+use xdpblast_fuzz::{peer_cookie, record, Op};
 
 const SESSION: u64 = 0x5eed_0000_0000_0001;
 
@@ -20,23 +21,34 @@ fn main() {
     let content: Vec<u8> = (0..2500u32).map(|i| (i * 7 + 3) as u8).collect();
     let digest = *blake3::hash(&content).as_bytes();
     let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: Some(digest) };
+    // The cookie the harness's receiver gives the peer for this session.
+    let k = peer_cookie(SESSION);
     let data = |i: usize| {
         let payload = &content[i * 1000..((i + 1) * 1000).min(content.len())];
-        Message::Data { session: SESSION, chunk: i as u64, payload }.to_vec()
+        Message::Data { session: SESSION, chunk: i as u64, payload }.encode(k)
     };
-    let hello = Message::Hello { session: SESSION, info: SessionInfo { digest: None, ..info } }.to_vec();
-    let meta_first = Message::Meta { session: SESSION, last: false, info }.to_vec();
-    let meta_last = Message::Meta { session: SESSION, last: true, info }.to_vec();
-    let end = Message::End { session: SESSION, info, retransmits: 1 }.to_vec();
+    let hello_msg = Message::Hello {
+        session: SESSION,
+        info: SessionInfo { digest: None, ..info },
+        source: [7; 16],
+        via_tcp: false,
+    };
+    // The first Hello earns the cookie; the second, echoing it, opens.
+    let hello_first = hello_msg.to_vec();
+    let hello = hello_msg.encode(k);
+    let meta_first = Message::Meta { session: SESSION, last: false, info }.encode(k);
+    let meta_last = Message::Meta { session: SESSION, last: true, info }.encode(k);
+    let end = Message::End { session: SESSION, info, retransmits: 1 }.encode(k);
     let bitmap = [0b0000_0010u8];
     let nack = Message::Nack {
         session: SESSION,
         nack: Nack { round: 1, part: 0, received: 2, high: 3, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
     }
-    .to_vec();
-    let done = Message::Done { session: SESSION, ok: true, digest }.to_vec();
-    let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.to_vec();
-    let ack = Message::HelloAck { session: SESSION, delay_us: 120 }.to_vec();
+    .encode(k);
+    let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);
+    let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
+    let ack = Message::HelloAck { session: SESSION, delay_us: 120, opened: true }.encode(k);
+    let stream = StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16] }.emit();
 
     // Parser seeds: every kind, bare and inside an Ethernet frame.
     let tpl = example_template();
@@ -50,6 +62,7 @@ fn main() {
         ("end", end.clone()),
         ("done", done),
         ("abort", abort.clone()),
+        ("stream_header", stream.to_vec()),
     ] {
         write("wire", name, &msg);
         let mut frame = vec![0u8; 2048];
@@ -59,6 +72,7 @@ fn main() {
 
     // Receiver scripts.
     let mut clean = Vec::new();
+    record(&mut clean, Op::ControlFromPeer, &hello_first);
     record(&mut clean, Op::ControlFromPeer, &hello);
     record(&mut clean, Op::DataFromPeer, &meta_first);
     for i in 0..3 {

@@ -1,0 +1,388 @@
+//! The attack round's rows (issue 12), each replayed against real processes:
+//! sender and receiver in their namespaces, the attacker in a third one on a
+//! bridge that floods every frame, so it sees the traffic and can forge
+//! frames with anyone's addresses. Each test names the row it replays and
+//! what happened before the fix.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::packet::{sniff, PacketSocket};
+use common::*;
+use xdpblast::wire::frame::FrameTemplate;
+use xdpblast::wire::message::{Message, Nack, SessionInfo};
+use xdpblast::wire::stream::StreamHeader;
+
+const MIB: usize = 1 << 20;
+
+fn mac_of(ns: &str, ifname: &str) -> [u8; 6] {
+    let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", ifname]).output().expect("ip link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output is JSON");
+    let text = v[0]["address"].as_str().expect("a MAC address");
+    xdpblast::net::iface::parse_mac(text).expect("a MAC like 02:00:00:00:00:01")
+}
+
+/// A TCP stream as an xdpblast sender would send it, for a session it was
+/// never admitted to; returns whether the receiver answered with a verdict.
+fn forged_tcp_stream(body: &[u8]) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&format!("{RX_IP}:9000").parse().unwrap(), Duration::from_secs(3))
+    else {
+        return false;
+    };
+    let h = StreamHeader { file_size: body.len() as u64, session: 1, cookie: 1, source: [0; 16] };
+    let _ = s.write_all(&h.emit());
+    let _ = s.write_all(body);
+    let _ = s.write_all(blake3::hash(body).as_bytes());
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut reply = [0u8; 33];
+    matches!(s.read_exact(&mut reply), Ok(()))
+}
+
+/// Row 1. Before: the stranger's stream was served as "the TCP fallback
+/// peer", its content committed, exit 0, although --allow-from named the
+/// real sender.
+#[test]
+fn row1_tcp_stranger_is_refused_despite_a_well_formed_stream() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", MIB, 1);
+    let out = dir.path().join("out.bin");
+    let mut rx = lan.start_receiver(&out, &["--allow-from", TX_IP]);
+    let answered = in_netns(&lan.x_ns, || forged_tcp_stream(&[0x66; 4096])).join().expect("attacker");
+    assert!(!answered, "the stranger must get no verdict");
+    rx.wait_log("refused a TCP connection", 5);
+    assert!(!out.exists() && !dir.path().join("out.bin.partial").exists(), "nothing written for the stranger");
+    let sent = lan.send(&file, &["--mode", "sendfile"]);
+    assert!(sent.status.success(), "the real sender is still served: {}", String::from_utf8_lossy(&sent.stderr));
+    let (ok, _, log) = rx.finish();
+    assert!(ok, "{log}");
+    assert!(same_file(&file, &out));
+}
+
+/// Row 2. Before: a header claiming 60 MiB reserved 60 MiB and left the
+/// partial behind. Now nothing is reserved for a connection that was not
+/// admitted, in either receive mode.
+#[test]
+fn row2_a_tcp_header_alone_reserves_nothing() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", MIB, 2);
+    for mode in ["afxdp", "tcp"] {
+        let out = dir.path().join(format!("out-{mode}.bin"));
+        let mut rx = lan.start_receiver(&out, &["--mode", mode]);
+        in_netns(&lan.x_ns, || {
+            let mut s = TcpStream::connect((RX_IP, 9000)).expect("connect");
+            let h = StreamHeader { file_size: 60 << 20, session: 5, cookie: 9, source: [0; 16] };
+            s.write_all(&h.emit()).expect("header");
+        })
+        .join()
+        .expect("attacker");
+        rx.wait_log("refused a TCP", 5);
+        assert!(!out.with_extension("bin.partial").exists(), "{mode}: a partial was created for a stranger");
+        let sent = lan.send(&file, &["--mode", "sendfile"]);
+        assert!(sent.status.success(), "{mode}: {}", String::from_utf8_lossy(&sent.stderr));
+        let (ok, _, log) = rx.finish();
+        assert!(ok, "{mode}: {log}");
+        assert!(same_file(&file, &out));
+    }
+}
+
+/// Row 3. Before: one byte every 2 s held the receiver for 30 s against
+/// --timeout 3, and the real sender timed out. Now the trickle is refused
+/// and the real sender goes through while it still trickles.
+#[test]
+fn row3_tcp_slowloris_does_not_hold_the_receiver() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", MIB, 3);
+    let out = dir.path().join("out.bin");
+    let rx = lan.start_receiver(&out, &["--timeout", "3"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let trickle = in_netns(&lan.x_ns, move || {
+        let mut s = TcpStream::connect((RX_IP, 9000)).expect("connect");
+        let header = StreamHeader { file_size: 1 << 20, session: 1, cookie: 1, source: [0; 16] }.emit();
+        for b in header.iter().take(8) {
+            if stop2.load(Ordering::Relaxed) || s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let sent = lan.send(&file, &["--mode", "sendfile", "--timeout", "3"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(started.elapsed() < Duration::from_secs(3), "the trickle must not delay the real sender");
+    let (ok, _, log) = rx.finish();
+    assert!(ok, "{log}");
+    assert!(same_file(&file, &out));
+    trickle.join().expect("attacker");
+}
+
+/// Row 4. Before: frames forged with the sender's address and a session id
+/// of the attacker's choice were committed as "digest verified" despite
+/// --allow-from. Now no session opens without the cookie's round trip.
+#[test]
+fn row4_blind_spoofing_opens_no_session() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.bin");
+    let rx = lan.start_receiver(&out, &["--allow-from", TX_IP, "--timeout", "3"]);
+    let rx_mac = mac_of(&lan.rx_ns, &lan.rx_if);
+    let tx_mac = mac_of(&lan.tx_ns, &lan.tx_if);
+    let x_if = lan.x_if.clone();
+    in_netns(&lan.x_ns, move || {
+        let sock = PacketSocket::open(&x_if);
+        let ctrl = FrameTemplate {
+            src_mac: tx_mac,
+            dst_mac: rx_mac,
+            src: format!("{TX_IP}:40000").parse().unwrap(),
+            dst: format!("{RX_IP}:9001").parse().unwrap(),
+            ttl: 64,
+        };
+        let data = FrameTemplate { dst: format!("{RX_IP}:9000").parse().unwrap(), ..ctrl };
+        let content = vec![0x41u8; 4000];
+        let info = SessionInfo {
+            file_size: 4000,
+            chunk_size: 1000,
+            n_chunks: 4,
+            digest: Some(*blake3::hash(&content).as_bytes()),
+        };
+        let session = 0x0bad_5e55;
+        let mut frame = vec![0u8; 2048];
+        let mut send = |tpl: &FrameTemplate, bytes: Vec<u8>| {
+            let n = tpl.build(&bytes, &mut frame).expect("fits");
+            sock.send(&frame[..n]);
+        };
+        for guess in 0..200u64 {
+            let cookie = guess.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            send(&ctrl, Message::Hello { session, info, source: [0; 16], via_tcp: false }.encode(cookie));
+            send(&data, Message::Meta { session, last: false, info }.encode(cookie));
+            for c in 0..4 {
+                let payload = &content[c * 1000..(c + 1) * 1000];
+                send(&data, Message::Data { session, chunk: c as u64, payload }.encode(cookie));
+            }
+            send(&data, Message::Meta { session, last: true, info }.encode(cookie));
+            send(&ctrl, Message::End { session, info, retransmits: 0 }.encode(cookie));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .join()
+    .expect("attacker");
+    let (ok, report, log) = rx.finish();
+    assert!(!ok, "a blind spoofer must not get a file committed: {report}\n{log}");
+    assert!(report["error"].as_str().unwrap_or("").contains("no sender opened a session"), "{report}");
+    assert!(report["dropped"]["bad_cookie"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(!out.exists() && !dir.path().join("out.bin.partial").exists(), "nothing may be written");
+}
+
+/// Row 7. Before: a planted `out.bin.partial` symlink made a root transfer
+/// overwrite the link's target, and `out.bin` became the planter's link.
+#[test]
+fn row7_planted_symlinks_are_never_followed() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", MIB, 7);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"root-only secret").expect("victim");
+    let out = dir.path().join("out.bin");
+    std::os::unix::fs::symlink(&victim, dir.path().join("out.bin.partial")).expect("plant the partial");
+    std::os::unix::fs::symlink(&victim, &out).expect("plant PATH");
+    let rx = veth.start_receiver(&out, &[]);
+    let sent = veth.send(&file, &[]);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let (ok, _, log) = rx.finish();
+    assert!(ok, "{log}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"root-only secret", "the link's target is untouched");
+    let meta = std::fs::symlink_metadata(&out).expect("out");
+    assert!(meta.is_file(), "PATH is the receiver's own file, not the planted link");
+    assert!(same_file(&file, &out));
+}
+
+/// Row 8. Before: `--out` naming the sender's input (or the input being
+/// `--out`'s partial) destroyed it and committed zeros as verified.
+#[test]
+fn row8_the_senders_own_input_is_refused() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = random_file(dir.path(), "data.bin", MIB, 8);
+    let original = std::fs::read(&input).expect("input");
+    // --out is the input itself; then the input is --out's partial.
+    let staged = dir.path().join("out.bin.partial");
+    for (input, out) in [(input.clone(), input.clone()), (staged.clone(), dir.path().join("out.bin"))] {
+        if input == staged {
+            std::fs::rename(dir.path().join("data.bin"), &staged).expect("stage");
+        }
+        let rx = veth.start_receiver(&out, &[]);
+        let sent = veth.send(&input, &["--timeout", "3"]);
+        let stderr = String::from_utf8_lossy(&sent.stderr);
+        assert!(!sent.status.success());
+        assert!(stderr.contains("own input"), "the sender is told why: {stderr}");
+        let (ok, report, _) = rx.finish();
+        assert!(!ok);
+        assert!(report["error"].as_str().unwrap_or("").contains("own input"), "{report}");
+        assert_eq!(std::fs::read(&input).expect("input"), original, "the input is intact");
+    }
+    assert!(!dir.path().join("out.bin").exists());
+}
+
+/// Row 9. Before: one forged NACK with round 2^64-1 made every later round
+/// look stale; losses were never repaired and neither side ended.
+#[test]
+fn row9_a_forged_nack_round_cannot_freeze_repair() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 24 * MIB, 9);
+    let out = dir.path().join("out.bin");
+    let rx = lan.start_receiver(&out, &["--inject-loss", "0.02"]);
+    let x_if = lan.x_if.clone();
+    let attacker = in_netns(&lan.x_ns, move || {
+        let sock = PacketSocket::open(&x_if);
+        let seen = sniff(&sock, 9000, Duration::from_secs(20)).expect("a data frame on the wire");
+        // A NACK "from the receiver's control port" to the sender's.
+        let t = seen.tpl;
+        let mut src = t.dst;
+        src.set_port(9001);
+        let back = FrameTemplate { src_mac: t.dst_mac, dst_mac: t.src_mac, src, dst: t.src, ttl: 64 };
+        let bitmap = [0xffu8];
+        let nack =
+            Nack { round: u64::MAX, part: 0, received: 0, high: 8, base: 0, nbits: 8, bitmap: &bitmap, loss_bp: None };
+        let bytes = Message::Nack { session: seen.session, nack }.encode(seen.cookie);
+        let mut frame = vec![0u8; 2048];
+        let n = back.build(&bytes, &mut frame).expect("fits");
+        for _ in 0..3 {
+            sock.send(&frame[..n]);
+        }
+    });
+    let tx = lan.start_sender(&file, &dir.path().join("send.log"), &["--rate", "200M", "--timeout", "5"]);
+    let (tx_ok, tx_out, tx_log, _) = tx.wait_exit(60);
+    attacker.join().expect("attacker");
+    let (rx_ok, _, rx_log) = rx.finish();
+    assert!(tx_ok, "{tx_log}");
+    assert!(rx_ok, "{rx_log}");
+    assert!(same_file(&file, &out));
+    let sent: serde_json::Value = serde_json::from_str(&tx_out).expect("sender JSON");
+    assert!(sent["stats"]["nacks_out_of_window"].as_u64().unwrap_or(0) >= 1, "the forgery was counted: {sent}");
+    assert!(sent["retransmits"].as_u64().unwrap_or(0) > 0, "losses were repaired: {sent}");
+}
+
+/// Row 10. Before: sender MTU 3000 and receiver 1500 ran forever, 10.7 M
+/// frames dropped at the veth. Now the receiver refuses at Hello naming its
+/// MTU; a receiver that does not know its MTU fails on progress.
+#[test]
+fn row10_an_mtu_mismatch_ends_with_an_error_naming_the_mtu() {
+    let veth = Veth::new();
+    veth.set_mtu(&veth.tx_ns, &veth.tx_if, 3000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 4 * MIB, 10);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "3"]);
+    let started = Instant::now();
+    let sent = veth.send(&file, &["--timeout", "3"]);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success());
+    assert!(stderr.contains("MTU of 1500"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (ok, _, _) = rx.finish();
+    assert!(!ok);
+
+    // A UDP receiver without --iface cannot know its MTU: every data frame
+    // is lost, and both sides end on progress, inside their timeouts.
+    let listen = format!("{RX_IP}:9000");
+    let args = ["--log", "warn", "recv", "--mode", "udp", "--listen", &listen, "--out", out.to_str().unwrap()];
+    let rx = veth
+        .in_ns(&veth.rx_ns, &args)
+        .args(["--timeout", "3", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let sent = veth.send(&file, &["--timeout", "3"]);
+    let stderr = String::from_utf8_lossy(&sent.stderr);
+    assert!(!sent.status.success());
+    // Whichever side gives up first names the likely cause; the receiver
+    // tells the sender when it is first.
+    assert!(stderr.contains("MTU") && stderr.contains("data"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let rx_out = rx.wait_with_output().expect("receiver exit");
+    assert!(!rx_out.status.success());
+    assert!(String::from_utf8_lossy(&rx_out.stdout).contains("no data arrived"));
+    assert!(!out.exists());
+}
+
+/// Row 11. Before: one data frame with a bad UDP checksum was taken by the
+/// AF_XDP receiver, and the whole transfer failed on the digest. Now it is
+/// dropped, counted, and the chunk comes again.
+#[test]
+fn row11_a_damaged_frame_costs_a_repair_not_the_transfer() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 24 * MIB, 11);
+    let out = dir.path().join("out.bin");
+    let rx = lan.start_receiver(&out, &[]);
+    let x_if = lan.x_if.clone();
+    let attacker = in_netns(&lan.x_ns, move || {
+        let sock = PacketSocket::open(&x_if);
+        let seen = sniff(&sock, 9000, Duration::from_secs(20)).expect("a data frame on the wire");
+        // Chunks well ahead of the sender, valid in all but the checksum.
+        let payload = vec![0x5au8; seen.datagram_len - xdpblast::wire::message::HEADER_LEN];
+        let mut frame = vec![0u8; 2048];
+        for ahead in [4000u64, 5000, 6000] {
+            let bytes = Message::Data { session: seen.session, chunk: seen.chunk + ahead, payload: &payload }
+                .encode(seen.cookie);
+            let n = seen.tpl.build(&bytes, &mut frame).expect("fits");
+            frame[n - 1] ^= 0x01; // damaged after the checksum was computed
+            sock.send(&frame[..n]);
+        }
+    });
+    let tx = lan.start_sender(&file, &dir.path().join("send.log"), &["--rate", "200M"]);
+    let (tx_ok, _, tx_log, _) = tx.wait_exit(60);
+    attacker.join().expect("attacker");
+    let (rx_ok, report, rx_log) = rx.finish();
+    assert!(tx_ok, "{tx_log}");
+    assert!(rx_ok, "{rx_log}");
+    assert!(same_file(&file, &out));
+    assert!(report["dropped"]["bad_checksum"].as_u64().unwrap_or(0) >= 1, "{report}");
+}
+
+/// Row 12. Before: a forged Abort whose reason held ESC sequences and a
+/// newline painted a fake "digest verified; output committed" line on the
+/// receiver's terminal.
+#[test]
+fn row12_network_text_cannot_paint_the_terminal() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 24 * MIB, 12);
+    let out = dir.path().join("out.bin");
+    let rx = lan.start_receiver(&out, &[]);
+    let x_if = lan.x_if.clone();
+    let attacker = in_netns(&lan.x_ns, move || {
+        let sock = PacketSocket::open(&x_if);
+        let seen = sniff(&sock, 9000, Duration::from_secs(20)).expect("a data frame on the wire");
+        let reason = "x\n\u{1b}[32mxdpblast recv: digest verified; output committed\u{1b}[0m\n";
+        let ctrl = FrameTemplate { dst: format!("{RX_IP}:9001").parse().unwrap(), ..seen.tpl };
+        let mut frame = vec![0u8; 2048];
+        let n = ctrl.build(&Message::Abort { session: seen.session, reason }.encode(seen.cookie), &mut frame).unwrap();
+        sock.send(&frame[..n]);
+    });
+    let tx = lan.start_sender(&file, &dir.path().join("send.log"), &["--rate", "200M", "--timeout", "3"]);
+    attacker.join().expect("attacker");
+    let (rx_ok, report, rx_log) = rx.finish();
+    let _ = tx.wait_exit(30);
+    assert!(!rx_ok, "an accepted Abort (the attacker had the cookie) ends the transfer");
+    let error = report["error"].as_str().unwrap_or("");
+    assert!(error.contains("the sender aborted"), "{report}");
+    assert!(!rx_log.contains('\u{1b}') && !error.contains('\u{1b}'), "an escape byte reached the terminal: {rx_log:?}");
+    assert!(!rx_log.lines().chain(error.lines()).any(|l| l.starts_with("xdpblast recv: digest verified")), "{rx_log}");
+    assert!(!out.exists(), "nothing committed");
+}
