@@ -99,6 +99,7 @@ fn transmit_schedule(c: &mut Criterion) {
     let cfg = SenderConfig { window: u64::MAX / 4, ..Default::default() };
     let mut tx = Sender::new(cfg, 1, info, now);
     tx.poll_control(now);
+    tx.start(now);
     for opened in [false, true] {
         tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened }.encode(7)).expect("ack");
     }

@@ -174,9 +174,12 @@ struct SendArgs {
     /// Give up when the receiver is silent this long (seconds).
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Largest UMEM to build, in MiB; the file must fit (streaming is future work).
-    #[arg(long, default_value_t = 16384)]
-    umem_budget: u64,
+    /// UMEM size (K, M, G suffixes): the ring of frames the file streams
+    /// through, whatever its size [default: 64M]. Larger rides out longer
+    /// repair delays (see README). Raw mode holds the whole file and
+    /// defaults to what it needs.
+    #[arg(long, value_parser = parse_size)]
+    umem: Option<u64>,
     /// Descriptors posted per batch.
     #[arg(long, default_value_t = 256)]
     batch: u32,
@@ -292,6 +295,7 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 fn main() -> ExitCode {
+    xdpblast::report::mark_process_start();
     let cli = Cli::parse();
     let default_level = if matches!(cli.cmd, Cmd::Probe(_) | Cmd::Bench(_) | Cmd::Sink(_)) { "warn" } else { "info" };
     let level = cli.log.as_deref().unwrap_or(default_level);
@@ -385,7 +389,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         packet_size: a.packet_size,
         frame_size: a.frame_size,
         timeout,
-        umem_budget: a.umem_budget.saturating_mul(1 << 20),
+        umem: a.umem.unwrap_or(if a.raw { u64::MAX } else { afxdp_send::DEFAULT_UMEM }),
         bind: a.xdp_bind.into(),
         batch: a.batch,
         rate: a.rate,

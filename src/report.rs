@@ -182,6 +182,31 @@ pub fn human_pps(pps: f64) -> String {
     }
 }
 
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Marks the process's start; `main` calls it first thing. End-to-end
+/// figures run from here.
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(std::time::Instant::now);
+}
+
+/// Seconds since [`mark_process_start`] (or since the first call).
+pub fn since_process_start() -> f64 {
+    PROCESS_START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+}
+
+/// The most resident memory this process has held (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

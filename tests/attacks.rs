@@ -253,8 +253,17 @@ fn row9_a_forged_nack_round_cannot_freeze_repair() {
         src.set_port(9001);
         let back = FrameTemplate { src_mac: t.dst_mac, dst_mac: t.src_mac, src, dst: t.src, ttl: 64 };
         let bitmap = [0xffu8];
-        let nack =
-            Nack { round: u64::MAX, part: 0, received: 0, high: 8, base: 0, nbits: 8, bitmap: &bitmap, loss_bp: None };
+        let nack = Nack {
+            round: u64::MAX,
+            part: 0,
+            received: 0,
+            high: 8,
+            prefix: 0,
+            base: 0,
+            nbits: 8,
+            bitmap: &bitmap,
+            loss_bp: None,
+        };
         let bytes = Message::Nack { session: seen.session, nack }.encode(seen.cookie);
         let mut frame = vec![0u8; 2048];
         let n = back.build(&bytes, &mut frame).expect("fits");

@@ -25,7 +25,10 @@ fn short_bench_run_produces_verified_json_and_chart() {
     let out = child.wait_with_output().expect("bench output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("AF_XDP / sendfile goodput (medians):"), "the table ends with the ratio:\n{stdout}");
+    assert!(
+        stdout.contains("AF_XDP / sendfile, end to end (medians):"),
+        "the table ends with the end-to-end ratio:\n{stdout}"
+    );
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("bench JSON")).expect("valid JSON");
@@ -43,11 +46,18 @@ fn short_bench_run_produces_verified_json_and_chart() {
         ] {
             assert!(r[key].as_f64().is_some_and(|v| v >= 0.0), "{key} in {r}");
         }
-        let g = &r["goodput_bps"];
-        assert!(g["median"].as_f64().unwrap_or(0.0) > 0.0 && g["min"].as_f64() <= g["max"].as_f64(), "{r}");
+        for key in ["e2e_goodput_bps", "goodput_bps"] {
+            let g = &r[key];
+            assert!(g["median"].as_f64().unwrap_or(0.0) > 0.0 && g["min"].as_f64() <= g["max"].as_f64(), "{key}: {r}");
+        }
+        // The command's whole run is never shorter than its transfer phase.
+        assert!(r["e2e_goodput_bps"]["median"].as_f64() <= r["goodput_bps"]["median"].as_f64(), "{r}");
+        assert!(r["sender_peak_rss_bytes"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        assert!(r["receiver_peak_rss_bytes"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
         assert!(r["syscalls_per_gib"].as_f64().unwrap_or(0.0) > 0.0, "syscalls are counted: {r}");
     }
     assert!(report["ratio_afxdp_over_sendfile"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(report["ratio_transfer_phase"].as_f64().is_some_and(|x| x > 0.0));
     // install-deps.sh installs iperf3, so the outside reference is there, and
     // what iperf3 does not report is null, not zero.
     let reference = &report["reference"];

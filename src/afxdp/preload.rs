@@ -1,18 +1,21 @@
-//! Preload: the file read once, straight into fully built frames.
+//! The frame plan (how a file is cut into frames and where they sit in the
+//! UMEM), and preload: the whole file read once into fully built frames, for
+//! `send --raw`, which sends them round and round. Transfers stream through
+//! the same layout with [`super::readahead`].
 //!
-//! Frame layout in the UMEM:
+//! Frame layout in the UMEM, with `s` data slots:
 //!
 //! ```text
-//! frame 0 .. n-1   data chunk i: [Eth | IPv4 | UDP | xdpblast header | payload]
-//! frame n          Meta (first packet of the transfer)
-//! frame n+1        Meta (last packet of the first pass)
-//! frame n+2 ..     spare frames that keep the fill ring populated
+//! frame 0 .. s-1   data slots: chunk c lives in slot c % s,
+//!                  [Eth | IPv4 | UDP | xdpblast header | payload]
+//! frame s          Meta (first packet of the transfer)
+//! frame s+1        Meta (last packet of the first pass)
+//! frame s+2 ..     spare frames that keep the fill ring populated
 //! ```
 //!
 //! `preadv` scatters each read over up to 1024 frames' payload areas, so file
 //! bytes land where they will be transmitted from; BLAKE3 and the checksums are
-//! computed in the same pass. After preload no frame is ever written again:
-//! a retransmit posts the same descriptor.
+//! computed in the same pass. A retransmit posts the same descriptor.
 
 use std::fs::File;
 use std::io::{self, IoSliceMut};
@@ -39,9 +42,14 @@ pub struct FramePlan {
     pub chunk_size: u32,
     pub frame_size: u32,
     pub n_chunks: u64,
-    /// Data + Meta + spare frames.
+    /// Data slots in the UMEM ring (all chunks when the file fits).
+    pub slots: u32,
+    /// Data slots + Meta + spare frames.
     pub total_frames: u32,
 }
+
+/// Fewest data slots a UMEM must have to make progress at a useful rate.
+pub const MIN_SLOTS: u32 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -53,17 +61,21 @@ pub enum PlanError {
     FrameTooBig { frame: u32 },
     #[error("--frame-size {asked} must be 2048 or 4096, and at least {need} for this packet size")]
     FrameSize { asked: u32, need: u32 },
-    #[error("the file needs {frames} frames ({bytes} bytes of UMEM), above the UMEM budget of {budget} bytes (--umem-budget); streaming files larger than the budget is not supported yet")]
-    OverBudget { frames: u64, bytes: u64, budget: u64 },
+    #[error("--umem {umem} bytes holds too few {frame_size}-byte frames; give at least {need} bytes")]
+    UmemTooSmall { umem: u64, frame_size: u32, need: u64 },
+    #[error("raw mode keeps the whole file in the UMEM: it needs {need} bytes, above --umem {umem}")]
+    FileAboveUmem { need: u64, umem: u64 },
 }
 
 impl FramePlan {
+    /// Cuts a file of `file_size` bytes into packets of `packet_size` (at
+    /// most `mtu`) within a UMEM of at most `umem_bytes`.
     pub fn new(
         file_size: u64,
         packet_size: u32,
         mtu: u32,
         iface: &str,
-        umem_budget: u64,
+        umem_bytes: u64,
     ) -> Result<FramePlan, PlanError> {
         if packet_size > mtu {
             return Err(PlanError::AboveMtu { size: packet_size, mtu, iface: iface.into() });
@@ -80,36 +92,58 @@ impl FramePlan {
             _ => return Err(PlanError::FrameTooBig { frame: frame_len }),
         };
         let n_chunks = chunk_count(file_size, chunk_size);
-        let frames = n_chunks + 2 + u64::from(FILL_SPARE);
-        let bytes = frames * u64::from(frame_size);
-        let total_frames = u32::try_from(frames)
-            .ok()
-            .filter(|_| bytes <= umem_budget)
-            .ok_or(PlanError::OverBudget { frames, bytes, budget: umem_budget })?;
-        Ok(FramePlan { packet_size, chunk_size, frame_size, n_chunks, total_frames })
+        let mut plan = FramePlan { packet_size, chunk_size, frame_size, n_chunks, slots: 0, total_frames: 0 };
+        plan.fit(umem_bytes)?;
+        Ok(plan)
+    }
+
+    /// Sizes the data ring for a UMEM of at most `umem_bytes`: as many slots
+    /// as fit, but no more than the file has chunks.
+    fn fit(&mut self, umem_bytes: u64) -> Result<(), PlanError> {
+        let fixed = 2 + FILL_SPARE;
+        let fit = umem_bytes / u64::from(self.frame_size);
+        let slots = fit.saturating_sub(u64::from(fixed)).min(u64::from(u32::MAX - fixed));
+        if slots < u64::from(MIN_SLOTS) && slots < self.n_chunks {
+            let need = u64::from(MIN_SLOTS + fixed) * u64::from(self.frame_size);
+            return Err(PlanError::UmemTooSmall { umem: umem_bytes, frame_size: self.frame_size, need });
+        }
+        self.slots = slots.min(self.n_chunks.max(1)) as u32;
+        self.total_frames = self.slots + fixed;
+        Ok(())
     }
 
     /// The same plan in UMEM frames of `frame_size` bytes instead of the
     /// smallest that fits (2048 or 4096).
-    pub fn with_frame_size(mut self, frame_size: u32, umem_budget: u64) -> Result<FramePlan, PlanError> {
+    pub fn with_frame_size(mut self, frame_size: u32, umem_bytes: u64) -> Result<FramePlan, PlanError> {
         if !(frame_size == 2048 || frame_size == 4096) || frame_size < self.frame_size {
             return Err(PlanError::FrameSize { asked: frame_size, need: self.frame_size });
         }
         self.frame_size = frame_size;
-        let frames = u64::from(self.total_frames);
-        let bytes = frames * u64::from(frame_size);
-        if bytes > umem_budget {
-            return Err(PlanError::OverBudget { frames, bytes, budget: umem_budget });
-        }
+        self.fit(umem_bytes)?;
         Ok(self)
     }
 
+    /// Bytes of UMEM this plan maps.
+    pub fn umem_bytes(&self) -> u64 {
+        u64::from(self.total_frames) * u64::from(self.frame_size)
+    }
+
+    /// Whether every chunk has a slot of its own (the whole file fits).
+    pub fn holds_whole_file(&self) -> bool {
+        u64::from(self.slots) >= self.n_chunks
+    }
+
+    /// The UMEM frame that carries chunk `chunk`.
+    pub fn slot_of(&self, chunk: u64) -> u32 {
+        (chunk % u64::from(self.slots)) as u32
+    }
+
     pub fn meta_frame(&self, last: bool) -> u32 {
-        (self.n_chunks + u64::from(last)) as u32
+        self.slots + u32::from(last)
     }
 
     pub fn spare_frames(&self) -> std::ops::Range<u32> {
-        self.n_chunks as u32 + 2..self.total_frames
+        self.slots + 2..self.total_frames
     }
 
     /// Frame length (bytes on the wire, without FCS) of data chunk `idx`.
@@ -124,12 +158,14 @@ pub enum PreloadError {
     Umem(#[from] UmemError),
     #[error("reading the file: {0}")]
     Io(#[from] io::Error),
-    #[error("the file changed while it was being read (size {before} -> {after}, or modified); nothing was sent")]
+    #[error("the file changed while it was being read (size {before} -> {after}, or modified)")]
     Changed { before: u64, after: u64 },
     #[error("building a frame: {0}")]
     Frame(#[from] crate::wire::frame::FrameError),
     #[error("frame {0} is outside the UMEM plan")]
     Layout(u32),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
 }
 
 pub struct Preloaded {
@@ -152,6 +188,10 @@ pub fn preload(
 ) -> Result<Preloaded, PreloadError> {
     let before = file.metadata()?;
     let file_size = before.len();
+    if !plan.holds_whole_file() {
+        let need = (plan.n_chunks + 2 + u64::from(FILL_SPARE)) * u64::from(plan.frame_size);
+        return Err(PreloadError::Plan(PlanError::FileAboveUmem { need, umem: plan.umem_bytes() }));
+    }
     let mut area = UmemArea::new(plan.total_frames, plan.frame_size)?;
     let fs = plan.frame_size as usize;
     let mut hasher = blake3::Hasher::new();
@@ -237,13 +277,25 @@ mod tests {
     fn plan_refuses_above_mtu_and_tiny() {
         assert!(matches!(FramePlan::new(10, 1600, 1500, "veth0", u64::MAX), Err(PlanError::AboveMtu { .. })));
         assert!(matches!(FramePlan::new(10, 40, 1500, "veth0", u64::MAX), Err(PlanError::TooSmall(40))));
-        assert!(matches!(FramePlan::new(1 << 30, 1500, 1500, "v", 1 << 20), Err(PlanError::OverBudget { .. })));
+        assert!(matches!(FramePlan::new(1 << 30, 1500, 1500, "v", 1 << 19), Err(PlanError::UmemTooSmall { .. })));
+        // A file larger than the UMEM streams through a ring of slots.
+        let ring = FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20).unwrap();
+        assert_eq!(ring.slots, (64 << 20) / 2048 - 2 - FILL_SPARE);
+        assert!(ring.umem_bytes() <= 64 << 20 && !ring.holds_whole_file());
+        assert_eq!(ring.slot_of(u64::from(ring.slots) + 5), 5);
+        // A small file maps only what it needs.
+        let small = FramePlan::new(10_000, 1500, 1500, "v", 64 << 20).unwrap();
+        assert!(small.holds_whole_file() && small.total_frames == small.slots + 2 + FILL_SPARE);
         let p = FramePlan::new(10_000, 1500, 1500, "v", u64::MAX).unwrap();
         assert_eq!(p.chunk_size, 1500 - 28 - HEADER_LEN as u32);
         assert_eq!(p.frame_size, 2048);
         assert_eq!(FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap().frame_size, 4096);
         let p4 = p.with_frame_size(4096, u64::MAX).unwrap();
         assert_eq!((p4.frame_size, p4.total_frames, p4.chunk_size), (4096, p.total_frames, p.chunk_size));
+        assert_eq!(
+            FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20).unwrap().with_frame_size(4096, 64 << 20).unwrap().slots,
+            (64 << 20) / 4096 - 2 - FILL_SPARE
+        );
         assert!(matches!(p.with_frame_size(3000, u64::MAX), Err(PlanError::FrameSize { .. })));
         let big = FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap();
         assert!(matches!(big.with_frame_size(2048, u64::MAX), Err(PlanError::FrameSize { asked: 2048, need: 4096 })));

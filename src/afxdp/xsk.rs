@@ -164,6 +164,22 @@ impl Xsk {
         self.mode
     }
 
+    /// Frames `first..first + count` for writing while the sockets are open
+    /// (the read-ahead refilling frames the kernel gave back).
+    ///
+    /// # Safety
+    /// The kernel must hold none of these frames: none is on a TX ring with
+    /// its completion not yet reaped, and none is on a fill ring.
+    pub unsafe fn frames_mut(&mut self, first: u32, count: u32) -> Option<&mut [u8]> {
+        let fs = self.area.frame_size() as usize;
+        let start = (first as usize).checked_mul(fs)?;
+        let end = start.checked_add((count as usize).checked_mul(fs)?)?;
+        if first.checked_add(count)? > self.area.frames() {
+            return None;
+        }
+        self.area.as_mut_slice().get_mut(start..end)
+    }
+
     pub fn area(&self) -> &UmemArea {
         &self.area
     }
@@ -315,9 +331,15 @@ impl Queue {
 
     /// Reaps up to `max` completions. Returns how many.
     pub fn reap(&mut self, max: u32) -> u32 {
+        self.reap_with(max, |_| {})
+    }
+
+    /// Reaps up to `max` completions, handing each frame's address to `f`.
+    pub fn reap_with(&mut self, max: u32, mut f: impl FnMut(u64)) -> u32 {
         let mut r = self.device.complete(max);
         let mut n = 0;
-        while r.read().is_some() {
+        while let Some(addr) = r.read() {
+            f(addr);
             n += 1;
         }
         r.release();

@@ -41,7 +41,13 @@ pub struct BenchOptions {
 /// One verified transfer's measurements.
 #[derive(Debug, Clone, Serialize)]
 struct Run {
+    /// File bits over the sending command's whole run, start to verified
+    /// exit: what the user waits for.
+    e2e_goodput_bps: f64,
+    /// Transfer-phase goodput, as the sender reports it.
     goodput_bps: f64,
+    sender_peak_rss: Option<u64>,
+    receiver_peak_rss: Option<u64>,
     pps: Option<f64>,
     sender_cpu_s: f64,
     receiver_cpu_s: f64,
@@ -64,7 +70,13 @@ pub struct Stat {
 pub struct ModeResult {
     pub mode: String,
     pub runs: usize,
+    /// End to end: the sending command's start to its verified exit.
+    pub e2e_goodput_bps: Stat,
+    /// The transfer phase alone, as the sender reports it.
     pub goodput_bps: Stat,
+    /// Peak RSS medians (`null` where the tool does not report it).
+    pub sender_peak_rss_bytes: Option<f64>,
+    pub receiver_peak_rss_bytes: Option<f64>,
     pub packets_per_s: Option<f64>,
     pub verified: bool,
     pub sender_cpu_s_per_gib: f64,
@@ -91,7 +103,10 @@ pub struct BenchReport {
     /// outside reference for TCP on this link. It moves no file and verifies
     /// nothing, so it is kept apart from `results`.
     pub reference: Option<ModeResult>,
+    /// AF_XDP over sendfile, end-to-end medians.
     pub ratio_afxdp_over_sendfile: Option<f64>,
+    /// The same for the transfer phase alone.
+    pub ratio_transfer_phase: Option<f64>,
     pub host: Host,
     pub file_bytes: u64,
     pub runs: u32,
@@ -255,6 +270,7 @@ fn run_once(
         scmd.args(["--mode", mode]);
     }
     let retrans_before = bed.tcp_retrans();
+    let launched = Instant::now();
     let sender = spawn(scmd)?;
     let mut slog = Vec::new();
     wait_line(&sender, "transfer started", Duration::from_secs(120), &mut slog)?;
@@ -271,6 +287,7 @@ fn run_once(
             }
         }
     })?;
+    let e2e = launched.elapsed().as_secs_f64();
     bytes_bar.set_position(bytes_bar.length().unwrap_or(0));
     let (busy1, _) = proc_stat();
     let recv = finish(receiver, Duration::from_secs(60), "the receiver")?;
@@ -285,7 +302,10 @@ fn run_once(
     let elapsed = f(&send["elapsed_s"]);
     let tr = &send["transfer_rusage"];
     Ok(Run {
+        e2e_goodput_bps: u(&send["bytes"]) as f64 * 8.0 / e2e.max(1e-9),
         goodput_bps: f(&send["goodput_bps"]),
+        sender_peak_rss: send["peak_rss_bytes"].as_u64(),
+        receiver_peak_rss: recv["peak_rss_bytes"].as_u64(),
         pps: send["packets"].as_u64().map(|p| p as f64 / elapsed.max(1e-9)),
         sender_cpu_s: f(&tr["user_s"]) + f(&tr["sys_s"]),
         receiver_cpu_s: f(&recv["transfer_rusage"]["user_s"]) + f(&recv["transfer_rusage"]["sys_s"]),
@@ -334,6 +354,10 @@ fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Result<Run> {
     let secs = f(&v["end"]["sum_received"]["seconds"]);
     let cpu = &v["end"]["cpu_utilization_percent"];
     Ok(Run {
+        // iperf3 moves no file: its whole run is its transfer.
+        e2e_goodput_bps: f(&v["end"]["sum_received"]["bits_per_second"]),
+        sender_peak_rss: None,
+        receiver_peak_rss: None,
         goodput_bps: f(&v["end"]["sum_received"]["bits_per_second"]),
         pps: None,
         sender_cpu_s: f(&cpu["host_total"]) / 100.0 * secs,
@@ -349,15 +373,21 @@ fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Result<Run> {
 fn summarize(mode: &str, runs: &[Run], bytes: u64) -> ModeResult {
     let gib = bytes as f64 / GIB;
     let per_gib = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect()) / gib;
-    let goodputs: Vec<f64> = runs.iter().map(|r| r.goodput_bps).collect();
+    let stat = |v: Vec<f64>| Stat {
+        median: median(v.clone()),
+        min: v.iter().copied().fold(f64::INFINITY, f64::min),
+        max: v.iter().copied().fold(0.0, f64::max),
+    };
+    let rss = |f: fn(&Run) -> Option<u64>| {
+        runs.iter().map(|r| f(r).map(|b| b as f64)).collect::<Option<Vec<f64>>>().map(median)
+    };
     ModeResult {
         mode: if mode == "afxdp" { "afxdp-copy".into() } else { mode.into() },
         runs: runs.len(),
-        goodput_bps: Stat {
-            median: median(goodputs.clone()),
-            min: goodputs.iter().copied().fold(f64::INFINITY, f64::min),
-            max: goodputs.iter().copied().fold(0.0, f64::max),
-        },
+        e2e_goodput_bps: stat(runs.iter().map(|r| r.e2e_goodput_bps).collect()),
+        goodput_bps: stat(runs.iter().map(|r| r.goodput_bps).collect()),
+        sender_peak_rss_bytes: rss(|r| r.sender_peak_rss),
+        receiver_peak_rss_bytes: rss(|r| r.receiver_peak_rss),
         packets_per_s: runs.first().and_then(|r| r.pps).map(|_| median(runs.iter().filter_map(|r| r.pps).collect())),
         verified: runs.iter().all(|r| r.verified),
         sender_cpu_s_per_gib: per_gib(|r| r.sender_cpu_s),
@@ -470,11 +500,15 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     drop(bed);
 
     let results: Vec<ModeResult> = opts.modes.iter().zip(&runs).map(|(m, rs)| summarize(m, rs, bytes)).collect();
-    let med = |name: &str| results.iter().find(|r| r.mode.starts_with(name)).map(|r| r.goodput_bps.median);
-    let ratio = match (med("afxdp"), med("sendfile")) {
-        (Some(a), Some(s)) if s > 0.0 => Some(a / s),
-        _ => None,
+    let ratio_of = |pick: fn(&ModeResult) -> f64| {
+        let med = |name: &str| results.iter().find(|r| r.mode.starts_with(name)).map(pick);
+        match (med("afxdp"), med("sendfile")) {
+            (Some(a), Some(s)) if s > 0.0 => Some(a / s),
+            _ => None,
+        }
     };
+    let ratio = ratio_of(|r| r.e2e_goodput_bps.median);
+    let ratio_transfer_phase = ratio_of(|r| r.goodput_bps.median);
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let reference = (!reference.is_empty()).then(|| {
         let mut m = summarize("iperf3 -Z", &reference, bytes);
@@ -485,6 +519,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         results,
         reference,
         ratio_afxdp_over_sendfile: ratio,
+        ratio_transfer_phase,
         host: Host {
             kernel,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -518,58 +553,57 @@ fn print_table(r: &BenchReport) {
         r.host.mtu,
         r.host.napi
     );
+    let head = ["mode", "end to end (min-max)", "transfer phase", "pkt/s", "tx CPU", "rx CPU", "sys CPU"];
+    let more = ["syscalls", "ctxsw", "tx RSS", "rx RSS", "rexmit", "verified"];
     println!(
-        "{:<11} {:>30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8}",
-        "mode",
-        "goodput median (min-max)",
-        "pkt/s",
-        "tx CPU",
-        "rx CPU",
-        "sys CPU",
-        "syscalls",
-        "ctxsw",
-        "rexmit",
-        "verified"
+        "{:<11} {:>26} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
+        head[0],
+        head[1],
+        head[2],
+        head[3],
+        head[4],
+        head[5],
+        head[6],
+        more[0],
+        more[1],
+        more[2],
+        more[3],
+        more[4],
+        more[5]
     );
     println!(
-        "{:<11} {:>30} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8}",
-        "", "", "", "s/GiB", "s/GiB", "s/GiB", "/GiB", "/GiB", "", ""
+        "{:<11} {:>26} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
+        "", "", "", "", "s/GiB", "s/GiB", "s/GiB", "/GiB", "/GiB", "MiB", "MiB", "", ""
     );
-    for m in &r.results {
-        let g = &m.goodput_bps;
+    let rows = r.results.iter().map(|m| (m, if m.verified { "yes" } else { "NO" }));
+    for (m, verified) in rows.chain(r.reference.iter().map(|m| (m, "n/a"))) {
+        let e = &m.e2e_goodput_bps;
+        let mib = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0}", b / (1u64 << 20) as f64));
         println!(
-            "{:<11} {:>30} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>10} {:>8} {:>8}",
+            "{:<11} {:>26} {:>15} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
             m.mode,
-            format!("{} ({:.2}-{:.2})", human_bits_per_sec(g.median), g.min / 1e9, g.max / 1e9),
+            format!("{} ({:.2}-{:.2})", human_bits_per_sec(e.median), e.min / 1e9, e.max / 1e9),
+            human_bits_per_sec(m.goodput_bps.median),
             m.packets_per_s.map_or("-".to_string(), |p| format!("{:.0}k", p / 1e3)),
             m.sender_cpu_s_per_gib,
             m.receiver_cpu_s_per_gib,
             m.system_cpu_s_per_gib,
             m.syscalls_per_gib.map_or("-".into(), |v| format!("{v:.0}")),
             m.ctx_switches_per_gib.map_or("-".into(), |v| format!("{v:.0}")),
+            mib(m.sender_peak_rss_bytes),
+            mib(m.receiver_peak_rss_bytes),
             m.retransmits,
-            if m.verified { "yes" } else { "NO" }
+            verified
         );
     }
-    if let Some(m) = &r.reference {
-        let g = &m.goodput_bps;
-        println!(
-            "{:<11} {:>30} {:>10} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>10} {:>8} {:>8}",
-            m.mode,
-            format!("{} ({:.2}-{:.2})", human_bits_per_sec(g.median), g.min / 1e9, g.max / 1e9),
-            "-",
-            m.sender_cpu_s_per_gib,
-            m.receiver_cpu_s_per_gib,
-            m.system_cpu_s_per_gib,
-            "-",
-            "-",
-            m.retransmits,
-            "n/a"
-        );
+    if r.reference.is_some() {
         println!("(iperf3 -Z: an outside reference for TCP on this link; it moves no file and verifies nothing; its CPU columns are iperf3's own figures)");
     }
-    match r.ratio_afxdp_over_sendfile {
-        Some(x) => println!("AF_XDP / sendfile goodput (medians): {x:.2}x"),
-        None => println!("AF_XDP / sendfile goodput: n/a (run both modes)"),
+    println!(
+        "end to end: from the sending command's start to its verified exit; transfer phase: as the sender reports it"
+    );
+    match (r.ratio_afxdp_over_sendfile, r.ratio_transfer_phase) {
+        (Some(e), Some(t)) => println!("AF_XDP / sendfile, end to end (medians): {e:.2}x  (transfer phase: {t:.2}x)"),
+        _ => println!("AF_XDP / sendfile: n/a (run both modes)"),
     }
 }

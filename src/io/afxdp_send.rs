@@ -1,9 +1,10 @@
-//! The AF_XDP sender: the file preloaded into UMEM frames, the transmit
-//! scheduler posting their descriptors.
+//! The AF_XDP sender: the file streamed through a bounded ring of UMEM frames
+//! ([`ReadAhead`]), the transmit scheduler posting their descriptors.
 //!
-//! The hot loop reaps completions, asks the protocol for the next frame ids,
-//! posts `(addr, len)` descriptors in one batch, and kicks only when the kernel
-//! asks. It never reads or writes a payload byte.
+//! Each turn of the loop reaps completions, lets the read-ahead refill the
+//! slots the receiver's reports have freed, asks the protocol for the next
+//! frame ids, posts `(addr, len)` descriptors in one batch, and kicks only
+//! when the kernel asks. Posting never reads or writes a payload byte.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -15,7 +16,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::{control_port, Control};
-use crate::afxdp::preload::{preload, FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
+use crate::afxdp::preload::{FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
+use crate::afxdp::readahead::ReadAhead;
 use crate::afxdp::xsk::{BindMode, Kick, Queue, Xsk, XskConfig, XskMode};
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
@@ -27,6 +29,8 @@ use crate::wire::frame::FrameTemplate;
 use crate::wire::message::{Message, SessionInfo};
 
 pub const TX_RING: u32 = 2048;
+/// The default `--umem`: see the README for how it was chosen.
+pub const DEFAULT_UMEM: u64 = 64 << 20;
 /// How often a busy send loop looks at the control socket.
 const CONTROL_EVERY: Duration = Duration::from_micros(200);
 pub const COMP_RING: u32 = 4096;
@@ -42,7 +46,8 @@ pub struct SendOptions {
     /// UMEM frame size; default the smallest that fits (2048 or 4096).
     pub frame_size: Option<u32>,
     pub timeout: Duration,
-    pub umem_budget: u64,
+    /// Largest UMEM to map (`--umem`); the file streams through it.
+    pub umem: u64,
     pub bind: BindMode,
     pub batch: u32,
     /// Pace the transmit ring to this rate (token bucket).
@@ -60,7 +65,20 @@ pub struct SendOptions {
 pub struct SendReport {
     #[serde(flatten)]
     pub summary: crate::report::Summary,
-    pub preload_s: f64,
+    /// Process start to the receiver's verdict: what the user waited for.
+    pub e2e_s: f64,
+    pub e2e_goodput_bps: f64,
+    /// VmHWM: the most memory this process held at once.
+    pub peak_rss_bytes: u64,
+    /// The UMEM ring's size (`--umem`), whatever the file's.
+    pub umem_bytes: u64,
+    /// Time spent reading the file into frames.
+    pub read_s: f64,
+    /// Time the first pass waited for the reader with nothing else to send.
+    pub tx_stall_s: f64,
+    /// Chunks read a second time (never: frames are reused only after the
+    /// receiver holds them; see README).
+    pub reread_chunks: u64,
     pub packet_size: u32,
     pub chunk_size: u32,
     pub kicks: u64,
@@ -166,9 +184,9 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         bail!("{} is not a regular file", opts.file.display());
     }
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
-    let mut plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem_budget)?;
+    let mut plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem)?;
     if let Some(fs) = opts.frame_size {
-        plan = plan.with_frame_size(fs, opts.umem_budget)?;
+        plan = plan.with_frame_size(fs, opts.umem)?;
     }
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     Ok(Prepared {
@@ -319,48 +337,19 @@ fn transfer(
     };
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "route resolved");
 
-    // Data frames leave from the control socket's port, so the receiver can
-    // hold data to the same source as the session's Hello.
-    let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-
     // Hello first: the receiver prepares its output (and can refuse, e.g. a
-    // full disk) before we spend time reading the file, and its cookie goes
+    // full disk) before we map memory or read the file, and its cookie goes
     // into every frame we build.
     super::control::handshake(sender, ctrl, ctrl_peer)?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
 
-    // Preload, answering the control channel between batches (keepalive
-    // Hellos hold off the receiver's idle timer).
-    info!(
-        bytes = file_size,
-        frames = plan.total_frames,
-        frame_size = plan.frame_size,
-        "preloading the file into the UMEM"
-    );
-    let t_preload = Instant::now();
-    let mut ctrl_error: Option<anyhow::Error> = None;
-    let pre = preload(&file, &plan, &tpl, session, cookie, || {
-        if ctrl_error.is_none() {
-            if let Err(e) = super::control::service(sender, ctrl, Instant::now(), ctrl_peer) {
-                ctrl_error = Some(e);
-            }
-        }
-    })?;
-    if let Some(e) = ctrl_error {
-        return Err(e);
-    }
-    if let Some(Err(e)) = sender.outcome() {
-        bail!("{e}");
-    }
-    let preload_s = t_preload.elapsed().as_secs_f64();
-    let info = pre.info;
-    let digest = info.digest.context("preload produced no digest")?;
-    let meta_len = pre.meta_len;
-
-    let mut xsk = Xsk::open(pre.area, &tx_config(&iface.name, opts.bind))?;
+    // Data frames leave from the control socket's port, so the receiver can
+    // hold data to the same source as the session's Hello.
+    let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
+    let area = crate::afxdp::umem::UmemArea::new(plan.total_frames, plan.frame_size)?;
+    let mut xsk = Xsk::open(area, &tx_config(&iface.name, opts.bind))?;
     let mode = xsk.mode();
-    let mode_name = mode.name();
-    info!(mode = mode_name, "transmit mode chosen by the kernel");
+    info!(mode = mode.name(), umem_bytes = plan.umem_bytes(), slots = plan.slots, "transmit socket bound");
     if mode == XskMode::Copy {
         let _ = xsk.set_tx_budget(TX_RING);
     }
@@ -368,162 +357,48 @@ fn transfer(
     let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
     xsk.fill(spare.into_iter(), FILL_SPARE);
 
-    sender.start(Instant::now(), digest);
+    let mut reader = ReadAhead::new(file, plan, tpl, session, cookie, file_size);
+    let meta_first_len = reader.build_first_meta(&mut xsk)?;
+    sender.set_readable(0, 0, false);
+    sender.start(Instant::now());
     info!("transfer started");
-    let rusage_at_start = super::Rusage::of_self();
-    let start = Instant::now();
-    let batch = opts.batch.clamp(1, TX_RING);
-    let mut ids = vec![FrameId::Meta { last: false }; batch as usize];
-    let frame_size = u64::from(plan.frame_size);
-    let mut outstanding: u32 = 0;
-    let mut kicker = Kicker::default();
-    let mut first_post: Option<Instant> = None;
-    let mut intervals = Intervals::new(opts.intervals, start);
-    let mut idle_spins = 0u32;
-    let mut next_control = Instant::now();
-    let mut woke = false;
-    let mut next_progress = Instant::now();
-    let mut local_error: Option<anyhow::Error> = None;
-    let full_frame = PAYLOAD_OFFSET as u32 + plan.chunk_size;
-    let mut aimd = opts.adapt.then(|| {
-        let ceiling = opts.rate.or_else(|| link_speed(&iface.name)).unwrap_or(Rate::BitsPerSec(100e9));
-        info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
-        Aimd::new(ceiling, sender.rtt)
+    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt);
+    let outcome = tx.run(opts, sender, ctrl, ctrl_peer, &mut xsk, &mut reader, || {
+        std::fs::metadata(&opts.file).map(|m| FileStamp::of(&m)).ok() == Some(stamp)
     });
-    let mut pacer = opts.rate.or(aimd.as_ref().map(|a| a.rate())).map(|r| Pacer::new(r, full_frame, start));
-    let mut rate_log: Vec<RatePoint> = Vec::new();
-    let mut next_rate_point = start;
-    let frame_len = |id: &FrameId| match *id {
-        FrameId::Data(c) => plan.data_len(&info, c),
-        FrameId::Meta { .. } => meta_len,
-    };
-
-    loop {
-        let now = Instant::now();
-        if super::stop_requested() {
-            sender.fail_local();
-            local_error = Some(anyhow::anyhow!("interrupted"));
-            break;
-        }
-        outstanding -= xsk.reap(COMP_RING).min(outstanding);
-        // The receiver reports every few milliseconds: while frames flow, look
-        // at the control socket at most every CONTROL_EVERY.
-        if woke || now >= next_control {
-            woke = false;
-            next_control = now + CONTROL_EVERY;
-            if let Err(e) = super::control::service(sender, ctrl, now, ctrl_peer) {
-                sender.fail_local();
-                local_error = Some(e);
-                break;
-            }
-        }
-        if sender.is_finished() {
-            break;
-        }
-        if let (Some(a), Some(p)) = (aimd.as_mut(), pacer.as_mut()) {
-            if let Some(loss_bp) = sender.take_loss_report() {
-                let changed = a.on_report(now, loss_bp);
-                if let Some(r) = changed {
-                    p.set_rate(r, now);
-                }
-                let t = now.saturating_duration_since(first_post.unwrap_or(start)).as_secs_f64();
-                let decreased = changed.is_some() && loss_bp > 0;
-                if (decreased || now >= next_rate_point) && rate_log.len() < 100_000 {
-                    next_rate_point = now + Duration::from_millis(20);
-                    rate_log.push(RatePoint { t, rate: a.rate().value(), loss_bp });
-                }
-            }
-        }
-
-        // Reserve ring slots first, then let the scheduler fill exactly those:
-        // a frame id it hands out is always posted.
-        let mut room = batch.min(COMP_RING - outstanding.min(COMP_RING));
-        if let Some(p) = pacer.as_mut() {
-            room = p.allowance(now, full_frame, room);
-        }
-        let posted = xsk.post_with(room, |cap| {
-            let n = sender.next_frames(now, &mut ids[..cap]);
-            ids[..n].iter().map(|id| match *id {
-                FrameId::Data(c) => (c * frame_size, frame_len(id)),
-                FrameId::Meta { last } => (u64::from(plan.meta_frame(last)) * frame_size, meta_len),
-            })
-        });
-        let n = posted as usize;
-        if n > 0 {
-            first_post.get_or_insert(now);
-            outstanding += posted;
-            if let Some(p) = pacer.as_mut() {
-                p.spend(posted, ids[..n].iter().map(|id| u64::from(frame_len(id))).sum());
-            }
-        }
-        if outstanding > 0 && (n > 0 || xsk.tx_pending() > 0) {
-            if let Err(e) = kicker.kick_if_needed(&xsk) {
-                sender.fail_local();
-                local_error = Some(anyhow::anyhow!("transmit failed on {}: {e}", iface.name));
-                break;
-            }
-        }
-        if opts.progress && now >= next_progress {
-            next_progress = now + Duration::from_millis(100);
-            let held = (sender.stats.peer_received * u64::from(plan.chunk_size)).min(file_size);
-            eprintln!("progress {held} {file_size}");
-        }
-        intervals.tick(now, sender.stats.peer_received * u64::from(plan.chunk_size), || {
-            format!("{} retransmits", sender.stats.retransmits)
-        });
-        if n == 0 && outstanding == 0 {
-            idle_spins += 1;
-            if idle_spins > 64 {
-                let mut wait = sender
-                    .poll_timeout()
-                    .map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-                // Held back by the pacer rather than idle: sleep only until the
-                // next frame may leave.
-                if let Some(p) = pacer.as_ref().filter(|_| sender.backlog() > 0) {
-                    wait = wait.min(p.ready_at(full_frame).saturating_duration_since(Instant::now()));
-                }
-                super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
-                woke = true;
-            }
-        } else {
-            idle_spins = 0;
-        }
-    }
-
-    let end = Instant::now();
-    let elapsed = end.saturating_duration_since(first_post.unwrap_or(start)).as_secs_f64();
     let stats = sender.stats.clone();
     let verified = matches!(sender.outcome(), Some(Ok(())));
-    if let Some(e) = local_error {
-        return Err(e);
-    }
+    outcome?;
     match sender.outcome() {
         Some(Ok(())) => {}
         Some(Err(e)) => bail!("{e}"),
         None => bail!("the transfer stopped without an outcome"),
     }
-    // What was sent is the file as read once at preload (a change during
-    // preload is refused there). A change since then means the receiver holds
-    // a version that no longer exists here: say so, and fail.
+    let digest = reader.digest().context("verified without a digest")?;
+    // What was sent is the file as read once (a change while reading fails
+    // before the digest goes out). A change since then means the receiver
+    // holds a version that no longer exists here: say so, and fail.
     let now_stamp = std::fs::metadata(&opts.file).map(|m| FileStamp::of(&m)).ok();
     if now_stamp != Some(stamp) {
         bail!(
-            "{} changed while it was being sent (written, truncated or replaced); the receiver holds the version read at preload (blake3 {}), not the current file",
+            "{} changed while it was being sent (written, truncated or replaced); the receiver holds the version read (blake3 {}), not the current file",
             opts.file.display(),
             hex(&digest)
         );
     }
+    let elapsed = tx.elapsed_s();
+    let e2e_s = crate::report::since_process_start();
     if opts.intervals {
         println!(
-            "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  sender, {} retransmits, verified by receiver",
+            "- - - - -\n[  0.00-{e2e_s:6.2} sec]  {:>12}  {:>16}  sender, {} retransmits, verified by receiver (transfer phase {elapsed:.2} s)",
             human_bytes(file_size),
-            human_bits_per_sec(file_size as f64 * 8.0 / elapsed.max(1e-9)),
+            human_bits_per_sec(file_size as f64 * 8.0 / e2e_s.max(1e-9)),
             stats.retransmits
         );
     }
     Ok(SendReport {
         summary: crate::report::Summary {
-            mode: mode_name.to_string(),
+            mode: mode.name().to_string(),
             bytes: file_size,
             packets: Some(stats.first_pass + stats.retransmits + stats.meta_frames),
             retransmits: stats.retransmits,
@@ -532,25 +407,271 @@ fn transfer(
             digest: hex(&digest),
             verified,
         },
-        preload_s,
+        e2e_s,
+        e2e_goodput_bps: file_size as f64 * 8.0 / e2e_s.max(1e-9),
+        peak_rss_bytes: crate::report::peak_rss_bytes(),
+        umem_bytes: plan.umem_bytes(),
+        read_s: reader.read_time.as_secs_f64(),
+        tx_stall_s: tx.reader_wait.as_secs_f64(),
+        reread_chunks: 0,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
-        kicks: kicker.kicks,
-        kicks_unproductive: kicker.unproductive,
-        kernel_tx_drops: kicker.device_drops,
+        kicks: tx.kicker.kicks,
+        kicks_unproductive: tx.kicker.unproductive,
+        kernel_tx_drops: tx.kicker.device_drops,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         rusage: super::Rusage::of_self(),
-        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
+        transfer_rusage: super::Rusage::of_self().since(&tx.rusage_at_start),
         syscalls: crate::syscount::total(),
-        adaptation: aimd.map(|a| Adaptation {
+        adaptation: tx.aimd.take().map(|a| Adaptation {
             ceiling: a.ceiling().to_string(),
             unit: match a.ceiling() {
                 Rate::BitsPerSec(_) => "bits_per_sec",
                 Rate::PacketsPerSec(_) => "packets_per_sec",
             },
             decreases: a.decreases,
-            rate_log,
+            rate_log: std::mem::take(&mut tx.rate_log),
         }),
     })
+}
+
+/// Chunks read ahead per loop turn at most: small enough that the ring is
+/// posted to between reads.
+const READ_STEP: u64 = 256;
+
+/// The transmit loop's state: one turn reaps completions, refills free
+/// slots from the file, services the control socket, adapts the rate, posts
+/// what the protocol chooses, and kicks.
+struct Transmit {
+    plan: FramePlan,
+    meta_first_len: u32,
+    meta_last_len: u32,
+    batch: u32,
+    ids: Vec<FrameId>,
+    outstanding: u32,
+    kicker: Kicker,
+    pacer: Option<Pacer>,
+    aimd: Option<Aimd>,
+    rate_log: Vec<RatePoint>,
+    next_rate_point: Instant,
+    full_frame: u32,
+    start: Instant,
+    first_post: Option<Instant>,
+    intervals: Intervals,
+    next_progress: Instant,
+    rusage_at_start: super::Rusage,
+    /// Time the first pass had ring room but waited for the reader.
+    reader_wait: Duration,
+}
+
+impl Transmit {
+    fn new(opts: &SendOptions, iface: &Interface, plan: FramePlan, meta_first_len: u32, rtt: Option<Duration>) -> Self {
+        let start = Instant::now();
+        let full_frame = PAYLOAD_OFFSET as u32 + plan.chunk_size;
+        let aimd = opts.adapt.then(|| {
+            let ceiling = opts.rate.or_else(|| link_speed(&iface.name)).unwrap_or(Rate::BitsPerSec(100e9));
+            info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
+            Aimd::new(ceiling, rtt)
+        });
+        let pacer = opts.rate.or(aimd.as_ref().map(|a| a.rate())).map(|r| Pacer::new(r, full_frame, start));
+        let batch = opts.batch.clamp(1, TX_RING);
+        Transmit {
+            plan,
+            meta_first_len,
+            meta_last_len: 0,
+            batch,
+            ids: vec![FrameId::Meta { last: false }; batch as usize],
+            outstanding: 0,
+            kicker: Kicker::default(),
+            pacer,
+            aimd,
+            rate_log: Vec::new(),
+            next_rate_point: start,
+            full_frame,
+            start,
+            first_post: None,
+            intervals: Intervals::new(opts.intervals, start),
+            next_progress: start,
+            rusage_at_start: super::Rusage::of_self(),
+            reader_wait: Duration::ZERO,
+        }
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        Instant::now().saturating_duration_since(self.first_post.unwrap_or(self.start)).as_secs_f64()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        opts: &SendOptions,
+        sender: &mut Sender,
+        ctrl: &mut Control,
+        ctrl_peer: SocketAddr,
+        xsk: &mut Xsk,
+        reader: &mut ReadAhead,
+        unchanged: impl Fn() -> bool,
+    ) -> anyhow::Result<()> {
+        let mut idle_spins = 0u32;
+        let mut next_control = Instant::now();
+        let mut woke = false;
+        let fail = |sender: &mut Sender, e: anyhow::Error| {
+            sender.fail_local();
+            Err(e)
+        };
+        loop {
+            let now = Instant::now();
+            if super::stop_requested() {
+                return fail(sender, anyhow::anyhow!("interrupted"));
+            }
+            self.reap(xsk, reader);
+            if let Err(e) = self.read_ahead(sender, xsk, reader, &unchanged) {
+                return fail(sender, e);
+            }
+            // The receiver reports every few milliseconds: while frames flow,
+            // look at the control socket at most every CONTROL_EVERY.
+            if woke || now >= next_control {
+                woke = false;
+                next_control = now + CONTROL_EVERY;
+                if let Err(e) = super::control::service(sender, ctrl, now, ctrl_peer) {
+                    return fail(sender, e);
+                }
+            }
+            if sender.is_finished() {
+                return Ok(());
+            }
+            self.adapt(sender, now);
+            let posted = self.post(sender, xsk, reader, now);
+            if self.outstanding > 0 && (posted > 0 || xsk.tx_pending() > 0) {
+                if let Err(e) = self.kicker.kick_if_needed(xsk) {
+                    return fail(sender, anyhow::anyhow!("transmit failed on {}: {e}", opts.iface));
+                }
+            }
+            self.report(opts, sender, now);
+            if posted == 0 && self.outstanding == 0 {
+                idle_spins += 1;
+                if idle_spins > 64 {
+                    self.wait(sender, ctrl);
+                    woke = true;
+                }
+            } else {
+                idle_spins = 0;
+            }
+        }
+    }
+
+    /// Takes the kernel's completions; each frees its slot for the reader.
+    fn reap(&mut self, xsk: &mut Xsk, reader: &mut ReadAhead) {
+        let reaped = xsk.reap_with(COMP_RING, |addr| reader.completed(addr));
+        self.outstanding -= reaped.min(self.outstanding);
+    }
+
+    /// Reads the next chunks into slots the receiver's prefix has freed, and
+    /// once the file is read, fixes the digest for the closing Meta.
+    fn read_ahead(
+        &mut self,
+        sender: &mut Sender,
+        xsk: &mut Xsk,
+        reader: &mut ReadAhead,
+        unchanged: &impl Fn() -> bool,
+    ) -> anyhow::Result<()> {
+        if reader.digest().is_some() {
+            return Ok(());
+        }
+        if !reader.is_done() {
+            let limit = sender.stats.peer_prefix + u64::from(self.plan.slots);
+            let waiting = sender.is_transferring() && sender.backlog() > 0 && sender.backlog_ready() == 0;
+            let t = Instant::now();
+            reader.fill(xsk, limit, READ_STEP)?;
+            if waiting {
+                self.reader_wait += t.elapsed();
+            }
+            sender.set_readable(reader.floor(), reader.next(), reader.next() >= limit);
+        }
+        if reader.is_done() {
+            self.meta_last_len = reader.finish(xsk, unchanged)?;
+            sender.set_digest(reader.digest().context("read without a digest")?);
+        }
+        Ok(())
+    }
+
+    /// Feeds the receiver's loss reports to the rate adaptation.
+    fn adapt(&mut self, sender: &mut Sender, now: Instant) {
+        let (Some(a), Some(p)) = (self.aimd.as_mut(), self.pacer.as_mut()) else { return };
+        let Some(loss_bp) = sender.take_loss_report() else { return };
+        let changed = a.on_report(now, loss_bp);
+        if let Some(r) = changed {
+            p.set_rate(r, now);
+        }
+        let t = now.saturating_duration_since(self.first_post.unwrap_or(self.start)).as_secs_f64();
+        let decreased = changed.is_some() && loss_bp > 0;
+        if (decreased || now >= self.next_rate_point) && self.rate_log.len() < 100_000 {
+            self.next_rate_point = now + Duration::from_millis(20);
+            self.rate_log.push(RatePoint { t, rate: a.rate().value(), loss_bp });
+        }
+    }
+
+    /// Reserves ring slots first, then lets the scheduler fill exactly those:
+    /// a frame id it hands out is always posted. Returns how many.
+    fn post(&mut self, sender: &mut Sender, xsk: &mut Xsk, reader: &mut ReadAhead, now: Instant) -> u32 {
+        let mut room = self.batch.min(COMP_RING - self.outstanding.min(COMP_RING));
+        if let Some(p) = self.pacer.as_mut() {
+            room = p.allowance(now, self.full_frame, room);
+        }
+        let plan = self.plan;
+        let fs = u64::from(plan.frame_size);
+        let info = *sender.info();
+        let (first_len, last_len) = (self.meta_first_len, self.meta_last_len);
+        let frame_len = |id: &FrameId| match *id {
+            FrameId::Data(c) => plan.data_len(&info, c),
+            FrameId::Meta { last: false } => first_len,
+            FrameId::Meta { last: true } => last_len,
+        };
+        let ids = &mut self.ids;
+        let posted = xsk.post_with(room, |cap| {
+            let n = sender.next_frames(now, &mut ids[..cap]);
+            ids[..n].iter().map(move |id| match *id {
+                FrameId::Data(c) => (u64::from(plan.slot_of(c)) * fs, frame_len(id)),
+                FrameId::Meta { last } => (u64::from(plan.meta_frame(last)) * fs, frame_len(id)),
+            })
+        });
+        let n = posted as usize;
+        if n > 0 {
+            self.first_post.get_or_insert(now);
+            self.outstanding += posted;
+            for id in &self.ids[..n] {
+                if let FrameId::Data(c) = id {
+                    reader.posted(*c);
+                }
+            }
+            if let Some(p) = self.pacer.as_mut() {
+                p.spend(posted, self.ids[..n].iter().map(|id| u64::from(frame_len(id))).sum());
+            }
+        }
+        posted
+    }
+
+    /// Interval lines, and progress lines for `bench`.
+    fn report(&mut self, opts: &SendOptions, sender: &Sender, now: Instant) {
+        let size = sender.info().file_size;
+        let held = (sender.stats.peer_received * u64::from(self.plan.chunk_size)).min(size);
+        if opts.progress && now >= self.next_progress {
+            self.next_progress = now + Duration::from_millis(100);
+            eprintln!("progress {held} {size}");
+        }
+        let retransmits = sender.stats.retransmits;
+        self.intervals.tick(now, held, || format!("{retransmits} retransmits"));
+    }
+
+    /// Nothing to post and nothing in flight: sleep on the control socket
+    /// until the next timer, or the pacer's next slot.
+    fn wait(&self, sender: &Sender, ctrl: &Control) {
+        let mut wait =
+            sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+        if let Some(p) = self.pacer.as_ref().filter(|_| sender.backlog() > 0) {
+            wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(Instant::now()));
+        }
+        super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
+    }
 }

@@ -65,6 +65,10 @@ pub struct RecvReport {
     pub transfer_rusage: super::Rusage,
     /// Data-path syscalls (see `crate::syscount`).
     pub syscalls: u64,
+    /// Process start to the verdict.
+    pub e2e_s: f64,
+    /// VmHWM: the most memory this process held at once.
+    pub peak_rss_bytes: u64,
     /// Extra path-specific figures (XDP counters, socket statistics).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub path_stats: serde_json::Value,
@@ -329,6 +333,8 @@ pub fn run(
         rusage: super::Rusage::of_self(),
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start.unwrap_or_default()),
         syscalls: crate::syscount::total(),
+        e2e_s: crate::report::since_process_start(),
+        peak_rss_bytes: crate::report::peak_rss_bytes(),
         path_stats: serde_json::Value::Null,
     }))
 }

@@ -74,6 +74,10 @@ pub struct TcpReport {
     /// CPU and context switches from the first byte to the verdict.
     pub transfer_rusage: super::Rusage,
     pub syscalls: u64,
+    /// Process start to the verdict.
+    pub e2e_s: f64,
+    /// VmHWM: the most memory this process held at once.
+    pub peak_rss_bytes: u64,
 }
 
 fn hash_file(file: &File) -> io::Result<[u8; 32]> {
@@ -301,6 +305,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         rusage: super::Rusage::of_self(),
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
+        e2e_s: crate::report::since_process_start(),
+        peak_rss_bytes: crate::report::peak_rss_bytes(),
     })
 }
 
@@ -371,6 +377,8 @@ pub fn receive(
         rusage: super::Rusage::of_self(),
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
+        e2e_s: crate::report::since_process_start(),
+        peak_rss_bytes: crate::report::peak_rss_bytes(),
     }
 }
 

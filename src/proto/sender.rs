@@ -107,6 +107,11 @@ pub struct SendStats {
     pub nacks_ignored: u64,
     /// Chunks the receiver last reported holding.
     pub peer_received: u64,
+    /// The receiver's contiguous prefix: every chunk below it is delivered.
+    pub peer_prefix: u64,
+    /// NACKed chunks whose frame was already reused (never, from an honest
+    /// receiver: frames are reused only below its reported prefix).
+    pub repairs_unavailable: u64,
     /// The receiver's last reported high-water mark.
     pub peer_high: u64,
     /// Times the first pass had to wait for the receiver (window full).
@@ -142,6 +147,8 @@ pub struct Sender {
     info: SessionInfo,
     state: State,
     next_first_pass: u64,
+    /// The driver called [`Sender::start`].
+    started: bool,
     meta_first_sent: bool,
     meta_last_sent: bool,
     repairs: VecDeque<u64>,
@@ -165,6 +172,11 @@ pub struct Sender {
     marker_due: bool,
     /// The receiver's cookie, from its first HelloAck.
     cookie: Option<u64>,
+    /// Chunks the driver can post: `[floor, readable)` (a bounded UMEM holds
+    /// only a window of the file).
+    readable: u64,
+    floor: u64,
+    ring_full: bool,
     /// The last NACK round taken in (heartbeats included): the anchor of the
     /// window of rounds accepted.
     latest_round: u64,
@@ -190,6 +202,7 @@ impl Sender {
             info,
             state: State::Handshake { last_hello: None, next_hello: now, acked: false },
             next_first_pass: 0,
+            started: false,
             meta_first_sent: false,
             meta_last_sent: false,
             repairs: VecDeque::new(),
@@ -201,6 +214,9 @@ impl Sender {
             markers_posted: 0,
             marker_due: false,
             cookie: None,
+            readable: info.n_chunks,
+            floor: 0,
+            ring_full: false,
             latest_round: 0,
             last_progress: now,
             last_heard: now,
@@ -234,14 +250,30 @@ impl Sender {
         self.cookie
     }
 
-    /// The file is preloaded and its digest known: data may flow once (or as
-    /// soon as) the receiver has acknowledged.
-    pub fn start(&mut self, now: Instant, digest: [u8; 32]) {
-        self.info.digest = Some(digest);
+    /// The driver is ready to send: data may flow once (or as soon as) the
+    /// receiver has acknowledged. The digest may follow later
+    /// ([`Sender::set_digest`]); the pass does not close without it.
+    pub fn start(&mut self, now: Instant) {
+        self.started = true;
         if let State::Handshake { acked: true, .. } = self.state {
             self.state = State::Transfer;
             self.last_progress = now;
         }
+    }
+
+    /// The whole file's digest, known once the file has been read.
+    pub fn set_digest(&mut self, digest: [u8; 32]) {
+        self.info.digest = Some(digest);
+    }
+
+    /// Chunks the driver holds built: `[floor, readable)`. The first pass
+    /// waits at `readable`; a repair below `floor` cannot be posted.
+    /// `ring_full`: the driver cannot build more until the receiver's prefix
+    /// moves (as opposed to still reading).
+    pub fn set_readable(&mut self, floor: u64, readable: u64, ring_full: bool) {
+        self.floor = floor;
+        self.readable = readable.min(self.info.n_chunks);
+        self.ring_full = ring_full;
     }
 
     /// Where the send sequence stands (see `repair_pos`).
@@ -260,6 +292,12 @@ impl Sender {
     /// Frames still queued for posting (repairs plus the rest of the first pass).
     pub fn backlog(&self) -> u64 {
         self.repairs.len() as u64 + (self.info.n_chunks - self.next_first_pass)
+    }
+
+    /// Frames that could be posted now: repairs plus first-pass chunks the
+    /// driver has built.
+    pub fn backlog_ready(&self) -> u64 {
+        self.repairs.len() as u64 + self.readable.saturating_sub(self.next_first_pass)
     }
 
     /// Fills `out` with the next frames to post; returns how many.
@@ -281,16 +319,22 @@ impl Sender {
                 self.last_repair_post = Some(now);
                 self.repair_pos.insert(chunk, self.position());
                 self.marker_due = self.meta_last_sent;
-            } else if self.next_first_pass < self.info.n_chunks
+            } else if self.next_first_pass < self.readable
                 && self.next_first_pass < self.stats.peer_high + self.cfg.window
             {
                 out[n] = FrameId::Data(self.next_first_pass);
                 self.next_first_pass += 1;
                 self.stats.first_pass += 1;
-            } else if self.next_first_pass < self.info.n_chunks {
-                // The window is full: wait for the receiver's next report. If
-                // none moves it, the window's tail may be lost (the receiver
-                // cannot NACK what it has not seen past), so probe the tail.
+            } else if self.next_first_pass < self.info.n_chunks
+                && (self.next_first_pass < self.readable || self.ring_full)
+            {
+                // The window or the sender's ring is full: wait for the
+                // receiver's next report. If none moves it, probe: the
+                // window's tail may be lost (the receiver cannot NACK what it
+                // has not seen past); with a full ring, the chunk at the
+                // receiver's prefix holds everything up, and its repair may
+                // have been lost while the send position stood still (so a
+                // NACK for it looks like one for a repair in flight).
                 match self.stalled_since {
                     None => {
                         self.stalled_since = Some(now);
@@ -298,7 +342,13 @@ impl Sender {
                     }
                     Some(t) if now >= t + self.cfg.tail_probe_after && self.next_first_pass > 0 => {
                         self.stalled_since = Some(now);
-                        out[n] = FrameId::Data(self.next_first_pass - 1);
+                        let head = self.stats.peer_prefix;
+                        let probe = if self.ring_full && head >= self.floor && head < self.next_first_pass {
+                            head
+                        } else {
+                            self.next_first_pass - 1
+                        };
+                        out[n] = FrameId::Data(probe);
                         self.stats.retransmits += 1;
                         self.stats.tail_probes += 1;
                         n += 1;
@@ -306,7 +356,7 @@ impl Sender {
                     Some(_) => {}
                 }
                 break;
-            } else if !self.meta_last_sent || self.marker_due {
+            } else if (!self.meta_last_sent || self.marker_due) && self.info.digest.is_some() {
                 out[n] = FrameId::Meta { last: true };
                 self.meta_last_sent = true;
                 self.marker_due = false;
@@ -399,13 +449,14 @@ impl Sender {
                         self.rtt = Some(rtt);
                         self.repair_guard = self.cfg.repair_guard.max(rtt * 2);
                     }
-                    if self.info.digest.is_some() {
+                    if self.started {
                         self.state = State::Transfer;
                     }
                 }
             }
             Message::Nack { nack, .. } => {
                 let sane = nack.round <= self.latest_round.saturating_add(MAX_ROUND_JUMP)
+                    && nack.prefix <= nack.received
                     && nack.received <= self.info.n_chunks
                     && nack.high <= self.info.n_chunks.saturating_add(self.markers_posted);
                 if !sane {
@@ -425,6 +476,10 @@ impl Sender {
                     self.last_progress = now;
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
+                if nack.prefix > self.stats.peer_prefix {
+                    self.stats.peer_prefix = nack.prefix;
+                    self.stalled_since = None;
+                }
                 if let (0, Some(l)) = (nack.part, nack.loss_bp) {
                     self.stats.loss_reports += 1;
                     self.loss_unread = Some(self.loss_unread.map_or(l, |o| o.max(l)));
@@ -466,7 +521,9 @@ impl Sender {
                 let before = self.repairs.len();
                 let mut stale = 0u64;
                 for c in nack.missing().filter(|c| *c < limit) {
-                    if in_flight(&c) {
+                    if c < self.floor {
+                        self.stats.repairs_unavailable += 1;
+                    } else if in_flight(&c) {
                         stale += 1;
                     } else if self.repairs.len() - before < room {
                         self.repairs.push_back(c);

@@ -76,6 +76,9 @@ struct Sim {
     data_drops: u64,
     sender_cfg: SenderConfig,
     receiver_cfg: ReceiverConfig,
+    /// The sender's UMEM holds this many chunks at once (a bounded ring):
+    /// a chunk is built only once the one `slots` before it is delivered.
+    slots: Option<u64>,
     /// The sender learns its digest (finishes preloading) this long after
     /// starting; until then it only handshakes and keeps the session alive.
     preload_time: Duration,
@@ -117,6 +120,7 @@ impl Sim {
             data_drops: 0,
             sender_cfg: SenderConfig::default(),
             receiver_cfg: ReceiverConfig::default(),
+            slots: None,
             preload_time: Duration::ZERO,
         };
         s.file = (0..size).map(|_| s.next_u64() as u8).collect();
@@ -195,8 +199,14 @@ impl Sim {
         while !(tx.is_finished() && rx.is_finished()) {
             assert!(self.now - start < Duration::from_secs(120), "simulation did not converge");
             if !preloaded && self.now - start >= self.preload_time {
-                tx.start(self.now, info.digest.expect("the sim knows its digest"));
+                tx.start(self.now);
+                tx.set_digest(info.digest.expect("the sim knows its digest"));
                 preloaded = true;
+            }
+            // The sender's ring: build up to the receiver's prefix + slots.
+            if let Some(slots) = self.slots {
+                let readable = (tx.stats.peer_prefix + slots).min(info.n_chunks);
+                tx.set_readable(readable.saturating_sub(slots), readable, readable < info.n_chunks);
             }
             // Sender: control, then frames.
             while let Some(c) = tx.poll_control(self.now) {
@@ -264,6 +274,7 @@ impl Sim {
             }
             self.now += step;
         }
+        assert_eq!(tx.stats.repairs_unavailable, 0, "a NACK named a chunk whose frame was reused");
         Outcome {
             ring_drops: self.ring_drops,
             data_drops: self.data_drops,
@@ -510,6 +521,7 @@ fn nack_for_unsent_chunks_is_ignored() {
         part: 0,
         received: 0,
         high: 2,
+        prefix: 0,
         base: 0,
         nbits: 10,
         bitmap: &bitmap,
@@ -541,6 +553,7 @@ fn nack_for_a_repair_still_in_flight_is_not_repeated() {
                 part: 0,
                 received: 0,
                 high,
+                prefix: 0,
                 base: 0,
                 nbits: 3,
                 bitmap: &bitmap,
@@ -578,8 +591,9 @@ fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
 }
 
 /// Plays the receiver's two answers to session 1's Hello: the cookie
-/// challenge, then the ack that opens the session.
+/// challenge, then the ack that opens the session; the driver is ready.
 fn acknowledge(tx: &mut Sender, now: Instant, cookie: u64) {
+    tx.start(now);
     tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: false }.encode(cookie)).unwrap();
     let echo = tx.poll_control(now).expect("the Hello goes out again at once, with the cookie");
     assert_eq!(Message::parse_with_cookie(&echo).map(|(_, c)| c), Ok(cookie));
@@ -603,6 +617,7 @@ fn a_forged_nack_round_far_ahead_cannot_freeze_repairs() {
             part: 0,
             received: 2,
             high: 3,
+            prefix: 0,
             base: 0,
             nbits: 2,
             bitmap: &bitmap,
@@ -632,4 +647,17 @@ fn sender_fails_when_nothing_arrives_whatever_the_chatter() {
     let o = sim.run();
     assert!(matches!(o.send, Err(SendError::NothingArrived(_, 1060))), "{:?}", o.send);
     assert_eq!(o.recv, Err(RecvError::NoData(Duration::from_secs(1))));
+}
+
+#[test]
+fn a_bounded_ring_delivers_with_loss_and_never_loses_a_repair() {
+    for seed in 1..=3 {
+        let mut sim = Sim::new(400_000, 1000, seed);
+        sim.slots = Some(64);
+        sim.data_faults.loss = 0.05;
+        let file = sim.file.clone();
+        let o = sim.run();
+        assert_delivered(&o, &file);
+        assert!(o.retransmits > 0, "seed {seed}: 5% loss must cause retransmits");
+    }
 }

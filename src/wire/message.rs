@@ -26,7 +26,7 @@ pub const HEADER_LEN: usize = 32;
 /// Length of a [`SessionInfo`] body.
 pub const SESSION_INFO_LEN: usize = 56;
 /// Fixed part of a NACK body before its bitmap.
-pub const NACK_FIXED_LEN: usize = 32;
+pub const NACK_FIXED_LEN: usize = 40;
 
 mod field {
     use std::ops::Range;
@@ -235,6 +235,9 @@ pub struct Nack<'a> {
     /// Highest chunk index the receiver has taken in, plus one: how far the
     /// first pass has got through. The sender keeps a bounded window ahead of it.
     pub high: u64,
+    /// Every chunk below this is held (the cumulative ack): a sender may reuse
+    /// the memory of those chunks.
+    pub prefix: u64,
     /// First chunk the bitmap describes.
     pub base: u64,
     /// Number of chunks the bitmap describes.
@@ -356,6 +359,7 @@ impl<'a> Message<'a> {
                 let received = be_u64(&body[8..16]);
                 let base = be_u64(&body[16..24]);
                 let high = be_u64(&body[24..32]);
+                let prefix = be_u64(&body[32..40]);
                 let bitmap = &body[NACK_FIXED_LEN..];
                 // The bitmap's length must match, and its chunk indexes fit a u64.
                 if (nbits as usize).div_ceil(8) != bitmap.len() || base.checked_add(u64::from(nbits)).is_none() {
@@ -363,7 +367,7 @@ impl<'a> Message<'a> {
                 }
                 Message::Nack {
                     session,
-                    nack: Nack { round: h.seq(), part, received, high, base, nbits, bitmap, loss_bp },
+                    nack: Nack { round: h.seq(), part, received, high, prefix, base, nbits, bitmap, loss_bp },
                 }
             }
             Kind::Done => {
@@ -431,6 +435,7 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&nack.received.to_be_bytes());
                 out.extend_from_slice(&nack.base.to_be_bytes());
                 out.extend_from_slice(&nack.high.to_be_bytes());
+                out.extend_from_slice(&nack.prefix.to_be_bytes());
                 out.extend_from_slice(nack.bitmap);
                 (Kind::Nack, *session, nack.round)
             }
@@ -482,6 +487,7 @@ mod tests {
                     part: 1,
                     received: 77,
                     high: 120,
+                    prefix: 90,
                     base: 100,
                     nbits: 9,
                     bitmap: &bitmap,
@@ -501,7 +507,17 @@ mod tests {
     #[test]
     fn nack_bitmap_lists_missing_chunks() {
         let bitmap = [0b1010_0001u8, 0b1];
-        let n = Nack { round: 0, part: 0, received: 0, high: 0, base: 100, nbits: 9, bitmap: &bitmap, loss_bp: None };
+        let n = Nack {
+            round: 0,
+            part: 0,
+            received: 0,
+            high: 0,
+            prefix: 0,
+            base: 100,
+            nbits: 9,
+            bitmap: &bitmap,
+            loss_bp: None,
+        };
         assert_eq!(n.missing().collect::<Vec<_>>(), vec![100, 105, 107, 108]);
     }
 
@@ -515,6 +531,7 @@ mod tests {
             part: 0,
             received: 0,
             high: 0,
+            prefix: 0,
             base: u64::MAX - 3,
             nbits: 8,
             bitmap: &bitmap,

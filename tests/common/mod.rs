@@ -344,3 +344,85 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 pub fn same_file(a: &Path, b: &Path) -> bool {
     std::fs::read(a).expect("reading a") == std::fs::read(b).expect("reading b")
 }
+
+/// Like [`random_file`], for files too large to build in memory: written in
+/// 8 MiB blocks.
+pub fn random_file_streamed(dir: &Path, name: &str, len: u64, seed: u64) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join(name);
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&p).expect("creating the test file"));
+    let mut x = seed | 1;
+    let mut block = vec![0u8; 8 << 20];
+    let mut left = len;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("writing the test file");
+        left -= n as u64;
+    }
+    f.flush().expect("flushing the test file");
+    p
+}
+
+/// Compares two files block by block, without holding either in memory.
+pub fn same_file_streamed(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a).expect("opening a"), std::fs::File::open(b).expect("opening b"));
+    if fa.metadata().expect("a").len() != fb.metadata().expect("b").len() {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 8 << 20], vec![0u8; 8 << 20]);
+    loop {
+        let n = fa.read(&mut ba).expect("reading a");
+        if n == 0 {
+            return true;
+        }
+        fb.read_exact(&mut bb[..n]).expect("reading b");
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+/// The most memory process `pid` has held so far (VmHWM), in bytes.
+pub fn vm_hwm(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 =
+        s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Proc {
+    /// Waits (bounded by `secs`) for the exit while sampling its VmHWM from
+    /// /proc; returns success, stdout, the log and the last VmHWM seen.
+    pub fn wait_exit_sampling_memory(mut self, secs: u64) -> (bool, String, String, u64) {
+        let pid = self.pid();
+        let Some(mut child) = self.child.take() else { panic!("already finished") };
+        let started = Instant::now();
+        let mut hwm = 0;
+        let status = loop {
+            if let Some(v) = vm_hwm(pid) {
+                hwm = hwm.max(v);
+            }
+            if let Some(s) = child.try_wait().expect("waiting for the process") {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(secs) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("did not exit within {secs} s; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
+        }
+        (status.success(), stdout, self.log_text(), hwm)
+    }
+}

@@ -42,7 +42,7 @@ fn main() {
     let bitmap = [0b0000_0010u8];
     let nack = Message::Nack {
         session: SESSION,
-        nack: Nack { round: 1, part: 0, received: 2, high: 3, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
+        nack: Nack { round: 1, part: 0, received: 2, high: 3, prefix: 1, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
     }
     .encode(k);
     let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);

@@ -1,0 +1,218 @@
+//! Read-ahead: the file read once, in order, into a bounded ring of UMEM
+//! frames while the transfer runs, whatever the file's size.
+//!
+//! Chunk `c` is built in slot `c % slots` ([`FramePlan::slot_of`]): headers,
+//! checksums, and the payload read by `preadv` straight into the frame;
+//! BLAKE3 runs over the payloads in the same pass. A slot is refilled with
+//! the chunk `slots` further on only when both hold:
+//! - the receiver's reports show the old chunk delivered (its contiguous
+//!   prefix is past it), so no NACK can name it again;
+//! - the kernel has handed back every descriptor posted for it (TX
+//!   completions), so no transmit is still reading it.
+//!
+//! A retransmit therefore always finds its chunk in its slot and posts the
+//! same descriptor. The digest is known once the last chunk is read; the file
+//! is checked then (size, times, inode) and a change fails the transfer
+//! before the digest is ever sent, so the receiver cannot verify a mix.
+
+use std::fs::File;
+use std::io::{self, IoSliceMut};
+use std::time::{Duration, Instant};
+
+use super::preload::{FramePlan, PreloadError, PAYLOAD_OFFSET};
+use super::xsk::Xsk;
+use crate::wire::frame::{FrameTemplate, IPV4_UDP_OVERHEAD};
+use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
+
+/// Most chunks one `preadv` scatters over.
+const MAX_BATCH: u64 = 1024;
+
+pub struct ReadAhead {
+    file: File,
+    plan: FramePlan,
+    shape: SessionInfo,
+    tpl: FrameTemplate,
+    session: u64,
+    cookie: u64,
+    hasher: blake3::Hasher,
+    /// The next chunk to read.
+    next: u64,
+    /// Per data slot: descriptors posted and not yet completed.
+    in_flight: Vec<u32>,
+    /// Time spent reading and building frames.
+    pub read_time: Duration,
+    digest: Option<[u8; 32]>,
+}
+
+impl ReadAhead {
+    /// A reader for `file` laid out by `plan`, every frame stamped with
+    /// `session` and the receiver's `cookie`.
+    pub fn new(file: File, plan: FramePlan, tpl: FrameTemplate, session: u64, cookie: u64, file_size: u64) -> Self {
+        let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
+        ReadAhead {
+            file,
+            plan,
+            shape,
+            tpl,
+            session,
+            cookie,
+            hasher: blake3::Hasher::new(),
+            next: 0,
+            in_flight: vec![0; plan.slots as usize],
+            read_time: Duration::ZERO,
+            digest: None,
+        }
+    }
+
+    /// Chunks read so far: every chunk below this is (or was) built.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Chunks below this have had their slot reused: they can no longer be
+    /// posted.
+    pub fn floor(&self) -> u64 {
+        self.next.saturating_sub(u64::from(self.plan.slots))
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.next >= self.plan.n_chunks
+    }
+
+    /// The whole file's BLAKE3, once every chunk was read and the file found
+    /// unchanged.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        self.digest
+    }
+
+    /// A descriptor for `chunk` was posted.
+    pub fn posted(&mut self, chunk: u64) {
+        self.in_flight[self.plan.slot_of(chunk) as usize] += 1;
+    }
+
+    /// The kernel completed the descriptor at UMEM address `addr`.
+    pub fn completed(&mut self, addr: u64) {
+        let idx = addr / u64::from(self.plan.frame_size);
+        if let Some(n) = self.in_flight.get_mut(idx as usize) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Builds the first-pass Meta (no digest yet) in its frame.
+    pub fn build_first_meta(&mut self, xsk: &mut Xsk) -> Result<u32, PreloadError> {
+        self.build_meta(xsk, false, self.shape)
+    }
+
+    fn build_meta(&mut self, xsk: &mut Xsk, last: bool, info: SessionInfo) -> Result<u32, PreloadError> {
+        let idx = self.plan.meta_frame(last);
+        let msg = Message::Meta { session: self.session, last, info }.encode(self.cookie);
+        // SAFETY: Meta frames are written before they are first posted (the
+        // first before the transfer starts, the last once reading is done and
+        // before the sender may post it), and never again.
+        let frame = unsafe { xsk.frames_mut(idx, 1) }.ok_or(PreloadError::Layout(idx))?;
+        Ok(self.tpl.build(&msg, frame)? as u32)
+    }
+
+    /// Reads and builds chunks from [`ReadAhead::next`] up to (not
+    /// including) `limit`, at most `max` of them, stopping at the first slot
+    /// whose old chunk is still in the kernel's hands. Returns how many.
+    pub fn fill(&mut self, xsk: &mut Xsk, limit: u64, max: u64) -> Result<u64, PreloadError> {
+        let started = Instant::now();
+        let mut done = 0u64;
+        while done < max && self.next < limit.min(self.plan.n_chunks) {
+            let n = self.fill_run(xsk, (limit - self.next).min(max - done))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        self.read_time += started.elapsed();
+        Ok(done)
+    }
+
+    /// One `preadv` over consecutive free slots (a run stops at the ring's
+    /// end, at a busy slot, or after [`MAX_BATCH`] chunks).
+    fn fill_run(&mut self, xsk: &mut Xsk, want: u64) -> Result<u64, PreloadError> {
+        let first = self.next;
+        let slot0 = self.plan.slot_of(first);
+        let room_to_end = u64::from(self.plan.slots - slot0);
+        let mut count = want.min(room_to_end).min(MAX_BATCH).min(self.plan.n_chunks - first);
+        if let Some(busy) = (0..count).find(|i| self.in_flight[(u64::from(slot0) + i) as usize] != 0) {
+            count = busy;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        let fs = self.plan.frame_size as usize;
+        // SAFETY: these slots hold no descriptor in flight (checked just
+        // above: every post was completed), and data slots are never on the
+        // fill ring (only spare frames are).
+        let region = unsafe { xsk.frames_mut(slot0, count as u32) }.ok_or(PreloadError::Layout(slot0))?;
+        let mut frames: Vec<&mut [u8]> = region.chunks_exact_mut(fs).collect();
+        let lens: Vec<usize> = (0..count).map(|i| self.shape.chunk_len(first + i).unwrap_or(0)).collect();
+        let total: usize = lens.iter().sum();
+        read_into(&self.file, &mut frames, &lens, first * u64::from(self.plan.chunk_size), total)?;
+        for (i, f) in frames.iter_mut().enumerate() {
+            let len = lens[i];
+            self.hasher.update(&f[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]);
+            emit_header(
+                &mut f[IPV4_UDP_OVERHEAD..],
+                Kind::Data,
+                len as u16,
+                self.session,
+                self.cookie,
+                first + i as u64,
+            );
+            self.tpl.build_in_place(f, HEADER_LEN + len)?;
+        }
+        self.next += count;
+        Ok(count)
+    }
+
+    /// After the last chunk: checks that the file did not change while it was
+    /// read (`unchanged` compares its stamp), then fixes the digest and builds
+    /// the closing Meta that carries it. Returns the Meta's length.
+    pub fn finish(&mut self, xsk: &mut Xsk, unchanged: impl FnOnce() -> bool) -> Result<u32, PreloadError> {
+        let size = self.shape.file_size;
+        if !unchanged() {
+            let after = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            return Err(PreloadError::Changed { before: size, after });
+        }
+        let digest = *self.hasher.finalize().as_bytes();
+        self.digest = Some(digest);
+        let info = SessionInfo { digest: Some(digest), ..self.shape };
+        self.build_meta(xsk, true, info)
+    }
+}
+
+/// Scatters `total` file bytes from `offset` over the payload areas of
+/// `frames` (`lens[i]` bytes into frame i). A short file is a change.
+fn read_into(
+    file: &File,
+    frames: &mut [&mut [u8]],
+    lens: &[usize],
+    offset: u64,
+    total: usize,
+) -> Result<(), PreloadError> {
+    let mut got = 0usize;
+    while got < total {
+        let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(frames.len());
+        let mut skip = got;
+        for (f, &len) in frames.iter_mut().zip(lens) {
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            iov.push(IoSliceMut::new(&mut f[PAYLOAD_OFFSET + skip..PAYLOAD_OFFSET + len]));
+            skip = 0;
+        }
+        crate::syscount::count(1);
+        let n = nix::sys::uio::preadv(file, &mut iov, (offset + got as u64) as libc::off_t).map_err(io::Error::from)?;
+        if n == 0 {
+            let after = file.metadata()?.len();
+            return Err(PreloadError::Changed { before: offset + total as u64, after });
+        }
+        got += n;
+    }
+    Ok(())
+}
