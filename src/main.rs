@@ -90,6 +90,10 @@ struct BenchArgs {
     /// sending CPU, or in a kthread the scheduler may move to the other core.
     #[arg(long, value_enum, default_value = "softirq")]
     napi: Napi,
+    /// Drop the page cache before each send, so every mode reads the file
+    /// from disk.
+    #[arg(long)]
+    cold: bool,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -175,11 +179,15 @@ struct SendArgs {
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
     /// UMEM size (K, M, G suffixes): the ring of frames the file streams
-    /// through, whatever its size [default: 64M]. Larger rides out longer
+    /// through, whatever its size [default: 32M]. Larger rides out longer
     /// repair delays (see README). Raw mode holds the whole file and
     /// defaults to what it needs.
     #[arg(long, value_parser = parse_size)]
     umem: Option<u64>,
+    /// Read the file with O_DIRECT, so a file not in the page cache does not
+    /// flood it (AF_XDP transfers).
+    #[arg(long, conflicts_with = "raw")]
+    direct: bool,
     /// Descriptors posted per batch.
     #[arg(long, default_value_t = 256)]
     batch: u32,
@@ -347,6 +355,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
         json: a.json,
         plot: a.plot,
         threaded_napi: a.napi == Napi::Threaded,
+        cold: a.cold,
     };
     let report = xdpblast::bench::run(&opts)?;
     Ok(report.results.iter().all(|r| r.verified))
@@ -390,6 +399,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         frame_size: a.frame_size,
         timeout,
         umem: a.umem.unwrap_or(if a.raw { u64::MAX } else { afxdp_send::DEFAULT_UMEM }),
+        direct: a.direct,
         bind: a.xdp_bind.into(),
         batch: a.batch,
         rate: a.rate,

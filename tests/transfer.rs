@@ -133,3 +133,22 @@ fn explicit_packet_size_below_mtu() {
     assert_eq!(s["chunk_size"], 600 - 20 - 8 - xdpblast::wire::message::HEADER_LEN);
     assert!(same_file(&file, &out));
 }
+
+#[test]
+fn direct_reads_arrive_identical_with_an_unaligned_tail() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Not a multiple of the 4 KiB O_DIRECT alignment, nor of the chunk size.
+    let file = random_file(dir.path(), "in.bin", 3 * MIB + 1234, 12);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--inject-loss", "0.02"]);
+    // A small UMEM, so slots are reused while the bounce buffer moves on.
+    let sent = veth.send(&file, &["--direct", "--umem", "1M"]);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{recv}\n{log}");
+    assert!(same_file(&file, &out));
+    let s = json(&sent);
+    assert_eq!(s["reread_chunks"], 0);
+    assert!(s["umem_bytes"].as_u64().unwrap_or(u64::MAX) <= MIB as u64);
+}

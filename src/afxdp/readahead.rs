@@ -11,7 +11,13 @@
 //!   completions), so no transmit is still reading it.
 //!
 //! A retransmit therefore always finds its chunk in its slot and posts the
-//! same descriptor. The digest is known once the last chunk is read; the file
+//! same descriptor.
+//!
+//! With `--direct` the file is opened `O_DIRECT`, so a cold file does not
+//! flood the page cache. Payloads sit at an unaligned offset inside their
+//! frames, so direct reads land in an aligned bounce buffer of
+//! [`DIRECT_BLOCK`] bytes and are copied from there into the frames: one CPU
+//! copy per byte, as the buffered path's (page cache to frame). The digest is known once the last chunk is read; the file
 //! is checked then (size, times, inode) and a change fails the transfer
 //! before the digest is ever sent, so the receiver cannot verify a mix.
 
@@ -26,9 +32,23 @@ use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
 
 /// Most chunks one `preadv` scatters over.
 const MAX_BATCH: u64 = 1024;
+/// One `O_DIRECT` read: aligned, and large enough that the disk streams.
+pub const DIRECT_BLOCK: usize = 4 << 20;
+/// Offsets and lengths of `O_DIRECT` reads are multiples of this.
+const DIRECT_ALIGN: u64 = 4096;
+
+/// An aligned window of the file read with `O_DIRECT`.
+struct Bounce {
+    buf: memmap2::MmapMut,
+    /// File offset of `buf[0]` and the valid bytes from there.
+    start: u64,
+    len: usize,
+}
 
 pub struct ReadAhead {
     file: File,
+    /// `Some` when the file was opened with `O_DIRECT`.
+    bounce: Option<Bounce>,
     plan: FramePlan,
     shape: SessionInfo,
     tpl: FrameTemplate,
@@ -51,6 +71,7 @@ impl ReadAhead {
         let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
         ReadAhead {
             file,
+            bounce: None,
             plan,
             shape,
             tpl,
@@ -62,6 +83,13 @@ impl ReadAhead {
             read_time: Duration::ZERO,
             digest: None,
         }
+    }
+
+    /// Reads through an aligned bounce buffer: for a file opened `O_DIRECT`.
+    pub fn direct(mut self) -> io::Result<Self> {
+        let buf = memmap2::MmapOptions::new().len(DIRECT_BLOCK).map_anon()?;
+        self.bounce = Some(Bounce { buf, start: 0, len: 0 });
+        Ok(self)
     }
 
     /// Chunks read so far: every chunk below this is (or was) built.
@@ -151,7 +179,11 @@ impl ReadAhead {
         let mut frames: Vec<&mut [u8]> = region.chunks_exact_mut(fs).collect();
         let lens: Vec<usize> = (0..count).map(|i| self.shape.chunk_len(first + i).unwrap_or(0)).collect();
         let total: usize = lens.iter().sum();
-        read_into(&self.file, &mut frames, &lens, first * u64::from(self.plan.chunk_size), total)?;
+        let offset = first * u64::from(self.plan.chunk_size);
+        match self.bounce.as_mut() {
+            Some(b) => read_direct(&self.file, b, &mut frames, &lens, offset, self.shape.file_size)?,
+            None => read_into(&self.file, &mut frames, &lens, offset, total)?,
+        }
         for (i, f) in frames.iter_mut().enumerate() {
             let len = lens[i];
             self.hasher.update(&f[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]);
@@ -213,6 +245,41 @@ fn read_into(
             return Err(PreloadError::Changed { before: offset + total as u64, after });
         }
         got += n;
+    }
+    Ok(())
+}
+
+/// Fills the payload areas of `frames` (`lens[i]` bytes each) from file
+/// offset `offset`, through the aligned bounce buffer: each `O_DIRECT` read
+/// takes the aligned block that holds the next bytes needed.
+fn read_direct(
+    file: &File,
+    b: &mut Bounce,
+    frames: &mut [&mut [u8]],
+    lens: &[usize],
+    mut offset: u64,
+    file_size: u64,
+) -> Result<(), PreloadError> {
+    for (f, &len) in frames.iter_mut().zip(lens) {
+        let mut done = 0usize;
+        while done < len {
+            let at = offset + done as u64;
+            if at < b.start || at >= b.start + b.len as u64 {
+                b.start = at - at % DIRECT_ALIGN;
+                crate::syscount::count(1);
+                let n = nix::sys::uio::pread(file, &mut b.buf[..], b.start as libc::off_t).map_err(io::Error::from)?;
+                b.len = n;
+                if at >= b.start + n as u64 {
+                    let after = file.metadata()?.len();
+                    return Err(PreloadError::Changed { before: file_size, after });
+                }
+            }
+            let from = (at - b.start) as usize;
+            let take = (len - done).min(b.len - from);
+            f[PAYLOAD_OFFSET + done..PAYLOAD_OFFSET + done + take].copy_from_slice(&b.buf[from..from + take]);
+            done += take;
+        }
+        offset += len as u64;
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub plot: Option<PathBuf>,
     /// Run the receiving veth's NAPI in a kthread instead of softirq context.
     pub threaded_napi: bool,
+    /// Drop the page cache before each send, so every mode reads from disk.
+    pub cold: bool,
 }
 
 /// One verified transfer's measurements.
@@ -94,6 +96,8 @@ pub struct Host {
     pub cpus: usize,
     pub mtu: u32,
     pub napi: &'static str,
+    /// The page cache was dropped before each send.
+    pub cold: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,8 +243,17 @@ fn finish_watching(
     serde_json::from_str(&out).with_context(|| format!("{what} printed no JSON report:\n{}", rest.join("\n")))
 }
 
+/// Writes dirty pages out and drops the clean page cache, so the next read
+/// of the file comes from disk (root).
+fn drop_page_cache() -> anyhow::Result<()> {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", b"1\n").context("dropping the page cache (--cold needs root)")
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_once(
     bed: &Testbed,
+    cold: bool,
     exe: &Path,
     mode: &str,
     file: &Path,
@@ -270,6 +283,9 @@ fn run_once(
         scmd.args(["--mode", mode]);
     }
     let retrans_before = bed.tcp_retrans();
+    if cold {
+        drop_page_cache()?;
+    }
     let launched = Instant::now();
     let sender = spawn(scmd)?;
     let mut slog = Vec::new();
@@ -478,7 +494,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 opts.runs,
                 crate::report::human_bytes(bytes)
             ));
-            let res = run_once(&bed, &exe, mode, &file, &out, &bytes_bar)
+            let res = run_once(&bed, opts.cold, &exe, mode, &file, &out, &bytes_bar)
                 .with_context(|| format!("{mode}, run {}", r + 1))?;
             bar.println(format!("  {mode:<10} run {}: {}", r + 1, human_bits_per_sec(res.goodput_bps)));
             runs[i].push(res);
@@ -525,6 +541,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             mtu,
             napi: if opts.threaded_napi { "threaded" } else { "softirq" },
+            cold: opts.cold,
         },
         file_bytes: bytes,
         runs: opts.runs,
@@ -545,8 +562,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
 
 fn print_table(r: &BenchReport) {
     println!(
-        "\n{} file, {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}, receiver NAPI {}",
+        "\n{} file ({}), {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}, receiver NAPI {}",
         crate::report::human_bytes(r.file_bytes),
+        if r.host.cold { "page cache dropped before each send" } else { "in the page cache" },
         r.runs,
         r.host.kernel,
         r.host.cpus,
