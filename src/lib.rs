@@ -7,12 +7,14 @@
 //! - [`afxdp`]: the kernel-facing parts (UMEM, XSK rings, our XDP program), the
 //!   only place with ring and UMEM `unsafe`;
 //! - [`net`]: interface facts and the neighbour table, over netlink;
+//! - [`engine`]: the one transmit engine (post, pace, reap, kick) on any TX ring;
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
 //! - [`bench`]: every mode side by side on a veth pair it creates;
 //! - [`report`]: human and JSON output.
 
 pub mod afxdp;
 pub mod bench;
+pub mod engine;
 pub mod io;
 pub mod net;
 pub mod proto;

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::control::{control_port, Control};
 use crate::afxdp::preload::{FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
 use crate::afxdp::readahead::ReadAhead;
-use crate::afxdp::xsk::{BindMode, Kick, Queue, Xsk, XskConfig, XskMode};
+use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
+use crate::engine::tx::TxEngine;
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
 use crate::proto::pacer::{Aimd, Pacer, Rate};
@@ -230,55 +231,6 @@ pub fn available(iface: &str) -> Result<String, String> {
     Ok("AF_XDP sockets available; the kernel picks copy or zero-copy at bind".into())
 }
 
-/// Kicks the kernel to transmit what is on a TX ring, when it asks to be
-/// kicked, and counts what the kicks achieved.
-#[derive(Debug, Default)]
-pub struct Kicker {
-    pub kicks: u64,
-    /// Kicks that moved nothing because the device queue was full.
-    pub unproductive: u64,
-    /// Kicks answered EBUSY: the device dropped a frame after it left our ring.
-    pub device_drops: u64,
-    backoff: u32,
-}
-
-impl Kicker {
-    /// Fails only when transmitting can no longer work (the link went down).
-    pub fn kick_if_needed(&mut self, q: &Queue) -> std::io::Result<()> {
-        if !q.tx_needs_wakeup() {
-            return Ok(());
-        }
-        self.kicks += 1;
-        let pending_before = q.tx_pending();
-        match q.kick() {
-            Kick::Ok => self.backoff = 0,
-            Kick::Again => {
-                // The device queue is full (a veth peer's ring, a NIC's TX
-                // queue): the kernel took nothing. Kicking again at once only
-                // burns syscalls, so wait a little longer each time, spinning
-                // without a syscall, until it drains.
-                if q.tx_pending() >= pending_before {
-                    self.unproductive += 1;
-                    self.backoff = (self.backoff * 2).clamp(64, 1 << 14);
-                    for _ in 0..self.backoff {
-                        std::hint::spin_loop();
-                    }
-                } else {
-                    self.backoff = 0;
-                }
-            }
-            Kick::Dropped => {
-                self.device_drops += 1;
-                if self.device_drops == 1 {
-                    warn!("the device dropped a frame after it left the TX ring (kick returned EBUSY)");
-                }
-            }
-            Kick::Fatal(e) => return Err(e),
-        }
-        Ok(())
-    }
-}
-
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
 /// resolve it if needed.
 pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
@@ -436,9 +388,9 @@ fn transfer(
         reread_chunks: 0,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
-        kicks: tx.kicker.kicks,
-        kicks_unproductive: tx.kicker.unproductive,
-        kernel_tx_drops: tx.kicker.device_drops,
+        kicks: tx.engine.kicker.kicks,
+        kicks_unproductive: tx.engine.kicker.unproductive,
+        kernel_tx_drops: tx.engine.kicker.device_drops,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         rusage: super::Rusage::of_self(),
@@ -467,12 +419,11 @@ struct Transmit {
     plan: FramePlan,
     meta_first_len: u32,
     meta_last_len: u32,
-    batch: u32,
     ids: Vec<FrameId>,
-    outstanding: u32,
-    kicker: Kicker,
-    pacer: Option<Pacer>,
+    engine: TxEngine,
     aimd: Option<Aimd>,
+    /// When the last loss report came, and what had been posted by then.
+    last_report: (Instant, u64, u64),
     rate_log: Vec<RatePoint>,
     next_rate_point: Instant,
     full_frame: u32,
@@ -500,12 +451,10 @@ impl Transmit {
             plan,
             meta_first_len,
             meta_last_len: 0,
-            batch,
             ids: vec![FrameId::Meta { last: false }; batch as usize],
-            outstanding: 0,
-            kicker: Kicker::default(),
-            pacer,
+            engine: TxEngine::new(batch, COMP_RING, pacer),
             aimd,
+            last_report: (start, 0, 0),
             rate_log: Vec::new(),
             next_rate_point: start,
             full_frame,
@@ -563,13 +512,11 @@ impl Transmit {
             }
             self.adapt(sender, now);
             let posted = self.post(sender, xsk, reader, now);
-            if self.outstanding > 0 && (posted > 0 || xsk.tx_pending() > 0) {
-                if let Err(e) = self.kicker.kick_if_needed(xsk) {
-                    return fail(sender, anyhow::anyhow!("transmit failed on {}: {e}", opts.iface));
-                }
+            if let Err(e) = self.engine.kick(&**xsk, posted) {
+                return fail(sender, anyhow::anyhow!("transmit failed on {}: {e}", opts.iface));
             }
             self.report(opts, sender, now);
-            if posted == 0 && self.outstanding == 0 {
+            if posted == 0 && self.engine.outstanding() == 0 {
                 idle_spins += 1;
                 if idle_spins > 64 {
                     self.wait(sender, ctrl);
@@ -583,8 +530,7 @@ impl Transmit {
 
     /// Takes the kernel's completions; each frees its slot for the reader.
     fn reap(&mut self, xsk: &mut Xsk, reader: &mut ReadAhead) {
-        let reaped = xsk.reap_with(COMP_RING, |addr| reader.completed(addr));
-        self.outstanding -= reaped.min(self.outstanding);
+        self.engine.reap(&mut **xsk, |addr| reader.completed(addr));
     }
 
     /// Reads the next chunks into slots the receiver's prefix has freed, and
@@ -618,9 +564,18 @@ impl Transmit {
 
     /// Feeds the receiver's loss reports to the rate adaptation.
     fn adapt(&mut self, sender: &mut Sender, now: Instant) {
-        let (Some(a), Some(p)) = (self.aimd.as_mut(), self.pacer.as_mut()) else { return };
+        let (frames, bytes) = (self.engine.posted_frames, self.engine.posted_bytes);
+        let (Some(a), Some(p)) = (self.aimd.as_mut(), self.engine.pacer_mut()) else { return };
         let Some(loss_bp) = sender.take_loss_report() else { return };
-        let changed = a.on_report(now, loss_bp);
+        // What really went out since the last report, in the ceiling's unit.
+        let (t0, frames0, bytes0) = self.last_report;
+        let dt = now.saturating_duration_since(t0).as_secs_f64();
+        let achieved = (dt > 0.0).then(|| match a.ceiling() {
+            Rate::BitsPerSec(_) => (bytes - bytes0) as f64 * 8.0 / dt,
+            Rate::PacketsPerSec(_) => (frames - frames0) as f64 / dt,
+        });
+        self.last_report = (now, frames, bytes);
+        let changed = a.on_report(now, loss_bp, achieved);
         if let Some(r) = changed {
             p.set_rate(r, now);
         }
@@ -632,41 +587,28 @@ impl Transmit {
         }
     }
 
-    /// Reserves ring slots first, then lets the scheduler fill exactly those:
-    /// a frame id it hands out is always posted. Returns how many.
+    /// Lets the protocol choose exactly as many frames as the engine
+    /// reserved (a frame id it hands out is always posted). Returns how many.
     fn post(&mut self, sender: &mut Sender, xsk: &mut Xsk, reader: &mut ReadAhead, now: Instant) -> u32 {
-        let mut room = self.batch.min(COMP_RING - self.outstanding.min(COMP_RING));
-        if let Some(p) = self.pacer.as_mut() {
-            room = p.allowance(now, self.full_frame, room);
-        }
         let plan = self.plan;
         let fs = u64::from(plan.frame_size);
         let info = *sender.info();
         let (first_len, last_len) = (self.meta_first_len, self.meta_last_len);
-        let frame_len = |id: &FrameId| match *id {
-            FrameId::Data(c) => plan.data_len(&info, c),
-            FrameId::Meta { last: false } => first_len,
-            FrameId::Meta { last: true } => last_len,
-        };
         let ids = &mut self.ids;
-        let posted = xsk.post_with(room, |cap| {
+        let posted = self.engine.post(&mut **xsk, now, self.full_frame, |cap| {
             let n = sender.next_frames(now, &mut ids[..cap]);
             ids[..n].iter().map(move |id| match *id {
-                FrameId::Data(c) => (u64::from(plan.slot_of(c)) * fs, frame_len(id)),
-                FrameId::Meta { last } => (u64::from(plan.meta_frame(last)) * fs, frame_len(id)),
+                FrameId::Data(c) => (u64::from(plan.slot_of(c)) * fs, plan.data_len(&info, c)),
+                FrameId::Meta { last: false } => (u64::from(plan.meta_frame(false)) * fs, first_len),
+                FrameId::Meta { last: true } => (u64::from(plan.meta_frame(true)) * fs, last_len),
             })
         });
-        let n = posted as usize;
-        if n > 0 {
+        if posted > 0 {
             self.first_post.get_or_insert(now);
-            self.outstanding += posted;
-            for id in &self.ids[..n] {
+            for id in &self.ids[..posted as usize] {
                 if let FrameId::Data(c) = id {
                     reader.posted(*c);
                 }
-            }
-            if let Some(p) = self.pacer.as_mut() {
-                p.spend(posted, self.ids[..n].iter().map(|id| u64::from(frame_len(id))).sum());
             }
         }
         posted
@@ -689,7 +631,7 @@ impl Transmit {
     fn wait(&self, sender: &Sender, ctrl: &Control) {
         let mut wait =
             sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-        if let Some(p) = self.pacer.as_ref().filter(|_| sender.backlog() > 0) {
+        if let Some(p) = self.engine.pacer().filter(|_| sender.backlog() > 0) {
             wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(Instant::now()));
         }
         super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));

@@ -13,9 +13,10 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::afxdp_send::{resolve_mac, tx_config, Kicker, Prepared, SendOptions, COMP_RING, TX_RING};
+use super::afxdp_send::{resolve_mac, tx_config, Prepared, SendOptions, COMP_RING, TX_RING};
 use crate::afxdp::preload::preload;
 use crate::afxdp::xsk::{setsockopt_u32, Queue, Xsk, XskMode};
+use crate::engine::tx::{Kicker, TxEngine};
 use crate::net::iface::format_mac;
 use crate::proto::pacer::{Pacer, Rate};
 use crate::report::{human_bits_per_sec, human_pps, PacketRate, RateSample};
@@ -233,42 +234,24 @@ struct Lane {
 impl Lane {
     /// Transmits until told to stop. Returns frames completed and kick counts.
     fn transmit(&self, q: &mut Queue, shared: &Shared) -> std::io::Result<(u64, Kicker)> {
-        let mut kicker = Kicker::default();
-        let mut pacer = self.rate.map(|r| Pacer::new(r, self.frame_len, Instant::now()));
+        let pacer = self.rate.map(|r| Pacer::new(r, self.frame_len, Instant::now()));
+        let mut engine = TxEngine::new(self.batch, COMP_RING, pacer);
         // Lanes start at different frames; any frame may be posted by any lane.
         let mut next = (self.index as u64 * self.frames / 2).min(self.frames.saturating_sub(1));
-        let mut outstanding = 0u32;
-        let mut completed = 0u64;
         let mut spins = 0u32;
         while !shared.stop.load(Ordering::Relaxed) {
-            let done = q.reap(COMP_RING);
-            outstanding -= done.min(outstanding);
-            completed += u64::from(done);
-            if done > 0 {
-                shared.packets[self.index].store(completed, Ordering::Relaxed);
+            if engine.reap(q, |_| {}) > 0 {
+                shared.packets[self.index].store(engine.completed, Ordering::Relaxed);
             }
-            let mut room = self.batch.min(COMP_RING - outstanding.min(COMP_RING));
-            if let Some(p) = pacer.as_mut() {
-                room = p.allowance(Instant::now(), self.frame_len, room);
-            }
-            let posted = q.post_with(room, |cap| {
-                let (start, frames, size, len) = (next, self.frames, self.frame_size, self.frame_len);
-                (0..cap).map(move |k| (((start + k as u64) % frames) * size, len))
-            });
-            if posted > 0 {
-                next = (next + u64::from(posted)) % self.frames;
-                outstanding += posted;
-                if let Some(p) = pacer.as_mut() {
-                    p.spend(posted, u64::from(posted) * u64::from(self.frame_len));
-                }
-            }
-            if outstanding > 0 {
-                kicker.kick_if_needed(q)?;
-            }
-            if posted == 0 && outstanding == 0 {
+            let (start, frames, size, len) = (next, self.frames, self.frame_size, self.frame_len);
+            let posted = engine
+                .post(q, Instant::now(), len, |cap| (0..cap).map(move |k| (((start + k as u64) % frames) * size, len)));
+            next = (next + u64::from(posted)) % self.frames;
+            engine.kick(q, posted)?;
+            if posted == 0 && engine.outstanding() == 0 {
                 // Paced and waiting for tokens: sleep when the wait is long.
                 spins += 1;
-                if let (Some(p), true) = (pacer.as_ref(), spins > 64) {
+                if let (Some(p), true) = (engine.pacer(), spins > 64) {
                     let wait = p.ready_at(self.frame_len).saturating_duration_since(Instant::now());
                     if wait > Duration::from_micros(50) {
                         std::thread::sleep(wait.min(Duration::from_millis(5)));
@@ -279,17 +262,11 @@ impl Lane {
             }
         }
         // Let the frames in flight complete, bounded.
-        let deadline = Instant::now() + Duration::from_millis(100);
-        while outstanding > 0 && Instant::now() < deadline {
-            let _ = kicker.kick_if_needed(q);
-            let done = q.reap(COMP_RING);
-            outstanding -= done.min(outstanding);
-            completed += u64::from(done);
+        let left = engine.drain(q, Instant::now() + Duration::from_millis(100), |_| {});
+        if left > 0 {
+            warn!(queue = q.queue_id(), outstanding = left, "frames still in flight at the end");
         }
-        if outstanding > 0 {
-            warn!(queue = q.queue_id(), outstanding, "frames still in flight at the end");
-        }
-        Ok((completed, kicker))
+        Ok((engine.completed, engine.kicker))
     }
 }
 

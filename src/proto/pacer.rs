@@ -252,21 +252,28 @@ impl Aimd {
         self.ceiling
     }
 
-    /// One loss report. Returns the new rate when it changed.
-    pub fn on_report(&mut self, now: Instant, loss_bp: u16) -> Option<Rate> {
+    /// One loss report. `achieved`: what the sender really sent since the
+    /// last report, in the ceiling's unit, when it knows: a sender held back
+    /// by its own CPU sends below the pacer's rate, and the cut and the
+    /// slow start must follow what went out, not the allowance. Returns the
+    /// new rate when it changed.
+    pub fn on_report(&mut self, now: Instant, loss_bp: u16, achieved: Option<f64>) -> Option<Rate> {
         let before = self.rate;
+        let sent = achieved.map_or(self.rate, |a| a.min(self.rate));
         if loss_bp > self.threshold_bp {
             if self.last_decrease.is_some_and(|t| now < t + self.hold) {
                 return None;
             }
             // What got through, a little below it; at least a gentle cut.
-            let delivered = self.rate * (1.0 - f64::from(loss_bp) / 10_000.0);
+            let delivered = sent * (1.0 - f64::from(loss_bp) / 10_000.0);
             self.rate = (delivered * 0.97).min(self.rate * 0.875).max(self.floor);
             self.last_decrease = Some(now);
             self.decreases += 1;
             self.slow_start = false;
         } else if self.slow_start {
-            self.rate = (self.rate * 1.5).min(self.ceiling.value());
+            // Grow from what went out, so an allowance the sender cannot
+            // use does not pile up beyond what the path has been shown.
+            self.rate = (self.rate * 1.5).min(sent * 2.0).max(self.rate.min(sent)).min(self.ceiling.value());
         } else {
             self.rate = (self.rate + self.step).min(self.ceiling.value());
         }
@@ -296,7 +303,7 @@ mod aimd_tests {
                 lost += r * loss;
                 rates.push(r);
             }
-            a.on_report(t0 + Duration::from_millis(5 * u64::from(tick)), (loss * 10_000.0) as u16);
+            a.on_report(t0 + Duration::from_millis(5 * u64::from(tick)), (loss * 10_000.0) as u16, None);
         }
         let mean = rates.iter().sum::<f64>() / rates.len() as f64;
         assert!(mean > 0.85 * cap && mean < 1.05 * cap, "mean rate {mean:.3e} against capacity {cap:.3e}");
@@ -311,12 +318,27 @@ mod aimd_tests {
         let t0 = Instant::now();
         // 1/16 x 1.5^7 > 1: seven loss-free reports reach the ceiling.
         for i in 0..7 {
-            assert!(a.on_report(t0 + Duration::from_millis(i), 0).is_some());
+            assert!(a.on_report(t0 + Duration::from_millis(i), 0, None).is_some());
         }
         for i in 7..100 {
-            assert_eq!(a.on_report(t0 + Duration::from_millis(i), 0), None);
+            assert_eq!(a.on_report(t0 + Duration::from_millis(i), 0, None), None);
         }
         assert_eq!(a.rate(), Rate::PacketsPerSec(1e6));
         assert_eq!(a.decreases, 0);
+    }
+
+    /// A sender that can only push 3 Gb/s against a 1.2 Gb/s receiver: the
+    /// cut follows what went out, not a pacer allowance of several times it.
+    #[test]
+    fn a_cpu_bound_sender_is_cut_from_what_it_sent() {
+        let mut a = Aimd::new(Rate::BitsPerSec(10e9), None);
+        let t0 = Instant::now();
+        for i in 0..20 {
+            a.on_report(t0 + Duration::from_millis(5 * i), 0, Some(3e9));
+        }
+        assert!(a.rate().value() <= 6e9, "slow start stays within twice what was sent: {}", a.rate());
+        let loss = ((3e9 - 1.2e9) / 3e9 * 10_000.0) as u16;
+        a.on_report(t0 + Duration::from_millis(200), loss, Some(3e9));
+        assert!(a.rate().value() < 1.25e9, "cut to about what got through: {}", a.rate());
     }
 }
