@@ -370,7 +370,7 @@ mod tests {
         let mut eng = TxEngine::new(64, 64, Some(pacer));
         let mut src = Frames::new(64);
         let first = eng.post(&mut ring, start, 1514, |cap| src.take(cap).into_iter());
-        assert!(first >= 1 && first < 64, "a pacer holds a burst back: {first}");
+        assert!((1..64).contains(&first), "a pacer holds a burst back: {first}");
         let again = eng.post(&mut ring, start, 1514, |cap| src.take(cap).into_iter());
         assert_eq!(again, 0, "no tokens left at the same instant");
     }
