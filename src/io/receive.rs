@@ -83,8 +83,8 @@ pub enum Outcome {
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
-/// false when it failed. `fallback`, if given, is polled while no session is
-/// open.
+/// false when it failed. `fallback`, if given, is polled for the TCP stream
+/// of a session admitted with `via_tcp`.
 pub fn run(
     mode: &str,
     mut paths: Vec<Box<dyn DataPath + '_>>,
@@ -92,44 +92,114 @@ pub fn run(
     opts: &RecvOptions,
     fallback: Option<&std::net::TcpListener>,
 ) -> Outcome {
-    let start = Instant::now();
-    let cfg = ReceiverConfig {
-        idle_timeout: opts.idle_timeout,
-        allow_from: opts.allow_from,
-        max_file_size: opts.max_size,
-        max_datagram: opts.max_datagram,
-        tcp_only: opts.tcp_only,
-        cookie_key: super::random_bytes(),
-        ..Default::default()
-    };
-    let mut rx = Receiver::new(cfg, start);
-    let mut out: Option<Output> = None;
-    let mut packets = 0u64;
-    let mut verified_at: Option<Instant> = None;
-    let mut fatal: Option<String> = None;
-    let mut intervals = Intervals::new(opts.intervals, start);
     let mut fds: Vec<RawFd> = paths.iter().map(|p| p.fd()).collect();
     fds.push(ctrl.fd());
     if let Some(l) = fallback {
         fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
     }
+    let mut lp = ReceiveLoop::new(opts);
     let mut idle_spins = 0u32;
-    let mut next_control = start;
+    let mut next_control = lp.start;
     // Set after a blocking wait: whatever woke us may be on the control socket.
     let mut woke = false;
-    let mut write_error: Option<io::Error> = None;
-    let mut rusage_at_start: Option<super::Rusage> = None;
-
     loop {
         let now = Instant::now();
         if super::stop_requested() {
-            rx.abort("receiver interrupted");
+            lp.rx.abort("receiver interrupted");
         }
-        // Data path.
+        let mut got = lp.poll_data(&mut paths, now);
+        // Control datagrams come every few milliseconds, so look at most every
+        // CONTROL_EVERY while data flows (an idle loop always looks).
+        let check_control = woke || now >= next_control;
+        woke = false;
+        if check_control {
+            next_control = now + CONTROL_EVERY;
+            got += lp.poll_control(&mut ctrl, now);
+        }
+        lp.handle_events(opts);
+        lp.timers_and_replies(&ctrl, now, got == 0);
+        if lp.rx.is_finished() {
+            break;
+        }
+        if got == 0 && check_control {
+            if let Some(l) = fallback {
+                if let Some((stream, header)) = accept_admitted(l, &lp.rx, opts.idle_timeout) {
+                    return Outcome::TcpFallback(stream, header);
+                }
+            }
+        }
+        if got == 0 {
+            lp.hash_ahead();
+            idle_spins += 1;
+            if idle_spins > 64 {
+                let wait = lp
+                    .rx
+                    .poll_timeout()
+                    .map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
+                super::wait_readable(&fds, wait.min(Duration::from_millis(5)));
+                woke = true;
+            }
+        } else {
+            idle_spins = 0;
+        }
+    }
+    Outcome::Done(Box::new(lp.report(mode, opts)))
+}
+
+/// The receive loop's state: the protocol's receiver, the output, and the
+/// figures for the report.
+struct ReceiveLoop {
+    rx: Receiver,
+    out: Option<Output>,
+    start: Instant,
+    packets: u64,
+    verified_at: Option<Instant>,
+    /// The first local failure, which the report names.
+    fatal: Option<String>,
+    intervals: Intervals,
+    rusage_at_start: Option<super::Rusage>,
+}
+
+impl ReceiveLoop {
+    fn new(opts: &RecvOptions) -> ReceiveLoop {
+        let start = Instant::now();
+        let cfg = ReceiverConfig {
+            idle_timeout: opts.idle_timeout,
+            allow_from: opts.allow_from,
+            max_file_size: opts.max_size,
+            max_datagram: opts.max_datagram,
+            tcp_only: opts.tcp_only,
+            cookie_key: super::random_bytes(),
+            ..Default::default()
+        };
+        ReceiveLoop {
+            rx: Receiver::new(cfg, start),
+            out: None,
+            start,
+            packets: 0,
+            verified_at: None,
+            fatal: None,
+            intervals: Intervals::new(opts.intervals, start),
+            rusage_at_start: None,
+        }
+    }
+
+    /// Ends the transfer on a local failure, telling the sender.
+    fn fail(&mut self, msg: String) {
+        self.rx.abort(&msg);
+        self.fatal.get_or_insert(msg);
+    }
+
+    /// Takes what every data path has ready; each batch's accepted chunks are
+    /// written with one `pwritev` per contiguous run, straight from the
+    /// receive buffers. Returns how many datagrams came.
+    fn poll_data(&mut self, paths: &mut [Box<dyn DataPath + '_>], now: Instant) -> usize {
         let mut got = 0usize;
         for p in paths.iter_mut() {
+            let (rx, out, packets) = (&mut self.rx, &mut self.out, &mut self.packets);
+            let mut write_error: Option<io::Error> = None;
             let r = p.poll(&mut |batch| {
-                packets += batch.len() as u64;
+                *packets += batch.len() as u64;
                 let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
                 for d in batch {
                     match d {
@@ -152,191 +222,171 @@ pub fn run(
                     write_error.get_or_insert(e);
                 }
             });
-            if let Some(e) = write_error.take() {
-                let msg = format!("writing the output: {e}");
-                fatal.get_or_insert(msg.clone());
-                rx.abort(&msg);
+            if let Some(e) = write_error {
+                self.fail(format!("writing the output: {e}"));
             }
             match r {
                 Ok(n) => got += n,
                 Err(e) => {
-                    fatal.get_or_insert(format!("data path: {e}"));
-                    rx.abort("receiver data path failed");
+                    self.fatal.get_or_insert(format!("data path: {e}"));
+                    self.rx.abort("receiver data path failed");
                 }
             }
         }
-        // Control path: datagrams come every few milliseconds, so look at most
-        // every CONTROL_EVERY while data flows (an idle loop always looks).
-        let check_control = woke || now >= next_control;
-        woke = false;
-        if check_control {
-            next_control = now + CONTROL_EVERY;
-        }
-        if check_control {
-            loop {
-                match ctrl.recv() {
-                    Ok(Some((from, bytes))) => {
-                        got += 1;
-                        rx.on_control(now, from, bytes);
-                    }
-                    Ok(None) => break,
-                    // ICMP errors from an earlier reply (the sender went away).
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
-                    Err(e) => {
-                        warn!("control socket: {e}");
-                        break;
-                    }
+        got
+    }
+
+    /// Takes every waiting control datagram. Returns how many.
+    fn poll_control(&mut self, ctrl: &mut Control, now: Instant) -> usize {
+        let mut got = 0;
+        loop {
+            match ctrl.recv() {
+                Ok(Some((from, bytes))) => {
+                    got += 1;
+                    self.rx.on_control(now, from, bytes);
+                }
+                Ok(None) => break,
+                // ICMP errors from an earlier reply (the sender went away).
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+                Err(e) => {
+                    warn!("control socket: {e}");
+                    break;
                 }
             }
         }
-        // Events.
-        while let Some(ev) = rx.poll_event() {
+        got
+    }
+
+    /// Acts on what the protocol asks: prepare the output, verify it.
+    fn handle_events(&mut self, opts: &RecvOptions) {
+        while let Some(ev) = self.rx.poll_event() {
             match ev {
-                Event::Start { info, peer, source, via_tcp } => {
-                    rusage_at_start = Some(super::Rusage::of_self());
-                    let session = format!("{:016x}", rx.session_id().unwrap_or(0));
-                    info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
-                    if via_tcp {
-                        // The file comes over TCP: the output is made once
-                        // the stream shows up with this session's cookie.
-                        continue;
-                    }
-                    match Output::create(&opts.out, info.file_size, &source, opts.policy) {
-                        Ok(o) => out = Some(o),
-                        Err(e) => {
-                            let msg = format!("cannot prepare the output: {e}");
-                            fatal.get_or_insert(msg.clone());
-                            rx.abort(&msg);
-                        }
-                    }
-                }
-                Event::Verify => {
-                    let Some(mut o) = out.take() else { continue };
-                    let digest = match o.digest() {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let msg = format!("reading the output back to verify it: {e}");
-                            fatal.get_or_insert(msg.clone());
-                            rx.abort(&msg);
-                            continue;
-                        }
-                    };
-                    let expected = rx.info().and_then(|i| i.digest);
-                    if Some(digest) == expected {
-                        // Rename before acknowledging: when the sender hears
-                        // Done, the file is in place.
-                        match o.commit() {
-                            Ok(p) => info!(path = %p.display(), "digest verified; output committed"),
-                            Err(e) => {
-                                let msg = format!("verified, but cannot commit the output: {e}");
-                                fatal.get_or_insert(msg.clone());
-                                rx.abort(&msg);
-                                continue;
-                            }
-                        }
-                    } else {
-                        warn!(partial = %o.partial().display(), "digest mismatch; output left as partial");
-                    }
-                    verified_at = Some(Instant::now());
-                    rx.verified(Instant::now(), digest);
-                }
+                Event::Start { info, peer, source, via_tcp } => self.start_session(opts, info, peer, source, via_tcp),
+                Event::Verify => self.verify(),
             }
         }
-        // Timers and replies.
-        if got == 0 {
-            rx.note_idle(now);
+    }
+
+    fn start_session(
+        &mut self,
+        opts: &RecvOptions,
+        info: crate::wire::message::SessionInfo,
+        peer: std::net::SocketAddr,
+        source: crate::wire::message::SourceId,
+        via_tcp: bool,
+    ) {
+        self.rusage_at_start = Some(super::Rusage::of_self());
+        let session = format!("{:016x}", self.rx.session_id().unwrap_or(0));
+        info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
+        if via_tcp {
+            // The file comes over TCP: the output is made once the stream
+            // shows up with this session's cookie.
+            return;
         }
-        if rx.poll_timeout().is_some_and(|t| t <= now) {
-            rx.handle_timeout(now);
+        match Output::create(&opts.out, info.file_size, &source, opts.policy) {
+            Ok(o) => self.out = Some(o),
+            Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }
-        while let Some((to, bytes)) = rx.poll_transmit(Instant::now()) {
+    }
+
+    /// Hashes the output and commits it on a match, before acknowledging:
+    /// when the sender hears Done, the file is in place.
+    fn verify(&mut self) {
+        let Some(mut o) = self.out.take() else { return };
+        let digest = match o.digest() {
+            Ok(d) => d,
+            Err(e) => return self.fail(format!("reading the output back to verify it: {e}")),
+        };
+        if Some(digest) == self.rx.info().and_then(|i| i.digest) {
+            match o.commit() {
+                Ok(p) => info!(path = %p.display(), "digest verified; output committed"),
+                Err(e) => return self.fail(format!("verified, but cannot commit the output: {e}")),
+            }
+        } else {
+            warn!(partial = %o.partial().display(), "digest mismatch; output left as partial");
+        }
+        self.verified_at = Some(Instant::now());
+        self.rx.verified(Instant::now(), digest);
+    }
+
+    /// Runs the protocol's timers and sends its replies; prints intervals.
+    fn timers_and_replies(&mut self, ctrl: &Control, now: Instant, idle: bool) {
+        if idle {
+            self.rx.note_idle(now);
+        }
+        if self.rx.poll_timeout().is_some_and(|t| t <= now) {
+            self.rx.handle_timeout(now);
+        }
+        while let Some((to, bytes)) = self.rx.poll_transmit(Instant::now()) {
             if let Err(e) = ctrl.send_to(to, &bytes) {
                 if e.raw_os_error() != Some(libc::ECONNREFUSED) {
                     warn!("sending to {to}: {e}");
                 }
             }
         }
-        if let Some(n) = rx.info().map(|i| i.n_chunks) {
-            intervals.tick(now, rx.bytes, || format!("{}/{n} chunks", rx.chunks_received()));
-        }
-        if rx.is_finished() {
-            break;
-        }
-        // A waiting TCP connection is looked at with the control socket.
-        if got == 0 && check_control {
-            if let Some(l) = fallback {
-                if let Some((stream, header)) = accept_admitted(l, &rx, opts.idle_timeout) {
-                    return Outcome::TcpFallback(stream, header);
-                }
-            }
-        }
-        if got == 0 {
-            // Nothing waiting: hash ahead over the part of the file that is
-            // complete, in small steps, so verification at the end has little
-            // left to do. Timers ran above, right after the poll.
-            if let Some(o) = out.as_mut() {
-                if let Err(e) = o.hash_ahead(rx.contiguous_bytes(), 2 << 20) {
-                    let msg = format!("reading the output back: {e}");
-                    fatal.get_or_insert(msg.clone());
-                    rx.abort(&msg);
-                }
-            }
-            idle_spins += 1;
-            if idle_spins > 64 {
-                let wait =
-                    rx.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-                super::wait_readable(&fds, wait.min(Duration::from_millis(5)));
-            }
-        } else {
-            idle_spins = 0;
+        if let Some(n) = self.rx.info().map(|i| i.n_chunks) {
+            let rx = &self.rx;
+            self.intervals.tick(now, rx.bytes, || format!("{}/{n} chunks", rx.chunks_received()));
         }
     }
 
-    let first = rx.first_data.unwrap_or(start);
-    let end = verified_at.unwrap_or_else(Instant::now);
-    let elapsed = end.saturating_duration_since(first).as_secs_f64();
-    let (verified, digest, error) = match rx.outcome() {
-        Some(Ok(s)) => (true, hex(&s.digest), None),
-        Some(Err(e)) => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| e.to_string()))),
-        None => (false, String::new(), Some(fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
-    };
-    let bytes = rx.info().map_or(0, |i| i.file_size);
-    let partial = super::output::partial_path(&opts.out);
-    let path = if verified {
-        Some(opts.out.display().to_string())
-    } else {
-        (out.is_some() || partial.exists()).then(|| partial.display().to_string())
-    };
-    if opts.intervals && verified {
-        println!(
-            "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",
-            human_bytes(bytes),
-            human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
-            &digest[..16.min(digest.len())]
-        );
+    /// Nothing waiting: hash ahead over the part of the file that is
+    /// complete, in small steps, so verification at the end has little left.
+    fn hash_ahead(&mut self) {
+        let upto = self.rx.contiguous_bytes();
+        if let Some(Err(e)) = self.out.as_mut().map(|o| o.hash_ahead(upto, 2 << 20)) {
+            self.fail(format!("reading the output back: {e}"));
+        }
     }
-    Outcome::Done(Box::new(RecvReport {
-        summary: crate::report::Summary {
-            mode: mode.to_string(),
-            bytes,
-            packets: Some(packets),
-            retransmits: rx.peer_retransmits,
-            goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
-            elapsed_s: elapsed,
-            digest,
-            verified,
-        },
-        path,
-        nacks_sent: rx.nacks_sent,
-        dropped: rx.drops.clone(),
-        error,
-        rusage: super::Rusage::of_self(),
-        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start.unwrap_or_default()),
-        syscalls: crate::syscount::total(),
-        e2e_s: crate::report::since_process_start(),
-        peak_rss_bytes: crate::report::peak_rss_bytes(),
-        path_stats: serde_json::Value::Null,
-    }))
+
+    fn report(self, mode: &str, opts: &RecvOptions) -> RecvReport {
+        let rx = &self.rx;
+        let first = rx.first_data.unwrap_or(self.start);
+        let end = self.verified_at.unwrap_or_else(Instant::now);
+        let elapsed = end.saturating_duration_since(first).as_secs_f64();
+        let (verified, digest, error) = match rx.outcome() {
+            Some(Ok(s)) => (true, hex(&s.digest), None),
+            Some(Err(e)) => (false, String::new(), Some(self.fatal.clone().unwrap_or_else(|| e.to_string()))),
+            None => (false, String::new(), Some(self.fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
+        };
+        let bytes = rx.info().map_or(0, |i| i.file_size);
+        let partial = super::output::partial_path(&opts.out);
+        let path = if verified {
+            Some(opts.out.display().to_string())
+        } else {
+            (self.out.is_some() || partial.exists()).then(|| partial.display().to_string())
+        };
+        if opts.intervals && verified {
+            println!(
+                "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",
+                human_bytes(bytes),
+                human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
+                &digest[..16.min(digest.len())]
+            );
+        }
+        RecvReport {
+            summary: crate::report::Summary {
+                mode: mode.to_string(),
+                bytes,
+                packets: Some(self.packets),
+                retransmits: rx.peer_retransmits,
+                goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
+                elapsed_s: elapsed,
+                digest,
+                verified,
+            },
+            path,
+            nacks_sent: rx.nacks_sent,
+            dropped: rx.drops.clone(),
+            error,
+            rusage: super::Rusage::of_self(),
+            transfer_rusage: super::Rusage::of_self().since(&self.rusage_at_start.unwrap_or_default()),
+            syscalls: crate::syscount::total(),
+            e2e_s: crate::report::since_process_start(),
+            peak_rss_bytes: crate::report::peak_rss_bytes(),
+            path_stats: serde_json::Value::Null,
+        }
+    }
 }
 
 /// Takes one waiting TCP connection, if any, and returns it with its header
