@@ -253,25 +253,10 @@ impl Proc {
 
     /// Waits (bounded by `secs`) for the exit; returns success, stdout and the
     /// log, and how long the wait took.
-    pub fn wait_exit(mut self, secs: u64) -> (bool, String, String, Duration) {
-        let Some(mut child) = self.child.take() else { panic!("already finished") };
+    pub fn wait_exit(self, secs: u64) -> (bool, String, String, Duration) {
         let started = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("waiting for the process") {
-                break s;
-            }
-            if started.elapsed() > Duration::from_secs(secs) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("did not exit within {secs} s; log:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut stdout = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
-        }
-        (status.success(), stdout, self.log_text(), started.elapsed())
+        let (ok, stdout, log, _) = self.wait_exit_sampling_memory(secs);
+        (ok, stdout, log, started.elapsed())
     }
 
     pub fn pid(&self) -> u32 {
@@ -417,7 +402,7 @@ impl Proc {
                 let _ = child.wait();
                 panic!("did not exit within {secs} s; log:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         };
         let mut stdout = String::new();
         if let Some(mut o) = child.stdout.take() {
