@@ -41,7 +41,11 @@ fn receive_path(c: &mut Criterion) {
     let now = Instant::now();
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     let cookie = rx.cookie_for(from.ip(), 1);
-    rx.on_control(now, from, &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false }.encode(cookie));
+    rx.on_control(
+        now,
+        from,
+        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false }.encode(cookie),
+    );
     let frames: Vec<Vec<u8>> = (0..1024u64)
         .map(|i| {
             let msg = Message::Data { session: 1, chunk: i, payload: &payload }.encode(cookie);

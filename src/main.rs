@@ -49,6 +49,14 @@ enum Cmd {
     /// Drop and count UDP packets for a port in our XDP program (a native
     /// drop sink for `send --raw` packet-rate runs).
     Sink(SinkArgs),
+    /// Write a fresh pre-shared key to PATH (mode 0600) for --key-file.
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Where to write the key; an existing file is never overwritten.
+    path: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -188,6 +196,11 @@ struct SendArgs {
     /// flood it (AF_XDP transfers).
     #[arg(long, conflicts_with = "raw")]
     direct: bool,
+    /// Authenticate with the pre-shared key in PATH (`xdpblast keygen`): the
+    /// receiver must use the same key; control messages are sealed, the
+    /// digest is keyed.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Descriptors posted per batch.
     #[arg(long, default_value_t = 256)]
     batch: u32,
@@ -251,6 +264,10 @@ struct RecvArgs {
     /// Refuse to replace an existing PATH (checked at start and at the rename).
     #[arg(long)]
     no_clobber: bool,
+    /// Take only a sender holding the pre-shared key in PATH (`xdpblast
+    /// keygen`).
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Refuse files larger than this (K, M, G, T suffixes). Default: any
     /// size the disk has room for.
     #[arg(long, value_parser = parse_size)]
@@ -326,6 +343,7 @@ fn main() -> ExitCode {
         Cmd::Probe(a) => probe::run(&a.iface, a.json),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Sink(a) => cmd_sink(a),
+        Cmd::Keygen(a) => cmd_keygen(&a.path),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
@@ -335,6 +353,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_keygen(path: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key: [u8; 32] = xdpblast::io::random_bytes();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("creating {} (an existing file is never overwritten)", path.display()))?;
+    f.write_all(format!("{hex}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "xdpblast: wrote a new key to {} (mode 0600); give both ends --key-file {}",
+        path.display(),
+        path.display()
+    );
+    Ok(true)
+}
+
+/// Reads `--key-file` and derives the keys.
+fn load_keys(path: Option<&std::path::Path>) -> anyhow::Result<Option<xdpblast::proto::auth::Keys>> {
+    let Some(path) = path else { return Ok(None) };
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the key file {}", path.display()))?;
+    let key = xdpblast::proto::auth::parse_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if std::fs::metadata(path).map(|m| m.mode() & 0o077 != 0).unwrap_or(false) {
+        tracing::warn!("{} is readable by others; chmod 600 it", path.display());
+    }
+    Ok(Some(xdpblast::proto::auth::Keys::derive(&key)))
 }
 
 fn cmd_sink(a: SinkArgs) -> anyhow::Result<bool> {
@@ -389,7 +440,9 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         }
         None => None,
     };
+    let keys = load_keys(a.key_file.as_deref())?;
     let opts = SendOptions {
+        keys: keys.clone(),
         file: a.file.clone(),
         iface: a.iface.clone().unwrap_or_default(),
         dst: a.dst,
@@ -441,7 +494,9 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
 }
 
 fn send_tcp(a: &SendArgs, file: PathBuf, mode: TcpMode, timeout: Duration) -> anyhow::Result<bool> {
-    let opts = TcpSendOptions { file, dst: a.dst.into(), mode, timeout, intervals: !a.json, progress: a.progress };
+    let keys = load_keys(a.key_file.as_deref())?;
+    let opts =
+        TcpSendOptions { file, dst: a.dst.into(), mode, timeout, intervals: !a.json, progress: a.progress, keys };
     let report = tcp::send(&opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -464,6 +519,7 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let opts = RecvOptions {
+        keys: load_keys(a.key_file.as_deref())?,
         out: a.out.clone(),
         policy,
         idle_timeout: seconds(a.timeout, "--timeout")?,
@@ -526,7 +582,14 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     let report = match outcome {
         Outcome::Done(r) => r,
         Outcome::TcpFallback(stream, header) => {
-            let report = tcp::receive(stream, &header, &a.out, policy, opts.idle_timeout, opts.intervals);
+            let topts = tcp::TcpReceiveOptions {
+                out: &a.out,
+                policy,
+                timeout: opts.idle_timeout,
+                intervals: opts.intervals,
+                keys: opts.keys.clone(),
+            };
+            let report = tcp::receive(stream, &header, &topts);
             return finish_tcp(report, a.json);
         }
     };

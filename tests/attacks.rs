@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::packet::{sniff, PacketSocket};
+use common::packet::{sniff, sniff_where, PacketSocket};
 use common::*;
 use xdpblast::wire::frame::FrameTemplate;
 use xdpblast::wire::message::{Message, Nack, SessionInfo};
@@ -164,7 +164,7 @@ fn row4_blind_spoofing_opens_no_session() {
         };
         for guess in 0..200u64 {
             let cookie = guess.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            send(&ctrl, Message::Hello { session, info, source: [0; 16], via_tcp: false }.encode(cookie));
+            send(&ctrl, Message::Hello { session, info, source: [0; 16], via_tcp: false, keyed: false }.encode(cookie));
             send(&data, Message::Meta { session, last: false, info }.encode(cookie));
             for c in 0..4 {
                 let payload = &content[c * 1000..(c + 1) * 1000];
@@ -394,4 +394,123 @@ fn row12_network_text_cannot_paint_the_terminal() {
     assert!(!rx_log.contains('\u{1b}') && !error.contains('\u{1b}'), "an escape byte reached the terminal: {rx_log:?}");
     assert!(!rx_log.lines().chain(error.lines()).any(|l| l.starts_with("xdpblast recv: digest verified")), "{rx_log}");
     assert!(!out.exists(), "nothing committed");
+}
+
+fn key_file(dir: &std::path::Path) -> String {
+    let path = dir.join("psk");
+    let st = Command::new(BIN).args(["keygen", path.to_str().expect("utf-8")]).output().expect("keygen");
+    assert!(st.status.success(), "keygen: {}", String::from_utf8_lossy(&st.stderr));
+    path.to_str().expect("utf-8").to_string()
+}
+
+/// Row 5, with a key. Before: an on-path attacker that read the session
+/// spoofed a Meta with its own digest and every chunk, and the receiver
+/// committed the forged file as verified. With a key the forged Meta fails
+/// its seal, the digest is keyed, and no forged file can verify: the
+/// receiver commits the real file or nothing.
+#[test]
+fn row5_with_a_key_a_forged_file_is_never_committed() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let file = random_file(dir.path(), "in.bin", 8 * MIB, 5);
+    let out = dir.path().join("out.bin");
+    let rx = lan.start_receiver(&out, &["--key-file", &key, "--timeout", "5"]);
+    let x_if = lan.x_if.clone();
+    let size = 8 * MIB as u64;
+    let attacker = in_netns(&lan.x_ns, move || {
+        let sock = PacketSocket::open(&x_if);
+        let seen = sniff(&sock, 9000, Duration::from_secs(20)).expect("a data frame on the wire");
+        let chunk = (seen.datagram_len - xdpblast::wire::message::HEADER_LEN) as u64;
+        let forged = vec![0x66u8; chunk as usize];
+        let n_chunks = size.div_ceil(chunk);
+        let digest = Some(*blake3::hash(&vec![0x66u8; size as usize]).as_bytes());
+        let info = SessionInfo { file_size: size, chunk_size: chunk as u32, n_chunks, digest };
+        let mut frame = vec![0u8; 2048];
+        let mut send = |bytes: Vec<u8>| {
+            let n = seen.tpl.build(&bytes, &mut frame).expect("fits");
+            sock.send(&frame[..n]);
+        };
+        let (session, cookie) = (seen.session, seen.cookie);
+        send(Message::Meta { session, last: false, info }.encode(cookie));
+        for c in 0..n_chunks {
+            let len = (size - c * chunk).min(chunk) as usize;
+            send(Message::Data { session, chunk: c, payload: &forged[..len] }.encode(cookie));
+        }
+        send(Message::Meta { session, last: true, info }.encode(cookie));
+    });
+    let tx = lan.start_sender(
+        &file,
+        &dir.path().join("send.log"),
+        &["--key-file", &key, "--rate", "100M", "--timeout", "5"],
+    );
+    attacker.join().expect("attacker");
+    let (tx_ok, _, tx_log, _) = tx.wait_exit(60);
+    let (rx_ok, report, rx_log) = rx.finish();
+    assert!(report["dropped"]["bad_seal"].as_u64().unwrap_or(0) >= 1, "the forged Meta was refused: {report}");
+    if rx_ok {
+        assert!(tx_ok, "{tx_log}");
+        assert!(same_file(&file, &out), "a verified output must be the real file");
+    } else {
+        assert!(!tx_ok, "the sender must not claim success: {tx_log}");
+        assert!(!out.exists(), "nothing committed: {rx_log}");
+    }
+}
+
+/// Row 6. Before: with the receiver getting no data, an attacker that read
+/// the digest off the wire spoofed Done{ok} and the sender printed
+/// "verified by receiver". Without a key that still works, as the README
+/// says; with a key the forged Done fails its seal and the sender fails.
+#[test]
+fn row6_a_forged_done_fools_the_sender_only_without_a_key() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let file = random_file(dir.path(), "in.bin", MIB, 6);
+    let out = dir.path().join("out.bin");
+    // The sender's control datagrams leave a kernel socket with their UDP
+    // checksum only begun (veth offload); checksummed in software, they parse
+    // on the attacker's side as they would off a real wire.
+    let st = Command::new("ip")
+        .args(["netns", "exec", &lan.tx_ns, "ethtool", "-K", &lan.tx_if, "tx", "off"])
+        .output()
+        .expect("ethtool");
+    assert!(st.status.success(), "ethtool -K tx off: {}", String::from_utf8_lossy(&st.stderr));
+    for keyed in [false, true] {
+        let mut rx_args = vec!["--inject-loss", "1.0", "--timeout", "4"];
+        let mut tx_args = vec!["--timeout", "3"];
+        if keyed {
+            rx_args.extend(["--key-file", key.as_str()]);
+            tx_args.extend(["--key-file", key.as_str()]);
+        }
+        let rx = lan.start_receiver(&out, &rx_args);
+        let x_if = lan.x_if.clone();
+        let attacker = in_netns(&lan.x_ns, move || {
+            let sock = PacketSocket::open(&x_if);
+            // An end probe carries the digest, from the sender's control port.
+            let seen = sniff_where(&sock, 9001, Duration::from_secs(20), |s| s.digest.is_some()).expect("an end probe");
+            let t = seen.tpl;
+            let back = FrameTemplate { src_mac: t.dst_mac, dst_mac: t.src_mac, src: t.dst, dst: t.src, ttl: 64 };
+            let done = Message::Done { session: seen.session, ok: true, digest: seen.digest.expect("digest") };
+            let mut frame = vec![0u8; 2048];
+            let n = back.build(&done.encode(seen.cookie), &mut frame).expect("fits");
+            for _ in 0..3 {
+                sock.send(&frame[..n]);
+            }
+        });
+        let tx = lan.start_sender(&file, &dir.path().join("send.log"), &tx_args);
+        let (tx_ok, _, tx_log, _) = tx.wait_exit(60);
+        attacker.join().expect("attacker");
+        let (rx_ok, _, _) = rx.finish();
+        assert!(!rx_ok, "the receiver got no data");
+        assert!(!out.exists());
+        if keyed {
+            assert!(!tx_ok, "with a key, a forged Done must not pass: {tx_log}");
+        } else {
+            assert!(
+                tx_ok,
+                "without a key the forgery works, as the README warns; if this changed, update it: {tx_log}"
+            );
+        }
+    }
 }

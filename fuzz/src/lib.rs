@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use xdpblast::proto::auth::{Direction, Keys};
 use xdpblast::proto::receiver::Event;
 use xdpblast::proto::{Receiver, ReceiverConfig};
 use xdpblast::wire::frame::parse_udp;
@@ -142,6 +143,22 @@ pub fn run_wire(data: &[u8]) {
     if let Ok(h) = StreamHeader::parse(data) {
         assert_eq!(StreamHeader::parse(&h.emit()), Ok(h), "round trip changed the stream header");
     }
+    check_seal(data);
+}
+
+/// Sealed datagrams: opening arbitrary bytes never panics, and whatever
+/// parses, once sealed, opens again in its direction only, with its counter.
+fn check_seal(data: &[u8]) {
+    let keys = Keys::derive(&[0x42; 32]);
+    for dir in [Direction::ToReceiver, Direction::ToSender] {
+        let _ = keys.open(dir, data);
+    }
+    let Ok((msg, cookie)) = Message::parse_with_cookie(data) else { return };
+    let mut sealed = msg.encode(cookie);
+    keys.seal(Direction::ToSender, 7, &mut sealed);
+    assert_eq!(keys.open(Direction::ToSender, &sealed), Some(7));
+    assert_eq!(keys.open(Direction::ToReceiver, &sealed), None, "a seal opened in the wrong direction");
+    assert_eq!(Message::parse_with_cookie(&sealed), Ok((msg, cookie)), "a seal changed the message");
 }
 
 fn check_message(bytes: &[u8]) {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::preload::{FramePlan, PreloadError, PAYLOAD_OFFSET};
 use super::xsk::Xsk;
+use crate::proto::auth::{Direction, Keys};
 use crate::wire::frame::{FrameTemplate, IPV4_UDP_OVERHEAD};
 use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
 
@@ -47,6 +48,8 @@ struct Bounce {
 
 pub struct ReadAhead {
     file: File,
+    /// With a pre-shared key: the Metas are sealed, the digest keyed.
+    keys: Option<Keys>,
     /// `Some` when the file was opened with `O_DIRECT`.
     bounce: Option<Bounce>,
     plan: FramePlan,
@@ -70,6 +73,7 @@ impl ReadAhead {
     pub fn new(file: File, plan: FramePlan, tpl: FrameTemplate, session: u64, cookie: u64, file_size: u64) -> Self {
         let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
         ReadAhead {
+            keys: None,
             file,
             bounce: None,
             plan,
@@ -83,6 +87,14 @@ impl ReadAhead {
             read_time: Duration::ZERO,
             digest: None,
         }
+    }
+
+    /// With a pre-shared key: seals the Metas and keys the digest. Call
+    /// before reading.
+    pub fn keyed(mut self, keys: Keys) -> Self {
+        self.hasher = keys.digest_hasher();
+        self.keys = Some(keys);
+        self
     }
 
     /// Reads through an aligned bounce buffer: for a file opened `O_DIRECT`.
@@ -133,7 +145,11 @@ impl ReadAhead {
 
     fn build_meta(&mut self, xsk: &mut Xsk, last: bool, info: SessionInfo) -> Result<u32, PreloadError> {
         let idx = self.plan.meta_frame(last);
-        let msg = Message::Meta { session: self.session, last, info }.encode(self.cookie);
+        let mut msg = Message::Meta { session: self.session, last, info }.encode(self.cookie);
+        if let Some(k) = &self.keys {
+            // Meta frames are posted again on purpose: counter 0, no replay check.
+            k.seal(Direction::ToReceiver, 0, &mut msg);
+        }
         // SAFETY: Meta frames are written before they are first posted (the
         // first before the transfer starts, the last once reading is done and
         // before the sender may post it), and never again.

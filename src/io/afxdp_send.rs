@@ -52,6 +52,8 @@ pub struct SendOptions {
     pub umem: u64,
     /// Read the file with `O_DIRECT` (`--direct`).
     pub direct: bool,
+    /// The pre-shared key's derived keys (`--key-file`).
+    pub keys: Option<crate::proto::auth::Keys>,
     pub bind: BindMode,
     pub batch: u32,
     /// Pace the transmit ring to this rate (token bucket).
@@ -267,7 +269,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         n_chunks: prep.plan.n_chunks,
         digest: None,
     };
-    let scfg = SenderConfig { timeout: opts.timeout, source: prep.source, ..Default::default() };
+    let scfg =
+        SenderConfig { timeout: opts.timeout, source: prep.source, keys: opts.keys.clone(), ..Default::default() };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
     let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer);
     if let Err(e) = &result {
@@ -327,6 +330,9 @@ fn transfer(
     xsk.fill(spare.into_iter(), FILL_SPARE);
 
     let mut reader = ReadAhead::new(file, plan, tpl, session, cookie, file_size);
+    if let Some(k) = &opts.keys {
+        reader = reader.keyed(k.clone());
+    }
     if opts.direct {
         reader = reader.direct()?;
     }

@@ -169,6 +169,14 @@ impl Output {
         })
     }
 
+    /// Computes the digest with `hasher` instead of plain BLAKE3 (a keyed
+    /// one, with a pre-shared key). Call before anything is hashed.
+    pub fn with_hasher(mut self, hasher: blake3::Hasher) -> Output {
+        debug_assert_eq!(self.hashed, 0, "the hasher changes before hashing starts");
+        self.hasher = hasher;
+        self
+    }
+
     /// Writes each `(offset, bytes)`; sorts them and issues one `pwritev` per
     /// contiguous run.
     pub fn write_batch(&mut self, writes: &mut [(u64, &[u8])]) -> io::Result<()> {

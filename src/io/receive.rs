@@ -46,6 +46,8 @@ pub struct RecvOptions {
     pub max_datagram: Option<usize>,
     /// Take files over TCP only (`recv --mode tcp`).
     pub tcp_only: bool,
+    /// The pre-shared key's derived keys (`--key-file`).
+    pub keys: Option<crate::proto::auth::Keys>,
     pub intervals: bool,
 }
 
@@ -170,6 +172,7 @@ impl ReceiveLoop {
             max_datagram: opts.max_datagram,
             tcp_only: opts.tcp_only,
             cookie_key: super::random_bytes(),
+            keys: opts.keys.clone(),
             ..Default::default()
         };
         ReceiveLoop {
@@ -284,7 +287,7 @@ impl ReceiveLoop {
             return;
         }
         match Output::create(&opts.out, info.file_size, &source, opts.policy) {
-            Ok(o) => self.out = Some(o),
+            Ok(o) => self.out = Some(o.with_hasher(self.rx.digest_hasher())),
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }
     }

@@ -80,8 +80,7 @@ pub struct TcpReport {
     pub peak_rss_bytes: u64,
 }
 
-fn hash_file(file: &File) -> io::Result<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
+fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     loop {
@@ -238,6 +237,8 @@ pub struct TcpSendOptions {
     pub intervals: bool,
     /// Print `progress BYTES TOTAL` lines on stderr (for `bench`).
     pub progress: bool,
+    /// The pre-shared key's derived keys (`--key-file`).
+    pub keys: Option<crate::proto::auth::Keys>,
 }
 
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
@@ -248,7 +249,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let size = meta.len();
     let t_prep = Instant::now();
-    let digest = hash_file(&file).with_context(|| format!("reading {}", opts.file.display()))?;
+    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
+    let digest = hash_file(&file, hasher).with_context(|| format!("reading {}", opts.file.display()))?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
 
     let (session, cookie) = admit(opts, size, super::output::source_id(&meta))?;
@@ -321,7 +323,8 @@ fn admit(opts: &TcpSendOptions, size: u64, source: crate::wire::message::SourceI
     let chunk = CHUNK as u32;
     let info =
         SessionInfo { file_size: size, chunk_size: chunk, n_chunks: size.div_ceil(u64::from(chunk)), digest: None };
-    let cfg = SenderConfig { timeout: opts.timeout, source, via_tcp: true, ..Default::default() };
+    let cfg =
+        SenderConfig { timeout: opts.timeout, source, via_tcp: true, keys: opts.keys.clone(), ..Default::default() };
     let mut sender = Sender::new(cfg, session, info, Instant::now());
     super::control::handshake(&mut sender, &mut ctrl, ctrl_peer)?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
@@ -330,18 +333,22 @@ fn admit(opts: &TcpSendOptions, size: u64, source: crate::wire::message::SourceI
 
 /// Receives one admitted TCP transfer: `header` was read and checked
 /// against the session by the receive loop.
-pub fn receive(
-    mut sock: TcpStream,
-    header: &StreamHeader,
-    out: &Path,
-    policy: OutputPolicy,
-    timeout: Duration,
-    intervals: bool,
-) -> TcpReport {
+/// Where and how a TCP receiver writes what it is sent.
+pub struct TcpReceiveOptions<'a> {
+    pub out: &'a Path,
+    pub policy: OutputPolicy,
+    pub timeout: Duration,
+    pub intervals: bool,
+    /// The pre-shared key's derived keys: the digest is keyed.
+    pub keys: Option<crate::proto::auth::Keys>,
+}
+
+pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOptions<'_>) -> TcpReport {
+    let (out, intervals) = (opts.out, opts.intervals);
     let start = Instant::now();
     let rusage_at_start = super::Rusage::of_self();
     let bytes = header.file_size;
-    let r = receive_inner(&mut sock, header, out, policy, timeout);
+    let r = receive_inner(&mut sock, header, opts);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -453,12 +460,14 @@ pub fn read_header(sock: &mut TcpStream, timeout: Duration) -> anyhow::Result<St
 fn receive_inner(
     sock: &mut TcpStream,
     header: &StreamHeader,
-    out: &Path,
-    policy: OutputPolicy,
-    timeout: Duration,
+    opts: &TcpReceiveOptions<'_>,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
-    let mut output = Output::create(out, size, &header.source, policy).context("preparing the output")?;
+    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
+    let mut output = Output::create(opts.out, size, &header.source, opts.policy)
+        .context("preparing the output")?
+        .with_hasher(hasher);
+    let timeout = opts.timeout;
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
     let mut progress = Progress::new(timeout);

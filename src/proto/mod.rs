@@ -9,15 +9,21 @@
 //!
 //! ```text
 //! sender                                   receiver
-//!   Hello(info) ─────────── control ──────────▶   (opens PATH.partial)
-//!   ◀────────────────────── control ─────────── HelloAck
-//!   Meta(first), Data 0..n, Meta(last) ── data path (AF_XDP) ──▶
-//!   ◀────────────── Nack(round, bitmap) every tick (empty = heartbeat)
+//!   Hello(info) ─────────── control ──────────▶   (no state yet)
+//!   ◀────────────────────── control ─────────── HelloAck(cookie, not opened)
+//!   Hello(info) + cookie ── control ──────────▶   (opens PATH.partial)
+//!   ◀────────────────────── control ─────────── HelloAck(opened)
+//!   Meta(first), Data 0..n, Meta(last, digest) ── data path (AF_XDP) ──▶
+//!   ◀────────────── Nack(round, prefix, bitmap) every tick (empty = heartbeat)
 //!   Data (repairs, same frames again) ── data ──▶
 //!   End(info) every probe interval once idle ──▶
 //!   ◀────────────────────── Done(ok, digest)    (after BLAKE3 of the file)
 //! ```
+//!
+//! Every datagram after the first Hello carries the cookie; with a
+//! pre-shared key, control messages and Metas are sealed ([`auth`]).
 
+pub mod auth;
 pub mod chunkset;
 pub mod pacer;
 pub mod receiver;

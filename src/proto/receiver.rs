@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::auth::{Counter, Direction, Keys, ReplayGuard};
 use super::chunkset::ChunkSet;
 use crate::wire::message::{Message, Nack, SessionInfo, SourceId, HEADER_LEN};
 use crate::wire::stream::StreamHeader;
@@ -47,6 +48,9 @@ pub struct ReceiverConfig {
     /// Key for the cookies answered to Hellos. The driver sets a fresh random
     /// one; the default (all zeros) is for deterministic tests.
     pub cookie_key: [u8; 32],
+    /// With a pre-shared key (`--key-file`): every control message and Meta
+    /// must be sealed with it, replies are sealed, the digest is keyed.
+    pub keys: Option<Keys>,
 }
 
 impl Default for ReceiverConfig {
@@ -64,6 +68,7 @@ impl Default for ReceiverConfig {
             max_datagram: None,
             tcp_only: false,
             cookie_key: [0; 32],
+            keys: None,
         }
     }
 }
@@ -98,10 +103,12 @@ pub enum DropReason {
     BadCookie,
     /// A Hello asking for a transport this receiver does not take.
     WrongMode,
+    /// With a key: no valid seal, or a replayed one.
+    BadSeal,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Wire(WireError::Truncated),
         DropReason::Wire(WireError::BadMagic),
         DropReason::Wire(WireError::BadVersion),
@@ -123,6 +130,7 @@ impl DropReason {
         DropReason::BadCookie,
         DropReason::WrongMode,
         DropReason::Refused,
+        DropReason::BadSeal,
     ];
 
     fn index(self) -> usize {
@@ -146,6 +154,7 @@ impl DropReason {
             DropReason::BadCookie => "bad_cookie",
             DropReason::WrongMode => "wrong_mode",
             DropReason::Refused => "refused",
+            DropReason::BadSeal => "bad_seal",
         }
     }
 }
@@ -296,6 +305,9 @@ pub struct Receiver {
     pub first_data: Option<Instant>,
     /// Cookies handed out to Hellos that did not carry one yet.
     pub cookies_sent: u64,
+    /// With a key: our sealed messages' counter, and the sender's seen.
+    counter: Counter,
+    replay: ReplayGuard,
     scratch: Vec<u8>,
 }
 
@@ -317,12 +329,30 @@ impl Receiver {
             peer_retransmits: 0,
             first_data: None,
             cookies_sent: 0,
+            counter: Counter::default(),
+            replay: ReplayGuard::default(),
             scratch: Vec::new(),
         }
     }
 
     pub fn info(&self) -> Option<&SessionInfo> {
         self.session.as_ref().map(|s| &s.info)
+    }
+
+    /// The hasher the output's digest must be computed with: keyed with a
+    /// pre-shared key, plain BLAKE3 without.
+    pub fn digest_hasher(&self) -> blake3::Hasher {
+        self.cfg.keys.as_ref().map_or_else(blake3::Hasher::new, Keys::digest_hasher)
+    }
+
+    /// With a key: whether a datagram for us is sealed, and (`fresh`) not a
+    /// replay of one already taken.
+    fn authentic(&mut self, bytes: &[u8], fresh: bool) -> bool {
+        let Some(k) = &self.cfg.keys else { return true };
+        match k.open(Direction::ToReceiver, bytes) {
+            Some(c) => !fresh || self.replay.accept(c),
+            None => false,
+        }
     }
 
     pub fn session_id(&self) -> Option<u64> {
@@ -436,6 +466,10 @@ impl Receiver {
                 if session != s.id {
                     return Err(DropReason::WrongSession);
                 }
+                // Sealed, but posted again on purpose: no replay check.
+                if let Some(k) = &self.cfg.keys {
+                    k.open(Direction::ToReceiver, bytes).ok_or(DropReason::BadSeal)?;
+                }
                 if cookie != s.cookie {
                     return Err(DropReason::BadCookie);
                 }
@@ -466,8 +500,18 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed } = msg {
+            if let Err(why) = self.key_matches(keyed, bytes) {
+                if self.session.is_none() {
+                    self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
+                }
+                return Err(DropReason::BadSeal);
+            }
             return self.hello(now, from, cookie, session, info, source, via_tcp);
+        }
+        // Every sealed control message counts up: a replay is refused.
+        if !self.authentic(bytes, true) {
+            return Err(DropReason::BadSeal);
         }
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         let session = match msg {
@@ -508,6 +552,18 @@ impl Receiver {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether a Hello's sender and we agree on using a key, and its seal
+    /// holds (no replay check: a Hello before the session has no counter to
+    /// compare with, and only a sealed echo of the cookie opens anything).
+    fn key_matches(&mut self, keyed: bool, bytes: &[u8]) -> Result<(), &'static str> {
+        match (self.cfg.keys.is_some(), keyed) {
+            (false, true) => Err("the sender uses a key; start the receiver with the same --key-file"),
+            (true, false) => Err("this receiver requires a key; send with the same --key-file"),
+            (true, true) if !self.authentic(bytes, false) => Err("wrong key: the Hello's seal does not verify"),
+            _ => Ok(()),
+        }
     }
 
     /// A Hello. Without our cookie it only earns one (no state is kept);
@@ -659,14 +715,21 @@ impl Receiver {
         }
     }
 
-    /// The next control datagram to send. `now` stamps the HelloAck's delay.
+    /// The next control datagram to send (sealed, with a key). `now` stamps
+    /// the HelloAck's delay.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
-        if let (Some(at), Some(s)) = (self.hello_ack_due, &self.session) {
-            self.hello_ack_due = None;
-            let delay_us = now.saturating_duration_since(at).as_micros() as u64;
-            return Some(s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true }));
+        let (to, mut bytes) = match (self.hello_ack_due, &self.session) {
+            (Some(at), Some(s)) => {
+                self.hello_ack_due = None;
+                let delay_us = now.saturating_duration_since(at).as_micros() as u64;
+                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true })
+            }
+            _ => self.transmit.pop_front()?,
+        };
+        if let Some(k) = &self.cfg.keys {
+            k.seal(Direction::ToSender, self.counter.bump(), &mut bytes);
         }
-        self.transmit.pop_front()
+        Some((to, bytes))
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -804,7 +867,7 @@ mod tests {
     const OTHER: &str = "10.0.0.9:4000";
 
     fn hello(info: SessionInfo) -> Message<'static> {
-        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false }
+        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false }
     }
 
     /// A receiver with session 7 open from PEER; returns its cookie.
@@ -953,5 +1016,39 @@ mod tests {
         rx.on_control(now, PEER.parse().unwrap(), &Message::Abort { session: 7, reason }.encode(cookie));
         let Some(Err(RecvError::PeerAborted(shown))) = rx.outcome() else { panic!("{:?}", rx.outcome()) };
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    }
+
+    #[test]
+    fn with_a_key_unsealed_and_replayed_control_is_dropped() {
+        use crate::proto::auth::{Direction, Keys};
+        let keys = Keys::derive(&[9; 32]);
+        let now = Instant::now();
+        let cfg = ReceiverConfig { keys: Some(keys.clone()), ..Default::default() };
+        let mut rx = Receiver::new(cfg, now);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: Some([1; 32]) };
+        let hello = Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true };
+        let cookie = rx.cookie_for(peer.ip(), 7);
+        // Unsealed: refused, and told why.
+        rx.on_control(now, peer, &hello.encode(cookie));
+        assert!(rx.info().is_none());
+        assert_eq!(rx.drops.get(DropReason::BadSeal), 1);
+        let mut sealed = hello.encode(cookie);
+        keys.seal(Direction::ToReceiver, 1, &mut sealed);
+        rx.on_control(now, peer, &sealed);
+        assert!(rx.info().is_some(), "a sealed echo of the cookie opens the session");
+        // Its replies are sealed for the sender's direction.
+        while let Some((_, reply)) = rx.poll_transmit(now) {
+            assert!(keys.open(Direction::ToSender, &reply).is_some(), "an unsealed reply");
+        }
+        let mut end = Message::End { session: 7, info, retransmits: 0 }.encode(cookie);
+        keys.seal(Direction::ToReceiver, 2, &mut end);
+        rx.on_control(now, peer, &end);
+        rx.on_control(now, peer, &end);
+        assert_eq!(rx.drops.get(DropReason::BadSeal), 2, "the replay is dropped");
+        let mut forged_meta = Message::Meta { session: 7, last: true, info }.encode(cookie);
+        keys.seal(Direction::ToSender, 0, &mut forged_meta);
+        assert!(rx.on_data(now, peer, &forged_meta).is_none());
+        assert_eq!(rx.drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
     }
 }

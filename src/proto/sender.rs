@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::auth::{Counter, Direction, Keys, ReplayGuard};
 use crate::wire::message::{Message, SessionInfo, SourceId, HEADER_LEN};
 use crate::wire::{untrusted_text, WireError};
 
@@ -47,6 +48,9 @@ pub struct SenderConfig {
     pub source: SourceId,
     /// Ask for the file over TCP (the fallback where AF_XDP cannot run).
     pub via_tcp: bool,
+    /// Seal every control message, and require the receiver's to be sealed
+    /// (`--key-file`).
+    pub keys: Option<Keys>,
 }
 
 impl Default for SenderConfig {
@@ -61,6 +65,7 @@ impl Default for SenderConfig {
             tail_probe_after: Duration::from_millis(30),
             source: [0; 16],
             via_tcp: false,
+            keys: None,
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct SendStats {
     pub nacks_out_of_window: u64,
     /// Datagrams from the receiver's address without its cookie.
     pub bad_cookie: u64,
+    /// With a key: datagrams whose seal did not verify, or replayed.
+    pub bad_seal: u64,
 }
 
 #[derive(Debug)]
@@ -172,6 +179,9 @@ pub struct Sender {
     marker_due: bool,
     /// The receiver's cookie, from its first HelloAck.
     cookie: Option<u64>,
+    /// With a key: our control messages' counter, and the receiver's seen.
+    counter: Counter,
+    replay: ReplayGuard,
     /// Chunks the driver can post: `[floor, readable)` (a bounded UMEM holds
     /// only a window of the file).
     readable: u64,
@@ -214,6 +224,8 @@ impl Sender {
             markers_posted: 0,
             marker_due: false,
             cookie: None,
+            counter: Counter::default(),
+            replay: ReplayGuard::default(),
             readable: info.n_chunks,
             floor: 0,
             ring_full: false,
@@ -386,8 +398,9 @@ impl Sender {
                     info: self.info,
                     source: self.cfg.source,
                     via_tcp: self.cfg.via_tcp,
+                    keyed: self.cfg.keys.is_some(),
                 };
-                Some(hello.encode(self.cookie.unwrap_or(0)))
+                Some(self.seal(&hello))
             }
             State::Transfer => {
                 if !self.pass_done() || !self.repairs.is_empty() || now < self.next_probe {
@@ -396,9 +409,33 @@ impl Sender {
                 self.next_probe = now + self.cfg.probe_interval;
                 self.stats.end_probes += 1;
                 let end = Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits };
-                Some(end.encode(self.cookie.unwrap_or(0)))
+                Some(self.seal(&end))
             }
             State::Finished => None,
+        }
+    }
+
+    /// Encodes a control message with the cookie and, with a key, seals it.
+    pub fn seal(&mut self, msg: &Message<'_>) -> Vec<u8> {
+        let mut d = msg.encode(self.cookie.unwrap_or(0));
+        if let Some(k) = &self.cfg.keys {
+            k.seal(Direction::ToReceiver, self.counter.bump(), &mut d);
+        }
+        d
+    }
+
+    /// With a key, whether a datagram from the receiver is sealed, fresh, and
+    /// ours to take. An unsealed Abort is taken before the cookie is known: a
+    /// receiver without the key can only refuse us that way.
+    fn authentic(&mut self, bytes: &[u8], msg: &Message<'_>) -> bool {
+        let Some(k) = &self.cfg.keys else { return true };
+        match k.open(Direction::ToSender, bytes) {
+            Some(c) if self.replay.accept(c) => true,
+            None if self.cookie.is_none() && matches!(msg, Message::Abort { .. }) => true,
+            _ => {
+                self.stats.bad_seal += 1;
+                false
+            }
         }
     }
 
@@ -406,6 +443,9 @@ impl Sender {
     /// the datagram is simply ignored.
     pub fn on_control(&mut self, now: Instant, bytes: &[u8]) -> Result<(), WireError> {
         let (msg, cookie) = Message::parse_with_cookie(bytes)?;
+        if !self.authentic(bytes, &msg) {
+            return Err(WireError::BadBody);
+        }
         let session = match &msg {
             Message::HelloAck { session, .. }
             | Message::Nack { session, .. }

@@ -479,7 +479,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert_eq!(rx.drops.get(DropReason::NoSession), 1);
     assert_eq!(rx.chunks_received(), 0);
     // A second sender cannot take over.
-    let hello = Message::Hello { session: 9, info, source: [0; 16], via_tcp: false };
+    let hello = Message::Hello { session: 9, info, source: [0; 16], via_tcp: false, keyed: false };
     rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
     assert_eq!(rx.drops.get(DropReason::Busy), 1);
     assert_eq!(rx.peer(), Some(SENDER));
@@ -586,7 +586,11 @@ const K: u64 = 0x5eed;
 /// returns the cookie.
 fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
     let cookie = rx.cookie_for(SENDER.ip(), 1);
-    rx.on_control(now, SENDER, &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false }.encode(cookie));
+    rx.on_control(
+        now,
+        SENDER,
+        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false }.encode(cookie),
+    );
     cookie
 }
 

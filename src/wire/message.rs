@@ -169,6 +169,8 @@ pub type SourceId = [u8; 16];
 pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4;
 /// Hello flag: send the file over TCP, not the data path.
 const HELLO_VIA_TCP: u32 = 1;
+/// Hello flag: the sender seals its datagrams with a pre-shared key.
+const HELLO_KEYED: u32 = 2;
 
 /// `SessionInfo` flag: the digest field is valid.
 const FLAG_DIGEST: u32 = 1;
@@ -279,12 +281,14 @@ pub enum Message<'a> {
     /// the receiver answers with a cookie, and only a Hello that echoes it
     /// opens the session. `source` names the sender's input file (see
     /// [`SourceId`]); `via_tcp` asks for the file over TCP instead of the data
-    /// path (the sender's fallback).
+    /// path (the sender's fallback); `keyed`: the sender authenticates with a
+    /// pre-shared key (so a receiver without one can say so).
     Hello {
         session: u64,
         info: SessionInfo,
         source: SourceId,
         via_tcp: bool,
+        keyed: bool,
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
@@ -332,7 +336,13 @@ impl<'a> Message<'a> {
                 let mut source = [0u8; 16];
                 source.copy_from_slice(&body[SESSION_INFO_LEN..SESSION_INFO_LEN + 16]);
                 let flags = be_u32(&body[SESSION_INFO_LEN + 16..HELLO_LEN]);
-                Message::Hello { session, info, source, via_tcp: flags & HELLO_VIA_TCP != 0 }
+                Message::Hello {
+                    session,
+                    info,
+                    source,
+                    via_tcp: flags & HELLO_VIA_TCP != 0,
+                    keyed: flags & HELLO_KEYED != 0,
+                }
             }
             Kind::End => {
                 let info = SessionInfo::parse(body)?;
@@ -415,11 +425,11 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp } => {
+            Message::Hello { session, info, source, via_tcp, keyed } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
-                let flags = if *via_tcp { HELLO_VIA_TCP } else { 0 };
+                let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP) | (u32::from(*keyed) * HELLO_KEYED);
                 out.extend_from_slice(&flags.to_be_bytes());
                 (Kind::Hello, *session, 0)
             }
@@ -476,8 +486,14 @@ mod tests {
             Message::Data { session: 9, chunk: 3, payload: b"hello" },
             Message::Meta { session: 9, last: false, info: info() },
             Message::Meta { session: 9, last: true, info: info() },
-            Message::Hello { session: 9, info: info(), source: [5; 16], via_tcp: false },
-            Message::Hello { session: 9, info: SessionInfo { digest: None, ..info() }, source: [0; 16], via_tcp: true },
+            Message::Hello { session: 9, info: info(), source: [5; 16], via_tcp: false, keyed: false },
+            Message::Hello {
+                session: 9,
+                info: SessionInfo { digest: None, ..info() },
+                source: [0; 16],
+                via_tcp: true,
+                keyed: true,
+            },
             Message::HelloAck { session: 9, delay_us: 1234, opened: false },
             Message::HelloAck { session: 9, delay_us: 0, opened: true },
             Message::Nack {
@@ -570,11 +586,11 @@ mod tests {
     fn refuses_inconsistent_session_info() {
         let mut bad = info();
         bad.n_chunks = 11;
-        let bytes = Message::Hello { session: 1, info: bad, source: [0; 16], via_tcp: false }.to_vec();
+        let bytes = Message::Hello { session: 1, info: bad, source: [0; 16], via_tcp: false, keyed: false }.to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
         let mut zero = info();
         zero.chunk_size = 0;
-        let bytes = Message::Hello { session: 1, info: zero, source: [0; 16], via_tcp: false }.to_vec();
+        let bytes = Message::Hello { session: 1, info: zero, source: [0; 16], via_tcp: false, keyed: false }.to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
     }
 
@@ -604,7 +620,7 @@ mod tests {
             }
             let _ = Message::parse(&buf);
         }
-        let good = Message::Hello { session: 1, info: info(), source: [1; 16], via_tcp: false }.to_vec();
+        let good = Message::Hello { session: 1, info: info(), source: [1; 16], via_tcp: false, keyed: false }.to_vec();
         for end in 0..good.len() {
             assert!(Message::parse(&good[..end]).is_err());
         }

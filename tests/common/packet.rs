@@ -74,11 +74,23 @@ pub struct Sniffed {
     pub tpl: FrameTemplate,
     /// The UDP payload length of the frame seen.
     pub datagram_len: usize,
+    /// The whole-file digest, when the message carried it (Meta, End).
+    pub digest: Option<[u8; 32]>,
 }
 
 /// Watches the wire until a datagram for UDP port `port` parses as an
 /// xdpblast message with a nonzero cookie; returns what it reveals.
 pub fn sniff(sock: &PacketSocket, port: u16, within: Duration) -> Option<Sniffed> {
+    sniff_where(sock, port, within, |_| true)
+}
+
+/// Like [`sniff`], for the first such message that `want` accepts.
+pub fn sniff_where(
+    sock: &PacketSocket,
+    port: u16,
+    within: Duration,
+    want: impl Fn(&Sniffed) -> bool,
+) -> Option<Sniffed> {
     let deadline = Instant::now() + within;
     let mut buf = vec![0u8; 65536];
     while Instant::now() < deadline {
@@ -91,11 +103,10 @@ pub fn sniff(sock: &PacketSocket, port: u16, within: Duration) -> Option<Sniffed
         if cookie == 0 {
             continue;
         }
-        let (session, chunk) = match msg {
-            Message::Data { session, chunk, .. } => (session, chunk),
-            Message::Hello { session, .. } | Message::Nack { session, .. } | Message::End { session, .. } => {
-                (session, 0)
-            }
+        let (session, chunk, digest) = match msg {
+            Message::Data { session, chunk, .. } => (session, chunk, None),
+            Message::Meta { session, info, .. } | Message::End { session, info, .. } => (session, 0, info.digest),
+            Message::Hello { session, .. } | Message::Nack { session, .. } => (session, 0, None),
             _ => continue,
         };
         let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (d.src, d.dst) else { continue };
@@ -104,7 +115,10 @@ pub fn sniff(sock: &PacketSocket, port: u16, within: Duration) -> Option<Sniffed
         dst_mac.copy_from_slice(&frame[0..6]);
         src_mac.copy_from_slice(&frame[6..12]);
         let tpl = FrameTemplate { src_mac, dst_mac, src, dst, ttl: 64 };
-        return Some(Sniffed { session, cookie, chunk, tpl, datagram_len: d.payload.len() });
+        let seen = Sniffed { session, cookie, chunk, tpl, datagram_len: d.payload.len(), digest };
+        if want(&seen) {
+            return Some(seen);
+        }
     }
     None
 }

@@ -32,6 +32,7 @@ fn main() {
         info: SessionInfo { digest: None, ..info },
         source: [7; 16],
         via_tcp: false,
+        keyed: false,
     };
     // The first Hello earns the cookie; the second, echoing it, opens.
     let hello_first = hello_msg.to_vec();
