@@ -82,7 +82,8 @@ struct BenchArgs {
     /// Send this file instead of generating one.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Modes to compare, comma-separated.
+    /// Modes to compare, comma-separated (also: afxdp-key, AF_XDP with a
+    /// pre-shared key on both ends).
     #[arg(long, value_delimiter = ',', default_value = "afxdp,sendfile,readwrite,mmap,splice")]
     modes: Vec<String>,
     /// Runs per mode, interleaved across modes.

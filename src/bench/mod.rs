@@ -24,7 +24,9 @@ use tracing::info;
 use crate::report::{human_bits_per_sec, median};
 use testbed::{Testbed, RX_IP};
 
-pub const ALL_MODES: [&str; 5] = ["afxdp", "sendfile", "readwrite", "mmap", "splice"];
+/// `afxdp-key` is AF_XDP with a pre-shared key on both ends (the cost of
+/// authentication); it is not in the default list.
+pub const ALL_MODES: [&str; 6] = ["afxdp", "afxdp-key", "sendfile", "readwrite", "mmap", "splice"];
 const GIB: f64 = (1u64 << 30) as f64;
 
 pub struct BenchOptions {
@@ -243,6 +245,11 @@ fn finish_watching(
     serde_json::from_str(&out).with_context(|| format!("{what} printed no JSON report:\n{}", rest.join("\n")))
 }
 
+/// Adds the pre-shared key to a command.
+fn rcmd_key(cmd: &mut Command, key: &str) {
+    cmd.args(["--key-file", key]);
+}
+
 /// Writes dirty pages out and drops the clean page cache, so the next read
 /// of the file comes from disk (root).
 fn drop_page_cache() -> anyhow::Result<()> {
@@ -258,18 +265,24 @@ fn run_once(
     mode: &str,
     file: &Path,
     out: &Path,
+    key: &Path,
     bytes_bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Run> {
+    let afxdp = mode.starts_with("afxdp");
+    let key_s = key.to_str().context("utf-8 key path")?;
     let _ = std::fs::remove_file(out);
     let listen = format!("{RX_IP}:9000");
     let out_s = out.to_str().context("utf-8 output path")?;
     let file_s = file.to_str().context("utf-8 file path")?;
     let mut rcmd = bed.exec(&bed.rx_ns);
     rcmd.arg(exe).args(["--log", "warn", "recv", "--listen", &listen, "--out", out_s, "--json", "--timeout", "30"]);
-    if mode == "afxdp" {
+    if afxdp {
         rcmd.args(["--iface", &bed.rx_if]);
     } else {
         rcmd.args(["--mode", "tcp"]);
+    }
+    if mode == "afxdp-key" {
+        rcmd_key(&mut rcmd, key_s);
     }
     let receiver = spawn(rcmd)?;
     let mut rlog = Vec::new();
@@ -277,10 +290,13 @@ fn run_once(
 
     let mut scmd = bed.exec(&bed.tx_ns);
     scmd.arg(exe).args(["--log", "info", "send", file_s, "--dst", &listen, "--json", "--progress", "--timeout", "30"]);
-    if mode == "afxdp" {
+    if afxdp {
         scmd.args(["--mode", "afxdp", "--iface", &bed.tx_if]);
     } else {
         scmd.args(["--mode", mode]);
+    }
+    if mode == "afxdp-key" {
+        rcmd_key(&mut scmd, key_s);
     }
     let retrans_before = bed.tcp_retrans();
     if cold {
@@ -328,7 +344,7 @@ fn run_once(
         system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
         syscalls: Some(u(&send["syscalls"])),
         ctx_switches: Some(u(&tr["voluntary_ctx_switches"]) + u(&tr["involuntary_ctx_switches"])),
-        retransmits: if mode == "afxdp" { u(&send["retransmits"]) } else { tcp_retrans },
+        retransmits: if afxdp { u(&send["retransmits"]) } else { tcp_retrans },
         verified,
     })
 }
@@ -398,7 +414,11 @@ fn summarize(mode: &str, runs: &[Run], bytes: u64) -> ModeResult {
         runs.iter().map(|r| f(r).map(|b| b as f64)).collect::<Option<Vec<f64>>>().map(median)
     };
     ModeResult {
-        mode: if mode == "afxdp" { "afxdp-copy".into() } else { mode.into() },
+        mode: match mode {
+            "afxdp" => "afxdp-copy".into(),
+            "afxdp-key" => "afxdp-copy-key".into(),
+            m => m.into(),
+        },
         runs: runs.len(),
         e2e_goodput_bps: stat(runs.iter().map(|r| r.e2e_goodput_bps).collect()),
         goodput_bps: stat(runs.iter().map(|r| r.goodput_bps).collect()),
@@ -464,6 +484,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let bytes = std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?.len();
     let out = work.path().join("output.bin");
+    // For the afxdp-key mode: a fresh pre-shared key, as `keygen` writes it.
+    let key = work.path().join("bench.key");
+    let hex: String = crate::io::random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&key, format!("{hex}\n")).context("writing the bench key")?;
     let bed = Testbed::create(opts.threaded_napi)?;
     let mtu = bed.mtu()?;
 
@@ -494,7 +518,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 opts.runs,
                 crate::report::human_bytes(bytes)
             ));
-            let res = run_once(&bed, opts.cold, &exe, mode, &file, &out, &bytes_bar)
+            let res = run_once(&bed, opts.cold, &exe, mode, &file, &out, &key, &bytes_bar)
                 .with_context(|| format!("{mode}, run {}", r + 1))?;
             bar.println(format!("  {mode:<10} run {}: {}", r + 1, human_bits_per_sec(res.goodput_bps)));
             runs[i].push(res);
@@ -574,7 +598,7 @@ fn print_table(r: &BenchReport) {
     let head = ["mode", "end to end (min-max)", "transfer phase", "pkt/s", "tx CPU", "rx CPU", "sys CPU"];
     let more = ["syscalls", "ctxsw", "tx RSS", "rx RSS", "rexmit", "verified"];
     println!(
-        "{:<11} {:>26} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
+        "{:<14} {:>26} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
         head[0],
         head[1],
         head[2],
@@ -590,7 +614,7 @@ fn print_table(r: &BenchReport) {
         more[5]
     );
     println!(
-        "{:<11} {:>26} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
+        "{:<14} {:>26} {:>15} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
         "", "", "", "", "s/GiB", "s/GiB", "s/GiB", "/GiB", "/GiB", "MiB", "MiB", "", ""
     );
     let rows = r.results.iter().map(|m| (m, if m.verified { "yes" } else { "NO" }));
@@ -598,7 +622,7 @@ fn print_table(r: &BenchReport) {
         let e = &m.e2e_goodput_bps;
         let mib = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0}", b / (1u64 << 20) as f64));
         println!(
-            "{:<11} {:>26} {:>15} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
+            "{:<14} {:>26} {:>15} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8}",
             m.mode,
             format!("{} ({:.2}-{:.2})", human_bits_per_sec(e.median), e.min / 1e9, e.max / 1e9),
             human_bits_per_sec(m.goodput_bps.median),
