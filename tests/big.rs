@@ -34,6 +34,10 @@ fn eight_gib_through_a_64_mib_umem_arrives_identical_in_bounded_memory() {
         );
         assert!(hwm > 0 && hwm <= 128 * MIB, "loss {loss}: the sender held {} MiB at its peak", hwm / MIB);
         assert!(sent["umem_bytes"].as_u64().unwrap_or(u64::MAX) <= 64 * MIB);
+        for key in ["read_s", "tx_stall_s", "reader_stall_s"] {
+            assert!(sent[key].as_f64().is_some_and(|v| v >= 0.0), "{key}: {sent}");
+        }
+        assert_eq!(sent["reread_chunks"], 0);
         assert_eq!(sent["digest"], recv["digest"]);
         if loss != "0" {
             assert!(sent["retransmits"].as_u64().unwrap_or(0) > 0, "loss must be repaired: {sent}");

@@ -82,6 +82,9 @@ pub struct SendReport {
     pub read_s: f64,
     /// Time the first pass waited for the reader with nothing else to send.
     pub tx_stall_s: f64,
+    /// Time the reader waited for the transmit side: the ring was full until
+    /// the receiver's prefix (or the kernel's completions) freed a slot.
+    pub reader_stall_s: f64,
     /// Chunks read a second time (never: frames are reused only after the
     /// receiver holds them; see README).
     pub reread_chunks: u64,
@@ -391,6 +394,7 @@ fn transfer(
         umem_bytes: plan.umem_bytes(),
         read_s: reader.read_time.as_secs_f64(),
         tx_stall_s: tx.reader_wait.as_secs_f64(),
+        reader_stall_s: tx.reader_stall().as_secs_f64(),
         reread_chunks: 0,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
@@ -440,6 +444,10 @@ struct Transmit {
     rusage_at_start: super::Rusage,
     /// Time the first pass had ring room but waited for the reader.
     reader_wait: Duration,
+    /// Time the reader had no free slot (waiting for the receiver's prefix
+    /// or for TX completions), and since when it has none.
+    ring_full_time: Duration,
+    ring_full_since: Option<Instant>,
 }
 
 impl Transmit {
@@ -470,7 +478,13 @@ impl Transmit {
             next_progress: start,
             rusage_at_start: super::Rusage::of_self(),
             reader_wait: Duration::ZERO,
+            ring_full_time: Duration::ZERO,
+            ring_full_since: None,
         }
+    }
+
+    fn reader_stall(&self) -> Duration {
+        self.ring_full_time + self.ring_full_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     fn elapsed_s(&self) -> f64 {
@@ -559,7 +573,18 @@ impl Transmit {
             if waiting {
                 self.reader_wait += t.elapsed();
             }
-            sender.set_readable(reader.floor(), reader.next(), reader.next() >= limit);
+            // The reader waits for the receiver when the ring is full: from
+            // the turn that finds it so until the turn that finds room.
+            let full = reader.next() >= limit;
+            match (full, self.ring_full_since) {
+                (true, None) => self.ring_full_since = Some(t),
+                (false, Some(since)) => {
+                    self.ring_full_time += t.saturating_duration_since(since);
+                    self.ring_full_since = None;
+                }
+                _ => {}
+            }
+            sender.set_readable(reader.floor(), reader.next(), full);
         }
         if reader.is_done() {
             self.meta_last_len = reader.finish(xsk, unchanged)?;
