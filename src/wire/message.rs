@@ -322,10 +322,15 @@ pub enum Message<'a> {
 
 impl<'a> Message<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, WireError> {
+        Message::parse_with_cookie(buf).map(|(m, _)| m)
+    }
+
+    /// Parses a datagram and returns its message with the header's cookie.
+    pub fn parse_with_cookie(buf: &'a [u8]) -> Result<(Message<'a>, u64), WireError> {
         let h = Header::new_checked(buf)?;
         let session = h.session();
         let body = h.body();
-        Ok(match h.kind() {
+        let msg = match h.kind() {
             Kind::Data => Message::Data { session, chunk: h.seq(), payload: body },
             Kind::Meta => Message::Meta { session, last: h.seq() == 1, info: SessionInfo::parse(body)? },
             Kind::Hello => {
@@ -392,13 +397,8 @@ impl<'a> Message<'a> {
                 let reason = std::str::from_utf8(body).map_err(|_| WireError::BadBody)?;
                 Message::Abort { session, reason }
             }
-        })
-    }
-
-    /// Parses a datagram and returns its message with the header's cookie.
-    pub fn parse_with_cookie(buf: &'a [u8]) -> Result<(Message<'a>, u64), WireError> {
-        let cookie = Header::new_checked(buf)?.cookie();
-        Ok((Message::parse(buf)?, cookie))
+        };
+        Ok((msg, h.cookie()))
     }
 
     /// Serialises the message with cookie 0 (a first Hello, or a test).
