@@ -85,8 +85,9 @@ pub struct SendReport {
     /// Time the reader waited for the transmit side: the ring was full until
     /// the receiver's prefix (or the kernel's completions) freed a slot.
     pub reader_stall_s: f64,
-    /// Chunks read a second time (never: frames are reused only after the
-    /// receiver holds them; see README).
+    /// Chunks read a second time. Always 0 by design: a frame is reused only
+    /// once the receiver's prefix is past its chunk, so no repair can need a
+    /// re-read (`stats.repairs_unavailable` counts any NACK that would have).
     pub reread_chunks: u64,
     pub packet_size: u32,
     pub chunk_size: u32,

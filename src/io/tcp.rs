@@ -283,10 +283,13 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let goodput = size as f64 * 8.0 / elapsed.max(1e-9);
     if opts.intervals {
+        // The whole command first (the hash before connecting included), the
+        // transfer phase beside it.
+        let e2e = crate::report::since_process_start();
         println!(
-            "[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  sender ({}), verified by receiver",
+            "[  0.00-{e2e:6.2} sec]  {:>12}  {:>16}  sender ({}), verified by receiver (transfer phase {elapsed:.2} s)",
             human_bytes(size),
-            human_bits_per_sec(goodput),
+            human_bits_per_sec(size as f64 * 8.0 / e2e.max(1e-9)),
             opts.mode.name()
         );
     }
