@@ -12,6 +12,7 @@ use tracing::info;
 use xdpblast::afxdp::program::{Steering, TestKnobs};
 use xdpblast::afxdp::umem::UmemError;
 use xdpblast::afxdp::xsk::BindMode;
+use xdpblast::engine::reader::ReaderMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};
@@ -156,6 +157,27 @@ impl From<XskBind> for BindMode {
     }
 }
 
+/// `send --reader`.
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum ReaderArg {
+    /// A thread when the machine has more than two CPUs, inline otherwise.
+    Auto,
+    /// In the transmit loop, between posts.
+    Inline,
+    /// On a thread of its own.
+    Thread,
+}
+
+impl ReaderArg {
+    fn mode(self) -> ReaderMode {
+        match self {
+            ReaderArg::Auto => ReaderMode::auto(),
+            ReaderArg::Inline => ReaderMode::Inline,
+            ReaderArg::Thread => ReaderMode::Thread,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct SendArgs {
     /// The file to send.
@@ -197,6 +219,10 @@ struct SendArgs {
     /// flood it (AF_XDP transfers).
     #[arg(long, conflicts_with = "raw")]
     direct: bool,
+    /// Where the file is read ahead into the UMEM ring (AF_XDP transfers):
+    /// in the transmit loop, or on a thread of its own (see README).
+    #[arg(long, value_enum, default_value = "auto", conflicts_with = "raw")]
+    reader: ReaderArg,
     /// Authenticate with the pre-shared key in PATH (`xdpblast keygen`): the
     /// receiver must use the same key; control messages are sealed, the
     /// digest is keyed.
@@ -454,6 +480,7 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
         timeout,
         umem: a.umem.unwrap_or(if a.raw { u64::MAX } else { afxdp_send::DEFAULT_UMEM }),
         direct: a.direct,
+        reader: a.reader.mode(),
         bind: a.xdp_bind.into(),
         batch: a.batch,
         rate: a.rate,

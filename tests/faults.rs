@@ -189,13 +189,23 @@ fn interface_down_mid_transfer_is_a_clear_error() {
 
 #[test]
 fn file_truncated_while_streaming_fails_and_nothing_appears_at_path() {
+    truncated_while_streaming("inline");
+}
+
+#[test]
+fn file_truncated_under_a_reader_thread_fails_and_nothing_appears_at_path() {
+    truncated_while_streaming("thread");
+}
+
+fn truncated_while_streaming(reader: &str) {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
     // Paced, so the reader is still far from the end when the file shrinks.
     let file = random_file(dir.path(), "in.bin", 256 * MIB, 26);
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &[]);
-    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), SLOW);
+    let args: Vec<&str> = SLOW.iter().copied().chain(["--reader", reader]).collect();
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &args);
     tx.wait_log("transfer started", 20);
     std::fs::OpenOptions::new().write(true).open(&file).expect("open").set_len(100 * MIB as u64).expect("truncate");
     let (ok, _, log, _) = tx.wait_exit(60);

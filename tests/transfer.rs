@@ -135,6 +135,28 @@ fn explicit_packet_size_below_mtu() {
 }
 
 #[test]
+fn reader_thread_streams_through_a_small_ring_with_loss() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 32 * MIB, 13);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--inject-loss", "0.05"]);
+    // 1 MiB of UMEM for 32 MiB of file: every slot is refilled about 50
+    // times by the thread while the transmit loop repairs.
+    let sent = veth.send(&file, &["--reader", "thread", "--umem", "1M"]);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{recv}\n{log}");
+    assert!(same_file(&file, &out));
+    let s = json(&sent);
+    assert_eq!(s["reader"], "thread", "{s}");
+    assert!(s["retransmits"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(s["stats"]["repairs_unavailable"], 0, "{s}");
+    assert!(s["read_s"].as_f64().unwrap_or(0.0) > 0.0, "the thread reports its reading time: {s}");
+    assert_eq!(s["digest"], recv["digest"]);
+}
+
+#[test]
 fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -195,6 +195,7 @@ pub fn preload(
     let mut area = UmemArea::new(plan.total_frames, plan.frame_size)?;
     let fs = plan.frame_size as usize;
     let mut hasher = blake3::Hasher::new();
+    let mut gather = Vec::new();
     let started = std::time::Instant::now();
 
     let info_without_digest =
@@ -230,10 +231,11 @@ pub fn preload(
                 }
                 got += n;
             }
+            let lens: Vec<usize> = (idx..batch_end).map(|c| shape.chunk_len(c as u64).unwrap_or(0)).collect();
+            super::readahead::hash_payloads(&mut hasher, &mut gather, &frames[idx..batch_end], &lens);
             for (i, f) in frames[idx..batch_end].iter_mut().enumerate() {
                 let c = (idx + i) as u64;
-                let len = shape.chunk_len(c).unwrap_or(0);
-                hasher.update(&f[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]);
+                let len = lens[i];
                 emit_header(&mut f[IPV4_UDP_OVERHEAD..], Kind::Data, len as u16, session, cookie, c);
                 tpl.build_in_place(f, HEADER_LEN + len)?;
             }

@@ -180,6 +180,56 @@ impl UmemArea {
     }
 }
 
+/// A writer's view of a UMEM's frames, apart from the socket that owns the
+/// area, so that a reader (inline or on its own thread) can build frames while
+/// the transmit side posts others.
+pub struct FrameWriter {
+    base: NonNull<u8>,
+    frame_size: u32,
+    frames: u32,
+}
+
+// SAFETY: the view is a pointer into a mapping that `UmemArea::writer`'s
+// caller keeps alive for the view's life; which frames may be written is the
+// contract of `frames_mut`, not of the thread that holds the view.
+unsafe impl Send for FrameWriter {}
+
+impl UmemArea {
+    /// A writer's view of this area's frames.
+    ///
+    /// # Safety
+    /// The area (and so its mapping) must outlive the view and every slice
+    /// taken from it: drop or join the holder before the area is dropped.
+    pub unsafe fn writer(&self) -> FrameWriter {
+        FrameWriter { base: self.base, frame_size: self.frame_size, frames: self.frames }
+    }
+}
+
+impl FrameWriter {
+    pub fn frame_size(&self) -> u32 {
+        self.frame_size
+    }
+
+    /// Frames `first .. first + count` as one slice. `None` past the end.
+    ///
+    /// # Safety
+    /// Nobody else may read or write these frames while the slice lives: the
+    /// kernel holds no descriptor for them (every post was completed, none is
+    /// on the fill ring), and no other slice of them exists.
+    pub unsafe fn frames_mut(&mut self, first: u32, count: u32) -> Option<&mut [u8]> {
+        if first.checked_add(count)? > self.frames {
+            return None;
+        }
+        let fs = self.frame_size as usize;
+        let start = (first as usize).checked_mul(fs)?;
+        let len = (count as usize).checked_mul(fs)?;
+        // SAFETY: [start, start + len) lies inside the mapping (the frames
+        // are inside the area, checked above), which outlives this view
+        // (`writer`'s contract); the caller guarantees exclusive access.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +248,20 @@ mod tests {
             assert!(a.bytes_at(a.len() as u64 - 1, 2).is_none());
         }
         assert!(UmemArea::new(1, 1000).is_err());
+    }
+
+    #[test]
+    fn writer_reaches_the_same_frames_and_no_further() {
+        let a = UmemArea::new(4, 2048).unwrap();
+        // SAFETY: `a` outlives the writer; no kernel is attached, and the
+        // slices below are the only ones taken.
+        unsafe {
+            let mut w = a.writer();
+            w.frames_mut(2, 2).unwrap().fill(9);
+            assert!(w.frames_mut(3, 2).is_none());
+            assert!(w.frames_mut(u32::MAX, 2).is_none());
+            assert_eq!(a.bytes_at(a.addr(2), 4096).unwrap(), &[9u8; 4096][..]);
+            assert_eq!(a.bytes_at(a.addr(1), 2048).unwrap(), &[0u8; 2048][..]);
+        }
     }
 }

@@ -25,8 +25,10 @@ use crate::report::{human_bits_per_sec, median};
 use testbed::{Testbed, RX_IP};
 
 /// `afxdp-key` is AF_XDP with a pre-shared key on both ends (the cost of
-/// authentication); it is not in the default list.
-pub const ALL_MODES: [&str; 6] = ["afxdp", "afxdp-key", "sendfile", "readwrite", "mmap", "splice"];
+/// authentication); `afxdp-inline` and `afxdp-thread` pin where the sender
+/// reads ahead (`send --reader`). None of the three is in the default list.
+pub const ALL_MODES: [&str; 8] =
+    ["afxdp", "afxdp-key", "afxdp-inline", "afxdp-thread", "sendfile", "readwrite", "mmap", "splice"];
 const GIB: f64 = (1u64 << 30) as f64;
 
 pub struct BenchOptions {
@@ -298,6 +300,9 @@ fn run_once(
     if mode == "afxdp-key" {
         rcmd_key(&mut scmd, key_s);
     }
+    if let Some(reader) = mode.strip_prefix("afxdp-").filter(|r| ["inline", "thread"].contains(r)) {
+        scmd.args(["--reader", reader]);
+    }
     let retrans_before = bed.tcp_retrans();
     if cold {
         drop_page_cache()?;
@@ -417,6 +422,8 @@ fn summarize(mode: &str, runs: &[Run], bytes: u64) -> ModeResult {
         mode: match mode {
             "afxdp" => "afxdp-copy".into(),
             "afxdp-key" => "afxdp-copy-key".into(),
+            "afxdp-inline" => "afxdp-copy-inline".into(),
+            "afxdp-thread" => "afxdp-copy-thread".into(),
             m => m.into(),
         },
         runs: runs.len(),

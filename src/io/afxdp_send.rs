@@ -19,6 +19,7 @@ use super::control::{control_port, Control};
 use crate::afxdp::preload::{FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
 use crate::afxdp::readahead::ReadAhead;
 use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
+use crate::engine::reader::{Reader, ReaderMode, Unchanged};
 use crate::engine::tx::TxEngine;
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
@@ -52,6 +53,8 @@ pub struct SendOptions {
     pub umem: u64,
     /// Read the file with `O_DIRECT` (`--direct`).
     pub direct: bool,
+    /// Read ahead inline or on a thread of its own (`--reader`).
+    pub reader: ReaderMode,
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
     pub bind: BindMode,
@@ -78,6 +81,8 @@ pub struct SendReport {
     pub peak_rss_bytes: u64,
     /// The UMEM ring's size (`--umem`), whatever the file's.
     pub umem_bytes: u64,
+    /// Where the file was read ahead: "inline" or "thread".
+    pub reader: &'static str,
     /// Time spent reading the file into frames.
     pub read_s: f64,
     /// Time the first pass waited for the reader with nothing else to send.
@@ -237,6 +242,19 @@ pub fn available(iface: &str) -> Result<String, String> {
     Ok("AF_XDP sockets available; the kernel picks copy or zero-copy at bind".into())
 }
 
+/// Adds to `total` the time a condition held: from the first turn that
+/// finds it (`since`) to the first that finds it over.
+fn stall_clock(total: &mut Duration, since: &mut Option<Instant>, holds: bool, now: Instant) {
+    match (holds, *since) {
+        (true, None) => *since = Some(now),
+        (false, Some(t)) => {
+            *total += now.saturating_duration_since(t);
+            *since = None;
+        }
+        _ => {}
+    }
+}
+
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
 /// resolve it if needed.
 pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
@@ -333,21 +351,32 @@ fn transfer(
     let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
     xsk.fill(spare.into_iter(), FILL_SPARE);
 
-    let mut reader = ReadAhead::new(file, plan, tpl, session, cookie, file_size);
+    // SAFETY: `xsk`, which owns the area, outlives the scope below, and the
+    // reader (and its thread, joined by the scope) lives only inside it.
+    let frames = unsafe { xsk.area().writer() };
+    let mut ra = ReadAhead::new(file, plan, frames, tpl, session, cookie, file_size);
     if let Some(k) = &opts.keys {
-        reader = reader.keyed(k.clone());
+        ra = ra.keyed(k.clone());
     }
     if opts.direct {
-        reader = reader.direct()?;
+        ra = ra.direct()?;
     }
-    let meta_first_len = reader.build_first_meta(&mut xsk)?;
-    sender.set_readable(0, 0, false);
-    sender.start(Instant::now());
-    info!("transfer started");
+    let meta_first_len = ra.build_first_meta()?;
+    let path = &opts.file;
+    let unchanged: Unchanged<'_> =
+        Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
     let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt);
-    let outcome = tx.run(opts, sender, ctrl, ctrl_peer, &mut xsk, &mut reader, || {
-        std::fs::metadata(&opts.file).map(|m| FileStamp::of(&m)).ok() == Some(stamp)
-    });
+    let (outcome, finished, read_time) = std::thread::scope(|scope| {
+        let mut reader = match opts.reader {
+            ReaderMode::Inline => Reader::inline(ra, plan, unchanged),
+            ReaderMode::Thread => Reader::spawn(scope, ra, plan, unchanged).context("starting the reader thread")?,
+        };
+        info!(reader = opts.reader.name(), "transfer started");
+        sender.set_readable(0, 0, false);
+        sender.start(Instant::now());
+        let outcome = tx.run(opts, sender, ctrl, ctrl_peer, &mut xsk, &mut reader);
+        anyhow::Ok((outcome, reader.finished(), reader.read_time()))
+    })?;
     let stats = sender.stats.clone();
     let verified = matches!(sender.outcome(), Some(Ok(())));
     outcome?;
@@ -356,7 +385,7 @@ fn transfer(
         Some(Err(e)) => bail!("{e}"),
         None => bail!("the transfer stopped without an outcome"),
     }
-    let digest = reader.digest().context("verified without a digest")?;
+    let digest = finished.context("verified without a digest")?.digest;
     // What was sent is the file as read once (a change while reading fails
     // before the digest goes out). A change since then means the receiver
     // holds a version that no longer exists here: say so, and fail.
@@ -393,8 +422,9 @@ fn transfer(
         e2e_goodput_bps: file_size as f64 * 8.0 / e2e_s.max(1e-9),
         peak_rss_bytes: crate::report::peak_rss_bytes(),
         umem_bytes: plan.umem_bytes(),
-        read_s: reader.read_time.as_secs_f64(),
-        tx_stall_s: tx.reader_wait.as_secs_f64(),
+        reader: opts.reader.name(),
+        read_s: read_time.as_secs_f64(),
+        tx_stall_s: tx.tx_stall().as_secs_f64(),
         reader_stall_s: tx.reader_stall().as_secs_f64(),
         reread_chunks: 0,
         packet_size: plan.packet_size,
@@ -419,10 +449,6 @@ fn transfer(
     })
 }
 
-/// Chunks read ahead per loop turn at most: small enough that the ring is
-/// posted to between reads.
-const READ_STEP: u64 = 256;
-
 /// The transmit loop's state: one turn reaps completions, refills free
 /// slots from the file, services the control socket, adapts the rate, posts
 /// what the protocol chooses, and kicks.
@@ -443,8 +469,10 @@ struct Transmit {
     intervals: Intervals,
     next_progress: Instant,
     rusage_at_start: super::Rusage,
-    /// Time the first pass had ring room but waited for the reader.
+    /// Time the first pass had ring room but waited for the reader, and
+    /// since when it waits.
     reader_wait: Duration,
+    reader_wait_since: Option<Instant>,
     /// Time the reader had no free slot (waiting for the receiver's prefix
     /// or for TX completions), and since when it has none.
     ring_full_time: Duration,
@@ -479,6 +507,7 @@ impl Transmit {
             next_progress: start,
             rusage_at_start: super::Rusage::of_self(),
             reader_wait: Duration::ZERO,
+            reader_wait_since: None,
             ring_full_time: Duration::ZERO,
             ring_full_since: None,
         }
@@ -486,6 +515,10 @@ impl Transmit {
 
     fn reader_stall(&self) -> Duration {
         self.ring_full_time + self.ring_full_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    fn tx_stall(&self) -> Duration {
+        self.reader_wait + self.reader_wait_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     fn elapsed_s(&self) -> f64 {
@@ -500,8 +533,7 @@ impl Transmit {
         ctrl: &mut Control,
         ctrl_peer: SocketAddr,
         xsk: &mut Xsk,
-        reader: &mut ReadAhead,
-        unchanged: impl Fn() -> bool,
+        reader: &mut Reader<'_>,
     ) -> anyhow::Result<()> {
         let mut idle_spins = 0u32;
         let mut next_control = Instant::now();
@@ -516,7 +548,7 @@ impl Transmit {
                 return fail(sender, anyhow::anyhow!("interrupted"));
             }
             self.reap(xsk, reader);
-            if let Err(e) = self.read_ahead(sender, xsk, reader, &unchanged) {
+            if let Err(e) = self.read_ahead(sender, reader) {
                 return fail(sender, e);
             }
             // The receiver reports every few milliseconds: while frames flow,
@@ -540,8 +572,7 @@ impl Transmit {
             if posted == 0 && self.engine.outstanding() == 0 {
                 idle_spins += 1;
                 if idle_spins > 64 {
-                    self.wait(sender, ctrl);
-                    woke = true;
+                    woke = self.wait(sender, ctrl, reader);
                 }
             } else {
                 idle_spins = 0;
@@ -550,46 +581,28 @@ impl Transmit {
     }
 
     /// Takes the kernel's completions; each frees its slot for the reader.
-    fn reap(&mut self, xsk: &mut Xsk, reader: &mut ReadAhead) {
+    fn reap(&mut self, xsk: &mut Xsk, reader: &mut Reader<'_>) {
         self.engine.reap(&mut **xsk, |addr| reader.completed(addr));
     }
 
-    /// Reads the next chunks into slots the receiver's prefix has freed, and
-    /// once the file is read, fixes the digest for the closing Meta.
-    fn read_ahead(
-        &mut self,
-        sender: &mut Sender,
-        xsk: &mut Xsk,
-        reader: &mut ReadAhead,
-        unchanged: &impl Fn() -> bool,
-    ) -> anyhow::Result<()> {
-        if reader.digest().is_some() {
+    /// Grants the reader the slots the receiver's prefix and the kernel's
+    /// completions have freed, tells the protocol what is built, and once the
+    /// file is read, hands it the digest for the closing Meta.
+    fn read_ahead(&mut self, sender: &mut Sender, reader: &mut Reader<'_>) -> anyhow::Result<()> {
+        if reader.finished().is_some() {
             return Ok(());
         }
-        if !reader.is_done() {
-            let limit = sender.stats.peer_prefix + u64::from(self.plan.slots);
-            let waiting = sender.is_transferring() && sender.backlog() > 0 && sender.backlog_ready() == 0;
-            let t = Instant::now();
-            reader.fill(xsk, limit, READ_STEP)?;
-            if waiting {
-                self.reader_wait += t.elapsed();
-            }
-            // The reader waits for the receiver when the ring is full: from
-            // the turn that finds it so until the turn that finds room.
-            let full = reader.next() >= limit;
-            match (full, self.ring_full_since) {
-                (true, None) => self.ring_full_since = Some(t),
-                (false, Some(since)) => {
-                    self.ring_full_time += t.saturating_duration_since(since);
-                    self.ring_full_since = None;
-                }
-                _ => {}
-            }
-            sender.set_readable(reader.floor(), reader.next(), full);
-        }
-        if reader.is_done() {
-            self.meta_last_len = reader.finish(xsk, unchanged)?;
-            sender.set_digest(reader.digest().context("read without a digest")?);
+        let now = Instant::now();
+        let waiting = sender.is_transferring() && sender.backlog() > 0 && sender.backlog_ready() == 0;
+        let built = reader.step(sender.stats.peer_prefix)?;
+        // Each stall counts from the turn that finds it to the turn that
+        // finds it over.
+        stall_clock(&mut self.reader_wait, &mut self.reader_wait_since, waiting, now);
+        stall_clock(&mut self.ring_full_time, &mut self.ring_full_since, built.ring_full, now);
+        sender.set_readable(built.floor, built.next, built.ring_full);
+        if let Some(f) = reader.finished() {
+            self.meta_last_len = f.meta_last_len;
+            sender.set_digest(f.digest);
         }
         Ok(())
     }
@@ -621,7 +634,7 @@ impl Transmit {
 
     /// Lets the protocol choose exactly as many frames as the engine
     /// reserved (a frame id it hands out is always posted). Returns how many.
-    fn post(&mut self, sender: &mut Sender, xsk: &mut Xsk, reader: &mut ReadAhead, now: Instant) -> u32 {
+    fn post(&mut self, sender: &mut Sender, xsk: &mut Xsk, reader: &mut Reader<'_>, now: Instant) -> u32 {
         let plan = self.plan;
         let fs = u64::from(plan.frame_size);
         let info = *sender.info();
@@ -659,13 +672,20 @@ impl Transmit {
     }
 
     /// Nothing to post and nothing in flight: sleep on the control socket
-    /// until the next timer, or the pacer's next slot.
-    fn wait(&self, sender: &Sender, ctrl: &Control) {
+    /// until the next timer, or the pacer's next slot, and return true. When
+    /// only a reader thread's next chunks are awaited, sleep until it
+    /// publishes them instead (at most a control interval), and return false.
+    fn wait(&self, sender: &Sender, ctrl: &Control, reader: &Reader<'_>) -> bool {
+        let on_reader = sender.backlog() > 0 && sender.backlog_ready() == 0 && self.ring_full_since.is_none();
+        if on_reader && reader.wait_for_chunks(Duration::from_millis(1)) {
+            return false;
+        }
         let mut wait =
             sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
         if let Some(p) = self.engine.pacer().filter(|_| sender.backlog() > 0) {
             wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(Instant::now()));
         }
         super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
+        true
     }
 }
