@@ -44,7 +44,8 @@ fn receive_path(c: &mut Criterion) {
     rx.on_control(
         now,
         from,
-        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false }.encode(cookie),
+        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
+            .encode(cookie),
     );
     let frames: Vec<Vec<u8>> = (0..1024u64)
         .map(|i| {

@@ -157,6 +157,38 @@ fn reader_thread_streams_through_a_small_ring_with_loss() {
 }
 
 #[test]
+fn with_a_key_every_block_is_checked_through_a_small_ring_with_loss() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("psk");
+    let kg = std::process::Command::new(BIN).args(["keygen", key.to_str().expect("utf-8")]).output().expect("keygen");
+    assert!(kg.status.success(), "{}", String::from_utf8_lossy(&kg.stderr));
+    let key = key.to_str().expect("utf-8");
+    let size = 24 * MIB + 777;
+    let file = random_file(dir.path(), "in.bin", size, 14);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--key-file", key, "--inject-loss", "0.05"]);
+    // A 2 MiB ring: blocks are cut to a quarter of it, and the sender may
+    // reuse a slot only once the receiver has checked its block.
+    let sent = veth.send(&file, &["--key-file", key, "--umem", "2M"]);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{recv}\n{log}");
+    assert!(same_file(&file, &out));
+    let s = json(&sent);
+    assert_eq!(s["stats"]["repairs_unavailable"], 0, "{s}");
+    assert!(s["retransmits"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(s["stats"]["block_messages"].as_u64().unwrap_or(0) > 0, "{s}");
+    // A 2 MiB ring of 2048-byte frames holds 958 slots after the Metas and
+    // spare frames: blocks of 239 chunks.
+    let chunk = s["chunk_size"].as_u64().expect("chunk_size");
+    let slots = (2 * MIB as u64 / 2048) - 66;
+    let blocks = (size as u64).div_ceil(chunk).div_ceil(slots / 4);
+    assert_eq!(recv["blocks_verified"].as_u64(), Some(blocks), "every block checked once: {recv}");
+    assert_eq!(recv["bad_blocks"], 0, "loss is not forgery: {recv}");
+}
+
+#[test]
 fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -164,8 +196,9 @@ fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     let file = random_file(dir.path(), "in.bin", 3 * MIB + 1234, 12);
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &["--inject-loss", "0.02"]);
-    // A small UMEM, so slots are reused while the bounce buffer moves on.
-    let sent = veth.send(&file, &["--direct", "--umem", "1M"]);
+    // A small UMEM, so slots are reused while the bounce buffer moves on;
+    // inline, so that reader is covered too (the default is a thread).
+    let sent = veth.send(&file, &["--direct", "--umem", "1M", "--reader", "inline"]);
     let (rx_ok, recv, log) = rx.finish();
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     assert!(rx_ok, "{recv}\n{log}");
@@ -173,4 +206,5 @@ fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     let s = json(&sent);
     assert_eq!(s["stats"]["repairs_unavailable"], 0, "{s}");
     assert!(s["umem_bytes"].as_u64().unwrap_or(u64::MAX) <= MIB as u64);
+    assert_eq!(s["reader"], "inline", "{s}");
 }

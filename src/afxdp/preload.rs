@@ -123,6 +123,12 @@ impl FramePlan {
         Ok(self)
     }
 
+    /// Chunks per keyed block hash (with a key): about 1 MiB, and small
+    /// enough that the ring holds several blocks.
+    pub fn block_chunks(&self) -> u32 {
+        crate::proto::blocks::BlockPlan::chunks_per_block(self.chunk_size, self.slots)
+    }
+
     /// Bytes of UMEM this plan maps.
     pub fn umem_bytes(&self) -> u64 {
         u64::from(self.total_frames) * u64::from(self.frame_size)

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use super::preload::{FramePlan, PreloadError, PAYLOAD_OFFSET};
 use super::umem::FrameWriter;
 use crate::proto::auth::{Direction, Keys};
+use crate::proto::blocks::{BlockHasher, BlockPlan};
 use crate::wire::frame::{FrameTemplate, IPV4_UDP_OVERHEAD};
 use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
 
@@ -49,8 +50,10 @@ struct Bounce {
 
 pub struct ReadAhead {
     file: File,
-    /// With a pre-shared key: the Metas are sealed, the digest keyed.
+    /// With a pre-shared key: the Metas are sealed, the digest keyed, and
+    /// each block's keyed hash computed in the same pass.
     keys: Option<Keys>,
+    blocks: Option<BlockHasher>,
     /// `Some` when the file was opened with `O_DIRECT`.
     bounce: Option<Bounce>,
     plan: FramePlan,
@@ -84,6 +87,7 @@ impl ReadAhead {
         let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
         ReadAhead {
             keys: None,
+            blocks: None,
             file,
             bounce: None,
             plan,
@@ -100,12 +104,19 @@ impl ReadAhead {
         }
     }
 
-    /// With a pre-shared key: seals the Metas and keys the digest. Call
-    /// before reading.
-    pub fn keyed(mut self, keys: Keys) -> Self {
+    /// With a pre-shared key: seals the Metas, keys the digest, and hashes
+    /// blocks of `block_chunks` chunks ([`ReadAhead::take_block_hashes`]).
+    /// Call before reading.
+    pub fn keyed(mut self, keys: Keys, block_chunks: u32) -> Self {
         self.hasher = keys.digest_hasher();
+        self.blocks = BlockPlan::new(&self.shape, block_chunks).map(|p| BlockHasher::new(keys.clone(), &p));
         self.keys = Some(keys);
         self
+    }
+
+    /// The keyed hashes of the blocks finished since the last call.
+    pub fn take_block_hashes(&mut self) -> Vec<[u8; 32]> {
+        self.blocks.as_mut().map_or_else(Vec::new, BlockHasher::take)
     }
 
     /// Reads through an aligned bounce buffer: for a file opened `O_DIRECT`.
@@ -193,6 +204,9 @@ impl ReadAhead {
             None => read_into(&self.file, &mut frames, &lens, offset, total)?,
         }
         hash_payloads(&mut self.hasher, &mut self.gather, &frames, &lens);
+        if let Some(b) = self.blocks.as_mut() {
+            b.update(&self.gather);
+        }
         for (i, f) in frames.iter_mut().enumerate() {
             let len = lens[i];
             emit_header(
@@ -218,6 +232,9 @@ impl ReadAhead {
         if !unchanged() {
             let after = self.file.metadata().map(|m| m.len()).unwrap_or(0);
             return Err(PreloadError::Changed { before: size, after });
+        }
+        if let Some(b) = self.blocks.as_mut() {
+            b.finish();
         }
         let digest = *self.hasher.finalize().as_bytes();
         self.digest = Some(digest);
@@ -291,7 +308,6 @@ pub(super) fn hash_payloads(hasher: &mut blake3::Hasher, gather: &mut Vec<u8>, f
     }
     hasher.update(gather);
 }
-
 
 /// Scatters `total` file bytes from `offset` over the payload areas of
 /// `frames` (`lens[i]` bytes into frame i). A short file is a change.

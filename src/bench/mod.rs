@@ -547,9 +547,14 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     drop(bed);
 
     let results: Vec<ModeResult> = opts.modes.iter().zip(&runs).map(|(m, rs)| summarize(m, rs, bytes)).collect();
+    // The ratio compares the default AF_XDP mode when it ran, else the first
+    // AF_XDP variant.
+    let afxdp_row =
+        opts.modes.iter().position(|m| m == "afxdp").or_else(|| opts.modes.iter().position(|m| m.starts_with("afxdp")));
+    let sendfile_row = opts.modes.iter().position(|m| m == "sendfile");
     let ratio_of = |pick: fn(&ModeResult) -> f64| {
-        let med = |name: &str| results.iter().find(|r| r.mode.starts_with(name)).map(pick);
-        match (med("afxdp"), med("sendfile")) {
+        let med = |row: Option<usize>| row.and_then(|i| results.get(i)).map(pick);
+        match (med(afxdp_row), med(sendfile_row)) {
             (Some(a), Some(s)) if s > 0.0 => Some(a / s),
             _ => None,
         }

@@ -291,8 +291,13 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         n_chunks: prep.plan.n_chunks,
         digest: None,
     };
-    let scfg =
-        SenderConfig { timeout: opts.timeout, source: prep.source, keys: opts.keys.clone(), ..Default::default() };
+    let scfg = SenderConfig {
+        timeout: opts.timeout,
+        source: prep.source,
+        keys: opts.keys.clone(),
+        block_chunks: prep.plan.block_chunks(),
+        ..Default::default()
+    };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
     let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer);
     if let Err(e) = &result {
@@ -356,7 +361,7 @@ fn transfer(
     let frames = unsafe { xsk.area().writer() };
     let mut ra = ReadAhead::new(file, plan, frames, tpl, session, cookie, file_size);
     if let Some(k) = &opts.keys {
-        ra = ra.keyed(k.clone());
+        ra = ra.keyed(k.clone(), plan.block_chunks());
     }
     if opts.direct {
         ra = ra.direct()?;
@@ -600,6 +605,7 @@ impl Transmit {
         stall_clock(&mut self.reader_wait, &mut self.reader_wait_since, waiting, now);
         stall_clock(&mut self.ring_full_time, &mut self.ring_full_since, built.ring_full, now);
         sender.set_readable(built.floor, built.next, built.ring_full);
+        sender.add_block_hashes(&reader.take_block_hashes());
         if let Some(f) = reader.finished() {
             self.meta_last_len = f.meta_last_len;
             sender.set_digest(f.digest);

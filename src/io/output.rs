@@ -242,6 +242,55 @@ impl Output {
             self.hasher.update(&self.buf[..n]);
             self.hashed += n as u64;
         }
+        self.start_writeback();
+        Ok(())
+    }
+
+    /// With block hashes: reads the block at `bytes` back (it starts where
+    /// hashing stopped) and hashes it with `block` (its keyed hasher). On a
+    /// match with `expected`, the same bytes go into the file's digest and
+    /// hashing moves past them; otherwise nothing moves. Returns the match.
+    pub fn check_block(
+        &mut self,
+        bytes: std::ops::Range<u64>,
+        mut block: blake3::Hasher,
+        expected: &[u8; 32],
+    ) -> io::Result<bool> {
+        if bytes.start != self.hashed || bytes.end > self.len || bytes.end < bytes.start {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("block {bytes:?} is not the next to hash (at {})", self.hashed),
+            ));
+        }
+        let len = (bytes.end - bytes.start) as usize;
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        let mut got = 0;
+        while got < len {
+            crate::syscount::count(1);
+            let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[got..len], bytes.start + got as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the output is shorter than what was written",
+                ));
+            }
+            got += n;
+        }
+        block.update(&self.buf[..len]);
+        // blake3's Hash compares in constant time.
+        if block.finalize() != blake3::Hash::from_bytes(*expected) {
+            return Ok(false);
+        }
+        self.hasher.update(&self.buf[..len]);
+        self.hashed = bytes.end;
+        self.start_writeback();
+        Ok(true)
+    }
+
+    /// Starts writeback of what was hashed, in steps of [`WRITEBACK_STEP`].
+    fn start_writeback(&mut self) {
         if self.hashed >= self.synced + WRITEBACK_STEP {
             let (off, len) = (self.synced, self.hashed - self.synced);
             crate::syscount::count(1);
@@ -259,7 +308,6 @@ impl Output {
                 self.synced = self.hashed;
             }
         }
-        Ok(())
     }
 
     /// BLAKE3 of the whole file, read back from the file (the part hashed

@@ -59,6 +59,10 @@ pub struct RecvReport {
     /// that left one, none when nothing was written.
     pub path: Option<String>,
     pub nacks_sent: u64,
+    /// With a key: blocks that matched their keyed hash, and blocks that did
+    /// not (forged or corrupted data) and were received again.
+    pub blocks_verified: u64,
+    pub bad_blocks: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
     pub rusage: super::Rusage,
@@ -119,6 +123,7 @@ pub fn run(
             got += lp.poll_control(&mut ctrl, now);
         }
         lp.handle_events(opts);
+        lp.check_block();
         lp.timers_and_replies(&ctrl, now, got == 0);
         if lp.rx.is_finished() {
             break;
@@ -333,6 +338,17 @@ impl ReceiveLoop {
         }
     }
 
+    /// With block hashes: checks the next block whose chunks are all in,
+    /// every turn (the sender holds the block's frames until it matches).
+    fn check_block(&mut self) {
+        let Some(b) = self.rx.block_to_check() else { return };
+        let (Some(hasher), Some(out)) = (self.rx.block_hasher(b.index), self.out.as_mut()) else { return };
+        match out.check_block(b.bytes, hasher, &b.expected) {
+            Ok(ok) => self.rx.block_checked(b.index, ok),
+            Err(e) => self.fail(format!("reading the output back to check a block: {e}")),
+        }
+    }
+
     /// Nothing waiting: hash ahead over the part of the file that is
     /// complete, in small steps, so verification at the end has little left.
     fn hash_ahead(&mut self) {
@@ -380,6 +396,8 @@ impl ReceiveLoop {
             },
             path,
             nacks_sent: rx.nacks_sent,
+            blocks_verified: rx.blocks_verified,
+            bad_blocks: rx.bad_blocks,
             dropped: rx.drops.clone(),
             error,
             rusage: super::Rusage::of_self(),

@@ -1,8 +1,9 @@
 //! Authentication with a pre-shared key (`--key-file`).
 //!
-//! From the one 32-byte key, BLAKE3's key derivation makes three: a MAC key
+//! From the one 32-byte key, BLAKE3's key derivation makes four: a MAC key
 //! for each direction (so a datagram cannot be reflected back to its
-//! sender), and the key of the whole-file digest. A sealed datagram carries,
+//! sender), the key of the whole-file digest, and the key of the per-block
+//! hashes ([`super::blocks`]). A sealed datagram carries,
 //! after the message its header announces (where a reader without the key
 //! sees only ignored trailing bytes):
 //!
@@ -38,6 +39,7 @@ pub struct Keys {
     to_receiver: Key,
     to_sender: Key,
     digest: Key,
+    block: Key,
 }
 
 impl std::fmt::Debug for Keys {
@@ -52,6 +54,7 @@ impl Keys {
             to_receiver: blake3::derive_key("xdpblast 2026-11 MAC, sender to receiver", key),
             to_sender: blake3::derive_key("xdpblast 2026-11 MAC, receiver to sender", key),
             digest: blake3::derive_key("xdpblast 2026-11 whole-file digest", key),
+            block: blake3::derive_key("xdpblast 2026-11 block hash", key),
         }
     }
 
@@ -59,6 +62,14 @@ impl Keys {
     /// the key can announce a digest that a file will match.
     pub fn digest_hasher(&self) -> blake3::Hasher {
         blake3::Hasher::new_keyed(&self.digest)
+    }
+
+    /// The hasher for block `index`'s hash: keyed, and bound to the block's
+    /// place, so a block's hash cannot vouch for the same bytes elsewhere.
+    pub fn block_hasher(&self, index: u64) -> blake3::Hasher {
+        let mut h = blake3::Hasher::new_keyed(&self.block);
+        h.update(&index.to_be_bytes());
+        h
     }
 
     fn mac_key(&self, dir: Direction) -> &Key {

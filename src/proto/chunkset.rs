@@ -52,6 +52,20 @@ impl ChunkSet {
         true
     }
 
+    /// Forgets the chunks in `range` (held ones become missing again): a
+    /// block that failed its check is asked for again.
+    pub fn remove_range(&mut self, range: std::ops::Range<u64>) {
+        for idx in range.start..range.end.min(self.len) {
+            let (w, b) = ((idx / 64) as usize, idx % 64);
+            let mask = 1u64 << b;
+            if self.words[w] & mask != 0 {
+                self.words[w] &= !mask;
+                self.count -= 1;
+                self.prefix = self.prefix.min(idx);
+            }
+        }
+    }
+
     /// How many leading chunks are all held.
     pub fn prefix(&self) -> u64 {
         self.prefix
@@ -184,5 +198,24 @@ mod tests {
         let s = ChunkSet::new(0);
         assert!(s.is_complete());
         assert_eq!(s.next_missing(0, 10), None);
+    }
+
+    #[test]
+    fn removed_chunks_are_missing_again_and_pull_the_prefix_back() {
+        let mut s = ChunkSet::new(200);
+        for i in 0..150 {
+            s.insert(i);
+        }
+        s.remove_range(64..130);
+        assert_eq!(s.prefix(), 64);
+        assert_eq!(s.count(), 84);
+        assert_eq!(s.next_missing(0, 200), Some(64));
+        assert!(!s.contains(129) && s.contains(130));
+        s.remove_range(190..300);
+        assert_eq!(s.count(), 84, "removing chunks not held changes nothing");
+        for i in 64..130 {
+            assert!(s.insert(i));
+        }
+        assert_eq!(s.prefix(), 150);
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::auth::{Counter, Direction, Keys, ReplayGuard};
+use super::blocks::BlockPlan;
 use super::chunkset::ChunkSet;
 use crate::wire::message::{Message, Nack, SessionInfo, SourceId, HEADER_LEN};
 use crate::wire::stream::StreamHeader;
@@ -262,6 +263,27 @@ struct Session {
     digest: Option<[u8; 32]>,
     /// First chunk not yet counted in a loss report.
     loss_from: u64,
+    /// With a key: the per-block hashes and how far they are checked.
+    blocks: Option<BlockCheck>,
+}
+
+/// The sender's block hashes (with a key) and how far the output matches.
+#[derive(Debug)]
+struct BlockCheck {
+    plan: BlockPlan,
+    /// Hashes received, from block 0 on, without a gap.
+    expected: Vec<[u8; 32]>,
+    /// Blocks `0..verified` matched their hash.
+    verified: u64,
+}
+
+/// A block ready to be checked: all its chunks are in and its hash is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockToCheck {
+    pub index: u64,
+    /// Its bytes in the file.
+    pub bytes: std::ops::Range<u64>,
+    pub expected: [u8; 32],
 }
 
 impl Session {
@@ -273,6 +295,13 @@ impl Session {
         } else {
             self.high
         }
+    }
+
+    /// The cumulative ack: chunks below it are held, and with block hashes,
+    /// in blocks that matched (the sender keeps the frames of the rest).
+    fn reported_prefix(&self) -> u64 {
+        let held = self.chunks.prefix();
+        self.blocks.as_ref().map_or(held, |b| held.min(b.plan.chunks(b.verified).start))
     }
 
     /// Encodes a datagram to this session's sender, with its cookie.
@@ -305,6 +334,10 @@ pub struct Receiver {
     pub first_data: Option<Instant>,
     /// Cookies handed out to Hellos that did not carry one yet.
     pub cookies_sent: u64,
+    /// With a key: blocks that matched their hash, and blocks that did not
+    /// (forged or corrupted data) and were asked for again.
+    pub blocks_verified: u64,
+    pub bad_blocks: u64,
     /// With a key: our sealed messages' counter, and the sender's seen.
     counter: Counter,
     replay: ReplayGuard,
@@ -329,6 +362,8 @@ impl Receiver {
             peer_retransmits: 0,
             first_data: None,
             cookies_sent: 0,
+            blocks_verified: 0,
+            bad_blocks: 0,
             counter: Counter::default(),
             replay: ReplayGuard::default(),
             scratch: Vec::new(),
@@ -401,10 +436,52 @@ impl Receiver {
         }
     }
 
-    /// Bytes from the start of the file that are all written: what can be
-    /// hashed ahead of the end.
+    /// Bytes from the start of the file that are all written (and with
+    /// block hashes, checked): what can be hashed ahead of the end.
     pub fn contiguous_bytes(&self) -> u64 {
-        self.session.as_ref().map_or(0, |s| (s.chunks.prefix() * u64::from(s.info.chunk_size)).min(s.info.file_size))
+        self.session.as_ref().map_or(0, |s| (s.reported_prefix() * u64::from(s.info.chunk_size)).min(s.info.file_size))
+    }
+
+    /// With block hashes: the next block to check, once all its chunks are in
+    /// and its hash has arrived. The driver hashes those bytes of the output
+    /// and calls [`Receiver::block_checked`].
+    pub fn block_to_check(&self) -> Option<BlockToCheck> {
+        let s = self.session.as_ref()?;
+        let b = s.blocks.as_ref()?;
+        let chunks = b.plan.chunks(b.verified);
+        if b.verified >= b.plan.count() || s.chunks.prefix() < chunks.end {
+            return None;
+        }
+        let expected = *b.expected.get(b.verified as usize)?;
+        Some(BlockToCheck { index: b.verified, bytes: b.plan.bytes(b.verified), expected })
+    }
+
+    /// The keyed hasher for block `index` (with a key).
+    pub fn block_hasher(&self, index: u64) -> Option<blake3::Hasher> {
+        self.cfg.keys.as_ref().map(|k| k.block_hasher(index))
+    }
+
+    /// The driver checked block `index`: on a match the prefix moves past
+    /// it; otherwise its chunks are dropped and reported missing, so the
+    /// sender sends them again.
+    pub fn block_checked(&mut self, index: u64, ok: bool) {
+        let Some(s) = self.session.as_mut() else { return };
+        let Some(b) = s.blocks.as_mut().filter(|b| b.verified == index) else { return };
+        if ok {
+            b.verified += 1;
+            self.blocks_verified += 1;
+            self.maybe_verify();
+        } else {
+            let chunks = b.plan.chunks(index);
+            let bytes = b.plan.bytes(index);
+            s.chunks.remove_range(chunks);
+            self.bytes = self.bytes.saturating_sub(bytes.end - bytes.start);
+            self.bad_blocks += 1;
+            tracing::warn!(
+                block = index,
+                "a block did not match its keyed hash (forged or corrupted data); asking for it again"
+            );
+        }
     }
 
     pub fn chunks_received(&self) -> u64 {
@@ -500,14 +577,14 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
                 }
                 return Err(DropReason::BadSeal);
             }
-            return self.hello(now, from, cookie, session, info, source, via_tcp);
+            return self.hello(now, from, cookie, session, info, source, via_tcp, block_chunks);
         }
         // Every sealed control message counts up: a replay is refused.
         if !self.authentic(bytes, true) {
@@ -515,7 +592,7 @@ impl Receiver {
         }
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         let session = match msg {
-            Message::End { session, .. } | Message::Abort { session, .. } => session,
+            Message::End { session, .. } | Message::Abort { session, .. } | Message::Blocks { session, .. } => session,
             _ => return Err(DropReason::WrongKind),
         };
         if from != s.peer {
@@ -549,6 +626,22 @@ impl Receiver {
                 self.maybe_verify();
             }
             Message::Abort { reason, .. } => self.fail(RecvError::PeerAborted(untrusted_text(reason))),
+            Message::Blocks { first, hashes, .. } => {
+                let b = s.blocks.as_mut().ok_or(DropReason::WrongKind)?;
+                let have = b.expected.len() as u64;
+                // After a gap (a lost datagram), wait for the sender to go
+                // back to what we report holding.
+                if first > have {
+                    return Err(DropReason::OutOfRange);
+                }
+                let end = (first + (hashes.len() / 32) as u64).min(b.plan.count());
+                for i in have..end {
+                    let at = ((i - first) * 32) as usize;
+                    let mut h = [0u8; 32];
+                    h.copy_from_slice(&hashes[at..at + 32]);
+                    b.expected.push(h);
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -578,6 +671,7 @@ impl Receiver {
         info: SessionInfo,
         source: SourceId,
         via_tcp: bool,
+        block_chunks: u32,
     ) -> Result<(), DropReason> {
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
@@ -600,6 +694,18 @@ impl Receiver {
         if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
             return Err(DropReason::Refused);
         }
+        // Block hashes only with a key (only then can they be trusted), and
+        // only on the data path.
+        let blocks =
+            match (self.cfg.keys.is_some() && !via_tcp && block_chunks > 0, BlockPlan::new(&info, block_chunks)) {
+                (false, _) => None,
+                (true, Some(plan)) => Some(BlockCheck { plan, expected: Vec::new(), verified: 0 }),
+                (true, None) => {
+                    let why = "the sender's hashed blocks are larger than this receiver takes (4 MiB)";
+                    self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
+                    return Err(DropReason::TooLarge);
+                }
+            };
         if let Err((drop, reason)) = self.admissible(&info, via_tcp) {
             self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
             return Err(drop);
@@ -627,6 +733,7 @@ impl Receiver {
             round: 0,
             digest: None,
             loss_from: 0,
+            blocks,
         });
         self.last_progress = now;
         self.state = State::Receiving;
@@ -675,7 +782,13 @@ impl Receiver {
     /// driver to verify.
     fn maybe_verify(&mut self) {
         let Some(s) = &self.session else { return };
-        if matches!(self.state, State::Receiving) && !s.via_tcp && s.chunks.is_complete() && s.info.digest.is_some() {
+        let blocks_checked = s.blocks.as_ref().is_none_or(|b| b.verified >= b.plan.count());
+        if matches!(self.state, State::Receiving)
+            && !s.via_tcp
+            && s.chunks.is_complete()
+            && blocks_checked
+            && s.info.digest.is_some()
+        {
             self.state = State::Verifying;
             self.events.push_back(Event::Verify);
         }
@@ -809,7 +922,8 @@ impl Receiver {
                 part,
                 received: s.chunks.count(),
                 high: s.position(),
-                prefix: s.chunks.prefix(),
+                prefix: s.reported_prefix(),
+                blocks_held: s.blocks.as_ref().map_or(0, |b| b.expected.len() as u64),
                 base,
                 nbits,
                 bitmap: &self.scratch,
@@ -837,7 +951,8 @@ impl Receiver {
                 part: 0,
                 received: s.chunks.count(),
                 high: s.position(),
-                prefix: s.chunks.prefix(),
+                prefix: s.reported_prefix(),
+                blocks_held: s.blocks.as_ref().map_or(0, |b| b.expected.len() as u64),
                 base: 0,
                 nbits: 0,
                 bitmap: &[],
@@ -867,7 +982,7 @@ mod tests {
     const OTHER: &str = "10.0.0.9:4000";
 
     fn hello(info: SessionInfo) -> Message<'static> {
-        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false }
+        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
     }
 
     /// A receiver with session 7 open from PEER; returns its cookie.
@@ -1027,7 +1142,7 @@ mod tests {
         let mut rx = Receiver::new(cfg, now);
         let peer: SocketAddr = PEER.parse().unwrap();
         let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: Some([1; 32]) };
-        let hello = Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true };
+        let hello = Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true, block_chunks: 0 };
         let cookie = rx.cookie_for(peer.ip(), 7);
         // Unsealed: refused, and told why.
         rx.on_control(now, peer, &hello.encode(cookie));
@@ -1050,5 +1165,72 @@ mod tests {
         keys.seal(Direction::ToSender, 0, &mut forged_meta);
         assert!(rx.on_data(now, peer, &forged_meta).is_none());
         assert_eq!(rx.drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
+    }
+
+    #[test]
+    fn with_block_hashes_a_bad_block_is_asked_for_again_and_holds_the_prefix() {
+        use crate::proto::auth::{Direction, Keys};
+        use crate::proto::blocks::block_hash;
+        let keys = Keys::derive(&[4; 32]);
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig { keys: Some(keys.clone()), ..Default::default() }, now);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        // 10 chunks of 100 bytes in blocks of 4: blocks 0..4, 4..8, 8..10.
+        let file: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let info = SessionInfo { file_size: 1000, chunk_size: 100, n_chunks: 10, digest: Some([1; 32]) };
+        let cookie = rx.cookie_for(peer.ip(), 7);
+        let mut counter = 0;
+        let mut sealed = |m: Message<'_>| {
+            counter += 1;
+            let mut b = m.encode(cookie);
+            keys.seal(Direction::ToReceiver, counter, &mut b);
+            b
+        };
+        let hello = Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true, block_chunks: 4 };
+        rx.on_control(now, peer, &sealed(hello));
+        assert!(rx.info().is_some());
+        let hashes: Vec<u8> = [(0, 0..400), (1, 400..800), (2, 800..1000)]
+            .into_iter()
+            .flat_map(|(b, r)| block_hash(&keys, b, &file[r]))
+            .collect();
+        rx.on_control(now, peer, &sealed(Message::Blocks { session: 7, first: 0, hashes: &hashes }));
+        for c in 0..10u64 {
+            let payload = &file[c as usize * 100..(c as usize + 1) * 100];
+            rx.on_data(now, peer, &Message::Data { session: 7, chunk: c, payload }.encode(cookie));
+        }
+        let first = rx.block_to_check().expect("block 0 is complete and its hash known");
+        assert_eq!((first.index, first.bytes.clone()), (0, 0..400));
+        assert_eq!(rx.contiguous_bytes(), 0, "nothing is final before its block matched");
+        rx.block_checked(0, true);
+        assert_eq!(rx.contiguous_bytes(), 400);
+        // Block 1 holds a forged chunk: its check fails, its chunks are missing again.
+        rx.block_checked(1, false);
+        assert_eq!((rx.bad_blocks, rx.chunks_received()), (1, 6));
+        assert!(rx.block_to_check().is_none(), "block 1 must be received again first");
+        // The first tick sets the watermark; the second reports below it.
+        for t in [1000, 1010] {
+            while rx.poll_transmit(now).is_some() {}
+            rx.handle_timeout(now + Duration::from_millis(t));
+        }
+        let mut named = Vec::new();
+        while let Some((_, bytes)) = rx.poll_transmit(now) {
+            if let Ok(Message::Nack { nack, .. }) = Message::parse(&bytes) {
+                assert_eq!(nack.prefix, 4, "the prefix stops at the unchecked block");
+                assert_eq!(nack.blocks_held, 3);
+                named.extend(nack.missing());
+            }
+        }
+        assert_eq!(named, vec![4, 5, 6, 7]);
+        for c in 4..8u64 {
+            let payload = &file[c as usize * 100..(c as usize + 1) * 100];
+            rx.on_data(now, peer, &Message::Data { session: 7, chunk: c, payload }.encode(cookie));
+        }
+        assert_eq!(rx.block_to_check().map(|b| b.index), Some(1));
+        rx.block_checked(1, true);
+        assert_eq!(rx.poll_event(), Some(Event::Start { info, peer, source: [0; 16], via_tcp: false }));
+        assert_eq!(rx.poll_event(), None, "every chunk is in, but block 2 is not checked yet");
+        rx.block_checked(2, true);
+        assert_eq!(rx.poll_event(), Some(Event::Verify));
+        assert_eq!(rx.blocks_verified, 3);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::auth::{Counter, Direction, Keys, ReplayGuard};
-use crate::wire::message::{Message, SessionInfo, SourceId, HEADER_LEN};
+use crate::wire::message::{Message, SessionInfo, SourceId, HEADER_LEN, MAX_BLOCK_HASHES};
 use crate::wire::{untrusted_text, WireError};
 
 /// How far ahead of the last NACK round it accepted a sender takes a new
@@ -51,6 +51,9 @@ pub struct SenderConfig {
     /// Seal every control message, and require the receiver's to be sealed
     /// (`--key-file`).
     pub keys: Option<Keys>,
+    /// With a key, chunks per hashed block (0: no block hashes); the driver
+    /// hands the hashes over as it reads ([`Sender::add_block_hashes`]).
+    pub block_chunks: u32,
 }
 
 impl Default for SenderConfig {
@@ -66,6 +69,7 @@ impl Default for SenderConfig {
             source: [0; 16],
             via_tcp: false,
             keys: None,
+            block_chunks: 0,
         }
     }
 }
@@ -131,6 +135,10 @@ pub struct SendStats {
     pub bad_cookie: u64,
     /// With a key: datagrams whose seal did not verify, or replayed.
     pub bad_seal: u64,
+    /// `Blocks` messages sent, and times the sender went back to what the
+    /// receiver reported holding.
+    pub block_messages: u64,
+    pub block_resends: u64,
 }
 
 #[derive(Debug)]
@@ -201,6 +209,20 @@ pub struct Sender {
     pub rtt: Option<Duration>,
     /// The worst loss reported since the driver last asked, in basis points.
     loss_unread: Option<u16>,
+    blocks: BlockHashes,
+    /// The first chunk the receiver's latest report names missing.
+    peer_first_missing: Option<u64>,
+}
+
+/// The per-block hashes read so far, and how far they have gone out.
+#[derive(Debug, Default)]
+struct BlockHashes {
+    hashes: Vec<[u8; 32]>,
+    /// Sent (or queued to send) up to here.
+    pushed: u64,
+    /// The receiver reports holding this many.
+    held: u64,
+    last_push: Option<Instant>,
 }
 
 impl Sender {
@@ -237,7 +259,48 @@ impl Sender {
             stats: SendStats::default(),
             rtt: None,
             loss_unread: None,
+            blocks: BlockHashes::default(),
+            peer_first_missing: None,
         }
+    }
+
+    /// Chunks per hashed block, as announced in the Hello (0: none).
+    fn block_chunks(&self) -> u32 {
+        if self.cfg.keys.is_some() && !self.cfg.via_tcp {
+            self.cfg.block_chunks
+        } else {
+            0
+        }
+    }
+
+    /// The next blocks' hashes, in order, as the driver reads them.
+    pub fn add_block_hashes(&mut self, hashes: &[[u8; 32]]) {
+        if self.block_chunks() > 0 {
+            self.blocks.hashes.extend_from_slice(hashes);
+        }
+    }
+
+    /// The next `Blocks` message: hashes not yet pushed; or, when the
+    /// receiver's reports lag what was pushed long after the last push (a
+    /// `Blocks` datagram was lost), the same again from what it holds.
+    fn next_blocks(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let b = &mut self.blocks;
+        let resend_after = self.rtt.map_or(Duration::ZERO, |r| r * 2).max(Duration::from_millis(20));
+        if b.held < b.pushed && b.last_push.is_some_and(|t| now >= t + resend_after) {
+            b.pushed = b.held;
+            self.stats.block_resends += 1;
+        }
+        let first = b.pushed as usize;
+        if first >= b.hashes.len() {
+            return None;
+        }
+        let end = (first + MAX_BLOCK_HASHES).min(b.hashes.len());
+        let hashes: Vec<u8> = b.hashes[first..end].concat();
+        b.pushed = end as u64;
+        b.last_push = Some(now);
+        self.stats.block_messages += 1;
+        let msg = Message::Blocks { session: self.session, first: first as u64, hashes: &hashes };
+        Some(self.seal(&msg))
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -354,7 +417,10 @@ impl Sender {
                     }
                     Some(t) if now >= t + self.cfg.tail_probe_after && self.next_first_pass > 0 => {
                         self.stalled_since = Some(now);
-                        let head = self.stats.peer_prefix;
+                        // The first chunk the receiver misses: its prefix, or
+                        // with block hashes possibly past it (the prefix
+                        // then stops at the first unchecked block).
+                        let head = self.peer_first_missing.unwrap_or(self.stats.peer_prefix);
                         let probe = if self.ring_full && head >= self.floor && head < self.next_first_pass {
                             head
                         } else {
@@ -399,10 +465,14 @@ impl Sender {
                     source: self.cfg.source,
                     via_tcp: self.cfg.via_tcp,
                     keyed: self.cfg.keys.is_some(),
+                    block_chunks: self.block_chunks(),
                 };
                 Some(self.seal(&hello))
             }
             State::Transfer => {
+                if let Some(m) = self.next_blocks(now) {
+                    return Some(m);
+                }
                 if !self.pass_done() || !self.repairs.is_empty() || now < self.next_probe {
                     return None;
                 }
@@ -516,6 +586,7 @@ impl Sender {
                     self.last_progress = now;
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
+                self.blocks.held = self.blocks.held.max(nack.blocks_held.min(self.blocks.hashes.len() as u64));
                 if nack.prefix > self.stats.peer_prefix {
                     self.stats.peer_prefix = nack.prefix;
                     self.stalled_since = None;
@@ -530,6 +601,10 @@ impl Sender {
                 if high > self.stats.peer_high {
                     self.stats.peer_high = high;
                     self.stalled_since = None;
+                }
+                if nack.part == 0 {
+                    // Part 0 starts at the first missing chunk.
+                    self.peer_first_missing = (nack.nbits > 0).then_some(nack.base);
                 }
                 if nack.nbits == 0 {
                     return Ok(()); // heartbeat

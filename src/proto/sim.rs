@@ -479,7 +479,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert_eq!(rx.drops.get(DropReason::NoSession), 1);
     assert_eq!(rx.chunks_received(), 0);
     // A second sender cannot take over.
-    let hello = Message::Hello { session: 9, info, source: [0; 16], via_tcp: false, keyed: false };
+    let hello = Message::Hello { session: 9, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 };
     rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
     assert_eq!(rx.drops.get(DropReason::Busy), 1);
     assert_eq!(rx.peer(), Some(SENDER));
@@ -522,6 +522,7 @@ fn nack_for_unsent_chunks_is_ignored() {
         received: 0,
         high: 2,
         prefix: 0,
+        blocks_held: 0,
         base: 0,
         nbits: 10,
         bitmap: &bitmap,
@@ -554,6 +555,7 @@ fn nack_for_a_repair_still_in_flight_is_not_repeated() {
                 received: 0,
                 high,
                 prefix: 0,
+                blocks_held: 0,
                 base: 0,
                 nbits: 3,
                 bitmap: &bitmap,
@@ -589,7 +591,8 @@ fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
     rx.on_control(
         now,
         SENDER,
-        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false }.encode(cookie),
+        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
+            .encode(cookie),
     );
     cookie
 }
@@ -622,6 +625,7 @@ fn a_forged_nack_round_far_ahead_cannot_freeze_repairs() {
             received: 2,
             high: 3,
             prefix: 0,
+            blocks_held: 0,
             base: 0,
             nbits: 2,
             bitmap: &bitmap,
@@ -664,4 +668,57 @@ fn a_bounded_ring_delivers_with_loss_and_never_loses_a_repair() {
         assert_delivered(&o, &file);
         assert!(o.retransmits > 0, "seed {seed}: 5% loss must cause retransmits");
     }
+}
+
+#[test]
+fn block_hashes_are_pushed_then_sent_again_from_what_the_receiver_holds() {
+    use crate::proto::auth::{Direction, Keys};
+    let keys = Keys::derive(&[5; 32]);
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 100_000, chunk_size: 1000, n_chunks: 100, digest: None };
+    let cfg = SenderConfig { keys: Some(keys.clone()), block_chunks: 2, ..Default::default() };
+    let mut tx = Sender::new(cfg, 1, info, now);
+    let mut counter = 0;
+    let mut sealed = |m: Message<'_>| {
+        counter += 1;
+        let mut b = m.encode(K);
+        keys.seal(Direction::ToSender, counter, &mut b);
+        b
+    };
+    let hello = tx.poll_control(now).expect("Hello");
+    assert!(matches!(Message::parse(&hello), Ok(Message::Hello { block_chunks: 2, keyed: true, .. })));
+    tx.start(now);
+    tx.on_control(now, &sealed(Message::HelloAck { session: 1, delay_us: 0, opened: false })).unwrap();
+    tx.poll_control(now).expect("the Hello again, with the cookie");
+    tx.on_control(now, &sealed(Message::HelloAck { session: 1, delay_us: 0, opened: true })).unwrap();
+    let hashes: Vec<[u8; 32]> = (0..50u8).map(|i| [i; 32]).collect();
+    tx.add_block_hashes(&hashes);
+    let blocks = |d: &[u8]| match Message::parse(d) {
+        Ok(Message::Blocks { first, hashes, .. }) => (first, hashes.len() / 32, hashes[0]),
+        other => panic!("expected Blocks, got {other:?}"),
+    };
+    assert_eq!(blocks(&tx.poll_control(now).expect("first Blocks")), (0, 40, 0));
+    assert_eq!(blocks(&tx.poll_control(now).expect("second Blocks")), (40, 10, 40));
+    assert!(tx.poll_control(now).is_none(), "everything pushed");
+    // The receiver holds 40: the second message was lost.
+    let report = |t: Instant, round: u64, tx: &mut Sender, sealed: &mut dyn FnMut(Message<'_>) -> Vec<u8>| {
+        let nack = crate::wire::message::Nack {
+            round,
+            part: 0,
+            received: 0,
+            high: 0,
+            prefix: 0,
+            blocks_held: 40,
+            base: 0,
+            nbits: 0,
+            bitmap: &[],
+            loss_bp: None,
+        };
+        tx.on_control(t, &sealed(Message::Nack { session: 1, nack })).unwrap();
+        tx.poll_control(t)
+    };
+    assert!(report(now + Duration::from_millis(5), 1, &mut tx, &mut sealed).is_none(), "too soon to tell");
+    let again = report(now + Duration::from_millis(30), 2, &mut tx, &mut sealed).expect("sent again");
+    assert_eq!(blocks(&again), (40, 10, 40));
+    assert_eq!((tx.stats.block_messages, tx.stats.block_resends), (3, 1));
 }

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! All integers are big-endian. `seq` is the chunk index for `Data`, the NACK
-//! round for `Nack`, and 0 elsewhere. `body len` counts the bytes after the
+//! round for `Nack`, the first block for `Blocks`, and 0 elsewhere. `body len` counts the bytes after the
 //! header; trailing bytes beyond it (Ethernet padding) are ignored.
 //!
 //! `cookie` is the receiver's answer to the first Hello, echoed in every later
@@ -21,12 +21,14 @@
 use super::WireError;
 
 pub const MAGIC: u32 = 0x5842_4c53; // "XBLS"
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 32;
 /// Length of a [`SessionInfo`] body.
 pub const SESSION_INFO_LEN: usize = 56;
 /// Fixed part of a NACK body before its bitmap.
-pub const NACK_FIXED_LEN: usize = 40;
+pub const NACK_FIXED_LEN: usize = 48;
+/// Most block hashes one `Blocks` message carries (1,280 bytes of body).
+pub const MAX_BLOCK_HASHES: usize = 40;
 
 mod field {
     use std::ops::Range;
@@ -51,6 +53,7 @@ pub enum Kind {
     End = 19,
     Done = 20,
     Abort = 21,
+    Blocks = 22,
 }
 
 impl Kind {
@@ -64,6 +67,7 @@ impl Kind {
             19 => Kind::End,
             20 => Kind::Done,
             21 => Kind::Abort,
+            22 => Kind::Blocks,
             _ => return None,
         })
     }
@@ -165,8 +169,8 @@ pub struct SessionInfo {
 /// write over the very file being sent (same host, same inode).
 pub type SourceId = [u8; 16];
 
-/// Length of a Hello body: session info, source id, flags.
-pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4;
+/// Length of a Hello body: session info, source id, flags, block size.
+pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4 + 4;
 /// Hello flag: send the file over TCP, not the data path.
 const HELLO_VIA_TCP: u32 = 1;
 /// Hello flag: the sender seals its datagrams with a pre-shared key.
@@ -238,8 +242,12 @@ pub struct Nack<'a> {
     /// first pass has got through. The sender keeps a bounded window ahead of it.
     pub high: u64,
     /// Every chunk below this is held (the cumulative ack): a sender may reuse
-    /// the memory of those chunks.
+    /// the memory of those chunks. With block hashes, only verified blocks
+    /// count.
     pub prefix: u64,
+    /// Block hashes the receiver holds, from the first (0 without them):
+    /// the sender sends `Blocks` again from here.
+    pub blocks_held: u64,
     /// First chunk the bitmap describes.
     pub base: u64,
     /// Number of chunks the bitmap describes.
@@ -282,13 +290,15 @@ pub enum Message<'a> {
     /// opens the session. `source` names the sender's input file (see
     /// [`SourceId`]); `via_tcp` asks for the file over TCP instead of the data
     /// path (the sender's fallback); `keyed`: the sender authenticates with a
-    /// pre-shared key (so a receiver without one can say so).
+    /// pre-shared key (so a receiver without one can say so). `block_chunks`:
+    /// chunks per hashed block (with a key; 0 for none), see `Blocks`.
     Hello {
         session: u64,
         info: SessionInfo,
         source: SourceId,
         via_tcp: bool,
         keyed: bool,
+        block_chunks: u32,
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
@@ -318,6 +328,15 @@ pub enum Message<'a> {
         session: u64,
         reason: &'a str,
     },
+    /// Keyed hashes of consecutive blocks of the file, from block `first`
+    /// (in `seq`): 32 bytes each, at most [`MAX_BLOCK_HASHES`]. Sent sealed,
+    /// so the receiver can check each block as it completes and ask again
+    /// for one that fails.
+    Blocks {
+        session: u64,
+        first: u64,
+        hashes: &'a [u8],
+    },
 }
 
 impl<'a> Message<'a> {
@@ -340,13 +359,14 @@ impl<'a> Message<'a> {
                 let info = SessionInfo::parse(body)?;
                 let mut source = [0u8; 16];
                 source.copy_from_slice(&body[SESSION_INFO_LEN..SESSION_INFO_LEN + 16]);
-                let flags = be_u32(&body[SESSION_INFO_LEN + 16..HELLO_LEN]);
+                let flags = be_u32(&body[SESSION_INFO_LEN + 16..SESSION_INFO_LEN + 20]);
                 Message::Hello {
                     session,
                     info,
                     source,
                     via_tcp: flags & HELLO_VIA_TCP != 0,
                     keyed: flags & HELLO_KEYED != 0,
+                    block_chunks: be_u32(&body[SESSION_INFO_LEN + 20..HELLO_LEN]),
                 }
             }
             Kind::End => {
@@ -375,6 +395,7 @@ impl<'a> Message<'a> {
                 let base = be_u64(&body[16..24]);
                 let high = be_u64(&body[24..32]);
                 let prefix = be_u64(&body[32..40]);
+                let blocks_held = be_u64(&body[40..48]);
                 let bitmap = &body[NACK_FIXED_LEN..];
                 // The bitmap's length must match, and its chunk indexes fit a u64.
                 if (nbits as usize).div_ceil(8) != bitmap.len() || base.checked_add(u64::from(nbits)).is_none() {
@@ -382,7 +403,18 @@ impl<'a> Message<'a> {
                 }
                 Message::Nack {
                     session,
-                    nack: Nack { round: h.seq(), part, received, high, prefix, base, nbits, bitmap, loss_bp },
+                    nack: Nack {
+                        round: h.seq(),
+                        part,
+                        received,
+                        high,
+                        prefix,
+                        blocks_held,
+                        base,
+                        nbits,
+                        bitmap,
+                        loss_bp,
+                    },
                 }
             }
             Kind::Done => {
@@ -396,6 +428,13 @@ impl<'a> Message<'a> {
             Kind::Abort => {
                 let reason = std::str::from_utf8(body).map_err(|_| WireError::BadBody)?;
                 Message::Abort { session, reason }
+            }
+            Kind::Blocks => {
+                let n = body.len() / 32;
+                if body.len() % 32 != 0 || n == 0 || n > MAX_BLOCK_HASHES || h.seq().checked_add(n as u64).is_none() {
+                    return Err(WireError::BadBody);
+                }
+                Message::Blocks { session, first: h.seq(), hashes: body }
             }
         };
         Ok((msg, h.cookie()))
@@ -425,12 +464,13 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed } => {
+            Message::Hello { session, info, source, via_tcp, keyed, block_chunks } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
                 let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP) | (u32::from(*keyed) * HELLO_KEYED);
                 out.extend_from_slice(&flags.to_be_bytes());
+                out.extend_from_slice(&block_chunks.to_be_bytes());
                 (Kind::Hello, *session, 0)
             }
             Message::HelloAck { session, delay_us, opened } => {
@@ -446,6 +486,7 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&nack.base.to_be_bytes());
                 out.extend_from_slice(&nack.high.to_be_bytes());
                 out.extend_from_slice(&nack.prefix.to_be_bytes());
+                out.extend_from_slice(&nack.blocks_held.to_be_bytes());
                 out.extend_from_slice(nack.bitmap);
                 (Kind::Nack, *session, nack.round)
             }
@@ -464,6 +505,10 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&reason.as_bytes()[..end]);
                 (Kind::Abort, *session, 0)
             }
+            Message::Blocks { session, first, hashes } => {
+                out.extend_from_slice(hashes);
+                (Kind::Blocks, *session, *first)
+            }
         };
         let body_len = (out.len() - HEADER_LEN) as u16;
         emit_header(&mut out, kind, body_len, session, cookie, seq);
@@ -480,20 +525,34 @@ mod tests {
     }
 
     #[test]
+    fn blocks_hold_whole_hashes_within_bounds() {
+        let ok = Message::Blocks { session: 1, first: 0, hashes: &[1; 32 * MAX_BLOCK_HASHES] }.to_vec();
+        assert!(Message::parse(&ok).is_ok());
+        for bad in [&[1u8; 31][..], &[], &[1; 32 * (MAX_BLOCK_HASHES + 1)], &[1; 33]] {
+            let bytes = Message::Blocks { session: 1, first: 0, hashes: bad }.to_vec();
+            assert_eq!(Message::parse(&bytes), Err(WireError::BadBody), "{} bytes of hashes", bad.len());
+        }
+        let wraps = Message::Blocks { session: 1, first: u64::MAX, hashes: &[1; 32] }.to_vec();
+        assert_eq!(Message::parse(&wraps), Err(WireError::BadBody));
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         let bitmap = [0b1010_0001u8, 0b1];
         let msgs = [
             Message::Data { session: 9, chunk: 3, payload: b"hello" },
             Message::Meta { session: 9, last: false, info: info() },
             Message::Meta { session: 9, last: true, info: info() },
-            Message::Hello { session: 9, info: info(), source: [5; 16], via_tcp: false, keyed: false },
+            Message::Hello { session: 9, info: info(), source: [5; 16], via_tcp: false, keyed: false, block_chunks: 0 },
             Message::Hello {
                 session: 9,
                 info: SessionInfo { digest: None, ..info() },
                 source: [0; 16],
                 via_tcp: true,
                 keyed: true,
+                block_chunks: 728,
             },
+            Message::Blocks { session: 9, first: 3, hashes: &[0xab; 64] },
             Message::HelloAck { session: 9, delay_us: 1234, opened: false },
             Message::HelloAck { session: 9, delay_us: 0, opened: true },
             Message::Nack {
@@ -504,6 +563,7 @@ mod tests {
                     received: 77,
                     high: 120,
                     prefix: 90,
+                    blocks_held: 0,
                     base: 100,
                     nbits: 9,
                     bitmap: &bitmap,
@@ -529,6 +589,7 @@ mod tests {
             received: 0,
             high: 0,
             prefix: 0,
+            blocks_held: 0,
             base: 100,
             nbits: 9,
             bitmap: &bitmap,
@@ -548,6 +609,7 @@ mod tests {
             received: 0,
             high: 0,
             prefix: 0,
+            blocks_held: 0,
             base: u64::MAX - 3,
             nbits: 8,
             bitmap: &bitmap,
@@ -586,11 +648,15 @@ mod tests {
     fn refuses_inconsistent_session_info() {
         let mut bad = info();
         bad.n_chunks = 11;
-        let bytes = Message::Hello { session: 1, info: bad, source: [0; 16], via_tcp: false, keyed: false }.to_vec();
+        let bytes =
+            Message::Hello { session: 1, info: bad, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
+                .to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
         let mut zero = info();
         zero.chunk_size = 0;
-        let bytes = Message::Hello { session: 1, info: zero, source: [0; 16], via_tcp: false, keyed: false }.to_vec();
+        let bytes =
+            Message::Hello { session: 1, info: zero, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
+                .to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
     }
 
@@ -620,7 +686,9 @@ mod tests {
             }
             let _ = Message::parse(&buf);
         }
-        let good = Message::Hello { session: 1, info: info(), source: [1; 16], via_tcp: false, keyed: false }.to_vec();
+        let good =
+            Message::Hello { session: 1, info: info(), source: [1; 16], via_tcp: false, keyed: false, block_chunks: 0 }
+                .to_vec();
         for end in 0..good.len() {
             assert!(Message::parse(&good[..end]).is_err());
         }
