@@ -62,6 +62,9 @@ pub struct ReadAhead {
     session: u64,
     cookie: u64,
     hasher: blake3::Hasher,
+    /// For a file larger than the page cache can hold: drops the pages
+    /// already read (see [`DropBehind`]).
+    drop_behind: Option<DropBehind>,
     /// One run's payloads side by side, for hashing (see `hash_payloads`).
     gather: Vec<u8>,
     /// The next chunk to read.
@@ -85,6 +88,8 @@ impl ReadAhead {
         file_size: u64,
     ) -> Self {
         let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
+        let file_for_advice = &file;
+        let drop_behind = DropBehind::for_file(file_for_advice, file_size);
         ReadAhead {
             keys: None,
             blocks: None,
@@ -96,6 +101,7 @@ impl ReadAhead {
             session,
             cookie,
             hasher: blake3::Hasher::new(),
+            drop_behind,
             gather: Vec::with_capacity(MAX_BATCH as usize * plan.chunk_size as usize),
             next: 0,
             frames,
@@ -203,6 +209,9 @@ impl ReadAhead {
             Some(b) => read_direct(&self.file, b, &mut frames, &lens, offset, self.shape.file_size)?,
             None => read_into(&self.file, &mut frames, &lens, offset, total)?,
         }
+        if let Some(d) = self.drop_behind.as_mut() {
+            d.read_up_to(&self.file, offset + total as u64);
+        }
         hash_payloads(&mut self.hasher, &mut self.gather, &frames, &lens);
         if let Some(b) = self.blocks.as_mut() {
             b.update(&self.gather);
@@ -307,6 +316,43 @@ pub(super) fn hash_payloads(hasher: &mut blake3::Hasher, gather: &mut Vec<u8>, f
         gather.extend_from_slice(&f[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]);
     }
     hasher.update(gather);
+}
+
+/// Reading a file larger than half the machine's memory through the page
+/// cache would evict everything else (the receiver's output, on a loopback
+/// test bed) and could not keep the file cached anyway: such a file is read
+/// sequentially and the pages behind the reader are dropped, in steps.
+struct DropBehind {
+    /// Pages below this were dropped.
+    dropped: u64,
+}
+
+/// Drop pages behind the reader in steps of this many bytes.
+const DROP_STEP: u64 = 64 << 20;
+
+impl DropBehind {
+    fn for_file(file: &File, file_size: u64) -> Option<DropBehind> {
+        let mem = crate::report::total_memory_bytes()?;
+        if file_size <= mem / 2 {
+            return None;
+        }
+        // Advice only: a file system that ignores it reads as before.
+        let _ = nix::fcntl::posix_fadvise(file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+        Some(DropBehind { dropped: 0 })
+    }
+
+    fn read_up_to(&mut self, file: &File, end: u64) {
+        if end >= self.dropped + DROP_STEP {
+            let len = (end - self.dropped) as libc::off_t;
+            let _ = nix::fcntl::posix_fadvise(
+                file,
+                self.dropped as libc::off_t,
+                len,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            self.dropped = end;
+        }
+    }
 }
 
 /// Scatters `total` file bytes from `offset` over the payload areas of

@@ -109,6 +109,10 @@ pub struct Output {
     hashed: u64,
     /// Writeback has been started for `0..synced`.
     synced: u64,
+    /// For an output larger than half the machine's memory: pages below this
+    /// were written back and dropped from the page cache (see
+    /// `start_writeback`); `None` keeps them cached.
+    dropped: Option<u64>,
     buf: Vec<u8>,
 }
 
@@ -165,6 +169,7 @@ impl Output {
             hasher: blake3::Hasher::new(),
             hashed: 0,
             synced: 0,
+            dropped: crate::report::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
             buf: vec![0u8; 1 << 20],
         })
     }
@@ -305,6 +310,18 @@ impl Output {
                 )
             };
             if r == 0 {
+                // What the previous step started is on disk by now (or
+                // nearly): an output that cannot stay cached drops it, so its
+                // dirty pages do not crowd out everything else.
+                if let Some(d) = self.dropped.as_mut() {
+                    let _ = nix::fcntl::posix_fadvise(
+                        &self.file,
+                        *d as libc::off_t,
+                        (off - *d) as libc::off_t,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
+                    *d = off;
+                }
                 self.synced = self.hashed;
             }
         }

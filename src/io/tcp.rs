@@ -10,6 +10,9 @@
 //! stream that stops making progress (at least [`PROGRESS_QUANTUM`] bytes per
 //! timeout), however slowly bytes still trickle in.
 //!
+//! The sender hashes the file on a second thread while the body goes out; the
+//! digest follows the data.
+//!
 //! | mode      | how the sender moves the file            |
 //! |-----------|------------------------------------------|
 //! | sendfile  | `sendfile(2)` in a loop                  |
@@ -66,7 +69,8 @@ impl TcpMode {
 pub struct TcpReport {
     #[serde(flatten)]
     pub summary: crate::report::Summary,
-    /// Untimed: hashing the file before sending (the AF_XDP preload's twin).
+    /// Admission and connecting, before the first byte (the file is hashed
+    /// while it is sent).
     pub prepare_s: f64,
     pub error: Option<String>,
     pub path: Option<String>,
@@ -249,15 +253,12 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let size = meta.len();
     let t_prep = Instant::now();
-    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
-    let digest = hash_file(&file, hasher).with_context(|| format!("reading {}", opts.file.display()))?;
-    let prepare_s = t_prep.elapsed().as_secs_f64();
-
     let (session, cookie) = admit(opts, size, super::output::source_id(&meta))?;
     let mut sock = TcpStream::connect_timeout(&opts.dst, opts.timeout)
         .with_context(|| format!("connecting to {} (is `xdpblast recv` listening there?)", opts.dst))?;
     sock.set_read_timeout(Some(opts.timeout))?;
     sock.set_write_timeout(Some(opts.timeout))?;
+    let prepare_s = t_prep.elapsed().as_secs_f64();
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, "transfer started");
     let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
@@ -270,8 +271,21 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
             eprintln!("progress {done} {size}");
         }
     };
-    send_body(opts.mode, &file, size, &mut sock, &mut report_progress)
-        .with_context(|| format!("sending over {}", opts.mode.name()))?;
+    // The digest travels after the data, so the file is hashed on a thread
+    // of its own while the body goes out (the zero-copy modes never bring
+    // the bytes to user space). Both read the same file: if it changes
+    // meanwhile, the two can differ, and the receiver's check fails.
+    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
+    let digest = std::thread::scope(|scope| {
+        let hashing = std::thread::Builder::new()
+            .name("xdpblast-hash".into())
+            .spawn_scoped(scope, || hash_file(&file, hasher))
+            .context("starting the hashing thread")?;
+        send_body(opts.mode, &file, size, &mut sock, &mut report_progress)
+            .with_context(|| format!("sending over {}", opts.mode.name()))?;
+        let digest = hashing.join().map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?;
+        digest.with_context(|| format!("reading {}", opts.file.display()))
+    })?;
     write_all_counted(&mut sock, &digest)?;
     let mut reply = [0u8; REPLY_LEN];
     count_syscalls(1);
@@ -283,8 +297,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let goodput = size as f64 * 8.0 / elapsed.max(1e-9);
     if opts.intervals {
-        // The whole command first (the hash before connecting included), the
-        // transfer phase beside it.
+        // The whole command first (the handshake included), the transfer
+        // phase beside it.
         let e2e = crate::report::since_process_start();
         println!(
             "[  0.00-{e2e:6.2} sec]  {:>12}  {:>16}  sender ({}), verified by receiver (transfer phase {elapsed:.2} s)",

@@ -212,6 +212,8 @@ pub struct Sender {
     blocks: BlockHashes,
     /// The first chunk the receiver's latest report names missing.
     peer_first_missing: Option<u64>,
+    /// After the receiver's Done: one last End with the final counts.
+    final_end_due: bool,
 }
 
 /// The per-block hashes read so far, and how far they have gone out.
@@ -261,6 +263,7 @@ impl Sender {
             loss_unread: None,
             blocks: BlockHashes::default(),
             peer_first_missing: None,
+            final_end_due: false,
         }
     }
 
@@ -481,6 +484,11 @@ impl Sender {
                 let end = Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits };
                 Some(self.seal(&end))
             }
+            State::Finished if self.final_end_due => {
+                self.final_end_due = false;
+                let end = Message::End { session: self.session, info: self.info, retransmits: self.stats.retransmits };
+                Some(self.seal(&end))
+            }
             State::Finished => None,
         }
     }
@@ -653,8 +661,12 @@ impl Sender {
             }
             Message::Done { ok, digest, .. } => {
                 self.state = State::Finished;
-                self.outcome =
-                    Some(if ok && Some(digest) == self.info.digest { Ok(()) } else { Err(SendError::DigestMismatch) });
+                let verified = ok && Some(digest) == self.info.digest;
+                // The receiver may have finished before any end probe told it
+                // the final retransmit count: one last End does, while it
+                // lingers.
+                self.final_end_due = verified;
+                self.outcome = Some(if verified { Ok(()) } else { Err(SendError::DigestMismatch) });
             }
             Message::Abort { reason, .. } => {
                 self.state = State::Finished;
