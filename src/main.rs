@@ -84,7 +84,8 @@ struct BenchArgs {
     #[arg(long)]
     file: Option<PathBuf>,
     /// Modes to compare, comma-separated (also: afxdp-key, AF_XDP with a
-    /// pre-shared key on both ends).
+    /// pre-shared key on both ends; afxdp-inline and afxdp-thread, AF_XDP
+    /// with `send --reader` pinned).
     #[arg(long, value_delimiter = ',', default_value = "afxdp,sendfile,readwrite,mmap,splice")]
     modes: Vec<String>,
     /// Runs per mode, interleaved across modes.
