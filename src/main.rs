@@ -43,7 +43,8 @@ enum Cmd {
     Send(SendArgs),
     /// Receive one file and verify it.
     Recv(RecvArgs),
-    /// Report what this host and interface can do.
+    /// Report what this host and interface can do (briefly attaches our XDP
+    /// program, which passes every packet, to find out).
     Probe(ProbeArgs),
     /// Put every mode side by side on a veth pair this command creates (root).
     Bench(BenchArgs),
@@ -202,6 +203,8 @@ struct SendArgs {
     /// UMEM frame size, 2048 or 4096; default: the smallest that holds a packet.
     #[arg(long)]
     frame_size: Option<u32>,
+    /// How to send: auto (AF_XDP where it can run on --iface, else sendfile
+    /// over TCP), afxdp, or one of the TCP modes.
     #[arg(long, value_enum, default_value = "auto")]
     mode: SendMode,
     /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
@@ -229,8 +232,8 @@ struct SendArgs {
     /// digest is keyed.
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
-    /// Descriptors posted per batch.
-    #[arg(long, default_value_t = 256)]
+    /// Descriptors posted per batch, 1 to 2048 (the TX ring).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
     batch: u32,
     /// Pace to this rate: bits/s counted over whole Ethernet frames (500M,
     /// 10G) or packets/s (200kpps). Default: as fast as the link takes.
@@ -326,8 +329,12 @@ struct RecvArgs {
 
 #[derive(clap::Args)]
 struct ProbeArgs {
+    /// The interface to examine. Probing briefly attaches our XDP program
+    /// (it passes every packet) and opens an AF_XDP socket, to see whether
+    /// both work; it skips the attach when another program is there.
     #[arg(long)]
     iface: String,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -441,26 +448,107 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
 }
 
 fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
+    let json = a.json;
+    let r = send_checked(a);
+    if let (true, Err(e)) = (json, &r) {
+        // `--json` promises one object on stdout, failures included.
+        let report = serde_json::json!({
+            "verified": false,
+            "error": format!("{e:#}"),
+            "e2e_s": xdpblast::report::since_process_start(),
+            "peak_rss_bytes": xdpblast::report::peak_rss_bytes(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    r
+}
+
+/// The input must be a regular file: checked with `stat` before anything
+/// opens it (a FIFO would block the open, a device would never end).
+fn check_input(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot send {}", path.display()))?;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    bail!("cannot send {}: it is {kind}; xdpblast sends regular files", path.display())
+}
+
+/// Options only AF_XDP can honour that were given, by name.
+fn afxdp_only_options(a: &SendArgs) -> Vec<&'static str> {
+    let given = [
+        ("--rate", a.rate.is_some()),
+        ("--adapt", a.adapt),
+        ("--raw", a.raw),
+        ("--direct", a.direct),
+        ("--umem", a.umem.is_some()),
+        ("--packet-size", a.packet_size.is_some()),
+        ("--frame-size", a.frame_size.is_some()),
+        ("--dst-mac", a.dst_mac.is_some()),
+        ("--reader", a.reader != ReaderArg::Auto),
+        ("--xdp-bind", a.xdp_bind != XskBind::Auto),
+    ];
+    given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
+}
+
+/// "--rate works only with AF_XDP", or "--rate, --raw work ...".
+fn only_afxdp(options: &[&str]) -> String {
+    let verb = if options.len() == 1 { "works" } else { "work" };
+    format!("{} {verb} only with AF_XDP", options.join(", "))
+}
+
+fn them(options: &[&str]) -> &'static str {
+    if options.len() == 1 {
+        "it"
+    } else {
+        "them"
+    }
+}
+
+fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
+    check_input(&a.file)?;
     let timeout = seconds(a.timeout, "--timeout")?;
-    let tcp_mode = match a.mode.tcp() {
-        Some(m) => Some(m),
+    let (tcp_mode, why_not_afxdp) = match a.mode.tcp() {
+        Some(m) => (Some(m), None),
         None => {
             let iface = a.iface.as_deref().context("--iface is required for AF_XDP (--mode afxdp or auto)")?;
             match (a.mode, afxdp_send::available(iface)) {
                 (SendMode::Auto, Ok(how)) => {
                     info!(iface, "mode auto: AF_XDP ({how})");
-                    None
+                    (None, None)
                 }
+                (_, Err(e @ afxdp_send::Unavailable::Interface(_))) => return Err(e.into()),
                 (SendMode::Auto, Err(why)) => {
                     info!(iface, "mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {why}");
-                    Some(TcpMode::Sendfile)
+                    (Some(TcpMode::Sendfile), Some(why.to_string()))
                 }
-                _ => None,
+                _ => (None, None),
             }
         }
     };
     if let Some(mode) = tcp_mode {
-        return send_tcp(&a, a.file.clone(), mode, timeout);
+        let unsupported = afxdp_only_options(&a);
+        if !unsupported.is_empty() {
+            let because = why_not_afxdp.as_deref().map_or(String::new(), |w| format!(" (AF_XDP cannot run here: {w})"));
+            bail!("{}; --mode {} cannot honour {}{because}", only_afxdp(&unsupported), mode.name(), them(&unsupported));
+        }
+        return send_tcp(&a, a.file.clone(), mode, timeout).map_err(|e| match &why_not_afxdp {
+            Some(w) => e.context(format!("AF_XDP was not used ({w}), and the sendfile fallback failed")),
+            None => e,
+        });
     }
     let dst_mac = match &a.dst_mac {
         Some(s) => {
@@ -511,7 +599,12 @@ fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
                 && e.downcast_ref::<UmemError>().is_some_and(|u| matches!(u, UmemError::AboveMemlock { .. })) =>
         {
             info!("mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {e}");
-            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout);
+            let unsupported = afxdp_only_options(&a);
+            if !unsupported.is_empty() {
+                bail!("{}, which cannot run here: {e}", only_afxdp(&unsupported));
+            }
+            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout)
+                .map_err(|t| t.context(format!("AF_XDP was not used ({e}), and the sendfile fallback failed")));
         }
         Err(e) => return Err(e),
     };
@@ -570,11 +663,12 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
             let iface = iface.context("--iface is required with --mode afxdp")?;
             let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into())?;
             let mode = rx.mode().name();
+            let queues = rx.queues();
             eprintln!(
-                "xdpblast recv: ready on {} ({mode}, {} queue(s), XDP {:?})",
+                "xdpblast recv: ready on {} ({mode}, {queues} queue{} bound, XDP {})",
                 a.listen,
-                iface.rx_queues,
-                rx.steering().mode()
+                if queues == 1 { "" } else { "s" },
+                rx.steering().mode().name()
             );
             match receive::run(mode, rx.data_paths(), ctrl, &opts, Some(&listener)) {
                 Outcome::Done(mut report) => {

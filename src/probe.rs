@@ -17,9 +17,12 @@ struct Probe {
     iface: Option<Interface>,
     iface_error: Option<String>,
     driver_xdp_features: Vec<&'static str>,
+    #[serde(serialize_with = "check")]
     xdp_native: Result<String, String>,
+    #[serde(serialize_with = "check")]
     af_xdp: Result<String, String>,
-    zero_copy_capable: bool,
+    /// `None` when the interface could not be asked.
+    zero_copy_capable: Option<bool>,
     auto_mode: String,
     problems: Vec<String>,
 }
@@ -33,6 +36,15 @@ fn effective_caps() -> u64 {
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
         .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .unwrap_or(0)
+}
+
+/// A check's result in JSON: `{"ok": true, "detail": "native"}`.
+fn check<S: serde::Serializer>(r: &Result<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Check", 2)?;
+    st.serialize_field("ok", &r.is_ok())?;
+    st.serialize_field("detail", r.as_ref().unwrap_or_else(|e| e))?;
+    st.end()
 }
 
 fn memlock() -> Option<u64> {
@@ -58,7 +70,7 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
         Err(e) => (None, Some(e.to_string())),
     };
     let mut features = Vec::new();
-    let mut zc_capable = false;
+    let mut zc_capable = None;
     let mut xdp_native = Err("not tried".to_string());
     let mut af_xdp = Err("not tried".to_string());
     if let Some(i) = &iface {
@@ -82,14 +94,14 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
                     features.push(name);
                 }
             }
-            zc_capable = q.feature_flags & XdpQuery::ACT_XSK_ZEROCOPY != 0;
+            zc_capable = Some(q.feature_flags & XdpQuery::ACT_XSK_ZEROCOPY != 0);
         }
         xdp_native = if i.xdp_attached.is_some() {
             Err("skipped: another program is attached".into())
         } else {
             // Port 0 steers nothing: every packet passes while we look.
             Steering::attach(&i.name, i.index, None, 0, Default::default())
-                .map(|s| format!("{:?}", s.mode()).to_lowercase())
+                .map(|s| s.mode().name().to_string())
                 .map_err(|e| e.to_string())
         };
         af_xdp = UmemArea::new(64, 2048).map_err(|e| e.to_string()).and_then(|area| {
@@ -185,7 +197,11 @@ fn print_human(p: &Probe, ifname: &str) {
     println!("AF_XDP socket     {}", yes_no(&p.af_xdp));
     println!(
         "zero-copy         {}",
-        if p.zero_copy_capable { "supported by the driver" } else { "not supported by the driver (copy mode)" }
+        match p.zero_copy_capable {
+            Some(true) => "supported by the driver",
+            Some(false) => "not supported by the driver (copy mode)",
+            None => "unknown (the interface could not be asked)",
+        }
     );
     println!("send --mode auto  {}", p.auto_mode);
     for pr in &p.problems {

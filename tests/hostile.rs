@@ -178,8 +178,11 @@ fn allow_from_refuses_a_sender_at_another_address() {
     let sent = veth.send(&file, &["--timeout", "1"]);
     assert!(!sent.status.success());
     assert!(String::from_utf8_lossy(&sent.stderr).contains("no answer from the receiver"));
-    let (ok, report, _) = rx.finish();
+    let (ok, report, log) = rx.finish();
     assert!(!ok);
     assert!(report["dropped"]["refused"].as_u64().unwrap_or(0) > 0, "{report}");
+    // Issue 13 row 17: the refusal used to be counted but never logged.
+    assert_eq!(log.matches("refused a Hello from 10.77.0.1").count(), 1, "logged once per address: {log}");
+    assert!(log.contains("--allow-from does not name it"), "{log}");
     assert!(!out.exists() && !dir.path().join("out.bin.partial").exists(), "no output for a refused sender");
 }

@@ -10,8 +10,12 @@ fn probe_reports_copy_mode_native_xdp_and_link_facts() {
     let out = veth.in_ns(&veth.rx_ns, &["probe", "--iface", &veth.rx_if, "--json"]).output().expect("probe");
     assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
     let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
-    assert_eq!(p["af_xdp"]["Ok"], "copy mode", "{p}");
-    assert_eq!(p["xdp_native"]["Ok"], "native", "{p}");
+    // Issue 13 row 22: `{"ok": .., "detail": ..}`, not Rust's `{"Ok": ..}`,
+    // and the MAC as text.
+    assert_eq!(p["af_xdp"], serde_json::json!({"ok": true, "detail": "copy mode"}), "{p}");
+    assert_eq!(p["xdp_native"], serde_json::json!({"ok": true, "detail": "native"}), "{p}");
+    let mac = p["iface"]["mac"].as_str().unwrap_or("");
+    assert!(mac.len() == 17 && mac.split(':').count() == 6, "{p}");
     assert_eq!(p["zero_copy_capable"], false, "veth has no AF_XDP zero-copy");
     assert_eq!(p["iface"]["mtu"], 1500);
     assert_eq!(p["iface"]["rx_queues"], 1);
@@ -53,5 +57,6 @@ fn probe_without_privileges_names_what_is_missing() {
     let missing: Vec<&str> =
         p["missing_capabilities"].as_array().expect("list").iter().filter_map(|v| v.as_str()).collect();
     assert!(missing.contains(&"CAP_NET_RAW") && missing.contains(&"CAP_BPF"), "{p}");
-    assert!(p["af_xdp"]["Err"].is_string(), "{p}");
+    assert_eq!(p["af_xdp"]["ok"], false, "{p}");
+    assert!(p["af_xdp"]["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
 }

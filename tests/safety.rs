@@ -72,6 +72,8 @@ fn sender_without_receiver_fails_with_clear_timeout() {
     let sent = veth.send(&file, &["--timeout", "1"]);
     let stderr = String::from_utf8_lossy(&sent.stderr);
     assert!(!sent.status.success());
-    assert!(stderr.contains("no answer from the receiver"), "{stderr}");
+    // Nothing listens, so the receiver's host answers "port unreachable";
+    // whichever of that (after 1 s) and the 1 s timeout comes first names it.
+    assert!(stderr.contains("no answer from the receiver") || stderr.contains("nothing is listening"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "the timeout must bound the run");
 }

@@ -44,6 +44,17 @@ pub enum AttachMode {
     Unknown,
 }
 
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Offload => "offload",
+            AttachMode::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
     #[error("cannot load the XDP program: {0} (needs root or CAP_BPF + CAP_NET_ADMIN)")]

@@ -65,7 +65,8 @@ impl AfxdpReceiver {
             steering.add_socket(q, xsk.fd())?;
             sockets.push(xsk);
         }
-        info!(queues = sockets.len(), mode = ?sockets.first().map(|s| s.mode()), "AF_XDP receive path ready");
+        let mode = sockets.first().map_or("none", |s| s.mode().name());
+        info!(queues = sockets.len(), mode, "AF_XDP receive path ready");
         Ok(AfxdpReceiver { sockets, steering, data_port: listen.port() })
     }
 

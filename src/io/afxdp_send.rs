@@ -229,16 +229,31 @@ fn open_input(path: &std::path::Path, direct: bool) -> anyhow::Result<File> {
     })
 }
 
+/// Why AF_XDP will not be used on an interface.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The interface is missing or down: a mistake to report, not a reason
+    /// to fall back to TCP (which would route elsewhere, or not at all).
+    #[error("{0}")]
+    Interface(String),
+    /// The interface is fine but this host cannot open AF_XDP sockets or
+    /// register a UMEM: `--mode auto` falls back to TCP.
+    #[error("{0}")]
+    Sockets(String),
+}
+
 /// Whether AF_XDP can run on `iface` here (interface up, AF_XDP sockets,
 /// a UMEM registers). Used by `send --mode auto` to choose before anything is
 /// sent. It binds no queue, so it cannot collide with the real socket.
-pub fn available(iface: &str) -> Result<String, String> {
-    let info = Interface::lookup(iface).map_err(|e| e.to_string())?;
+pub fn available(iface: &str) -> Result<String, Unavailable> {
+    let info = Interface::lookup(iface).map_err(|e| Unavailable::Interface(e.to_string()))?;
     if !info.oper_up {
-        return Err(format!("{iface} is down"));
+        return Err(Unavailable::Interface(format!(
+            "interface {iface} is down; bring it up with `ip link set dev {iface} up`"
+        )));
     }
-    let area = crate::afxdp::umem::UmemArea::new(64, 2048).map_err(|e| e.to_string())?;
-    Xsk::can_register(area).map_err(|e| e.to_string())?;
+    let area = crate::afxdp::umem::UmemArea::new(64, 2048).map_err(|e| Unavailable::Sockets(e.to_string()))?;
+    Xsk::can_register(area).map_err(|e| Unavailable::Sockets(e.to_string()))?;
     Ok("AF_XDP sockets available; the kernel picks copy or zero-copy at bind".into())
 }
 

@@ -19,6 +19,9 @@ pub fn control_port(data_port: u16) -> io::Result<u16> {
 pub struct Control {
     sock: UdpSocket,
     buf: Vec<u8>,
+    /// Before the session is acknowledged: when the peer's port first
+    /// answered "closed" (ICMP port unreachable), and when it last did.
+    refused: Option<(Instant, Instant)>,
 }
 
 impl Control {
@@ -26,7 +29,7 @@ impl Control {
         let sock = UdpSocket::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("binding the control socket to {addr}: {e}")))?;
         sock.set_nonblocking(true)?;
-        Ok(Control { sock, buf: vec![0u8; 65536] })
+        Ok(Control { sock, buf: vec![0u8; 65536], refused: None })
     }
 
     /// Binds to `local` and connects to `peer`, so ICMP errors (the peer's port
@@ -77,10 +80,13 @@ pub fn service(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: Sock
             }
             Ok(None) => break,
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                // Before the receiver is up its port is closed: keep trying.
                 if sender.is_acked() {
                     anyhow::bail!("the receiver's control port {peer} is closed: the receiver exited");
                 }
+                // A receiver started a moment after us is not up yet: the
+                // handshake keeps trying for a while (see `handshake`).
+                let first = ctrl.refused.map_or(now, |(f, _)| f);
+                ctrl.refused = Some((first, now));
                 break;
             }
             Err(e) => anyhow::bail!("control socket: {e}"),
@@ -99,12 +105,28 @@ pub fn service(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: Sock
     Ok(())
 }
 
+/// How long the receiver's control port may answer "closed" (ICMP port
+/// unreachable) before the handshake gives up: a receiver started together
+/// with the sender is up well within it.
+pub const REFUSED_FOR: Duration = Duration::from_secs(1);
+
 /// Says Hello until the receiver has opened the session (the cookie's round
-/// trip included), or fails with why it did not.
+/// trip included), or fails with why it did not: at once (after
+/// [`REFUSED_FOR`]) when nothing listens on the receiver's control port, at
+/// the sender's timeout when nothing answers at all.
 pub fn handshake(sender: &mut Sender, ctrl: &mut Control, peer: SocketAddr) -> anyhow::Result<()> {
     while !sender.is_acked() {
         let now = Instant::now();
         service(sender, ctrl, now, peer)?;
+        if let Some((first, last)) = ctrl.refused {
+            if last.saturating_duration_since(first) >= REFUSED_FOR && now.saturating_duration_since(last) < REFUSED_FOR
+            {
+                anyhow::bail!(
+                    "nothing is listening on {peer} (connection refused): is `xdpblast recv` running there with --listen on port {}?",
+                    peer.port().saturating_sub(1)
+                );
+            }
+        }
         if super::stop_requested() {
             anyhow::bail!("interrupted");
         }

@@ -165,6 +165,8 @@ struct ReceiveLoop {
     fatal: Option<String>,
     intervals: Intervals,
     rusage_at_start: Option<super::Rusage>,
+    /// Addresses whose refused Hello was logged.
+    refusals_logged: std::collections::HashSet<IpAddr>,
 }
 
 impl ReceiveLoop {
@@ -189,6 +191,7 @@ impl ReceiveLoop {
             fatal: None,
             intervals: Intervals::new(opts.intervals, start),
             rusage_at_start: None,
+            refusals_logged: std::collections::HashSet::new(),
         }
     }
 
@@ -251,7 +254,9 @@ impl ReceiveLoop {
             match ctrl.recv() {
                 Ok(Some((from, bytes))) => {
                     got += 1;
+                    let before = (self.rx.drops.get(DropReason::Refused), self.rx.drops.get(DropReason::Busy));
                     self.rx.on_control(now, from, bytes);
+                    self.log_refusal(from, before);
                 }
                 Ok(None) => break,
                 // ICMP errors from an earlier reply (the sender went away).
@@ -263,6 +268,21 @@ impl ReceiveLoop {
             }
         }
         got
+    }
+
+    /// Says once per address (for the first 64) that a Hello was refused:
+    /// `--allow-from` does not name it, or another session is open.
+    fn log_refusal(&mut self, from: std::net::SocketAddr, (refused, busy): (u64, u64)) {
+        let why = if self.rx.drops.get(DropReason::Refused) > refused {
+            "--allow-from does not name it"
+        } else if self.rx.drops.get(DropReason::Busy) > busy {
+            "another session is open"
+        } else {
+            return;
+        };
+        if self.refusals_logged.len() < 64 && self.refusals_logged.insert(from.ip()) {
+            warn!("refused a Hello from {from}: {why}");
+        }
     }
 
     /// Acts on what the protocol asks: prepare the output, verify it.

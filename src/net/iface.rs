@@ -14,6 +14,7 @@ use super::netlink::dump;
 pub struct Interface {
     pub name: String,
     pub index: u32,
+    #[serde(serialize_with = "mac_text")]
     pub mac: [u8; 6],
     pub mtu: u32,
     pub tx_queues: u32,
@@ -22,6 +23,11 @@ pub struct Interface {
     pub ipv4: Option<Ipv4Addr>,
     /// An XDP program is attached (by anyone), and how.
     pub xdp_attached: Option<String>,
+}
+
+/// A MAC as `aa:bb:cc:dd:ee:ff` in JSON, as `ip -j link` writes it.
+fn mac_text<S: serde::Serializer>(mac: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_mac(mac))
 }
 
 #[derive(Debug, thiserror::Error)]
