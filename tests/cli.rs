@@ -125,3 +125,63 @@ fn no_receiver_is_named_at_once_and_json_reports_the_error() {
         assert!(stderr(&out).contains("xdpblast: error:"), "the error is on stderr too");
     }
 }
+
+/// Row 19: a second receiver on the same interface was told to run
+/// `ip link set dev IF xdp off`, which cannot remove a bpf_link. Now it
+/// names the process holding the link and how to free the hook.
+#[test]
+fn a_second_receiver_names_the_process_holding_the_interface() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = veth.start_receiver(&dir.path().join("one.bin"), &["--timeout", "3"]);
+    let two = dir.path().join("two.bin");
+    let listen = format!("{RX_IP}:9100");
+    let out = veth
+        .in_ns(
+            &veth.rx_ns,
+            &["recv", "--iface", &veth.rx_if, "--listen", &listen, "--out", two.to_str().expect("utf-8")],
+        )
+        .output()
+        .expect("second receiver");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let pid = first.pid();
+    assert!(err.contains(&format!("(pid {pid})")) && err.contains(&format!("kill {pid}")), "{err}");
+    assert!(err.contains("cannot remove a link"), "{err}");
+    let (ok, _, _) = first.finish();
+    assert!(!ok, "the first receiver had no sender");
+}
+
+/// Row 6: an unprivileged `send --mode afxdp` ran the handshake (the
+/// receiver reserved a partial) and read the file, then failed with "cannot
+/// register the UMEM ... locked-memory limit". Now the privileges are
+/// checked before the receiver hears of us, and the error names them.
+#[test]
+fn an_unprivileged_sender_is_told_what_is_missing_before_the_handshake() {
+    use std::os::unix::fs::PermissionsExt;
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let file = random_file(dir.path(), "in.bin", 64 * 1024, 4);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod file");
+    let bin = dir.path().join("xdpblast");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "2"]);
+    let dst = format!("{RX_IP}:9000");
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &veth.tx_ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg("--inh-caps=-all")
+        .arg(&bin)
+        .args(["send", file.to_str().expect("utf-8"), "--mode", "afxdp", "--iface", &veth.tx_if, "--dst", &dst])
+        .output()
+        .expect("unprivileged sender");
+    assert!(!sent.status.success());
+    let err = stderr(&sent);
+    assert!(err.contains("AF_XDP cannot run on") && err.contains("CAP_NET_RAW"), "{err}");
+    let (ok, report, _) = rx.finish();
+    assert!(!ok);
+    assert!(report["error"].as_str().unwrap_or("").contains("no sender opened a session"), "{report}");
+    assert!(!dir.path().join("out.bin.partial").exists(), "the receiver never heard of the sender");
+}

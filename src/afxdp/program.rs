@@ -60,7 +60,7 @@ pub enum ProgramError {
     #[error("cannot load the XDP program: {0} (needs root or CAP_BPF + CAP_NET_ADMIN)")]
     Load(String),
     #[error("cannot attach the XDP program to {ifname}: {err}{hint}")]
-    Attach { ifname: String, err: String, hint: &'static str },
+    Attach { ifname: String, err: String, hint: String },
     #[error("cannot update the {map} map: {err}")]
     Map { map: &'static str, err: String },
 }
@@ -152,18 +152,12 @@ impl Steering {
         let ifindex_i = i32::try_from(ifindex).map_err(|_| ProgramError::Attach {
             ifname: ifname.into(),
             err: "ifindex out of range".into(),
-            hint: "",
+            hint: String::new(),
         })?;
-        let link = skel.progs.xdpblast_steer.attach_xdp(ifindex_i).map_err(|e| {
-            let err = format!("{e:#}");
-            let hint = if err.contains("Device or resource busy") || err.contains("EBUSY") {
-                " (another XDP program is attached; see `ip link show` and detach it with `ip link set dev IF xdp off`)"
-            } else if err.contains("No such device") {
-                " (no such interface)"
-            } else {
-                ""
-            };
-            ProgramError::Attach { ifname: ifname.into(), err, hint }
+        let link = skel.progs.xdpblast_steer.attach_xdp(ifindex_i).map_err(|e| ProgramError::Attach {
+            ifname: ifname.into(),
+            err: format!("{e:#}"),
+            hint: busy_hint(ifname, ifindex),
         })?;
         let mode = query_attach_mode(ifindex);
         info!(
@@ -240,6 +234,49 @@ pub fn query(ifindex: u32) -> Result<XdpQuery, String> {
         .query(i32::try_from(ifindex).map_err(|_| "ifindex out of range".to_string())?, libbpf_rs::XdpFlags::NONE)
         .map_err(|e| format!("{e:#}"))?;
     Ok(XdpQuery { prog_id: q.prog_id, attach_mode: q.attach_mode, feature_flags: q.feature_flags })
+}
+
+/// Why an attach failed, when the hook is taken: who holds it and how to
+/// free it. Found by asking the kernel, not by reading the error's text.
+fn busy_hint(ifname: &str, ifindex: u32) -> String {
+    if query(ifindex).map_or(true, |q| q.prog_id == 0) {
+        return String::new();
+    }
+    match link_holder(ifindex) {
+        Some((pid, comm)) => format!(
+            " (another XDP program is attached, held by {comm} (pid {pid}) through a bpf_link: stop that process, e.g. `kill {pid}`, and the kernel detaches it; `ip link set dev {ifname} xdp off` cannot remove a link)"
+        ),
+        None => format!(
+            " (another XDP program is attached; see `ip link show dev {ifname}`; if no process holds it through a bpf_link, `ip link set dev {ifname} xdp off` removes it)"
+        ),
+    }
+}
+
+/// The process holding an XDP bpf_link on `ifindex` in our network
+/// namespace, from `/proc/PID/fdinfo` (`link_type: xdp`, `ifindex: N`).
+fn link_holder(ifindex: u32) -> Option<(u32, String)> {
+    let our_ns = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let want = format!("ifindex:\t{ifindex}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() != Some(our_ns.clone()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let is_link = std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf_link");
+            if !is_link {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            if info.lines().any(|l| l == "link_type:\txdp") && info.lines().any(|l| l == want) {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                return Some((pid, comm.trim().to_string()));
+            }
+        }
+    }
+    None
 }
 
 fn query_attach_mode(ifindex: u32) -> AttachMode {

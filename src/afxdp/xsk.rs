@@ -75,6 +75,15 @@ pub enum XskError {
     Map(&'static str, String),
 }
 
+/// Registering a UMEM first creates the AF_XDP socket: EPERM there means
+/// missing privileges (CAP_NET_RAW), not the locked-memory limit (ENOBUFS).
+fn umem_error(e: xdpilone::Errno) -> XskError {
+    match e.get_raw() {
+        libc::EPERM | libc::EACCES => XskError::Socket(errno_str(e)),
+        _ => XskError::Umem(errno_str(e)),
+    }
+}
+
 fn errno_str(e: xdpilone::Errno) -> String {
     io::Error::from_raw_os_error(e.get_raw()).to_string()
 }
@@ -137,7 +146,7 @@ impl Xsk {
         if queues.is_empty() {
             return Err(XskError::Interface(cfg.ifname.clone(), "no queue to bind".into()));
         }
-        let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
+        let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(umem_error)?;
         let mut bound = Vec::with_capacity(queues.len());
         for (i, &q) in queues.iter().enumerate() {
             bound.push(Queue::bind(&umem, cfg, q, i == 0)?);
@@ -154,7 +163,7 @@ impl Xsk {
             UmemConfig { fill_size: 64, complete_size: 64, frame_size: area.frame_size(), headroom: 0, flags: 0 };
         // SAFETY: `area` is a page-aligned mapping we own and that outlives the
         // UMEM, which is dropped at the end of this function.
-        let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(|e| XskError::Umem(errno_str(e)))?;
+        let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(umem_error)?;
         drop(umem);
         drop(area);
         Ok(())
@@ -162,22 +171,6 @@ impl Xsk {
 
     pub fn mode(&self) -> XskMode {
         self.mode
-    }
-
-    /// Frames `first..first + count` for writing while the sockets are open
-    /// (the read-ahead refilling frames the kernel gave back).
-    ///
-    /// # Safety
-    /// The kernel must hold none of these frames: none is on a TX ring with
-    /// its completion not yet reaped, and none is on a fill ring.
-    pub unsafe fn frames_mut(&mut self, first: u32, count: u32) -> Option<&mut [u8]> {
-        let fs = self.area.frame_size() as usize;
-        let start = (first as usize).checked_mul(fs)?;
-        let end = start.checked_add((count as usize).checked_mul(fs)?)?;
-        if first.checked_add(count)? > self.area.frames() {
-            return None;
-        }
-        self.area.as_mut_slice().get_mut(start..end)
     }
 
     pub fn area(&self) -> &UmemArea {

@@ -193,6 +193,10 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         Some(ip) => ip,
         None => bail!("interface {} has no IPv4 address; give one with --src", iface.name),
     };
+    // Privileges and kernel support, before the receiver hears of us: an
+    // unprivileged user learns what is missing, and no partial is left.
+    let probe = crate::afxdp::umem::UmemArea::new(64, 2048)?;
+    Xsk::can_register(probe).with_context(|| format!("AF_XDP cannot run on {} here", iface.name))?;
     let file = open_input(&opts.file, opts.direct)?;
     let meta = file.metadata().with_context(|| format!("reading {}", opts.file.display()))?;
     if !meta.is_file() {
