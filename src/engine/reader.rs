@@ -175,12 +175,13 @@ impl<'scope> Reader<'scope> {
                         h.thread().unpark();
                     }
                 }
-                let next = shared.filled.load(Ordering::Acquire);
                 if let Some(h) = handle.take_if(|h| h.is_finished()) {
                     let result = h.join().map_err(|_| std::io::Error::other("the reader thread panicked"))?;
                     self.finished = Some(result?);
                 }
-                next
+                // Loaded after the join: a thread that has finished stored
+                // its last figure before it ended, so this one is final.
+                shared.filled.load(Ordering::Acquire)
             }
         };
         Ok(Readable { floor: self.ledger.floor(), next, ring_full: next >= granted && granted < self.n_chunks })
