@@ -35,6 +35,21 @@ fn assert_transfer(
     (send, recv)
 }
 
+/// Waits for the receiver after `sent`: both succeeded and the output is
+/// the input. Returns the sender's and the receiver's reports.
+fn finished_identical(
+    rx: Proc,
+    sent: &std::process::Output,
+    file: &std::path::Path,
+    out: &std::path::Path,
+) -> (serde_json::Value, serde_json::Value) {
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{recv}\n{log}");
+    assert!(same_file(file, out), "output differs from input");
+    (json(sent), recv)
+}
+
 /// Every retransmit must answer a drop someone counted: our XDP program's loss
 /// knob, the receiver's XSK ring, the sender's device (EBUSY), or a tail probe.
 /// A scheduler that loses frames on its own, or a NACK that names chunks that
@@ -144,11 +159,7 @@ fn reader_thread_streams_through_a_small_ring_with_loss() {
     // 1 MiB of UMEM for 32 MiB of file: every slot is refilled about 50
     // times by the thread while the transmit loop repairs.
     let sent = veth.send(&file, &["--reader", "thread", "--umem", "1M"]);
-    let (rx_ok, recv, log) = rx.finish();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
-    assert!(rx_ok, "{recv}\n{log}");
-    assert!(same_file(&file, &out));
-    let s = json(&sent);
+    let (s, recv) = finished_identical(rx, &sent, &file, &out);
     assert_eq!(s["reader"], "thread", "{s}");
     assert!(s["retransmits"].as_u64().unwrap_or(0) > 0, "{s}");
     assert_eq!(s["stats"]["repairs_unavailable"], 0, "{s}");
@@ -171,18 +182,14 @@ fn with_a_key_every_block_is_checked_through_a_small_ring_with_loss() {
     // A 2 MiB ring: blocks are cut to a quarter of it, and the sender may
     // reuse a slot only once the receiver has checked its block.
     let sent = veth.send(&file, &["--key-file", key, "--umem", "2M"]);
-    let (rx_ok, recv, log) = rx.finish();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
-    assert!(rx_ok, "{recv}\n{log}");
-    assert!(same_file(&file, &out));
-    let s = json(&sent);
+    let (s, recv) = finished_identical(rx, &sent, &file, &out);
     assert_eq!(s["stats"]["repairs_unavailable"], 0, "{s}");
     assert!(s["retransmits"].as_u64().unwrap_or(0) > 0, "{s}");
     assert!(s["stats"]["block_messages"].as_u64().unwrap_or(0) > 0, "{s}");
     // A 2 MiB ring of 2048-byte frames holds 958 slots after the Metas and
     // spare frames: blocks of 239 chunks.
     let chunk = s["chunk_size"].as_u64().expect("chunk_size");
-    let slots = (2 * MIB as u64 / 2048) - 66;
+    let slots = (2 * MIB as u64 / 2048) - 2 - u64::from(xdpblast::afxdp::preload::FILL_SPARE);
     let blocks = (size as u64).div_ceil(chunk).div_ceil(slots / 4);
     assert_eq!(recv["blocks_verified"].as_u64(), Some(blocks), "every block checked once: {recv}");
     assert_eq!(recv["bad_blocks"], 0, "loss is not forgery: {recv}");
@@ -199,11 +206,7 @@ fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     // A small UMEM, so slots are reused while the bounce buffer moves on;
     // inline, so that reader is covered too (the default is a thread).
     let sent = veth.send(&file, &["--direct", "--umem", "1M", "--reader", "inline"]);
-    let (rx_ok, recv, log) = rx.finish();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
-    assert!(rx_ok, "{recv}\n{log}");
-    assert!(same_file(&file, &out));
-    let s = json(&sent);
+    let (s, _) = finished_identical(rx, &sent, &file, &out);
     assert_eq!(s["stats"]["repairs_unavailable"], 0, "{s}");
     assert!(s["umem_bytes"].as_u64().unwrap_or(u64::MAX) <= MIB as u64);
     assert_eq!(s["reader"], "inline", "{s}");

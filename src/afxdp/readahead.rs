@@ -88,8 +88,7 @@ impl ReadAhead {
         file_size: u64,
     ) -> Self {
         let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
-        let file_for_advice = &file;
-        let drop_behind = DropBehind::for_file(file_for_advice, file_size);
+        let drop_behind = DropBehind::for_file(&file, file_size);
         ReadAhead {
             keys: None,
             blocks: None,

@@ -236,16 +236,9 @@ impl Output {
         }
         while self.hashed < end {
             let want = (end - self.hashed).min(self.buf.len() as u64) as usize;
-            crate::syscount::count(1);
-            let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[..want], self.hashed)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the output is shorter than what was written",
-                ));
-            }
-            self.hasher.update(&self.buf[..n]);
-            self.hashed += n as u64;
+            self.read_back(self.hashed, want)?;
+            self.hasher.update(&self.buf[..want]);
+            self.hashed += want as u64;
         }
         self.start_writeback();
         Ok(())
@@ -271,18 +264,7 @@ impl Output {
         if self.buf.len() < len {
             self.buf.resize(len, 0);
         }
-        let mut got = 0;
-        while got < len {
-            crate::syscount::count(1);
-            let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[got..len], bytes.start + got as u64)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the output is shorter than what was written",
-                ));
-            }
-            got += n;
-        }
+        self.read_back(bytes.start, len)?;
         block.update(&self.buf[..len]);
         // blake3's Hash compares in constant time.
         if block.finalize() != blake3::Hash::from_bytes(*expected) {
@@ -292,6 +274,23 @@ impl Output {
         self.hashed = bytes.end;
         self.start_writeback();
         Ok(true)
+    }
+
+    /// Reads `len` bytes of the output at `at` into the buffer's start.
+    fn read_back(&mut self, at: u64, len: usize) -> io::Result<()> {
+        let mut got = 0;
+        while got < len {
+            crate::syscount::count(1);
+            let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[got..len], at + got as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the output is shorter than what was written",
+                ));
+            }
+            got += n;
+        }
+        Ok(())
     }
 
     /// Starts writeback of what was hashed, in steps of [`WRITEBACK_STEP`].
