@@ -4,7 +4,6 @@
 //! - one NACK round over a large, lossy chunk set.
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -37,7 +36,7 @@ fn receive_path(c: &mut Criterion) {
     let info = SessionInfo { file_size: n * u64::from(chunk), chunk_size: chunk, n_chunks: n, digest: Some([0; 32]) };
     let payload = vec![0xabu8; chunk as usize];
     // Prebuilt frames, as they would sit in the receive UMEM.
-    let from = SocketAddr::V4(tpl.src);
+    let from = tpl.src;
     let now = Instant::now();
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     let cookie = rx.cookie_for(from.ip(), 1);

@@ -3,8 +3,10 @@
  * xdpblast receiver steering program.
  *
  * Parses Ethernet (up to two VLAN tags), IPv4 or IPv6, and UDP. A UDP datagram
- * for the configured data port (and, if set, the configured IPv4 address) is
- * redirected into the AF_XDP socket bound to the queue it arrived on. Every
+ * for the configured data port (and, if set, the configured IPv4 or IPv6
+ * address) is redirected into the AF_XDP socket bound to the queue it arrived
+ * on. A receiver listening on an address of one IP version takes nothing of
+ * the other. Every
  * other frame is passed to the kernel stack untouched, so ARP, SSH and our own
  * control socket keep working.
  *
@@ -47,6 +49,7 @@ struct xb_config {
 	__u16 flags;          /* XB_FLAG_* */
 	__u32 capacity_pps;   /* test knob: take at most this many data packets
 	                       * per second (per CPU), drop the rest; 0 = off */
+	__u32 dst_ip6[4];     /* with XB_FLAG_DST6: the IPv6 address to take */
 };
 
 /* Token bucket for capacity_pps, one per CPU (no lock on the fast path). */
@@ -58,6 +61,8 @@ struct xb_bucket {
 /* Drop every data packet, counted: a native-XDP drop sink for packet-rate
  * measurements (`xdpblast sink`). */
 #define XB_FLAG_SINK 1
+/* Take only datagrams for dst_ip6 (and no IPv4). */
+#define XB_FLAG_DST6 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -171,6 +176,8 @@ int xdpblast_steer(struct xdp_md *ctx)
 		/* Fragments go to the kernel: only it can reassemble them. */
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return count(XB_PASSED, XDP_PASS);
+		if (cfg->flags & XB_FLAG_DST6)
+			return count(XB_PASSED, XDP_PASS);
 		if (cfg->dst_ip4 && ip->daddr != cfg->dst_ip4)
 			return count(XB_PASSED, XDP_PASS);
 		udp = (void *)ip + ip->ihl * 4;
@@ -179,6 +186,14 @@ int xdpblast_steer(struct xdp_md *ctx)
 		if ((void *)(ip6 + 1) > data_end)
 			return count(XB_MALFORMED, XDP_PASS);
 		if (ip6->nexthdr != IPPROTO_UDP)
+			return count(XB_PASSED, XDP_PASS);
+		if (cfg->dst_ip4)
+			return count(XB_PASSED, XDP_PASS);
+		if ((cfg->flags & XB_FLAG_DST6) &&
+		    (ip6->daddr.in6_u.u6_addr32[0] != cfg->dst_ip6[0] ||
+		     ip6->daddr.in6_u.u6_addr32[1] != cfg->dst_ip6[1] ||
+		     ip6->daddr.in6_u.u6_addr32[2] != cfg->dst_ip6[2] ||
+		     ip6->daddr.in6_u.u6_addr32[3] != cfg->dst_ip6[3]))
 			return count(XB_PASSED, XDP_PASS);
 		udp = (void *)(ip6 + 1);
 	} else {

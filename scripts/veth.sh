@@ -3,6 +3,7 @@
 # test bed xdpblast's tests, quick start and bench use.
 #
 #   scripts/veth.sh up   [NAME] [QUEUES]   create NAME-tx and NAME-rx (default NAME=xb)
+#   scripts/veth.sh up6  [NAME] [QUEUES]   the same pair, IPv6 only (no IPv4 address)
 #   scripts/veth.sh lan  [NAME]            the same two ends on a bridge that floods
 #                                          every frame, plus NAME-x, an attacker
 #                                          that sees all traffic (security tests)
@@ -16,6 +17,8 @@
 # namespace's addresses):
 #   netns NAME-tx: interface NAME-a, 10.77.0.1/24
 #   netns NAME-rx: interface NAME-b, 10.77.0.2/24
+#   up6 instead: fd00:77::1/64 and fd00:77::2/64 (no duplicate address
+#   detection, so they are usable at once), and no IPv4 address
 #   lan only: netns NAME-x: interface NAME-x, 10.77.0.3/24; netns NAME-br holds
 #   the bridge (learning off on every port, so it floods like a hub)
 # QUEUES sets numtxqueues/numrxqueues on both ends (default 1).
@@ -27,6 +30,7 @@ queues=${3:-1}
 TX_NS="$name-tx"; RX_NS="$name-rx"
 TX_IF="$name-a";  RX_IF="$name-b"
 TX_IP=10.77.0.1;  RX_IP=10.77.0.2
+TX_IP6=fd00:77::1; RX_IP6=fd00:77::2
 X_NS="$name-x";   BR_NS="$name-br"; X_IF="$name-x"; X_IP=10.77.0.3
 
 if ((${#TX_IF} > 15)); then
@@ -53,18 +57,29 @@ lan_port() {
 }
 
 case "$cmd" in
-  up)
+  up|up6)
     down
     ip netns add "$TX_NS"
     ip netns add "$RX_NS"
-    # IPv4 only: no IPv6 autoconfiguration chatter on the test links.
     for ns in "$TX_NS" "$RX_NS"; do
-      ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+      if [[ "$cmd" == up ]]; then
+        # IPv4 only: no IPv6 autoconfiguration chatter on the test links.
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+      else
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
+          net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+      fi
     done
     ip link add "$TX_IF" numtxqueues "$queues" numrxqueues "$queues" netns "$TX_NS" type veth \
       peer name "$RX_IF" numtxqueues "$queues" numrxqueues "$queues" netns "$RX_NS"
-    ip -n "$TX_NS" addr add "$TX_IP/24" dev "$TX_IF"
-    ip -n "$RX_NS" addr add "$RX_IP/24" dev "$RX_IF"
+    if [[ "$cmd" == up ]]; then
+      ip -n "$TX_NS" addr add "$TX_IP/24" dev "$TX_IF"
+      ip -n "$RX_NS" addr add "$RX_IP/24" dev "$RX_IF"
+    else
+      ip -n "$TX_NS" addr add "$TX_IP6/64" dev "$TX_IF" nodad
+      ip -n "$RX_NS" addr add "$RX_IP6/64" dev "$RX_IF" nodad
+      TX_IP="$TX_IP6"; RX_IP="$RX_IP6"
+    fi
     for ns in "$TX_NS" "$RX_NS"; do ip -n "$ns" link set lo up; done
     ip -n "$TX_NS" link set "$TX_IF" up
     ip -n "$RX_NS" link set "$RX_IF" up
@@ -97,9 +112,9 @@ case "$cmd" in
     down
     ;;
   env)
-    echo "TX_NS=$TX_NS RX_NS=$RX_NS TX_IF=$TX_IF RX_IF=$RX_IF TX_IP=$TX_IP RX_IP=$RX_IP X_NS=$X_NS X_IF=$X_IF X_IP=$X_IP"
+    echo "TX_NS=$TX_NS RX_NS=$RX_NS TX_IF=$TX_IF RX_IF=$RX_IF TX_IP=$TX_IP RX_IP=$RX_IP TX_IP6=$TX_IP6 RX_IP6=$RX_IP6 X_NS=$X_NS X_IF=$X_IF X_IP=$X_IP"
     ;;
   *)
-    sed -n '2,23p' "$0" >&2; exit 2
+    sed -n '2,27p' "$0" >&2; exit 2
     ;;
 esac

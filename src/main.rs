@@ -1,6 +1,6 @@
 //! The `xdpblast` command line: send, recv, probe.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,14 +23,22 @@ use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::udp_recv::UdpReceiver;
 use xdpblast::net::iface::{parse_mac, Interface};
 use xdpblast::proto::pacer::Rate;
+use xdpblast::wire::frame::IpVersion;
 
 mod probe;
 
 #[derive(Parser)]
 #[command(name = "xdpblast", version, about = "Blast a file over AF_XDP, verified end to end with BLAKE3")]
 struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `debug` or `xdpblast=trace`.
-    /// Default: `info` for send and recv, `warn` for probe.
+    /// Print errors only: no mode line, interval lines or summary (`--json`
+    /// still prints its object).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also log what happens, on stderr: -v for each step, -vv for detail.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log filter (tracing env-filter syntax), e.g. `debug` or
+    /// `xdpblast=trace`; overrides -q and -v [default: warn].
     #[arg(long, global = true, env = "XDPBLAST_LOG")]
     log: Option<String>,
     #[command(subcommand)]
@@ -63,13 +71,15 @@ struct KeygenArgs {
 
 #[derive(clap::Args)]
 struct SinkArgs {
-    #[arg(long)]
+    /// Interface whose incoming datagrams are dropped (our XDP program is
+    /// attached to it for the run).
+    #[arg(long, value_name = "IF")]
     iface: String,
     /// UDP destination port to drop.
     #[arg(long, default_value_t = 9000)]
     port: u16,
     /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     duration: f64,
     /// Print one JSON object at the end instead of interval lines.
     #[arg(long)]
@@ -79,7 +89,7 @@ struct SinkArgs {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Size of the generated file (K, M, G suffixes).
-    #[arg(long, default_value = "1G")]
+    #[arg(long, value_name = "SIZE", default_value = "1G")]
     size: String,
     /// Send this file instead of generating one.
     #[arg(long)]
@@ -90,7 +100,7 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "afxdp,sendfile,readwrite,mmap,splice")]
     modes: Vec<String>,
     /// Runs per mode, interleaved across modes.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Write the results as JSON here.
     #[arg(long)]
@@ -184,40 +194,50 @@ impl ReaderArg {
 struct SendArgs {
     /// The file to send.
     file: PathBuf,
-    /// Interface to transmit on (AF_XDP modes).
-    #[arg(long)]
+    /// Interface to transmit on; required for AF_XDP (--mode auto, the
+    /// default, and afxdp), not used by the TCP modes.
+    #[arg(
+        long,
+        value_name = "IF",
+        required_unless_present = "mode",
+        required_if_eq_any([("mode", "auto"), ("mode", "afxdp")])
+    )]
     iface: Option<String>,
-    /// Receiver's address; for AF_XDP its control port is PORT + 1; TCP modes
-    /// connect to PORT.
-    #[arg(long)]
-    dst: SocketAddrV4,
-    /// Next hop's MAC; default: the kernel's neighbour table.
-    #[arg(long)]
+    /// Receiver's address: IP:PORT, [IPv6]:PORT or HOST:PORT. Datagrams go
+    /// to PORT and its control port PORT + 1; TCP modes connect to PORT.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_endpoint)]
+    dst: SocketAddr,
+    /// Next hop's MAC, like 02:00:00:00:00:01 (AF_XDP); default: the
+    /// kernel's neighbour table.
+    #[arg(long, value_name = "MAC")]
     dst_mac: Option<String>,
-    /// Source IPv4 address; default: the interface's.
-    #[arg(long)]
-    src: Option<Ipv4Addr>,
-    /// IP packet size in bytes; default and maximum: the interface MTU.
-    #[arg(long)]
+    /// Source address (AF_XDP), of --dst's IP version; default: the
+    /// interface's (for IPv6, its first of global scope).
+    #[arg(long, value_name = "IP")]
+    src: Option<IpAddr>,
+    /// IP packet size in bytes (AF_XDP); default and maximum: the interface
+    /// MTU.
+    #[arg(long, value_name = "BYTES")]
     packet_size: Option<u32>,
-    /// UMEM frame size, 2048 or 4096; default: the smallest that holds a packet.
-    #[arg(long)]
+    /// UMEM frame size in bytes, 2048 or 4096 (AF_XDP); default: the
+    /// smallest that holds a packet.
+    #[arg(long, value_name = "BYTES")]
     frame_size: Option<u32>,
     /// How to send: auto (AF_XDP where it can run on --iface, else sendfile
-    /// over TCP), afxdp, or one of the TCP modes.
-    #[arg(long, value_enum, default_value = "auto")]
-    mode: SendMode,
+    /// over TCP), afxdp, or one of the TCP modes [default: auto].
+    #[arg(long, value_enum)]
+    mode: Option<SendMode>,
     /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_bind: XskBind,
-    /// Give up when the receiver is silent this long (seconds).
-    #[arg(long, default_value_t = 10.0)]
+    /// Give up when the receiver is silent this long, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
     /// UMEM size (K, M, G suffixes): the ring of frames the file streams
     /// through, whatever its size [default: 32M]. Larger rides out longer
     /// repair delays (see README). Raw mode holds the whole file and
     /// defaults to what it needs.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     umem: Option<u64>,
     /// Read the file with O_DIRECT, so a file not in the page cache does not
     /// flood it (AF_XDP transfers).
@@ -233,11 +253,11 @@ struct SendArgs {
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
     /// Descriptors posted per batch, 1 to 2048 (the TX ring).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
     batch: u32,
     /// Pace to this rate: bits/s counted over whole Ethernet frames (500M,
     /// 10G) or packets/s (200kpps). Default: as fast as the link takes.
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     rate: Option<Rate>,
     /// Adapt the rate to the loss the receiver reports (AIMD), never above
     /// --rate (or the link speed). Off by default: it cannot tell random loss
@@ -250,11 +270,11 @@ struct SendArgs {
     #[arg(long, requires = "duration")]
     raw: bool,
     /// Seconds to transmit in raw mode.
-    #[arg(long, requires = "raw")]
+    #[arg(long, value_name = "SECS", requires = "raw")]
     duration: Option<f64>,
     /// Raw mode: one AF_XDP socket and one pinned thread per TX queue 0..N,
     /// on one shared UMEM.
-    #[arg(long, default_value_t = 1, requires = "raw")]
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "raw")]
     queues: u32,
     /// Raw mode: prefer busy polling on the sockets (SO_PREFER_BUSY_POLL,
     /// SO_BUSY_POLL, SO_BUSY_POLL_BUDGET = --batch).
@@ -266,6 +286,18 @@ struct SendArgs {
     /// Machine-readable progress lines on stderr (used by `bench`).
     #[arg(long, hide = true)]
     progress: bool,
+}
+
+impl RecvArgs {
+    fn mode(&self) -> RecvMode {
+        self.mode.unwrap_or(RecvMode::Afxdp)
+    }
+}
+
+impl SendArgs {
+    fn mode(&self) -> SendMode {
+        self.mode.unwrap_or(SendMode::Auto)
+    }
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -280,17 +312,20 @@ enum RecvMode {
 
 #[derive(clap::Args)]
 struct RecvArgs {
-    /// Interface to receive on (required for afxdp, and for --inject-loss).
-    /// Every mode also accepts a TCP sender on the same address.
-    #[arg(long)]
+    /// Interface to receive on: required for --mode afxdp (the default) and
+    /// for the test knobs. Every mode also accepts a TCP sender on the same
+    /// address.
+    #[arg(long, value_name = "IF", required_unless_present = "mode", required_if_eq("mode", "afxdp"))]
     iface: Option<String>,
-    /// Data address to listen on; the control socket uses PORT + 1.
-    #[arg(long)]
-    listen: SocketAddrV4,
+    /// Data address to listen on: IP:PORT or [IPv6]:PORT (a HOST:PORT is
+    /// resolved); the control socket uses PORT + 1. 0.0.0.0 or [::] takes
+    /// any address of that version.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    listen: SocketAddr,
     /// Where the file goes; written as PATH.partial (created new, never
     /// through a link) until verified, then renamed over PATH. An existing
     /// PATH is replaced, as cp, scp and rsync do, unless --no-clobber.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     out: PathBuf,
     /// Refuse to replace an existing PATH (checked at start and at the rename).
     #[arg(long)]
@@ -301,25 +336,29 @@ struct RecvArgs {
     key_file: Option<PathBuf>,
     /// Refuse files larger than this (K, M, G, T suffixes). Default: any
     /// size the disk has room for.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_size: Option<u64>,
-    #[arg(long, value_enum, default_value = "afxdp")]
-    mode: RecvMode,
-    /// Idle timeout in seconds: give up if nothing arrives for this long.
-    #[arg(long, default_value_t = 10.0)]
+    /// How the data arrives (every mode also takes a TCP sender)
+    /// [default: afxdp].
+    #[arg(long, value_enum)]
+    mode: Option<RecvMode>,
+    /// Idle timeout in seconds: give up if no new data arrives for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
-    /// Test knob: our XDP program drops data packets with this probability.
-    #[arg(long, default_value_t = 0.0)]
+    /// Test knob: our XDP program drops data packets with this probability,
+    /// 0.0 to 1.0.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
     inject_loss: f64,
     /// Test knob: our XDP program takes at most this many data packets per
     /// second and drops the rest, like a receiver too slow for the sender.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "PPS", default_value_t = 0)]
     inject_capacity: u32,
     /// Accept a session only from this address (datagram and TCP senders
     /// alike). Without it, the first sender to complete the handshake is
     /// served.
-    #[arg(long)]
+    #[arg(long, value_name = "IP")]
     allow_from: Option<IpAddr>,
+    /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_bind: XskBind,
     /// Print one JSON object at the end instead of interval lines.
@@ -337,6 +376,10 @@ struct ProbeArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    xdpblast::net::endpoint::parse_endpoint(s).map_err(|e| e.to_string())
 }
 
 fn parse_rate(s: &str) -> Result<Rate, String> {
@@ -357,7 +400,13 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 fn main() -> ExitCode {
     xdpblast::report::mark_process_start();
     let cli = Cli::parse();
-    let default_level = if matches!(cli.cmd, Cmd::Probe(_) | Cmd::Bench(_) | Cmd::Sink(_)) { "warn" } else { "info" };
+    let default_level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
     let level = cli.log.as_deref().unwrap_or(default_level);
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
         eprintln!("xdpblast: --log {level:?} is not a valid filter ({e}); using {default_level}");
@@ -369,16 +418,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
+        .without_time()
         .init();
+    let quiet = cli.quiet;
     xdpblast::io::install_stop_handler();
 
     let r = match cli.cmd {
-        Cmd::Send(a) => cmd_send(a),
-        Cmd::Recv(a) => cmd_recv(a),
+        Cmd::Send(a) => cmd_send(a, quiet),
+        Cmd::Recv(a) => cmd_recv(a, quiet),
         Cmd::Probe(a) => probe::run(&a.iface, a.json),
         Cmd::Bench(a) => cmd_bench(a),
-        Cmd::Sink(a) => cmd_sink(a),
-        Cmd::Keygen(a) => cmd_keygen(&a.path),
+        Cmd::Sink(a) => cmd_sink(a, quiet),
+        Cmd::Keygen(a) => cmd_keygen(&a.path, quiet),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
@@ -390,7 +441,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn cmd_keygen(path: &std::path::Path) -> anyhow::Result<bool> {
+fn cmd_keygen(path: &std::path::Path, quiet: bool) -> anyhow::Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let key: [u8; 32] = xdpblast::io::random_bytes();
@@ -403,6 +454,9 @@ fn cmd_keygen(path: &std::path::Path) -> anyhow::Result<bool> {
         .open(path)
         .with_context(|| format!("creating {} (an existing file is never overwritten)", path.display()))?;
     f.write_all(format!("{hex}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    if quiet {
+        return Ok(true);
+    }
     eprintln!(
         "xdpblast: wrote a new key to {} (mode 0600); give both ends --key-file {}",
         path.display(),
@@ -423,9 +477,9 @@ fn load_keys(path: Option<&std::path::Path>) -> anyhow::Result<Option<xdpblast::
     Ok(Some(xdpblast::proto::auth::Keys::derive(&key)))
 }
 
-fn cmd_sink(a: SinkArgs) -> anyhow::Result<bool> {
+fn cmd_sink(a: SinkArgs, quiet: bool) -> anyhow::Result<bool> {
     let iface = Interface::lookup(&a.iface)?;
-    let report = xdpblast::io::sink::run(&iface, a.port, seconds(a.duration, "--duration")?, !a.json)?;
+    let report = xdpblast::io::sink::run(&iface, a.port, seconds(a.duration, "--duration")?, !a.json && !quiet)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
@@ -447,9 +501,9 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
     Ok(report.results.iter().all(|r| r.verified))
 }
 
-fn cmd_send(a: SendArgs) -> anyhow::Result<bool> {
+fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
     let json = a.json;
-    let r = send_checked(a);
+    let r = send_checked(a, !json && !quiet);
     if let (true, Err(e)) = (json, &r) {
         // `--json` promises one object on stdout, failures included.
         let report = serde_json::json!({
@@ -518,14 +572,15 @@ fn them(options: &[&str]) -> &'static str {
     }
 }
 
-fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
+/// `human`: print the mode line, interval lines and summary.
+fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
     check_input(&a.file)?;
     let timeout = seconds(a.timeout, "--timeout")?;
-    let (tcp_mode, why_not_afxdp) = match a.mode.tcp() {
+    let (tcp_mode, why_not_afxdp) = match a.mode().tcp() {
         Some(m) => (Some(m), None),
         None => {
             let iface = a.iface.as_deref().context("--iface is required for AF_XDP (--mode afxdp or auto)")?;
-            match (a.mode, afxdp_send::available(iface)) {
+            match (a.mode(), afxdp_send::available(iface)) {
                 (SendMode::Auto, Ok(how)) => {
                     info!(iface, "mode auto: AF_XDP ({how})");
                     (None, None)
@@ -533,7 +588,7 @@ fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
                 (_, Err(e @ afxdp_send::Unavailable::Interface(_))) => return Err(e.into()),
                 (SendMode::Auto, Err(why)) => {
                     info!(iface, "mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {why}");
-                    (Some(TcpMode::Sendfile), Some(why.to_string()))
+                    (Some(TcpMode::Sendfile), Some(format!("AF_XDP cannot run here: {why}")))
                 }
                 _ => (None, None),
             }
@@ -542,12 +597,14 @@ fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
     if let Some(mode) = tcp_mode {
         let unsupported = afxdp_only_options(&a);
         if !unsupported.is_empty() {
-            let because = why_not_afxdp.as_deref().map_or(String::new(), |w| format!(" (AF_XDP cannot run here: {w})"));
+            let because = why_not_afxdp.as_deref().map_or(String::new(), |w| format!(" ({w})"));
             bail!("{}; --mode {} cannot honour {}{because}", only_afxdp(&unsupported), mode.name(), them(&unsupported));
         }
-        return send_tcp(&a, a.file.clone(), mode, timeout).map_err(|e| match &why_not_afxdp {
-            Some(w) => e.context(format!("AF_XDP was not used ({w}), and the sendfile fallback failed")),
-            None => e,
+        return send_tcp(&a, a.file.clone(), mode, timeout, human, why_not_afxdp.clone()).map_err(|e| {
+            match &why_not_afxdp {
+                Some(w) => e.context(format!("AF_XDP was not used ({w}), and the sendfile fallback failed")),
+                None => e,
+            }
         });
     }
     let dst_mac = match &a.dst_mac {
@@ -574,7 +631,7 @@ fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
         batch: a.batch,
         rate: a.rate,
         adapt: a.adapt,
-        intervals: !a.json,
+        intervals: human,
         progress: a.progress,
     };
     if a.raw {
@@ -595,7 +652,7 @@ fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
         Ok(p) => p,
         // In auto mode a UMEM this host cannot lock is a reason to use TCP.
         Err(e)
-            if a.mode == SendMode::Auto
+            if a.mode() == SendMode::Auto
                 && e.downcast_ref::<UmemError>().is_some_and(|u| matches!(u, UmemError::AboveMemlock { .. })) =>
         {
             info!("mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {e}");
@@ -603,8 +660,15 @@ fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
             if !unsupported.is_empty() {
                 bail!("{}, which cannot run here: {e}", only_afxdp(&unsupported));
             }
-            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout)
-                .map_err(|t| t.context(format!("AF_XDP was not used ({e}), and the sendfile fallback failed")));
+            return send_tcp(
+                &a,
+                opts.file,
+                TcpMode::Sendfile,
+                timeout,
+                human,
+                Some(format!("AF_XDP cannot run here: {e}")),
+            )
+            .map_err(|t| t.context(format!("AF_XDP was not used ({e}), and the sendfile fallback failed")));
         }
         Err(e) => return Err(e),
     };
@@ -615,10 +679,25 @@ fn send_checked(a: SendArgs) -> anyhow::Result<bool> {
     Ok(report.summary.verified)
 }
 
-fn send_tcp(a: &SendArgs, file: PathBuf, mode: TcpMode, timeout: Duration) -> anyhow::Result<bool> {
+fn send_tcp(
+    a: &SendArgs,
+    file: PathBuf,
+    mode: TcpMode,
+    timeout: Duration,
+    human: bool,
+    fallback_reason: Option<String>,
+) -> anyhow::Result<bool> {
     let keys = load_keys(a.key_file.as_deref())?;
-    let opts =
-        TcpSendOptions { file, dst: a.dst.into(), mode, timeout, intervals: !a.json, progress: a.progress, keys };
+    let opts = TcpSendOptions {
+        file,
+        dst: a.dst,
+        mode,
+        timeout,
+        intervals: human,
+        progress: a.progress,
+        keys,
+        fallback_reason,
+    };
     let report = tcp::send(&opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -626,7 +705,8 @@ fn send_tcp(a: &SendArgs, file: PathBuf, mode: TcpMode, timeout: Duration) -> an
     Ok(report.summary.verified)
 }
 
-fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
+fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
+    let human = !a.json && !quiet;
     if !(0.0..=1.0).contains(&a.inject_loss) {
         bail!("--inject-loss must be between 0.0 and 1.0, got {}", a.inject_loss);
     }
@@ -634,8 +714,8 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     let policy = OutputPolicy { no_clobber: a.no_clobber };
     // Everything that would refuse the output is checked before `ready`.
     check_target(&a.out, policy)?;
-    let ctrl_addr = SocketAddrV4::new(*a.listen.ip(), control_port(a.listen.port())?);
-    let ctrl = Control::bind(ctrl_addr.into())?;
+    let ctrl_addr = SocketAddr::new(a.listen.ip(), control_port(a.listen.port())?);
+    let ctrl = Control::bind(ctrl_addr)?;
     let iface = match &a.iface {
         Some(name) => Some(Interface::lookup(name)?),
         None => None,
@@ -647,16 +727,16 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
         idle_timeout: seconds(a.timeout, "--timeout")?,
         allow_from: a.allow_from,
         max_size: a.max_size,
-        // IPv4 and UDP headers: 28 bytes of the MTU.
-        max_datagram: iface.as_ref().map(|i| (i.mtu as usize).saturating_sub(28)),
-        tcp_only: a.mode == RecvMode::Tcp,
-        intervals: !a.json,
+        // IP and UDP headers: 28 (IPv4) or 48 (IPv6) bytes of the MTU.
+        max_datagram: iface.as_ref().map(|i| (i.mtu as usize).saturating_sub(IpVersion::of(&a.listen).l3_overhead())),
+        tcp_only: a.mode() == RecvMode::Tcp,
+        intervals: human,
     };
     // Every mode serves a TCP sender too, once admitted on the control port.
-    let listener = tcp::listen(a.listen.into())?;
-    let outcome = match a.mode {
+    let listener = tcp::listen(a.listen)?;
+    let outcome = match a.mode() {
         RecvMode::Tcp => {
-            eprintln!("xdpblast recv: ready on {} (tcp)", a.listen);
+            ready(quiet, format_args!("{} (tcp)", a.listen));
             receive::run("tcp", Vec::new(), ctrl, &opts, Some(&listener))
         }
         RecvMode::Afxdp => {
@@ -664,11 +744,14 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
             let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into())?;
             let mode = rx.mode().name();
             let queues = rx.queues();
-            eprintln!(
-                "xdpblast recv: ready on {} ({mode}, {queues} queue{} bound, XDP {})",
-                a.listen,
-                if queues == 1 { "" } else { "s" },
-                rx.steering().mode().name()
+            ready(
+                quiet,
+                format_args!(
+                    "{} ({mode}, {queues} queue{} bound, XDP {})",
+                    a.listen,
+                    if queues == 1 { "" } else { "s" },
+                    rx.steering().mode().name()
+                ),
             );
             match receive::run(mode, rx.data_paths(), ctrl, &opts, Some(&listener)) {
                 Outcome::Done(mut report) => {
@@ -689,7 +772,7 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
                 _ => None,
             };
             let udp = UdpReceiver::bind(a.listen)?;
-            eprintln!("xdpblast recv: ready on {} (udp)", a.listen);
+            ready(quiet, format_args!("{} (udp)", a.listen));
             let paths: Vec<Box<dyn DataPath>> = vec![Box::new(udp)];
             match receive::run("udp", paths, ctrl, &opts, Some(&listener)) {
                 Outcome::Done(mut report) => {
@@ -721,11 +804,18 @@ fn cmd_recv(a: RecvArgs) -> anyhow::Result<bool> {
     }
     if let Some(e) = &report.error {
         match &report.path {
-            Some(p) => eprintln!("xdpblast recv: error: {e}; what arrived is kept at {p}"),
-            None => eprintln!("xdpblast recv: error: {e}; nothing was written"),
+            Some(p) => eprintln!("xdpblast: error: {e}; what arrived is kept at {p}"),
+            None => eprintln!("xdpblast: error: {e}; nothing was written"),
         }
     }
     Ok(report.summary.verified)
+}
+
+/// The line scripts wait for (on stderr): the receiver takes packets now.
+fn ready(quiet: bool, what: std::fmt::Arguments<'_>) {
+    if !quiet {
+        eprintln!("xdpblast recv: ready, listening on {what}");
+    }
 }
 
 fn finish_tcp(report: tcp::TcpReport, json: bool) -> anyhow::Result<bool> {
@@ -733,7 +823,7 @@ fn finish_tcp(report: tcp::TcpReport, json: bool) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     if let Some(e) = &report.error {
-        eprintln!("xdpblast recv: error: {e}");
+        eprintln!("xdpblast: error: {e}");
     }
     Ok(report.summary.verified)
 }

@@ -53,36 +53,189 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Prints a line per interval while a transfer runs.
+/// Interval lines in iperf3's manner, on one time base with the summary:
+/// a header, a line per second (bytes, rate, retransmits, % done, ETA, and
+/// the phase when it is not the data's), the last partial interval, then the
+/// summary lines.
 pub struct Intervals {
     enabled: bool,
-    start: Instant,
+    /// Time zero of every line: the command's start for a sender, the
+    /// session's opening for a receiver.
+    base: Instant,
     last: Instant,
     last_bytes: u64,
+    last_retransmits: u64,
+    total: u64,
     every: Duration,
+    header_printed: bool,
+}
+
+/// What one interval line shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntervalLine<'a> {
+    pub t0: f64,
+    pub t1: f64,
+    pub bytes: u64,
+    /// `None` where the mode has no retransmit count.
+    pub retransmits: Option<u64>,
+    /// Bytes done so far, of `total`.
+    pub done: u64,
+    pub total: u64,
+    /// Seconds left at the rate so far, once there is a rate.
+    pub eta_s: Option<f64>,
+    /// The phase, when it is not moving data ("waiting for the receiver").
+    pub phase: &'a str,
+}
+
+/// The column header the interval lines and the summary share.
+pub const INTERVAL_HEADER: &str = "[ Interval        ]      Transfer           Bitrate   Retr   Done     ETA";
+
+/// The line between the interval lines and the summary.
+pub const SUMMARY_RULE: &str = "- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -";
+
+impl std::fmt::Display for IntervalLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = self.bytes as f64 * 8.0 / (self.t1 - self.t0).max(1e-9);
+        let retr = self.retransmits.map_or("-".to_string(), |r| r.to_string());
+        let pct = if self.total == 0 { 100.0 } else { self.done as f64 * 100.0 / self.total as f64 };
+        let eta = self.eta_s.map_or("-".to_string(), clock);
+        write!(
+            f,
+            "[{:6.2}-{:6.2} sec]  {:>12}  {:>16}  {retr:>5}  {:>4.0}%  {eta:>6}",
+            self.t0,
+            self.t1,
+            human_bytes(self.bytes),
+            human_bits_per_sec(rate),
+            pct.min(100.0)
+        )?;
+        if !self.phase.is_empty() {
+            write!(f, "  {}", self.phase)?;
+        }
+        Ok(())
+    }
+}
+
+/// "10 s", "1.5 s", "250 ms": a duration for sentences.
+pub fn human_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1.0 {
+        format!("{} ms", d.as_millis())
+    } else if (s - s.round()).abs() < 0.05 {
+        format!("{} s", s.round())
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// "0:07", "1:02:03".
+pub fn clock(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// One summary line: bytes over `t0..t1` and what the span was.
+pub fn summary_line(t0: f64, t1: f64, bytes: u64, retransmits: Option<u64>, what: &str) -> String {
+    let rate = bytes as f64 * 8.0 / (t1 - t0).max(1e-9);
+    let retr = retransmits.map_or(String::new(), |r| r.to_string());
+    format!("[{t0:6.2}-{t1:6.2} sec]  {:>12}  {:>16}  {retr:>5}  {what}", human_bytes(bytes), human_bits_per_sec(rate))
 }
 
 impl Intervals {
-    pub fn new(enabled: bool, now: Instant) -> Intervals {
-        Intervals { enabled, start: now, last: now, last_bytes: 0, every: Duration::from_secs(1) }
+    /// `base` is time zero; `total` the bytes a transfer will move.
+    pub fn new(enabled: bool, base: Instant, total: u64) -> Intervals {
+        Intervals {
+            enabled,
+            base,
+            last: base,
+            last_bytes: 0,
+            last_retransmits: 0,
+            total,
+            every: Duration::from_secs(1),
+            header_printed: false,
+        }
     }
 
-    /// Call often; prints when an interval has passed. `extra` is appended.
-    pub fn tick(&mut self, now: Instant, bytes: u64, extra: impl FnOnce() -> String) {
-        if !self.enabled || now < self.last + self.every {
+    pub fn base(&self) -> Instant {
+        self.base
+    }
+
+    /// Seconds from time zero to `t`.
+    pub fn at(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.base).as_secs_f64()
+    }
+
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+    }
+
+    /// Whether a line is due at `now` (to skip gathering figures otherwise).
+    pub fn due(&self, now: Instant) -> bool {
+        self.enabled && now >= self.last + self.every
+    }
+
+    /// Call often with running totals; prints a line when a second has
+    /// passed. `phase` names what is going on when data is not moving.
+    pub fn tick(&mut self, now: Instant, bytes: u64, retransmits: Option<u64>, phase: &str) {
+        if self.due(now) {
+            self.print(now, bytes, retransmits, phase);
+        }
+    }
+
+    /// Closes the last interval, however short, and prints the rule that
+    /// the summary follows.
+    pub fn finish(&mut self, now: Instant, bytes: u64, retransmits: Option<u64>) {
+        if !self.enabled {
             return;
         }
-        self.print(now, bytes, &extra());
+        if now.saturating_duration_since(self.last) >= Duration::from_millis(5) {
+            self.print(now, bytes, retransmits, "");
+        }
+        self.header();
+        println!("{SUMMARY_RULE}");
     }
 
-    fn print(&mut self, now: Instant, bytes: u64, extra: &str) {
-        let t0 = (self.last - self.start).as_secs_f64();
-        let t1 = (now - self.start).as_secs_f64();
-        let delta = bytes.saturating_sub(self.last_bytes);
-        let rate = delta as f64 * 8.0 / (t1 - t0).max(1e-9);
-        println!("[{t0:6.2}-{t1:6.2} sec]  {:>12}  {:>16}  {extra}", human_bytes(delta), human_bits_per_sec(rate));
+    fn header(&mut self) {
+        if !self.header_printed {
+            self.header_printed = true;
+            println!("{INTERVAL_HEADER}");
+        }
+    }
+
+    /// The line for the interval ending at `now`, and the state moved on.
+    pub fn next_line<'a>(
+        &mut self,
+        now: Instant,
+        bytes: u64,
+        retransmits: Option<u64>,
+        phase: &'a str,
+    ) -> IntervalLine<'a> {
+        let (t0, t1) = (self.at(self.last), self.at(now));
+        let rate_so_far = bytes as f64 / t1.max(1e-9);
+        let left = self.total.saturating_sub(bytes);
+        let line = IntervalLine {
+            t0,
+            t1,
+            bytes: bytes.saturating_sub(self.last_bytes),
+            retransmits: retransmits.map(|r| r.saturating_sub(self.last_retransmits)),
+            done: bytes,
+            total: self.total,
+            eta_s: (bytes > 0).then(|| left as f64 / rate_so_far),
+            phase,
+        };
         self.last = now;
         self.last_bytes = bytes;
+        self.last_retransmits = retransmits.unwrap_or(0);
+        line
+    }
+
+    fn print(&mut self, now: Instant, bytes: u64, retransmits: Option<u64>, phase: &str) {
+        self.header();
+        let line = self.next_line(now, bytes, retransmits, phase);
+        println!("{line}");
     }
 }
 
@@ -190,6 +343,11 @@ pub fn mark_process_start() {
     PROCESS_START.get_or_init(std::time::Instant::now);
 }
 
+/// The instant [`mark_process_start`] marked: time zero of a sender's lines.
+pub fn process_start() -> Instant {
+    *PROCESS_START.get_or_init(Instant::now)
+}
+
 /// Seconds since [`mark_process_start`] (or since the first call).
 pub fn since_process_start() -> f64 {
     PROCESS_START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
@@ -237,5 +395,39 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
+        assert_eq!(clock(7.4), "0:07");
+        assert_eq!(human_secs(Duration::from_secs(10)), "10 s");
+        assert_eq!(human_secs(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(human_secs(Duration::from_millis(250)), "250 ms");
+        assert_eq!(clock(3723.0), "1:02:03");
+    }
+
+    /// One time base: interval bounds count from `base`, retransmits and
+    /// bytes are per interval, % and ETA come from the running totals.
+    #[test]
+    fn interval_lines_share_one_time_base() {
+        let base = Instant::now();
+        let mut iv = Intervals::new(false, base, 1000);
+        let a = iv.next_line(base + Duration::from_secs(1), 250, Some(3), "");
+        assert_eq!((a.t0, a.t1, a.bytes, a.retransmits, a.done), (0.0, 1.0, 250, Some(3), 250));
+        assert_eq!(a.eta_s, Some(3.0));
+        let b = iv.next_line(base + Duration::from_millis(1500), 1000, Some(5), "");
+        assert_eq!((b.t0, b.t1, b.bytes, b.retransmits), (1.0, 1.5, 750, Some(2)));
+        assert_eq!(b.eta_s, Some(0.0));
+        assert_eq!(b.to_string(), "[  1.00-  1.50 sec]     750 Bytes   12.00 Kbits/sec      2   100%    0:00");
+        let waiting = iv.next_line(base + Duration::from_millis(2500), 1000, None, "waiting for the receiver");
+        assert_eq!(
+            waiting.to_string(),
+            "[  1.50-  2.50 sec]       0 Bytes     0.00 bits/sec      -   100%    0:00  waiting for the receiver"
+        );
+        let first = Intervals::new(false, base, 10).next_line(base + Duration::from_secs(1), 0, None, "");
+        assert_eq!(first.eta_s, None, "no rate yet, no ETA");
+    }
+
+    #[test]
+    fn summary_lines_align_with_intervals() {
+        let s = summary_line(0.0, 2.0, 1 << 30, Some(4), "sender, end to end");
+        assert_eq!(s, "[  0.00-  2.00 sec]   1.00 GBytes    4.29 Gbits/sec      4  sender, end to end");
+        assert_eq!(INTERVAL_HEADER.find("Transfer"), Some(25));
     }
 }

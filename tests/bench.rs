@@ -72,8 +72,18 @@ fn short_bench_run_produces_verified_json_and_chart() {
     assert_eq!(reference["verified"], false);
     assert!(report["host"]["cpus"].as_u64().unwrap_or(0) >= 1);
     assert_eq!(report["host"]["mtu"], 1500, "the MTU the kernel reports for a fresh veth");
+    // Row 4 of issue 13: a verdict with its reason, and a chart with the
+    // modes on its x axis, axis titles, the iperf3 bar and the file size.
+    let verdict = report["verdict"].as_str().expect("a verdict");
+    assert!(verdict.starts_with("Verdict: ") && verdict.contains("x sendfile end to end"), "{verdict}");
+    assert!(stdout.contains(verdict), "the verdict is printed:\n{stdout}");
     let svg = std::fs::read_to_string(&svg_path).expect("chart");
-    assert!(svg.starts_with("<svg") && svg.contains("sendfile"), "an SVG chart naming the modes");
+    assert!(svg.starts_with("<svg"), "an SVG chart");
+    // plotters writes each text element's content on a line of its own.
+    for text in ["afxdp-copy", "sendfile", "splice", "iperf3-Z", "mode", "CPU seconds per GiB"] {
+        assert!(svg.lines().any(|l| l.trim() == text), "the chart has no {text:?} label");
+    }
+    assert!(svg.contains("8.00 MBytes file"), "the chart names the file size");
 
     let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     assert!(!String::from_utf8_lossy(&netns.stdout).contains(&name), "the bench left {name} behind");

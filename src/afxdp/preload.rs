@@ -25,17 +25,17 @@ use tracing::info;
 
 use super::umem::{UmemArea, UmemError};
 use crate::proto::chunk_count;
-use crate::wire::frame::{FrameTemplate, ETH_LEN, IPV4_UDP_L3_OVERHEAD, IPV4_UDP_OVERHEAD};
+use crate::wire::frame::{FrameTemplate, IpVersion, ETH_LEN};
 use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
 
 /// Spare frames for the sender's fill ring.
 pub const FILL_SPARE: u32 = 64;
-/// Offset of the file payload inside a data frame.
-pub const PAYLOAD_OFFSET: usize = IPV4_UDP_OVERHEAD + HEADER_LEN;
 
 /// How a file is cut into frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramePlan {
+    /// IPv4 or IPv6: how many header bytes come before each chunk.
+    pub ip: IpVersion,
     /// IP packet size of a full data frame (what the MTU limits).
     pub packet_size: u32,
     /// File bytes per data frame.
@@ -55,8 +55,8 @@ pub const MIN_SLOTS: u32 = 256;
 pub enum PlanError {
     #[error("--packet-size {size} is above the MTU of {iface} ({mtu}); the peer would drop these frames silently. Use --packet-size {mtu} or less, or raise the MTU")]
     AboveMtu { size: u32, mtu: u32, iface: String },
-    #[error("--packet-size {0} is too small: IPv4 + UDP + xdpblast headers need {min} bytes plus payload", min = IPV4_UDP_L3_OVERHEAD + HEADER_LEN)]
-    TooSmall(u32),
+    #[error("--packet-size {0} is too small: {ip} + UDP + xdpblast headers need {min} bytes plus payload", ip = .1.name(), min = .1.l3_overhead() + HEADER_LEN)]
+    TooSmall(u32, IpVersion),
     #[error("a {frame} byte frame does not fit a 4096 byte UMEM frame; multi-buffer frames are not supported yet")]
     FrameTooBig { frame: u32 },
     #[error("--frame-size {asked} must be 2048 or 4096, and at least {need} for this packet size")]
@@ -68,21 +68,22 @@ pub enum PlanError {
 }
 
 impl FramePlan {
-    /// Cuts a file of `file_size` bytes into packets of `packet_size` (at
-    /// most `mtu`) within a UMEM of at most `umem_bytes`.
+    /// Cuts a file of `file_size` bytes into `ip` packets of `packet_size`
+    /// (at most `mtu`) within a UMEM of at most `umem_bytes`.
     pub fn new(
         file_size: u64,
         packet_size: u32,
         mtu: u32,
         iface: &str,
         umem_bytes: u64,
+        ip: IpVersion,
     ) -> Result<FramePlan, PlanError> {
         if packet_size > mtu {
             return Err(PlanError::AboveMtu { size: packet_size, mtu, iface: iface.into() });
         }
-        let overhead = (IPV4_UDP_L3_OVERHEAD + HEADER_LEN) as u32;
+        let overhead = (ip.l3_overhead() + HEADER_LEN) as u32;
         if packet_size <= overhead {
-            return Err(PlanError::TooSmall(packet_size));
+            return Err(PlanError::TooSmall(packet_size, ip));
         }
         let chunk_size = packet_size - overhead;
         let frame_len = ETH_LEN as u32 + packet_size;
@@ -92,7 +93,7 @@ impl FramePlan {
             _ => return Err(PlanError::FrameTooBig { frame: frame_len }),
         };
         let n_chunks = chunk_count(file_size, chunk_size);
-        let mut plan = FramePlan { packet_size, chunk_size, frame_size, n_chunks, slots: 0, total_frames: 0 };
+        let mut plan = FramePlan { ip, packet_size, chunk_size, frame_size, n_chunks, slots: 0, total_frames: 0 };
         plan.fit(umem_bytes)?;
         Ok(plan)
     }
@@ -152,9 +153,19 @@ impl FramePlan {
         self.slots + 2..self.total_frames
     }
 
+    /// Where the xdpblast header starts in a data frame.
+    pub fn header_offset(&self) -> usize {
+        self.ip.udp_payload_offset()
+    }
+
+    /// Where the file's bytes start in a data frame.
+    pub fn payload_offset(&self) -> usize {
+        self.header_offset() + HEADER_LEN
+    }
+
     /// Frame length (bytes on the wire, without FCS) of data chunk `idx`.
     pub fn data_len(&self, info: &SessionInfo, idx: u64) -> u32 {
-        (PAYLOAD_OFFSET + info.chunk_len(idx).unwrap_or(0)) as u32
+        (self.payload_offset() + info.chunk_len(idx).unwrap_or(0)) as u32
     }
 }
 
@@ -203,6 +214,7 @@ pub fn preload(
     let mut hasher = blake3::Hasher::new();
     let mut gather = Vec::new();
     let started = std::time::Instant::now();
+    let (header_at, payload_at) = (plan.header_offset(), plan.payload_offset());
 
     let info_without_digest =
         |digest| SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest };
@@ -226,7 +238,7 @@ pub fn preload(
                         skip -= len;
                         continue;
                     }
-                    iov.push(IoSliceMut::new(&mut f[PAYLOAD_OFFSET + skip..PAYLOAD_OFFSET + len]));
+                    iov.push(IoSliceMut::new(&mut f[payload_at + skip..payload_at + len]));
                     skip = 0;
                 }
                 let n = nix::sys::uio::preadv(file, &mut iov, (offset + got as u64) as libc::off_t)
@@ -238,11 +250,11 @@ pub fn preload(
                 got += n;
             }
             let lens: Vec<usize> = (idx..batch_end).map(|c| shape.chunk_len(c as u64).unwrap_or(0)).collect();
-            super::readahead::hash_payloads(&mut hasher, &mut gather, &frames[idx..batch_end], &lens);
+            super::readahead::hash_payloads(&mut hasher, &mut gather, &frames[idx..batch_end], &lens, payload_at);
             for (i, f) in frames[idx..batch_end].iter_mut().enumerate() {
                 let c = (idx + i) as u64;
                 let len = lens[i];
-                emit_header(&mut f[IPV4_UDP_OVERHEAD..], Kind::Data, len as u16, session, cookie, c);
+                emit_header(&mut f[header_at..], Kind::Data, len as u16, session, cookie, c);
                 tpl.build_in_place(f, HEADER_LEN + len)?;
             }
             offset += want as u64;
@@ -283,29 +295,44 @@ mod tests {
 
     #[test]
     fn plan_refuses_above_mtu_and_tiny() {
-        assert!(matches!(FramePlan::new(10, 1600, 1500, "veth0", u64::MAX), Err(PlanError::AboveMtu { .. })));
-        assert!(matches!(FramePlan::new(10, 40, 1500, "veth0", u64::MAX), Err(PlanError::TooSmall(40))));
-        assert!(matches!(FramePlan::new(1 << 30, 1500, 1500, "v", 1 << 19), Err(PlanError::UmemTooSmall { .. })));
+        assert!(matches!(
+            FramePlan::new(10, 1600, 1500, "veth0", u64::MAX, IpVersion::V4),
+            Err(PlanError::AboveMtu { .. })
+        ));
+        assert!(matches!(
+            FramePlan::new(10, 40, 1500, "veth0", u64::MAX, IpVersion::V4),
+            Err(PlanError::TooSmall(40, IpVersion::V4))
+        ));
+        assert!(matches!(
+            FramePlan::new(1 << 30, 1500, 1500, "v", 1 << 19, IpVersion::V4),
+            Err(PlanError::UmemTooSmall { .. })
+        ));
         // A file larger than the UMEM streams through a ring of slots.
-        let ring = FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20).unwrap();
+        let ring = FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20, IpVersion::V4).unwrap();
         assert_eq!(ring.slots, (64 << 20) / 2048 - 2 - FILL_SPARE);
         assert!(ring.umem_bytes() <= 64 << 20 && !ring.holds_whole_file());
         assert_eq!(ring.slot_of(u64::from(ring.slots) + 5), 5);
         // A small file maps only what it needs.
-        let small = FramePlan::new(10_000, 1500, 1500, "v", 64 << 20).unwrap();
+        let small = FramePlan::new(10_000, 1500, 1500, "v", 64 << 20, IpVersion::V4).unwrap();
         assert!(small.holds_whole_file() && small.total_frames == small.slots + 2 + FILL_SPARE);
-        let p = FramePlan::new(10_000, 1500, 1500, "v", u64::MAX).unwrap();
+        let p = FramePlan::new(10_000, 1500, 1500, "v", u64::MAX, IpVersion::V4).unwrap();
         assert_eq!(p.chunk_size, 1500 - 28 - HEADER_LEN as u32);
+        let v6 = FramePlan::new(10_000, 1500, 1500, "v", u64::MAX, IpVersion::V6).unwrap();
+        assert_eq!((v6.chunk_size, v6.payload_offset()), (1500 - 48 - HEADER_LEN as u32, 14 + 48 + HEADER_LEN));
         assert_eq!(p.frame_size, 2048);
-        assert_eq!(FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap().frame_size, 4096);
+        assert_eq!(FramePlan::new(10, 3000, 9000, "v", u64::MAX, IpVersion::V4).unwrap().frame_size, 4096);
         let p4 = p.with_frame_size(4096, u64::MAX).unwrap();
         assert_eq!((p4.frame_size, p4.total_frames, p4.chunk_size), (4096, p.total_frames, p.chunk_size));
         assert_eq!(
-            FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20).unwrap().with_frame_size(4096, 64 << 20).unwrap().slots,
+            FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20, IpVersion::V4)
+                .unwrap()
+                .with_frame_size(4096, 64 << 20)
+                .unwrap()
+                .slots,
             (64 << 20) / 4096 - 2 - FILL_SPARE
         );
         assert!(matches!(p.with_frame_size(3000, u64::MAX), Err(PlanError::FrameSize { .. })));
-        let big = FramePlan::new(10, 3000, 9000, "v", u64::MAX).unwrap();
+        let big = FramePlan::new(10, 3000, 9000, "v", u64::MAX, IpVersion::V4).unwrap();
         assert!(matches!(big.with_frame_size(2048, u64::MAX), Err(PlanError::FrameSize { asked: 2048, need: 4096 })));
     }
 
@@ -314,7 +341,7 @@ mod tests {
         let mut tmp = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         tmp.write_all(&data).unwrap();
-        let plan = FramePlan::new(data.len() as u64, 1000, 1500, "v", u64::MAX).unwrap();
+        let plan = FramePlan::new(data.len() as u64, 1000, 1500, "v", u64::MAX, IpVersion::V4).unwrap();
         let tpl = example_template();
         let mut ticks = 0;
         let p = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, || ticks += 1).unwrap();

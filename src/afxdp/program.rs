@@ -5,7 +5,7 @@
 //! the process exits for any reason, SIGKILL included. Nothing is pinned.
 
 use std::mem::MaybeUninit;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, RawFd};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -77,6 +77,8 @@ pub struct TestKnobs {
 
 /// `xb_config.flags` bit: drop and count every data packet.
 const FLAG_SINK: u16 = 1;
+/// `xb_config.flags` bit: take only datagrams for `dst_ip6`.
+const FLAG_DST6: u16 = 2;
 
 pub struct Steering {
     /// Held, never read: the program stays attached exactly as long as this
@@ -107,7 +109,7 @@ impl Steering {
     pub fn attach(
         ifname: &str,
         ifindex: u32,
-        dst_ip: Option<Ipv4Addr>,
+        dst_ip: Option<IpAddr>,
         data_port: u16,
         knobs: TestKnobs,
     ) -> Result<Steering, ProgramError> {
@@ -123,7 +125,7 @@ impl Steering {
     fn load(
         ifname: &str,
         ifindex: u32,
-        dst_ip: Option<Ipv4Addr>,
+        dst_ip: Option<IpAddr>,
         data_port: u16,
         knobs: TestKnobs,
         flags: u16,
@@ -138,12 +140,19 @@ impl Steering {
         let skel = open.load().map_err(|e| ProgramError::Load(format!("{e:#}")))?;
 
         let threshold = (loss.clamp(0.0, 1.0) * f64::from(u32::MAX)).round() as u32;
-        let mut cfg = Vec::with_capacity(16);
+        let (dst4, dst6, flags) = match dst_ip {
+            Some(IpAddr::V4(ip)) => (ip.octets(), [0; 16], flags),
+            Some(IpAddr::V6(ip)) => ([0; 4], ip.octets(), flags | FLAG_DST6),
+            None => ([0; 4], [0; 16], flags),
+        };
+        // struct xb_config, field by field.
+        let mut cfg = Vec::with_capacity(32);
         cfg.extend_from_slice(&threshold.to_ne_bytes());
-        cfg.extend_from_slice(&dst_ip.map_or([0; 4], |ip| ip.octets()));
+        cfg.extend_from_slice(&dst4);
         cfg.extend_from_slice(&data_port.to_be_bytes());
         cfg.extend_from_slice(&flags.to_ne_bytes());
         cfg.extend_from_slice(&knobs.capacity_pps.to_ne_bytes());
+        cfg.extend_from_slice(&dst6);
         skel.maps
             .config
             .update(&0u32.to_ne_bytes(), &cfg, MapFlags::ANY)
@@ -162,7 +171,7 @@ impl Steering {
         let mode = query_attach_mode(ifindex);
         info!(
             ifname,
-            ?mode,
+            mode = mode.name(),
             data_port,
             loss,
             capacity_pps = knobs.capacity_pps,

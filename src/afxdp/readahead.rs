@@ -26,11 +26,11 @@ use std::fs::File;
 use std::io::{self, IoSliceMut};
 use std::time::{Duration, Instant};
 
-use super::preload::{FramePlan, PreloadError, PAYLOAD_OFFSET};
+use super::preload::{FramePlan, PreloadError};
 use super::umem::FrameWriter;
 use crate::proto::auth::{Direction, Keys};
 use crate::proto::blocks::{BlockHasher, BlockPlan};
-use crate::wire::frame::{FrameTemplate, IPV4_UDP_OVERHEAD};
+use crate::wire::frame::FrameTemplate;
 use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
 
 /// Most chunks one `preadv` scatters over.
@@ -204,21 +204,22 @@ impl ReadAhead {
         let lens: Vec<usize> = (0..count).map(|i| self.shape.chunk_len(first + i).unwrap_or(0)).collect();
         let total: usize = lens.iter().sum();
         let offset = first * u64::from(self.plan.chunk_size);
+        let at = self.plan.payload_offset();
         match self.bounce.as_mut() {
-            Some(b) => read_direct(&self.file, b, &mut frames, &lens, offset, self.shape.file_size)?,
-            None => read_into(&self.file, &mut frames, &lens, offset, total)?,
+            Some(b) => read_direct(&self.file, b, &mut frames, &lens, at, offset, self.shape.file_size)?,
+            None => read_into(&self.file, &mut frames, &lens, at, offset, total)?,
         }
         if let Some(d) = self.drop_behind.as_mut() {
             d.read_up_to(&self.file, offset + total as u64);
         }
-        hash_payloads(&mut self.hasher, &mut self.gather, &frames, &lens);
+        hash_payloads(&mut self.hasher, &mut self.gather, &frames, &lens, at);
         if let Some(b) = self.blocks.as_mut() {
             b.update(&self.gather);
         }
         for (i, f) in frames.iter_mut().enumerate() {
             let len = lens[i];
             emit_header(
-                &mut f[IPV4_UDP_OVERHEAD..],
+                &mut f[self.plan.header_offset()..],
                 Kind::Data,
                 len as u16,
                 self.session,
@@ -309,10 +310,16 @@ impl SlotLedger {
 /// payload at a time (1,400-odd bytes) it compresses serially, which
 /// measured as 38 % of the sender's CPU. The gather is one copy out of
 /// frames still in cache.
-pub(super) fn hash_payloads(hasher: &mut blake3::Hasher, gather: &mut Vec<u8>, frames: &[&mut [u8]], lens: &[usize]) {
+pub(super) fn hash_payloads(
+    hasher: &mut blake3::Hasher,
+    gather: &mut Vec<u8>,
+    frames: &[&mut [u8]],
+    lens: &[usize],
+    at: usize,
+) {
     gather.clear();
     for (f, &len) in frames.iter().zip(lens) {
-        gather.extend_from_slice(&f[PAYLOAD_OFFSET..PAYLOAD_OFFSET + len]);
+        gather.extend_from_slice(&f[at..at + len]);
     }
     hasher.update(gather);
 }
@@ -355,11 +362,13 @@ impl DropBehind {
 }
 
 /// Scatters `total` file bytes from `offset` over the payload areas of
-/// `frames` (`lens[i]` bytes into frame i). A short file is a change.
+/// `frames` (`lens[i]` bytes into frame i, from byte `at`). A short file is
+/// a change.
 fn read_into(
     file: &File,
     frames: &mut [&mut [u8]],
     lens: &[usize],
+    at: usize,
     offset: u64,
     total: usize,
 ) -> Result<(), PreloadError> {
@@ -372,7 +381,7 @@ fn read_into(
                 skip -= len;
                 continue;
             }
-            iov.push(IoSliceMut::new(&mut f[PAYLOAD_OFFSET + skip..PAYLOAD_OFFSET + len]));
+            iov.push(IoSliceMut::new(&mut f[at + skip..at + len]));
             skip = 0;
         }
         crate::syscount::count(1);
@@ -386,14 +395,16 @@ fn read_into(
     Ok(())
 }
 
-/// Fills the payload areas of `frames` (`lens[i]` bytes each) from file
-/// offset `offset`, through the aligned bounce buffer: each `O_DIRECT` read
-/// takes the aligned block that holds the next bytes needed.
+/// Fills the payload areas of `frames` (`lens[i]` bytes each, from byte
+/// `payload_at`) from file offset `offset`, through the aligned bounce
+/// buffer: each `O_DIRECT` read takes the aligned block that holds the next
+/// bytes needed.
 fn read_direct(
     file: &File,
     b: &mut Bounce,
     frames: &mut [&mut [u8]],
     lens: &[usize],
+    payload_at: usize,
     mut offset: u64,
     file_size: u64,
 ) -> Result<(), PreloadError> {
@@ -413,7 +424,7 @@ fn read_direct(
             }
             let from = (at - b.start) as usize;
             let take = (len - done).min(b.len - from);
-            f[PAYLOAD_OFFSET + done..PAYLOAD_OFFSET + done + take].copy_from_slice(&b.buf[from..from + take]);
+            f[payload_at + done..payload_at + done + take].copy_from_slice(&b.buf[from..from + take]);
             done += take;
         }
         offset += len as u64;
@@ -426,7 +437,15 @@ mod tests {
     use super::*;
 
     fn plan(slots: u32, n_chunks: u64) -> FramePlan {
-        FramePlan { packet_size: 1500, chunk_size: 1440, frame_size: 2048, n_chunks, slots, total_frames: slots + 66 }
+        FramePlan {
+            ip: crate::wire::frame::IpVersion::V4,
+            packet_size: 1500,
+            chunk_size: 1440,
+            frame_size: 2048,
+            n_chunks,
+            slots,
+            total_frames: slots + 66,
+        }
     }
 
     #[test]

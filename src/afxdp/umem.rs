@@ -21,6 +21,15 @@ pub enum Backing {
     Thp,
 }
 
+impl Backing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backing::HugeTlb => "hugetlb",
+            Backing::Thp => "transparent huge pages",
+        }
+    }
+}
+
 /// An anonymous, page-aligned region of `frames * frame_size` bytes.
 pub struct UmemArea {
     map: MmapMut,
@@ -113,7 +122,7 @@ impl UmemArea {
                 (m, Backing::Thp)
             }
         };
-        info!(bytes = map.len(), frames, frame_size, ?backing, "UMEM mapped");
+        info!(bytes = map.len(), frames, frame_size, backing = backing.name(), "UMEM mapped");
         let mut map = map;
         let base = NonNull::new(map.as_mut_ptr())
             .ok_or(UmemError::Map { bytes: len, source: io::Error::other("null mapping") })?;

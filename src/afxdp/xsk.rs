@@ -38,6 +38,20 @@ impl XskMode {
             XskMode::ZeroCopy => "afxdp-zerocopy",
         }
     }
+
+    /// "copy" or "zero-copy", for sentences.
+    pub fn kind(self) -> &'static str {
+        match self {
+            XskMode::Copy => "copy",
+            XskMode::ZeroCopy => "zero-copy",
+        }
+    }
+}
+
+impl std::fmt::Display for XskMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
 }
 
 /// What to ask for at bind.
@@ -70,7 +84,7 @@ pub enum XskError {
     #[error("cannot register the UMEM: {0} (locked-memory limit or memory cgroup; CAP_IPC_LOCK lifts the former)")]
     Umem(String),
     #[error("cannot bind to {ifname} queue {queue}: {err}{hint}")]
-    Bind { ifname: String, queue: u32, err: String, hint: &'static str },
+    Bind { ifname: String, queue: u32, errno: i32, err: String, hint: &'static str },
     #[error("cannot map the {0} ring: {1}")]
     Map(&'static str, String),
 }
@@ -257,14 +271,14 @@ impl Queue {
                 libc::ENETDOWN => " (interface is down)",
                 _ => "",
             };
-            XskError::Bind { ifname: cfg.ifname.clone(), queue, err: errno_str(e), hint }
+            XskError::Bind { ifname: cfg.ifname.clone(), queue, errno: raw, err: errno_str(e), hint }
         })?;
         let tx =
             if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
         let rx =
             if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
         let fd = user.as_raw_fd();
-        info!(ifname = %cfg.ifname, queue, mode = ?query_mode(fd), "AF_XDP socket bound");
+        info!(ifname = %cfg.ifname, queue, mode = query_mode(fd).kind(), "AF_XDP socket bound");
         Ok(Queue { tx, rx, device, user, fd, queue, recycle: Vec::new() })
     }
 

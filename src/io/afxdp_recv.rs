@@ -2,7 +2,7 @@
 //! per receive queue; frames are parsed in place and recycled to the fill ring.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use tracing::info;
@@ -32,11 +32,11 @@ pub struct AfxdpReceiver {
 impl AfxdpReceiver {
     pub fn open(
         iface: &Interface,
-        listen: SocketAddrV4,
+        listen: SocketAddr,
         knobs: TestKnobs,
         bind: BindMode,
     ) -> anyhow::Result<AfxdpReceiver> {
-        let dst_ip = (!listen.ip().is_unspecified()).then_some(*listen.ip());
+        let dst_ip = (!listen.ip().is_unspecified()).then_some(listen.ip());
         let steering = Steering::attach(&iface.name, iface.index, dst_ip, listen.port(), knobs)?;
         // Netlink reports the queues a device has room for, not how many are
         // in use (a veth allocates one per CPU): bind from queue 0 up and stop
@@ -56,7 +56,7 @@ impl AfxdpReceiver {
             };
             let mut xsk = match Xsk::open(area, &cfg) {
                 Ok(x) => x,
-                Err(XskError::Bind { err, .. }) if q > 0 && err.contains("Invalid argument") => break,
+                Err(XskError::Bind { errno: libc::EINVAL, .. }) if q > 0 => break,
                 Err(e) => return Err(e.into()),
             };
             let addrs: Vec<u64> = (0..RX_FRAMES).map(|i| xsk.area().addr(i)).collect();

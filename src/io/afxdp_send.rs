@@ -7,7 +7,7 @@
 //! when the kernel asks. Posting never reads or writes a payload byte.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::info;
 
 use super::control::{control_port, Control};
-use crate::afxdp::preload::{FramePlan, FILL_SPARE, PAYLOAD_OFFSET};
+use crate::afxdp::preload::{FramePlan, FILL_SPARE};
 use crate::afxdp::readahead::ReadAhead;
 use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
 use crate::engine::reader::{Reader, ReaderMode, Unchanged};
@@ -26,8 +26,8 @@ use crate::net::neigh;
 use crate::proto::pacer::{Aimd, Pacer, Rate};
 use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
-use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
-use crate::wire::frame::FrameTemplate;
+use crate::report::{hex, human_bytes, summary_line, Intervals};
+use crate::wire::frame::{FrameTemplate, IpVersion};
 use crate::wire::message::{Message, SessionInfo};
 
 pub const TX_RING: u32 = 2048;
@@ -42,9 +42,11 @@ pub const COMP_RING: u32 = 4096;
 pub struct SendOptions {
     pub file: PathBuf,
     pub iface: String,
-    pub dst: SocketAddrV4,
+    /// The receiver's data address, IPv4 or IPv6.
+    pub dst: SocketAddr,
     pub dst_mac: Option<[u8; 6]>,
-    pub src: Option<Ipv4Addr>,
+    /// Source address (of `dst`'s version); default the interface's.
+    pub src: Option<IpAddr>,
     pub packet_size: Option<u32>,
     /// UMEM frame size; default the smallest that fits (2048 or 4096).
     pub frame_size: Option<u32>,
@@ -154,7 +156,7 @@ fn link_speed(ifname: &str) -> Option<Rate> {
 pub struct Prepared {
     pub iface: Interface,
     pub plan: FramePlan,
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     pub file: File,
     pub file_size: u64,
     /// The file's identity when opened; checked again after the transfer.
@@ -189,9 +191,16 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     if !iface.oper_up {
         bail!("interface {} is down; bring it up with `ip link set dev {} up`", iface.name, iface.name);
     }
-    let src_ip = match opts.src.or(iface.ipv4) {
-        Some(ip) => ip,
-        None => bail!("interface {} has no IPv4 address; give one with --src", iface.name),
+    let version = IpVersion::of(&opts.dst);
+    let src_ip = match opts.src.or_else(|| iface.source_for(opts.dst.ip())) {
+        Some(ip) if IpVersion::of(&SocketAddr::new(ip, 0)) == version => ip,
+        Some(ip) => bail!("--src {ip} and --dst {} are of different IP versions", opts.dst),
+        None => bail!(
+            "interface {} has no {} address{}; give one with --src",
+            iface.name,
+            version.name(),
+            if version == IpVersion::V6 { " of global scope" } else { "" }
+        ),
     };
     // Privileges and kernel support, before the receiver hears of us: an
     // unprivileged user learns what is missing, and no partial is left.
@@ -203,13 +212,13 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         bail!("{} is not a regular file", opts.file.display());
     }
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
-    let mut plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem)?;
+    let mut plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem, version)?;
     if let Some(fs) = opts.frame_size {
         plan = plan.with_frame_size(fs, opts.umem)?;
     }
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     Ok(Prepared {
-        src: SocketAddrV4::new(src_ip, 0),
+        src: SocketAddr::new(src_ip, 0),
         iface,
         plan,
         file,
@@ -276,7 +285,7 @@ fn stall_clock(total: &mut Duration, since: &mut Option<Instant>, holds: bool, n
 
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to
 /// resolve it if needed.
-pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
+pub(crate) fn resolve_mac(iface: &Interface, local: IpAddr, dst: IpAddr) -> anyhow::Result<[u8; 6]> {
     if let Some(mac) = neigh::lookup(iface.index, dst)? {
         return Ok(mac);
     }
@@ -292,8 +301,9 @@ pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> 
         }
     }
     bail!(
-        "no neighbour entry for {dst} on {} after 3 s of ARP; is the address on-link and up? (for a routed destination give the gateway's MAC with --dst-mac)",
-        iface.name
+        "no neighbour entry for {dst} on {} after 3 s of {}; is the address on-link and up? (for a routed destination give the gateway's MAC with --dst-mac)",
+        iface.name,
+        if dst.is_ipv4() { "ARP" } else { "neighbour discovery" }
     )
 }
 
@@ -301,8 +311,8 @@ pub(crate) fn resolve_mac(iface: &Interface, local: Ipv4Addr, dst: Ipv4Addr) -> 
 /// file changed), the receiver is told with an Abort, so it stops at once
 /// and keeps its output as partial instead of waiting for its idle timeout.
 pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
-    let ctrl_peer = SocketAddr::V4(SocketAddrV4::new(*opts.dst.ip(), control_port(opts.dst.port())?));
-    let mut ctrl = Control::connect(SocketAddr::V4(prep.src), ctrl_peer)?;
+    let ctrl_peer = SocketAddr::new(opts.dst.ip(), control_port(opts.dst.port())?);
+    let mut ctrl = Control::connect(prep.src, ctrl_peer)?;
     let session = super::random_session();
     let shape = SessionInfo {
         file_size: prep.file_size,
@@ -318,7 +328,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
-    let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer);
+    let intervals = Intervals::new(opts.intervals, crate::report::process_start(), prep.file_size);
+    let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer, intervals);
     if let Err(e) = &result {
         abort_receiver(&ctrl, &sender, &format!("sender failed: {e:#}"));
     }
@@ -342,23 +353,23 @@ fn transfer(
     sender: &mut Sender,
     ctrl: &mut Control,
     ctrl_peer: SocketAddr,
+    mut intervals: Intervals,
 ) -> anyhow::Result<SendReport> {
     let Prepared { iface, plan, src, file, file_size, stamp, .. } = prep;
     let session = sender.session();
-    let local = match ctrl.local_addr()? {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => bail!("IPv6 control sockets are not supported yet"),
-    };
+    let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
         Some(m) => m,
-        None => resolve_mac(&iface, *src.ip(), *opts.dst.ip())?,
+        None => resolve_mac(&iface, src.ip(), opts.dst.ip())?,
     };
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "route resolved");
 
     // Hello first: the receiver prepares its output (and can refuse, e.g. a
     // full disk) before we map memory or read the file, and its cookie goes
     // into every frame we build.
-    super::control::handshake(sender, ctrl, ctrl_peer)?;
+    super::control::handshake(sender, ctrl, ctrl_peer, &mut |now| {
+        intervals.tick(now, 0, None, "waiting for the receiver's answer")
+    })?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
 
     // Data frames leave from the control socket's port, so the receiver can
@@ -389,7 +400,20 @@ fn transfer(
     let path = &opts.file;
     let unchanged: Unchanged<'_> =
         Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
-    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt);
+    if opts.intervals {
+        println!(
+            "Sending {} ({}) to {} over AF_XDP: {} mode on {} queue 0, reader {}, {} B {} packets",
+            opts.file.display(),
+            human_bytes(file_size),
+            opts.dst,
+            mode.kind(),
+            iface.name,
+            opts.reader.name(),
+            plan.packet_size,
+            plan.ip.name()
+        );
+    }
+    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals);
     let (outcome, finished, read_time) = std::thread::scope(|scope| {
         let mut reader = match opts.reader {
             ReaderMode::Inline => Reader::inline(ra, plan, unchanged),
@@ -424,12 +448,24 @@ fn transfer(
     let elapsed = tx.elapsed_s();
     let e2e_s = crate::report::since_process_start();
     if opts.intervals {
+        let iv = &mut tx.intervals;
+        iv.finish(Instant::now(), file_size, Some(stats.retransmits));
+        let first = iv.at(tx.first_post.unwrap_or(tx.start));
         println!(
-            "- - - - -\n[  0.00-{e2e_s:6.2} sec]  {:>12}  {:>16}  sender, {} retransmits, verified by receiver (transfer phase {elapsed:.2} s)",
-            human_bytes(file_size),
-            human_bits_per_sec(file_size as f64 * 8.0 / e2e_s.max(1e-9)),
-            stats.retransmits
+            "{}",
+            summary_line(
+                0.0,
+                e2e_s,
+                file_size,
+                Some(stats.retransmits),
+                "sender, end to end: command start to verified file"
+            )
         );
+        println!(
+            "{}",
+            summary_line(first, e2e_s, file_size, None, "sender, transfer phase: first frame to verified file")
+        );
+        println!("Verified by the receiver: blake3 {}", hex(&digest));
     }
     Ok(SendReport {
         summary: crate::report::Summary {
@@ -504,9 +540,16 @@ struct Transmit {
 }
 
 impl Transmit {
-    fn new(opts: &SendOptions, iface: &Interface, plan: FramePlan, meta_first_len: u32, rtt: Option<Duration>) -> Self {
+    fn new(
+        opts: &SendOptions,
+        iface: &Interface,
+        plan: FramePlan,
+        meta_first_len: u32,
+        rtt: Option<Duration>,
+        intervals: Intervals,
+    ) -> Self {
         let start = Instant::now();
-        let full_frame = PAYLOAD_OFFSET as u32 + plan.chunk_size;
+        let full_frame = plan.payload_offset() as u32 + plan.chunk_size;
         let aimd = opts.adapt.then(|| {
             let ceiling = opts.rate.or_else(|| link_speed(&iface.name)).unwrap_or(Rate::BitsPerSec(100e9));
             info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
@@ -527,7 +570,7 @@ impl Transmit {
             full_frame,
             start,
             first_post: None,
-            intervals: Intervals::new(opts.intervals, start),
+            intervals,
             next_progress: start,
             rusage_at_start: super::Rusage::of_self(),
             reader_wait: Duration::ZERO,
@@ -692,8 +735,8 @@ impl Transmit {
             self.next_progress = now + Duration::from_millis(100);
             eprintln!("progress {held} {size}");
         }
-        let retransmits = sender.stats.retransmits;
-        self.intervals.tick(now, held, || format!("{retransmits} retransmits"));
+        let phase = if held >= size { "the receiver is verifying" } else { "" };
+        self.intervals.tick(now, held, Some(sender.stats.retransmits), phase);
     }
 
     /// Nothing to post and nothing in flight: sleep on the control socket

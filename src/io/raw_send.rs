@@ -88,13 +88,10 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     }
     // A socket bound for the run reserves the source port the frames carry.
     let port_holder = std::net::UdpSocket::bind(src).context("reserving a source port")?;
-    let local = match port_holder.local_addr()? {
-        std::net::SocketAddr::V4(a) => a,
-        std::net::SocketAddr::V6(_) => bail!("IPv6 is not supported yet"),
-    };
+    let local = port_holder.local_addr()?;
     let dst_mac = match opts.dst_mac {
         Some(m) => m,
-        None => resolve_mac(&iface, *src.ip(), *opts.dst.ip())?,
+        None => resolve_mac(&iface, src.ip(), opts.dst.ip())?,
     };
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "raw mode: no protocol, frames sent round and round");
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };

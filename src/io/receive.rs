@@ -13,7 +13,7 @@ use super::control::Control;
 use super::output::{Output, OutputPolicy};
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
-use crate::report::{hex, human_bits_per_sec, human_bytes, Intervals};
+use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::stream::StreamHeader;
 use crate::wire::WireError;
 
@@ -103,7 +103,7 @@ pub fn run(
     if let Some(l) = fallback {
         fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
     }
-    let mut lp = ReceiveLoop::new(opts);
+    let mut lp = ReceiveLoop::new(opts, mode);
     let mut idle_spins = 0u32;
     let mut next_control = lp.start;
     // Set after a blocking wait: whatever woke us may be on the control socket.
@@ -157,6 +157,8 @@ pub fn run(
 /// figures for the report.
 struct ReceiveLoop {
     rx: Receiver,
+    /// "afxdp-copy", "udp", ...
+    mode: String,
     out: Option<Output>,
     start: Instant,
     packets: u64,
@@ -170,7 +172,7 @@ struct ReceiveLoop {
 }
 
 impl ReceiveLoop {
-    fn new(opts: &RecvOptions) -> ReceiveLoop {
+    fn new(opts: &RecvOptions, mode: &str) -> ReceiveLoop {
         let start = Instant::now();
         let cfg = ReceiverConfig {
             idle_timeout: opts.idle_timeout,
@@ -184,12 +186,13 @@ impl ReceiveLoop {
         };
         ReceiveLoop {
             rx: Receiver::new(cfg, start),
+            mode: mode.to_string(),
             out: None,
             start,
             packets: 0,
             verified_at: None,
             fatal: None,
-            intervals: Intervals::new(opts.intervals, start),
+            intervals: Intervals::new(opts.intervals, start, 0),
             rusage_at_start: None,
             refusals_logged: std::collections::HashSet::new(),
         }
@@ -311,6 +314,11 @@ impl ReceiveLoop {
             // shows up with this session's cookie.
             return;
         }
+        // The receiver's lines count from the session's opening.
+        self.intervals = Intervals::new(opts.intervals, Instant::now(), info.file_size);
+        if opts.intervals {
+            println!("Accepted {peer}: {} into {} over {}", human_bytes(info.file_size), opts.out.display(), self.mode);
+        }
         match Output::create(&opts.out, info.file_size, &source, opts.policy) {
             Ok(o) => self.out = Some(o.with_hasher(self.rx.digest_hasher())),
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
@@ -352,9 +360,9 @@ impl ReceiveLoop {
                 }
             }
         }
-        if let Some(n) = self.rx.info().map(|i| i.n_chunks) {
-            let rx = &self.rx;
-            self.intervals.tick(now, rx.bytes, || format!("{}/{n} chunks", rx.chunks_received()));
+        if let Some(size) = self.rx.info().map(|i| i.file_size) {
+            let phase = if self.rx.bytes >= size { "verifying" } else { "" };
+            self.intervals.tick(now, self.rx.bytes, None, phase);
         }
     }
 
@@ -378,7 +386,7 @@ impl ReceiveLoop {
         }
     }
 
-    fn report(self, mode: &str, opts: &RecvOptions) -> RecvReport {
+    fn report(mut self, mode: &str, opts: &RecvOptions) -> RecvReport {
         let rx = &self.rx;
         let first = rx.first_data.unwrap_or(self.start);
         let end = self.verified_at.unwrap_or_else(Instant::now);
@@ -396,12 +404,15 @@ impl ReceiveLoop {
             (self.out.is_some() || partial.exists()).then(|| partial.display().to_string())
         };
         if opts.intervals && verified {
+            let iv = &mut self.intervals;
+            iv.finish(end, bytes, None);
+            let (t_first, t_end) = (iv.at(first), iv.at(end));
+            println!("{}", summary_line(0.0, t_end, bytes, None, "receiver, session: Hello to verified file"));
             println!(
-                "- - - - -\n[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver, verified blake3:{}",
-                human_bytes(bytes),
-                human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
-                &digest[..16.min(digest.len())]
+                "{}",
+                summary_line(t_first, t_end, bytes, None, "receiver, transfer phase: first data to verified file")
             );
+            println!("Verified: blake3 {digest}; written to {}", opts.out.display());
         }
         RecvReport {
             summary: crate::report::Summary {

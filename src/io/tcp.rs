@@ -34,7 +34,7 @@ use tracing::info;
 use super::control::Control;
 use super::output::{Output, OutputPolicy};
 use crate::proto::{Sender, SenderConfig};
-use crate::report::{hex, human_bits_per_sec, human_bytes};
+use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::message::SessionInfo;
 use crate::wire::stream::{StreamHeader, HEADER_LEN, REPLY_LEN};
 
@@ -82,6 +82,9 @@ pub struct TcpReport {
     pub e2e_s: f64,
     /// VmHWM: the most memory this process held at once.
     pub peak_rss_bytes: u64,
+    /// Sender in auto mode: why AF_XDP was not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub afxdp_not_used: Option<String>,
 }
 
 fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
@@ -243,6 +246,9 @@ pub struct TcpSendOptions {
     pub progress: bool,
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
+    /// Why TCP carries the file when AF_XDP was asked for (auto's fallback),
+    /// for the mode line.
+    pub fallback_reason: Option<String>,
 }
 
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
@@ -253,22 +259,38 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let size = meta.len();
     let t_prep = Instant::now();
-    let (session, cookie) = admit(opts, size, super::output::source_id(&meta))?;
+    let mut intervals = Intervals::new(opts.intervals, crate::report::process_start(), size);
+    let (session, cookie) = admit(opts, size, super::output::source_id(&meta), &mut intervals)?;
     let mut sock = TcpStream::connect_timeout(&opts.dst, opts.timeout)
         .with_context(|| format!("connecting to {} (is `xdpblast recv` listening there?)", opts.dst))?;
     sock.set_read_timeout(Some(opts.timeout))?;
     sock.set_write_timeout(Some(opts.timeout))?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, "transfer started");
+    if opts.intervals {
+        let why = opts.fallback_reason.as_deref().map_or(String::new(), |w| format!("; AF_XDP not used: {w}"));
+        println!(
+            "Sending {} ({}) to {} over TCP ({}){why}",
+            opts.file.display(),
+            human_bytes(size),
+            opts.dst,
+            opts.mode.name()
+        );
+    }
     let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
     let header = StreamHeader { file_size: size, session, cookie, source: super::output::source_id(&meta) };
     write_all_counted(&mut sock, &header.emit())?;
     let mut next_report = Instant::now();
+    let sock_fd = sock.as_raw_fd();
     let mut report_progress = |done: u64| {
-        if opts.progress && Instant::now() >= next_report {
-            next_report = Instant::now() + Duration::from_millis(100);
+        let now = Instant::now();
+        if opts.progress && now >= next_report {
+            next_report = now + Duration::from_millis(100);
             eprintln!("progress {done} {size}");
+        }
+        if intervals.due(now) {
+            intervals.tick(now, done, retransmits(sock_fd), "");
         }
     };
     // The digest travels after the data, so the file is hashed on a thread
@@ -287,32 +309,32 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         digest.with_context(|| format!("reading {}", opts.file.display()))
     })?;
     write_all_counted(&mut sock, &digest)?;
-    let mut reply = [0u8; REPLY_LEN];
-    count_syscalls(1);
-    sock.read_exact(&mut reply).context("waiting for the receiver's verdict (it closed or timed out)")?;
+    let reply = await_verdict(&mut sock, opts.timeout, &mut |now| {
+        intervals.tick(now, size, retransmits(sock_fd), "the receiver is verifying")
+    })?;
     let elapsed = start.elapsed().as_secs_f64();
     let verified = reply[0] == 1 && reply[1..] == digest;
     if !verified {
         bail!("the receiver reports a digest mismatch: the file it rebuilt differs from ours");
     }
     let goodput = size as f64 * 8.0 / elapsed.max(1e-9);
+    let retr = retransmits(sock_fd);
     if opts.intervals {
         // The whole command first (the handshake included), the transfer
         // phase beside it.
         let e2e = crate::report::since_process_start();
-        println!(
-            "[  0.00-{e2e:6.2} sec]  {:>12}  {:>16}  sender ({}), verified by receiver (transfer phase {elapsed:.2} s)",
-            human_bytes(size),
-            human_bits_per_sec(size as f64 * 8.0 / e2e.max(1e-9)),
-            opts.mode.name()
-        );
+        intervals.finish(Instant::now(), size, retr);
+        let t_start = intervals.at(start);
+        println!("{}", summary_line(0.0, e2e, size, retr, "sender, end to end: command start to verified file"));
+        println!("{}", summary_line(t_start, e2e, size, None, "sender, transfer phase: connected to verified file"));
+        println!("Verified by the receiver: blake3 {}", hex(&digest));
     }
     Ok(TcpReport {
         summary: crate::report::Summary {
             mode: opts.mode.name().to_string(),
             bytes: size,
             packets: None,
-            retransmits: 0,
+            retransmits: retr.unwrap_or(0),
             goodput_bps: goodput,
             elapsed_s: elapsed,
             digest: hex(&digest),
@@ -326,13 +348,68 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         syscalls: crate::syscount::total(),
         e2e_s: crate::report::since_process_start(),
         peak_rss_bytes: crate::report::peak_rss_bytes(),
+        afxdp_not_used: opts.fallback_reason.clone(),
     })
+}
+
+/// Waits for the receiver's verdict (it hashes what it still has to, then
+/// answers), calling `waiting` at least twice a second; fails after
+/// `timeout` of silence.
+fn await_verdict(
+    sock: &mut TcpStream,
+    timeout: Duration,
+    waiting: &mut dyn FnMut(Instant),
+) -> anyhow::Result<[u8; REPLY_LEN]> {
+    let mut reply = [0u8; REPLY_LEN];
+    let mut got = 0;
+    let deadline = Instant::now() + timeout;
+    sock.set_read_timeout(Some(Duration::from_millis(250)))?;
+    while got < REPLY_LEN {
+        if super::stop_requested() {
+            bail!("interrupted");
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            bail!("no verdict from the receiver within {}", crate::report::human_secs(timeout));
+        }
+        waiting(now);
+        count_syscalls(1);
+        match sock.read(&mut reply[got..]) {
+            Ok(0) => bail!("the receiver closed the connection before its verdict"),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("waiting for the receiver's verdict"),
+        }
+    }
+    Ok(reply)
+}
+
+/// The connection's retransmitted segments so far (`TCP_INFO`), if the
+/// kernel says.
+fn retransmits(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; an all-zero value is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+    };
+    (r == 0).then_some(u64::from(info.tcpi_total_retrans))
 }
 
 /// Opens the session over the receiver's control port, as a datagram sender
 /// would, asking for the file over TCP; returns its id and the receiver's
 /// cookie for the stream header.
-fn admit(opts: &TcpSendOptions, size: u64, source: crate::wire::message::SourceId) -> anyhow::Result<(u64, u64)> {
+fn admit(
+    opts: &TcpSendOptions,
+    size: u64,
+    source: crate::wire::message::SourceId,
+    intervals: &mut Intervals,
+) -> anyhow::Result<(u64, u64)> {
     let ctrl_peer = SocketAddr::new(opts.dst.ip(), super::control::control_port(opts.dst.port())?);
     let any: SocketAddr = if ctrl_peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().context("wildcard")?;
     let mut ctrl = Control::connect(any, ctrl_peer)?;
@@ -343,7 +420,9 @@ fn admit(opts: &TcpSendOptions, size: u64, source: crate::wire::message::SourceI
     let cfg =
         SenderConfig { timeout: opts.timeout, source, via_tcp: true, keys: opts.keys.clone(), ..Default::default() };
     let mut sender = Sender::new(cfg, session, info, Instant::now());
-    super::control::handshake(&mut sender, &mut ctrl, ctrl_peer)?;
+    super::control::handshake(&mut sender, &mut ctrl, ctrl_peer, &mut |now| {
+        intervals.tick(now, 0, None, "waiting for the receiver's answer")
+    })?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
     Ok((session, cookie))
 }
@@ -365,19 +444,21 @@ pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOpti
     let start = Instant::now();
     let rusage_at_start = super::Rusage::of_self();
     let bytes = header.file_size;
-    let r = receive_inner(&mut sock, header, opts);
+    let mut intervals = Intervals::new(intervals, start, bytes);
+    if opts.intervals {
+        let peer = sock.peer_addr().map_or("the sender".to_string(), |a| a.to_string());
+        println!("Accepted {peer}: {} into {} over TCP", human_bytes(bytes), out.display());
+    }
+    let r = receive_inner(&mut sock, header, opts, &mut intervals);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
         Err(e) => (false, String::new(), Some(format!("{e:#}"))),
     };
-    if intervals && verified {
-        println!(
-            "[  0.00-{elapsed:6.2} sec]  {:>12}  {:>16}  receiver (tcp), verified blake3:{}",
-            human_bytes(bytes),
-            human_bits_per_sec(bytes as f64 * 8.0 / elapsed.max(1e-9)),
-            &digest[..16]
-        );
+    if opts.intervals && verified {
+        intervals.finish(Instant::now(), bytes, None);
+        println!("{}", summary_line(0.0, elapsed, bytes, None, "receiver, connection to verified file"));
+        println!("Verified: blake3 {digest}; written to {}", out.display());
     }
     let partial = super::output::partial_path(out);
     TcpReport {
@@ -403,6 +484,7 @@ pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOpti
         syscalls: crate::syscount::total(),
         e2e_s: crate::report::since_process_start(),
         peak_rss_bytes: crate::report::peak_rss_bytes(),
+        afxdp_not_used: None,
     }
 }
 
@@ -478,6 +560,7 @@ fn receive_inner(
     sock: &mut TcpStream,
     header: &StreamHeader,
     opts: &TcpReceiveOptions<'_>,
+    intervals: &mut Intervals,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
@@ -502,6 +585,7 @@ fn receive_inner(
         got += n as u64;
         progress.advance(got, size);
         output.hash_ahead(got, u64::MAX).context("reading the output back")?;
+        intervals.tick(Instant::now(), got, None, "");
     }
     let mut theirs = [0u8; 32];
     progress.read_exact(sock, &mut theirs)?;

@@ -2,13 +2,14 @@
 //! and the mode for hosts without XDP.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 use tracing::{debug, info};
 
 use super::receive::{DataPath, Datagram};
 use crate::afxdp::xsk::setsockopt_u32;
+use crate::wire::WireError;
 
 const BATCH: usize = 64;
 const SLOT: usize = 9216;
@@ -18,12 +19,12 @@ pub struct UdpReceiver {
     sock: UdpSocket,
     bufs: Vec<u8>,
     iov: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<libc::sockaddr_storage>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
 impl UdpReceiver {
-    pub fn bind(listen: SocketAddrV4) -> io::Result<UdpReceiver> {
+    pub fn bind(listen: SocketAddr) -> io::Result<UdpReceiver> {
         let sock = UdpSocket::bind(listen)
             .map_err(|e| io::Error::new(e.kind(), format!("binding the data socket to {listen}: {e}")))?;
         sock.set_nonblocking(true)?;
@@ -37,11 +38,31 @@ impl UdpReceiver {
             sock,
             bufs: vec![0u8; BATCH * SLOT],
             iov: Vec::with_capacity(BATCH),
-            // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
             // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
             hdrs: vec![unsafe { std::mem::zeroed() }; BATCH],
         })
+    }
+}
+
+/// The sender's address the kernel wrote, IPv4 or IPv6.
+fn socket_addr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(a.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which
+            // it is large and aligned enough for.
+            let v4 = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(v4.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let v6 = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), v6.sin6_flowinfo, v6.sin6_scope_id)))
+        }
+        _ => None,
     }
 }
 
@@ -53,8 +74,8 @@ impl DataPath for UdpReceiver {
         }
         for i in 0..BATCH {
             let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut self.iov[i];
             h.msg_iovlen = 1;
             h.msg_control = std::ptr::null_mut();
@@ -64,7 +85,7 @@ impl DataPath for UdpReceiver {
         }
         crate::syscount::count(1);
         // SAFETY: every header points at a live iovec over its own SLOT-byte
-        // region of `bufs` and at its own sockaddr_in; all outlive the call.
+        // region of `bufs` and at its own sockaddr_storage; all outlive the call.
         let n = unsafe {
             libc::recvmmsg(
                 self.sock.as_raw_fd(),
@@ -85,9 +106,7 @@ impl DataPath for UdpReceiver {
         let batch: Vec<Datagram<'_>> = (0..n)
             .map(|i| {
                 let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-                let a = &self.addrs[i];
-                let from =
-                    SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port)));
+                let from = socket_addr(&self.addrs[i]).ok_or(WireError::NotUdp)?;
                 Ok((from, &self.bufs[i * SLOT..i * SLOT + len]))
             })
             .collect();

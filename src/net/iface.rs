@@ -1,7 +1,7 @@
 //! What the kernel knows about one interface.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, State, XdpAttached};
@@ -21,6 +21,9 @@ pub struct Interface {
     pub rx_queues: u32,
     pub oper_up: bool,
     pub ipv4: Option<Ipv4Addr>,
+    /// Its first IPv6 address of global (or unique local) scope; link-local
+    /// addresses need a scope id our sockets do not carry.
+    pub ipv6: Option<Ipv6Addr>,
     /// An XDP program is attached (by anyone), and how.
     pub xdp_attached: Option<String>,
 }
@@ -59,6 +62,7 @@ impl Interface {
             rx_queues: 1,
             oper_up: false,
             ipv4: None,
+            ipv6: None,
             xdp_attached: None,
         };
         for a in &link.attributes {
@@ -86,21 +90,42 @@ impl Interface {
             }
         }
 
-        let addrs = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
-        iface.ipv4 = addrs
+        let addrs: Vec<IpAddr> = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
             .into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewAddress(a) if a.header.index == iface.index => Some(a),
                 _ => None,
             })
             .flat_map(|a| a.attributes)
-            .find_map(|a| match a {
-                AddressAttribute::Local(std::net::IpAddr::V4(ip))
-                | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(ip),
+            .filter_map(|a| match a {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(ip),
                 _ => None,
-            });
+            })
+            .collect();
+        iface.ipv4 = addrs.iter().find_map(|a| match a {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        });
+        iface.ipv6 = addrs.iter().find_map(|a| match a {
+            IpAddr::V6(ip) if !is_link_local(ip) && !ip.is_loopback() => Some(*ip),
+            _ => None,
+        });
         Ok(iface)
     }
+
+    /// The interface's address of the version `to` needs: the source for
+    /// packets to `to`.
+    pub fn source_for(&self, to: IpAddr) -> Option<IpAddr> {
+        match to {
+            IpAddr::V4(_) => self.ipv4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.ipv6.map(IpAddr::V6),
+        }
+    }
+}
+
+/// fe80::/10.
+fn is_link_local(ip: &Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {

@@ -1,7 +1,8 @@
-//! The kernel's neighbour table: which MAC answers for an IPv4 next hop.
+//! The kernel's neighbour table: which MAC answers for a next hop (ARP for
+//! IPv4, neighbour discovery for IPv6).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -9,7 +10,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use super::netlink::dump;
 
 /// The MAC of `ip` on interface `ifindex`, if the kernel has a usable entry.
-pub fn lookup(ifindex: u32, ip: Ipv4Addr) -> io::Result<Option<[u8; 6]>> {
+pub fn lookup(ifindex: u32, ip: IpAddr) -> io::Result<Option<[u8; 6]>> {
     let msgs = dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))?;
     for m in msgs {
         let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
@@ -20,7 +21,8 @@ pub fn lookup(ifindex: u32, ip: Ipv4Addr) -> io::Result<Option<[u8; 6]>> {
             continue;
         }
         let dst = n.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
             _ => None,
         });
         if dst != Some(ip) {

@@ -87,15 +87,17 @@ pub enum FrameId {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    #[error("no answer from the receiver for {0:?} during the handshake; is `xdpblast recv` running and reachable?")]
+    #[error("no answer from the receiver for {} during the handshake; is `xdpblast recv` running and reachable?", crate::report::human_secs(*.0))]
     HandshakeTimeout(Duration),
-    #[error("the receiver went silent for {0:?} mid-transfer")]
+    #[error("the receiver went silent for {} mid-transfer", crate::report::human_secs(*.0))]
     Timeout(Duration),
     #[error(
-        "the receiver has taken in none of our data in {0:?}; are our {1}-byte packets above an MTU on the path? (lower --packet-size)"
+        "the receiver has taken in none of our data in {secs}; are our {size}-byte packets above an MTU on the path? (lower --packet-size)",
+        secs = crate::report::human_secs(*.0),
+        size = .1
     )]
     NothingArrived(Duration, usize),
-    #[error("the receiver reported no new data for {0:?}, whatever else it said")]
+    #[error("the receiver reported no new data for {}, whatever else it said", crate::report::human_secs(*.0))]
     Stalled(Duration),
     #[error("the receiver reports a digest mismatch: the file it rebuilt differs from ours")]
     DigestMismatch,

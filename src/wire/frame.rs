@@ -1,68 +1,142 @@
 //! Whole Ethernet frames: built once at preload, parsed on receive.
 //!
 //! Building uses etherparse's header types (valid IPv4 header and UDP checksums,
-//! so tshark decodes our packets cleanly); parsing goes through etherparse's
-//! checked slicing, which validates every length before reading a field.
+//! IPv6 with its mandatory UDP checksum, so tshark decodes our packets
+//! cleanly); parsing goes through etherparse's checked slicing, which
+//! validates every length before reading a field.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, NetSlice, SlicedPacket, TransportSlice, UdpHeader};
+use etherparse::{
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, SlicedPacket,
+    TransportSlice, UdpHeader,
+};
 
 use super::{checksum, WireError};
 
 pub const ETH_LEN: usize = Ethernet2Header::LEN;
 pub const IPV4_LEN: usize = Ipv4Header::MIN_LEN;
+pub const IPV6_LEN: usize = Ipv6Header::LEN;
 pub const UDP_LEN: usize = UdpHeader::LEN;
 /// Bytes in front of the UDP payload in an untagged IPv4 frame.
 pub const IPV4_UDP_OVERHEAD: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
-/// IP + UDP bytes counted against the MTU (which excludes the Ethernet header).
-pub const IPV4_UDP_L3_OVERHEAD: usize = IPV4_LEN + UDP_LEN;
 
-/// The addresses every frame of one transfer shares.
+/// The IP version of a transfer's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+impl IpVersion {
+    pub fn of(addr: &SocketAddr) -> IpVersion {
+        match addr {
+            SocketAddr::V4(_) => IpVersion::V4,
+            SocketAddr::V6(_) => IpVersion::V6,
+        }
+    }
+
+    /// IP + UDP header bytes, counted against the MTU (which excludes the
+    /// Ethernet header).
+    pub fn l3_overhead(self) -> usize {
+        match self {
+            IpVersion::V4 => IPV4_LEN + UDP_LEN,
+            IpVersion::V6 => IPV6_LEN + UDP_LEN,
+        }
+    }
+
+    /// Bytes in front of the UDP payload in an untagged frame.
+    pub fn udp_payload_offset(self) -> usize {
+        ETH_LEN + self.l3_overhead()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IpVersion::V4 => "IPv4",
+            IpVersion::V6 => "IPv6",
+        }
+    }
+}
+
+/// The addresses every frame of one transfer shares; `src` and `dst` are of
+/// one IP version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameTemplate {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// TTL (IPv4) or hop limit (IPv6).
     pub ttl: u8,
 }
 
 impl FrameTemplate {
-    /// Writes `[Ethernet | IPv4 | UDP | udp_payload]` into `out` and returns the
+    pub fn ip(&self) -> IpVersion {
+        IpVersion::of(&self.dst)
+    }
+
+    /// Where the UDP payload starts in this template's frames.
+    pub fn udp_payload_offset(&self) -> usize {
+        self.ip().udp_payload_offset()
+    }
+
+    /// Writes `[Ethernet | IP | UDP | udp_payload]` into `out` and returns the
     /// frame length. `udp_payload` is copied; the checksums cover it.
     pub fn build(&self, udp_payload: &[u8], out: &mut [u8]) -> Result<usize, FrameError> {
-        let total = IPV4_UDP_OVERHEAD + udp_payload.len();
+        let at = self.udp_payload_offset();
+        let total = at + udp_payload.len();
         if out.len() < total {
             return Err(FrameError::TooLong { need: total, have: out.len() });
         }
-        out[IPV4_UDP_OVERHEAD..total].copy_from_slice(udp_payload);
+        out[at..total].copy_from_slice(udp_payload);
         self.build_in_place(out, udp_payload.len())
     }
 
     /// Like [`FrameTemplate::build`], for a UDP payload already in place at
-    /// `frame[IPV4_UDP_OVERHEAD..]` (preload reads the file straight there).
+    /// `frame[self.udp_payload_offset()..]` (the reader reads the file
+    /// straight there).
     pub fn build_in_place(&self, frame: &mut [u8], udp_payload_len: usize) -> Result<usize, FrameError> {
-        let total = IPV4_UDP_OVERHEAD + udp_payload_len;
+        let at = self.udp_payload_offset();
+        let total = at + udp_payload_len;
         if frame.len() < total {
             return Err(FrameError::TooLong { need: total, have: frame.len() });
         }
         let too_long = FrameError::TooLong { need: total, have: 65535 };
         let ip_payload = u16::try_from(UDP_LEN + udp_payload_len).map_err(|_| too_long)?;
-        let mut ip =
-            Ipv4Header::new(ip_payload, self.ttl, IpNumber::UDP, self.src.ip().octets(), self.dst.ip().octets())
-                .map_err(|_| too_long)?;
-        // Each datagram fits one frame; forbid fragmentation so an MTU mistake
-        // shows up as an error rather than a silent split.
-        ip.dont_fragment = true;
-        ip.header_checksum = ip.calc_header_checksum();
-        let udp =
-            UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &frame[IPV4_UDP_OVERHEAD..total])
-                .map_err(|_| too_long)?;
-        let eth = Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type: EtherType::IPV4 };
+        let (ip_end, udp, ether_type) = match (self.src, self.dst) {
+            (SocketAddr::V4(src), SocketAddr::V4(dst)) => {
+                let mut ip = Ipv4Header::new(ip_payload, self.ttl, IpNumber::UDP, src.ip().octets(), dst.ip().octets())
+                    .map_err(|_| too_long)?;
+                // Each datagram fits one frame; forbid fragmentation so an MTU
+                // mistake shows up as an error rather than a silent split.
+                ip.dont_fragment = true;
+                ip.header_checksum = ip.calc_header_checksum();
+                let udp = UdpHeader::with_ipv4_checksum(src.port(), dst.port(), &ip, &frame[at..total])
+                    .map_err(|_| too_long)?;
+                frame[ETH_LEN..ETH_LEN + IPV4_LEN].copy_from_slice(&ip.to_bytes());
+                (ETH_LEN + IPV4_LEN, udp, EtherType::IPV4)
+            }
+            (SocketAddr::V6(src), SocketAddr::V6(dst)) => {
+                let ip = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Ipv6FlowLabel::ZERO,
+                    payload_length: ip_payload,
+                    next_header: IpNumber::UDP,
+                    hop_limit: self.ttl,
+                    source: src.ip().octets(),
+                    destination: dst.ip().octets(),
+                };
+                // Mandatory over IPv6 (RFC 8200).
+                let udp = UdpHeader::with_ipv6_checksum(src.port(), dst.port(), &ip, &frame[at..total])
+                    .map_err(|_| too_long)?;
+                frame[ETH_LEN..ETH_LEN + IPV6_LEN].copy_from_slice(&ip.to_bytes());
+                (ETH_LEN + IPV6_LEN, udp, EtherType::IPV6)
+            }
+            _ => return Err(FrameError::MixedVersions { src: self.src, dst: self.dst }),
+        };
+        let eth = Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type };
         frame[..ETH_LEN].copy_from_slice(&eth.to_bytes());
-        frame[ETH_LEN..ETH_LEN + IPV4_LEN].copy_from_slice(&ip.to_bytes());
-        frame[ETH_LEN + IPV4_LEN..IPV4_UDP_OVERHEAD].copy_from_slice(&udp.to_bytes());
+        frame[ip_end..at].copy_from_slice(&udp.to_bytes());
         Ok(total)
     }
 }
@@ -71,6 +145,8 @@ impl FrameTemplate {
 pub enum FrameError {
     #[error("frame of {need} bytes does not fit in {have}")]
     TooLong { need: usize, have: usize },
+    #[error("source {src} and destination {dst} are of different IP versions")]
+    MixedVersions { src: SocketAddr, dst: SocketAddr },
 }
 
 /// A UDP datagram found in a received frame.
@@ -138,9 +214,18 @@ pub fn example_template() -> FrameTemplate {
     FrameTemplate {
         src_mac: test_mac(1),
         dst_mac: test_mac(2),
-        src: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000),
-        dst: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 9000),
+        src: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000).into(),
+        dst: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 9000).into(),
         ttl: 64,
+    }
+}
+
+/// The same between two documentation-range IPv6 hosts (2001:db8::/32).
+pub fn example_template_v6() -> FrameTemplate {
+    FrameTemplate {
+        src: "[2001:db8::1]:40000".parse().unwrap_or(example_template().src),
+        dst: "[2001:db8::2]:9000".parse().unwrap_or(example_template().dst),
+        ..example_template()
     }
 }
 
@@ -156,9 +241,28 @@ mod tests {
         let n = t.build(&payload, &mut buf).unwrap();
         assert_eq!(n, IPV4_UDP_OVERHEAD + payload.len());
         let d = parse_udp(&buf[..n]).unwrap();
-        assert_eq!(d.src, SocketAddr::V4(t.src));
-        assert_eq!(d.dst, SocketAddr::V4(t.dst));
+        assert_eq!(d.src, t.src);
+        assert_eq!(d.dst, t.dst);
         assert_eq!(d.payload, &payload[..]);
+    }
+
+    #[test]
+    fn ipv6_frames_round_trip_with_a_valid_checksum() {
+        let t = example_template_v6();
+        assert_eq!(t.udp_payload_offset(), 14 + 40 + 8);
+        let payload: Vec<u8> = (0..1001u32).map(|i| (i * 13) as u8).collect();
+        let mut buf = [0u8; 2048];
+        let n = t.build(&payload, &mut buf).unwrap();
+        assert_eq!(n, 62 + payload.len());
+        assert_eq!(&buf[12..14], &[0x86, 0xdd], "EtherType IPv6");
+        assert_eq!(buf[ETH_LEN] >> 4, 6);
+        let d = parse_udp(&buf[..n]).unwrap();
+        assert_eq!((d.src, d.dst, d.payload), (t.src, t.dst, &payload[..]));
+        let mut bad = buf;
+        bad[n - 1] ^= 1;
+        assert_eq!(parse_udp(&bad[..n]), Err(WireError::BadChecksum));
+        let mixed = FrameTemplate { src: example_template().src, ..t };
+        assert!(matches!(mixed.build(b"x", &mut buf), Err(FrameError::MixedVersions { .. })));
     }
 
     #[test]
@@ -171,7 +275,8 @@ mod tests {
             let ip = &buf[ETH_LEN..ETH_LEN + IPV4_LEN];
             assert_eq!(checksum::internet_checksum(ip), 0, "IPv4 header checksum, len {len}");
             let udp = &buf[ETH_LEN + IPV4_LEN..n];
-            assert_eq!(checksum::udp_ipv4(t.src.ip().octets(), t.dst.ip().octets(), udp), 0, "UDP checksum, len {len}");
+            let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (t.src, t.dst) else { panic!("an IPv4 template") };
+            assert_eq!(checksum::udp_ipv4(src.ip().octets(), dst.ip().octets(), udp), 0, "UDP checksum, len {len}");
         }
     }
 
@@ -180,8 +285,8 @@ mod tests {
         // The RFC 1071 oracle's vector header (192.168.0.1 -> 192.168.0.199, TTL 64,
         // total length 115, DF, id 0) built by our template must carry 0xb861.
         let t = FrameTemplate {
-            src: SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 1), 1),
-            dst: SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 199), 2),
+            src: SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 1), 1).into(),
+            dst: SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 199), 2).into(),
             ..example_template()
         };
         let mut buf = [0u8; 256];

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_xdpblast");
 pub const TX_IP: &str = "10.77.0.1";
 pub const RX_IP: &str = "10.77.0.2";
+/// The receiver's address on a [`Veth::ipv6_only`] pair (scripts/veth.sh up6).
+pub const RX_IP6: &str = "fd00:77::2";
 /// The attacker's address on a [`Veth::lan`].
 pub const X_IP: &str = "10.77.0.3";
 
@@ -67,6 +69,8 @@ pub struct Veth {
     /// The attacker's namespace and interface ([`Veth::lan`] only).
     pub x_ns: String,
     pub x_if: String,
+    /// The receiver's data address, `IP:PORT` or `[IPv6]:PORT`.
+    pub rx_data: String,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -77,6 +81,11 @@ impl Veth {
 
     pub fn with_queues(queues: u32) -> Veth {
         Veth::create(&["up", &queues.to_string()])
+    }
+
+    /// The same pair with IPv6 addresses only (no IPv4 on either end).
+    pub fn ipv6_only() -> Veth {
+        Veth::create(&["up6"])
     }
 
     /// Sender and receiver on a bridge that floods every frame, with an
@@ -100,7 +109,9 @@ impl Veth {
             "scripts/veth.sh {how:?} {name} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let rx_data = if how[0] == "up6" { format!("[{RX_IP6}]:9000") } else { format!("{RX_IP}:9000") };
         Veth {
+            rx_data,
             tx_ns: format!("{name}-tx"),
             rx_ns: format!("{name}-rx"),
             tx_if: format!("{name}-a"),
@@ -127,9 +138,16 @@ impl Veth {
         c
     }
 
+    /// Runs another program in namespace `ns`.
+    pub fn in_ns_cmd(&self, ns: &str, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]).args(args);
+        c
+    }
+
     /// Starts `xdpblast recv` in the receive namespace and waits for `ready`.
     pub fn start_receiver(&self, out: &Path, extra: &[&str]) -> Proc {
-        let listen = format!("{RX_IP}:9000");
+        let listen = self.rx_data.clone();
         let out_s = out.to_str().expect("utf-8 path");
         let mut args =
             vec!["--log", "warn", "recv", "--iface", &self.rx_if, "--listen", &listen, "--out", out_s, "--json"];
@@ -157,7 +175,7 @@ impl Veth {
     /// Starts `xdpblast send FILE` in the transmit namespace without waiting
     /// for it; its log goes to `log` (at info level unless `extra` says).
     pub fn start_sender(&self, file: &Path, log: &Path, extra: &[&str]) -> Proc {
-        let dst = format!("{RX_IP}:9000");
+        let dst = self.rx_data.clone();
         let f = file.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "info", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
         args.extend_from_slice(extra);
@@ -169,7 +187,7 @@ impl Veth {
 
     /// Runs `xdpblast send FILE` from the transmit namespace, bounded in time.
     pub fn send(&self, file: &Path, extra: &[&str]) -> Output {
-        let dst = format!("{RX_IP}:9000");
+        let dst = self.rx_data.clone();
         let f = file.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "warn", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
         args.extend_from_slice(extra);

@@ -2,7 +2,6 @@
 //! frame a flooding bridge delivers, and sends frames with any addresses),
 //! and a sniffer that learns a session from the wire.
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -109,7 +108,7 @@ pub fn sniff_where(
             Message::Hello { session, .. } | Message::Nack { session, .. } => (session, 0, None),
             _ => continue,
         };
-        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (d.src, d.dst) else { continue };
+        let (src, dst) = (d.src, d.dst);
         let mut dst_mac = [0u8; 6];
         let mut src_mac = [0u8; 6];
         dst_mac.copy_from_slice(&frame[0..6]);
