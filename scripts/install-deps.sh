@@ -17,6 +17,7 @@ PKGS=(
   iperf3           # the bench's outside reference row (iperf3 -Z)
   util-linux       # setpriv: the tests run xdpblast unprivileged
   procps           # pgrep: the tests check no process outlives the bench
+  tshark           # tests/dissector.rs decodes a capture with scripts/xdpblast.lua
 )
 
 missing=()
