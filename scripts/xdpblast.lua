@@ -49,6 +49,7 @@ f.hello_flags = ProtoField.uint32("xdpblast.hello_flags", "Hello flags", base.HE
 f.via_tcp = ProtoField.bool("xdpblast.via_tcp", "File over TCP", 32, nil, 0x1)
 f.keyed = ProtoField.bool("xdpblast.keyed", "Keyed", 32, nil, 0x2)
 f.block_chunks = ProtoField.uint32("xdpblast.block_chunks", "Chunks per hashed block")
+f.name = ProtoField.string("xdpblast.name", "File name")
 f.delay_us = ProtoField.uint64("xdpblast.delay_us", "Answer delay (us)")
 f.opened = ProtoField.bool("xdpblast.opened", "Session opened")
 f.round = ProtoField.uint64("xdpblast.nack.round", "Round")
@@ -116,8 +117,16 @@ bodies[16] = function(tree, body)
     ft:add(f.via_tcp, flags)
     ft:add(f.keyed, flags)
     tree:add(f.block_chunks, body(SESSION_INFO_LEN + 20, 4))
+    local name = ""
+    local name_len = body:len() - HELLO_LEN
+    if name_len > 255 then return nil end
+    if name_len > 0 then
+        local r = body(HELLO_LEN, name_len)
+        tree:add(f.name, r)
+        name = r:string(ENC_UTF_8) .. ", "
+    end
     local via = bit.band(flags:uint(), 1) ~= 0 and ", over TCP" or ""
-    return string.format("%s bytes%s", tostring(size), via)
+    return string.format("%s%s bytes%s", name, tostring(size), via)
 end
 
 bodies[17] = function(tree, body)

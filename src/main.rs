@@ -16,7 +16,7 @@ use xdpblast::engine::reader::ReaderMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};
-use xdpblast::io::output::{check_target, OutputPolicy};
+use xdpblast::io::output::{check_out, OutputPolicy};
 use xdpblast::io::raw_send::{self, RawOptions};
 use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
@@ -324,7 +324,8 @@ struct RecvArgs {
     listen: SocketAddr,
     /// Where the file goes; written as PATH.partial (created new, never
     /// through a link) until verified, then renamed over PATH. An existing
-    /// PATH is replaced, as cp, scp and rsync do, unless --no-clobber.
+    /// PATH is replaced, as cp, scp and rsync do, unless --no-clobber. A
+    /// directory takes the file under the sender's file name.
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
     /// Refuse to replace an existing PATH (checked at start and at the rename).
@@ -713,13 +714,14 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     let knobs = TestKnobs { loss: a.inject_loss, capacity_pps: a.inject_capacity };
     let policy = OutputPolicy { no_clobber: a.no_clobber };
     // Everything that would refuse the output is checked before `ready`.
-    check_target(&a.out, policy)?;
+    check_out(&a.out, policy)?;
     let ctrl_addr = SocketAddr::new(a.listen.ip(), control_port(a.listen.port())?);
     let ctrl = Control::bind(ctrl_addr)?;
     let iface = match &a.iface {
         Some(name) => Some(Interface::lookup(name)?),
         None => None,
     };
+    let ip_udp_overhead = IpVersion::of(&a.listen).l3_overhead();
     let opts = RecvOptions {
         keys: load_keys(a.key_file.as_deref())?,
         out: a.out.clone(),
@@ -728,7 +730,8 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
         allow_from: a.allow_from,
         max_size: a.max_size,
         // IP and UDP headers: 28 (IPv4) or 48 (IPv6) bytes of the MTU.
-        max_datagram: iface.as_ref().map(|i| (i.mtu as usize).saturating_sub(IpVersion::of(&a.listen).l3_overhead())),
+        max_datagram: iface.as_ref().map(|i| (i.mtu as usize).saturating_sub(ip_udp_overhead)),
+        ip_udp_overhead,
         tcp_only: a.mode() == RecvMode::Tcp,
         intervals: human,
     };
@@ -787,9 +790,9 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     };
     let report = match outcome {
         Outcome::Done(r) => r,
-        Outcome::TcpFallback(stream, header) => {
+        Outcome::TcpFallback(stream, header, out) => {
             let topts = tcp::TcpReceiveOptions {
-                out: &a.out,
+                out: &out,
                 policy,
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,

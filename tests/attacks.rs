@@ -166,8 +166,16 @@ fn row4_blind_spoofing_opens_no_session() {
             let cookie = guess.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             send(
                 &ctrl,
-                Message::Hello { session, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
-                    .encode(cookie),
+                Message::Hello {
+                    session,
+                    info,
+                    source: [0; 16],
+                    via_tcp: false,
+                    keyed: false,
+                    block_chunks: 0,
+                    name: "",
+                }
+                .encode(cookie),
             );
             send(&data, Message::Meta { session, last: false, info }.encode(cookie));
             for c in 0..4 {

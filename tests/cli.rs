@@ -321,3 +321,69 @@ fn iface_is_required_where_af_xdp_needs_it() {
         assert!(help[at..].split("\n\n").next().is_some_and(|h| h.contains(text)), "{option}: {text}\n{help}");
     }
 }
+
+/// Row 5: `recv --out DIR` printed `ready`, ran the whole transfer, then
+/// failed on the rename and left `DIR.partial`. Now a directory takes the
+/// file under the sender's name, as cp and scp do, over the data path and
+/// over TCP; a name that is not one plain path component is refused at the
+/// session's start, before any data, with the reason on both ends.
+#[test]
+fn out_naming_a_directory_takes_the_file_under_the_senders_name() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "report.bin", 1 << 20, 51);
+    let into = dir.path().join("incoming");
+    std::fs::create_dir(&into).expect("mkdir");
+    for (rx_mode, tx_mode) in [("afxdp", "afxdp"), ("tcp", "sendfile")] {
+        let rx = veth.start_receiver(&into, &["--mode", rx_mode]);
+        let sent = veth.send(&file, &["--mode", tx_mode]);
+        let (rx_ok, recv, log) = rx.finish();
+        assert!(sent.status.success() && rx_ok, "{tx_mode}: {}\n{recv}\n{log}", stderr(&sent));
+        let landed = into.join("report.bin");
+        assert!(same_file(&file, &landed), "{tx_mode}: the file is inside the directory under its name");
+        assert_eq!(recv["path"], landed.to_str().expect("utf-8"), "{recv}");
+        std::fs::remove_file(&landed).expect("rm");
+    }
+    let odd = random_file(dir.path(), "-odd.bin", 4096, 52);
+    let rx = veth.start_receiver(&into, &[]);
+    let sent = veth.send(&odd, &["--mode", "afxdp"]);
+    let (rx_ok, recv, _) = rx.finish();
+    assert!(!sent.status.success() && !rx_ok);
+    assert!(recv["error"].as_str().unwrap_or_default().contains("no usable file name"), "{recv}");
+    assert!(stderr(&sent).contains("no usable file name"), "{}", stderr(&sent));
+    assert_eq!(std::fs::read_dir(&into).expect("ls").count(), 0, "nothing was written");
+}
+
+/// Row 16: `recv` with no sender exited after its timeout claiming "output
+/// kept at ...partial" when no such file existed. Row 18: `recv --mode tcp`
+/// with a default `send` said "no answer from the receiver ... is xdpblast
+/// recv running?"; now both ends name the mismatch.
+#[test]
+fn no_sender_claims_no_file_and_a_mode_mismatch_is_named() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "1"]);
+    let (ok, stdout, log, _) = rx.wait_exit(20);
+    assert!(!ok);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(report["error"].as_str().unwrap_or_default().contains("no sender opened a session within 1 s"), "{report}");
+    assert!(report["path"].is_null(), "no file is claimed: {report}");
+    assert!(log.contains("nothing was written") && !log.contains("kept at"), "{log}");
+    assert!(!out.exists() && !dir.path().join("out.bin.partial").exists());
+
+    let file = random_file(dir.path(), "in.bin", 4096, 53);
+    let rx = veth.start_receiver(&out, &["--mode", "tcp", "--timeout", "2"]);
+    let (sent, took) = {
+        let t = Instant::now();
+        (veth.send(&file, &[]), t.elapsed())
+    };
+    let (rx_ok, _, _) = rx.finish();
+    assert!(!sent.status.success() && !rx_ok);
+    assert!(
+        stderr(&sent).contains("takes the file over TCP only (recv --mode tcp); send with --mode sendfile"),
+        "{}",
+        stderr(&sent)
+    );
+    assert!(took < Duration::from_secs(5), "named at once, took {took:?}");
+}

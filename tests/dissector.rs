@@ -109,6 +109,8 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
     assert!(not_ours.is_empty(), "UDP frames the dissector did not take: {not_ours:?}");
     let hello_sizes = decode(&cap, "xdpblast.kind == 16", &["xdpblast.file_size"]);
     assert!(hello_sizes.iter().all(|s| s == &(3u64 << 20).to_string()), "Hello file sizes: {hello_sizes:?}");
+    let names = decode(&cap, "xdpblast.kind == 16", &["xdpblast.name"]);
+    assert!(names.iter().all(|n| n == "in.bin"), "Hello file names: {names:?}");
     let sealed = decode(&cap, "xdpblast.seal.tag", &["frame.number"]);
     assert!(!sealed.is_empty(), "the keyed transfer's seals are shown");
     let missing = decode(&cap, "xdpblast.nack.missing > 0", &["frame.number"]);

@@ -73,8 +73,16 @@ fn hostile_round(s: &Session, seed: &mut u64) -> Vec<(bool, Vec<u8>)> {
         (false, Message::End { session: s.id, info, retransmits: 0 }.to_vec()),
         (
             false,
-            Message::Hello { session: 99, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
-                .to_vec(),
+            Message::Hello {
+                session: 99,
+                info,
+                source: [0; 16],
+                via_tcp: false,
+                keyed: false,
+                block_chunks: 0,
+                name: "",
+            }
+            .to_vec(),
         ),
     ]
 }

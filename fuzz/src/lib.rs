@@ -80,6 +80,9 @@ pub fn run_receiver(script: &[u8]) -> bool {
     let mut now = t0;
     let mut rx = receiver(now);
     let mut file: Vec<u8> = Vec::new();
+    // A session that takes its file over TCP gets no datagram data, so the
+    // model keeps no bytes for it (its size is bounded by --max-size only).
+    let mut via_tcp_session = false;
     let mut rest = script;
     while rest.len() >= 3 {
         let op = Op::from_byte(rest[0]);
@@ -90,6 +93,7 @@ pub fn run_receiver(script: &[u8]) -> bool {
             Op::DataFromPeer | Op::DataFromStranger => {
                 let from = if op == Op::DataFromPeer { peer } else { stranger };
                 if let Some((offset, payload)) = rx.on_data(now, from, bytes) {
+                    assert!(!via_tcp_session, "datagram data taken for a session that asked for TCP");
                     let end = offset + payload.len() as u64;
                     let size = rx.info().map_or(0, |i| i.file_size);
                     assert!(end <= size, "write {offset}+{} beyond the file size {size}", payload.len());
@@ -108,8 +112,9 @@ pub fn run_receiver(script: &[u8]) -> bool {
         }
         while let Some(ev) = rx.poll_event() {
             match ev {
+                Event::Start { via_tcp: true, .. } => via_tcp_session = true,
                 Event::Start { info, .. } => {
-                    assert!(info.file_size <= MAX_MODEL_BYTES, "a session above max_chunks was opened");
+                    assert!(info.file_size <= MAX_MODEL_BYTES, "a datagram session above max_chunks was opened");
                     file = vec![0; info.file_size as usize];
                 }
                 Event::Verify => rx.verified(now, *blake3::hash(&file).as_bytes()),

@@ -325,6 +325,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         source: prep.source,
         keys: opts.keys.clone(),
         block_chunks: prep.plan.block_chunks(),
+        name: super::file_name(&opts.file),
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());

@@ -116,3 +116,9 @@ pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
     // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
 }
+
+/// The name a Hello gives the input: its last path component, as UTF-8
+/// (lossy), for a receiver whose `--out` is a directory.
+pub fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}

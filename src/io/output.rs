@@ -77,6 +77,36 @@ pub fn check_target(path: &Path, policy: OutputPolicy) -> io::Result<()> {
     }
 }
 
+/// Checks `--out` before the receiver says ready: a directory (the file
+/// goes inside it, under the sender's name, as with cp and scp), or a file
+/// path [`check_target`] accepts.
+pub fn check_out(out: &Path, policy: OutputPolicy) -> io::Result<()> {
+    if std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    check_target(out, policy)
+}
+
+/// The file a session writes: `out` itself, or `out/NAME` when `out` is a
+/// directory, NAME being the sender's file name (already checked to be one
+/// safe path component, [`crate::wire::safe_file_name`]).
+pub fn output_path(out: &Path, name: Option<&str>) -> io::Result<PathBuf> {
+    if !std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        return Ok(out.to_path_buf());
+    }
+    match name {
+        Some(n) => Ok(out.join(n)),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--out {} is a directory and the sender gave no usable file name; name the file, e.g. {}/FILE",
+                out.display(),
+                out.display()
+            ),
+        )),
+    }
+}
+
 /// Refuses when `path` (or the link it is) names the file being sent.
 fn refuse_own_input(path: &Path, source: &SourceId) -> io::Result<()> {
     let stats = [std::fs::metadata(path), std::fs::symlink_metadata(path)];

@@ -44,6 +44,8 @@ pub struct RecvOptions {
     pub max_size: Option<u64>,
     /// Largest UDP payload the data path takes (from the interface's MTU).
     pub max_datagram: Option<usize>,
+    /// IP + UDP header bytes (28 for IPv4, 48 for IPv6).
+    pub ip_udp_overhead: usize,
     /// Take files over TCP only (`recv --mode tcp`).
     pub tcp_only: bool,
     /// The pre-shared key's derived keys (`--key-file`).
@@ -85,7 +87,9 @@ pub struct RecvReport {
 /// and checked, to be served instead.
 pub enum Outcome {
     Done(Box<RecvReport>),
-    TcpFallback(std::net::TcpStream, StreamHeader),
+    /// The stream, its header, and the output path (inside `--out` when
+    /// that is a directory).
+    TcpFallback(std::net::TcpStream, StreamHeader, std::path::PathBuf),
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
@@ -131,7 +135,7 @@ pub fn run(
         if got == 0 && check_control {
             if let Some(l) = fallback {
                 if let Some((stream, header)) = accept_admitted(l, &lp.rx, opts.idle_timeout) {
-                    return Outcome::TcpFallback(stream, header);
+                    return Outcome::TcpFallback(stream, header, lp.out_path.clone());
                 }
             }
         }
@@ -159,6 +163,9 @@ struct ReceiveLoop {
     rx: Receiver,
     /// "afxdp-copy", "udp", ...
     mode: String,
+    /// Where the file goes: `--out`, or the sender's file name inside it
+    /// when `--out` is a directory (known once the session opens).
+    out_path: std::path::PathBuf,
     out: Option<Output>,
     start: Instant,
     packets: u64,
@@ -179,6 +186,7 @@ impl ReceiveLoop {
             allow_from: opts.allow_from,
             max_file_size: opts.max_size,
             max_datagram: opts.max_datagram,
+            ip_udp_overhead: opts.ip_udp_overhead,
             tcp_only: opts.tcp_only,
             cookie_key: super::random_bytes(),
             keys: opts.keys.clone(),
@@ -187,6 +195,7 @@ impl ReceiveLoop {
         ReceiveLoop {
             rx: Receiver::new(cfg, start),
             mode: mode.to_string(),
+            out_path: opts.out.clone(),
             out: None,
             start,
             packets: 0,
@@ -292,7 +301,9 @@ impl ReceiveLoop {
     fn handle_events(&mut self, opts: &RecvOptions) {
         while let Some(ev) = self.rx.poll_event() {
             match ev {
-                Event::Start { info, peer, source, via_tcp } => self.start_session(opts, info, peer, source, via_tcp),
+                Event::Start { info, peer, source, via_tcp, name } => {
+                    self.start_session(opts, info, peer, source, via_tcp, name.as_deref())
+                }
                 Event::Verify => self.verify(),
             }
         }
@@ -305,10 +316,15 @@ impl ReceiveLoop {
         peer: std::net::SocketAddr,
         source: crate::wire::message::SourceId,
         via_tcp: bool,
+        name: Option<&str>,
     ) {
         self.rusage_at_start = Some(super::Rusage::of_self());
         let session = format!("{:016x}", self.rx.session_id().unwrap_or(0));
         info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
+        match super::output::output_path(&opts.out, name) {
+            Ok(p) => self.out_path = p,
+            Err(e) => return self.fail(e.to_string()),
+        }
         if via_tcp {
             // The file comes over TCP: the output is made once the stream
             // shows up with this session's cookie.
@@ -317,9 +333,10 @@ impl ReceiveLoop {
         // The receiver's lines count from the session's opening.
         self.intervals = Intervals::new(opts.intervals, Instant::now(), info.file_size);
         if opts.intervals {
-            println!("Accepted {peer}: {} into {} over {}", human_bytes(info.file_size), opts.out.display(), self.mode);
+            let out = self.out_path.display();
+            println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
         }
-        match Output::create(&opts.out, info.file_size, &source, opts.policy) {
+        match Output::create(&self.out_path, info.file_size, &source, opts.policy) {
             Ok(o) => self.out = Some(o.with_hasher(self.rx.digest_hasher())),
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }
@@ -397,9 +414,9 @@ impl ReceiveLoop {
             None => (false, String::new(), Some(self.fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
         };
         let bytes = rx.info().map_or(0, |i| i.file_size);
-        let partial = super::output::partial_path(&opts.out);
+        let partial = super::output::partial_path(&self.out_path);
         let path = if verified {
-            Some(opts.out.display().to_string())
+            Some(self.out_path.display().to_string())
         } else {
             (self.out.is_some() || partial.exists()).then(|| partial.display().to_string())
         };
@@ -412,7 +429,7 @@ impl ReceiveLoop {
                 "{}",
                 summary_line(t_first, t_end, bytes, None, "receiver, transfer phase: first data to verified file")
             );
-            println!("Verified: blake3 {digest}; written to {}", opts.out.display());
+            println!("Verified: blake3 {digest}; written to {}", self.out_path.display());
         }
         RecvReport {
             summary: crate::report::Summary {

@@ -87,10 +87,15 @@ pub struct TcpReport {
     pub afxdp_not_used: Option<String>,
 }
 
+/// Hashes the file on its own thread; a stop request (SIGINT, SIGTERM)
+/// ends it within one 1 MiB read.
 fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     loop {
+        if super::stop_requested() {
+            return Err(interrupted());
+        }
         let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, off)?;
         if n == 0 {
             break;
@@ -99,6 +104,10 @@ fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
         off += n as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+fn interrupted() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "interrupted")
 }
 
 fn check(r: isize, what: &str) -> io::Result<usize> {
@@ -132,7 +141,7 @@ fn send_body(
     file: &File,
     size: u64,
     sock: &mut TcpStream,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let fd_in = file.as_raw_fd();
     let fd_out = sock.as_raw_fd();
@@ -147,7 +156,7 @@ fn send_body(
                 if n == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while being sent"));
                 }
-                progress(off as u64);
+                progress(off as u64)?;
             }
         }
         TcpMode::Readwrite => {
@@ -162,7 +171,7 @@ fn send_body(
                 }
                 write_all_counted(sock, &buf[..n])?;
                 off += n as u64;
-                progress(off);
+                progress(off)?;
             }
         }
         TcpMode::Mmap => {
@@ -176,7 +185,7 @@ fn send_body(
                 for chunk in map.chunks(CHUNK) {
                     write_all_counted(sock, chunk)?;
                     sent += chunk.len() as u64;
-                    progress(sent);
+                    progress(sent)?;
                 }
             }
         }
@@ -229,7 +238,7 @@ fn send_body(
                     }
                     inpipe -= n;
                 }
-                progress(off as u64);
+                progress(off as u64)?;
             }
         }
     }
@@ -283,7 +292,12 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     write_all_counted(&mut sock, &header.emit())?;
     let mut next_report = Instant::now();
     let sock_fd = sock.as_raw_fd();
+    // Called after every step of the body: prints, and ends the send on a
+    // stop request (SIGINT, SIGTERM).
     let mut report_progress = |done: u64| {
+        if super::stop_requested() {
+            return Err(interrupted());
+        }
         let now = Instant::now();
         if opts.progress && now >= next_report {
             next_report = now + Duration::from_millis(100);
@@ -292,6 +306,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         if intervals.due(now) {
             intervals.tick(now, done, retransmits(sock_fd), "");
         }
+        Ok(())
     };
     // The digest travels after the data, so the file is hashed on a thread
     // of its own while the body goes out (the zero-copy modes never bring
@@ -417,8 +432,14 @@ fn admit(
     let chunk = CHUNK as u32;
     let info =
         SessionInfo { file_size: size, chunk_size: chunk, n_chunks: size.div_ceil(u64::from(chunk)), digest: None };
-    let cfg =
-        SenderConfig { timeout: opts.timeout, source, via_tcp: true, keys: opts.keys.clone(), ..Default::default() };
+    let cfg = SenderConfig {
+        timeout: opts.timeout,
+        source,
+        via_tcp: true,
+        keys: opts.keys.clone(),
+        name: super::file_name(&opts.file),
+        ..Default::default()
+    };
     let mut sender = Sender::new(cfg, session, info, Instant::now());
     super::control::handshake(&mut sender, &mut ctrl, ctrl_peer, &mut |now| {
         intervals.tick(now, 0, None, "waiting for the receiver's answer")

@@ -44,6 +44,9 @@ pub struct ReceiverConfig {
     /// IP and UDP headers), when known: a session whose datagrams are larger
     /// is refused at Hello, naming the MTU, instead of losing every packet.
     pub max_datagram: Option<usize>,
+    /// IP + UDP header bytes on the data path (28 for IPv4, 48 for IPv6),
+    /// to name packet sizes and the MTU in a refusal.
+    pub ip_udp_overhead: usize,
     /// Take the file only over TCP (`recv --mode tcp`).
     pub tcp_only: bool,
     /// Key for the cookies answered to Hellos. The driver sets a fresh random
@@ -67,6 +70,7 @@ impl Default for ReceiverConfig {
             max_chunks: 1 << 30,
             max_file_size: None,
             max_datagram: None,
+            ip_udp_overhead: 28,
             tcp_only: false,
             cookie_key: [0; 32],
             keys: None,
@@ -193,7 +197,9 @@ pub enum Event {
     /// `info.file_size` bytes, unless `via_tcp`, when the file comes over a
     /// TCP connection that [`Receiver::tcp_admits`] must accept first. On
     /// failure call [`Receiver::abort`].
-    Start { info: SessionInfo, peer: SocketAddr, source: SourceId, via_tcp: bool },
+    /// `name`: the sender's file name, when it is one that is safe to use
+    /// in a directory (see [`crate::wire::safe_file_name`]).
+    Start { info: SessionInfo, peer: SocketAddr, source: SourceId, via_tcp: bool, name: Option<String> },
     /// Every chunk is in: hash the output and call [`Receiver::verified`].
     Verify,
 }
@@ -577,14 +583,15 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
                 }
                 return Err(DropReason::BadSeal);
             }
-            return self.hello(now, from, cookie, session, info, source, via_tcp, block_chunks);
+            let name = crate::wire::safe_file_name(name).map(str::to_string);
+            return self.hello(now, from, cookie, session, info, source, via_tcp, block_chunks, name);
         }
         // Every sealed control message counts up: a replay is refused.
         if !self.authentic(bytes, true) {
@@ -672,6 +679,7 @@ impl Receiver {
         source: SourceId,
         via_tcp: bool,
         block_chunks: u32,
+        name: Option<String>,
     ) -> Result<(), DropReason> {
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
@@ -737,7 +745,7 @@ impl Receiver {
         });
         self.last_progress = now;
         self.state = State::Receiving;
-        self.events.push_back(Event::Start { info, peer: from, source, via_tcp });
+        self.events.push_back(Event::Start { info, peer: from, source, via_tcp, name });
         self.hello_ack_due = Some(now);
         if !via_tcp {
             self.maybe_verify();
@@ -766,12 +774,12 @@ impl Receiver {
         }
         let datagram = HEADER_LEN + info.chunk_size as usize;
         if let Some(max) = self.cfg.max_datagram.filter(|m| datagram > *m) {
-            // IPv4 + UDP headers: 28 bytes.
+            let o = self.cfg.ip_udp_overhead;
             let reason = format!(
                 "the sender's packets of {} bytes are above this receiver's MTU of {} bytes; send with --packet-size {} or less",
-                datagram + 28,
-                max + 28,
-                max + 28
+                datagram + o,
+                max + o,
+                max + o
             );
             return Err((DropReason::TooLarge, reason));
         }
@@ -982,7 +990,7 @@ mod tests {
     const OTHER: &str = "10.0.0.9:4000";
 
     fn hello(info: SessionInfo) -> Message<'static> {
-        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
+        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name: "" }
     }
 
     /// A receiver with session 7 open from PEER; returns its cookie.
@@ -1142,7 +1150,15 @@ mod tests {
         let mut rx = Receiver::new(cfg, now);
         let peer: SocketAddr = PEER.parse().unwrap();
         let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: Some([1; 32]) };
-        let hello = Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true, block_chunks: 0 };
+        let hello = Message::Hello {
+            session: 7,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: true,
+            block_chunks: 0,
+            name: "",
+        };
         let cookie = rx.cookie_for(peer.ip(), 7);
         // Unsealed: refused, and told why.
         rx.on_control(now, peer, &hello.encode(cookie));
@@ -1186,7 +1202,15 @@ mod tests {
             keys.seal(Direction::ToReceiver, counter, &mut b);
             b
         };
-        let hello = Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true, block_chunks: 4 };
+        let hello = Message::Hello {
+            session: 7,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: true,
+            block_chunks: 4,
+            name: "",
+        };
         rx.on_control(now, peer, &sealed(hello));
         assert!(rx.info().is_some());
         let hashes: Vec<u8> = [(0, 0..400), (1, 400..800), (2, 800..1000)]
@@ -1227,7 +1251,7 @@ mod tests {
         }
         assert_eq!(rx.block_to_check().map(|b| b.index), Some(1));
         rx.block_checked(1, true);
-        assert_eq!(rx.poll_event(), Some(Event::Start { info, peer, source: [0; 16], via_tcp: false }));
+        assert_eq!(rx.poll_event(), Some(Event::Start { info, peer, source: [0; 16], via_tcp: false, name: None }));
         assert_eq!(rx.poll_event(), None, "every chunk is in, but block 2 is not checked yet");
         rx.block_checked(2, true);
         assert_eq!(rx.poll_event(), Some(Event::Verify));

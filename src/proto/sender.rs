@@ -54,6 +54,9 @@ pub struct SenderConfig {
     /// With a key, chunks per hashed block (0: no block hashes); the driver
     /// hands the hashes over as it reads ([`Sender::add_block_hashes`]).
     pub block_chunks: u32,
+    /// The input file's name (no directory), for a receiver whose output is
+    /// a directory.
+    pub name: String,
 }
 
 impl Default for SenderConfig {
@@ -70,6 +73,7 @@ impl Default for SenderConfig {
             via_tcp: false,
             keys: None,
             block_chunks: 0,
+            name: String::new(),
         }
     }
 }
@@ -464,6 +468,7 @@ impl Sender {
                 }
                 *last_hello = Some(now);
                 *next_hello = now + self.cfg.hello_interval;
+                let name = self.cfg.name.clone();
                 let hello = Message::Hello {
                     session: self.session,
                     info: self.info,
@@ -471,6 +476,7 @@ impl Sender {
                     via_tcp: self.cfg.via_tcp,
                     keyed: self.cfg.keys.is_some(),
                     block_chunks: self.block_chunks(),
+                    name: &name,
                 };
                 Some(self.seal(&hello))
             }

@@ -169,8 +169,12 @@ pub struct SessionInfo {
 /// write over the very file being sent (same host, same inode).
 pub type SourceId = [u8; 16];
 
-/// Length of a Hello body: session info, source id, flags, block size.
+/// Length of a Hello body's fixed part: session info, source id, flags,
+/// block size. The input file's name follows (UTF-8, at most
+/// [`MAX_NAME_LEN`] bytes; receivers that ignore it still parse the rest).
 pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4 + 4;
+/// Longest file name a Hello carries, in bytes (NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
 /// Hello flag: send the file over TCP, not the data path.
 const HELLO_VIA_TCP: u32 = 1;
 /// Hello flag: the sender seals its datagrams with a pre-shared key.
@@ -292,6 +296,8 @@ pub enum Message<'a> {
     /// path (the sender's fallback); `keyed`: the sender authenticates with a
     /// pre-shared key (so a receiver without one can say so). `block_chunks`:
     /// chunks per hashed block (with a key; 0 for none), see `Blocks`.
+    /// `name`: the input file's name without its directory (may be empty),
+    /// for a receiver whose `--out` is a directory.
     Hello {
         session: u64,
         info: SessionInfo,
@@ -299,6 +305,7 @@ pub enum Message<'a> {
         via_tcp: bool,
         keyed: bool,
         block_chunks: u32,
+        name: &'a str,
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
@@ -360,6 +367,10 @@ impl<'a> Message<'a> {
                 let mut source = [0u8; 16];
                 source.copy_from_slice(&body[SESSION_INFO_LEN..SESSION_INFO_LEN + 16]);
                 let flags = be_u32(&body[SESSION_INFO_LEN + 16..SESSION_INFO_LEN + 20]);
+                let name = &body[HELLO_LEN..];
+                if name.len() > MAX_NAME_LEN {
+                    return Err(WireError::BadBody);
+                }
                 Message::Hello {
                     session,
                     info,
@@ -367,6 +378,7 @@ impl<'a> Message<'a> {
                     via_tcp: flags & HELLO_VIA_TCP != 0,
                     keyed: flags & HELLO_KEYED != 0,
                     block_chunks: be_u32(&body[SESSION_INFO_LEN + 20..HELLO_LEN]),
+                    name: std::str::from_utf8(name).map_err(|_| WireError::BadBody)?,
                 }
             }
             Kind::End => {
@@ -464,13 +476,20 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed, block_chunks } => {
+            Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
                 let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP) | (u32::from(*keyed) * HELLO_KEYED);
                 out.extend_from_slice(&flags.to_be_bytes());
                 out.extend_from_slice(&block_chunks.to_be_bytes());
+                // A longer name is cut on a char boundary (it names, it
+                // does not identify: `source` does).
+                let mut end = name.len().min(MAX_NAME_LEN);
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&name.as_bytes()[..end]);
                 (Kind::Hello, *session, 0)
             }
             Message::HelloAck { session, delay_us, opened } => {
@@ -543,7 +562,15 @@ mod tests {
             Message::Data { session: 9, chunk: 3, payload: b"hello" },
             Message::Meta { session: 9, last: false, info: info() },
             Message::Meta { session: 9, last: true, info: info() },
-            Message::Hello { session: 9, info: info(), source: [5; 16], via_tcp: false, keyed: false, block_chunks: 0 },
+            Message::Hello {
+                session: 9,
+                info: info(),
+                source: [5; 16],
+                via_tcp: false,
+                keyed: false,
+                block_chunks: 0,
+                name: "",
+            },
             Message::Hello {
                 session: 9,
                 info: SessionInfo { digest: None, ..info() },
@@ -551,6 +578,7 @@ mod tests {
                 via_tcp: true,
                 keyed: true,
                 block_chunks: 728,
+                name: "big.iso",
             },
             Message::Blocks { session: 9, first: 3, hashes: &[0xab; 64] },
             Message::HelloAck { session: 9, delay_us: 1234, opened: false },
@@ -578,6 +606,34 @@ mod tests {
             let bytes = m.encode(0xc0ffee);
             assert_eq!(Message::parse_with_cookie(&bytes).unwrap(), (m, 0xc0ffee));
         }
+    }
+
+    /// The Hello's file name: cut to 255 bytes on a char boundary when
+    /// sent; refused when longer or not UTF-8 on receipt.
+    #[test]
+    fn hello_names_are_bounded_utf8() {
+        let long = "é".repeat(200);
+        let hello = |name| Message::Hello {
+            session: 1,
+            info: info(),
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name,
+        };
+        let b = hello(&long).to_vec();
+        let Ok(Message::Hello { name, .. }) = Message::parse(&b) else { panic!("a Hello") };
+        assert_eq!((name.len(), name.chars().count()), (254, 127), "cut on a char boundary");
+        let mut raw = hello("").to_vec();
+        raw.extend_from_slice(&[b'a'; 256]);
+        let body = (raw.len() - HEADER_LEN) as u16;
+        raw[field::BODY_LEN].copy_from_slice(&body.to_be_bytes());
+        assert_eq!(Message::parse(&raw), Err(WireError::BadBody), "256 bytes");
+        raw.truncate(raw.len() - 254);
+        raw[field::BODY_LEN].copy_from_slice(&(body - 254).to_be_bytes());
+        raw[HEADER_LEN + HELLO_LEN] = 0xff;
+        assert_eq!(Message::parse(&raw), Err(WireError::BadBody), "not UTF-8");
     }
 
     #[test]
@@ -648,15 +704,29 @@ mod tests {
     fn refuses_inconsistent_session_info() {
         let mut bad = info();
         bad.n_chunks = 11;
-        let bytes =
-            Message::Hello { session: 1, info: bad, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
-                .to_vec();
+        let bytes = Message::Hello {
+            session: 1,
+            info: bad,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+        }
+        .to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
         let mut zero = info();
         zero.chunk_size = 0;
-        let bytes =
-            Message::Hello { session: 1, info: zero, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0 }
-                .to_vec();
+        let bytes = Message::Hello {
+            session: 1,
+            info: zero,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+        }
+        .to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
     }
 
@@ -686,9 +756,16 @@ mod tests {
             }
             let _ = Message::parse(&buf);
         }
-        let good =
-            Message::Hello { session: 1, info: info(), source: [1; 16], via_tcp: false, keyed: false, block_chunks: 0 }
-                .to_vec();
+        let good = Message::Hello {
+            session: 1,
+            info: info(),
+            source: [1; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+        }
+        .to_vec();
         for end in 0..good.len() {
             assert!(Message::parse(&good[..end]).is_err());
         }

@@ -33,6 +33,22 @@ pub fn untrusted_text(s: &str) -> String {
     out
 }
 
+/// A file name from the network, if it is safe to join to a directory: one
+/// path component (no `/`), not `.` or `..`, and nothing that would fool a
+/// terminal or a shell later (control or bidirectional format characters,
+/// a backslash, a leading `-`).
+pub fn safe_file_name(name: &str) -> Option<&str> {
+    let format_char =
+        |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let ok = !name.is_empty()
+        && name.len() <= message::MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.starts_with('-')
+        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control() || format_char(c));
+    ok.then_some(name)
+}
+
 /// Most characters of network text kept by [`untrusted_text`].
 pub const MAX_UNTRUSTED_TEXT: usize = 200;
 
@@ -82,7 +98,17 @@ impl std::error::Error for WireError {}
 
 #[cfg(test)]
 mod tests {
-    use super::untrusted_text;
+    use super::{safe_file_name, untrusted_text};
+
+    #[test]
+    fn only_plain_file_names_are_taken() {
+        assert_eq!(safe_file_name("big.iso"), Some("big.iso"));
+        assert_eq!(safe_file_name(".bashrc"), Some(".bashrc"));
+        for bad in ["", ".", "..", "../etc/passwd", "a/b", "/etc/passwd", "x\ny", "-rf", "a\\b", "tab\tname"] {
+            assert_eq!(safe_file_name(bad), None, "{bad:?}");
+        }
+        assert_eq!(safe_file_name(&"a".repeat(256)), None);
+    }
 
     #[test]
     fn network_text_cannot_paint_the_terminal() {

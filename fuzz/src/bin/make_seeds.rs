@@ -34,6 +34,7 @@ fn main() {
         via_tcp: false,
         keyed: false,
         block_chunks: 0,
+        name: "seed.bin",
     };
     // The first Hello earns the cookie; the second, echoing it, opens.
     let hello_first = hello_msg.to_vec();
