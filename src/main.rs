@@ -372,7 +372,7 @@ struct ProbeArgs {
     /// The interface to examine. Probing briefly attaches our XDP program
     /// (it passes every packet) and opens an AF_XDP socket, to see whether
     /// both work; it skips the attach when another program is there.
-    #[arg(long)]
+    #[arg(long, value_name = "IF")]
     iface: String,
     /// Print one JSON object instead of text.
     #[arg(long)]

@@ -387,3 +387,40 @@ fn no_sender_claims_no_file_and_a_mode_mismatch_is_named() {
     );
     assert!(took < Duration::from_secs(5), "named at once, took {took:?}");
 }
+
+/// The TCP path prints the same shape: the receiver's first line is its
+/// "Accepted" line (the receive loop printed an empty interval before it
+/// while it waited for the admitted stream), and the sender's summary leads
+/// with end to end.
+#[test]
+fn tcp_output_starts_with_the_accepted_line() {
+    use std::process::Stdio;
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 8 << 20, 54);
+    let out = dir.path().join("out.bin");
+    let listen = format!("{RX_IP}:9000");
+    let rx_log = dir.path().join("rx.log");
+    let rx = veth
+        .in_ns(&veth.rx_ns, &["recv", "--mode", "tcp", "--listen", &listen, "--out", out.to_str().expect("utf-8")])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&rx_log).expect("log"))
+        .spawn()
+        .expect("receiver");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&rx_log).unwrap_or_default().contains("ready") {
+        assert!(Instant::now() < deadline, "receiver never said ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past a second of waiting, so a stray interval line would show.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (sent, _) = run_in(&veth, &["send", file.to_str().expect("utf-8"), "--mode", "sendfile", "--dst", &listen]);
+    let rx_out = rx.wait_with_output().expect("receiver exit");
+    assert!(sent.status.success() && rx_out.status.success(), "{}", stderr(&sent));
+    let rx_text = String::from_utf8_lossy(&rx_out.stdout);
+    assert!(rx_text.starts_with("Accepted "), "{rx_text}");
+    assert_eq!(rx_text.matches("[ Interval").count(), 1, "{rx_text}");
+    let tx_text = String::from_utf8_lossy(&sent.stdout);
+    assert!(tx_text.starts_with("Sending ") && tx_text.contains("over TCP (sendfile)"), "{tx_text}");
+    assert!(tx_text.contains("sender, end to end: command start to verified file"), "{tx_text}");
+}

@@ -94,8 +94,10 @@ fn route_libbpf_logs() {
     ONCE.call_once(|| {
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, |level, msg: String| {
             let msg = msg.trim_end();
+            // A libbpf warning comes with an error we report ourselves, in
+            // our words; its own line is detail, shown with -v.
             match level {
-                libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+                libbpf_rs::PrintLevel::Warn => tracing::info!(target: "libbpf", "{msg}"),
                 libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
                 libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
             }

@@ -36,7 +36,16 @@ impl Control {
     /// closed) come back as ECONNREFUSED.
     pub fn connect(local: SocketAddr, peer: SocketAddr) -> io::Result<Control> {
         let c = Control::bind(local)?;
-        c.sock.connect(peer)?;
+        c.sock.connect(peer).map_err(|e| {
+            let version = if peer.is_ipv4() { "IPv4" } else { "IPv6" };
+            let hint = match e.raw_os_error() {
+                Some(libc::EADDRNOTAVAIL | libc::ENETUNREACH) => {
+                    format!(" (this host has no {version} address or route for it)")
+                }
+                _ => String::new(),
+            };
+            io::Error::new(e.kind(), format!("cannot reach {peer}: {e}{hint}"))
+        })?;
         Ok(c)
     }
 

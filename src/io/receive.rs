@@ -166,6 +166,8 @@ struct ReceiveLoop {
     /// Where the file goes: `--out`, or the sender's file name inside it
     /// when `--out` is a directory (known once the session opens).
     out_path: std::path::PathBuf,
+    /// A session whose file comes on the data path (not over TCP) is open.
+    datagram_session: bool,
     out: Option<Output>,
     start: Instant,
     packets: u64,
@@ -196,6 +198,7 @@ impl ReceiveLoop {
             rx: Receiver::new(cfg, start),
             mode: mode.to_string(),
             out_path: opts.out.clone(),
+            datagram_session: false,
             out: None,
             start,
             packets: 0,
@@ -331,6 +334,7 @@ impl ReceiveLoop {
             return;
         }
         // The receiver's lines count from the session's opening.
+        self.datagram_session = true;
         self.intervals = Intervals::new(opts.intervals, Instant::now(), info.file_size);
         if opts.intervals {
             let out = self.out_path.display();
@@ -377,7 +381,8 @@ impl ReceiveLoop {
                 }
             }
         }
-        if let Some(size) = self.rx.info().map(|i| i.file_size) {
+        // A file that comes over TCP prints its own lines (`tcp::receive`).
+        if let (Some(size), true) = (self.rx.info().map(|i| i.file_size), self.datagram_session) {
             let phase = if self.rx.bytes >= size { "verifying" } else { "" };
             self.intervals.tick(now, self.rx.bytes, None, phase);
         }
