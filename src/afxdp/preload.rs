@@ -181,6 +181,8 @@ pub enum PreloadError {
     Frame(#[from] crate::wire::frame::FrameError),
     #[error("frame {0} is outside the UMEM plan")]
     Layout(u32),
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Plan(#[from] PlanError),
 }
@@ -193,15 +195,16 @@ pub struct Preloaded {
 
 /// Reads `file` once into a new UMEM laid out by `plan`, every frame stamped
 /// with `session` and the receiver's `cookie`. `tick` runs after every batch
-/// of frames (about every 1.5 MB), so the caller can keep its control channel
-/// alive during a long preload.
+/// of frames (about every 1.5 MB) with the bytes read so far, so the caller
+/// can show progress; it returns false to stop (a stop request), which fails
+/// the preload with [`PreloadError::Interrupted`].
 pub fn preload(
     file: &File,
     plan: &FramePlan,
     tpl: &FrameTemplate,
     session: u64,
     cookie: u64,
-    mut tick: impl FnMut(),
+    mut tick: impl FnMut(u64) -> bool,
 ) -> Result<Preloaded, PreloadError> {
     let before = file.metadata()?;
     let file_size = before.len();
@@ -259,7 +262,9 @@ pub fn preload(
             }
             offset += want as u64;
             idx = batch_end;
-            tick();
+            if !tick(offset) {
+                return Err(PreloadError::Interrupted);
+            }
         }
     }
 
@@ -344,8 +349,16 @@ mod tests {
         let plan = FramePlan::new(data.len() as u64, 1000, 1500, "v", u64::MAX, IpVersion::V4).unwrap();
         let tpl = example_template();
         let mut ticks = 0;
-        let p = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, || ticks += 1).unwrap();
-        assert!(ticks >= 1);
+        let mut last = 0;
+        let p = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, |done| {
+            ticks += 1;
+            last = done;
+            true
+        })
+        .unwrap();
+        assert!(ticks >= 1 && last == data.len() as u64, "progress reaches the file's size");
+        let stopped = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, |_| false);
+        assert!(matches!(stopped, Err(PreloadError::Interrupted)), "a false tick stops the preload");
         assert_eq!(p.info.digest, Some(*blake3::hash(&data).as_bytes()));
         let mut rebuilt = Vec::new();
         for c in 0..plan.n_chunks {

@@ -73,8 +73,30 @@ struct Shared {
     packets: Vec<AtomicU64>,
 }
 
+/// The preload's tick: a line a second while it lasts longer than that (the
+/// whole file is read before the first frame leaves), and a stop on SIGINT
+/// or SIGTERM.
+fn preload_progress(print: bool, total: u64) -> impl FnMut(u64) -> bool {
+    let start = Instant::now();
+    let mut next = start + Duration::from_secs(1);
+    move |done| {
+        let now = Instant::now();
+        if print && now >= next {
+            next = now + Duration::from_secs(1);
+            println!(
+                "preloading: {} of {} ({:.0}%) in {:.1} s",
+                crate::report::human_bytes(done),
+                crate::report::human_bytes(total),
+                done as f64 * 100.0 / total.max(1) as f64,
+                (now - start).as_secs_f64()
+            );
+        }
+        !super::stop_requested()
+    }
+}
+
 pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Result<RawReport> {
-    let Prepared { iface, plan, src, file, .. } = prep;
+    let Prepared { iface, plan, src, file, file_size, .. } = prep;
     if raw.queues == 0 {
         bail!("--queues must be at least 1");
     }
@@ -96,7 +118,7 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "raw mode: no protocol, frames sent round and round");
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
     // No receiver, so no cookie: the frames only have to reach a drop sink.
-    let pre = preload(&file, &plan, &tpl, super::random_session(), 0, || {})?;
+    let pre = preload(&file, &plan, &tpl, super::random_session(), 0, preload_progress(opts.intervals, file_size))?;
     // Equal frames only, so bytes = packets x frame length exactly: leave out a
     // short last chunk unless it is all there is.
     let info = pre.info;
