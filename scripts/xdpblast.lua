@@ -52,6 +52,7 @@ f.block_chunks = ProtoField.uint32("xdpblast.block_chunks", "Chunks per hashed b
 f.name = ProtoField.string("xdpblast.name", "File name")
 f.delay_us = ProtoField.uint64("xdpblast.delay_us", "Answer delay (us)")
 f.opened = ProtoField.bool("xdpblast.opened", "Session opened")
+f.max_datagram = ProtoField.uint32("xdpblast.max_datagram", "Largest datagram taken (0: unknown)")
 f.round = ProtoField.uint64("xdpblast.nack.round", "Round")
 f.part = ProtoField.uint16("xdpblast.nack.part", "Part")
 f.loss_bp = ProtoField.uint16("xdpblast.nack.loss_bp", "Loss (basis points, 65535 = no sample)")
@@ -133,6 +134,7 @@ bodies[17] = function(tree, body)
     if body:len() < 9 then return nil end
     tree:add(f.delay_us, body(0, 8))
     tree:add(f.opened, body(8, 1), body(8, 1):uint() == 1)
+    if body:len() >= 13 then tree:add(f.max_datagram, body(9, 4)) end
     return body(8, 1):uint() == 1 and "session opened" or "cookie offered"
 end
 

@@ -307,6 +307,32 @@ pub(crate) fn resolve_mac(iface: &Interface, local: IpAddr, dst: IpAddr) -> anyh
     )
 }
 
+/// A new plan for a receiver whose data path takes datagrams of at most
+/// `max` bytes (its MTU), smaller than ours: the packet size both ends take,
+/// said on the terminal and in the log.
+fn replan(
+    opts: &SendOptions,
+    iface: &Interface,
+    plan: &FramePlan,
+    file_size: u64,
+    max: u32,
+) -> anyhow::Result<FramePlan> {
+    let packet = max.saturating_add(plan.ip.l3_overhead() as u32);
+    let mut new = FramePlan::new(file_size, packet, iface.mtu, &iface.name, opts.umem, plan.ip)
+        .with_context(|| format!("the receiver takes packets of at most {packet} bytes"))?;
+    if let Some(fs) = opts.frame_size {
+        new = new.with_frame_size(fs, opts.umem)?;
+    }
+    info!(ours = plan.packet_size, theirs = packet, "the receiver's MTU is smaller: sending smaller packets");
+    if opts.intervals {
+        println!(
+            "The receiver takes packets of at most {packet} bytes (its MTU); sending {packet}-byte packets instead of {}",
+            plan.packet_size
+        );
+    }
+    Ok(new)
+}
+
 /// Runs one transfer. When it fails on our side (interrupted, link down, the
 /// file changed), the receiver is told with an Abort, so it stops at once
 /// and keeps its output as partial instead of waiting for its idle timeout.
@@ -356,7 +382,7 @@ fn transfer(
     ctrl_peer: SocketAddr,
     mut intervals: Intervals,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, plan, src, file, file_size, stamp, .. } = prep;
+    let Prepared { iface, mut plan, src, file, file_size, stamp, .. } = prep;
     let session = sender.session();
     let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
@@ -368,8 +394,14 @@ fn transfer(
     // Hello first: the receiver prepares its output (and can refuse, e.g. a
     // full disk) before we map memory or read the file, and its cookie goes
     // into every frame we build.
-    super::control::handshake(sender, ctrl, ctrl_peer, &mut |now| {
-        intervals.tick(now, 0, None, "waiting for the receiver's answer")
+    super::control::handshake(sender, ctrl, ctrl_peer, &mut |sender, now| {
+        intervals.tick(now, 0, None, "waiting for the receiver's answer");
+        if let Some(max) = sender.reshape_needed() {
+            plan = replan(opts, &iface, &plan, file_size, max)?;
+            let info = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
+            sender.reshape(info, plan.block_chunks());
+        }
+        Ok(())
     })?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
 

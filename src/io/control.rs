@@ -122,18 +122,19 @@ pub const REFUSED_FOR: Duration = Duration::from_secs(1);
 /// Says Hello until the receiver has opened the session (the cookie's round
 /// trip included), or fails with why it did not: at once (after
 /// [`REFUSED_FOR`]) when nothing listens on the receiver's control port, at
-/// the sender's timeout when nothing answers at all. `waiting` is called
-/// every turn (for progress lines).
+/// the sender's timeout when nothing answers at all. `each_turn` runs every
+/// turn, after the control socket was read: progress lines, and a new plan
+/// when the receiver takes smaller datagrams ([`Sender::reshape_needed`]).
 pub fn handshake(
     sender: &mut Sender,
     ctrl: &mut Control,
     peer: SocketAddr,
-    waiting: &mut dyn FnMut(Instant),
+    each_turn: &mut dyn FnMut(&mut Sender, Instant) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     while !sender.is_acked() {
         let now = Instant::now();
-        waiting(now);
         service(sender, ctrl, now, peer)?;
+        each_turn(sender, now)?;
         if let Some((first, last)) = ctrl.refused {
             if last.saturating_duration_since(first) >= REFUSED_FOR && now.saturating_duration_since(last) < REFUSED_FOR
             {

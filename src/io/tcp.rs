@@ -441,8 +441,9 @@ fn admit(
         ..Default::default()
     };
     let mut sender = Sender::new(cfg, session, info, Instant::now());
-    super::control::handshake(&mut sender, &mut ctrl, ctrl_peer, &mut |now| {
-        intervals.tick(now, 0, None, "waiting for the receiver's answer")
+    super::control::handshake(&mut sender, &mut ctrl, ctrl_peer, &mut |_, now| {
+        intervals.tick(now, 0, None, "waiting for the receiver's answer");
+        Ok(())
     })?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
     Ok((session, cookie))

@@ -689,7 +689,12 @@ impl Receiver {
             }
             if cookie != s.cookie {
                 // A repeat of the first Hello: answer the challenge again.
-                self.transmit.push_back(s.encode(&Message::HelloAck { session, delay_us: 0, opened: false }));
+                self.transmit.push_back(s.encode(&Message::HelloAck {
+                    session,
+                    delay_us: 0,
+                    opened: false,
+                    max_datagram: 0,
+                }));
                 return Ok(());
             }
             // Our ack was lost, or a keepalive while the sender prepares.
@@ -718,12 +723,20 @@ impl Receiver {
             self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
             return Err(drop);
         }
+        // Datagrams above our MTU still earn the cookie: the answer names our
+        // largest datagram, and a sender that adapts says Hello again with
+        // smaller chunks. One that does not is refused below, by name.
         let expected = self.cookie_for(from.ip(), session);
         if cookie != expected {
             self.cookies_sent += 1;
-            let challenge = Message::HelloAck { session, delay_us: 0, opened: false };
+            let challenge =
+                Message::HelloAck { session, delay_us: 0, opened: false, max_datagram: self.max_datagram() };
             self.transmit.push_back((from, challenge.encode(expected)));
             return if cookie == 0 { Ok(()) } else { Err(DropReason::BadCookie) };
+        }
+        if let Err(reason) = self.fits_datagram(&info, via_tcp) {
+            self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
+            return Err(DropReason::TooLarge);
         }
         self.session = Some(Session {
             id: session,
@@ -772,6 +785,19 @@ impl Receiver {
         if info.n_chunks > self.cfg.max_chunks || info.chunk_size > u32::from(u16::MAX) {
             return Err((DropReason::TooLarge, "file too large for this receiver".into()));
         }
+        Ok(())
+    }
+
+    /// The largest datagram we take, for HelloAcks (0: unknown).
+    fn max_datagram(&self) -> u32 {
+        self.cfg.max_datagram.map_or(0, |m| u32::try_from(m).unwrap_or(u32::MAX))
+    }
+
+    /// Whether the session's datagrams fit our data path (its MTU).
+    fn fits_datagram(&self, info: &SessionInfo, via_tcp: bool) -> Result<(), String> {
+        if via_tcp {
+            return Ok(());
+        }
         let datagram = HEADER_LEN + info.chunk_size as usize;
         if let Some(max) = self.cfg.max_datagram.filter(|m| datagram > *m) {
             let o = self.cfg.ip_udp_overhead;
@@ -781,7 +807,7 @@ impl Receiver {
                 max + o,
                 max + o
             );
-            return Err((DropReason::TooLarge, reason));
+            return Err(reason);
         }
         Ok(())
     }
@@ -843,7 +869,8 @@ impl Receiver {
             (Some(at), Some(s)) => {
                 self.hello_ack_due = None;
                 let delay_us = now.saturating_duration_since(at).as_micros() as u64;
-                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true })
+                let max_datagram = self.max_datagram();
+                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true, max_datagram })
             }
             _ => self.transmit.pop_front()?,
         };
@@ -1025,7 +1052,7 @@ mod tests {
         let (to, bytes) = rx.poll_transmit(now).expect("a challenge");
         assert_eq!(to, peer);
         let (msg, cookie) = Message::parse_with_cookie(&bytes).unwrap();
-        assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false });
+        assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false, max_datagram: 0 });
         assert_eq!(cookie, rx.cookie_for(peer.ip(), 7));
         assert_ne!(cookie, rx.cookie_for(OTHER.parse::<SocketAddr>().unwrap().ip(), 7), "bound to the address");
         // A guessed cookie is refused and counted; the right one opens.
@@ -1037,7 +1064,7 @@ mod tests {
         let (_, ack) = rx.poll_transmit(now).expect("the opening ack");
         assert_eq!(
             Message::parse_with_cookie(&ack).unwrap().0,
-            Message::HelloAck { session: 7, delay_us: 0, opened: true }
+            Message::HelloAck { session: 7, delay_us: 0, opened: true, max_datagram: 0 }
         );
     }
 
@@ -1061,21 +1088,43 @@ mod tests {
         for info in [
             SessionInfo { file_size: 1_000_000, chunk_size: 1000, n_chunks: 1000, digest: None },
             SessionInfo { file_size: 70_000, chunk_size: 70_000, n_chunks: 1, digest: None },
-            // 2948-byte packets against an MTU of 1500.
-            SessionInfo { file_size: 29_200, chunk_size: 2920, n_chunks: 10, digest: None },
         ] {
             rx.on_control(now, peer, &hello(info).to_vec());
             assert!(rx.info().is_none(), "no session may open for {info:?}");
             let (to, bytes) = rx.poll_transmit(now).expect("an abort tells the sender why");
             assert_eq!(to, peer);
             assert!(matches!(Message::parse(&bytes), Ok(Message::Abort { .. })));
-            if info.chunk_size == 2920 {
-                let Ok(Message::Abort { reason, .. }) = Message::parse(&bytes) else { unreachable!() };
-                assert!(reason.contains("MTU of 1500") && reason.contains("2980"), "{reason}");
-            }
         }
-        assert_eq!(rx.drops.get(DropReason::TooLarge), 3);
+        assert_eq!(rx.drops.get(DropReason::TooLarge), 2);
         assert!(rx.poll_event().is_none());
+    }
+
+    /// Datagrams above our MTU (2948-byte packets against 1500) still earn
+    /// the cookie, whose HelloAck names our largest datagram; a Hello that
+    /// echoes the cookie with the same shape is refused, naming the MTU.
+    #[test]
+    fn a_hello_above_our_mtu_learns_our_largest_datagram() {
+        let now = Instant::now();
+        let cfg = ReceiverConfig { max_datagram: Some(1472), ..Default::default() };
+        let mut rx = Receiver::new(cfg, now);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let info = SessionInfo { file_size: 29_200, chunk_size: 2920, n_chunks: 10, digest: None };
+        rx.on_control(now, peer, &hello(info).to_vec());
+        let (_, bytes) = rx.poll_transmit(now).expect("the cookie");
+        let Ok((Message::HelloAck { opened: false, max_datagram, .. }, cookie)) = Message::parse_with_cookie(&bytes)
+        else {
+            panic!("a cookie HelloAck")
+        };
+        assert_eq!(max_datagram, 1472);
+        rx.on_control(now, peer, &hello(info).encode(cookie));
+        assert!(rx.info().is_none());
+        let (_, bytes) = rx.poll_transmit(now).expect("an abort");
+        let Ok(Message::Abort { reason, .. }) = Message::parse(&bytes) else { panic!("an Abort") };
+        assert!(reason.contains("MTU of 1500") && reason.contains("2980"), "{reason}");
+        assert_eq!(rx.drops.get(DropReason::TooLarge), 1);
+        let fits = SessionInfo { file_size: 29_200, chunk_size: 1440, n_chunks: 21, digest: None };
+        rx.on_control(now, peer, &hello(fits).encode(cookie));
+        assert_eq!(rx.info().map(|i| i.chunk_size), Some(1440), "the smaller shape opens");
     }
 
     #[test]
@@ -1094,7 +1143,11 @@ mod tests {
             // Blind spoofing: the right address and session, no cookie.
             (peer, Message::Data { session: 7, chunk: 0, payload: &chunk }.to_vec(), DropReason::BadCookie),
             (peer, b"XBLS".to_vec(), DropReason::Wire(WireError::Truncated)),
-            (peer, Message::HelloAck { session: 7, delay_us: 0, opened: true }.encode(cookie), DropReason::WrongKind),
+            (
+                peer,
+                Message::HelloAck { session: 7, delay_us: 0, opened: true, max_datagram: 0 }.encode(cookie),
+                DropReason::WrongKind,
+            ),
             (peer, Message::Meta { session: 7, last: true, info }.encode(cookie ^ 4), DropReason::BadCookie),
         ];
         for (from, bytes, reason) in &cases {

@@ -193,6 +193,10 @@ pub struct Sender {
     marker_due: bool,
     /// The receiver's cookie, from its first HelloAck.
     cookie: Option<u64>,
+    /// The receiver's largest datagram, from its first HelloAck, when ours
+    /// are larger: the driver must [`Sender::reshape`] before the handshake
+    /// goes on (no Hello is sent meanwhile).
+    reshape_to: Option<u32>,
     /// With a key: our control messages' counter, and the receiver's seen.
     counter: Counter,
     replay: ReplayGuard,
@@ -254,6 +258,7 @@ impl Sender {
             markers_posted: 0,
             marker_due: false,
             cookie: None,
+            reshape_to: None,
             counter: Counter::default(),
             replay: ReplayGuard::default(),
             readable: info.n_chunks,
@@ -314,6 +319,22 @@ impl Sender {
 
     pub fn info(&self) -> &SessionInfo {
         &self.info
+    }
+
+    /// The receiver takes datagrams of at most this many bytes, fewer than
+    /// ours: the driver plans smaller chunks and calls [`Sender::reshape`].
+    pub fn reshape_needed(&self) -> Option<u32> {
+        self.reshape_to
+    }
+
+    /// Takes the driver's new plan (smaller chunks) during the handshake;
+    /// the next Hello carries it.
+    pub fn reshape(&mut self, info: SessionInfo, block_chunks: u32) {
+        if matches!(self.state, State::Handshake { acked: false, .. }) {
+            self.info = info;
+            self.cfg.block_chunks = block_chunks;
+            self.reshape_to = None;
+        }
     }
 
     pub fn session(&self) -> u64 {
@@ -463,7 +484,7 @@ impl Sender {
     pub fn poll_control(&mut self, now: Instant) -> Option<Vec<u8>> {
         match &mut self.state {
             State::Handshake { last_hello, next_hello, .. } => {
-                if now < *next_hello {
+                if now < *next_hello || self.reshape_to.is_some() {
                     return None;
                 }
                 *last_hello = Some(now);
@@ -549,8 +570,13 @@ impl Sender {
                 self.stats.bad_cookie += 1;
                 return Err(WireError::BadBody);
             }
-            (None, Message::HelloAck { opened: false, .. }) if cookie != 0 => {
+            (None, Message::HelloAck { opened: false, max_datagram, .. }) if cookie != 0 => {
+                let max_datagram = *max_datagram;
                 self.cookie = Some(cookie);
+                let ours = HEADER_LEN as u64 + u64::from(self.info.chunk_size);
+                if !self.cfg.via_tcp && max_datagram > 0 && u64::from(max_datagram) < ours {
+                    self.reshape_to = Some(max_datagram);
+                }
                 if let State::Handshake { next_hello, .. } = &mut self.state {
                     *next_hello = now; // echo it at once
                 }

@@ -469,7 +469,11 @@ fn hostile_datagrams_are_dropped_and_counted() {
         (SENDER, Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec(), DropReason::BadCookie),
         (SENDER, Message::Data { session: 1, chunk: 3, payload: &data[..500] }.encode(k), DropReason::OutOfRange),
         (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.encode(k), DropReason::BadLength),
-        (SENDER, Message::HelloAck { session: 1, delay_us: 0, opened: true }.encode(k), DropReason::WrongKind),
+        (
+            SENDER,
+            Message::HelloAck { session: 1, delay_us: 0, opened: true, max_datagram: 0 }.encode(k),
+            DropReason::WrongKind,
+        ),
     ];
     for (from, bytes, reason) in &cases {
         let before = rx.drops.get(*reason);
@@ -602,10 +606,12 @@ fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
 /// challenge, then the ack that opens the session; the driver is ready.
 fn acknowledge(tx: &mut Sender, now: Instant, cookie: u64) {
     tx.start(now);
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: false }.encode(cookie)).unwrap();
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: false, max_datagram: 0 }.encode(cookie))
+        .unwrap();
     let echo = tx.poll_control(now).expect("the Hello goes out again at once, with the cookie");
     assert_eq!(Message::parse_with_cookie(&echo).map(|(_, c)| c), Ok(cookie));
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: true }.encode(cookie)).unwrap();
+    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: true, max_datagram: 0 }.encode(cookie))
+        .unwrap();
     assert!(tx.is_acked());
 }
 
@@ -689,9 +695,9 @@ fn block_hashes_are_pushed_then_sent_again_from_what_the_receiver_holds() {
     let hello = tx.poll_control(now).expect("Hello");
     assert!(matches!(Message::parse(&hello), Ok(Message::Hello { block_chunks: 2, keyed: true, .. })));
     tx.start(now);
-    tx.on_control(now, &sealed(Message::HelloAck { session: 1, delay_us: 0, opened: false })).unwrap();
+    tx.on_control(now, &sealed(Message::HelloAck { session: 1, delay_us: 0, opened: false, max_datagram: 0 })).unwrap();
     tx.poll_control(now).expect("the Hello again, with the cookie");
-    tx.on_control(now, &sealed(Message::HelloAck { session: 1, delay_us: 0, opened: true })).unwrap();
+    tx.on_control(now, &sealed(Message::HelloAck { session: 1, delay_us: 0, opened: true, max_datagram: 0 })).unwrap();
     let hashes: Vec<[u8; 32]> = (0..50u8).map(|i| [i; 32]).collect();
     tx.add_block_hashes(&hashes);
     let blocks = |d: &[u8]| match Message::parse(d) {
@@ -722,4 +728,34 @@ fn block_hashes_are_pushed_then_sent_again_from_what_the_receiver_holds() {
     let again = report(now + Duration::from_millis(30), 2, &mut tx, &mut sealed).expect("sent again");
     assert_eq!(blocks(&again), (40, 10, 40));
     assert_eq!((tx.stats.block_messages, tx.stats.block_resends), (3, 1));
+}
+
+/// Issue 10 item 5: a receiver that takes smaller datagrams says so with its
+/// cookie; the sender holds its Hellos until the driver reshapes, then the
+/// Hello that echoes the cookie carries the smaller chunks, and the session
+/// opens with them.
+#[test]
+fn the_sender_reshapes_to_the_receivers_largest_datagram() {
+    let now = Instant::now();
+    let big = SessionInfo { file_size: 29_200, chunk_size: 2920, n_chunks: 10, digest: None };
+    let mut tx = Sender::new(SenderConfig::default(), 1, big, now);
+    let mut rx = Receiver::new(ReceiverConfig { max_datagram: Some(1472), ..Default::default() }, now);
+    tx.start(now);
+    let first = tx.poll_control(now).expect("a Hello");
+    rx.on_control(now, SENDER, &first);
+    let (_, challenge) = rx.poll_transmit(now).expect("the cookie, naming the largest datagram");
+    tx.on_control(now, &challenge).expect("taken");
+    assert_eq!(tx.reshape_needed(), Some(1472));
+    assert!(tx.poll_control(now).is_none(), "no Hello with the old shape");
+    let small = SessionInfo { file_size: 29_200, chunk_size: 1440, n_chunks: 21, digest: None };
+    tx.reshape(small, 0);
+    assert_eq!(tx.reshape_needed(), None);
+    let echo = tx.poll_control(now).expect("the Hello, reshaped");
+    let Ok(Message::Hello { info, .. }) = Message::parse(&echo) else { panic!("a Hello") };
+    assert_eq!(info.chunk_size, 1440);
+    rx.on_control(now, SENDER, &echo);
+    assert_eq!(rx.info().map(|i| i.chunk_size), Some(1440));
+    let (_, ack) = rx.poll_transmit(now).expect("the ack");
+    tx.on_control(now, &ack).expect("taken");
+    assert!(tx.is_acked());
 }

@@ -315,6 +315,11 @@ pub enum Message<'a> {
         session: u64,
         delay_us: u64,
         opened: bool,
+        /// The largest UDP payload the receiver's data path takes (its MTU
+        /// less IP and UDP headers); 0 when it does not know. A sender whose
+        /// datagrams are larger sends smaller ones (older receivers send
+        /// nine bytes of body, read as 0).
+        max_datagram: u32,
     },
     Nack {
         session: u64,
@@ -390,7 +395,8 @@ impl<'a> Message<'a> {
                 if body.len() < 9 {
                     return Err(WireError::BadBody);
                 }
-                Message::HelloAck { session, delay_us: be_u64(&body[..8]), opened: body[8] == 1 }
+                let max_datagram = body.get(9..13).map_or(0, be_u32);
+                Message::HelloAck { session, delay_us: be_u64(&body[..8]), opened: body[8] == 1, max_datagram }
             }
             Kind::Nack => {
                 if body.len() < NACK_FIXED_LEN {
@@ -492,9 +498,10 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&name.as_bytes()[..end]);
                 (Kind::Hello, *session, 0)
             }
-            Message::HelloAck { session, delay_us, opened } => {
+            Message::HelloAck { session, delay_us, opened, max_datagram } => {
                 out.extend_from_slice(&delay_us.to_be_bytes());
                 out.push(u8::from(*opened));
+                out.extend_from_slice(&max_datagram.to_be_bytes());
                 (Kind::HelloAck, *session, 0)
             }
             Message::Nack { session, nack } => {
@@ -581,8 +588,8 @@ mod tests {
                 name: "big.iso",
             },
             Message::Blocks { session: 9, first: 3, hashes: &[0xab; 64] },
-            Message::HelloAck { session: 9, delay_us: 1234, opened: false },
-            Message::HelloAck { session: 9, delay_us: 0, opened: true },
+            Message::HelloAck { session: 9, delay_us: 1234, opened: false, max_datagram: 0 },
+            Message::HelloAck { session: 9, delay_us: 0, opened: true, max_datagram: 0 },
             Message::Nack {
                 session: 9,
                 nack: Nack {

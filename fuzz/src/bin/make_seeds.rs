@@ -51,7 +51,7 @@ fn main() {
     let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);
     let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
     let blocks = Message::Blocks { session: SESSION, first: 0, hashes: &[0x5a; 64] }.encode(k);
-    let ack = Message::HelloAck { session: SESSION, delay_us: 120, opened: true }.encode(k);
+    let ack = Message::HelloAck { session: SESSION, delay_us: 120, opened: true, max_datagram: 0 }.encode(k);
     let stream = StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16] }.emit();
 
     // Parser seeds: every kind, bare and inside an Ethernet frame.
