@@ -331,6 +331,7 @@ impl Sender {
     /// the next Hello carries it.
     pub fn reshape(&mut self, info: SessionInfo, block_chunks: u32) {
         if matches!(self.state, State::Handshake { acked: false, .. }) {
+            self.readable = info.n_chunks;
             self.info = info;
             self.cfg.block_chunks = block_chunks;
             self.reshape_to = None;
