@@ -222,13 +222,10 @@ fn output_is_quiet_and_on_one_time_base() {
             .spawn()
             .expect("receiver");
         // A quiet receiver prints no ready line: give it time to attach.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !quiet && !std::fs::read_to_string(&rx_log).unwrap_or_default().contains("ready") {
-            assert!(Instant::now() < deadline, "receiver never said ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         if quiet {
             std::thread::sleep(Duration::from_secs(2));
+        } else {
+            wait_for_text(&rx_log, "ready", 15);
         }
         let mut args = vec!["send", f, "--iface", &veth.tx_if, "--dst", &listen, "--rate", "50M"];
         if quiet {
@@ -407,11 +404,7 @@ fn tcp_output_starts_with_the_accepted_line() {
         .stderr(std::fs::File::create(&rx_log).expect("log"))
         .spawn()
         .expect("receiver");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&rx_log).unwrap_or_default().contains("ready") {
-        assert!(Instant::now() < deadline, "receiver never said ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_text(&rx_log, "ready", 15);
     // Past a second of waiting, so a stray interval line would show.
     std::thread::sleep(Duration::from_millis(1500));
     let (sent, _) = run_in(&veth, &["send", file.to_str().expect("utf-8"), "--mode", "sendfile", "--dst", &listen]);

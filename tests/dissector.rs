@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -60,11 +60,7 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
         .stderr(std::fs::File::create(&cap_log).expect("log"))
         .spawn()
         .expect("starting tshark");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&cap_log).unwrap_or_default().contains("Capturing on") {
-        assert!(Instant::now() < deadline, "tshark never started capturing");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_text(&cap_log, "Capturing on", 20);
 
     // 1. Keyed AF_XDP sender to a UDP receiver with loss: Hello, HelloAck,
     //    Meta, Data, Nack, Blocks, End, Done, sealed control messages.

@@ -48,12 +48,6 @@ impl XskMode {
     }
 }
 
-impl std::fmt::Display for XskMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.kind())
-    }
-}
-
 /// What to ask for at bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindMode {

@@ -193,7 +193,7 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     }
     let version = IpVersion::of(&opts.dst);
     let src_ip = match opts.src.or_else(|| iface.source_for(opts.dst.ip())) {
-        Some(ip) if IpVersion::of(&SocketAddr::new(ip, 0)) == version => ip,
+        Some(ip) if ip.is_ipv4() == opts.dst.is_ipv4() => ip,
         Some(ip) => bail!("--src {ip} and --dst {} are of different IP versions", opts.dst),
         None => bail!(
             "interface {} has no {} address{}; give one with --src",

@@ -1020,6 +1020,11 @@ mod tests {
         Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name: "" }
     }
 
+    /// Session 7's Hello from a sender with a key, `block_chunks` per block.
+    fn keyed_hello(info: SessionInfo, block_chunks: u32) -> Message<'static> {
+        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true, block_chunks, name: "" }
+    }
+
     /// A receiver with session 7 open from PEER; returns its cookie.
     fn open(info: SessionInfo) -> (Receiver, Instant, u64) {
         let now = Instant::now();
@@ -1203,15 +1208,7 @@ mod tests {
         let mut rx = Receiver::new(cfg, now);
         let peer: SocketAddr = PEER.parse().unwrap();
         let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: Some([1; 32]) };
-        let hello = Message::Hello {
-            session: 7,
-            info,
-            source: [0; 16],
-            via_tcp: false,
-            keyed: true,
-            block_chunks: 0,
-            name: "",
-        };
+        let hello = keyed_hello(info, 0);
         let cookie = rx.cookie_for(peer.ip(), 7);
         // Unsealed: refused, and told why.
         rx.on_control(now, peer, &hello.encode(cookie));
@@ -1255,15 +1252,7 @@ mod tests {
             keys.seal(Direction::ToReceiver, counter, &mut b);
             b
         };
-        let hello = Message::Hello {
-            session: 7,
-            info,
-            source: [0; 16],
-            via_tcp: false,
-            keyed: true,
-            block_chunks: 4,
-            name: "",
-        };
+        let hello = keyed_hello(info, 4);
         rx.on_control(now, peer, &sealed(hello));
         assert!(rx.info().is_some());
         let hashes: Vec<u8> = [(0, 0..400), (1, 400..800), (2, 800..1000)]

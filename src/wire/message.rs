@@ -546,6 +546,11 @@ impl<'a> Message<'a> {
 mod tests {
     use super::*;
 
+    /// Session 1's Hello for `info`, naming the input `name`.
+    fn hello(info: SessionInfo, name: &str) -> Message<'_> {
+        Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name }
+    }
+
     fn info() -> SessionInfo {
         SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([7; 32]) }
     }
@@ -620,19 +625,10 @@ mod tests {
     #[test]
     fn hello_names_are_bounded_utf8() {
         let long = "é".repeat(200);
-        let hello = |name| Message::Hello {
-            session: 1,
-            info: info(),
-            source: [0; 16],
-            via_tcp: false,
-            keyed: false,
-            block_chunks: 0,
-            name,
-        };
-        let b = hello(&long).to_vec();
+        let b = hello(info(), &long).to_vec();
         let Ok(Message::Hello { name, .. }) = Message::parse(&b) else { panic!("a Hello") };
         assert_eq!((name.len(), name.chars().count()), (254, 127), "cut on a char boundary");
-        let mut raw = hello("").to_vec();
+        let mut raw = hello(info(), "").to_vec();
         raw.extend_from_slice(&[b'a'; 256]);
         let body = (raw.len() - HEADER_LEN) as u16;
         raw[field::BODY_LEN].copy_from_slice(&body.to_be_bytes());
@@ -709,32 +705,10 @@ mod tests {
 
     #[test]
     fn refuses_inconsistent_session_info() {
-        let mut bad = info();
-        bad.n_chunks = 11;
-        let bytes = Message::Hello {
-            session: 1,
-            info: bad,
-            source: [0; 16],
-            via_tcp: false,
-            keyed: false,
-            block_chunks: 0,
-            name: "",
-        }
-        .to_vec();
-        assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
-        let mut zero = info();
-        zero.chunk_size = 0;
-        let bytes = Message::Hello {
-            session: 1,
-            info: zero,
-            source: [0; 16],
-            via_tcp: false,
-            keyed: false,
-            block_chunks: 0,
-            name: "",
-        }
-        .to_vec();
-        assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
+        let bad = SessionInfo { n_chunks: 11, ..info() };
+        assert_eq!(Message::parse(&hello(bad, "").to_vec()), Err(WireError::BadBody));
+        let zero = SessionInfo { chunk_size: 0, ..info() };
+        assert_eq!(Message::parse(&hello(zero, "").to_vec()), Err(WireError::BadBody));
     }
 
     #[test]
@@ -763,16 +737,7 @@ mod tests {
             }
             let _ = Message::parse(&buf);
         }
-        let good = Message::Hello {
-            session: 1,
-            info: info(),
-            source: [1; 16],
-            via_tcp: false,
-            keyed: false,
-            block_chunks: 0,
-            name: "",
-        }
-        .to_vec();
+        let good = hello(info(), "").to_vec();
         for end in 0..good.len() {
             assert!(Message::parse(&good[..end]).is_err());
         }

@@ -160,15 +160,7 @@ impl Veth {
             .stderr(stderr)
             .spawn()
             .expect("spawning the receiver");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            if log.contains("ready") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "receiver never said ready; its log:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_text(&stderr_path, "ready", 15);
         Proc { child: Some(child), log: stderr_path }
     }
 
@@ -304,6 +296,20 @@ impl Drop for Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Waits until the file at `path` (a process's log) contains `needle`;
+/// fails the test with what it holds after `secs`.
+pub fn wait_for_text(path: &Path, needle: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in {} within {secs} s; it holds:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
