@@ -137,7 +137,11 @@ static __always_inline int take_token(__u32 pps)
 	return 1;
 }
 
-SEC("xdp")
+/* Frags-aware: on a link whose MTU exceeds one page (jumbo frames on a NIC,
+ * up to 64 KiB on veth) a packet arrives as a chain of buffers. Every header
+ * we look at is in the first one; the rest is payload, which an XSK bound
+ * with XDP_USE_SG receives as a descriptor chain. */
+SEC("xdp.frags")
 int xdpblast_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -209,7 +213,7 @@ int xdpblast_steer(struct xdp_md *ctx)
 		__u32 idx = XB_SUNK_BYTES;
 		__u64 *b = bpf_map_lookup_elem(&counters, &idx);
 		if (b)
-			*b += data_end - data;
+			*b += bpf_xdp_get_buff_len(ctx); /* every fragment */
 		return count(XB_SUNK, XDP_DROP);
 	}
 	if (cfg->capacity_pps && !take_token(cfg->capacity_pps))

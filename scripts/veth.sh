@@ -2,8 +2,8 @@
 # Sets up or tears down two network namespaces joined by a veth pair, the
 # test bed xdpblast's tests, quick start and bench use.
 #
-#   scripts/veth.sh up   [NAME] [QUEUES]   create NAME-tx and NAME-rx (default NAME=xb)
-#   scripts/veth.sh up6  [NAME] [QUEUES]   the same pair, IPv6 only (no IPv4 address)
+#   scripts/veth.sh up   [NAME] [QUEUES] [MTU]   create NAME-tx and NAME-rx (default NAME=xb)
+#   scripts/veth.sh up6  [NAME] [QUEUES] [MTU]   the same pair, IPv6 only (no IPv4 address)
 #   scripts/veth.sh lan  [NAME]            the same two ends on a bridge that floods
 #                                          every frame, plus NAME-x, an attacker
 #                                          that sees all traffic (security tests)
@@ -21,12 +21,16 @@
 #   detection, so they are usable at once), and no IPv4 address
 #   lan only: netns NAME-x: interface NAME-x, 10.77.0.3/24; netns NAME-br holds
 #   the bridge (learning off on every port, so it floods like a hub)
-# QUEUES sets numtxqueues/numrxqueues on both ends (default 1).
+# QUEUES sets numtxqueues/numrxqueues on both ends (default 1). MTU sets both
+# ends' MTU (default 1500). veth takes up to 65535 once the XDP program on it
+# is frags-aware, as ours is; an XDP program that is not refuses to attach to
+# a veth whose MTU is above about 3500 bytes.
 set -euo pipefail
 
 cmd=${1:-}
 name=${2:-xb}
 queues=${3:-1}
+mtu=${4:-1500}
 TX_NS="$name-tx"; RX_NS="$name-rx"
 TX_IF="$name-a";  RX_IF="$name-b"
 TX_IP=10.77.0.1;  RX_IP=10.77.0.2
@@ -81,8 +85,8 @@ case "$cmd" in
       TX_IP="$TX_IP6"; RX_IP="$RX_IP6"
     fi
     for ns in "$TX_NS" "$RX_NS"; do ip -n "$ns" link set lo up; done
-    ip -n "$TX_NS" link set "$TX_IF" up
-    ip -n "$RX_NS" link set "$RX_IF" up
+    ip -n "$TX_NS" link set "$TX_IF" mtu "$mtu" up
+    ip -n "$RX_NS" link set "$RX_IF" mtu "$mtu" up
     # GRO on gives the receiving veth a NAPI instance (TCP coalesces). With
     # NAPI=threaded its work moves to a kthread that may run on the other core.
     napi="NAPI in softirq"
@@ -94,7 +98,7 @@ case "$cmd" in
         napi="threaded NAPI unavailable on $RX_IF"
       fi
     fi
-    echo "veth.sh: $TX_NS/$TX_IF ($TX_IP) <-> $RX_NS/$RX_IF ($RX_IP), $queues queue(s), $napi"
+    echo "veth.sh: $TX_NS/$TX_IF ($TX_IP) <-> $RX_NS/$RX_IF ($RX_IP), $queues queue(s), MTU $mtu, $napi"
     ;;
   lan)
     down
@@ -115,6 +119,6 @@ case "$cmd" in
     echo "TX_NS=$TX_NS RX_NS=$RX_NS TX_IF=$TX_IF RX_IF=$RX_IF TX_IP=$TX_IP RX_IP=$RX_IP TX_IP6=$TX_IP6 RX_IP6=$RX_IP6 X_NS=$X_NS X_IF=$X_IF X_IP=$X_IP"
     ;;
   *)
-    sed -n '2,27p' "$0" >&2; exit 2
+    sed -n '2,31p' "$0" >&2; exit 2
     ;;
 esac

@@ -722,7 +722,7 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
         None => None,
     };
     let ip_udp_overhead = IpVersion::of(&a.listen).l3_overhead();
-    let opts = RecvOptions {
+    let mut opts = RecvOptions {
         keys: load_keys(a.key_file.as_deref())?,
         out: a.out.clone(),
         policy,
@@ -745,15 +745,19 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
             let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into())?;
+            // Without multi-buffer AF_XDP, less than the MTU: senders learn it.
+            opts.max_datagram = Some((rx.max_packet() as usize).saturating_sub(ip_udp_overhead));
             let mode = rx.mode().name();
             let queues = rx.queues();
             ready(
                 quiet,
                 format_args!(
-                    "{} ({mode}, {queues} queue{} bound, XDP {})",
+                    "{} ({mode}, {queues} queue{} bound, XDP {}, packets up to {} B{})",
                     a.listen,
                     if queues == 1 { "" } else { "s" },
-                    rx.steering().mode().name()
+                    rx.steering().mode().name(),
+                    rx.max_packet(),
+                    if rx.multi_buffer() { " as multi-buffer chains" } else { "" }
                 ),
             );
             match receive::run(mode, rx.data_paths(), ctrl, &opts, Some(&listener)) {

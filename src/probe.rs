@@ -4,7 +4,9 @@ use serde::Serialize;
 
 use xdpblast::afxdp::program::{self, Steering, XdpQuery};
 use xdpblast::afxdp::umem::UmemArea;
-use xdpblast::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
+use xdpblast::afxdp::preload::MAX_CHAIN;
+use xdpblast::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
+use xdpblast::wire::frame::ETH_LEN;
 use xdpblast::net::iface::{format_mac, Interface};
 
 #[derive(Serialize)]
@@ -21,6 +23,12 @@ struct Probe {
     xdp_native: Result<String, String>,
     #[serde(serialize_with = "check")]
     af_xdp: Result<String, String>,
+    /// Binding with XDP_USE_SG: packets longer than one UMEM frame.
+    #[serde(serialize_with = "check")]
+    multi_buffer: Result<String, String>,
+    /// The largest IP packet `send` would use here (`--packet-size`'s
+    /// default): the MTU, or one UMEM frame's worth without multi-buffer.
+    largest_packet: Option<u32>,
     /// `None` when the interface could not be asked.
     zero_copy_capable: Option<bool>,
     auto_mode: String,
@@ -73,6 +81,8 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
     let mut zc_capable = None;
     let mut xdp_native = Err("not tried".to_string());
     let mut af_xdp = Err("not tried".to_string());
+    let mut multi_buffer = Err("not tried".to_string());
+    let mut largest_packet = None;
     if let Some(i) = &iface {
         if !i.oper_up {
             problems.push(format!("{} is down", i.name));
@@ -104,22 +114,10 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
                 .map(|s| s.mode().name().to_string())
                 .map_err(|e| e.to_string())
         };
-        af_xdp = UmemArea::new(64, 2048).map_err(|e| e.to_string()).and_then(|area| {
-            let cfg = XskConfig {
-                ifname: i.name.clone(),
-                queue: 0,
-                rx_size: 0,
-                tx_size: 64,
-                fill_size: 64,
-                comp_size: 64,
-                bind: BindMode::Auto,
-            };
-            Xsk::open(area, &cfg)
-                .map(|x| match x.mode() {
-                    XskMode::Copy => "copy mode".to_string(),
-                    XskMode::ZeroCopy => "zero-copy mode".to_string(),
-                })
-                .map_err(|e| e.to_string())
+        (af_xdp, multi_buffer) = try_af_xdp(&i.name);
+        largest_packet = Some(match &multi_buffer {
+            Ok(_) => i.mtu.min(MAX_CHAIN * 4096 - ETH_LEN as u32),
+            Err(_) => i.mtu.min(4096 - ETH_LEN as u32),
         });
     }
     if let Err(e) = &af_xdp {
@@ -140,6 +138,8 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
         driver_xdp_features: features,
         xdp_native,
         af_xdp,
+        multi_buffer,
+        largest_packet,
         zero_copy_capable: zc_capable,
         auto_mode,
         problems,
@@ -150,6 +150,35 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
         print_human(&p, ifname);
     }
     Ok(p.af_xdp.is_ok())
+}
+
+/// Binds a throwaway socket on queue 0, with XDP_USE_SG first: whether
+/// AF_XDP works (and in which mode), and whether multi-buffer does.
+fn try_af_xdp(ifname: &str) -> (Result<String, String>, Result<String, String>) {
+    let open = |multi_buffer: bool| {
+        let cfg = XskConfig {
+            ifname: ifname.to_string(),
+            queue: 0,
+            rx_size: 0,
+            tx_size: 64,
+            fill_size: 64,
+            comp_size: 64,
+            bind: BindMode::Auto,
+            multi_buffer,
+        };
+        let area = UmemArea::new(64, 2048).map_err(|e| XskError::Umem(e.to_string()))?;
+        Xsk::open(area, &cfg).map(|x| match x.mode() {
+            XskMode::Copy => "copy mode".to_string(),
+            XskMode::ZeroCopy => "zero-copy mode".to_string(),
+        })
+    };
+    match open(true) {
+        Ok(mode) => (Ok(mode), Ok("XDP_USE_SG: packets above one UMEM frame travel as descriptor chains".into())),
+        Err(e @ XskError::Bind { errno: libc::EINVAL | libc::EOPNOTSUPP, .. }) => {
+            (open(false).map_err(|e| e.to_string()), Err(e.to_string()))
+        }
+        Err(e) => (Err(e.to_string()), Err("not tried".into())),
+    }
 }
 
 fn yes_no<T: std::fmt::Display, E: std::fmt::Display>(r: &Result<T, E>) -> String {
@@ -195,6 +224,10 @@ fn print_human(p: &Probe, ifname: &str) {
     }
     println!("XDP attach        {}", yes_no(&p.xdp_native));
     println!("AF_XDP socket     {}", yes_no(&p.af_xdp));
+    println!("multi-buffer      {}", yes_no(&p.multi_buffer));
+    if let Some(n) = p.largest_packet {
+        println!("largest packet    {n} B (send's default --packet-size here)");
+    }
     println!(
         "zero-copy         {}",
         match p.zero_copy_capable {

@@ -3,15 +3,27 @@
 //! `send --raw`, which sends them round and round. Transfers stream through
 //! the same layout with [`super::readahead`].
 //!
-//! Frame layout in the UMEM, with `s` data slots:
+//! Frame layout in the UMEM, with `s` data slots of `k` UMEM frames each
+//! (`k` = [`FramePlan::chain`]):
 //!
 //! ```text
-//! frame 0 .. s-1   data slots: chunk c lives in slot c % s,
-//!                  [Eth | IPv4 | UDP | xdpblast header | payload]
-//! frame s          Meta (first packet of the transfer)
-//! frame s+1        Meta (last packet of the first pass)
-//! frame s+2 ..     spare frames that keep the fill ring populated
+//! frame 0 .. s*k-1   data slots: chunk c lives in slot c % s, frames
+//!                    (c % s)*k .. (c % s)*k + k-1, built contiguously:
+//!                    [Eth | IPv4 | UDP | xdpblast header | payload]
+//! frame s*k          Meta (first packet of the transfer)
+//! frame s*k+1        Meta (last packet of the first pass)
+//! frame s*k+2 ..     spare frames that keep the fill ring populated
 //! ```
+//!
+//! A packet longer than one UMEM frame (jumbo frames, XDP multi-buffer) is
+//! still built in one piece: its slot's frames are adjacent in memory, so
+//! headers, checksums and the payload's `preadv` do not know about the cut.
+//! Only posting does: the packet goes out as a chain of descriptors, one per
+//! UMEM frame, all but the last flagged `XDP_PKT_CONTD`
+//! ([`crate::engine::tx`]). This is the design for both copy-mode and
+//! zero-copy drivers; UMEM frames larger than a page (a hugepage-backed
+//! UMEM) would avoid chains, but kernel 6.18 refused 16 KiB frames with
+//! EINVAL on this kind of host, and zero-copy drivers cap them anyway.
 //!
 //! `preadv` scatters each read over up to 1024 frames' payload areas, so file
 //! bytes land where they will be transmitted from; BLAKE3 and the checksums are
@@ -40,13 +52,23 @@ pub struct FramePlan {
     pub packet_size: u32,
     /// File bytes per data frame.
     pub chunk_size: u32,
+    /// Bytes of one UMEM frame: the most one descriptor carries.
     pub frame_size: u32,
+    /// UMEM frames per data slot: 1, or the length of the descriptor chain
+    /// a packet above one frame needs (at most [`MAX_CHAIN`]).
+    pub chain: u32,
     pub n_chunks: u64,
     /// Data slots in the UMEM ring (all chunks when the file fits).
     pub slots: u32,
-    /// Data slots + Meta + spare frames.
+    /// UMEM frames: data slots × chain + Meta + spare frames.
     pub total_frames: u32,
 }
+
+/// Most descriptors one packet may span: the kernel's copy path builds an
+/// skb of a head and at most `MAX_SKB_FRAGS - 1` (16) fragments, which holds
+/// a 65,535-byte veth packet in 4096-byte frames. Zero-copy drivers may allow
+/// fewer; the kernel drops a longer chain as invalid.
+pub const MAX_CHAIN: u32 = 17;
 
 /// Fewest data slots a UMEM must have to make progress at a useful rate.
 pub const MIN_SLOTS: u32 = 256;
@@ -57,10 +79,10 @@ pub enum PlanError {
     AboveMtu { size: u32, mtu: u32, iface: String },
     #[error("--packet-size {0} is too small: {ip} + UDP + xdpblast headers need {min} bytes plus payload", ip = .1.name(), min = .1.l3_overhead() + HEADER_LEN)]
     TooSmall(u32, IpVersion),
-    #[error("a {frame} byte frame does not fit a 4096 byte UMEM frame; multi-buffer frames are not supported yet")]
-    FrameTooBig { frame: u32 },
-    #[error("--frame-size {asked} must be 2048 or 4096, and at least {need} for this packet size")]
-    FrameSize { asked: u32, need: u32 },
+    #[error("a {frame} byte frame needs more than {MAX_CHAIN} UMEM frames of {frame_size} bytes; use a larger --frame-size or a smaller --packet-size")]
+    FrameTooBig { frame: u32, frame_size: u32 },
+    #[error("--frame-size {0} must be 2048 or 4096")]
+    FrameSize(u32),
     #[error("--umem {umem} bytes holds too few {frame_size}-byte frames; give at least {need} bytes")]
     UmemTooSmall { umem: u64, frame_size: u32, need: u64 },
     #[error("raw mode keeps the whole file in the UMEM: it needs {need} bytes, above --umem {umem}")]
@@ -86,39 +108,80 @@ impl FramePlan {
             return Err(PlanError::TooSmall(packet_size, ip));
         }
         let chunk_size = packet_size - overhead;
-        let frame_len = ETH_LEN as u32 + packet_size;
-        let frame_size = match frame_len {
-            0..=2048 => 2048,
-            2049..=4096 => 4096,
-            _ => return Err(PlanError::FrameTooBig { frame: frame_len }),
-        };
+        let frame_size = if ETH_LEN as u32 + packet_size <= 2048 { 2048 } else { 4096 };
         let n_chunks = chunk_count(file_size, chunk_size);
-        let mut plan = FramePlan { ip, packet_size, chunk_size, frame_size, n_chunks, slots: 0, total_frames: 0 };
+        let mut plan =
+            FramePlan { ip, packet_size, chunk_size, frame_size, chain: 1, n_chunks, slots: 0, total_frames: 0 };
+        plan.chain = plan.chain_for(frame_size)?;
         plan.fit(umem_bytes)?;
         Ok(plan)
+    }
+
+    /// UMEM frames of `frame_size` bytes that one full data frame spans.
+    fn chain_for(&self, frame_size: u32) -> Result<u32, PlanError> {
+        let frame = ETH_LEN as u32 + self.packet_size;
+        let chain = frame.div_ceil(frame_size);
+        if chain > MAX_CHAIN {
+            return Err(PlanError::FrameTooBig { frame, frame_size });
+        }
+        Ok(chain)
+    }
+
+    /// Whether data frames span several UMEM frames (XDP multi-buffer).
+    pub fn multi_buffer(&self) -> bool {
+        self.chain > 1
+    }
+
+    /// Bytes of one data slot: `chain` adjacent UMEM frames.
+    pub fn slot_bytes(&self) -> u32 {
+        self.frame_size * self.chain
+    }
+
+    /// UMEM address of the slot that carries chunk `chunk`.
+    pub fn data_addr(&self, chunk: u64) -> u64 {
+        u64::from(self.slot_of(chunk)) * u64::from(self.slot_bytes())
+    }
+
+    /// UMEM address of the Meta frame.
+    pub fn meta_addr(&self, last: bool) -> u64 {
+        u64::from(self.meta_frame(last)) * u64::from(self.frame_size)
+    }
+
+    /// The data slot a descriptor at UMEM address `addr` belongs to (any
+    /// frame of its chain), or `None` for Meta and spare frames.
+    pub fn slot_at(&self, addr: u64) -> Option<u32> {
+        let slot = addr / u64::from(self.slot_bytes());
+        (slot < u64::from(self.slots)).then_some(slot as u32)
+    }
+
+    /// Descriptors a frame of `len` bytes takes.
+    pub fn descs_for(&self, len: u32) -> u32 {
+        len.div_ceil(self.frame_size).max(1)
     }
 
     /// Sizes the data ring for a UMEM of at most `umem_bytes`: as many slots
     /// as fit, but no more than the file has chunks.
     fn fit(&mut self, umem_bytes: u64) -> Result<(), PlanError> {
         let fixed = 2 + FILL_SPARE;
-        let fit = umem_bytes / u64::from(self.frame_size);
-        let slots = fit.saturating_sub(u64::from(fixed)).min(u64::from(u32::MAX - fixed));
+        let fit = umem_bytes.saturating_sub(u64::from(fixed) * u64::from(self.frame_size));
+        let most = (u32::MAX - fixed) / self.chain;
+        let slots = (fit / u64::from(self.slot_bytes())).min(u64::from(most));
         if slots < u64::from(MIN_SLOTS) && slots < self.n_chunks {
-            let need = u64::from(MIN_SLOTS + fixed) * u64::from(self.frame_size);
-            return Err(PlanError::UmemTooSmall { umem: umem_bytes, frame_size: self.frame_size, need });
+            let need = u64::from(MIN_SLOTS) * u64::from(self.slot_bytes()) + u64::from(fixed * self.frame_size);
+            return Err(PlanError::UmemTooSmall { umem: umem_bytes, frame_size: self.slot_bytes(), need });
         }
         self.slots = slots.min(self.n_chunks.max(1)) as u32;
-        self.total_frames = self.slots + fixed;
+        self.total_frames = self.slots * self.chain + fixed;
         Ok(())
     }
 
-    /// The same plan in UMEM frames of `frame_size` bytes instead of the
-    /// smallest that fits (2048 or 4096).
+    /// The same plan in UMEM frames of `frame_size` bytes (2048 or 4096)
+    /// instead of the default; a packet longer than one frame is chained.
     pub fn with_frame_size(mut self, frame_size: u32, umem_bytes: u64) -> Result<FramePlan, PlanError> {
-        if !(frame_size == 2048 || frame_size == 4096) || frame_size < self.frame_size {
-            return Err(PlanError::FrameSize { asked: frame_size, need: self.frame_size });
+        if !(frame_size == 2048 || frame_size == 4096) {
+            return Err(PlanError::FrameSize(frame_size));
         }
+        self.chain = self.chain_for(frame_size)?;
         self.frame_size = frame_size;
         self.fit(umem_bytes)?;
         Ok(self)
@@ -145,12 +208,13 @@ impl FramePlan {
         (chunk % u64::from(self.slots)) as u32
     }
 
+    /// The UMEM frame of the first (or the last) Meta.
     pub fn meta_frame(&self, last: bool) -> u32 {
-        self.slots + u32::from(last)
+        self.slots * self.chain + u32::from(last)
     }
 
     pub fn spare_frames(&self) -> std::ops::Range<u32> {
-        self.slots + 2..self.total_frames
+        self.slots * self.chain + 2..self.total_frames
     }
 
     /// Where the xdpblast header starts in a data frame.
@@ -209,11 +273,11 @@ pub fn preload(
     let before = file.metadata()?;
     let file_size = before.len();
     if !plan.holds_whole_file() {
-        let need = (plan.n_chunks + 2 + u64::from(FILL_SPARE)) * u64::from(plan.frame_size);
+        let need = plan.n_chunks * u64::from(plan.slot_bytes()) + u64::from((2 + FILL_SPARE) * plan.frame_size);
         return Err(PreloadError::Plan(PlanError::FileAboveUmem { need, umem: plan.umem_bytes() }));
     }
     let mut area = UmemArea::new(plan.total_frames, plan.frame_size)?;
-    let fs = plan.frame_size as usize;
+    let slot_bytes = plan.slot_bytes() as usize;
     let mut hasher = blake3::Hasher::new();
     let mut gather = Vec::new();
     let started = std::time::Instant::now();
@@ -224,7 +288,7 @@ pub fn preload(
     let shape = info_without_digest(None);
     {
         let mut frames: Vec<&mut [u8]> =
-            area.as_mut_slice().chunks_exact_mut(fs).take(plan.n_chunks as usize).collect();
+            area.as_mut_slice().chunks_exact_mut(slot_bytes).take(plan.n_chunks as usize).collect();
         let mut idx = 0usize;
         let mut offset = 0u64;
         while idx < frames.len() {
@@ -336,9 +400,36 @@ mod tests {
                 .slots,
             (64 << 20) / 4096 - 2 - FILL_SPARE
         );
-        assert!(matches!(p.with_frame_size(3000, u64::MAX), Err(PlanError::FrameSize { .. })));
+        assert!(matches!(p.with_frame_size(3000, u64::MAX), Err(PlanError::FrameSize(3000))));
         let big = FramePlan::new(10, 3000, 9000, "v", u64::MAX, IpVersion::V4).unwrap();
-        assert!(matches!(big.with_frame_size(2048, u64::MAX), Err(PlanError::FrameSize { asked: 2048, need: 4096 })));
+        assert_eq!(big.with_frame_size(2048, u64::MAX).unwrap().chain, 2, "a smaller frame chains");
+    }
+
+    #[test]
+    fn jumbo_packets_chain_adjacent_frames() {
+        let p = FramePlan::new(1 << 30, 9000, 9000, "v", 64 << 20, IpVersion::V4).unwrap();
+        assert_eq!((p.frame_size, p.chain, p.slot_bytes()), (4096, 3, 3 * 4096));
+        assert!(p.multi_buffer());
+        assert_eq!(p.chunk_size, 9000 - 28 - HEADER_LEN as u32);
+        assert!(p.umem_bytes() <= 64 << 20);
+        assert_eq!(p.total_frames, p.slots * 3 + 2 + FILL_SPARE);
+        // Chunk c's frames, then the Metas after the last slot's frames.
+        assert_eq!(p.data_addr(1), 3 * 4096);
+        assert_eq!(p.meta_addr(false), u64::from(p.slots) * 3 * 4096);
+        assert_eq!(p.spare_frames().start, p.slots * 3 + 2);
+        // Every descriptor of a chain maps back to its slot; Metas to none.
+        for d in 0..3 {
+            assert_eq!(p.slot_at(p.data_addr(7) + d * 4096), Some(7));
+        }
+        assert_eq!(p.slot_at(p.meta_addr(true)), None);
+        assert_eq!((p.descs_for(9014), p.descs_for(4096), p.descs_for(4097), p.descs_for(60)), (3, 1, 2, 1));
+        // veth's largest MTU still fits the kernel's chain limit; a larger
+        // packet is refused by name.
+        assert_eq!(FramePlan::new(10, 65535, 65535, "v", u64::MAX, IpVersion::V4).unwrap().chain, MAX_CHAIN);
+        assert!(matches!(
+            FramePlan::new(10, 65535, 65535, "v", u64::MAX, IpVersion::V4).unwrap().with_frame_size(2048, u64::MAX),
+            Err(PlanError::FrameTooBig { .. })
+        ));
     }
 
     #[test]
@@ -346,38 +437,41 @@ mod tests {
         let mut tmp = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         tmp.write_all(&data).unwrap();
-        let plan = FramePlan::new(data.len() as u64, 1000, 1500, "v", u64::MAX, IpVersion::V4).unwrap();
-        let tpl = example_template();
-        let mut ticks = 0;
-        let mut last = 0;
-        let p = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, |done| {
-            ticks += 1;
-            last = done;
-            true
-        })
-        .unwrap();
-        assert!(ticks >= 1 && last == data.len() as u64, "progress reaches the file's size");
-        let stopped = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, |_| false);
-        assert!(matches!(stopped, Err(PreloadError::Interrupted)), "a false tick stops the preload");
-        assert_eq!(p.info.digest, Some(*blake3::hash(&data).as_bytes()));
-        let mut rebuilt = Vec::new();
-        for c in 0..plan.n_chunks {
-            let len = plan.data_len(&p.info, c);
-            // SAFETY: no kernel uses this area in the test.
-            let frame = unsafe { p.area.bytes_at(p.area.addr(c as u32), len) }.unwrap();
-            let d = parse_udp(frame).unwrap();
-            match Message::parse_with_cookie(d.payload).unwrap() {
-                (Message::Data { session, chunk, payload }, cookie) => {
-                    assert_eq!((session, chunk, cookie), (42, c, 0xc00c1e));
-                    rebuilt.extend_from_slice(payload);
+        // One UMEM frame per packet, and jumbo packets over chains of three.
+        for packet in [1000, 9000] {
+            let plan = FramePlan::new(data.len() as u64, packet, 9000, "v", u64::MAX, IpVersion::V4).unwrap();
+            let tpl = example_template();
+            let mut ticks = 0;
+            let mut last = 0;
+            let p = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, |done| {
+                ticks += 1;
+                last = done;
+                true
+            })
+            .unwrap();
+            assert!(ticks >= 1 && last == data.len() as u64, "progress reaches the file's size");
+            let stopped = preload(&tmp, &plan, &tpl, 42, 0xc00c1e, |_| false);
+            assert!(matches!(stopped, Err(PreloadError::Interrupted)), "a false tick stops the preload");
+            assert_eq!(p.info.digest, Some(*blake3::hash(&data).as_bytes()));
+            let mut rebuilt = Vec::new();
+            for c in 0..plan.n_chunks {
+                let len = plan.data_len(&p.info, c);
+                // SAFETY: no kernel uses this area in the test.
+                let frame = unsafe { p.area.bytes_at(plan.data_addr(c), len) }.unwrap();
+                let d = parse_udp(frame).unwrap();
+                match Message::parse_with_cookie(d.payload).unwrap() {
+                    (Message::Data { session, chunk, payload }, cookie) => {
+                        assert_eq!((session, chunk, cookie), (42, c, 0xc00c1e));
+                        rebuilt.extend_from_slice(payload);
+                    }
+                    m => panic!("unexpected {m:?}"),
                 }
-                m => panic!("unexpected {m:?}"),
             }
+            assert_eq!(rebuilt, data, "packet size {packet}");
+            // SAFETY: as above.
+            let meta = unsafe { p.area.bytes_at(plan.meta_addr(true), p.meta_len) }.unwrap();
+            let d = parse_udp(meta).unwrap();
+            assert_eq!(Message::parse(d.payload).unwrap(), Message::Meta { session: 42, last: true, info: p.info });
         }
-        assert_eq!(rebuilt, data);
-        // SAFETY: as above.
-        let meta = unsafe { p.area.bytes_at(p.area.addr(plan.meta_frame(true)), p.meta_len) }.unwrap();
-        let d = parse_udp(meta).unwrap();
-        assert_eq!(Message::parse(d.payload).unwrap(), Message::Meta { session: 42, last: true, info: p.info });
     }
 }

@@ -195,12 +195,13 @@ impl ReadAhead {
         if count == 0 {
             return Ok(0);
         }
-        let fs = self.plan.frame_size as usize;
+        let (chain, slot_bytes) = (self.plan.chain, self.plan.slot_bytes() as usize);
         // SAFETY: these slots were granted (`fill`'s contract): no descriptor
         // for their old chunk is in flight, the sender can no longer post it,
         // and data slots are never on the fill ring (only spare frames are).
-        let region = unsafe { self.frames.frames_mut(slot0, count as u32) }.ok_or(PreloadError::Layout(slot0))?;
-        let mut frames: Vec<&mut [u8]> = region.chunks_exact_mut(fs).collect();
+        let region = unsafe { self.frames.frames_mut(slot0 * chain, count as u32 * chain) }
+            .ok_or(PreloadError::Layout(slot0))?;
+        let mut frames: Vec<&mut [u8]> = region.chunks_exact_mut(slot_bytes).collect();
         let lens: Vec<usize> = (0..count).map(|i| self.shape.chunk_len(first + i).unwrap_or(0)).collect();
         let total: usize = lens.iter().sum();
         let offset = first * u64::from(self.plan.chunk_size);
@@ -259,7 +260,8 @@ impl ReadAhead {
 #[derive(Debug)]
 pub struct SlotLedger {
     plan: FramePlan,
-    /// Per data slot: descriptors posted and not yet completed.
+    /// Per data slot: descriptors posted and not yet completed (a jumbo
+    /// frame's chain counts each of its descriptors).
     in_flight: Vec<u32>,
     /// Chunks below this may be (or have been) read.
     granted: u64,
@@ -270,15 +272,17 @@ impl SlotLedger {
         SlotLedger { plan, in_flight: vec![0; plan.slots as usize], granted: 0 }
     }
 
-    /// A descriptor for `chunk` was posted.
-    pub fn posted(&mut self, chunk: u64) {
-        self.in_flight[self.plan.slot_of(chunk) as usize] += 1;
+    /// `descs` descriptors for `chunk` were posted (or handed to the engine,
+    /// which posts the rest of a cut chain first thing next turn).
+    pub fn posted(&mut self, chunk: u64, descs: u32) {
+        self.in_flight[self.plan.slot_of(chunk) as usize] += descs;
     }
 
-    /// The kernel completed the descriptor at UMEM address `addr`.
+    /// The kernel completed the descriptor at UMEM address `addr` (Meta and
+    /// spare frames are no slot's).
     pub fn completed(&mut self, addr: u64) {
-        let idx = addr / u64::from(self.plan.frame_size);
-        if let Some(n) = self.in_flight.get_mut(idx as usize) {
+        if let Some(slot) = self.plan.slot_at(addr) {
+            let n = &mut self.in_flight[slot as usize];
             *n = n.saturating_sub(1);
         }
     }
@@ -442,10 +446,26 @@ mod tests {
             packet_size: 1500,
             chunk_size: 1440,
             frame_size: 2048,
+            chain: 1,
             n_chunks,
             slots,
             total_frames: slots + 66,
         }
+    }
+
+    #[test]
+    fn a_chained_slot_is_granted_once_every_descriptor_completed() {
+        let p = FramePlan { packet_size: 9000, chunk_size: 8940, frame_size: 4096, chain: 3, ..plan(4, 10) };
+        let mut l = SlotLedger::new(p);
+        assert_eq!(l.grant(0), 4);
+        l.posted(0, 3);
+        l.completed(p.data_addr(0));
+        l.completed(p.data_addr(0) + 4096);
+        assert_eq!(l.grant(1), 4, "one descriptor of chunk 0's chain is still out");
+        l.completed(p.meta_addr(false));
+        assert_eq!(l.grant(1), 4, "a Meta completion frees no slot");
+        l.completed(p.data_addr(0) + 2 * 4096);
+        assert_eq!(l.grant(1), 5);
     }
 
     #[test]
@@ -454,7 +474,7 @@ mod tests {
         assert_eq!(l.grant(0), 4, "the first lap needs nothing delivered");
         assert_eq!(l.floor(), 0);
         for c in 0..4 {
-            l.posted(c);
+            l.posted(c, 1);
         }
         assert_eq!(l.grant(2), 4, "delivered, but chunks 0 and 1 are still in the kernel's hands");
         l.completed(0);
@@ -463,7 +483,7 @@ mod tests {
         assert_eq!(l.floor(), 2, "chunks 0 and 1 may be overwritten now");
         l.completed(2 * 2048);
         assert_eq!(l.grant(2), 6, "chunk 2 completed but not yet delivered");
-        l.posted(4);
+        l.posted(4, 1);
         l.completed(3 * 2048);
         assert_eq!(l.grant(4), 8);
         assert_eq!(l.grant(100), 8, "chunk 4 (slot 0) is still in flight");

@@ -10,7 +10,8 @@ use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 
 use tracing::{debug, info, warn};
-use xdpilone::xdp::{XdpDesc, XdpStatisticsV2};
+pub use xdpilone::xdp::XdpDesc;
+use xdpilone::xdp::XdpStatisticsV2;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 use super::umem::UmemArea;
@@ -21,6 +22,14 @@ const XDP_OPTIONS_ZEROCOPY: u32 = 1;
 /// Not in Debian's 6.1 uapi headers: raises the number of frames one copy-mode
 /// `sendto` may push (kernel default 32).
 const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// Bind flag (kernel 6.6, not in Debian's 6.1 uapi headers): packets may
+/// span several UMEM frames, as descriptor chains (XDP multi-buffer).
+const XDP_USE_SG: u16 = 1 << 4;
+/// Descriptor option: the packet goes on in the next descriptor.
+pub const XDP_PKT_CONTD: u32 = 1;
+/// Most descriptors a received chain may have before it is dropped as
+/// malformed: 64 KiB in 2 KiB frames, and some.
+const MAX_RX_CHAIN: usize = 40;
 
 /// Copy or zero-copy, as the kernel chose at bind time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -67,6 +76,9 @@ pub struct XskConfig {
     pub fill_size: u32,
     pub comp_size: u32,
     pub bind: BindMode,
+    /// Bind with XDP_USE_SG: packets longer than one UMEM frame travel as
+    /// descriptor chains, on TX and RX.
+    pub multi_buffer: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +89,8 @@ pub enum XskError {
     Socket(String),
     #[error("cannot register the UMEM: {0} (locked-memory limit or memory cgroup; CAP_IPC_LOCK lifts the former)")]
     Umem(String),
-    #[error("cannot bind to {ifname} queue {queue}: {err}{hint}")]
-    Bind { ifname: String, queue: u32, errno: i32, err: String, hint: &'static str },
+    #[error("cannot bind to {ifname} queue {queue}{sg}: {err}{hint}", sg = if *.multi_buffer { " with multi-buffer (XDP_USE_SG)" } else { "" })]
+    Bind { ifname: String, queue: u32, multi_buffer: bool, errno: i32, err: String, hint: &'static str },
     #[error("cannot map the {0} ring: {1}")]
     Map(&'static str, String),
 }
@@ -108,6 +120,14 @@ pub struct Queue {
     /// fill-ring consumer index lazily, so a refill may briefly find less room
     /// than it just freed; what does not fit waits here for the next call.
     recycle: Vec<u64>,
+    /// Receive: this call's descriptors, a chain whose rest is not on the
+    /// ring yet (kept, its frames held, until it is), and chains' bytes
+    /// joined for parsing.
+    rx_descs: Vec<XdpDesc>,
+    rx_partial: Vec<XdpDesc>,
+    rx_gather: Vec<u8>,
+    /// Received chains dropped as malformed (too long).
+    pub rx_bad_chains: u64,
 }
 
 /// AF_XDP sockets on one or more queues of an interface, sharing one UMEM.
@@ -190,33 +210,78 @@ impl Xsk {
         &mut self.queues
     }
 
-    /// Takes up to `max` received frames and hands them to `f` as one batch
-    /// (so the caller can coalesce its writes), then returns the frames to the
-    /// fill ring. Returns how many were taken.
+    /// Takes up to `max` received descriptors and hands their packets to
+    /// `f` as one batch (so the caller can coalesce its writes), then returns
+    /// the frames to the fill ring. A packet of one frame is handed as it
+    /// lies in the UMEM; a chain (multi-buffer) is joined into one buffer
+    /// first, and a chain still arriving waits, its frames held, for the
+    /// next call. A chain too long to be ours is handed as an empty slice
+    /// (which no parser takes). Returns how many descriptors were taken.
     pub fn receive(&mut self, max: u32, f: impl FnOnce(&[&[u8]])) -> u32 {
         let area = &self.area;
         let q = &mut self.queues[0];
         let Some(rx) = q.rx.as_mut() else { return 0 };
         let mask = !(u64::from(area.frame_size()) - 1);
+        q.rx_descs.clear();
+        q.rx_descs.append(&mut q.rx_partial);
         let mut r = rx.receive(max);
-        let mut frames: Vec<&[u8]> = Vec::with_capacity(r.capacity() as usize);
         let mut n = 0;
         while let Some(desc) = r.read() {
             n += 1;
+            q.rx_descs.push(desc);
+        }
+        r.release();
+        let packets = split_chains(&q.rx_descs);
+        let whole = packets.last().map_or(0, |p| p.end);
+        if q.rx_descs.len() - whole > MAX_RX_CHAIN {
+            // A chain that never ends: drop what came of it.
+            q.rx_bad_chains += 1;
+            q.recycle.extend(q.rx_descs[whole..].iter().map(|d| d.addr & mask));
+        } else {
+            q.rx_partial.extend_from_slice(&q.rx_descs[whole..]);
+        }
+        let descs = &q.rx_descs[..whole];
+        // Join chains first (the buffer may move while it grows), then
+        // take the slices.
+        q.rx_gather.clear();
+        let mut joined = Vec::with_capacity(packets.len());
+        for p in &packets {
+            let mut span = (q.rx_gather.len(), 0usize);
+            if p.len() > 1 && p.len() <= MAX_RX_CHAIN {
+                for d in &descs[p.clone()] {
+                    // SAFETY: as below: the kernel handed these frames to us
+                    // and gets them back only after this call.
+                    match unsafe { area.bytes_at(d.addr, d.len) } {
+                        Some(b) => q.rx_gather.extend_from_slice(b),
+                        None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; chain dropped"),
+                    }
+                }
+                span.1 = q.rx_gather.len() - span.0;
+            } else if p.len() > 1 {
+                q.rx_bad_chains += 1;
+            }
+            joined.push(span);
+        }
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(packets.len());
+        for (p, &(at, len)) in packets.iter().zip(&joined) {
+            if p.len() > 1 {
+                frames.push(&q.rx_gather[at..at + len]);
+                continue;
+            }
+            let d = descs[p.start];
             // SAFETY: the kernel handed this frame to us on the RX ring; it will
             // not write it again until we put it back on the fill ring below,
             // after `f` has returned and `frames` is gone.
-            match unsafe { area.bytes_at(desc.addr, desc.len) } {
+            match unsafe { area.bytes_at(d.addr, d.len) } {
                 Some(bytes) => frames.push(bytes),
-                None => warn!(addr = desc.addr, len = desc.len, "RX descriptor outside the UMEM; skipped"),
+                None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; skipped"),
             }
-            q.recycle.push(desc.addr & mask);
         }
         if !frames.is_empty() {
             f(&frames);
         }
         drop(frames);
-        r.release();
+        q.recycle.extend(descs.iter().map(|d| d.addr & mask));
         if !q.recycle.is_empty() {
             let mut w = q.device.fill(q.recycle.len() as u32);
             let put = w.insert(q.recycle.iter().copied()) as usize;
@@ -225,6 +290,21 @@ impl Xsk {
         }
         n
     }
+}
+
+/// The packets among received descriptors: index ranges, each ending with a
+/// descriptor without `XDP_PKT_CONTD`. Descriptors after the last such one
+/// (a chain whose rest has not arrived) belong to no range.
+fn split_chains(descs: &[XdpDesc]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, d) in descs.iter().enumerate() {
+        if d.options & XDP_PKT_CONTD == 0 {
+            out.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    out
 }
 
 impl Queue {
@@ -248,6 +328,7 @@ impl Queue {
                     BindMode::Copy => SocketConfig::XDP_BIND_COPY,
                     BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
                 }
+                | if cfg.multi_buffer { XDP_USE_SG } else { 0 }
         } else {
             0
         };
@@ -257,15 +338,28 @@ impl Queue {
         umem.bind(&user).map_err(|e| {
             let raw = e.get_raw();
             let hint = match raw {
+                libc::EINVAL if cfg.multi_buffer && first => {
+                    " (the kernel has no multi-buffer AF_XDP, added in 6.6, or the queue is out of range; use packets that fit one UMEM frame)"
+                }
                 libc::EINVAL => {
                     " (queue out of range for this interface? a veth has the queues given by numtxqueues/numrxqueues)"
                 }
                 libc::EBUSY => " (another AF_XDP socket is bound to this queue)",
+                libc::EOPNOTSUPP if cfg.multi_buffer => {
+                    " (the driver has no multi-buffer AF_XDP in this mode; use packets that fit one UMEM frame)"
+                }
                 libc::EOPNOTSUPP => " (the driver does not support the requested mode)",
                 libc::ENETDOWN => " (interface is down)",
                 _ => "",
             };
-            XskError::Bind { ifname: cfg.ifname.clone(), queue, errno: raw, err: errno_str(e), hint }
+            XskError::Bind {
+                ifname: cfg.ifname.clone(),
+                queue,
+                multi_buffer: cfg.multi_buffer,
+                errno: raw,
+                err: errno_str(e),
+                hint,
+            }
         })?;
         let tx =
             if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
@@ -273,7 +367,19 @@ impl Queue {
             if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
         let fd = user.as_raw_fd();
         info!(ifname = %cfg.ifname, queue, mode = query_mode(fd).kind(), "AF_XDP socket bound");
-        Ok(Queue { tx, rx, device, user, fd, queue, recycle: Vec::new() })
+        Ok(Queue {
+            tx,
+            rx,
+            device,
+            user,
+            fd,
+            queue,
+            recycle: Vec::new(),
+            rx_descs: Vec::new(),
+            rx_partial: Vec::new(),
+            rx_gather: Vec::new(),
+            rx_bad_chains: 0,
+        })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -304,18 +410,18 @@ impl Queue {
     }
 
     /// Reserves up to `max` TX slots, lets `fill` choose that many (or fewer)
-    /// descriptors `(addr, len)`, and publishes them. Returns how many were
-    /// posted. Reserving first means a caller never hands out more frames than
-    /// the ring has room for.
+    /// descriptors, and publishes them. Returns how many were posted.
+    /// Reserving first means a caller never hands out more frames than the
+    /// ring has room for.
     pub fn post_with<I>(&mut self, max: u32, fill: impl FnOnce(usize) -> I) -> u32
     where
-        I: ExactSizeIterator<Item = (u64, u32)>,
+        I: ExactSizeIterator<Item = XdpDesc>,
     {
         let Some(tx) = self.tx.as_mut() else { return 0 };
         let mut w = tx.transmit(max);
         let descs = fill(w.capacity() as usize);
         let want = descs.len();
-        let n = w.insert(descs.map(|(addr, len)| XdpDesc { addr, len, options: 0 }));
+        let n = w.insert(descs);
         w.commit();
         assert_eq!(n as usize, want, "the TX ring took fewer descriptors than it reserved");
         n

@@ -140,9 +140,9 @@ impl<'scope> Reader<'scope> {
         })
     }
 
-    /// A descriptor for `chunk` was posted.
-    pub fn posted(&mut self, chunk: u64) {
-        self.ledger.posted(chunk);
+    /// `chunk`'s frame was posted, as `descs` descriptors.
+    pub fn posted(&mut self, chunk: u64, descs: u32) {
+        self.ledger.posted(chunk, descs);
     }
 
     /// The kernel completed the descriptor at UMEM address `addr`.

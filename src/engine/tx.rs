@@ -3,6 +3,14 @@
 //! asks. The transfer (`io::afxdp_send`) and `send --raw` (`io::raw_send`)
 //! both drive their rings through it; only their frame sources differ.
 //!
+//! A frame longer than one UMEM frame (a jumbo packet, XDP multi-buffer)
+//! leaves as a chain of descriptors, one per UMEM frame, each but the last
+//! flagged `XDP_PKT_CONTD`. A reservation may end inside a chain: the rest
+//! is posted first thing next turn, and the kernel holds the part it has
+//! until the chain is whole. (Waiting for room for a whole chain instead
+//! can stall for good: the ring's cached view of free slots is refreshed
+//! only when it looks full.)
+//!
 //! It works on any [`TxRing`]: an AF_XDP queue, or the FIFO model its tests
 //! check it against (in the manner of s2n-quic-xdp's ring tests).
 
@@ -11,16 +19,16 @@ use std::time::Instant;
 
 use tracing::warn;
 
-use crate::afxdp::xsk::{Kick, Queue};
+use crate::afxdp::xsk::{Kick, Queue, XdpDesc, XDP_PKT_CONTD};
 use crate::proto::pacer::Pacer;
 
 /// What the engine needs of a transmit ring and its completion ring.
 pub trait TxRing {
     /// Reserves up to `max` slots, lets `fill` choose that many (or fewer)
-    /// descriptors `(addr, len)`, publishes them; returns how many.
+    /// descriptors, publishes them; returns how many.
     fn post_with<I>(&mut self, max: u32, fill: impl FnOnce(usize) -> I) -> u32
     where
-        I: ExactSizeIterator<Item = (u64, u32)>;
+        I: ExactSizeIterator<Item = XdpDesc>;
     /// Takes up to `max` completions, each address handed to `f`.
     fn reap_with(&mut self, max: u32, f: impl FnMut(u64)) -> u32;
     /// Descriptors posted that the kernel has not consumed yet.
@@ -32,7 +40,7 @@ pub trait TxRing {
 impl TxRing for Queue {
     fn post_with<I>(&mut self, max: u32, fill: impl FnOnce(usize) -> I) -> u32
     where
-        I: ExactSizeIterator<Item = (u64, u32)>,
+        I: ExactSizeIterator<Item = XdpDesc>,
     {
         Queue::post_with(self, max, fill)
     }
@@ -103,6 +111,14 @@ impl Kicker {
 pub struct TxEngine {
     /// Descriptors posted and not yet completed.
     outstanding: u32,
+    /// Bytes one descriptor carries (the UMEM frame size): a longer frame
+    /// goes out as a chain.
+    unit: u32,
+    /// The part of a chain the last reservation cut off: address and bytes
+    /// still to post.
+    carry: Option<(u64, u32)>,
+    /// This turn's descriptors (kept to reuse its allocation).
+    descs: Vec<XdpDesc>,
     /// Never more in flight than the completion ring can hand back.
     comp_ring: u32,
     batch: u32,
@@ -110,7 +126,8 @@ pub struct TxEngine {
     pub kicker: Kicker,
     /// Descriptors completed so far.
     pub completed: u64,
-    /// Descriptors and frame bytes posted so far.
+    /// Frames (packets, whatever their descriptors) and their bytes handed
+    /// to the ring so far.
     pub posted_frames: u64,
     pub posted_bytes: u64,
 }
@@ -119,6 +136,9 @@ impl TxEngine {
     pub fn new(batch: u32, comp_ring: u32, pacer: Option<Pacer>) -> TxEngine {
         TxEngine {
             outstanding: 0,
+            unit: u32::MAX,
+            carry: None,
+            descs: Vec::with_capacity(batch.clamp(1, comp_ring) as usize),
             comp_ring,
             batch: batch.clamp(1, comp_ring),
             pacer,
@@ -129,8 +149,21 @@ impl TxEngine {
         }
     }
 
+    /// Frames longer than `unit` bytes (the UMEM frame size) go out as
+    /// descriptor chains; the ring must be bound with XDP_USE_SG.
+    pub fn chained(mut self, unit: u32) -> Self {
+        self.unit = unit.max(1);
+        self
+    }
+
+    /// Descriptors posted and not yet completed.
     pub fn outstanding(&self) -> u32 {
         self.outstanding
+    }
+
+    /// Whether part of a chain waits to be posted (next turn, first).
+    pub fn chain_cut(&self) -> bool {
+        self.carry.is_some()
     }
 
     pub fn pacer(&self) -> Option<&Pacer> {
@@ -149,10 +182,13 @@ impl TxEngine {
         n
     }
 
-    /// Reserves what the batch, the completion ring and the pacer allow
-    /// (`full_frame`: the pacer's cost of a frame), lets `fill` choose the
-    /// descriptors, posts them, and charges the pacer what they weigh.
-    /// Returns how many were posted.
+    /// Reserves what the batch and the completion ring allow, posts the rest
+    /// of a chain cut last turn, lets `fill` choose as many new frames
+    /// `(addr, len)` as could start in the room left and the pacer allows
+    /// (`full_frame`: the pacer's cost of a frame), posts their descriptors,
+    /// and charges the pacer what they weigh. Every frame `fill` hands out
+    /// is posted: the last one may be cut and finished next turn. Returns
+    /// how many frames `fill` handed out.
     pub fn post<I>(
         &mut self,
         ring: &mut impl TxRing,
@@ -161,29 +197,46 @@ impl TxEngine {
         fill: impl FnOnce(usize) -> I,
     ) -> u32
     where
-        I: ExactSizeIterator<Item = (u64, u32)>,
+        I: Iterator<Item = (u64, u32)>,
     {
-        let mut room = self.batch.min(self.comp_ring - self.outstanding.min(self.comp_ring));
-        if let Some(p) = self.pacer.as_mut() {
-            room = p.allowance(now, full_frame, room);
-        }
+        let room = self.batch.min(self.comp_ring - self.outstanding.min(self.comp_ring));
         if room == 0 {
             return 0;
         }
-        let mut bytes = 0u64;
+        let chain = full_frame.div_ceil(self.unit).max(1) as usize;
+        let (unit, carry, descs, pacer) = (self.unit, &mut self.carry, &mut self.descs, &mut self.pacer);
+        let (mut frames, mut bytes) = (0u32, 0u64);
         let posted = ring.post_with(room, |cap| {
-            fill(cap).map(|(addr, len)| {
-                bytes += u64::from(len);
-                (addr, len)
-            })
+            descs.clear();
+            if let Some((addr, len)) = carry.take() {
+                *carry = split_frame(addr, len, unit, cap, descs);
+            }
+            let left = cap - descs.len();
+            if left > 0 && carry.is_none() {
+                // Frames that could start in the room left: all but the
+                // last fit whole (see `split_frame`).
+                let mut want = left.div_ceil(chain);
+                if let Some(p) = pacer.as_mut() {
+                    want = p.allowance(now, full_frame, want as u32) as usize;
+                }
+                if want > 0 {
+                    for (addr, len) in fill(want).take(want) {
+                        debug_assert!(carry.is_none(), "a chain was cut before the last frame");
+                        frames += 1;
+                        bytes += u64::from(len);
+                        *carry = split_frame(addr, len, unit, cap, descs);
+                    }
+                }
+            }
+            descs.iter().copied()
         });
         self.outstanding += posted;
-        self.posted_frames += u64::from(posted);
+        self.posted_frames += u64::from(frames);
         self.posted_bytes += bytes;
-        if let Some(p) = self.pacer.as_mut().filter(|_| posted > 0) {
-            p.spend(posted, bytes);
+        if let Some(p) = self.pacer.as_mut().filter(|_| frames > 0) {
+            p.spend(frames, bytes);
         }
-        posted
+        frames
     }
 
     /// Kicks when this turn posted something or the ring still holds
@@ -198,12 +251,34 @@ impl TxEngine {
     /// Lets what is in flight complete, until `deadline`; returns how many
     /// descriptors are still out.
     pub fn drain(&mut self, ring: &mut impl TxRing, deadline: Instant, mut f: impl FnMut(u64)) -> u32 {
-        while self.outstanding > 0 && Instant::now() < deadline {
+        while (self.outstanding > 0 || self.carry.is_some()) && Instant::now() < deadline {
+            if self.carry.is_some() {
+                // Finish a cut chain: the kernel holds its first part.
+                self.post(ring, Instant::now(), 0, |_| std::iter::empty());
+            }
             let _ = self.kicker.kick_if_needed(ring);
             self.reap(ring, &mut f);
         }
         self.outstanding
     }
+}
+
+/// Appends the descriptors of the frame at `addr`, `len` bytes long, one per
+/// `unit` bytes, to `descs` until it holds `cap`. Returns the part that did
+/// not fit. A caller that starts at most `ceil(left / chain)` frames of at
+/// most `chain` descriptors in `left` free slots cuts at most the last one.
+fn split_frame(mut addr: u64, mut len: u32, unit: u32, cap: usize, descs: &mut Vec<XdpDesc>) -> Option<(u64, u32)> {
+    while descs.len() < cap {
+        let more = len > unit;
+        let take = if more { unit } else { len };
+        descs.push(XdpDesc { addr, len: take, options: if more { XDP_PKT_CONTD } else { 0 } });
+        if !more {
+            return None;
+        }
+        addr += u64::from(unit);
+        len -= unit;
+    }
+    Some((addr, len))
 }
 
 #[cfg(test)]
@@ -218,7 +293,7 @@ mod tests {
     /// a kick moves some to the device, the device completes in order.
     struct RingModel {
         cap: u32,
-        tx: VecDeque<(u64, u32)>,
+        tx: VecDeque<XdpDesc>,
         device: VecDeque<u64>,
         done: VecDeque<u64>,
         /// How many kicks the model lets through before it is "full".
@@ -240,9 +315,9 @@ mod tests {
     impl TxRing for RingModel {
         fn post_with<I>(&mut self, max: u32, fill: impl FnOnce(usize) -> I) -> u32
         where
-            I: ExactSizeIterator<Item = (u64, u32)>,
+            I: ExactSizeIterator<Item = XdpDesc>,
         {
-            let cap = max.min(self.cap - self.tx.len() as u32) as usize;
+            let cap = max.min(self.cap.saturating_sub(self.tx.len() as u32)) as usize;
             let descs = fill(cap);
             assert!(descs.len() <= cap, "a source handed out more than was reserved");
             let n = descs.len() as u32;
@@ -335,8 +410,8 @@ mod tests {
                     Op::Kick => {
                         eng.kick(&ring, 1).expect("the model never fails a kick");
                         for _ in 0..ring.take_per_kick {
-                            let Some((a, _)) = ring.tx.pop_front() else { break };
-                            ring.device.push_back(a);
+                            let Some(d) = ring.tx.pop_front() else { break };
+                            ring.device.push_back(d.addr);
                         }
                     }
                     Op::Complete(n) => ring.complete(n),
@@ -351,13 +426,79 @@ mod tests {
             }
             // Drain: everything posted comes back exactly once.
             while !(ring.tx.is_empty() && ring.device.is_empty()) {
-                ring.device.extend(ring.tx.drain(..).map(|(a, _)| a));
+                ring.device.extend(ring.tx.drain(..).map(|d| d.addr));
                 ring.complete(usize::MAX);
             }
             eng.reap(&mut ring, |a| src.completed(a));
             prop_assert_eq!(eng.outstanding(), 0);
             prop_assert_eq!(eng.completed, src.posted);
             prop_assert_eq!(src.free.len() as u64, frames);
+        }
+    }
+
+    proptest! {
+        /// Frames longer than a descriptor go out as chains, cut anywhere by
+        /// small reservations: what the kernel side reassembles (descriptors
+        /// joined while `XDP_PKT_CONTD` is set) is exactly the frames handed
+        /// out, in order, each whole; no descriptor is longer than a UMEM
+        /// frame; every descriptor completes once.
+        #[test]
+        fn chains_reach_the_ring_whole_whatever_the_cuts(
+            lens in proptest::collection::vec(1u32..=3 * 4096, 1..200),
+            caps in proptest::collection::vec(1u32..8, 1..400),
+            batch in 1u32..32,
+        ) {
+            let unit = 4096;
+            let mut ring = RingModel::new(8, 8);
+            let mut eng = TxEngine::new(batch, 32, None).chained(unit);
+            let now = Instant::now();
+            let mut next = 0usize;
+            let mut handed: Vec<(u64, u32)> = Vec::new();
+            let mut wire: Vec<(u64, u32)> = Vec::new();
+            let mut open: Option<(u64, u32)> = None;
+            let mut deliver = |ring: &mut RingModel, n: usize, wire: &mut Vec<(u64, u32)>| {
+                for _ in 0..n {
+                    let Some(d) = ring.tx.pop_front() else { break };
+                    assert!(d.len <= unit, "a descriptor longer than a UMEM frame");
+                    let (start, len) = open.take().unwrap_or((d.addr, 0));
+                    assert_eq!(d.addr, start + u64::from(len), "a chain's descriptors are adjacent");
+                    if d.options & XDP_PKT_CONTD != 0 {
+                        open = Some((start, len + d.len));
+                    } else {
+                        wire.push((start, len + d.len));
+                    }
+                    ring.device.push_back(d.addr);
+                }
+            };
+            for (turn, &cap) in caps.iter().enumerate() {
+                ring.cap = cap;
+                let got = eng.post(&mut ring, now, 3 * 4096 + 14, |want| {
+                    let out: Vec<(u64, u32)> =
+                        lens[next..].iter().take(want).enumerate().map(|(i, &l)| (((next + i) as u64) << 16, l)).collect();
+                    next += out.len();
+                    handed.extend(&out);
+                    out.into_iter()
+                });
+                prop_assert!(got as usize <= handed.len());
+                deliver(&mut ring, 1 + turn % 5, &mut wire);
+                ring.complete(usize::MAX);
+                eng.reap(&mut ring, |_| {});
+                prop_assert_eq!(eng.outstanding() as usize, ring.tx.len() + ring.device.len() + ring.done.len());
+            }
+            // The end: the rest of a cut chain goes out first, then all
+            // completes.
+            ring.cap = 8;
+            while eng.chain_cut() || !ring.tx.is_empty() {
+                eng.post(&mut ring, now, 3 * 4096 + 14, |_| std::iter::empty());
+                deliver(&mut ring, usize::MAX, &mut wire);
+                ring.complete(usize::MAX);
+                eng.reap(&mut ring, |_| {});
+            }
+            prop_assert_eq!(eng.outstanding(), 0);
+            prop_assert!(open.is_none(), "a chain left unfinished");
+            prop_assert_eq!(&wire, &handed);
+            let descs: u64 = handed.iter().map(|&(_, l)| u64::from(l.div_ceil(unit))).sum();
+            prop_assert_eq!(eng.completed, descs);
         }
     }
 

@@ -1,23 +1,25 @@
 //! The AF_XDP receive path: our XDP program steers the data port into one XSK
 //! per receive queue; frames are parsed in place and recycled to the fill ring.
+//! Above one UMEM frame (jumbo MTUs) the sockets bind with XDP_USE_SG and a
+//! packet arrives as a descriptor chain, joined before it is parsed.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::receive::{DataPath, Datagram};
 use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
 use crate::net::iface::Interface;
-use crate::wire::frame::parse_udp;
+use crate::wire::frame::{parse_udp, ETH_LEN};
 use crate::wire::WireError;
 
-/// Frames per receive UMEM, and the ring sizes. The fill ring can hold every
-/// frame, so a frame always has somewhere to go back to.
-pub const RX_FRAMES: u32 = 32768;
+/// Bytes of each queue's receive UMEM, and the RX ring's size. The fill
+/// ring can hold every frame, so a frame always has somewhere to go back to.
+pub const RX_UMEM_BYTES: u32 = 64 << 20;
 pub const RX_RING: u32 = 16384;
 const BATCH: u32 = 256;
 
@@ -27,6 +29,18 @@ pub struct AfxdpReceiver {
     sockets: Vec<Xsk>,
     steering: Steering,
     data_port: u16,
+    /// The largest IP packet the sockets take whole.
+    max_packet: u32,
+    multi_buffer: bool,
+}
+
+/// How the receive UMEM is cut for an interface's MTU: 2048-byte frames
+/// while a packet fits one, 4096 above, and chains (XDP multi-buffer)
+/// where a packet needs several.
+fn rx_layout(mtu: u32) -> (u32, bool) {
+    let frame = ETH_LEN as u32 + mtu;
+    let frame_size = if frame <= 2048 { 2048 } else { 4096 };
+    (frame_size, frame > frame_size)
 }
 
 impl AfxdpReceiver {
@@ -42,32 +56,65 @@ impl AfxdpReceiver {
         // in use (a veth allocates one per CPU): bind from queue 0 up and stop
         // at the first the kernel calls out of range.
         let max_queues = iface.rx_queues.clamp(1, 64);
+        let (frame_size, mut multi_buffer) = rx_layout(iface.mtu);
+        let frames = RX_UMEM_BYTES / frame_size;
         let mut sockets = Vec::with_capacity(max_queues as usize);
         for q in 0..max_queues {
-            let area = UmemArea::new(RX_FRAMES, 2048)?;
-            let cfg = XskConfig {
+            let mut cfg = XskConfig {
                 ifname: iface.name.clone(),
                 queue: q,
-                rx_size: RX_RING,
+                rx_size: RX_RING.min(frames),
                 tx_size: 0,
-                fill_size: RX_FRAMES,
+                fill_size: frames,
                 comp_size: 64,
                 bind,
+                multi_buffer,
             };
-            let mut xsk = match Xsk::open(area, &cfg) {
+            let opened = match Xsk::open(UmemArea::new(frames, frame_size)?, &cfg) {
+                Err(XskError::Bind { errno: libc::EINVAL | libc::EOPNOTSUPP, multi_buffer: true, .. }) if q == 0 => {
+                    // No multi-buffer here: take what fits one frame, and
+                    // say so; senders learn the size in our HelloAck.
+                    cfg.multi_buffer = false;
+                    multi_buffer = false;
+                    let x = Xsk::open(UmemArea::new(frames, frame_size)?, &cfg);
+                    if x.is_ok() {
+                        warn!(
+                            iface = %iface.name,
+                            mtu = iface.mtu,
+                            max_packet = frame_size - ETH_LEN as u32,
+                            "no multi-buffer AF_XDP (XDP_USE_SG) here: taking packets of at most one UMEM frame; senders are told"
+                        );
+                    }
+                    x
+                }
+                other => other,
+            };
+            let mut xsk = match opened {
                 Ok(x) => x,
                 Err(XskError::Bind { errno: libc::EINVAL, .. }) if q > 0 => break,
                 Err(e) => return Err(e.into()),
             };
-            let addrs: Vec<u64> = (0..RX_FRAMES).map(|i| xsk.area().addr(i)).collect();
-            let filled = xsk.fill(addrs.into_iter(), RX_FRAMES);
-            anyhow::ensure!(filled == RX_FRAMES, "could fill only {filled} of {RX_FRAMES} receive frames");
+            let addrs: Vec<u64> = (0..frames).map(|i| xsk.area().addr(i)).collect();
+            let filled = xsk.fill(addrs.into_iter(), frames);
+            anyhow::ensure!(filled == frames, "could fill only {filled} of {frames} receive frames");
             steering.add_socket(q, xsk.fd())?;
             sockets.push(xsk);
         }
         let mode = sockets.first().map_or("none", |s| s.mode().name());
-        info!(queues = sockets.len(), mode, "AF_XDP receive path ready");
-        Ok(AfxdpReceiver { sockets, steering, data_port: listen.port() })
+        let max_packet = if multi_buffer { iface.mtu } else { iface.mtu.min(frame_size - ETH_LEN as u32) };
+        info!(queues = sockets.len(), mode, frame_size, multi_buffer, max_packet, "AF_XDP receive path ready");
+        Ok(AfxdpReceiver { sockets, steering, data_port: listen.port(), max_packet, multi_buffer })
+    }
+
+    /// The largest IP packet this receiver takes: the MTU, or one UMEM
+    /// frame's worth where multi-buffer AF_XDP is missing.
+    pub fn max_packet(&self) -> u32 {
+        self.max_packet
+    }
+
+    /// Whether the sockets take packets as descriptor chains (XDP_USE_SG).
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
     }
 
     pub fn mode(&self) -> XskMode {
@@ -87,14 +134,22 @@ impl AfxdpReceiver {
         let mut rx_dropped = 0;
         let mut ring_full = 0;
         let mut fill_empty = 0;
+        let mut bad_chains = 0;
         for s in &self.sockets {
             if let Some(st) = s.statistics() {
                 rx_dropped += st.rx_dropped;
                 ring_full += st.rx_ring_full;
                 fill_empty += st.rx_fill_ring_empty_descs;
             }
+            bad_chains += s.rx_bad_chains;
         }
-        serde_json::json!({"rx_dropped": rx_dropped, "rx_ring_full": ring_full, "rx_fill_ring_empty": fill_empty})
+        serde_json::json!({
+            "rx_dropped": rx_dropped,
+            "rx_ring_full": ring_full,
+            "rx_fill_ring_empty": fill_empty,
+            "rx_bad_chains": bad_chains,
+            "multi_buffer": self.multi_buffer,
+        })
     }
 
     pub fn data_paths(&mut self) -> Vec<Box<dyn DataPath + '_>> {

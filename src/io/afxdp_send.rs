@@ -133,8 +133,10 @@ pub struct RatePoint {
     pub loss_bp: u16,
 }
 
-/// A transmit-only socket's rings (queue 0; `Xsk::open_queues` takes others).
-pub(crate) fn tx_config(ifname: &str, bind: BindMode) -> XskConfig {
+/// A transmit-only socket's rings (queue 0; `Xsk::open_queues` takes others),
+/// bound for descriptor chains when the plan's packets span several UMEM
+/// frames.
+pub(crate) fn tx_config(ifname: &str, bind: BindMode, plan: &FramePlan) -> XskConfig {
     XskConfig {
         ifname: ifname.to_string(),
         queue: 0,
@@ -143,6 +145,7 @@ pub(crate) fn tx_config(ifname: &str, bind: BindMode) -> XskConfig {
         fill_size: FILL_SPARE,
         comp_size: COMP_RING,
         bind,
+        multi_buffer: plan.multi_buffer(),
     }
 }
 
@@ -409,7 +412,7 @@ fn transfer(
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
     let area = crate::afxdp::umem::UmemArea::new(plan.total_frames, plan.frame_size)?;
-    let mut xsk = Xsk::open(area, &tx_config(&iface.name, opts.bind))?;
+    let mut xsk = Xsk::open(area, &tx_config(&iface.name, opts.bind, &plan))?;
     let mode = xsk.mode();
     info!(mode = mode.name(), umem_bytes = plan.umem_bytes(), slots = plan.slots, "transmit socket bound");
     if mode == XskMode::Copy {
@@ -595,7 +598,7 @@ impl Transmit {
             meta_first_len,
             meta_last_len: 0,
             ids: vec![FrameId::Meta { last: false }; batch as usize],
-            engine: TxEngine::new(batch, COMP_RING, pacer),
+            engine: TxEngine::new(batch, COMP_RING, pacer).chained(plan.frame_size),
             aimd,
             last_report: (start, 0, 0),
             rate_log: Vec::new(),
@@ -669,7 +672,7 @@ impl Transmit {
                 return fail(sender, anyhow::anyhow!("transmit failed on {}: {e}", opts.iface));
             }
             self.report(opts, sender, now);
-            if posted == 0 && self.engine.outstanding() == 0 {
+            if posted == 0 && self.engine.outstanding() == 0 && !self.engine.chain_cut() {
                 idle_spins += 1;
                 if idle_spins > 64 {
                     woke = self.wait(sender, ctrl, reader);
@@ -733,27 +736,27 @@ impl Transmit {
         }
     }
 
-    /// Lets the protocol choose exactly as many frames as the engine
-    /// reserved (a frame id it hands out is always posted). Returns how many.
+    /// Lets the protocol choose as many frames as the engine has room to
+    /// start (a frame id it hands out is always posted, a chain cut by the
+    /// ring finished next turn). Returns how many.
     fn post(&mut self, sender: &mut Sender, xsk: &mut Xsk, reader: &mut Reader<'_>, now: Instant) -> u32 {
         let plan = self.plan;
-        let fs = u64::from(plan.frame_size);
         let info = *sender.info();
         let (first_len, last_len) = (self.meta_first_len, self.meta_last_len);
         let ids = &mut self.ids;
-        let posted = self.engine.post(&mut **xsk, now, self.full_frame, |cap| {
-            let n = sender.next_frames(now, &mut ids[..cap]);
+        let posted = self.engine.post(&mut **xsk, now, self.full_frame, |want| {
+            let want = want.min(ids.len());
+            let n = sender.next_frames(now, &mut ids[..want]);
             ids[..n].iter().map(move |id| match *id {
-                FrameId::Data(c) => (u64::from(plan.slot_of(c)) * fs, plan.data_len(&info, c)),
-                FrameId::Meta { last: false } => (u64::from(plan.meta_frame(false)) * fs, first_len),
-                FrameId::Meta { last: true } => (u64::from(plan.meta_frame(true)) * fs, last_len),
+                FrameId::Data(c) => (plan.data_addr(c), plan.data_len(&info, c)),
+                FrameId::Meta { last } => (plan.meta_addr(last), if last { last_len } else { first_len }),
             })
         });
         if posted > 0 {
             self.first_post.get_or_insert(now);
             for id in &self.ids[..posted as usize] {
                 if let FrameId::Data(c) = id {
-                    reader.posted(*c);
+                    reader.posted(*c, plan.descs_for(plan.data_len(&info, *c)));
                 }
             }
         }

@@ -131,10 +131,10 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     let backing = format!("{:?}", pre.area.backing()).to_lowercase();
 
     let queue_ids: Vec<u32> = (0..raw.queues).collect();
-    let mut xsk = Xsk::open_queues(pre.area, &tx_config(&iface.name, opts.bind), &queue_ids)?;
+    let mut xsk = Xsk::open_queues(pre.area, &tx_config(&iface.name, opts.bind, &plan), &queue_ids)?;
     let copy_mode = xsk.mode() == XskMode::Copy;
     let mode = xsk.mode().name();
-    let frame_size = u64::from(plan.frame_size);
+    let (slot_bytes, unit) = (u64::from(plan.slot_bytes()), plan.frame_size);
     let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
     let per_queue_spare = (spare.len() / raw.queues as usize).max(1);
     for (i, q) in xsk.queues_mut().iter_mut().enumerate() {
@@ -168,7 +168,7 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
                     if let Some(c) = cpu {
                         pin_to(c);
                     }
-                    let lane = Lane { index: i, frames: full, frame_size, frame_len, batch, rate: per_queue_rate };
+                    let lane = Lane { index: i, frames: full, slot_bytes, unit, frame_len, batch, rate: per_queue_rate };
                     let r = lane.transmit(q, shared);
                     r.map(|(packets, k)| QueueStats {
                         queue: q.queue_id(),
@@ -244,7 +244,10 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
 struct Lane {
     index: usize,
     frames: u64,
-    frame_size: u64,
+    /// Bytes from one frame's start to the next's (its chain of UMEM frames).
+    slot_bytes: u64,
+    /// Bytes of one UMEM frame: a longer frame goes out as a chain.
+    unit: u32,
     frame_len: u32,
     batch: u32,
     rate: Option<Rate>,
@@ -254,20 +257,22 @@ impl Lane {
     /// Transmits until told to stop. Returns frames completed and kick counts.
     fn transmit(&self, q: &mut Queue, shared: &Shared) -> std::io::Result<(u64, Kicker)> {
         let pacer = self.rate.map(|r| Pacer::new(r, self.frame_len, Instant::now()));
-        let mut engine = TxEngine::new(self.batch, COMP_RING, pacer);
+        let mut engine = TxEngine::new(self.batch, COMP_RING, pacer).chained(self.unit);
+        // Completions come per descriptor; every frame here has as many.
+        let descs_per_frame = u64::from(self.frame_len.div_ceil(self.unit));
         // Lanes start at different frames; any frame may be posted by any lane.
         let mut next = (self.index as u64 * self.frames / 2).min(self.frames.saturating_sub(1));
         let mut spins = 0u32;
         while !shared.stop.load(Ordering::Relaxed) {
             if engine.reap(q, |_| {}) > 0 {
-                shared.packets[self.index].store(engine.completed, Ordering::Relaxed);
+                shared.packets[self.index].store(engine.completed / descs_per_frame, Ordering::Relaxed);
             }
-            let (start, frames, size, len) = (next, self.frames, self.frame_size, self.frame_len);
+            let (start, frames, size, len) = (next, self.frames, self.slot_bytes, self.frame_len);
             let posted = engine
                 .post(q, Instant::now(), len, |cap| (0..cap).map(move |k| (((start + k as u64) % frames) * size, len)));
             next = (next + u64::from(posted)) % self.frames;
             engine.kick(q, posted)?;
-            if posted == 0 && engine.outstanding() == 0 {
+            if posted == 0 && engine.outstanding() == 0 && !engine.chain_cut() {
                 // Paced and waiting for tokens: sleep when the wait is long.
                 spins += 1;
                 if let (Some(p), true) = (engine.pacer(), spins > 64) {
@@ -285,7 +290,7 @@ impl Lane {
         if left > 0 {
             warn!(queue = q.queue_id(), outstanding = left, "frames still in flight at the end");
         }
-        Ok((engine.completed, engine.kicker))
+        Ok((engine.completed / descs_per_frame, engine.kicker))
     }
 }
 

@@ -83,6 +83,11 @@ impl Veth {
         Veth::create(&["up", &queues.to_string()])
     }
 
+    /// One queue, both ends at `mtu` (jumbo frames: XDP multi-buffer).
+    pub fn with_mtu(mtu: u32) -> Veth {
+        Veth::create(&["up", "1", &mtu.to_string()])
+    }
+
     /// The same pair with IPv6 addresses only (no IPv4 on either end).
     pub fn ipv6_only() -> Veth {
         Veth::create(&["up6"])
