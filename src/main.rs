@@ -112,6 +112,11 @@ struct BenchArgs {
     /// sending CPU, or in a kthread the scheduler may move to the other core.
     #[arg(long, value_enum, default_value = "softirq")]
     napi: Napi,
+    /// The veth pair's MTU, both ends; every mode runs at it (TCP too).
+    /// Above about 4000 bytes, AF_XDP sends each packet as a chain of UMEM
+    /// frames (XDP multi-buffer); veth takes up to 65535.
+    #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    mtu: u32,
     /// Drop the page cache before each send, so every mode reads the file
     /// from disk.
     #[arg(long)]
@@ -497,6 +502,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
         plot: a.plot,
         threaded_napi: a.napi == Napi::Threaded,
         cold: a.cold,
+        mtu: a.mtu,
     };
     let report = xdpblast::bench::run(&opts)?;
     Ok(report.results.iter().all(|r| r.verified))

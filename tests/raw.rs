@@ -63,6 +63,23 @@ fn raw_frames_all_reach_the_drop_sink() {
     assert!(veth.rx_xdp().is_none(), "the sink must detach when it exits");
 }
 
+/// Jumbo frames leave as descriptor chains and reach the sink whole: the
+/// sink counts every fragment's bytes, so bytes = packets x 9014.
+#[test]
+fn raw_jumbo_frames_are_counted_whole_at_the_sink() {
+    let veth = Veth::with_mtu(9000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 4 * MIB, 53);
+    let (out, sink) = with_sink(&veth, "4", || raw_send(&veth, &file, &["--duration", "1"]));
+    let raw = json(&out);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(raw["frame_len"], 9014, "--packet-size defaults to the MTU");
+    let sent = raw["packets"].as_u64().expect("packets");
+    assert!(sent > 0);
+    assert_eq!(sink["packets"].as_u64(), Some(sent), "sink {sink}\nsender {raw}");
+    assert_eq!(sink["bytes"].as_u64(), Some(sent * 9014), "every fragment counted");
+}
+
 #[test]
 fn raw_rate_is_never_exceeded() {
     let veth = Veth::new();

@@ -42,6 +42,8 @@ pub struct BenchOptions {
     pub threaded_napi: bool,
     /// Drop the page cache before each send, so every mode reads from disk.
     pub cold: bool,
+    /// The veth pair's MTU, both ends (`--mtu`); every mode runs at it.
+    pub mtu: u32,
 }
 
 /// One verified transfer's measurements.
@@ -498,7 +500,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let key = work.path().join("bench.key");
     let hex: String = crate::io::random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key, format!("{hex}\n")).context("writing the bench key")?;
-    let bed = Testbed::create(opts.threaded_napi)?;
+    let bed = Testbed::create(opts.threaded_napi, opts.mtu)?;
     let mtu = bed.mtu()?;
 
     let total = u64::from(opts.runs) * opts.modes.len() as u64;

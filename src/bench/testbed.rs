@@ -26,7 +26,9 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Testbed {
-    pub fn create(threaded_napi: bool) -> anyhow::Result<Testbed> {
+    /// Both ends get `mtu` (above a page, our XDP program takes packets as
+    /// fragments and the sockets as descriptor chains).
+    pub fn create(threaded_napi: bool, mtu: u32) -> anyhow::Result<Testbed> {
         let name = format!("xbb{}", std::process::id() % 100_000);
         let bed = Testbed {
             tx_ns: format!("{name}-tx"),
@@ -36,12 +38,12 @@ impl Testbed {
         };
         bed.remove();
         // From here on, Drop cleans up whatever part was made.
-        bed.build(threaded_napi).context("creating the bench's namespaces and veth pair (run as root)")?;
+        bed.build(threaded_napi, mtu).context("creating the bench's namespaces and veth pair (run as root)")?;
         info!(tx = %bed.tx_ns, rx = %bed.rx_ns, "test bed up");
         Ok(bed)
     }
 
-    fn build(&self, threaded_napi: bool) -> anyhow::Result<()> {
+    fn build(&self, threaded_napi: bool, mtu: u32) -> anyhow::Result<()> {
         for ns in [&self.tx_ns, &self.rx_ns] {
             ip(&["netns", "add", ns])?;
             // IPv4 only: no autoconfiguration chatter.
@@ -72,8 +74,9 @@ impl Testbed {
         ])?;
         ip(&["-n", &self.tx_ns, "addr", "add", &format!("{TX_IP}/24"), "dev", &self.tx_if])?;
         ip(&["-n", &self.rx_ns, "addr", "add", &format!("{RX_IP}/24"), "dev", &self.rx_if])?;
-        ip(&["-n", &self.tx_ns, "link", "set", &self.tx_if, "up"])?;
-        ip(&["-n", &self.rx_ns, "link", "set", &self.rx_if, "up"])?;
+        let mtu = mtu.to_string();
+        ip(&["-n", &self.tx_ns, "link", "set", &self.tx_if, "mtu", &mtu, "up"])?;
+        ip(&["-n", &self.rx_ns, "link", "set", &self.rx_if, "mtu", &mtu, "up"])?;
         // GRO gives the receiving veth a NAPI instance (TCP coalesces, and
         // threaded NAPI needs one to exist).
         let gro = ip(&["netns", "exec", &self.rx_ns, "ethtool", "-K", &self.rx_if, "gro", "on"]);

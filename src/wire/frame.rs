@@ -5,7 +5,7 @@
 //! cleanly); parsing goes through etherparse's checked slicing, which
 //! validates every length before reading a field.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use etherparse::{
     EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, SlicedPacket,
@@ -103,7 +103,7 @@ impl FrameTemplate {
         }
         let too_long = FrameError::TooLong { need: total, have: 65535 };
         let ip_payload = u16::try_from(UDP_LEN + udp_payload_len).map_err(|_| too_long)?;
-        let (ip_end, udp, ether_type) = match (self.src, self.dst) {
+        let (ip_end, ether_type) = match (self.src, self.dst) {
             (SocketAddr::V4(src), SocketAddr::V4(dst)) => {
                 let mut ip = Ipv4Header::new(ip_payload, self.ttl, IpNumber::UDP, src.ip().octets(), dst.ip().octets())
                     .map_err(|_| too_long)?;
@@ -111,10 +111,8 @@ impl FrameTemplate {
                 // mistake shows up as an error rather than a silent split.
                 ip.dont_fragment = true;
                 ip.header_checksum = ip.calc_header_checksum();
-                let udp = UdpHeader::with_ipv4_checksum(src.port(), dst.port(), &ip, &frame[at..total])
-                    .map_err(|_| too_long)?;
                 frame[ETH_LEN..ETH_LEN + IPV4_LEN].copy_from_slice(&ip.to_bytes());
-                (ETH_LEN + IPV4_LEN, udp, EtherType::IPV4)
+                (ETH_LEN + IPV4_LEN, EtherType::IPV4)
             }
             (SocketAddr::V6(src), SocketAddr::V6(dst)) => {
                 let ip = Ipv6Header {
@@ -126,17 +124,26 @@ impl FrameTemplate {
                     source: src.ip().octets(),
                     destination: dst.ip().octets(),
                 };
-                // Mandatory over IPv6 (RFC 8200).
-                let udp = UdpHeader::with_ipv6_checksum(src.port(), dst.port(), &ip, &frame[at..total])
-                    .map_err(|_| too_long)?;
                 frame[ETH_LEN..ETH_LEN + IPV6_LEN].copy_from_slice(&ip.to_bytes());
-                (ETH_LEN + IPV6_LEN, udp, EtherType::IPV6)
+                (ETH_LEN + IPV6_LEN, EtherType::IPV6)
             }
             _ => return Err(FrameError::MixedVersions { src: self.src, dst: self.dst }),
         };
         let eth = Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type };
         frame[..ETH_LEN].copy_from_slice(&eth.to_bytes());
+        // The UDP checksum (mandatory over IPv6, RFC 8200) over the header
+        // with a zero checksum field, the payload and the pseudo-header; a
+        // sum of zero goes out as all ones (RFC 768).
+        let udp = UdpHeader { source_port: self.src.port(), destination_port: self.dst.port(), length: ip_payload, checksum: 0 };
         frame[ip_end..at].copy_from_slice(&udp.to_bytes());
+        let datagram = &frame[ip_end..total];
+        let sum = match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => checksum::udp_ipv4(s.octets(), d.octets(), datagram),
+            (IpAddr::V6(s), IpAddr::V6(d)) => checksum::udp_ipv6(s.octets(), d.octets(), datagram),
+            _ => return Err(FrameError::MixedVersions { src: self.src, dst: self.dst }),
+        };
+        let sum = if sum == 0 { 0xffff } else { sum };
+        frame[ip_end + 6..ip_end + 8].copy_from_slice(&sum.to_be_bytes());
         Ok(total)
     }
 }
@@ -266,17 +273,20 @@ mod tests {
     }
 
     #[test]
-    fn built_checksums_verify_against_rfc1071() {
+    fn built_checksums_verify_against_rfc1071_and_etherparse() {
         let t = example_template();
-        for len in [0usize, 1, 2, 17, 1400, 1472] {
+        for len in [0usize, 1, 2, 17, 1400, 1472, 8972] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 5) as u8).collect();
-            let mut buf = [0u8; 2048];
+            let mut buf = [0u8; 9014];
             let n = t.build(&payload, &mut buf).unwrap();
             let ip = &buf[ETH_LEN..ETH_LEN + IPV4_LEN];
             assert_eq!(checksum::internet_checksum(ip), 0, "IPv4 header checksum, len {len}");
             let udp = &buf[ETH_LEN + IPV4_LEN..n];
             let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (t.src, t.dst) else { panic!("an IPv4 template") };
             assert_eq!(checksum::udp_ipv4(src.ip().octets(), dst.ip().octets(), udp), 0, "UDP checksum, len {len}");
+            let ip = Ipv4Header::from_slice(ip).unwrap().0;
+            let theirs = UdpHeader::with_ipv4_checksum(src.port(), dst.port(), &ip, &udp[UDP_LEN..]).unwrap();
+            assert_eq!(&udp[6..8], &theirs.checksum.to_be_bytes(), "etherparse's UDP checksum, len {len}");
         }
     }
 

@@ -1,0 +1,91 @@
+//! Jumbo frames: packets above one UMEM frame, sent as descriptor chains and
+//! received by sockets bound with XDP_USE_SG behind our frags-aware XDP
+//! program, over veth pairs at MTU 9000 and at veth's largest, 65535.
+
+mod common;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// Sends a 64 MiB file to a receiver started with `recv_args`; both verify
+/// and the output is the input. Returns both reports.
+fn transfer(veth: &Veth, recv_args: &[&str], seed: u64) -> (serde_json::Value, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, seed);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, recv_args);
+    let sent = veth.send(&file, &[]);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "sender failed: {}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "receiver failed: {recv}\n{log}");
+    let send = json(&sent);
+    assert_eq!(send["verified"], true);
+    assert_eq!(recv["verified"], true);
+    assert!(same_file(&file, &out), "output differs from input");
+    (send, recv)
+}
+
+/// The AF_XDP receiver took every packet as a chain and dropped none.
+fn assert_chains_whole(recv: &serde_json::Value) {
+    let xsk = &recv["path_stats"]["xsk"];
+    assert_eq!(xsk["multi_buffer"], true, "{recv}");
+    assert_eq!(xsk["rx_bad_chains"], 0, "{recv}");
+    assert_eq!(xsk["rx_dropped"], 0, "a packet the socket could not take is dropped silently: {recv}");
+}
+
+#[test]
+fn afxdp_to_afxdp_at_mtu_9000() {
+    let veth = Veth::with_mtu(9000);
+    let (send, recv) = transfer(&veth, &[], 101);
+    assert_eq!(send["packet_size"], 9000, "--packet-size defaults to the MTU");
+    assert_eq!(send["retransmits"], 0, "a clean veth loses nothing");
+    assert_chains_whole(&recv);
+}
+
+#[test]
+fn afxdp_to_afxdp_at_mtu_9000_repairs_five_percent_loss() {
+    let veth = Veth::with_mtu(9000);
+    let (send, recv) = transfer(&veth, &["--inject-loss", "0.05"], 102);
+    assert_eq!(send["packet_size"], 9000);
+    let dropped = recv["path_stats"]["xdp"]["loss_dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 0, "the loss knob dropped nothing: {recv}");
+    assert!(send["retransmits"].as_u64().unwrap_or(0) >= dropped, "every dropped packet was sent again");
+    assert_chains_whole(&recv);
+}
+
+#[test]
+fn afxdp_to_the_udp_socket_receiver_at_mtu_9000() {
+    let veth = Veth::with_mtu(9000);
+    let (send, recv) = transfer(&veth, &["--mode", "udp"], 103);
+    assert_eq!(send["packet_size"], 9000);
+    assert_eq!(recv["mode"], "udp");
+}
+
+/// veth's largest MTU: 17-descriptor chains of 4096-byte frames, the most
+/// the kernel's copy path takes. One byte more is refused by the kernel.
+#[test]
+fn afxdp_to_afxdp_at_the_largest_veth_mtu() {
+    let veth = Veth::with_mtu(65535);
+    let (send, recv) = transfer(&veth, &[], 104);
+    assert_eq!(send["packet_size"], 65535);
+    assert_chains_whole(&recv);
+    let too_big = std::process::Command::new("ip")
+        .args(["-n", &veth.tx_ns, "link", "set", "dev", &veth.tx_if, "mtu", "65536"])
+        .output()
+        .expect("ip link set mtu");
+    assert!(!too_big.status.success(), "veth took an MTU above 65535");
+}
+
+/// A sender at MTU 9000 and a receiver at 1500: the receiver names its
+/// largest datagram, and the sender sends 1500-byte packets and says so.
+/// Nothing is lost silently and nothing hangs.
+#[test]
+fn a_sender_at_9000_adapts_to_a_receiver_at_1500() {
+    let veth = Veth::with_mtu(9000);
+    veth.set_mtu(&veth.rx_ns, &veth.rx_if, 1500);
+    let (send, recv) = transfer(&veth, &[], 105);
+    assert_eq!(send["packet_size"], 1500, "{send}");
+    assert_eq!(send["retransmits"], 0, "{send}");
+    assert_eq!(recv["path_stats"]["xsk"]["multi_buffer"], false, "1500 fits one frame: {recv}");
+}
