@@ -1,5 +1,6 @@
 //! Per-packet hot pieces, measured with criterion (never in timed tests):
-//! - building a data frame at preload (headers + IPv4/UDP checksums);
+//! - building a data frame at preload (headers + IPv4/UDP checksums), and
+//!   the checksum alone over a jumbo datagram;
 //! - the receiver's per-datagram work: parse, checks, chunk bookkeeping;
 //! - one NACK round over a large, lossy chunk set.
 
@@ -16,8 +17,8 @@ use xdpblast::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LE
 fn frame_build(c: &mut Criterion) {
     let tpl = example_template();
     let mut g = c.benchmark_group("preload_frame");
-    for payload in [64usize, 1448] {
-        let mut frame = vec![0u8; 2048];
+    for payload in [64usize, 1448, 8940] {
+        let mut frame = vec![0u8; 9014];
         g.throughput(Throughput::Bytes(payload as u64));
         g.bench_with_input(BenchmarkId::from_parameter(payload), &payload, |b, &p| {
             b.iter(|| {
@@ -26,6 +27,16 @@ fn frame_build(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+}
+
+fn checksum(c: &mut Criterion) {
+    let data: Vec<u8> = (0..8972u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let mut g = c.benchmark_group("checksum");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("udp_ipv4_8972", |b| {
+        b.iter(|| black_box(xdpblast::wire::checksum::udp_ipv4([10, 0, 0, 1], [10, 0, 0, 2], black_box(&data))))
+    });
     g.finish();
 }
 
@@ -115,5 +126,5 @@ fn transmit_schedule(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_build, receive_path, nack_round, transmit_schedule);
+criterion_group!(benches, frame_build, checksum, receive_path, nack_round, transmit_schedule);
 criterion_main!(benches);

@@ -280,6 +280,7 @@ pub fn preload(
     let slot_bytes = plan.slot_bytes() as usize;
     let mut hasher = blake3::Hasher::new();
     let mut gather = Vec::new();
+    let mut sums = Vec::new();
     let started = std::time::Instant::now();
     let (header_at, payload_at) = (plan.header_offset(), plan.payload_offset());
 
@@ -317,12 +318,12 @@ pub fn preload(
                 got += n;
             }
             let lens: Vec<usize> = (idx..batch_end).map(|c| shape.chunk_len(c as u64).unwrap_or(0)).collect();
-            super::readahead::hash_payloads(&mut hasher, &mut gather, &frames[idx..batch_end], &lens, payload_at);
+            super::readahead::hash_payloads(&mut hasher, &mut gather, &mut sums, &frames[idx..batch_end], &lens, payload_at);
             for (i, f) in frames[idx..batch_end].iter_mut().enumerate() {
                 let c = (idx + i) as u64;
                 let len = lens[i];
                 emit_header(&mut f[header_at..], Kind::Data, len as u16, session, cookie, c);
-                tpl.build_in_place(f, HEADER_LEN + len)?;
+                tpl.build_in_place_summed(f, HEADER_LEN + len, Some((len, sums[i])))?;
             }
             offset += want as u64;
             idx = batch_end;

@@ -63,21 +63,29 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
 /// (header included, its checksum field as found). A datagram whose checksum
 /// field is correct yields 0 here.
 pub fn udp_ipv4(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
+    finish(sum(pseudo_ipv4(src, dst, udp.len()), udp))
+}
+
+/// The running sum of the IPv4 pseudo-header of a `udp_len`-byte datagram.
+pub fn pseudo_ipv4(src: [u8; 4], dst: [u8; 4], udp_len: usize) -> u32 {
     let mut acc = sum(0, &src);
     acc = sum(acc, &dst);
     acc = acc.wrapping_add(17); // zero byte + protocol
-    acc = acc.wrapping_add(udp.len() as u32);
-    finish(sum(acc, udp))
+    acc.wrapping_add(udp_len as u32)
+}
+
+/// The running sum of the IPv6 pseudo-header of a `udp_len`-byte datagram.
+pub fn pseudo_ipv6(src: [u8; 16], dst: [u8; 16], udp_len: usize) -> u32 {
+    let mut acc = sum(0, &src);
+    acc = sum(acc, &dst);
+    acc = sum(acc, &(udp_len as u32).to_be_bytes());
+    acc.wrapping_add(17) // next header
 }
 
 /// The UDP checksum over an IPv6 pseudo-header and the whole datagram; 0 for
 /// a datagram whose checksum is correct.
 pub fn udp_ipv6(src: [u8; 16], dst: [u8; 16], udp: &[u8]) -> u16 {
-    let mut acc = sum(0, &src);
-    acc = sum(acc, &dst);
-    acc = sum(acc, &(udp.len() as u32).to_be_bytes());
-    acc = acc.wrapping_add(17); // next header
-    finish(sum(acc, udp))
+    finish(sum(pseudo_ipv6(src, dst, udp.len()), udp))
 }
 
 #[cfg(test)]

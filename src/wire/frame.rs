@@ -96,6 +96,20 @@ impl FrameTemplate {
     /// `frame[self.udp_payload_offset()..]` (the reader reads the file
     /// straight there).
     pub fn build_in_place(&self, frame: &mut [u8], udp_payload_len: usize) -> Result<usize, FrameError> {
+        self.build_in_place_summed(frame, udp_payload_len, None)
+    }
+
+    /// Like [`FrameTemplate::build_in_place`], given the one's-complement
+    /// sum ([`checksum::sum`]) of the UDP payload's tail: `(tail_len, sum)`
+    /// for its last `tail_len` bytes, which must start at an even offset of
+    /// the payload. The read-ahead sums each chunk while it is hot in cache
+    /// (it has just copied it for hashing) instead of reading it again here.
+    pub fn build_in_place_summed(
+        &self,
+        frame: &mut [u8],
+        udp_payload_len: usize,
+        tail: Option<(usize, u32)>,
+    ) -> Result<usize, FrameError> {
         let at = self.udp_payload_offset();
         let total = at + udp_payload_len;
         if frame.len() < total {
@@ -136,11 +150,16 @@ impl FrameTemplate {
         // sum of zero goes out as all ones (RFC 768).
         let udp = UdpHeader { source_port: self.src.port(), destination_port: self.dst.port(), length: ip_payload, checksum: 0 };
         frame[ip_end..at].copy_from_slice(&udp.to_bytes());
-        let datagram = &frame[ip_end..total];
-        let sum = match (self.src.ip(), self.dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => checksum::udp_ipv4(s.octets(), d.octets(), datagram),
-            (IpAddr::V6(s), IpAddr::V6(d)) => checksum::udp_ipv6(s.octets(), d.octets(), datagram),
+        let acc = match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_ipv4(s.octets(), d.octets(), total - ip_end),
+            (IpAddr::V6(s), IpAddr::V6(d)) => checksum::pseudo_ipv6(s.octets(), d.octets(), total - ip_end),
             _ => return Err(FrameError::MixedVersions { src: self.src, dst: self.dst }),
+        };
+        let sum = match tail {
+            Some((tail_len, tail_sum)) if tail_len <= udp_payload_len && (udp_payload_len - tail_len) % 2 == 0 => {
+                checksum::finish(checksum::sum(acc, &frame[ip_end..total - tail_len]) + tail_sum)
+            }
+            _ => checksum::finish(checksum::sum(acc, &frame[ip_end..total])),
         };
         let sum = if sum == 0 { 0xffff } else { sum };
         frame[ip_end + 6..ip_end + 8].copy_from_slice(&sum.to_be_bytes());
@@ -287,6 +306,22 @@ mod tests {
             let ip = Ipv4Header::from_slice(ip).unwrap().0;
             let theirs = UdpHeader::with_ipv4_checksum(src.port(), dst.port(), &ip, &udp[UDP_LEN..]).unwrap();
             assert_eq!(&udp[6..8], &theirs.checksum.to_be_bytes(), "etherparse's UDP checksum, len {len}");
+        }
+    }
+
+    #[test]
+    fn a_given_tail_sum_builds_the_same_frame() {
+        let t = example_template();
+        for (len, tail) in [(1472usize, 1440usize), (8972, 8940), (41, 9), (40, 0)] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let (mut a, mut b) = ([0u8; 9014], [0u8; 9014]);
+            let at = t.udp_payload_offset();
+            a[at..at + len].copy_from_slice(&payload);
+            b[at..at + len].copy_from_slice(&payload);
+            let n = t.build_in_place(&mut a, len).unwrap();
+            let tail_sum = checksum::sum(0, &payload[len - tail..]);
+            assert_eq!(t.build_in_place_summed(&mut b, len, Some((tail, tail_sum))).unwrap(), n);
+            assert_eq!(a[..n], b[..n], "payload {len}, tail {tail}");
         }
     }
 
