@@ -281,6 +281,9 @@ fn run_once(
     let afxdp = mode.starts_with("afxdp");
     let key_s = key.to_str().context("utf-8 key path")?;
     let _ = std::fs::remove_file(out);
+    // Let the last run's writeback finish first: otherwise it runs on the
+    // same two CPUs during this one, and runs differ by 2x at random.
+    nix::unistd::sync();
     let listen = format!("{RX_IP}:9000");
     let out_s = out.to_str().context("utf-8 output path")?;
     let file_s = file.to_str().context("utf-8 file path")?;
@@ -475,7 +478,9 @@ fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
         f.write_all(&block[..n])?;
         left -= n as u64;
     }
-    f.flush()?;
+    // Written back before the first run: otherwise the kernel flushes these
+    // dirty pages during the first runs, on the same CPUs.
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
 }
 
