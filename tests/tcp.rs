@@ -28,6 +28,10 @@ fn tcp_transfer(veth: &Veth, mode: &str, recv_args: &[&str]) {
     assert_eq!(recv["verified"], true);
     assert_eq!(send["digest"], recv["digest"]);
     assert!(send["syscalls"].as_u64().unwrap_or(0) > 0, "syscalls are counted");
+    // The end-to-end rate is the file over the whole command, as AF_XDP's.
+    let (e2e, e2e_s) = (send["e2e_goodput_bps"].as_f64().unwrap_or(0.0), send["e2e_s"].as_f64().unwrap_or(0.0));
+    let bits = send["bytes"].as_f64().unwrap_or(0.0) * 8.0;
+    assert!(e2e > 0.0 && (e2e * e2e_s / bits - 1.0).abs() < 0.01, "{mode}: e2e_goodput_bps {e2e}, e2e_s {e2e_s}");
     assert!(same_file(&file, &out), "{mode}: output differs");
 }
 

@@ -80,6 +80,8 @@ pub struct TcpReport {
     pub syscalls: u64,
     /// Process start to the verdict.
     pub e2e_s: f64,
+    /// The file's bits over `e2e_s`, as the AF_XDP sender reports it.
+    pub e2e_goodput_bps: f64,
     /// VmHWM: the most memory this process held at once.
     pub peak_rss_bytes: u64,
     /// Sender in auto mode: why AF_XDP was not used.
@@ -362,6 +364,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
         e2e_s: crate::report::since_process_start(),
+        e2e_goodput_bps: size as f64 * 8.0 / crate::report::since_process_start().max(1e-9),
         peak_rss_bytes: crate::report::peak_rss_bytes(),
         afxdp_not_used: opts.fallback_reason.clone(),
     })
@@ -505,6 +508,11 @@ pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOpti
         transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
         syscalls: crate::syscount::total(),
         e2e_s: crate::report::since_process_start(),
+        e2e_goodput_bps: if verified {
+            bytes as f64 * 8.0 / crate::report::since_process_start().max(1e-9)
+        } else {
+            0.0
+        },
         peak_rss_bytes: crate::report::peak_rss_bytes(),
         afxdp_not_used: None,
     }
