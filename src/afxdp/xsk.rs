@@ -220,48 +220,11 @@ impl Xsk {
     pub fn receive(&mut self, max: u32, f: impl FnOnce(&[&[u8]])) -> u32 {
         let area = &self.area;
         let q = &mut self.queues[0];
-        let Some(rx) = q.rx.as_mut() else { return 0 };
         let mask = !(u64::from(area.frame_size()) - 1);
-        q.rx_descs.clear();
-        q.rx_descs.append(&mut q.rx_partial);
-        let mut r = rx.receive(max);
-        let mut n = 0;
-        while let Some(desc) = r.read() {
-            n += 1;
-            q.rx_descs.push(desc);
-        }
-        r.release();
-        let packets = split_chains(&q.rx_descs);
+        let Some((n, packets)) = q.take_descs(max, mask) else { return 0 };
         let whole = packets.last().map_or(0, |p| p.end);
-        if q.rx_descs.len() - whole > MAX_RX_CHAIN {
-            // A chain that never ends: drop what came of it.
-            q.rx_bad_chains += 1;
-            q.recycle.extend(q.rx_descs[whole..].iter().map(|d| d.addr & mask));
-        } else {
-            q.rx_partial.extend_from_slice(&q.rx_descs[whole..]);
-        }
         let descs = &q.rx_descs[..whole];
-        // Join chains first (the buffer may move while it grows), then
-        // take the slices.
-        q.rx_gather.clear();
-        let mut joined = Vec::with_capacity(packets.len());
-        for p in &packets {
-            let mut span = (q.rx_gather.len(), 0usize);
-            if p.len() > 1 && p.len() <= MAX_RX_CHAIN {
-                for d in &descs[p.clone()] {
-                    // SAFETY: as below: the kernel handed these frames to us
-                    // and gets them back only after this call.
-                    match unsafe { area.bytes_at(d.addr, d.len) } {
-                        Some(b) => q.rx_gather.extend_from_slice(b),
-                        None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; chain dropped"),
-                    }
-                }
-                span.1 = q.rx_gather.len() - span.0;
-            } else if p.len() > 1 {
-                q.rx_bad_chains += 1;
-            }
-            joined.push(span);
-        }
+        let joined = join_chains(area, descs, &packets, &mut q.rx_gather, &mut q.rx_bad_chains);
         let mut frames: Vec<&[u8]> = Vec::with_capacity(packets.len());
         for (p, &(at, len)) in packets.iter().zip(&joined) {
             if p.len() > 1 {
@@ -292,6 +255,39 @@ impl Xsk {
     }
 }
 
+/// Copies each chain of `packets` (index ranges into `descs`) into `gather`,
+/// back to back; returns where each packet's bytes are there (`(at, 0)` for
+/// a single frame, which is read in place, and for a chain too long to be
+/// ours, counted in `bad`).
+fn join_chains(
+    area: &UmemArea,
+    descs: &[XdpDesc],
+    packets: &[std::ops::Range<usize>],
+    gather: &mut Vec<u8>,
+    bad: &mut u64,
+) -> Vec<(usize, usize)> {
+    gather.clear();
+    let mut joined = Vec::with_capacity(packets.len());
+    for p in packets {
+        let at = gather.len();
+        if p.len() > MAX_RX_CHAIN {
+            *bad += 1;
+        } else if p.len() > 1 {
+            for d in &descs[p.clone()] {
+                // SAFETY: the kernel handed these frames to us on the RX ring
+                // and gets them back on the fill ring only after `receive`
+                // has used the joined bytes.
+                match unsafe { area.bytes_at(d.addr, d.len) } {
+                    Some(b) => gather.extend_from_slice(b),
+                    None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; chain cut short"),
+                }
+            }
+        }
+        joined.push((at, gather.len() - at));
+    }
+    joined
+}
+
 /// The packets among received descriptors: index ranges, each ending with a
 /// descriptor without `XDP_PKT_CONTD`. Descriptors after the last such one
 /// (a chain whose rest has not arrived) belong to no range.
@@ -308,6 +304,33 @@ fn split_chains(descs: &[XdpDesc]) -> Vec<std::ops::Range<usize>> {
 }
 
 impl Queue {
+    /// Reads up to `max` descriptors from the RX ring after those of a chain
+    /// left unfinished last time, into `rx_descs`; keeps the tail of a chain
+    /// still arriving for next time (or drops one that never ends, its
+    /// frames queued for the fill ring, `mask` giving each frame's start).
+    /// Returns how many were read and the whole packets among them.
+    fn take_descs(&mut self, max: u32, mask: u64) -> Option<(u32, Vec<std::ops::Range<usize>>)> {
+        let rx = self.rx.as_mut()?;
+        self.rx_descs.clear();
+        self.rx_descs.append(&mut self.rx_partial);
+        let mut r = rx.receive(max);
+        let mut n = 0;
+        while let Some(desc) = r.read() {
+            n += 1;
+            self.rx_descs.push(desc);
+        }
+        r.release();
+        let packets = split_chains(&self.rx_descs);
+        let whole = packets.last().map_or(0, |p| p.end);
+        if self.rx_descs.len() - whole > MAX_RX_CHAIN {
+            self.rx_bad_chains += 1;
+            self.recycle.extend(self.rx_descs[whole..].iter().map(|d| d.addr & mask));
+        } else {
+            self.rx_partial.extend_from_slice(&self.rx_descs[whole..]);
+        }
+        Some((n, packets))
+    }
+
     /// The first socket uses the UMEM's own descriptor; later ones get their
     /// own and bind with XDP_SHARED_UMEM, inheriting the first one's copy,
     /// zero-copy and need-wakeup settings (the kernel refuses them as flags).
@@ -531,5 +554,47 @@ pub fn setsockopt_u32(fd: RawFd, level: libc::c_int, name: libc::c_int, value: u
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(addr: u64, more: bool) -> XdpDesc {
+        XdpDesc { addr, len: 4096, options: if more { XDP_PKT_CONTD } else { 0 } }
+    }
+
+    #[test]
+    fn chains_end_at_the_first_descriptor_without_contd() {
+        let d = [desc(0, false), desc(1, true), desc(2, true), desc(3, false), desc(4, false), desc(5, true)];
+        assert_eq!(split_chains(&d), vec![0..1, 1..4, 4..5], "the unfinished chain at 5 is no packet yet");
+        assert_eq!(split_chains(&d[5..]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(split_chains(&[]), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn chains_are_joined_back_to_back_and_single_frames_left_in_place() {
+        let mut area = UmemArea::new(8, 2048).unwrap();
+        for i in 0..8u32 {
+            area.frame_mut(i).unwrap().fill(i as u8);
+        }
+        let d = |i: u64, len: u32, more: bool| XdpDesc {
+            addr: i * 2048,
+            len,
+            options: if more { XDP_PKT_CONTD } else { 0 },
+        };
+        let descs = [d(1, 2048, true), d(2, 10, false), d(3, 100, false), d(4, 2048, true), d(5, 5, false)];
+        let packets = split_chains(&descs);
+        let (mut gather, mut bad) = (Vec::new(), 0);
+        let joined = join_chains(&area, &descs, &packets, &mut gather, &mut bad);
+        assert_eq!(joined, vec![(0, 2058), (2058, 0), (2058, 2053)]);
+        assert_eq!(&gather[..2048], &[1u8; 2048][..]);
+        assert_eq!(&gather[2048..2058], &[2u8; 10][..]);
+        assert_eq!(&gather[2058 + 2048..], &[5u8; 5][..]);
+        assert_eq!(bad, 0);
+        let long: Vec<XdpDesc> = (0..=MAX_RX_CHAIN as u64).map(|i| d(i % 8, 1, i < MAX_RX_CHAIN as u64)).collect();
+        let joined = join_chains(&area, &long, &split_chains(&long), &mut gather, &mut bad);
+        assert_eq!((joined, bad), (vec![(0, 0)], 1), "a chain too long to be ours is handed empty and counted");
     }
 }
