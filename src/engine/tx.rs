@@ -14,6 +14,7 @@
 //! It works on any [`TxRing`]: an AF_XDP queue, or the FIFO model its tests
 //! check it against (in the manner of s2n-quic-xdp's ring tests).
 
+use std::collections::VecDeque;
 use std::io;
 use std::time::Instant;
 
@@ -114,9 +115,10 @@ pub struct TxEngine {
     /// Bytes one descriptor carries (the UMEM frame size): a longer frame
     /// goes out as a chain.
     unit: u32,
-    /// The part of a chain the last reservation cut off: address and bytes
-    /// still to post.
-    carry: Option<(u64, u32)>,
+    /// What a reservation cut off: address and bytes still to post, in
+    /// order. At most the tail of one chain while frames are at most
+    /// `full_frame` long (see `post`); a longer one only waits longer.
+    carry: VecDeque<(u64, u32)>,
     /// This turn's descriptors (kept to reuse its allocation).
     descs: Vec<XdpDesc>,
     /// Never more in flight than the completion ring can hand back.
@@ -137,7 +139,7 @@ impl TxEngine {
         TxEngine {
             outstanding: 0,
             unit: u32::MAX,
-            carry: None,
+            carry: VecDeque::new(),
             descs: Vec::with_capacity(batch.clamp(1, comp_ring) as usize),
             comp_ring,
             batch: batch.clamp(1, comp_ring),
@@ -163,7 +165,7 @@ impl TxEngine {
 
     /// Whether part of a chain waits to be posted (next turn, first).
     pub fn chain_cut(&self) -> bool {
-        self.carry.is_some()
+        !self.carry.is_empty()
     }
 
     pub fn pacer(&self) -> Option<&Pacer> {
@@ -208,23 +210,31 @@ impl TxEngine {
         let (mut frames, mut bytes) = (0u32, 0u64);
         let posted = ring.post_with(room, |cap| {
             descs.clear();
-            if let Some((addr, len)) = carry.take() {
-                *carry = split_frame(addr, len, unit, cap, descs);
+            while let Some((addr, len)) = carry.pop_front() {
+                if let Some(rest) = split_frame(addr, len, unit, cap, descs) {
+                    carry.push_front(rest);
+                    break;
+                }
             }
             let left = cap - descs.len();
-            if left > 0 && carry.is_none() {
-                // Frames that could start in the room left: all but the
-                // last fit whole (see `split_frame`).
+            if left > 0 && carry.is_empty() {
+                // Frames that could start in the room left: with frames of
+                // at most `chain` descriptors, all but the last fit whole.
                 let mut want = left.div_ceil(chain);
                 if let Some(p) = pacer.as_mut() {
                     want = p.allowance(now, full_frame, want as u32) as usize;
                 }
                 if want > 0 {
                     for (addr, len) in fill(want).take(want) {
-                        debug_assert!(carry.is_none(), "a chain was cut before the last frame");
                         frames += 1;
                         bytes += u64::from(len);
-                        *carry = split_frame(addr, len, unit, cap, descs);
+                        if carry.is_empty() {
+                            if let Some(rest) = split_frame(addr, len, unit, cap, descs) {
+                                carry.push_back(rest);
+                            }
+                        } else {
+                            carry.push_back((addr, len));
+                        }
                     }
                 }
             }
@@ -251,8 +261,8 @@ impl TxEngine {
     /// Lets what is in flight complete, until `deadline`; returns how many
     /// descriptors are still out.
     pub fn drain(&mut self, ring: &mut impl TxRing, deadline: Instant, mut f: impl FnMut(u64)) -> u32 {
-        while (self.outstanding > 0 || self.carry.is_some()) && Instant::now() < deadline {
-            if self.carry.is_some() {
+        while (self.outstanding > 0 || !self.carry.is_empty()) && Instant::now() < deadline {
+            if !self.carry.is_empty() {
                 // Finish a cut chain: the kernel holds its first part.
                 self.post(ring, Instant::now(), 0, |_| std::iter::empty());
             }
@@ -441,12 +451,15 @@ mod tests {
         /// small reservations: what the kernel side reassembles (descriptors
         /// joined while `XDP_PKT_CONTD` is set) is exactly the frames handed
         /// out, in order, each whole; no descriptor is longer than a UMEM
-        /// frame; every descriptor completes once.
+        /// frame; every descriptor completes once. Also when the engine is
+        /// told frames are shorter than they are (`full` of one UMEM frame),
+        /// so that several cut frames wait.
         #[test]
         fn chains_reach_the_ring_whole_whatever_the_cuts(
             lens in proptest::collection::vec(1u32..=3 * 4096, 1..200),
             caps in proptest::collection::vec(1u32..8, 1..400),
             batch in 1u32..32,
+            full in prop_oneof![Just(3 * 4096 + 14), Just(4096)],
         ) {
             let unit = 4096;
             let mut ring = RingModel::new(8, 8);
@@ -472,7 +485,7 @@ mod tests {
             };
             for (turn, &cap) in caps.iter().enumerate() {
                 ring.cap = cap;
-                let got = eng.post(&mut ring, now, 3 * 4096 + 14, |want| {
+                let got = eng.post(&mut ring, now, full, |want| {
                     let out: Vec<(u64, u32)> =
                         lens[next..].iter().take(want).enumerate().map(|(i, &l)| (((next + i) as u64) << 16, l)).collect();
                     next += out.len();
@@ -489,7 +502,7 @@ mod tests {
             // completes.
             ring.cap = 8;
             while eng.chain_cut() || !ring.tx.is_empty() {
-                eng.post(&mut ring, now, 3 * 4096 + 14, |_| std::iter::empty());
+                eng.post(&mut ring, now, full, |_| std::iter::empty());
                 deliver(&mut ring, usize::MAX, &mut wire);
                 ring.complete(usize::MAX);
                 eng.reap(&mut ring, |_| {});
