@@ -166,7 +166,7 @@ fn try_af_xdp(ifname: &str) -> (Result<String, String>, Result<String, String>) 
             bind: BindMode::Auto,
             multi_buffer,
         };
-        let area = UmemArea::new(64, 2048).map_err(|e| XskError::Umem(e.to_string()))?;
+        let area = UmemArea::new(64, 2048)?;
         Xsk::open(area, &cfg).map(|x| match x.mode() {
             XskMode::Copy => "copy mode".to_string(),
             XskMode::ZeroCopy => "zero-copy mode".to_string(),

@@ -93,6 +93,8 @@ pub enum XskError {
     Bind { ifname: String, queue: u32, multi_buffer: bool, errno: i32, err: String, hint: &'static str },
     #[error("cannot map the {0} ring: {1}")]
     Map(&'static str, String),
+    #[error(transparent)]
+    Area(#[from] super::umem::UmemError),
 }
 
 /// Registering a UMEM first creates the AF_XDP socket: EPERM there means

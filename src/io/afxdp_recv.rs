@@ -34,6 +34,28 @@ pub struct AfxdpReceiver {
     multi_buffer: bool,
 }
 
+/// Binds one receive socket on a UMEM of its own. Where the first queue
+/// cannot bind with multi-buffer (a kernel before 6.6, a driver without
+/// it), binds without and says so: the receiver then takes packets of one
+/// UMEM frame, and senders learn that size in its HelloAck. Returns the
+/// socket and whether it takes chains.
+fn bind_queue(mut cfg: XskConfig, frames: u32, frame_size: u32, mtu: u32) -> Result<(Xsk, bool), XskError> {
+    match Xsk::open(UmemArea::new(frames, frame_size)?, &cfg) {
+        Err(XskError::Bind { errno: libc::EINVAL | libc::EOPNOTSUPP, multi_buffer: true, .. }) if cfg.queue == 0 => {
+            cfg.multi_buffer = false;
+            let x = Xsk::open(UmemArea::new(frames, frame_size)?, &cfg)?;
+            warn!(
+                iface = %cfg.ifname,
+                mtu,
+                max_packet = frame_size - ETH_LEN as u32,
+                "no multi-buffer AF_XDP (XDP_USE_SG) here: taking packets of at most one UMEM frame; senders are told"
+            );
+            Ok((x, false))
+        }
+        other => other.map(|x| (x, cfg.multi_buffer)),
+    }
+}
+
 /// How the receive UMEM is cut for an interface's MTU: 2048-byte frames
 /// while a packet fits one, 4096 above, and chains (XDP multi-buffer)
 /// where a packet needs several.
@@ -60,7 +82,7 @@ impl AfxdpReceiver {
         let frames = RX_UMEM_BYTES / frame_size;
         let mut sockets = Vec::with_capacity(max_queues as usize);
         for q in 0..max_queues {
-            let mut cfg = XskConfig {
+            let cfg = XskConfig {
                 ifname: iface.name.clone(),
                 queue: q,
                 rx_size: RX_RING.min(frames),
@@ -70,27 +92,11 @@ impl AfxdpReceiver {
                 bind,
                 multi_buffer,
             };
-            let opened = match Xsk::open(UmemArea::new(frames, frame_size)?, &cfg) {
-                Err(XskError::Bind { errno: libc::EINVAL | libc::EOPNOTSUPP, multi_buffer: true, .. }) if q == 0 => {
-                    // No multi-buffer here: take what fits one frame, and
-                    // say so; senders learn the size in our HelloAck.
-                    cfg.multi_buffer = false;
-                    multi_buffer = false;
-                    let x = Xsk::open(UmemArea::new(frames, frame_size)?, &cfg);
-                    if x.is_ok() {
-                        warn!(
-                            iface = %iface.name,
-                            mtu = iface.mtu,
-                            max_packet = frame_size - ETH_LEN as u32,
-                            "no multi-buffer AF_XDP (XDP_USE_SG) here: taking packets of at most one UMEM frame; senders are told"
-                        );
-                    }
+            let mut xsk = match bind_queue(cfg, frames, frame_size, iface.mtu) {
+                Ok((x, sg)) => {
+                    multi_buffer = sg;
                     x
                 }
-                other => other,
-            };
-            let mut xsk = match opened {
-                Ok(x) => x,
                 Err(XskError::Bind { errno: libc::EINVAL, .. }) if q > 0 => break,
                 Err(e) => return Err(e.into()),
             };
