@@ -21,7 +21,20 @@ fn probe_reports_copy_mode_native_xdp_and_link_facts() {
     assert_eq!(p["iface"]["rx_queues"], 1);
     assert_eq!(p["iface"]["ipv4"], RX_IP);
     assert!(p["auto_mode"].as_str().unwrap_or("").starts_with("afxdp"));
+    assert_eq!(p["multi_buffer"]["ok"], true, "kernel 6.18 has multi-buffer AF_XDP: {p}");
+    assert_eq!(p["largest_packet"], 1500, "the MTU: {p}");
     assert!(veth.rx_xdp().is_none(), "the probe must not leave its test attachment behind");
+}
+
+#[test]
+fn probe_reports_the_largest_packet_at_a_jumbo_mtu() {
+    let veth = Veth::with_mtu(9000);
+    let out = veth.in_ns(&veth.rx_ns, &["probe", "--iface", &veth.rx_if, "--json"]).output().expect("probe");
+    assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(p["multi_buffer"]["ok"], true, "{p}");
+    assert_eq!(p["largest_packet"], 9000, "{p}");
+    assert_eq!(p["iface"]["mtu"], 9000);
 }
 
 #[test]
