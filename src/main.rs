@@ -735,8 +735,13 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
         idle_timeout: seconds(a.timeout, "--timeout")?,
         allow_from: a.allow_from,
         max_size: a.max_size,
-        // IP and UDP headers: 28 (IPv4) or 48 (IPv6) bytes of the MTU.
-        max_datagram: iface.as_ref().map(|i| (i.mtu as usize).saturating_sub(ip_udp_overhead)),
+        // IP and UDP headers: 28 (IPv4) or 48 (IPv6) bytes of the MTU of
+        // --iface, or else of the interface that holds the listen address.
+        max_datagram: match &iface {
+            Some(i) => Some(i.mtu),
+            None => Interface::holding(a.listen.ip()).ok().flatten().map(|i| i.mtu),
+        }
+        .map(|mtu| (mtu as usize).saturating_sub(ip_udp_overhead)),
         ip_udp_overhead,
         tcp_only: a.mode() == RecvMode::Tcp,
         intervals: human,

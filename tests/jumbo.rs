@@ -89,3 +89,22 @@ fn a_sender_at_9000_adapts_to_a_receiver_at_1500() {
     assert_eq!(send["retransmits"], 0, "{send}");
     assert_eq!(recv["path_stats"]["xsk"]["multi_buffer"], false, "1500 fits one frame: {recv}");
 }
+
+/// The UDP-socket receiver without `--iface` learns its MTU from the
+/// interface that holds its listen address, so a sender at 9000 sends it
+/// 1500-byte packets instead of losing every one.
+#[test]
+fn the_udp_receiver_names_its_mtu_without_iface() {
+    let veth = Veth::with_mtu(9000);
+    veth.set_mtu(&veth.rx_ns, &veth.rx_if, 1500);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 8 * MIB, 106);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver_without_iface(&out, &["--mode", "udp"]);
+    let sent = veth.send(&file, &[]);
+    let (rx_ok, recv, log) = rx.finish();
+    assert!(sent.status.success(), "sender failed: {}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "receiver failed: {recv}\n{log}");
+    assert_eq!(json(&sent)["packet_size"], 1500);
+    assert!(same_file(&file, &out), "output differs from input");
+}

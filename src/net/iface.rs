@@ -113,6 +113,33 @@ impl Interface {
         Ok(iface)
     }
 
+    /// The interface that holds address `ip` in this namespace, if one does
+    /// (none for an unspecified address such as 0.0.0.0).
+    pub fn holding(ip: IpAddr) -> Result<Option<Interface>, IfaceError> {
+        if ip.is_unspecified() {
+            return Ok(None);
+        }
+        let index = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a)
+                if a.attributes.iter().any(|x| {
+                    matches!(x, AddressAttribute::Local(l) | AddressAttribute::Address(l) if *l == ip)
+                }) =>
+            {
+                Some(a.header.index)
+            }
+            _ => None,
+        });
+        let Some(index) = index else { return Ok(None) };
+        let name = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.header.index == index => l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            }),
+            _ => None,
+        });
+        name.map(|n| Interface::lookup(&n)).transpose()
+    }
+
     /// The interface's address of the version `to` needs: the source for
     /// packets to `to`.
     pub fn source_for(&self, to: IpAddr) -> Option<IpAddr> {

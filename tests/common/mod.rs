@@ -152,10 +152,16 @@ impl Veth {
 
     /// Starts `xdpblast recv` in the receive namespace and waits for `ready`.
     pub fn start_receiver(&self, out: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec!["--iface", self.rx_if.as_str()];
+        args.extend_from_slice(extra);
+        self.start_receiver_without_iface(out, &args)
+    }
+
+    /// [`Veth::start_receiver`] without `--iface` (unless `extra` gives it).
+    pub fn start_receiver_without_iface(&self, out: &Path, extra: &[&str]) -> Proc {
         let listen = self.rx_data.clone();
         let out_s = out.to_str().expect("utf-8 path");
-        let mut args =
-            vec!["--log", "warn", "recv", "--iface", &self.rx_if, "--listen", &listen, "--out", out_s, "--json"];
+        let mut args = vec!["--log", "warn", "recv", "--listen", &listen, "--out", out_s, "--json"];
         args.extend_from_slice(extra);
         let stderr_path = out.with_extension("recv.log");
         let stderr = std::fs::File::create(&stderr_path).expect("receiver log");
