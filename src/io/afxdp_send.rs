@@ -411,7 +411,7 @@ fn transfer(
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let area = crate::afxdp::umem::UmemArea::new(plan.total_frames, plan.frame_size)?;
+    let area = crate::afxdp::umem::UmemArea::new_ring(plan.total_frames, plan.frame_size)?;
     let mut xsk = Xsk::open(area, &tx_config(&iface.name, opts.bind, &plan))?;
     let mode = xsk.mode();
     info!(mode = mode.name(), umem_bytes = plan.umem_bytes(), slots = plan.slots, "transmit socket bound");
