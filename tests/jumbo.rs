@@ -16,13 +16,9 @@ fn transfer(veth: &Veth, recv_args: &[&str], seed: u64) -> (serde_json::Value, s
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, recv_args);
     let sent = veth.send(&file, &[]);
-    let (rx_ok, recv, log) = rx.finish();
-    assert!(sent.status.success(), "sender failed: {}", String::from_utf8_lossy(&sent.stderr));
-    assert!(rx_ok, "receiver failed: {recv}\n{log}");
-    let send = json(&sent);
+    let (send, recv) = finished_identical(rx, &sent, &file, &out);
     assert_eq!(send["verified"], true);
     assert_eq!(recv["verified"], true);
-    assert!(same_file(&file, &out), "output differs from input");
     (send, recv)
 }
 
@@ -50,7 +46,12 @@ fn afxdp_to_afxdp_at_mtu_9000_repairs_five_percent_loss() {
     assert_eq!(send["packet_size"], 9000);
     let dropped = recv["path_stats"]["xdp"]["loss_dropped"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "the loss knob dropped nothing: {recv}");
-    assert!(send["retransmits"].as_u64().unwrap_or(0) >= dropped, "every dropped packet was sent again");
+    // Every dropped data packet went out again. The knob drops Metas too,
+    // and a lost Meta is not repaired: the Meta goes out again anyway (a
+    // run that lost one of its 5 Metas had 369 retransmits for 370 drops).
+    let retransmits = send["retransmits"].as_u64().unwrap_or(0);
+    let metas = send["stats"]["meta_frames"].as_u64().unwrap_or(0);
+    assert!(retransmits > 0 && retransmits + metas >= dropped, "{dropped} dropped\nsend: {send}\nrecv: {recv}");
     assert_chains_whole(&recv);
 }
 
@@ -102,9 +103,6 @@ fn the_udp_receiver_names_its_mtu_without_iface() {
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver_without_iface(&out, &["--mode", "udp"]);
     let sent = veth.send(&file, &[]);
-    let (rx_ok, recv, log) = rx.finish();
-    assert!(sent.status.success(), "sender failed: {}", String::from_utf8_lossy(&sent.stderr));
-    assert!(rx_ok, "receiver failed: {recv}\n{log}");
-    assert_eq!(json(&sent)["packet_size"], 1500);
-    assert!(same_file(&file, &out), "output differs from input");
+    let (send, _) = finished_identical(rx, &sent, &file, &out);
+    assert_eq!(send["packet_size"], 1500);
 }

@@ -35,21 +35,6 @@ fn assert_transfer(
     (send, recv)
 }
 
-/// Waits for the receiver after `sent`: both succeeded and the output is
-/// the input. Returns the sender's and the receiver's reports.
-fn finished_identical(
-    rx: Proc,
-    sent: &std::process::Output,
-    file: &std::path::Path,
-    out: &std::path::Path,
-) -> (serde_json::Value, serde_json::Value) {
-    let (rx_ok, recv, log) = rx.finish();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
-    assert!(rx_ok, "{recv}\n{log}");
-    assert!(same_file(file, out), "output differs from input");
-    (json(sent), recv)
-}
-
 /// Every retransmit must answer a drop someone counted: our XDP program's loss
 /// knob, the receiver's XSK ring, the sender's device (EBUSY), or a tail probe.
 /// A scheduler that loses frames on its own, or a NACK that names chunks that
