@@ -744,21 +744,22 @@ impl Transmit {
         let info = *sender.info();
         let (first_len, last_len) = (self.meta_first_len, self.meta_last_len);
         let ids = &mut self.ids;
+        // The engine posts every frame it takes from the iterator, so each
+        // data frame's descriptors go on the reader's ledger as it is taken.
         let posted = self.engine.post(&mut **xsk, now, self.full_frame, |want| {
             let want = want.min(ids.len());
             let n = sender.next_frames(now, &mut ids[..want]);
             ids[..n].iter().map(move |id| match *id {
-                FrameId::Data(c) => (plan.data_addr(c), plan.data_len(&info, c)),
+                FrameId::Data(c) => {
+                    let len = plan.data_len(&info, c);
+                    reader.posted(c, plan.descs_for(len));
+                    (plan.data_addr(c), len)
+                }
                 FrameId::Meta { last } => (plan.meta_addr(last), if last { last_len } else { first_len }),
             })
         });
         if posted > 0 {
             self.first_post.get_or_insert(now);
-            for id in &self.ids[..posted as usize] {
-                if let FrameId::Data(c) = id {
-                    reader.posted(*c, plan.descs_for(plan.data_len(&info, *c)));
-                }
-            }
         }
         posted
     }
