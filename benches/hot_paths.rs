@@ -54,8 +54,17 @@ fn receive_path(c: &mut Criterion) {
     rx.on_control(
         now,
         from,
-        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name: "" }
-            .encode(cookie),
+        &Message::Hello {
+            session: 1,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+            data_ports: xdpblast::wire::message::DataPorts::NONE,
+        }
+        .encode(cookie),
     );
     let frames: Vec<Vec<u8>> = (0..1024u64)
         .map(|i| {

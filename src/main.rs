@@ -21,6 +21,7 @@ use xdpblast::io::raw_send::{self, RawOptions};
 use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::udp_recv::UdpReceiver;
+use xdpblast::io::QueueCount;
 use xdpblast::net::iface::{parse_mac, Interface};
 use xdpblast::proto::pacer::Rate;
 use xdpblast::wire::frame::IpVersion;
@@ -277,10 +278,15 @@ struct SendArgs {
     /// Seconds to transmit in raw mode.
     #[arg(long, value_name = "SECS", requires = "raw")]
     duration: Option<f64>,
-    /// Raw mode: one AF_XDP socket and one pinned thread per TX queue 0..N,
-    /// on one shared UMEM.
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "raw")]
-    queues: u32,
+    /// Transmit queues 0..N, each with an AF_XDP socket on one shared UMEM
+    /// and a thread that drives it (AF_XDP); auto: one per TX queue the
+    /// interface uses, at most the CPUs less one and 16 (see README).
+    #[arg(long, value_name = "N|auto", default_value = "1")]
+    queues: QueueCount,
+    /// TCP modes: split the file into N ranges sent over N connections at
+    /// once, verified as one file (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    streams: u32,
     /// Raw mode: prefer busy polling on the sockets (SO_PREFER_BUSY_POLL,
     /// SO_BUSY_POLL, SO_BUSY_POLL_BUDGET = --batch).
     #[arg(long, requires = "raw")]
@@ -561,6 +567,7 @@ fn afxdp_only_options(a: &SendArgs) -> Vec<&'static str> {
         ("--dst-mac", a.dst_mac.is_some()),
         ("--reader", a.reader != ReaderArg::Auto),
         ("--xdp-bind", a.xdp_bind != XskBind::Auto),
+        ("--queues", a.queues != QueueCount::Fixed(1)),
     ];
     given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
 }
@@ -635,6 +642,7 @@ fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
         direct: a.direct,
         reader: a.reader.mode(),
         bind: a.xdp_bind.into(),
+        queues: a.queues,
         batch: a.batch,
         rate: a.rate,
         adapt: a.adapt,
@@ -642,12 +650,12 @@ fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
         progress: a.progress,
     };
     if a.raw {
+        let prep = afxdp_send::prepare(&opts)?;
         let raw = RawOptions {
             duration: seconds(a.duration.unwrap_or(0.0), "--duration")?,
-            queues: a.queues,
+            queues: prep.queues,
             busy_poll: a.busy_poll,
         };
-        let prep = afxdp_send::prepare(&opts)?;
         let report = raw_send::run(&opts, &raw, prep)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

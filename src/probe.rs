@@ -2,12 +2,12 @@
 
 use serde::Serialize;
 
+use xdpblast::afxdp::preload::MAX_CHAIN;
 use xdpblast::afxdp::program::{self, Steering, XdpQuery};
 use xdpblast::afxdp::umem::UmemArea;
-use xdpblast::afxdp::preload::MAX_CHAIN;
 use xdpblast::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
-use xdpblast::wire::frame::ETH_LEN;
 use xdpblast::net::iface::{format_mac, Interface};
+use xdpblast::wire::frame::ETH_LEN;
 
 #[derive(Serialize)]
 struct Probe {

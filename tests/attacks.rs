@@ -174,6 +174,7 @@ fn row4_blind_spoofing_opens_no_session() {
                     keyed: false,
                     block_chunks: 0,
                     name: "",
+                    data_ports: xdpblast::wire::message::DataPorts::NONE,
                 }
                 .encode(cookie),
             );

@@ -81,6 +81,7 @@ fn hostile_round(s: &Session, seed: &mut u64) -> Vec<(bool, Vec<u8>)> {
                 keyed: false,
                 block_chunks: 0,
                 name: "",
+                data_ports: xdpblast::wire::message::DataPorts::NONE,
             }
             .to_vec(),
         ),

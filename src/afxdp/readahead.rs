@@ -31,7 +31,7 @@ use super::umem::FrameWriter;
 use crate::proto::auth::{Direction, Keys};
 use crate::proto::blocks::{BlockHasher, BlockPlan};
 use crate::wire::frame::FrameTemplate;
-use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
+use crate::wire::message::{emit_header, lane_of, Kind, Message, SessionInfo, HEADER_LEN};
 
 /// Most chunks one `preadv` scatters over.
 const MAX_BATCH: u64 = 1024;
@@ -44,6 +44,15 @@ const RUN_BYTES: u64 = 1 << 20;
 pub const DIRECT_BLOCK: usize = 4 << 20;
 /// Offsets and lengths of `O_DIRECT` reads are multiples of this.
 const DIRECT_ALIGN: u64 = 4096;
+
+/// The template of chunk `c`'s frame: the source port of its lane, where
+/// there are several.
+fn lane_template(tpl: &FrameTemplate, ports: &[u16], c: u64) -> FrameTemplate {
+    match ports.len() {
+        0 | 1 => *tpl,
+        n => FrameTemplate { src: std::net::SocketAddr::new(tpl.src.ip(), ports[lane_of(c, n)]), ..*tpl },
+    }
+}
 
 /// An aligned window of the file read with `O_DIRECT`.
 struct Bounce {
@@ -64,6 +73,9 @@ pub struct ReadAhead {
     plan: FramePlan,
     shape: SessionInfo,
     tpl: FrameTemplate,
+    /// With several transmit queues: the source port of each queue's flow;
+    /// runs of chunks take them in turn ([`lane_of`]).
+    lane_ports: Vec<u16>,
     session: u64,
     cookie: u64,
     hasher: blake3::Hasher,
@@ -104,6 +116,7 @@ impl ReadAhead {
             plan,
             shape,
             tpl,
+            lane_ports: Vec::new(),
             session,
             cookie,
             hasher: blake3::Hasher::new(),
@@ -115,6 +128,15 @@ impl ReadAhead {
             read_time: Duration::ZERO,
             digest: None,
         }
+    }
+
+    /// Stamps data frames with one source port per transmit queue, so that
+    /// RSS on the receiver's NIC spreads them over its receive queues: runs
+    /// of chunks take the ports in turn ([`lane_of`]). Call
+    /// before reading.
+    pub fn with_lane_ports(mut self, ports: Vec<u16>) -> Self {
+        self.lane_ports = ports;
+        self
     }
 
     /// With a pre-shared key: seals the Metas, keys the digest, and hashes
@@ -236,7 +258,8 @@ impl ReadAhead {
                 self.cookie,
                 first + i as u64,
             );
-            self.tpl.build_in_place_summed(f, HEADER_LEN + len, Some((len, self.sums[i])))?;
+            let tpl = lane_template(&self.tpl, &self.lane_ports, first + i as u64);
+            tpl.build_in_place_summed(f, HEADER_LEN + len, Some((len, self.sums[i])))?;
         }
         self.next += count;
         Ok(count)

@@ -480,24 +480,13 @@ impl Queue {
 
     /// Asks the kernel to transmit what is on the TX ring.
     pub fn kick(&self) -> Kick {
-        crate::syscount::count(1);
-        // SAFETY: a zero-length sendto on our own socket fd, no buffers passed.
-        let r = unsafe { libc::sendto(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
-        if r >= 0 {
-            return Kick::Ok;
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            // More work than one call's budget, or the driver's queue is full:
-            // call again.
-            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Kick::Again,
-            // The kernel built an skb and the device dropped it.
-            Some(libc::EBUSY) => Kick::Dropped,
-            Some(libc::ENETDOWN) | Some(libc::ENXIO) => {
-                Kick::Fatal(io::Error::new(e.kind(), format!("the interface went down or away ({e})")))
-            }
-            _ => Kick::Fatal(e),
-        }
+        self.kick_handle().kick()
+    }
+
+    /// What another thread needs to kick this queue's TX ring, while this
+    /// thread posts to it (see [`KickHandle`]).
+    pub fn kick_handle(&self) -> KickHandle {
+        KickHandle { fd: self.fd }
     }
 
     /// Wakes the kernel to refill from the fill ring, when it asked to.
@@ -520,6 +509,41 @@ impl Queue {
 
     pub fn statistics(&self) -> Option<XdpStatisticsV2> {
         self.user.statistics_v2().ok()
+    }
+}
+
+/// The socket of one queue, to kick its TX ring from a thread other than
+/// the one posting to it: the kernel takes descriptors from the ring in
+/// the kicking thread's sendto while the other produces, as the ring's
+/// single-producer, single-consumer protocol allows. Holds no reference:
+/// whoever spawns the kicking thread joins it before the socket closes.
+#[derive(Debug, Clone, Copy)]
+pub struct KickHandle {
+    fd: RawFd,
+}
+
+impl KickHandle {
+    /// Asks the kernel to transmit what is on the TX ring.
+    pub fn kick(&self) -> Kick {
+        crate::syscount::count(1);
+        // SAFETY: a zero-length sendto, no buffers passed; on a closed or
+        // reused descriptor it fails or kicks that socket, touching no memory.
+        let r = unsafe { libc::sendto(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+        if r >= 0 {
+            return Kick::Ok;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // More work than one call's budget, or the driver's queue is full:
+            // call again.
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Kick::Again,
+            // The kernel built an skb and the device dropped it.
+            Some(libc::EBUSY) => Kick::Dropped,
+            Some(libc::ENETDOWN) | Some(libc::ENXIO) => {
+                Kick::Fatal(io::Error::new(e.kind(), format!("the interface went down or away ({e})")))
+            }
+            _ => Kick::Fatal(e),
+        }
     }
 }
 

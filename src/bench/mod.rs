@@ -649,7 +649,8 @@ fn verdict(results: &[ModeResult], afxdp: Option<usize>, sendfile: Option<usize>
         "; it costs {cpu} whole-system CPU than sendfile ({ca:.2} against {cs:.2} s/GiB){}.",
         match (ratio < 1.0 && ca > cs, per_gib) {
             // MTU 1500 moves about 750k packets per GiB, 9000 about 120k.
-            (true, Some(n)) if n >= PER_PACKET_BOUND => ": per-packet work, not the wire, limits it (a larger MTU cuts it)",
+            (true, Some(n)) if n >= PER_PACKET_BOUND =>
+                ": per-packet work, not the wire, limits it (a larger MTU cuts it)",
             (true, _) => ": CPU work per byte (copies and hashing), not the wire, limits it",
             _ => "",
         }

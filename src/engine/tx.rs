@@ -132,6 +132,9 @@ pub struct TxEngine {
     /// to the ring so far.
     pub posted_frames: u64,
     pub posted_bytes: u64,
+    /// Turns that found no room: every descriptor the completion ring can
+    /// hand back was in flight.
+    pub ring_full_turns: u64,
 }
 
 impl TxEngine {
@@ -148,6 +151,7 @@ impl TxEngine {
             completed: 0,
             posted_frames: 0,
             posted_bytes: 0,
+            ring_full_turns: 0,
         }
     }
 
@@ -203,6 +207,7 @@ impl TxEngine {
     {
         let room = self.batch.min(self.comp_ring - self.outstanding.min(self.comp_ring));
         if room == 0 {
+            self.ring_full_turns += 1;
             return 0;
         }
         let chain = full_frame.div_ceil(self.unit).max(1) as usize;

@@ -18,7 +18,8 @@ use tracing::info;
 use super::control::{control_port, Control};
 use crate::afxdp::preload::{FramePlan, FILL_SPARE};
 use crate::afxdp::readahead::ReadAhead;
-use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskMode};
+use crate::afxdp::xsk::{BindMode, Queue, Xsk, XskConfig, XskMode};
+use crate::engine::kicker::{KickCounts, KickRequests};
 use crate::engine::reader::{Reader, ReaderMode, Unchanged};
 use crate::engine::tx::TxEngine;
 use crate::net::iface::{format_mac, Interface};
@@ -28,7 +29,7 @@ use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::frame::{FrameTemplate, IpVersion};
-use crate::wire::message::{Message, SessionInfo};
+use crate::wire::message::{lane_of, DataPorts, Message, SessionInfo, MAX_DATA_PORTS};
 
 pub const TX_RING: u32 = 2048;
 /// The default `--umem`: the smallest of the sizes measured (16, 32, 64,
@@ -60,6 +61,9 @@ pub struct SendOptions {
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
     pub bind: BindMode,
+    /// Transmit queues 0..N (`--queues`), each with a socket on the shared
+    /// UMEM and a kicker thread when there are several.
+    pub queues: super::QueueCount,
     pub batch: u32,
     /// Pace the transmit ring to this rate (token bucket).
     pub rate: Option<Rate>,
@@ -103,6 +107,9 @@ pub struct SendReport {
     pub kicks_unproductive: u64,
     /// Kicks answered EBUSY: a frame the device dropped after it left our ring.
     pub kernel_tx_drops: u64,
+    /// Transmit queues used, and what each carried.
+    pub queues: u32,
+    pub per_queue: Vec<QueueFigures>,
     pub rtt_us: Option<u64>,
     pub stats: SendStats,
     pub rusage: super::Rusage,
@@ -113,6 +120,27 @@ pub struct SendReport {
     /// With `--adapt`: the rate over time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptation: Option<Adaptation>,
+}
+
+/// One transmit queue's share of a transfer.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueFigures {
+    pub queue: u32,
+    /// The UDP source port its data frames carry (RSS spreads by it).
+    pub source_port: u16,
+    /// Frames posted on its ring (first pass, repairs and Metas), and their
+    /// bytes from the Ethernet header on.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Turns its ring had no room (every descriptor still in flight).
+    pub ring_full_turns: u64,
+    pub kicks: u64,
+    /// Kicks the device could not take (its queue full).
+    pub kicks_unproductive: u64,
+    pub device_drops: u64,
+    /// CPU time of its kicker thread (0 with one queue: the scheduler
+    /// kicks).
+    pub kicker_cpu_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +194,8 @@ pub struct Prepared {
     pub stamp: FileStamp,
     /// Names the file to the receiver, which refuses to write over it.
     pub source: crate::wire::message::SourceId,
+    /// Transmit queues to use (`--queues`, resolved).
+    pub queues: u32,
 }
 
 /// What changes when a file is written, truncated or replaced in place.
@@ -220,7 +250,9 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         plan = plan.with_frame_size(fs, opts.umem)?;
     }
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
+    let queues = tx_queues(opts.queues, &iface)?;
     Ok(Prepared {
+        queues,
         src: SocketAddr::new(src_ip, 0),
         iface,
         plan,
@@ -229,6 +261,31 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         stamp: FileStamp::of(&meta),
         source: super::output::source_id(&meta),
     })
+}
+
+/// Most transmit queues `--queues auto` takes.
+const AUTO_QUEUES_MAX: u32 = 16;
+
+/// The transmit queues to use. `auto`: one per TX queue the interface
+/// uses, but no more than the CPUs less one (the scheduler's), and at most
+/// [`AUTO_QUEUES_MAX`]. A count the interface lacks is refused by name.
+pub fn tx_queues(q: super::QueueCount, iface: &Interface) -> anyhow::Result<u32> {
+    let have = iface.tx_queues_in_use().max(1);
+    match q {
+        super::QueueCount::Auto => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            Ok(have.min(cpus.saturating_sub(1)).clamp(1, AUTO_QUEUES_MAX))
+        }
+        super::QueueCount::Fixed(0) => bail!("--queues must be at least 1"),
+        super::QueueCount::Fixed(n) if n as usize > MAX_DATA_PORTS => {
+            bail!("--queues {n}: at most {MAX_DATA_PORTS} transmit queues")
+        }
+        super::QueueCount::Fixed(n) if n > have => bail!(
+            "--queues {n} but {} uses {have} TX queue(s); for a veth pair create it with `numtxqueues N numrxqueues N`",
+            iface.name
+        ),
+        super::QueueCount::Fixed(n) => Ok(n),
+    }
 }
 
 /// Opens the file to send, `O_DIRECT` with `direct` (a file system that
@@ -342,6 +399,9 @@ fn replan(
 pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     let ctrl_peer = SocketAddr::new(opts.dst.ip(), control_port(opts.dst.port())?);
     let mut ctrl = Control::connect(prep.src, ctrl_peer)?;
+    // Each further transmit queue's frames leave from a port of its own,
+    // held by a socket for the transfer so no one else takes it.
+    let lanes = LanePorts::reserve(ctrl.local_addr()?, prep.queues)?;
     let session = super::random_session();
     let shape = SessionInfo {
         file_size: prep.file_size,
@@ -355,15 +415,92 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         keys: opts.keys.clone(),
         block_chunks: prep.plan.block_chunks(),
         name: super::file_name(&opts.file),
+        data_ports: lanes.announced(),
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
     let intervals = Intervals::new(opts.intervals, crate::report::process_start(), prep.file_size);
-    let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer, intervals);
+    let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer, intervals, &lanes);
     if let Err(e) = &result {
         abort_receiver(&ctrl, &sender, &format!("sender failed: {e:#}"));
     }
     result
+}
+
+/// The UDP source port of each transmit queue: the control socket's for
+/// queue 0, and one reserved by a bound socket for each other.
+pub(crate) struct LanePorts {
+    ports: Vec<u16>,
+    _held: Vec<std::net::UdpSocket>,
+}
+
+impl LanePorts {
+    pub(crate) fn reserve(control: SocketAddr, queues: u32) -> anyhow::Result<LanePorts> {
+        let mut ports = vec![control.port()];
+        let mut held = Vec::new();
+        for _ in 1..queues {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(control.ip(), 0))
+                .context("reserving a source port for a transmit queue")?;
+            ports.push(s.local_addr()?.port());
+            held.push(s);
+        }
+        Ok(LanePorts { ports, _held: held })
+    }
+
+    /// What the Hello lists: every queue's port, when there are several.
+    fn announced(&self) -> DataPorts {
+        if self.ports.len() > 1 {
+            DataPorts::new(&self.ports).unwrap_or(DataPorts::NONE)
+        } else {
+            DataPorts::NONE
+        }
+    }
+}
+
+/// Binds one transmit socket per queue on a shared UMEM ring, raises the
+/// copy-mode TX budget, and puts the spare frames on the fill rings.
+fn open_sockets(opts: &SendOptions, iface: &Interface, plan: &FramePlan, queues: u32) -> anyhow::Result<Xsk> {
+    let area = crate::afxdp::umem::UmemArea::new_ring(plan.total_frames, plan.frame_size)?;
+    let ids: Vec<u32> = (0..queues).collect();
+    let mut xsk = Xsk::open_queues(area, &tx_config(&iface.name, opts.bind, plan), &ids)?;
+    let mode = xsk.mode();
+    info!(mode = mode.name(), umem_bytes = plan.umem_bytes(), slots = plan.slots, queues, "transmit sockets bound");
+    // Some drivers need a populated fill ring even for TX-only sockets.
+    let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
+    let share = (spare.len() / queues as usize).max(1);
+    for (i, q) in xsk.queues_mut().iter_mut().enumerate() {
+        if mode == XskMode::Copy {
+            let _ = q.set_tx_budget(TX_RING);
+        }
+        let mine = spare.iter().copied().skip(i * share).take(share);
+        q.fill(mine, FILL_SPARE);
+    }
+    Ok(xsk)
+}
+
+type Kicking<'scope> = Vec<std::thread::ScopedJoinHandle<'scope, (KickCounts, f64)>>;
+
+/// Starts one kicker thread per queue (none for a single queue): each
+/// returns its counts and its CPU time.
+fn spawn_kickers<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    kickers: &'scope [KickRequests],
+    queues: &[Queue],
+) -> anyhow::Result<Kicking<'scope>> {
+    kickers
+        .iter()
+        .zip(queues)
+        .map(|(k, q)| {
+            let handle = q.kick_handle();
+            std::thread::Builder::new()
+                .name(format!("xdpblast-kick{}", q.queue_id()))
+                .spawn_scoped(scope, move || {
+                    let counts = k.serve(|| handle.kick());
+                    (counts, super::Rusage::of_thread().cpu_s())
+                })
+                .context("starting a kicker thread")
+        })
+        .collect()
 }
 
 /// Tells the receiver we gave up, so it stops at once instead of waiting for
@@ -384,8 +521,9 @@ fn transfer(
     ctrl: &mut Control,
     ctrl_peer: SocketAddr,
     mut intervals: Intervals,
+    lanes: &LanePorts,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, mut plan, src, file, file_size, stamp, .. } = prep;
+    let Prepared { iface, mut plan, src, file, file_size, stamp, queues, .. } = prep;
     let session = sender.session();
     let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
@@ -411,21 +549,16 @@ fn transfer(
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let area = crate::afxdp::umem::UmemArea::new_ring(plan.total_frames, plan.frame_size)?;
-    let mut xsk = Xsk::open(area, &tx_config(&iface.name, opts.bind, &plan))?;
+    let mut xsk = open_sockets(opts, &iface, &plan, queues)?;
     let mode = xsk.mode();
-    info!(mode = mode.name(), umem_bytes = plan.umem_bytes(), slots = plan.slots, "transmit socket bound");
-    if mode == XskMode::Copy {
-        let _ = xsk.set_tx_budget(TX_RING);
-    }
-    // Some drivers need a populated fill ring even for TX-only sockets.
-    let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
-    xsk.fill(spare.into_iter(), FILL_SPARE);
 
     // SAFETY: `xsk`, which owns the area, outlives the scope below, and the
     // reader (and its thread, joined by the scope) lives only inside it.
     let frames = unsafe { xsk.area().writer() };
     let mut ra = ReadAhead::new(file, plan, frames, tpl, session, cookie, file_size);
+    if queues > 1 {
+        ra = ra.with_lane_ports(lanes.ports.clone());
+    }
     if let Some(k) = &opts.keys {
         ra = ra.keyed(k.clone(), plan.block_chunks());
     }
@@ -437,8 +570,9 @@ fn transfer(
     let unchanged: Unchanged<'_> =
         Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
     if opts.intervals {
+        let on = if queues == 1 { "queue 0".to_string() } else { format!("queues 0-{}", queues - 1) };
         println!(
-            "Sending {} ({}) to {} over AF_XDP: {} mode on {} queue 0, reader {}, {} B {} packets",
+            "Sending {} ({}) to {} over AF_XDP: {} mode on {} {on}, reader {}, {} B {} packets",
             opts.file.display(),
             human_bytes(file_size),
             opts.dst,
@@ -449,17 +583,27 @@ fn transfer(
             plan.ip.name()
         );
     }
-    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals);
-    let (outcome, finished, read_time) = std::thread::scope(|scope| {
+    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals, queues);
+    // With several queues each has a kicker thread; with one the loop kicks.
+    let kickers: Vec<KickRequests> = (0..queues).filter(|_| queues > 1).map(|_| KickRequests::default()).collect();
+    let (outcome, finished, read_time, kicked) = std::thread::scope(|scope| {
         let mut reader = match opts.reader {
             ReaderMode::Inline => Reader::inline(ra, plan, unchanged),
             ReaderMode::Thread => Reader::spawn(scope, ra, plan, unchanged).context("starting the reader thread")?,
         };
-        info!(reader = opts.reader.name(), "transfer started");
+        let kicking = spawn_kickers(scope, &kickers, xsk.queues_mut())?;
+        info!(reader = opts.reader.name(), queues, "transfer started");
         sender.set_readable(0, 0, false);
         sender.start(Instant::now());
-        let outcome = tx.run(opts, sender, ctrl, ctrl_peer, &mut xsk, &mut reader);
-        anyhow::Ok((outcome, reader.finished(), reader.read_time()))
+        let outcome = tx.run(opts, sender, ctrl, ctrl_peer, xsk.queues_mut(), &kickers, &mut reader);
+        for k in &kickers {
+            k.stop();
+        }
+        let kicked: Vec<(KickCounts, f64)> = kicking
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a kicker thread panicked")))
+            .collect::<anyhow::Result<_>>()?;
+        anyhow::Ok((outcome, reader.finished(), reader.read_time(), kicked))
     })?;
     let stats = sender.stats.clone();
     let verified = matches!(sender.outcome(), Some(Ok(())));
@@ -483,6 +627,7 @@ fn transfer(
     }
     let elapsed = tx.elapsed_s();
     let e2e_s = crate::report::since_process_start();
+    let per_queue = tx.queue_figures(&lanes.ports, &kicked);
     if opts.intervals {
         let iv = &mut tx.intervals;
         iv.finish(Instant::now(), file_size, Some(stats.retransmits));
@@ -525,9 +670,11 @@ fn transfer(
         reread_chunks: 0,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
-        kicks: tx.engine.kicker.kicks,
-        kicks_unproductive: tx.engine.kicker.unproductive,
-        kernel_tx_drops: tx.engine.kicker.device_drops,
+        kicks: per_queue.iter().map(|q| q.kicks).sum(),
+        kicks_unproductive: per_queue.iter().map(|q| q.kicks_unproductive).sum(),
+        kernel_tx_drops: per_queue.iter().map(|q| q.device_drops).sum(),
+        queues,
+        per_queue,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         rusage: super::Rusage::of_self(),
@@ -553,7 +700,14 @@ struct Transmit {
     meta_first_len: u32,
     meta_last_len: u32,
     ids: Vec<FrameId>,
-    engine: TxEngine,
+    /// One engine per transmit queue; the turn's frames go round them.
+    engines: Vec<TxEngine>,
+    /// Frames each queue took this turn.
+    turn_posted: Vec<u32>,
+    /// With several queues: the frames chosen for each and not yet posted,
+    /// in order (see `route`).
+    pending: Vec<std::collections::VecDeque<(u64, u32)>>,
+    batch: u32,
     aimd: Option<Aimd>,
     /// When the last loss report came, and what had been posted by then.
     last_report: (Instant, u64, u64),
@@ -583,6 +737,7 @@ impl Transmit {
         meta_first_len: u32,
         rtt: Option<Duration>,
         intervals: Intervals,
+        queues: u32,
     ) -> Self {
         let start = Instant::now();
         let full_frame = plan.payload_offset() as u32 + plan.chunk_size;
@@ -591,14 +746,25 @@ impl Transmit {
             info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
             Aimd::new(ceiling, rtt)
         });
-        let pacer = opts.rate.or(aimd.as_ref().map(|a| a.rate())).map(|r| Pacer::new(r, full_frame, start));
+        // Each queue paces its share of the rate.
+        let share = 1.0 / f64::from(queues.max(1));
+        let rate = opts.rate.or(aimd.as_ref().map(|a| a.rate()));
         let batch = opts.batch.clamp(1, TX_RING);
+        let engines = (0..queues.max(1))
+            .map(|_| {
+                let pacer = rate.map(|r| Pacer::new(r.scaled(share), full_frame, start));
+                TxEngine::new(batch, COMP_RING, pacer).chained(plan.frame_size)
+            })
+            .collect();
         Transmit {
             plan,
             meta_first_len,
             meta_last_len: 0,
             ids: vec![FrameId::Meta { last: false }; batch as usize],
-            engine: TxEngine::new(batch, COMP_RING, pacer).chained(plan.frame_size),
+            engines,
+            turn_posted: vec![0; queues.max(1) as usize],
+            pending: (0..queues.max(1)).map(|_| std::collections::VecDeque::new()).collect(),
+            batch,
             aimd,
             last_report: (start, 0, 0),
             rate_log: Vec::new(),
@@ -614,6 +780,36 @@ impl Transmit {
             ring_full_time: Duration::ZERO,
             ring_full_since: None,
         }
+    }
+
+    /// Each queue's figures: its engine's, and its kicker thread's where
+    /// it had one (else the engine kicked).
+    fn queue_figures(&self, ports: &[u16], kicked: &[(KickCounts, f64)]) -> Vec<QueueFigures> {
+        self.engines
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (k, cpu) = kicked.get(i).copied().unwrap_or((
+                    KickCounts {
+                        kicks: e.kicker.kicks,
+                        unproductive: e.kicker.unproductive,
+                        device_drops: e.kicker.device_drops,
+                    },
+                    0.0,
+                ));
+                QueueFigures {
+                    queue: i as u32,
+                    source_port: ports.get(i).copied().unwrap_or(0),
+                    packets: e.posted_frames,
+                    bytes: e.posted_bytes,
+                    ring_full_turns: e.ring_full_turns,
+                    kicks: k.kicks,
+                    kicks_unproductive: k.unproductive,
+                    device_drops: k.device_drops,
+                    kicker_cpu_s: cpu,
+                }
+            })
+            .collect()
     }
 
     fn reader_stall(&self) -> Duration {
@@ -635,7 +831,8 @@ impl Transmit {
         sender: &mut Sender,
         ctrl: &mut Control,
         ctrl_peer: SocketAddr,
-        xsk: &mut Xsk,
+        queues: &mut [Queue],
+        kickers: &[KickRequests],
         reader: &mut Reader<'_>,
     ) -> anyhow::Result<()> {
         let mut idle_spins = 0u32;
@@ -650,7 +847,7 @@ impl Transmit {
             if super::stop_requested() {
                 return fail(sender, anyhow::anyhow!("interrupted"));
             }
-            self.reap(xsk, reader);
+            self.reap(queues, reader);
             if let Err(e) = self.read_ahead(sender, reader) {
                 return fail(sender, e);
             }
@@ -667,12 +864,14 @@ impl Transmit {
                 return Ok(());
             }
             self.adapt(sender, now);
-            let posted = self.post(sender, xsk, reader, now);
-            if let Err(e) = self.engine.kick(&**xsk, posted) {
+            let posted = self.post(sender, queues, reader, now);
+            if let Err(e) = self.kick(queues, kickers) {
                 return fail(sender, anyhow::anyhow!("transmit failed on {}: {e}", opts.iface));
             }
             self.report(opts, sender, now);
-            if posted == 0 && self.engine.outstanding() == 0 && !self.engine.chain_cut() {
+            let in_flight = self.engines.iter().any(|e| e.outstanding() > 0 || e.chain_cut())
+                || self.pending.iter().any(|p| !p.is_empty());
+            if posted == 0 && !in_flight {
                 idle_spins += 1;
                 if idle_spins > 64 {
                     woke = self.wait(sender, ctrl, reader);
@@ -683,9 +882,29 @@ impl Transmit {
         }
     }
 
-    /// Takes the kernel's completions; each frees its slot for the reader.
-    fn reap(&mut self, xsk: &mut Xsk, reader: &mut Reader<'_>) {
-        self.engine.reap(&mut **xsk, |addr| reader.completed(addr));
+    /// Takes the kernel's completions on every queue; each frees its
+    /// slot for the reader.
+    fn reap(&mut self, queues: &mut [Queue], reader: &mut Reader<'_>) {
+        for (e, q) in self.engines.iter_mut().zip(queues.iter_mut()) {
+            e.reap(q, |addr| reader.completed(addr));
+        }
+    }
+
+    /// Kicks where the kernel asks: the one queue itself, or each of
+    /// several through its kicker thread (which reports a failure back).
+    fn kick(&mut self, queues: &[Queue], kickers: &[KickRequests]) -> std::io::Result<()> {
+        if kickers.is_empty() {
+            return self.engines[0].kick(&queues[0], self.turn_posted[0]);
+        }
+        for ((e, q), (k, &posted)) in self.engines.iter().zip(queues).zip(kickers.iter().zip(&self.turn_posted)) {
+            if e.outstanding() > 0 && (posted > 0 || q.tx_pending() > 0) && q.tx_needs_wakeup() {
+                k.request();
+            }
+            if let Some(err) = k.take_error() {
+                return Err(std::io::Error::new(err.kind(), format!("queue {}: {err}", q.queue_id())));
+            }
+        }
+        Ok(())
     }
 
     /// Grants the reader the slots the receiver's prefix and the kernel's
@@ -713,8 +932,9 @@ impl Transmit {
 
     /// Feeds the receiver's loss reports to the rate adaptation.
     fn adapt(&mut self, sender: &mut Sender, now: Instant) {
-        let (frames, bytes) = (self.engine.posted_frames, self.engine.posted_bytes);
-        let (Some(a), Some(p)) = (self.aimd.as_mut(), self.engine.pacer_mut()) else { return };
+        let frames = self.engines.iter().map(|e| e.posted_frames).sum::<u64>();
+        let bytes = self.engines.iter().map(|e| e.posted_bytes).sum::<u64>();
+        let Some(a) = self.aimd.as_mut() else { return };
         let Some(loss_bp) = sender.take_loss_report() else { return };
         // What really went out since the last report, in the ceiling's unit.
         let (t0, frames0, bytes0) = self.last_report;
@@ -726,7 +946,10 @@ impl Transmit {
         self.last_report = (now, frames, bytes);
         let changed = a.on_report(now, loss_bp, achieved);
         if let Some(r) = changed {
-            p.set_rate(r, now);
+            let share = 1.0 / self.engines.len() as f64;
+            for p in self.engines.iter_mut().filter_map(|e| e.pacer_mut()) {
+                p.set_rate(r.scaled(share), now);
+            }
         }
         let t = now.saturating_duration_since(self.first_post.unwrap_or(self.start)).as_secs_f64();
         let decreased = changed.is_some() && loss_bp > 0;
@@ -736,17 +959,83 @@ impl Transmit {
         }
     }
 
-    /// Lets the protocol choose as many frames as the engine has room to
-    /// start (a frame id it hands out is always posted, a chain cut by the
-    /// ring finished next turn). Returns how many.
-    fn post(&mut self, sender: &mut Sender, xsk: &mut Xsk, reader: &mut Reader<'_>, now: Instant) -> u32 {
+    /// Posts what the protocol chooses. With several queues, each frame goes
+    /// on its chunk's lane ([`lane_of`]), whose source port it carries: a
+    /// lane's first pass then reaches the receiver in order on one receive
+    /// queue (veth maps TX queue i to the peer's RX queue i; a NIC's RSS
+    /// hashes the port), and the receiver tells its gaps from a lane that
+    /// lags. Returns how many frames went out.
+    fn post(&mut self, sender: &mut Sender, queues: &mut [Queue], reader: &mut Reader<'_>, now: Instant) -> u32 {
+        if self.engines.len() == 1 {
+            let posted = self.post_lane(0, sender, &mut queues[0], reader, now);
+            self.turn_posted[0] = posted;
+            if posted > 0 {
+                self.first_post.get_or_insert(now);
+            }
+            return posted;
+        }
+        self.route(sender, reader, now);
+        let mut total = 0;
+        for (i, (engine, queue)) in self.engines.iter_mut().zip(queues.iter_mut()).enumerate() {
+            let pending = &mut self.pending[i];
+            let posted = engine.post(queue, now, self.full_frame, |want| {
+                let take = want.min(pending.len());
+                pending.drain(..take)
+            });
+            self.turn_posted[i] = posted;
+            total += posted;
+        }
+        if total > 0 {
+            self.first_post.get_or_insert(now);
+        }
+        total
+    }
+
+    /// Takes from the protocol as many frames as every lane has room to
+    /// queue (at most a batch each), and queues each on its lane; Metas go
+    /// on lane 0, whose port they carry. A frame id taken is always posted,
+    /// in order, once its lane's ring has room.
+    fn route(&mut self, sender: &mut Sender, reader: &mut Reader<'_>, now: Instant) {
+        let room = self.pending.iter().map(|p| (self.batch as usize).saturating_sub(p.len())).min().unwrap_or(0);
+        let want = room.min(self.ids.len());
+        if want == 0 {
+            return;
+        }
+        let (plan, info, lanes) = (self.plan, *sender.info(), self.pending.len());
+        let n = sender.next_frames(now, &mut self.ids[..want]);
+        for id in &self.ids[..n] {
+            match *id {
+                FrameId::Data(c) => {
+                    let len = plan.data_len(&info, c);
+                    reader.posted(c, plan.descs_for(len));
+                    self.pending[lane_of(c, lanes)].push_back((plan.data_addr(c), len));
+                }
+                FrameId::Meta { last } => {
+                    let len = if last { self.meta_last_len } else { self.meta_first_len };
+                    self.pending[0].push_back((plan.meta_addr(last), len));
+                }
+            }
+        }
+    }
+
+    /// Lets the protocol choose as many frames as queue `lane`'s engine has
+    /// room to start (a frame id it hands out is always posted, a chain cut
+    /// by the ring finished next turn). Returns how many.
+    fn post_lane(
+        &mut self,
+        lane: usize,
+        sender: &mut Sender,
+        queue: &mut Queue,
+        reader: &mut Reader<'_>,
+        now: Instant,
+    ) -> u32 {
         let plan = self.plan;
         let info = *sender.info();
         let (first_len, last_len) = (self.meta_first_len, self.meta_last_len);
         let ids = &mut self.ids;
         // The engine posts every frame it takes from the iterator, so each
         // data frame's descriptors go on the reader's ledger as it is taken.
-        let posted = self.engine.post(&mut **xsk, now, self.full_frame, |want| {
+        self.engines[lane].post(queue, now, self.full_frame, |want| {
             let want = want.min(ids.len());
             let n = sender.next_frames(now, &mut ids[..want]);
             ids[..n].iter().map(move |id| match *id {
@@ -757,11 +1046,7 @@ impl Transmit {
                 }
                 FrameId::Meta { last } => (plan.meta_addr(last), if last { last_len } else { first_len }),
             })
-        });
-        if posted > 0 {
-            self.first_post.get_or_insert(now);
-        }
-        posted
+        })
     }
 
     /// Interval lines, and progress lines for `bench`.
@@ -787,7 +1072,7 @@ impl Transmit {
         }
         let mut wait =
             sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-        if let Some(p) = self.engine.pacer().filter(|_| sender.backlog() > 0) {
+        if let Some(p) = self.engines[0].pacer().filter(|_| sender.backlog() > 0) {
             wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(Instant::now()));
         }
         super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));

@@ -73,8 +73,17 @@ pub struct Rusage {
 
 impl Rusage {
     pub fn of_self() -> Rusage {
-        use nix::sys::resource::{getrusage, UsageWho};
-        match getrusage(UsageWho::RUSAGE_SELF) {
+        Rusage::of(nix::sys::resource::UsageWho::RUSAGE_SELF)
+    }
+
+    /// The calling thread's alone.
+    pub fn of_thread() -> Rusage {
+        Rusage::of(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+    }
+
+    fn of(who: nix::sys::resource::UsageWho) -> Rusage {
+        use nix::sys::resource::getrusage;
+        match getrusage(who) {
             Ok(u) => {
                 let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
                 Rusage {
@@ -121,4 +130,25 @@ pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
 /// (lossy), for a receiver whose `--out` is a directory.
 pub fn file_name(path: &std::path::Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// `--queues N|auto`: how many queues a transfer uses on each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueCount {
+    /// Chosen from the interface's queues and the CPUs (see each side).
+    Auto,
+    Fixed(u32),
+}
+
+impl std::str::FromStr for QueueCount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(QueueCount::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(0) | Err(_) => Err(format!("{s:?} is neither a number of queues (1 or more) nor auto")),
+            Ok(n) => Ok(QueueCount::Fixed(n)),
+        }
+    }
 }

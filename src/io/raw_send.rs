@@ -168,7 +168,8 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
                     if let Some(c) = cpu {
                         pin_to(c);
                     }
-                    let lane = Lane { index: i, frames: full, slot_bytes, unit, frame_len, batch, rate: per_queue_rate };
+                    let lane =
+                        Lane { index: i, frames: full, slot_bytes, unit, frame_len, batch, rate: per_queue_rate };
                     let r = lane.transmit(q, shared);
                     r.map(|(packets, k)| QueueStats {
                         queue: q.queue_id(),

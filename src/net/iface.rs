@@ -42,6 +42,28 @@ pub enum IfaceError {
 }
 
 impl Interface {
+    /// The TX queues in use: sysfs's `queues/tx-N` entries (netlink's
+    /// count is the room allocated; a veth has one per possible CPU but
+    /// uses one unless created with `numtxqueues`). Netlink's count when
+    /// sysfs does not show this namespace's device.
+    pub fn tx_queues_in_use(&self) -> u32 {
+        let dir = format!("/sys/class/net/{}/queues", self.name);
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let n = entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
+                    .count();
+                if n > 0 {
+                    n as u32
+                } else {
+                    self.tx_queues
+                }
+            }
+            Err(_) => self.tx_queues,
+        }
+    }
+
     pub fn lookup(name: &str) -> Result<Interface, IfaceError> {
         let links = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
         let link = links
@@ -119,22 +141,25 @@ impl Interface {
         if ip.is_unspecified() {
             return Ok(None);
         }
-        let index = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a)
-                if a.attributes.iter().any(|x| {
-                    matches!(x, AddressAttribute::Local(l) | AddressAttribute::Address(l) if *l == ip)
-                }) =>
-            {
-                Some(a.header.index)
-            }
-            _ => None,
-        });
+        let index =
+            dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.attributes.iter().any(
+                        |x| matches!(x, AddressAttribute::Local(l) | AddressAttribute::Address(l) if *l == ip),
+                    ) =>
+                {
+                    Some(a.header.index)
+                }
+                _ => None,
+            });
         let Some(index) = index else { return Ok(None) };
         let name = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?.into_iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) if l.header.index == index => l.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n),
-                _ => None,
-            }),
+            RouteNetlinkMessage::NewLink(l) if l.header.index == index => {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            }
             _ => None,
         });
         name.map(|n| Interface::lookup(&n)).transpose()

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::auth::{Counter, Direction, Keys, ReplayGuard};
 use super::blocks::BlockPlan;
 use super::chunkset::ChunkSet;
-use crate::wire::message::{Message, Nack, SessionInfo, SourceId, HEADER_LEN};
+use crate::wire::message::{lane_of, DataPorts, Message, Nack, SessionInfo, SourceId, HEADER_LEN, LANE_RUN};
 use crate::wire::stream::StreamHeader;
 use crate::wire::{untrusted_text, WireError};
 
@@ -248,12 +248,21 @@ struct Session {
     /// Our answer to its first Hello, carried by every later datagram.
     cookie: u64,
     peer: SocketAddr,
+    /// The sender's transmit queues' source ports (its Hello's list), from
+    /// which data is taken as from `peer`'s own port.
+    data_ports: DataPorts,
     info: SessionInfo,
     via_tcp: bool,
     chunks: ChunkSet,
     /// Highest chunk index seen + 1, now and at the previous NACK tick.
     high: u64,
     high_at_last_tick: u64,
+    /// With several lanes (transmit queues, see [`LANE_RUN`]): each lane's
+    /// highest chunk + 1, now and at the previous tick. A lane's first pass
+    /// arrives in order, so a gap below every lane's mark is a loss, while
+    /// one above a lagging lane's may still be on its way.
+    lane_high: Vec<u64>,
+    lane_high_at_last_tick: Vec<u64>,
     /// The data-path Meta that closes a pass arrived: every gap before it is
     /// a loss (it travels behind the data, in order).
     end_seen: bool,
@@ -292,7 +301,51 @@ pub struct BlockToCheck {
     pub expected: [u8; 32],
 }
 
+/// What a Hello says, once its seal and name are checked.
+struct HelloFields {
+    session: u64,
+    info: SessionInfo,
+    source: SourceId,
+    via_tcp: bool,
+    block_chunks: u32,
+    name: Option<String>,
+    data_ports: DataPorts,
+}
+
 impl Session {
+    /// Data comes from the Hello's address, or from its IP and one of the
+    /// transmit queues' ports it listed.
+    fn is_data_source(&self, from: SocketAddr) -> bool {
+        from == self.peer || (from.ip() == self.peer.ip() && self.data_ports.contains(from.port()))
+    }
+
+    /// With several lanes: the chunk below which every gap is a loss, as
+    /// of the previous tick. Lanes take runs of [`LANE_RUN`] chunks in
+    /// turn and each arrives in order, so a chunk is overdue once its lane
+    /// has passed it; the lowest mark of the lanes still due to carry a
+    /// chunk above it bounds what is surely overdue. A lane whose chunks
+    /// all lie below a mark (it ended its part) does not hold it back.
+    fn lanes_watermark(&self) -> u64 {
+        let n = self.lane_high_at_last_tick.len() as u64;
+        let run = LANE_RUN;
+        self.lane_high_at_last_tick
+            .iter()
+            .enumerate()
+            .filter_map(|(j, &h)| {
+                // The first chunk of lane j at or above its mark (its next
+                // run's start when the mark ends a run), if in the file.
+                let mut next = h;
+                if lane_of(h, n as usize) != j {
+                    let cycle = h / (run * n);
+                    let start = (cycle * n + j as u64) * run;
+                    next = if start >= h { start } else { start + run * n };
+                }
+                (next < self.info.n_chunks).then_some(next)
+            })
+            .min()
+            .unwrap_or(self.info.n_chunks)
+    }
+
     /// How far through the sender's send sequence we have seen: the first
     /// pass's high-water mark, then `n_chunks` plus the closing markers seen.
     fn position(&self) -> u64 {
@@ -530,11 +583,14 @@ impl Receiver {
                 if cookie != s.cookie {
                     return Err(DropReason::BadCookie);
                 }
-                if from != s.peer {
+                if !s.is_data_source(from) {
                     return Err(DropReason::WrongSource);
                 }
                 s.idle_since = None;
                 s.high = s.high.max(chunk + 1);
+                if let Some(lane) = s.data_ports.as_slice().iter().position(|&p| p == from.port()) {
+                    s.lane_high[lane] = s.lane_high[lane].max(chunk + 1);
+                }
                 if !s.chunks.insert(chunk) {
                     return Err(DropReason::Duplicate);
                 }
@@ -556,7 +612,7 @@ impl Receiver {
                 if cookie != s.cookie {
                     return Err(DropReason::BadCookie);
                 }
-                if from != s.peer {
+                if !s.is_data_source(from) {
                     return Err(DropReason::WrongSource);
                 }
                 if !info.same_transfer(&s.info) {
@@ -566,6 +622,10 @@ impl Receiver {
                 if last {
                     s.end_seen = true;
                     s.markers += 1;
+                    // It travels behind its lane's data: that lane is done.
+                    if let Some(lane) = s.data_ports.as_slice().iter().position(|&p| p == from.port()) {
+                        s.lane_high[lane] = s.info.n_chunks;
+                    }
                 }
                 self.maybe_verify();
                 Ok(None)
@@ -583,7 +643,7 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
@@ -591,7 +651,8 @@ impl Receiver {
                 return Err(DropReason::BadSeal);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
-            return self.hello(now, from, cookie, session, info, source, via_tcp, block_chunks, name);
+            let hello = HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports };
+            return self.hello(now, from, cookie, hello);
         }
         // Every sealed control message counts up: a replay is refused.
         if !self.authentic(bytes, true) {
@@ -668,19 +729,8 @@ impl Receiver {
 
     /// A Hello. Without our cookie it only earns one (no state is kept);
     /// with it, it opens the session. Every refusal tells the sender why.
-    #[allow(clippy::too_many_arguments)]
-    fn hello(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        cookie: u64,
-        session: u64,
-        info: SessionInfo,
-        source: SourceId,
-        via_tcp: bool,
-        block_chunks: u32,
-        name: Option<String>,
-    ) -> Result<(), DropReason> {
+    fn hello(&mut self, now: Instant, from: SocketAddr, cookie: u64, hello: HelloFields) -> Result<(), DropReason> {
+        let HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports } = hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
                 let busy = Message::Abort { session, reason: "receiver busy with another session" };
@@ -742,11 +792,14 @@ impl Receiver {
             id: session,
             cookie,
             peer: from,
+            data_ports,
             info,
             via_tcp,
             chunks: ChunkSet::new(if via_tcp { 0 } else { info.n_chunks }),
             high: 0,
             high_at_last_tick: 0,
+            lane_high: vec![0; data_ports.as_slice().len()],
+            lane_high_at_last_tick: vec![0; data_ports.as_slice().len()],
             end_seen: false,
             end_probed: false,
             markers: 0,
@@ -936,8 +989,18 @@ impl Receiver {
         // A gap above last tick's high-water mark may still be reordering, or
         // still queued in our own receive ring.
         let quiet = s.idle_since.is_some_and(|t| now >= t + self.cfg.nack_interval);
-        let watermark = if s.end_seen || (s.end_probed && quiet) { s.info.n_chunks } else { s.high_at_last_tick };
+        // With lanes, the closing Meta ends only the lane it came on (see
+        // `data`): data on another may still be on its way.
+        let lanes = s.lane_high.len() > 1;
+        let watermark = if (s.end_seen && !lanes) || (s.end_probed && quiet) {
+            s.info.n_chunks
+        } else if lanes {
+            s.lanes_watermark()
+        } else {
+            s.high_at_last_tick
+        };
         s.high_at_last_tick = s.high;
+        s.lane_high_at_last_tick.clone_from(&s.lane_high);
         s.round += 1;
         // Loss over the first-pass chunks this report newly covers.
         let covered = watermark.saturating_sub(s.loss_from);
@@ -1017,12 +1080,30 @@ mod tests {
     const OTHER: &str = "10.0.0.9:4000";
 
     fn hello(info: SessionInfo) -> Message<'static> {
-        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name: "" }
+        Message::Hello {
+            session: 7,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+            data_ports: crate::wire::message::DataPorts::NONE,
+        }
     }
 
     /// Session 7's Hello from a sender with a key, `block_chunks` per block.
     fn keyed_hello(info: SessionInfo, block_chunks: u32) -> Message<'static> {
-        Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed: true, block_chunks, name: "" }
+        Message::Hello {
+            session: 7,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: true,
+            block_chunks,
+            name: "",
+            data_ports: crate::wire::message::DataPorts::NONE,
+        }
     }
 
     /// A receiver with session 7 open from PEER; returns its cookie.
@@ -1298,5 +1379,71 @@ mod tests {
         rx.block_checked(2, true);
         assert_eq!(rx.poll_event(), Some(Event::Verify));
         assert_eq!(rx.blocks_verified, 3);
+    }
+
+    /// Two lanes (transmit queues): lane 1 runs far ahead of lane 0, which
+    /// is not loss, while a gap inside lane 1 is. Data from a port the
+    /// Hello did not list is refused.
+    #[test]
+    fn a_lagging_lane_is_not_loss_but_a_gap_in_a_lane_is() {
+        let run = LANE_RUN;
+        let n_chunks = run * 8;
+        let info = SessionInfo { file_size: n_chunks * 10, chunk_size: 10, n_chunks, digest: None };
+        let now = Instant::now();
+        let mut rx = Receiver::new(ReceiverConfig::default(), now);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let lane1: SocketAddr = "10.0.0.1:4001".parse().unwrap();
+        let ports = crate::wire::message::DataPorts::new(&[4000, 4001]).unwrap();
+        let cookie = rx.cookie_for(peer.ip(), 7);
+        let hello = Message::Hello {
+            session: 7,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+            data_ports: ports,
+        };
+        rx.on_control(now, peer, &hello.encode(cookie));
+        let payload = [0u8; 10];
+        let send = |rx: &mut Receiver, from: SocketAddr, c: u64| {
+            rx.on_data(now, from, &Message::Data { session: 7, chunk: c, payload: &payload }.encode(cookie)).is_some()
+        };
+        // Lane 0 has delivered its first 10 chunks; lane 1 all of its runs
+        // (64..128, 192..256, ...) but chunk 200.
+        for c in 0..10 {
+            send(&mut rx, peer, c);
+        }
+        for c in (0..n_chunks).filter(|&c| lane_of(c, 2) == 1 && c != 200) {
+            send(&mut rx, lane1, c);
+        }
+        let stranger: SocketAddr = "10.0.0.1:4002".parse().unwrap();
+        assert!(!send(&mut rx, stranger, 11));
+        assert_eq!(rx.drops.get(DropReason::WrongSource), 1);
+        let mut named = Vec::new();
+        for t in [1000, 1010, 1020] {
+            rx.handle_timeout(now + Duration::from_millis(t));
+            while let Some((_, bytes)) = rx.poll_transmit(now) {
+                if let Ok(Message::Nack { nack, .. }) = Message::parse(&bytes) {
+                    named.extend(nack.missing());
+                }
+            }
+        }
+        assert!(named.is_empty(), "lane 0 lags, nothing is lost below its mark: {named:?}");
+        // Lane 0 passes chunk 200's run: 200 is now overdue, and only it.
+        for c in (10..n_chunks).filter(|&c| lane_of(c, 2) == 0 && c < 300) {
+            send(&mut rx, peer, c);
+        }
+        for t in [1030, 1040] {
+            rx.handle_timeout(now + Duration::from_millis(t));
+            while let Some((_, bytes)) = rx.poll_transmit(now) {
+                if let Ok(Message::Nack { nack, .. }) = Message::parse(&bytes) {
+                    named.extend(nack.missing());
+                }
+            }
+        }
+        named.dedup();
+        assert_eq!(named, vec![200]);
     }
 }

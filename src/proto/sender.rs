@@ -57,6 +57,9 @@ pub struct SenderConfig {
     /// The input file's name (no directory), for a receiver whose output is
     /// a directory.
     pub name: String,
+    /// The source ports of the transmit queues (the Hello lists them), when
+    /// there are several.
+    pub data_ports: crate::wire::message::DataPorts,
 }
 
 impl Default for SenderConfig {
@@ -74,6 +77,7 @@ impl Default for SenderConfig {
             keys: None,
             block_chunks: 0,
             name: String::new(),
+            data_ports: crate::wire::message::DataPorts::NONE,
         }
     }
 }
@@ -499,6 +503,7 @@ impl Sender {
                     keyed: self.cfg.keys.is_some(),
                     block_chunks: self.block_chunks(),
                     name: &name,
+                    data_ports: self.cfg.data_ports,
                 };
                 Some(self.seal(&hello))
             }

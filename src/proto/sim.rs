@@ -523,8 +523,16 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert_eq!(rx.drops.get(DropReason::NoSession), 1);
     assert_eq!(rx.chunks_received(), 0);
     // A second sender cannot take over.
-    let hello =
-        Message::Hello { session: 9, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name: "" };
+    let hello = Message::Hello {
+        session: 9,
+        info,
+        source: [0; 16],
+        via_tcp: false,
+        keyed: false,
+        block_chunks: 0,
+        name: "",
+        data_ports: crate::wire::message::DataPorts::NONE,
+    };
     rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
     assert_eq!(rx.drops.get(DropReason::Busy), 1);
     assert_eq!(rx.peer(), Some(SENDER));
@@ -636,8 +644,17 @@ fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
     rx.on_control(
         now,
         SENDER,
-        &Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name: "" }
-            .encode(cookie),
+        &Message::Hello {
+            session: 1,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "",
+            data_ports: crate::wire::message::DataPorts::NONE,
+        }
+        .encode(cookie),
     );
     cookie
 }

@@ -148,7 +148,12 @@ impl FrameTemplate {
         // The UDP checksum (mandatory over IPv6, RFC 8200) over the header
         // with a zero checksum field, the payload and the pseudo-header; a
         // sum of zero goes out as all ones (RFC 768).
-        let udp = UdpHeader { source_port: self.src.port(), destination_port: self.dst.port(), length: ip_payload, checksum: 0 };
+        let udp = UdpHeader {
+            source_port: self.src.port(),
+            destination_port: self.dst.port(),
+            length: ip_payload,
+            checksum: 0,
+        };
         frame[ip_end..at].copy_from_slice(&udp.to_bytes());
         let acc = match (self.src.ip(), self.dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_ipv4(s.octets(), d.octets(), total - ip_end),

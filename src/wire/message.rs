@@ -179,6 +179,69 @@ pub const MAX_NAME_LEN: usize = 255;
 const HELLO_VIA_TCP: u32 = 1;
 /// Hello flag: the sender seals its datagrams with a pre-shared key.
 const HELLO_KEYED: u32 = 2;
+/// Hello flag: data also comes from the ports listed after the fixed part
+/// (a count byte, then the ports), one per transmit queue.
+const HELLO_DATA_PORTS: u32 = 4;
+/// Most source ports a Hello lists (one per transmit queue of the sender).
+pub const MAX_DATA_PORTS: usize = 64;
+
+/// Chunks in a row that one transmit queue carries, with its source port,
+/// when a sender has several (a Hello's [`DataPorts`]): chunk `c` belongs
+/// to lane [`lane_of`]`(c, lanes)`. Each lane's first pass is then an
+/// ordered stream on its own receive queue, so the receiver can tell a
+/// gap in a lane from a lane that lags another. The runs are long enough
+/// that a receive queue writes them with few `pwritev` calls.
+pub const LANE_RUN: u64 = 64;
+
+/// The lane (transmit queue, and index in [`DataPorts`]) of chunk `c`.
+pub fn lane_of(c: u64, lanes: usize) -> usize {
+    ((c / LANE_RUN) % lanes.max(1) as u64) as usize
+}
+
+/// The UDP source ports a sender's data comes from besides its control
+/// port: one per transmit queue, so that RSS on the receiver's NIC spreads
+/// the queues' flows over its receive queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DataPorts {
+    len: u8,
+    ports: [u16; MAX_DATA_PORTS],
+}
+
+impl DataPorts {
+    pub const NONE: DataPorts = DataPorts { len: 0, ports: [0; MAX_DATA_PORTS] };
+
+    /// `None` when there are more than [`MAX_DATA_PORTS`].
+    pub fn new(ports: &[u16]) -> Option<DataPorts> {
+        let mut d = DataPorts::NONE;
+        d.ports.get_mut(..ports.len())?.copy_from_slice(ports);
+        d.len = ports.len() as u8;
+        Some(d)
+    }
+
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ports[..usize::from(self.len)]
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.as_slice().contains(&port)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for DataPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl Default for DataPorts {
+    fn default() -> Self {
+        DataPorts::NONE
+    }
+}
 
 /// `SessionInfo` flag: the digest field is valid.
 const FLAG_DIGEST: u32 = 1;
@@ -297,7 +360,8 @@ pub enum Message<'a> {
     /// pre-shared key (so a receiver without one can say so). `block_chunks`:
     /// chunks per hashed block (with a key; 0 for none), see `Blocks`.
     /// `name`: the input file's name without its directory (may be empty),
-    /// for a receiver whose `--out` is a directory.
+    /// for a receiver whose `--out` is a directory. `data_ports`: further
+    /// source ports the data comes from (one per transmit queue).
     Hello {
         session: u64,
         info: SessionInfo,
@@ -306,6 +370,7 @@ pub enum Message<'a> {
         keyed: bool,
         block_chunks: u32,
         name: &'a str,
+        data_ports: DataPorts,
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
@@ -372,7 +437,18 @@ impl<'a> Message<'a> {
                 let mut source = [0u8; 16];
                 source.copy_from_slice(&body[SESSION_INFO_LEN..SESSION_INFO_LEN + 16]);
                 let flags = be_u32(&body[SESSION_INFO_LEN + 16..SESSION_INFO_LEN + 20]);
-                let name = &body[HELLO_LEN..];
+                let mut name = &body[HELLO_LEN..];
+                let mut data_ports = DataPorts::NONE;
+                if flags & HELLO_DATA_PORTS != 0 {
+                    let (&n, rest) = name.split_first().ok_or(WireError::BadBody)?;
+                    let list = rest.get(..usize::from(n) * 2).ok_or(WireError::BadBody)?;
+                    let ports: Vec<u16> = list.chunks_exact(2).map(|p| u16::from_be_bytes([p[0], p[1]])).collect();
+                    if n == 0 || ports.contains(&0) {
+                        return Err(WireError::BadBody);
+                    }
+                    data_ports = DataPorts::new(&ports).ok_or(WireError::BadBody)?;
+                    name = &rest[list.len()..];
+                }
                 if name.len() > MAX_NAME_LEN {
                     return Err(WireError::BadBody);
                 }
@@ -384,6 +460,7 @@ impl<'a> Message<'a> {
                     keyed: flags & HELLO_KEYED != 0,
                     block_chunks: be_u32(&body[SESSION_INFO_LEN + 20..HELLO_LEN]),
                     name: std::str::from_utf8(name).map_err(|_| WireError::BadBody)?,
+                    data_ports,
                 }
             }
             Kind::End => {
@@ -482,13 +559,21 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name } => {
+            Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
-                let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP) | (u32::from(*keyed) * HELLO_KEYED);
+                let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP)
+                    | (u32::from(*keyed) * HELLO_KEYED)
+                    | (u32::from(!data_ports.is_empty()) * HELLO_DATA_PORTS);
                 out.extend_from_slice(&flags.to_be_bytes());
                 out.extend_from_slice(&block_chunks.to_be_bytes());
+                if !data_ports.is_empty() {
+                    out.push(data_ports.len);
+                    for p in data_ports.as_slice() {
+                        out.extend_from_slice(&p.to_be_bytes());
+                    }
+                }
                 // A longer name is cut on a char boundary (it names, it
                 // does not identify: `source` does).
                 let mut end = name.len().min(MAX_NAME_LEN);
@@ -548,7 +633,16 @@ mod tests {
 
     /// Session 1's Hello for `info`, naming the input `name`.
     fn hello(info: SessionInfo, name: &str) -> Message<'_> {
-        Message::Hello { session: 1, info, source: [0; 16], via_tcp: false, keyed: false, block_chunks: 0, name }
+        Message::Hello {
+            session: 1,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name,
+            data_ports: DataPorts::NONE,
+        }
     }
 
     fn info() -> SessionInfo {
@@ -582,6 +676,7 @@ mod tests {
                 keyed: false,
                 block_chunks: 0,
                 name: "",
+                data_ports: DataPorts::NONE,
             },
             Message::Hello {
                 session: 9,
@@ -591,6 +686,17 @@ mod tests {
                 keyed: true,
                 block_chunks: 728,
                 name: "big.iso",
+                data_ports: DataPorts::NONE,
+            },
+            Message::Hello {
+                session: 9,
+                info: info(),
+                source: [1; 16],
+                via_tcp: false,
+                keyed: false,
+                block_chunks: 0,
+                name: "two-queues.bin",
+                data_ports: DataPorts::new(&[40000, 40001, 9]).unwrap(),
             },
             Message::Blocks { session: 9, first: 3, hashes: &[0xab; 64] },
             Message::HelloAck { session: 9, delay_us: 1234, opened: false, max_datagram: 0 },
@@ -618,6 +724,44 @@ mod tests {
             let bytes = m.encode(0xc0ffee);
             assert_eq!(Message::parse_with_cookie(&bytes).unwrap(), (m, 0xc0ffee));
         }
+    }
+
+    /// The list of transmit-queue ports: at least one, none of them 0, at
+    /// most MAX_DATA_PORTS, wholly inside the body; the name follows it.
+    #[test]
+    fn hello_data_ports_are_checked() {
+        let ports = DataPorts::new(&[7000, 7001]).unwrap();
+        // A long name, so that a count of 65 still lies inside the body.
+        let name = "a".repeat(140);
+        let good = Message::Hello {
+            session: 1,
+            info: info(),
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: &name,
+            data_ports: ports,
+        }
+        .to_vec();
+        let Ok(Message::Hello { data_ports, name: got, .. }) = Message::parse(&good) else { panic!("a Hello") };
+        assert_eq!((data_ports.as_slice(), got), (&[7000u16, 7001][..], name.as_str()));
+        assert!(DataPorts::new(&[1; MAX_DATA_PORTS + 1]).is_none());
+        let at = HEADER_LEN + HELLO_LEN;
+        let patch = |count: u8, first: [u8; 2], cut: usize| {
+            let mut raw = good.clone();
+            raw[at] = count;
+            raw[at + 1..at + 3].copy_from_slice(&first);
+            raw.truncate(raw.len() - cut);
+            let body = (raw.len() - HEADER_LEN) as u16;
+            raw[field::BODY_LEN].copy_from_slice(&body.to_be_bytes());
+            Message::parse(&raw).map(|_| ())
+        };
+        assert!(patch(2, [0x1b, 0x58], 0).is_ok(), "the fixture itself parses");
+        assert_eq!(patch(0, [0x1b, 0x58], 0), Err(WireError::BadBody), "an empty list");
+        assert_eq!(patch(2, [0, 0], 0), Err(WireError::BadBody), "port 0");
+        assert_eq!(patch(2, [0x1b, 0x58], 141), Err(WireError::BadBody), "a list past the body");
+        assert_eq!(patch(65, [0x1b, 0x58], 0), Err(WireError::BadBody), "more than MAX_DATA_PORTS");
     }
 
     /// The Hello's file name: cut to 255 bytes on a char boundary when

@@ -449,12 +449,7 @@ impl Proc {
 
 /// Waits for the receiver after `sent`: both succeeded and the output is
 /// the input. Returns the sender's and the receiver's reports.
-pub fn finished_identical(
-    rx: Proc,
-    sent: &Output,
-    file: &Path,
-    out: &Path,
-) -> (serde_json::Value, serde_json::Value) {
+pub fn finished_identical(rx: Proc, sent: &Output, file: &Path, out: &Path) -> (serde_json::Value, serde_json::Value) {
     let (rx_ok, recv, log) = rx.finish();
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     assert!(rx_ok, "{recv}\n{log}");
