@@ -18,7 +18,7 @@ use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};
 use xdpblast::io::output::{check_out, OutputPolicy};
 use xdpblast::io::raw_send::{self, RawOptions};
-use xdpblast::io::receive::{self, DataPath, Outcome, RecvOptions};
+use xdpblast::io::receive::{self, Outcome, RecvOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::udp_recv::UdpReceiver;
 use xdpblast::io::QueueCount;
@@ -373,6 +373,10 @@ struct RecvArgs {
     /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_bind: XskBind,
+    /// Receive queues 0..N to bind, one AF_XDP socket and one thread each
+    /// (AF_XDP); auto: every queue the interface receives on.
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    queues: QueueCount,
     /// Print one JSON object at the end instead of interval lines.
     #[arg(long)]
     json: bool,
@@ -763,7 +767,7 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
         }
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
-            let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into())?;
+            let mut rx = AfxdpReceiver::open(&iface, a.listen, knobs, a.xdp_bind.into(), a.queues)?;
             // Without multi-buffer AF_XDP, less than the MTU: senders learn it.
             opts.max_datagram = Some((rx.max_packet() as usize).saturating_sub(ip_udp_overhead));
             let mode = rx.mode().name();
@@ -799,7 +803,7 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
             };
             let udp = UdpReceiver::bind(a.listen)?;
             ready(quiet, format_args!("{} (udp)", a.listen));
-            let paths: Vec<Box<dyn DataPath>> = vec![Box::new(udp)];
+            let paths: Vec<receive::BoxedPath<'_>> = vec![Box::new(udp)];
             match receive::run("udp", paths, ctrl, &opts, Some(&listener)) {
                 Outcome::Done(mut report) => {
                     if let Some(s) = &steering {

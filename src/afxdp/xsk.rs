@@ -156,6 +156,13 @@ impl std::ops::DerefMut for Xsk {
     }
 }
 
+// SAFETY: an Xsk owns its UMEM mapping, registration and rings outright;
+// xdpilone's `Umem` is not `Send` only because it holds a raw pointer to
+// that mapping. Nothing in it is shared with another thread (only with the
+// kernel), so moving the owner to another thread, as the receive loop does
+// with one queue per thread, moves all access with it.
+unsafe impl Send for Xsk {}
+
 impl Xsk {
     pub fn open(area: UmemArea, cfg: &XskConfig) -> Result<Xsk, XskError> {
         Xsk::open_queues(area, cfg, &[cfg.queue])

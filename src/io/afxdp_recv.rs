@@ -9,7 +9,8 @@ use std::os::fd::RawFd;
 
 use tracing::{info, warn};
 
-use super::receive::{DataPath, Datagram};
+use super::receive::{BoxedPath, DataPath, Datagram};
+use super::QueueCount;
 use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
@@ -56,6 +57,25 @@ fn bind_queue(mut cfg: XskConfig, frames: u32, frame_size: u32, mtu: u32) -> Res
     }
 }
 
+/// `recv --queues`: `None` for auto (every queue that binds), or the count
+/// asked for, refused when the interface receives on more queues (data on
+/// those would never reach a socket) or has fewer.
+fn rx_queues(q: QueueCount, iface: &Interface) -> anyhow::Result<Option<u32>> {
+    let in_use = iface.rx_queues_in_use().max(1);
+    match q {
+        QueueCount::Auto => Ok(None),
+        QueueCount::Fixed(n) if n < in_use => anyhow::bail!(
+            "--queues {n} but {} receives on {in_use} queues: data arriving on the others would reach no socket; give --queues {in_use} or auto",
+            iface.name
+        ),
+        QueueCount::Fixed(n) if n > in_use => anyhow::bail!(
+            "--queues {n} but {} has {in_use} RX queue(s); for a veth pair create it with `numtxqueues N numrxqueues N`",
+            iface.name
+        ),
+        QueueCount::Fixed(n) => Ok(Some(n)),
+    }
+}
+
 /// How the receive UMEM is cut for an interface's MTU: 2048-byte frames
 /// while a packet fits one, 4096 above, and chains (XDP multi-buffer)
 /// where a packet needs several.
@@ -71,13 +91,15 @@ impl AfxdpReceiver {
         listen: SocketAddr,
         knobs: TestKnobs,
         bind: BindMode,
+        queues: QueueCount,
     ) -> anyhow::Result<AfxdpReceiver> {
+        let wanted = rx_queues(queues, iface)?;
         let dst_ip = (!listen.ip().is_unspecified()).then_some(listen.ip());
         let steering = Steering::attach(&iface.name, iface.index, dst_ip, listen.port(), knobs)?;
         // Netlink reports the queues a device has room for, not how many are
-        // in use (a veth allocates one per CPU): bind from queue 0 up and stop
-        // at the first the kernel calls out of range.
-        let max_queues = iface.rx_queues.clamp(1, 64);
+        // in use (a veth allocates one per CPU): with auto, bind from queue 0
+        // up and stop at the first the kernel calls out of range.
+        let max_queues = wanted.unwrap_or(iface.rx_queues.clamp(1, 64));
         let (frame_size, mut multi_buffer) = rx_layout(iface.mtu);
         let frames = RX_UMEM_BYTES / frame_size;
         let mut sockets = Vec::with_capacity(max_queues as usize);
@@ -97,7 +119,7 @@ impl AfxdpReceiver {
                     multi_buffer = sg;
                     x
                 }
-                Err(XskError::Bind { errno: libc::EINVAL, .. }) if q > 0 => break,
+                Err(XskError::Bind { errno: libc::EINVAL, .. }) if q > 0 && wanted.is_none() => break,
                 Err(e) => return Err(e.into()),
             };
             let addrs: Vec<u64> = (0..frames).map(|i| xsk.area().addr(i)).collect();
@@ -158,9 +180,9 @@ impl AfxdpReceiver {
         })
     }
 
-    pub fn data_paths(&mut self) -> Vec<Box<dyn DataPath + '_>> {
+    pub fn data_paths(&mut self) -> Vec<BoxedPath<'_>> {
         let port = self.data_port;
-        self.sockets.iter_mut().map(|x| Box::new(XskPath { xsk: x, port }) as Box<dyn DataPath>).collect()
+        self.sockets.iter_mut().map(|x| Box::new(XskPath { xsk: x, port }) as BoxedPath<'_>).collect()
     }
 }
 

@@ -128,6 +128,59 @@ pub fn partial_path(path: &Path) -> PathBuf {
 /// Most iovecs one `pwritev` takes (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
+/// Writes into an [`Output`] from another thread: `pwritev` at offsets,
+/// so writers on several threads need no lock.
+#[derive(Debug)]
+pub struct OutputWriter {
+    file: File,
+    len: u64,
+}
+
+impl OutputWriter {
+    /// As [`Output::write_batch`].
+    pub fn write_batch(&self, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
+        write_runs(&self.file, self.len, writes)
+    }
+}
+
+/// Sorts `writes` and issues one `pwritev` per contiguous run, refusing
+/// any past `len`.
+fn write_runs(file: &File, len: u64, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
+    writes.sort_unstable_by_key(|w| w.0);
+    let mut i = 0;
+    while i < writes.len() {
+        let start = writes[i].0;
+        let mut end = start;
+        let mut j = i;
+        while j < writes.len() && writes[j].0 == end && j - i < IOV_MAX {
+            end += writes[j].1.len() as u64;
+            j += 1;
+        }
+        if end > len {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("write past the end ({end} > {len})")));
+        }
+        write_run(file, start, &writes[i..j])?;
+        i = j;
+    }
+    Ok(())
+}
+
+fn write_run(file: &File, mut offset: u64, run: &[(u64, &[u8])]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = run.iter().map(|w| IoSlice::new(w.1)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+        crate::syscount::count(1);
+        let n = nix::sys::uio::pwritev(file, rest, off).map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        offset += n as u64;
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
 pub struct Output {
     path: PathBuf,
     partial: PathBuf,
@@ -215,42 +268,13 @@ impl Output {
     /// Writes each `(offset, bytes)`; sorts them and issues one `pwritev` per
     /// contiguous run.
     pub fn write_batch(&mut self, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
-        writes.sort_unstable_by_key(|w| w.0);
-        let mut i = 0;
-        while i < writes.len() {
-            let start = writes[i].0;
-            let mut end = start;
-            let mut j = i;
-            while j < writes.len() && writes[j].0 == end && j - i < IOV_MAX {
-                end += writes[j].1.len() as u64;
-                j += 1;
-            }
-            if end > self.len {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("write past the end ({end} > {})", self.len),
-                ));
-            }
-            self.write_run(start, &writes[i..j])?;
-            i = j;
-        }
-        Ok(())
+        write_runs(&self.file, self.len, writes)
     }
 
-    fn write_run(&self, mut offset: u64, run: &[(u64, &[u8])]) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = run.iter().map(|w| IoSlice::new(w.1)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
-            crate::syscount::count(1);
-            let n = nix::sys::uio::pwritev(&self.file, rest, off).map_err(io::Error::from)?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
-            }
-            offset += n as u64;
-            IoSlice::advance_slices(&mut rest, n);
-        }
-        Ok(())
+    /// A handle that writes into the output from another thread (each
+    /// receive queue's), while this one hashes and commits.
+    pub fn writer(&self) -> io::Result<OutputWriter> {
+        Ok(OutputWriter { file: self.file.try_clone()?, len: self.len })
     }
 
     /// Hashes the file, read back, from where it stopped up to `upto` (bytes
@@ -391,6 +415,11 @@ impl Output {
             io::Error::new(e.kind(), format!("renaming {} to {}: {e}", self.partial.display(), self.path.display()))
         })?;
         Ok(self.path)
+    }
+
+    /// How far the digest has read the file back.
+    pub fn hashed_bytes(&self) -> u64 {
+        self.hashed
     }
 
     pub fn partial(&self) -> &Path {

@@ -1,4 +1,9 @@
 //! The receiver's event loop, shared by the AF_XDP and UDP-socket data paths.
+//! With several receive queues, [`queues`] runs one thread per queue around
+//! the same state.
+
+mod queues;
+pub use queues::QueueFigures;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +15,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::output::{Output, OutputPolicy};
+use super::output::{Output, OutputPolicy, OutputWriter};
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
@@ -23,6 +28,9 @@ const CONTROL_EVERY: Duration = Duration::from_micros(200);
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
 pub type Datagram<'a> = Result<(SocketAddr, &'a [u8]), WireError>;
+
+/// A data path that a receive queue's thread can own.
+pub type BoxedPath<'a> = Box<dyn DataPath + Send + 'a>;
 
 /// A source of datagrams for the data port.
 pub trait DataPath {
@@ -77,6 +85,9 @@ pub struct RecvReport {
     pub e2e_s: f64,
     /// VmHWM: the most memory this process held at once.
     pub peak_rss_bytes: u64,
+    /// With a thread per receive queue: what each took in.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_queue: Vec<QueueFigures>,
     /// Extra path-specific figures (XDP counters, socket statistics).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub path_stats: serde_json::Value,
@@ -97,11 +108,14 @@ pub enum Outcome {
 /// of a session admitted with `via_tcp`.
 pub fn run(
     mode: &str,
-    mut paths: Vec<Box<dyn DataPath + '_>>,
+    mut paths: Vec<BoxedPath<'_>>,
     mut ctrl: Control,
     opts: &RecvOptions,
     fallback: Option<&std::net::TcpListener>,
 ) -> Outcome {
+    if paths.len() > 1 {
+        return queues::run(mode, paths, ctrl, opts, fallback);
+    }
     let mut fds: Vec<RawFd> = paths.iter().map(|p| p.fd()).collect();
     fds.push(ctrl.fd());
     if let Some(l) = fallback {
@@ -169,6 +183,8 @@ struct ReceiveLoop {
     /// A session whose file comes on the data path (not over TCP) is open.
     datagram_session: bool,
     out: Option<Output>,
+    /// Writes into `out` from the receive queues' threads.
+    writer: Option<std::sync::Arc<OutputWriter>>,
     start: Instant,
     packets: u64,
     verified_at: Option<Instant>,
@@ -200,6 +216,7 @@ impl ReceiveLoop {
             out_path: opts.out.clone(),
             datagram_session: false,
             out: None,
+            writer: None,
             start,
             packets: 0,
             verified_at: None,
@@ -219,7 +236,7 @@ impl ReceiveLoop {
     /// Takes what every data path has ready; each batch's accepted chunks are
     /// written with one `pwritev` per contiguous run, straight from the
     /// receive buffers. Returns how many datagrams came.
-    fn poll_data(&mut self, paths: &mut [Box<dyn DataPath + '_>], now: Instant) -> usize {
+    fn poll_data(&mut self, paths: &mut [BoxedPath<'_>], now: Instant) -> usize {
         let mut got = 0usize;
         for p in paths.iter_mut() {
             let (rx, out, packets) = (&mut self.rx, &mut self.out, &mut self.packets);
@@ -340,8 +357,13 @@ impl ReceiveLoop {
             let out = self.out_path.display();
             println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
         }
-        match Output::create(&self.out_path, info.file_size, &source, opts.policy) {
-            Ok(o) => self.out = Some(o.with_hasher(self.rx.digest_hasher())),
+        let created = Output::create(&self.out_path, info.file_size, &source, opts.policy)
+            .and_then(|o| Ok((o.writer()?, o.with_hasher(self.rx.digest_hasher()))));
+        match created {
+            Ok((w, o)) => {
+                self.out = Some(o);
+                self.writer = Some(std::sync::Arc::new(w));
+            }
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }
     }
@@ -458,6 +480,7 @@ impl ReceiveLoop {
             syscalls: crate::syscount::total(),
             e2e_s: crate::report::since_process_start(),
             peak_rss_bytes: crate::report::peak_rss_bytes(),
+            per_queue: Vec::new(),
             path_stats: serde_json::Value::Null,
         }
     }

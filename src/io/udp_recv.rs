@@ -23,6 +23,11 @@ pub struct UdpReceiver {
     hdrs: Vec<libc::mmsghdr>,
 }
 
+// SAFETY: the raw pointers in `iov` and `hdrs` point into this struct's own
+// heap buffers (`bufs`, `iov`, `addrs`), which move with it and are reached
+// only through `&mut self`; nothing is shared with another thread.
+unsafe impl Send for UdpReceiver {}
+
 impl UdpReceiver {
     pub fn bind(listen: SocketAddr) -> io::Result<UdpReceiver> {
         let sock = UdpSocket::bind(listen)

@@ -47,21 +47,18 @@ impl Interface {
     /// uses one unless created with `numtxqueues`). Netlink's count when
     /// sysfs does not show this namespace's device.
     pub fn tx_queues_in_use(&self) -> u32 {
-        let dir = format!("/sys/class/net/{}/queues", self.name);
-        match std::fs::read_dir(dir) {
-            Ok(entries) => {
-                let n = entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
-                    .count();
-                if n > 0 {
-                    n as u32
-                } else {
-                    self.tx_queues
-                }
-            }
-            Err(_) => self.tx_queues,
-        }
+        self.queues_in_use("tx-").unwrap_or(self.tx_queues)
+    }
+
+    /// The RX queues in use, as [`Interface::tx_queues_in_use`].
+    pub fn rx_queues_in_use(&self) -> u32 {
+        self.queues_in_use("rx-").unwrap_or(self.rx_queues)
+    }
+
+    fn queues_in_use(&self, prefix: &str) -> Option<u32> {
+        let entries = std::fs::read_dir(format!("/sys/class/net/{}/queues", self.name)).ok()?;
+        let n = entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count();
+        (n > 0).then_some(n as u32)
     }
 
     pub fn lookup(name: &str) -> Result<Interface, IfaceError> {

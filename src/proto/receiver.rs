@@ -937,6 +937,11 @@ impl Receiver {
         self.events.pop_front()
     }
 
+    /// Whether [`Receiver::poll_event`] has something.
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next instant [`Receiver::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {

@@ -1,0 +1,266 @@
+//! The receive loop with one thread per receive queue.
+//!
+//! Each queue's thread takes its ring's batches, lets the protocol accept
+//! each datagram under a short lock (dedup, bitmap, counters), and writes
+//! the accepted chunks with `pwritev` outside it, so the queues parse,
+//! copy and write in parallel. The main thread keeps the control socket,
+//! the timers, the events, and the digest: it hashes the complete prefix of
+//! the file while the queues write what follows.
+//!
+//! A chunk is marked received before its bytes are written, so whatever
+//! reads the file back (hashing ahead, a block check, the final verify)
+//! first waits for the writes accepted so far: each queue counts the
+//! batches it accepted (under the lock) and the ones it wrote
+//! ([`Shared::written_up_to_now`]).
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions};
+use crate::proto::receiver::DropReason;
+
+/// Hash ahead in steps of this many bytes, outside the lock.
+const HASH_STEP: u64 = 2 << 20;
+/// Longest sleep of an idle thread (data or main).
+const IDLE_WAIT: Duration = Duration::from_millis(1);
+
+/// What one receive queue's thread took in.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueFigures {
+    pub queue: u32,
+    /// Datagrams taken from its ring, and the chunk bytes it wrote.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Batches it wrote, and the CPU time of its thread: queues that ran
+    /// in parallel add up to more CPU than the transfer's wall time.
+    pub batches: u64,
+    pub cpu_s: f64,
+    /// Seconds from the thread's start to its end.
+    pub wall_s: f64,
+}
+
+/// A queue's batches: accepted under the lock, then written.
+#[derive(Default)]
+struct Gen {
+    accepted: AtomicU64,
+    written: AtomicU64,
+}
+
+struct Shared {
+    lp: Mutex<ReceiveLoop>,
+    gens: Vec<Gen>,
+    /// Datagrams taken by every queue (the main thread's idle test).
+    packets: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ReceiveLoop> {
+        // A queue thread that panicked leaves the state as it was between
+        // datagrams: carry on, its join reports the panic.
+        self.lp.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Each queue's batches accepted so far; call with the lock held, so
+    /// that every chunk the protocol counts as received is among them.
+    fn accepted(&self) -> Vec<u64> {
+        self.gens.iter().map(|g| g.accepted.load(Ordering::SeqCst)).collect()
+    }
+
+    /// Waits until every batch in `accepted` is written (microseconds: a
+    /// batch is one `pwritev` per run).
+    fn written_up_to(&self, accepted: &[u64]) {
+        for (g, &a) in self.gens.iter().zip(accepted) {
+            while g.written.load(Ordering::Acquire) < a {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// With the lock held: waits for every write the protocol has counted.
+    fn written_up_to_now(&self) {
+        let a = self.accepted();
+        self.written_up_to(&a);
+    }
+}
+
+/// Runs one transfer with a thread per data path (receive queue); as
+/// [`super::run`].
+pub(super) fn run(
+    mode: &str,
+    paths: Vec<BoxedPath<'_>>,
+    mut ctrl: Control,
+    opts: &RecvOptions,
+    fallback: Option<&std::net::TcpListener>,
+) -> Outcome {
+    let shared = Shared {
+        lp: Mutex::new(ReceiveLoop::new(opts, mode)),
+        gens: paths.iter().map(|_| Gen::default()).collect(),
+        packets: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let (tcp, figures) = std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut p)| {
+                let shared = &shared;
+                scope.spawn(move || take_queue(shared, &mut *p, i))
+            })
+            .collect();
+        let tcp = main_loop(&shared, &mut ctrl, opts, fallback);
+        shared.stop.store(true, Ordering::SeqCst);
+        let figures: Vec<QueueFigures> = handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join().unwrap_or_else(|_| {
+                    shared.lock().fail(format!("the thread of receive queue {i} panicked"));
+                    QueueFigures { queue: i as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 }
+                })
+            })
+            .collect();
+        (tcp, figures)
+    });
+    let lp = shared.lp.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Some((stream, header)) = tcp {
+        return Outcome::TcpFallback(stream, header, lp.out_path.clone());
+    }
+    let mut report = lp.report(mode, opts);
+    report.per_queue = figures;
+    Outcome::Done(Box::new(report))
+}
+
+/// The main thread: control, timers, events and hashing until the
+/// protocol is finished. Returns the TCP stream of a session admitted over
+/// TCP, if one came.
+fn main_loop(
+    shared: &Shared,
+    ctrl: &mut Control,
+    opts: &RecvOptions,
+    fallback: Option<&std::net::TcpListener>,
+) -> Option<(std::net::TcpStream, crate::wire::stream::StreamHeader)> {
+    let mut fds: Vec<RawFd> = vec![ctrl.fd()];
+    if let Some(l) = fallback {
+        fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
+    }
+    let mut seen = 0u64;
+    loop {
+        let now = Instant::now();
+        let packets = shared.packets.load(Ordering::Relaxed);
+        let idle = packets == seen;
+        seen = packets;
+        let mut lp = shared.lock();
+        if super::super::stop_requested() {
+            lp.rx.abort("receiver interrupted");
+        }
+        let got = lp.poll_control(ctrl, now);
+        if lp.rx.has_event() || lp.rx.block_to_check().is_some() {
+            // Verify and block checks read the file back.
+            shared.written_up_to_now();
+            lp.handle_events(opts);
+            lp.check_block();
+        }
+        lp.timers_and_replies(ctrl, now, idle);
+        if lp.rx.is_finished() {
+            return None;
+        }
+        if got == 0 && idle {
+            if let Some(l) = fallback {
+                if let Some(admitted) = accept_admitted(l, &lp.rx, opts.idle_timeout) {
+                    return Some(admitted);
+                }
+            }
+        }
+        let hashed = hash_ahead(shared, lp);
+        if idle && !hashed && got == 0 {
+            super::super::wait_readable(&fds, IDLE_WAIT);
+        }
+    }
+}
+
+/// Hashes the next step of the complete prefix outside the lock (the
+/// queues keep writing meanwhile), after waiting for the writes it covers.
+/// Returns whether it hashed anything.
+fn hash_ahead(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
+    let upto = lp.rx.contiguous_bytes();
+    let Some(mut out) = lp.out.take_if(|o| upto >= o.hashed_bytes() + HASH_STEP) else { return false };
+    let accepted = shared.accepted();
+    drop(lp);
+    shared.written_up_to(&accepted);
+    let r = out.hash_ahead(upto, HASH_STEP);
+    let mut lp = shared.lock();
+    lp.out = Some(out);
+    if let Err(e) = r {
+        lp.fail(format!("reading the output back: {e}"));
+    }
+    true
+}
+
+/// One receive queue's thread: takes batches until told to stop.
+fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: usize) -> QueueFigures {
+    let start = Instant::now();
+    let mut fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
+    let gen = &shared.gens[index];
+    let mut idle_spins = 0u32;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let r = path.poll(&mut |batch| {
+            shared.packets.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            fig.packets += batch.len() as u64;
+            let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
+            let writer = {
+                let mut lp = shared.lock();
+                lp.packets += batch.len() as u64;
+                for d in batch {
+                    match d {
+                        Ok((from, payload)) => {
+                            if let Some(w) = lp.rx.on_data(now, *from, payload) {
+                                writes.push(w);
+                            }
+                        }
+                        Err(e) => lp.rx.drops.add(DropReason::Wire(*e)),
+                    }
+                }
+                if writes.is_empty() {
+                    return;
+                }
+                gen.accepted.fetch_add(1, Ordering::SeqCst);
+                lp.writer.clone()
+            };
+            let result = match writer {
+                Some(w) => w.write_batch(&mut writes),
+                None => Err(std::io::Error::other("data before the output was prepared")),
+            };
+            gen.written.fetch_add(1, Ordering::Release);
+            fig.batches += 1;
+            fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
+            if let Err(e) = result {
+                shared.lock().fail(format!("writing the output: {e}"));
+            }
+        });
+        match r {
+            Ok(0) => {
+                idle_spins += 1;
+                if idle_spins > 64 {
+                    path.before_block();
+                    super::super::wait_readable(&[path.fd()], IDLE_WAIT);
+                }
+            }
+            Ok(_) => idle_spins = 0,
+            Err(e) => {
+                let mut lp = shared.lock();
+                lp.fatal.get_or_insert(format!("data path: {e}"));
+                lp.rx.abort("receiver data path failed");
+                break;
+            }
+        }
+    }
+    fig.cpu_s = super::super::Rusage::of_thread().cpu_s();
+    fig.wall_s = start.elapsed().as_secs_f64();
+    fig
+}
