@@ -612,6 +612,9 @@ fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
             }
         }
     };
+    if a.streams > 1 && a.mode().tcp().is_none() {
+        bail!("--streams works only with the TCP modes (--mode sendfile, readwrite, mmap or splice); AF_XDP spreads over --queues");
+    }
     if let Some(mode) = tcp_mode {
         let unsupported = afxdp_only_options(&a);
         if !unsupported.is_empty() {
@@ -716,6 +719,7 @@ fn send_tcp(
         progress: a.progress,
         keys,
         fallback_reason,
+        streams: a.streams as u16,
     };
     let report = tcp::send(&opts)?;
     if a.json {
@@ -824,6 +828,7 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,
                 keys: opts.keys.clone(),
+                listener: Some(&listener),
             };
             let report = tcp::receive(stream, &header, &topts);
             return finish_tcp(report, a.json);

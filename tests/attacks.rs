@@ -35,7 +35,7 @@ fn forged_tcp_stream(body: &[u8]) -> bool {
     else {
         return false;
     };
-    let h = StreamHeader { file_size: body.len() as u64, session: 1, cookie: 1, source: [0; 16] };
+    let h = StreamHeader { file_size: body.len() as u64, session: 1, cookie: 1, source: [0; 16], index: 0, count: 1 };
     let _ = s.write_all(&h.emit());
     let _ = s.write_all(body);
     let _ = s.write_all(blake3::hash(body).as_bytes());
@@ -78,7 +78,7 @@ fn row2_a_tcp_header_alone_reserves_nothing() {
         let mut rx = lan.start_receiver(&out, &["--mode", mode]);
         in_netns(&lan.x_ns, || {
             let mut s = TcpStream::connect((RX_IP, 9000)).expect("connect");
-            let h = StreamHeader { file_size: 60 << 20, session: 5, cookie: 9, source: [0; 16] };
+            let h = StreamHeader { file_size: 60 << 20, session: 5, cookie: 9, source: [0; 16], index: 0, count: 1 };
             s.write_all(&h.emit()).expect("header");
         })
         .join()
@@ -107,7 +107,8 @@ fn row3_tcp_slowloris_does_not_hold_the_receiver() {
     let stop2 = Arc::clone(&stop);
     let trickle = in_netns(&lan.x_ns, move || {
         let mut s = TcpStream::connect((RX_IP, 9000)).expect("connect");
-        let header = StreamHeader { file_size: 1 << 20, session: 1, cookie: 1, source: [0; 16] }.emit();
+        let header =
+            StreamHeader { file_size: 1 << 20, session: 1, cookie: 1, source: [0; 16], index: 0, count: 1 }.emit();
         for b in header.iter().take(8) {
             if stop2.load(Ordering::Relaxed) || s.write_all(&[*b]).is_err() {
                 break;

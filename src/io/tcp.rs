@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::control::Control;
 use super::output::{Output, OutputPolicy};
 use crate::proto::{Sender, SenderConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::message::SessionInfo;
-use crate::wire::stream::{StreamHeader, HEADER_LEN, REPLY_LEN};
+use crate::wire::stream::{stream_range, StreamHeader, HEADER_LEN, MAX_STREAMS, REPLY_LEN};
 
 const CHUNK: usize = 1 << 20;
 /// A stream must deliver at least this much per timeout to count as moving.
@@ -69,6 +69,8 @@ impl TcpMode {
 pub struct TcpReport {
     #[serde(flatten)]
     pub summary: crate::report::Summary,
+    /// Connections the file travelled over at once.
+    pub streams: u16,
     /// Admission and connecting, before the first byte (the file is hashed
     /// while it is sent).
     pub prepare_s: f64,
@@ -138,18 +140,22 @@ fn write_all_counted(sock: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
 /// small enough that progress shows.
 const SENDFILE_STEP: usize = 64 << 20;
 
+/// Sends the file's bytes in `range`; `progress` hears how many of them
+/// are out after each step.
 fn send_body(
     mode: TcpMode,
     file: &File,
-    size: u64,
+    range: std::ops::Range<u64>,
     sock: &mut TcpStream,
     progress: &mut dyn FnMut(u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let fd_in = file.as_raw_fd();
     let fd_out = sock.as_raw_fd();
+    let (base, size) = (range.start, range.end);
+    let mut progress = |at: u64| progress(at - base);
     match mode {
         TcpMode::Sendfile => {
-            let mut off: libc::off_t = 0;
+            let mut off = libc::off_t::try_from(base).map_err(|_| io::Error::other("offset too large"))?;
             while (off as u64) < size {
                 let want = ((size - off as u64) as usize).min(SENDFILE_STEP);
                 // SAFETY: sendfile between two descriptors we own, with a valid
@@ -163,7 +169,7 @@ fn send_body(
         }
         TcpMode::Readwrite => {
             let mut buf = vec![0u8; CHUNK];
-            let mut off = 0u64;
+            let mut off = base;
             while off < size {
                 let want = ((size - off) as usize).min(CHUNK);
                 count_syscalls(1);
@@ -177,14 +183,14 @@ fn send_body(
             }
         }
         TcpMode::Mmap => {
-            if size > 0 {
+            if size > base {
                 // SAFETY: a read-only private mapping of a file we opened; a
                 // concurrent truncation by another process could fault, which is
                 // the documented hazard of this rung of the ladder.
                 let map = unsafe { memmap2::MmapOptions::new().len(size as usize).map(file) }?;
                 count_syscalls(1);
-                let mut sent = 0u64;
-                for chunk in map.chunks(CHUNK) {
+                let mut sent = base;
+                for chunk in map[base as usize..].chunks(CHUNK) {
                     write_all_counted(sock, chunk)?;
                     sent += chunk.len() as u64;
                     progress(sent)?;
@@ -200,7 +206,7 @@ fn send_body(
             // A bigger pipe moves more per call; failure only costs calls.
             // SAFETY: fcntl on our own pipe descriptor.
             unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
-            let mut off: libc::loff_t = 0;
+            let mut off = libc::loff_t::try_from(base).map_err(|_| io::Error::other("offset too large"))?;
             while (off as u64) < size {
                 let want = ((size - off as u64) as usize).min(CHUNK);
                 // SAFETY: splice between our descriptors with a valid offset pointer.
@@ -260,6 +266,8 @@ pub struct TcpSendOptions {
     /// Why TCP carries the file when AF_XDP was asked for (auto's fallback),
     /// for the mode line.
     pub fallback_reason: Option<String>,
+    /// Connections the file's ranges travel over at once (`--streams`).
+    pub streams: u16,
 }
 
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
@@ -269,19 +277,18 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         bail!("{} is not a regular file", opts.file.display());
     }
     let size = meta.len();
+    let count = opts.streams.clamp(1, MAX_STREAMS);
     let t_prep = Instant::now();
     let mut intervals = Intervals::new(opts.intervals, crate::report::process_start(), size);
     let (session, cookie) = admit(opts, size, super::output::source_id(&meta), &mut intervals)?;
-    let mut sock = TcpStream::connect_timeout(&opts.dst, opts.timeout)
-        .with_context(|| format!("connecting to {} (is `xdpblast recv` listening there?)", opts.dst))?;
-    sock.set_read_timeout(Some(opts.timeout))?;
-    sock.set_write_timeout(Some(opts.timeout))?;
+    let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
-    info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, "transfer started");
+    info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, streams = count, "transfer started");
     if opts.intervals {
         let why = opts.fallback_reason.as_deref().map_or(String::new(), |w| format!("; AF_XDP not used: {w}"));
+        let over = if count == 1 { String::new() } else { format!(", {count} streams") };
         println!(
-            "Sending {} ({}) to {} over TCP ({}){why}",
+            "Sending {} ({}) to {} over TCP ({}{over}){why}",
             opts.file.display(),
             human_bytes(size),
             opts.dst,
@@ -290,52 +297,28 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let rusage_at_start = super::Rusage::of_self();
     let start = Instant::now();
-    let header = StreamHeader { file_size: size, session, cookie, source: super::output::source_id(&meta) };
-    write_all_counted(&mut sock, &header.emit())?;
-    let mut next_report = Instant::now();
-    let sock_fd = sock.as_raw_fd();
-    // Called after every step of the body: prints, and ends the send on a
-    // stop request (SIGINT, SIGTERM).
-    let mut report_progress = |done: u64| {
-        if super::stop_requested() {
-            return Err(interrupted());
-        }
-        let now = Instant::now();
-        if opts.progress && now >= next_report {
-            next_report = now + Duration::from_millis(100);
-            eprintln!("progress {done} {size}");
-        }
-        if intervals.due(now) {
-            intervals.tick(now, done, retransmits(sock_fd), "");
-        }
-        Ok(())
-    };
-    // The digest travels after the data, so the file is hashed on a thread
-    // of its own while the body goes out (the zero-copy modes never bring
-    // the bytes to user space). Both read the same file: if it changes
-    // meanwhile, the two can differ, and the receiver's check fails.
-    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
-    let digest = std::thread::scope(|scope| {
-        let hashing = std::thread::Builder::new()
-            .name("xdpblast-hash".into())
-            .spawn_scoped(scope, || hash_file(&file, hasher))
-            .context("starting the hashing thread")?;
-        send_body(opts.mode, &file, size, &mut sock, &mut report_progress)
-            .with_context(|| format!("sending over {}", opts.mode.name()))?;
-        let digest = hashing.join().map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?;
-        digest.with_context(|| format!("reading {}", opts.file.display()))
-    })?;
-    write_all_counted(&mut sock, &digest)?;
-    let reply = await_verdict(&mut sock, opts.timeout, &mut |now| {
-        intervals.tick(now, size, retransmits(sock_fd), "the receiver is verifying")
-    })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let verified = reply[0] == 1 && reply[1..] == digest;
-    if !verified {
-        bail!("the receiver reports a digest mismatch: the file it rebuilt differs from ours");
+    for (i, sock) in socks.iter_mut().enumerate() {
+        let source = super::output::source_id(&meta);
+        let header = StreamHeader { file_size: size, session, cookie, source, index: i as u16, count };
+        write_all_counted(sock, &header.emit())?;
     }
+    let fds: Vec<std::os::fd::RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
+    let retransmits_all = || fds.iter().map(|&fd| retransmits(fd)).sum::<Option<u64>>();
+    let digest = send_streams(opts, &file, size, &mut socks, &mut intervals, &retransmits_all)?;
+    for sock in socks.iter_mut() {
+        write_all_counted(sock, &digest)?;
+    }
+    for (i, sock) in socks.iter_mut().enumerate() {
+        let reply = await_verdict(sock, opts.timeout, &mut |now| {
+            intervals.tick(now, size, retransmits_all(), "the receiver is verifying")
+        })?;
+        if !(reply[0] == 1 && reply[1..] == digest) {
+            bail!("the receiver reports a digest mismatch (stream {i}): the file it rebuilt differs from ours");
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
     let goodput = size as f64 * 8.0 / elapsed.max(1e-9);
-    let retr = retransmits(sock_fd);
+    let retr = retransmits_all();
     if opts.intervals {
         // The whole command first (the handshake included), the transfer
         // phase beside it.
@@ -355,8 +338,9 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
             goodput_bps: goodput,
             elapsed_s: elapsed,
             digest: hex(&digest),
-            verified,
+            verified: true,
         },
+        streams: count,
         prepare_s,
         error: None,
         path: None,
@@ -367,6 +351,86 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         e2e_goodput_bps: size as f64 * 8.0 / crate::report::since_process_start().max(1e-9),
         peak_rss_bytes: crate::report::peak_rss_bytes(),
         afxdp_not_used: opts.fallback_reason.clone(),
+    })
+}
+
+fn connect(opts: &TcpSendOptions) -> anyhow::Result<TcpStream> {
+    let sock = TcpStream::connect_timeout(&opts.dst, opts.timeout)
+        .with_context(|| format!("connecting to {} (is `xdpblast recv` listening there?)", opts.dst))?;
+    sock.set_read_timeout(Some(opts.timeout))?;
+    sock.set_write_timeout(Some(opts.timeout))?;
+    Ok(sock)
+}
+
+/// Sends each stream's range, stream 0 on this thread (which prints the
+/// lines) and the others on threads of their own, while another thread
+/// hashes the file: the digest travels after the data, and the zero-copy
+/// modes never bring the bytes to user space. Both read the same file: if
+/// it changes meanwhile, the two can differ, and the receiver's check fails.
+fn send_streams(
+    opts: &TcpSendOptions,
+    file: &File,
+    size: u64,
+    socks: &mut [TcpStream],
+    intervals: &mut Intervals,
+    retransmits_all: &dyn Fn() -> Option<u64>,
+) -> anyhow::Result<[u8; 32]> {
+    let count = socks.len() as u16;
+    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
+    // Bytes the other streams have sent, for stream 0's lines.
+    let others = std::sync::atomic::AtomicU64::new(0);
+    let mut next_report = Instant::now();
+    std::thread::scope(|scope| {
+        let hashing = std::thread::Builder::new()
+            .name("xdpblast-hash".into())
+            .spawn_scoped(scope, || hash_file(file, hasher))
+            .context("starting the hashing thread")?;
+        let (first, rest) = socks.split_first_mut().context("no stream")?;
+        let mut senders = Vec::new();
+        for (i, sock) in rest.iter_mut().enumerate() {
+            let (range, others) = (stream_range(size, count, i as u16 + 1), &others);
+            let mut last = 0;
+            let h = std::thread::Builder::new()
+                .name(format!("xdpblast-tcp{}", i + 1))
+                .spawn_scoped(scope, move || {
+                    send_body(opts.mode, file, range, sock, &mut |done| {
+                        others.fetch_add(done - last, std::sync::atomic::Ordering::Relaxed);
+                        last = done;
+                        if super::stop_requested() {
+                            return Err(interrupted());
+                        }
+                        Ok(())
+                    })
+                })
+                .context("starting a stream's thread")?;
+            senders.push(h);
+        }
+        // Called after every step of stream 0: prints, and ends the send
+        // on a stop request (SIGINT, SIGTERM).
+        let mut report_progress = |mine: u64| {
+            if super::stop_requested() {
+                return Err(interrupted());
+            }
+            let done = mine + others.load(std::sync::atomic::Ordering::Relaxed);
+            let now = Instant::now();
+            if opts.progress && now >= next_report {
+                next_report = now + Duration::from_millis(100);
+                eprintln!("progress {done} {size}");
+            }
+            if intervals.due(now) {
+                intervals.tick(now, done, retransmits_all(), "");
+            }
+            Ok(())
+        };
+        send_body(opts.mode, file, stream_range(size, count, 0), first, &mut report_progress)
+            .with_context(|| format!("sending over {}", opts.mode.name()))?;
+        for (i, h) in senders.into_iter().enumerate() {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("the thread of stream {} panicked", i + 1))?
+                .with_context(|| format!("sending stream {} over {}", i + 1, opts.mode.name()))?;
+        }
+        let digest = hashing.join().map_err(|_| anyhow::anyhow!("the hashing thread panicked"))?;
+        digest.with_context(|| format!("reading {}", opts.file.display()))
     })
 }
 
@@ -462,9 +526,11 @@ pub struct TcpReceiveOptions<'a> {
     pub intervals: bool,
     /// The pre-shared key's derived keys: the digest is keyed.
     pub keys: Option<crate::proto::auth::Keys>,
+    /// Where a file sent over several streams brings the others.
+    pub listener: Option<&'a TcpListener>,
 }
 
-pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOptions<'_>) -> TcpReport {
+pub fn receive(sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOptions<'_>) -> TcpReport {
     let (out, intervals) = (opts.out, opts.intervals);
     let start = Instant::now();
     let rusage_at_start = super::Rusage::of_self();
@@ -474,7 +540,7 @@ pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOpti
         let peer = sock.peer_addr().map_or("the sender".to_string(), |a| a.to_string());
         println!("Accepted {peer}: {} into {} over TCP", human_bytes(bytes), out.display());
     }
-    let r = receive_inner(&mut sock, header, opts, &mut intervals);
+    let r = receive_inner(sock, header, opts, &mut intervals);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -487,6 +553,7 @@ pub fn receive(mut sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOpti
     }
     let partial = super::output::partial_path(out);
     TcpReport {
+        streams: header.count,
         summary: crate::report::Summary {
             mode: "tcp".into(),
             bytes,
@@ -587,52 +654,160 @@ pub fn read_header(sock: &mut TcpStream, timeout: Duration) -> anyhow::Result<St
 }
 
 fn receive_inner(
-    sock: &mut TcpStream,
+    first: TcpStream,
     header: &StreamHeader,
     opts: &TcpReceiveOptions<'_>,
     intervals: &mut Intervals,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
+    let mut socks = join_streams(first, header, opts)?;
     let mut output = Output::create(opts.out, size, &header.source, opts.policy)
         .context("preparing the output")?
         .with_hasher(hasher);
-    let timeout = opts.timeout;
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0u64;
-    let mut progress = Progress::new(timeout);
-    while got < size {
-        if super::stop_requested() {
-            bail!("receiver interrupted");
+    let writer = output.writer().context("preparing the output")?;
+    let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+    let ranges: Vec<_> = (0..header.count).map(|i| stream_range(size, header.count, i)).collect();
+    // Each stream on a thread of its own, writing its range; this thread
+    // hashes the complete prefix as it grows.
+    let digests = std::thread::scope(|scope| {
+        let handles: Vec<_> = socks
+            .iter_mut()
+            .zip(&ranges)
+            .zip(&got)
+            .map(|((sock, range), got)| {
+                let (range, writer) = (range.clone(), &writer);
+                scope.spawn(move || receive_range(sock, range, writer, got, opts.timeout))
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            let prefix = complete_prefix(&ranges, &got);
+            output.hash_ahead(prefix, 4 << 20).context("reading the output back")?;
+            intervals.tick(
+                Instant::now(),
+                got.iter().map(|g| g.load(std::sync::atomic::Ordering::Acquire)).sum(),
+                None,
+                "",
+            );
+            if output.hashed_bytes() + (4 << 20) > prefix {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        let want = ((size - got) as usize).min(CHUNK);
-        let n = progress.read(sock, &mut buf[..want])?;
-        if n == 0 {
-            bail!("the sender closed the connection after {got} of {size} bytes");
-        }
-        count_syscalls(1);
-        output.write_batch(&mut [(got, &buf[..n])]).context("writing the output")?;
-        got += n as u64;
-        progress.advance(got, size);
-        output.hash_ahead(got, u64::MAX).context("reading the output back")?;
-        intervals.tick(Instant::now(), got, None, "");
-    }
-    let mut theirs = [0u8; 32];
-    progress.read_exact(sock, &mut theirs)?;
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| h.join().map_err(|_| anyhow::anyhow!("the thread of stream {i} panicked"))?)
+            .collect::<anyhow::Result<Vec<[u8; 32]>>>()
+    })?;
     let ours = output.digest().context("reading the output back")?;
-    let ok = ours == theirs;
+    let ok = digests.iter().all(|d| *d == ours);
     if ok {
         output.commit().context("committing the output")?;
     }
     let mut reply = [0u8; REPLY_LEN];
     reply[0] = u8::from(ok);
     reply[1..].copy_from_slice(&ours);
-    count_syscalls(1);
-    sock.write_all(&reply).context("sending the verdict")?;
+    for sock in socks.iter_mut() {
+        count_syscalls(1);
+        sock.write_all(&reply).context("sending the verdict")?;
+    }
     if !ok {
         bail!("digest mismatch: the file received does not match the sender's BLAKE3 digest; output kept as partial");
     }
     Ok(ours)
+}
+
+/// Bytes from the file's start that every stream has written.
+fn complete_prefix(ranges: &[std::ops::Range<u64>], got: &[std::sync::atomic::AtomicU64]) -> u64 {
+    let mut prefix = 0;
+    for (r, g) in ranges.iter().zip(got) {
+        let done = g.load(std::sync::atomic::Ordering::Acquire);
+        prefix = r.start + done;
+        if done < r.end - r.start {
+            break;
+        }
+    }
+    prefix
+}
+
+/// Reads one stream's range into the output, then the sender's digest
+/// that follows it.
+fn receive_range(
+    sock: &mut TcpStream,
+    range: std::ops::Range<u64>,
+    writer: &super::output::OutputWriter,
+    got: &std::sync::atomic::AtomicU64,
+    timeout: Duration,
+) -> anyhow::Result<[u8; 32]> {
+    let len = range.end - range.start;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    let mut progress = Progress::new(timeout);
+    while done < len {
+        if super::stop_requested() {
+            bail!("receiver interrupted");
+        }
+        let want = ((len - done) as usize).min(CHUNK);
+        let n = progress.read(sock, &mut buf[..want])?;
+        if n == 0 {
+            bail!("the sender closed the connection after {done} of the {len} bytes of its range");
+        }
+        writer.write_batch(&mut [(range.start + done, &buf[..n])]).context("writing the output")?;
+        done += n as u64;
+        got.store(done, std::sync::atomic::Ordering::Release);
+        progress.advance(done, len);
+    }
+    let mut theirs = [0u8; 32];
+    progress.read_exact(sock, &mut theirs)?;
+    Ok(theirs)
+}
+
+/// The file's other streams, when it comes over several: accepted from
+/// the first one's address, each header checked against the first's (the
+/// admitted session, its cookie and size), each index once, all within the
+/// timeout. Returns every stream, in index order.
+fn join_streams(
+    first: TcpStream,
+    header: &StreamHeader,
+    opts: &TcpReceiveOptions<'_>,
+) -> anyhow::Result<Vec<TcpStream>> {
+    let count = usize::from(header.count);
+    let mut socks: Vec<Option<TcpStream>> = (0..count).map(|_| None).collect();
+    let from = first.peer_addr().context("the first stream's address")?.ip();
+    socks[usize::from(header.index)] = Some(first);
+    let deadline = Instant::now() + opts.timeout;
+    while socks.iter().any(Option::is_none) {
+        let listener = opts.listener.context("a file sent over several streams, and no listener for the others")?;
+        if super::stop_requested() {
+            bail!("receiver interrupted");
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let have = socks.iter().filter(|s| s.is_some()).count();
+            bail!("the sender opened {have} of its {count} streams within {}", crate::report::human_secs(opts.timeout));
+        }
+        count_syscalls(1);
+        let (mut sock, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            Err(e) => return Err(e).context("accepting a stream"),
+        };
+        if peer.ip() != from {
+            warn!(%peer, "refused a TCP connection: not the admitted sender's address");
+            continue;
+        }
+        sock.set_nonblocking(false)?;
+        let h = read_header(&mut sock, left)?;
+        let same = StreamHeader { index: h.index, ..*header } == h;
+        match socks.get_mut(usize::from(h.index)) {
+            Some(slot @ None) if same => *slot = Some(sock),
+            _ => warn!(%peer, index = h.index, "refused a TCP stream: not a missing stream of the admitted session"),
+        }
+    }
+    Ok(socks.into_iter().flatten().collect())
 }
 
 /// Binds the TCP listener every receive mode offers (the sender's fallback).
@@ -665,7 +840,7 @@ mod tests {
 
     #[test]
     fn a_trickled_header_fails_within_the_timeout() {
-        let h = StreamHeader { file_size: 10, session: 1, cookie: 2, source: [3; 16] }.emit();
+        let h = StreamHeader { file_size: 10, session: 1, cookie: 2, source: [3; 16], index: 0, count: 1 }.emit();
         let (mut s, t) = trickler(h.to_vec(), Duration::from_millis(100));
         let started = Instant::now();
         let r = read_header(&mut s, Duration::from_millis(600));

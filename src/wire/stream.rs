@@ -1,15 +1,17 @@
 //! The TCP stream's header: what a TCP sender says before the file's bytes.
 //!
 //! ```text
-//!  0      4       5      6     8           16           24           32            48
-//!  +------+-------+------+-----+-----------+------------+------------+-------------+
-//!  |magic |version|flags | 0 0 | file size | session id |   cookie   |  source id  |
-//!  +------+-------+------+-----+-----------+------------+------------+-------------+
+//!  0      4       5      6       8           16           24           32            48
+//!  +------+-------+------+-------+-----------+------------+------------+-------------+
+//!  |magic |version|index | count | file size | session id |   cookie   |  source id  |
+//!  +------+-------+------+-------+-----------+------------+------------+-------------+
 //! ```
 //!
-//! All integers are big-endian. The stream continues with the file's bytes and
-//! the 32-byte BLAKE3 digest; the receiver answers one status byte (1 =
-//! verified) and its own digest ([`REPLY_LEN`] bytes).
+//! All integers are big-endian. A file may travel over `count` streams at
+//! once (1 to [`MAX_STREAMS`]); stream `index` carries the byte range
+//! [`stream_range`] gives it. Each continues with its range's bytes and the
+//! 32-byte BLAKE3 digest of the whole file; the receiver answers each with
+//! one status byte (1 = verified) and its own digest ([`REPLY_LEN`] bytes).
 //!
 //! A TCP sender is admitted over the control channel first, like a datagram
 //! sender (Hello, cookie, Hello with the cookie, `via_tcp`); the header names
@@ -20,7 +22,12 @@ use super::message::SourceId;
 use super::WireError;
 
 pub const MAGIC: u32 = 0x5842_4c54; // "XBLT"
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
+/// Most streams one file travels over.
+pub const MAX_STREAMS: u16 = 64;
+/// Ranges start on multiples of this (page-aligned for sendfile and the
+/// page cache).
+const RANGE_ALIGN: u64 = 1 << 20;
 pub const HEADER_LEN: usize = 48;
 /// The receiver's verdict: status byte + its digest.
 pub const REPLY_LEN: usize = 33;
@@ -32,6 +39,18 @@ pub struct StreamHeader {
     pub session: u64,
     pub cookie: u64,
     pub source: SourceId,
+    /// This stream's place among the file's streams.
+    pub index: u16,
+    pub count: u16,
+}
+
+/// The bytes of a `size`-byte file that stream `index` of `count` carries:
+/// equal ranges, aligned to 1 MiB, the last one shorter (some empty when
+/// the file is small).
+pub fn stream_range(size: u64, count: u16, index: u16) -> std::ops::Range<u64> {
+    let per = size.div_ceil(u64::from(count.max(1))).div_ceil(RANGE_ALIGN) * RANGE_ALIGN;
+    let start = (u64::from(index) * per).min(size);
+    start..(start + per).min(size)
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -52,9 +71,8 @@ impl StreamHeader {
         if buf[4] != VERSION {
             return Err(WireError::BadVersion);
         }
-        // No flags are defined yet; reserved bytes must be zero so a later
-        // version can give them meaning.
-        if buf[5] != 0 || buf[6..8] != [0, 0] {
+        let (index, count) = (u16::from(buf[5]), u16::from_be_bytes([buf[6], buf[7]]));
+        if count == 0 || count > MAX_STREAMS || index >= count {
             return Err(WireError::BadBody);
         }
         let mut source = [0u8; 16];
@@ -64,6 +82,8 @@ impl StreamHeader {
             session: be_u64(&buf[16..24]),
             cookie: be_u64(&buf[24..32]),
             source,
+            index,
+            count,
         })
     }
 
@@ -71,6 +91,8 @@ impl StreamHeader {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC.to_be_bytes());
         h[4] = VERSION;
+        h[5] = self.index as u8;
+        h[6..8].copy_from_slice(&self.count.to_be_bytes());
         h[8..16].copy_from_slice(&self.file_size.to_be_bytes());
         h[16..24].copy_from_slice(&self.session.to_be_bytes());
         h[24..32].copy_from_slice(&self.cookie.to_be_bytes());
@@ -84,7 +106,14 @@ mod tests {
     use super::*;
 
     fn sample() -> StreamHeader {
-        StreamHeader { file_size: 0x0102_0304_0506, session: 7, cookie: 0xdead_beef, source: [9; 16] }
+        StreamHeader {
+            file_size: 0x0102_0304_0506,
+            session: 7,
+            cookie: 0xdead_beef,
+            source: [9; 16],
+            index: 2,
+            count: 3,
+        }
     }
 
     #[test]
@@ -93,7 +122,7 @@ mod tests {
         let bytes = h.emit();
         assert_eq!(StreamHeader::parse(&bytes), Ok(h));
         // A fixed fixture: the layout is part of the protocol.
-        let mut fixture = vec![0x58, 0x42, 0x4c, 0x54, 2, 0, 0, 0];
+        let mut fixture = vec![0x58, 0x42, 0x4c, 0x54, 3, 2, 0, 3];
         fixture.extend_from_slice(&[0, 0, 1, 2, 3, 4, 5, 6]);
         fixture.extend_from_slice(&7u64.to_be_bytes());
         fixture.extend_from_slice(&0xdead_beefu64.to_be_bytes());
@@ -113,8 +142,29 @@ mod tests {
         let mut b = good;
         b[4] = 1;
         assert_eq!(StreamHeader::parse(&b), Err(WireError::BadVersion));
-        let mut b = good;
-        b[5] = 1;
-        assert_eq!(StreamHeader::parse(&b), Err(WireError::BadBody));
+        for (index, count) in [(0u8, 0u16), (3, 3), (0, MAX_STREAMS + 1)] {
+            let mut b = good;
+            b[5] = index;
+            b[6..8].copy_from_slice(&count.to_be_bytes());
+            assert_eq!(StreamHeader::parse(&b), Err(WireError::BadBody), "stream {index} of {count}");
+        }
+    }
+
+    /// The ranges tile the file in order, aligned, whatever the count.
+    #[test]
+    fn stream_ranges_tile_the_file() {
+        for size in [0u64, 1, RANGE_ALIGN - 1, RANGE_ALIGN, 5 * RANGE_ALIGN + 7, 1 << 30] {
+            for count in [1u16, 2, 3, 8, MAX_STREAMS] {
+                let mut at = 0;
+                for i in 0..count {
+                    let r = stream_range(size, count, i);
+                    assert_eq!(r.start, at, "{size} bytes, stream {i} of {count}");
+                    assert!(r.start % RANGE_ALIGN == 0 || r.start == size);
+                    at = r.end;
+                }
+                assert_eq!(at, size, "{size} bytes over {count} streams");
+            }
+        }
+        assert_eq!(stream_range(3 << 20, 2, 1), (2 << 20)..(3 << 20));
     }
 }
