@@ -118,6 +118,11 @@ struct BenchArgs {
     /// frames (XDP multi-buffer); veth takes up to 65535.
     #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=65535))]
     mtu: u32,
+    /// Queues on each veth end: above 1, every mode also runs with N queues
+    /// (AF_XDP, `send --queues N`) or N streams (TCP, `--streams N`), beside
+    /// its single-queue row.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    queues: u32,
     /// Drop the page cache before each send, so every mode reads the file
     /// from disk.
     #[arg(long)]
@@ -513,6 +518,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
         threaded_napi: a.napi == Napi::Threaded,
         cold: a.cold,
         mtu: a.mtu,
+        queues: a.queues,
     };
     let report = xdpblast::bench::run(&opts)?;
     Ok(report.results.iter().all(|r| r.verified))

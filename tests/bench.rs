@@ -127,3 +127,32 @@ fn ctrl_c_stops_the_bench_and_removes_its_namespaces() {
     let ps = Command::new("pgrep").args(["-f", "xdpblast.*recv --listen 10.77.0.2"]).output().expect("pgrep");
     assert!(ps.stdout.is_empty(), "a receiver outlived the bench: {}", String::from_utf8_lossy(&ps.stdout));
 }
+
+/// `bench --queues 2`: AF_XDP on 2 queues and sendfile on 2 streams, each
+/// beside its single row, all verified, with the queue ratios in the JSON.
+#[test]
+fn bench_with_two_queues_adds_multi_queue_rows() {
+    require_privileges();
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--size", "8M", "--runs", "1", "--queues", "2", "--modes", "afxdp,sendfile"])
+        .args(["--json", json_path.to_str().expect("utf-8")])
+        .output()
+        .expect("running the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("AF_XDP on 2 queues, end to end (medians):"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("bench JSON")).expect("valid JSON");
+    let results = report["results"].as_array().expect("results");
+    let modes: Vec<&str> = results.iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(modes, ["afxdp-copy-2q", "afxdp-copy", "sendfile-2s", "sendfile"]);
+    assert!(results.iter().all(|r| r["verified"] == true), "{report}");
+    let q = &report["queues"];
+    assert_eq!(q["queues"], 2);
+    for key in ["afxdp_over_sendfile_streams", "afxdp_over_sendfile_single", "afxdp_queues_over_one"] {
+        assert!(q[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {report}");
+    }
+}

@@ -47,6 +47,10 @@ pub struct BenchOptions {
     pub cold: bool,
     /// The veth pair's MTU, both ends (`--mtu`); every mode runs at it.
     pub mtu: u32,
+    /// Queues on each veth end (`--queues`): above 1, every mode also runs
+    /// with that many queues (AF_XDP) or streams (TCP), beside its
+    /// single-queue row.
+    pub queues: u32,
 }
 
 /// One verified transfer's measurements.
@@ -126,6 +130,54 @@ pub struct BenchReport {
     pub host: Host,
     pub file_bytes: u64,
     pub runs: u32,
+    /// With `--queues N` above 1: N queues against N streams and against
+    /// one (end-to-end medians).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<QueueRatios>,
+}
+
+/// `bench --queues N`: AF_XDP over N queues against the other rows.
+#[derive(Debug, Serialize)]
+pub struct QueueRatios {
+    pub queues: u32,
+    /// AF_XDP on N queues over sendfile on N streams.
+    pub afxdp_over_sendfile_streams: Option<f64>,
+    /// AF_XDP on N queues over single-stream sendfile.
+    pub afxdp_over_sendfile_single: Option<f64>,
+    /// AF_XDP on N queues over AF_XDP on one.
+    pub afxdp_queues_over_one: Option<f64>,
+}
+
+/// One row of the table: a mode, and the queues (AF_XDP) or streams (TCP)
+/// it runs with.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    mode: String,
+    lanes: u32,
+}
+
+impl Row {
+    /// Each mode with `queues` lanes first (when above 1), then alone.
+    fn all(modes: &[String], queues: u32) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for m in modes {
+            if queues > 1 {
+                rows.push(Row { mode: m.clone(), lanes: queues });
+            }
+            rows.push(Row { mode: m.clone(), lanes: 1 });
+        }
+        rows
+    }
+
+    /// The table's name: the mode's, with `-Nq` (queues) or `-Ns`
+    /// (streams) when there are several.
+    fn label(&self, name: &str) -> String {
+        match (self.lanes, self.mode.starts_with("afxdp")) {
+            (1, _) => name.to_string(),
+            (n, true) => format!("{name}-{n}q"),
+            (n, false) => format!("{name}-{n}s"),
+        }
+    }
 }
 
 /// Parses "1G", "64MiB", "500M", "4096".
@@ -268,11 +320,13 @@ fn drop_page_cache() -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn run_once(
     bed: &Testbed,
     cold: bool,
     exe: &Path,
     mode: &str,
+    lanes: u32,
     file: &Path,
     out: &Path,
     key: &Path,
@@ -313,6 +367,9 @@ fn run_once(
     }
     if let Some(reader) = mode.strip_prefix("afxdp-").filter(|r| ["inline", "thread"].contains(r)) {
         scmd.args(["--reader", reader]);
+    }
+    if lanes > 1 {
+        scmd.args([if afxdp { "--queues" } else { "--streams" }, &lanes.to_string()]);
     }
     let retrans_before = bed.tcp_retrans();
     if cold {
@@ -508,10 +565,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let key = work.path().join("bench.key");
     let hex: String = crate::io::random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key, format!("{hex}\n")).context("writing the bench key")?;
-    let bed = Testbed::create(opts.threaded_napi, opts.mtu)?;
+    anyhow::ensure!((1..=64).contains(&opts.queues), "--queues must be between 1 and 64");
+    let bed = Testbed::create(opts.threaded_napi, opts.mtu, opts.queues)?;
     let mtu = bed.mtu()?;
+    let rows = Row::all(&opts.modes, opts.queues);
 
-    let total = u64::from(opts.runs) * opts.modes.len() as u64;
+    let total = u64::from(opts.runs) * rows.len() as u64;
     let bars = indicatif::MultiProgress::new();
     let bar = bars.add(indicatif::ProgressBar::new(total));
     bar.set_style(
@@ -527,20 +586,21 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bytes_bar.enable_steady_tick(Duration::from_millis(200));
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); opts.modes.len()];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); rows.len()];
     let iperf3 = find_in_path("iperf3");
     let mut reference: Vec<Run> = Vec::new();
     for r in 0..opts.runs {
-        for (i, mode) in opts.modes.iter().enumerate() {
+        for (i, row) in rows.iter().enumerate() {
+            let mode = row.label(&row.mode);
             bar.set_message(format!(
                 "{mode}, run {}/{}: transferring {}",
                 r + 1,
                 opts.runs,
                 crate::report::human_bytes(bytes)
             ));
-            let res = run_once(&bed, opts.cold, &exe, mode, &file, &out, &key, &bytes_bar)
+            let res = run_once(&bed, opts.cold, &exe, &row.mode, row.lanes, &file, &out, &key, &bytes_bar)
                 .with_context(|| format!("{mode}, run {}", r + 1))?;
-            bar.println(format!("  {mode:<10} run {}: {}", r + 1, human_bits_per_sec(res.goodput_bps)));
+            bar.println(format!("  {mode:<12} run {}: {}", r + 1, human_bits_per_sec(res.e2e_goodput_bps)));
             runs[i].push(res);
             bar.inc(1);
         }
@@ -559,12 +619,20 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     bytes_bar.finish_and_clear();
     drop(bed);
 
-    let results: Vec<ModeResult> = opts.modes.iter().zip(&runs).map(|(m, rs)| summarize(m, rs, bytes)).collect();
+    let results: Vec<ModeResult> = rows
+        .iter()
+        .zip(&runs)
+        .map(|(row, rs)| {
+            let mut m = summarize(&row.mode, rs, bytes);
+            m.mode = row.label(&m.mode);
+            m
+        })
+        .collect();
     // The ratio compares the default AF_XDP mode when it ran, else the first
-    // AF_XDP variant.
-    let afxdp_row =
-        opts.modes.iter().position(|m| m == "afxdp").or_else(|| opts.modes.iter().position(|m| m.starts_with("afxdp")));
-    let sendfile_row = opts.modes.iter().position(|m| m == "sendfile");
+    // AF_XDP variant; single queue and stream.
+    let find = |mode: &str, lanes: u32| rows.iter().position(|r| r.mode == mode && r.lanes == lanes);
+    let afxdp_row = find("afxdp", 1).or_else(|| rows.iter().position(|r| r.mode.starts_with("afxdp") && r.lanes == 1));
+    let sendfile_row = find("sendfile", 1);
     let ratio_of = |pick: fn(&ModeResult) -> f64| {
         let med = |row: Option<usize>| row.and_then(|i| results.get(i)).map(pick);
         match (med(afxdp_row), med(sendfile_row)) {
@@ -581,6 +649,21 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         m
     });
     let verdict = verdict(&results, afxdp_row, sendfile_row);
+    let e2e = |row: Option<usize>| row.and_then(|i| results.get(i)).map(|r| r.e2e_goodput_bps.median);
+    let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let queues = (opts.queues > 1).then(|| {
+        let n = opts.queues;
+        let afxdp_n = e2e(find("afxdp", n));
+        QueueRatios {
+            queues: n,
+            afxdp_over_sendfile_streams: over(afxdp_n, e2e(find("sendfile", n))),
+            afxdp_over_sendfile_single: over(afxdp_n, e2e(sendfile_row)),
+            afxdp_queues_over_one: over(afxdp_n, e2e(afxdp_row)),
+        }
+    });
     let report = BenchReport {
         results,
         reference,
@@ -596,6 +679,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         },
         file_bytes: bytes,
         runs: opts.runs,
+        queues,
     };
     print_table(&report);
     if let Some(p) = &opts.json {
@@ -721,6 +805,16 @@ fn print_table(r: &BenchReport) {
     match (r.ratio_afxdp_over_sendfile, r.ratio_transfer_phase) {
         (Some(e), Some(t)) => println!("AF_XDP / sendfile, end to end (medians): {e:.2}x  (transfer phase: {t:.2}x)"),
         _ => println!("AF_XDP / sendfile: n/a (run both modes)"),
+    }
+    if let Some(q) = &r.queues {
+        let x = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}x"));
+        println!(
+            "AF_XDP on {n} queues, end to end (medians): {} sendfile on {n} streams, {} single-stream sendfile, {} AF_XDP on 1 queue",
+            x(q.afxdp_over_sendfile_streams),
+            x(q.afxdp_over_sendfile_single),
+            x(q.afxdp_queues_over_one),
+            n = q.queues
+        );
     }
     println!("{}", r.verdict);
 }

@@ -28,7 +28,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 impl Testbed {
     /// Both ends get `mtu` (above a page, our XDP program takes packets as
     /// fragments and the sockets as descriptor chains).
-    pub fn create(threaded_napi: bool, mtu: u32) -> anyhow::Result<Testbed> {
+    pub fn create(threaded_napi: bool, mtu: u32, queues: u32) -> anyhow::Result<Testbed> {
         let name = format!("xbb{}", std::process::id() % 100_000);
         let bed = Testbed {
             tx_ns: format!("{name}-tx"),
@@ -38,12 +38,13 @@ impl Testbed {
         };
         bed.remove();
         // From here on, Drop cleans up whatever part was made.
-        bed.build(threaded_napi, mtu).context("creating the bench's namespaces and veth pair (run as root)")?;
+        bed.build(threaded_napi, mtu, queues).context("creating the bench's namespaces and veth pair (run as root)")?;
         info!(tx = %bed.tx_ns, rx = %bed.rx_ns, "test bed up");
         Ok(bed)
     }
 
-    fn build(&self, threaded_napi: bool, mtu: u32) -> anyhow::Result<()> {
+    fn build(&self, threaded_napi: bool, mtu: u32, queues: u32) -> anyhow::Result<()> {
+        let q = queues.to_string();
         for ns in [&self.tx_ns, &self.rx_ns] {
             ip(&["netns", "add", ns])?;
             // IPv4 only: no autoconfiguration chatter.
@@ -55,9 +56,9 @@ impl Testbed {
             "add",
             &self.tx_if,
             "numtxqueues",
-            "1",
+            &q,
             "numrxqueues",
-            "1",
+            &q,
             "netns",
             &self.tx_ns,
             "type",
@@ -66,9 +67,9 @@ impl Testbed {
             "name",
             &self.rx_if,
             "numtxqueues",
-            "1",
+            &q,
             "numrxqueues",
-            "1",
+            &q,
             "netns",
             &self.rx_ns,
         ])?;
