@@ -1,5 +1,5 @@
 -- Wireshark / tshark dissector for xdpblast's datagrams (wire version 3) and
--- its TCP stream header (stream version 2).
+-- its TCP stream header (stream version 3).
 --
 --   tshark -X lua_script:scripts/xdpblast.lua -r capture.pcapng -Y xdpblast
 --   wireshark -X lua_script:scripts/xdpblast.lua capture.pcapng
@@ -50,6 +50,7 @@ f.via_tcp = ProtoField.bool("xdpblast.via_tcp", "File over TCP", 32, nil, 0x1)
 f.keyed = ProtoField.bool("xdpblast.keyed", "Keyed", 32, nil, 0x2)
 f.block_chunks = ProtoField.uint32("xdpblast.block_chunks", "Chunks per hashed block")
 f.name = ProtoField.string("xdpblast.name", "File name")
+f.data_port = ProtoField.uint16("xdpblast.data_port", "Data source port (one per transmit queue)")
 f.delay_us = ProtoField.uint64("xdpblast.delay_us", "Answer delay (us)")
 f.opened = ProtoField.bool("xdpblast.opened", "Session opened")
 f.max_datagram = ProtoField.uint32("xdpblast.max_datagram", "Largest datagram taken (0: unknown)")
@@ -118,11 +119,20 @@ bodies[16] = function(tree, body)
     ft:add(f.via_tcp, flags)
     ft:add(f.keyed, flags)
     tree:add(f.block_chunks, body(SESSION_INFO_LEN + 20, 4))
+    local at = HELLO_LEN
+    -- Flag 4: a count byte and that many source ports, one per TX queue.
+    if bit.band(flags:uint(), 4) ~= 0 then
+        if body:len() < at + 1 then return nil end
+        local n = body(at, 1):uint()
+        if n == 0 or n > 64 or body:len() < at + 1 + 2 * n then return nil end
+        for i = 0, n - 1 do tree:add(f.data_port, body(at + 1 + 2 * i, 2)) end
+        at = at + 1 + 2 * n
+    end
     local name = ""
-    local name_len = body:len() - HELLO_LEN
+    local name_len = body:len() - at
     if name_len > 255 then return nil end
     if name_len > 0 then
-        local r = body(HELLO_LEN, name_len)
+        local r = body(at, name_len)
         tree:add(f.name, r)
         name = r:string(ENC_UTF_8) .. ", "
     end
@@ -251,8 +261,8 @@ end
 
 p:register_heuristic("udp", heuristic)
 
--- The TCP stream header ("XBLT", version 2): the first 48 bytes a TCP sender
--- writes; the file's bytes follow.
+-- The TCP stream header ("XBLT", version 3): the first 48 bytes a TCP sender
+-- writes on each of its streams; that stream's range of the file follows.
 local ps = Proto("xdpblast_stream", "xdpblast TCP stream header")
 local fs = ps.fields
 fs.magic = ProtoField.uint32("xdpblast_stream.magic", "Magic", base.HEX)
@@ -261,14 +271,18 @@ fs.file_size = ProtoField.uint64("xdpblast_stream.file_size", "File size")
 fs.session = ProtoField.uint64("xdpblast_stream.session", "Session", base.HEX)
 fs.cookie = ProtoField.uint64("xdpblast_stream.cookie", "Cookie", base.HEX)
 fs.source = ProtoField.bytes("xdpblast_stream.source", "Source id")
+fs.index = ProtoField.uint8("xdpblast_stream.index", "Stream index")
+fs.count = ProtoField.uint16("xdpblast_stream.count", "Streams")
 
 local function stream_heuristic(buf, pinfo, root)
     if buf:len() < 48 then return false end
-    if buf(0, 4):uint() ~= 0x58424c54 or buf(4, 1):uint() ~= 2 then return false end
+    if buf(0, 4):uint() ~= 0x58424c54 or buf(4, 1):uint() ~= 3 then return false end
     pinfo.cols.protocol = "xdpblast"
     local t = root:add(ps, buf(0, 48))
     t:add(fs.magic, buf(0, 4))
     t:add(fs.version, buf(4, 1))
+    t:add(fs.index, buf(5, 1))
+    t:add(fs.count, buf(6, 2))
     t:add(fs.file_size, buf(8, 8))
     t:add(fs.session, buf(16, 8))
     t:add(fs.cookie, buf(24, 8))

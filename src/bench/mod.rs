@@ -320,7 +320,6 @@ fn drop_page_cache() -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn run_once(
     bed: &Testbed,
     cold: bool,

@@ -2,12 +2,13 @@
 //!
 //! With several transmit queues, one scheduler thread posts every queue's
 //! descriptors (the protocol, the read-ahead and the ledger stay on one
-//! thread), and each queue has a kicker thread that calls sendto when the
-//! scheduler asks. In copy mode the kernel does a queue's work inside that
-//! sendto: it builds each skb, hands it to the driver, and on a veth the
-//! peer's XDP program and the receiving socket's copy run there too. So N
-//! kickers spread the transmit path over N cores, as `send --raw --queues`
-//! showed it scales. In zero-copy mode a kick only wakes the driver.
+//! thread), kicks queue 0 itself, and each further queue has a kicker
+//! thread that calls sendto when the scheduler asks. In copy mode the
+//! kernel does a queue's work inside that sendto: it builds each skb,
+//! hands it to the driver, and on a veth the peer's XDP program and the
+//! receiving socket's copy run there too. So the kickers spread the
+//! transmit path over the cores, as `send --raw --queues` showed it
+//! scales. In zero-copy mode a kick only wakes the driver.
 //!
 //! The scheduler asks with [`KickRequests::request`]: a counter bump, and
 //! an unpark only when the kicker has gone to sleep. The kicker kicks once

@@ -138,8 +138,8 @@ pub struct QueueFigures {
     /// Kicks the device could not take (its queue full).
     pub kicks_unproductive: u64,
     pub device_drops: u64,
-    /// CPU time of its kicker thread (0 with one queue: the scheduler
-    /// kicks).
+    /// CPU time of its kicker thread (0 for queue 0: the scheduler kicks
+    /// it).
     pub kicker_cpu_s: f64,
 }
 
@@ -480,8 +480,8 @@ fn open_sockets(opts: &SendOptions, iface: &Interface, plan: &FramePlan, queues:
 
 type Kicking<'scope> = Vec<std::thread::ScopedJoinHandle<'scope, (KickCounts, f64)>>;
 
-/// Starts one kicker thread per queue (none for a single queue): each
-/// returns its counts and its CPU time.
+/// Starts a kicker thread for each of `queues` (all but queue 0, which the
+/// loop kicks): each returns its counts and its CPU time.
 fn spawn_kickers<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     kickers: &'scope [KickRequests],
@@ -584,14 +584,14 @@ fn transfer(
         );
     }
     let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals, queues);
-    // With several queues each has a kicker thread; with one the loop kicks.
-    let kickers: Vec<KickRequests> = (0..queues).filter(|_| queues > 1).map(|_| KickRequests::default()).collect();
+    // The loop kicks queue 0 itself; each further queue has a kicker thread.
+    let kickers: Vec<KickRequests> = (1..queues).map(|_| KickRequests::default()).collect();
     let (outcome, finished, read_time, kicked) = std::thread::scope(|scope| {
         let mut reader = match opts.reader {
             ReaderMode::Inline => Reader::inline(ra, plan, unchanged),
             ReaderMode::Thread => Reader::spawn(scope, ra, plan, unchanged).context("starting the reader thread")?,
         };
-        let kicking = spawn_kickers(scope, &kickers, xsk.queues_mut())?;
+        let kicking = spawn_kickers(scope, &kickers, &xsk.queues_mut()[1..])?;
         info!(reader = opts.reader.name(), queues, "transfer started");
         sender.set_readable(0, 0, false);
         sender.start(Instant::now());
@@ -789,7 +789,8 @@ impl Transmit {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let (k, cpu) = kicked.get(i).copied().unwrap_or((
+                let kicker = i.checked_sub(1).and_then(|k| kicked.get(k));
+                let (k, cpu) = kicker.copied().unwrap_or((
                     KickCounts {
                         kicks: e.kicker.kicks,
                         unproductive: e.kicker.unproductive,
@@ -890,13 +891,14 @@ impl Transmit {
         }
     }
 
-    /// Kicks where the kernel asks: the one queue itself, or each of
-    /// several through its kicker thread (which reports a failure back).
+    /// Kicks where the kernel asks: queue 0 itself, each further queue
+    /// through its kicker thread (which reports a failure back). On a
+    /// machine with few cores a kicker thread for queue 0 as well only
+    /// added wakeups.
     fn kick(&mut self, queues: &[Queue], kickers: &[KickRequests]) -> std::io::Result<()> {
-        if kickers.is_empty() {
-            return self.engines[0].kick(&queues[0], self.turn_posted[0]);
-        }
-        for ((e, q), (k, &posted)) in self.engines.iter().zip(queues).zip(kickers.iter().zip(&self.turn_posted)) {
+        self.engines[0].kick(&queues[0], self.turn_posted[0])?;
+        let others = self.engines.iter().zip(queues).zip(&self.turn_posted).skip(1);
+        for (((e, q), &posted), k) in others.zip(kickers) {
             if e.outstanding() > 0 && (posted > 0 || q.tx_pending() > 0) && q.tx_needs_wakeup() {
                 k.request();
             }
