@@ -53,7 +53,7 @@ fn main() {
     let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
     let blocks = Message::Blocks { session: SESSION, first: 0, hashes: &[0x5a; 64] }.encode(k);
     let ack = Message::HelloAck { session: SESSION, delay_us: 120, opened: true, max_datagram: 0 }.encode(k);
-    let stream = StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16] }.emit();
+    let stream = StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16], index: 0, count: 1 }.emit();
 
     // Parser seeds: every kind, bare and inside an Ethernet frame.
     let tpl = example_template();
