@@ -76,10 +76,10 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
     let refused = veth.send(&file, &[]);
     assert!(!refused.status.success());
     let _ = rx.wait_exit(20);
-    // 3. A TCP sender: the stream header.
+    // 3. A TCP sender over two streams: a stream header on each.
     let tcp_out = dir.path().join("tcp.bin");
     let rx = veth.start_receiver(&tcp_out, &["--mode", "tcp"]);
-    let sent = veth.send(&file, &["--mode", "sendfile"]);
+    let sent = veth.send(&file, &["--mode", "sendfile", "--streams", "2"]);
     let (rx_ok, _, _) = rx.finish();
     assert!(sent.status.success() && rx_ok);
 
@@ -111,6 +111,12 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
     assert!(!sealed.is_empty(), "the keyed transfer's seals are shown");
     let missing = decode(&cap, "xdpblast.nack.missing > 0", &["frame.number"]);
     assert!(!missing.is_empty(), "a NACK with missing chunks, under 5 % loss");
-    let streams = decode(&cap, "xdpblast_stream", &["xdpblast_stream.file_size"]);
-    assert_eq!(streams, [(3u64 << 20).to_string()], "one TCP stream header");
+    let mut streams = decode(
+        &cap,
+        "xdpblast_stream",
+        &["xdpblast_stream.file_size", "xdpblast_stream.index", "xdpblast_stream.count"],
+    );
+    streams.sort();
+    let size = 3u64 << 20;
+    assert_eq!(streams, [format!("{size}\t0\t2"), format!("{size}\t1\t2")], "a header on each of two streams");
 }

@@ -159,24 +159,29 @@ impl AfxdpReceiver {
 
     /// Kernel-side drops on our sockets (RX ring full, fill ring empty...).
     pub fn socket_stats(&self) -> serde_json::Value {
-        let mut rx_dropped = 0;
-        let mut ring_full = 0;
-        let mut fill_empty = 0;
-        let mut bad_chains = 0;
-        for s in &self.sockets {
-            if let Some(st) = s.statistics() {
-                rx_dropped += st.rx_dropped;
-                ring_full += st.rx_ring_full;
-                fill_empty += st.rx_fill_ring_empty_descs;
-            }
-            bad_chains += s.rx_bad_chains;
-        }
+        let per_queue: Vec<serde_json::Value> = self
+            .sockets
+            .iter()
+            .map(|s| {
+                let st = s.statistics().unwrap_or_default();
+                serde_json::json!({
+                    "queue": s.queue_id(),
+                    "rx_dropped": st.rx_dropped,
+                    "rx_ring_full": st.rx_ring_full,
+                    "rx_fill_ring_empty": st.rx_fill_ring_empty_descs,
+                    "rx_bad_chains": s.rx_bad_chains,
+                })
+            })
+            .collect();
+        let sum = |key: &str| per_queue.iter().map(|q| q[key].as_u64().unwrap_or(0)).sum::<u64>();
         serde_json::json!({
-            "rx_dropped": rx_dropped,
-            "rx_ring_full": ring_full,
-            "rx_fill_ring_empty": fill_empty,
-            "rx_bad_chains": bad_chains,
+            "rx_dropped": sum("rx_dropped"),
+            "rx_ring_full": sum("rx_ring_full"),
+            "rx_fill_ring_empty": sum("rx_fill_ring_empty"),
+            "rx_bad_chains": sum("rx_bad_chains"),
             "multi_buffer": self.multi_buffer,
+            // Each socket's drops: where a queue's thread fell behind.
+            "per_queue": per_queue,
         })
     }
 

@@ -1,6 +1,7 @@
-//! The receiver's event loop, shared by the AF_XDP and UDP-socket data paths.
-//! With several receive queues, [`queues`] runs one thread per queue around
-//! the same state.
+//! The receiver, shared by the AF_XDP and UDP-socket data paths: the
+//! protocol's state, the output and the report ([`ReceiveLoop`]), driven by
+//! [`queues`], one thread per data path (receive queue) around that state
+//! and a main thread for control, timers and the digest.
 
 mod queues;
 pub use queues::QueueFigures;
@@ -21,9 +22,6 @@ use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::stream::StreamHeader;
 use crate::wire::WireError;
-
-/// How often a busy loop looks at the control socket.
-const CONTROL_EVERY: Duration = Duration::from_micros(200);
 
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
@@ -83,6 +81,8 @@ pub struct RecvReport {
     pub syscalls: u64,
     /// Process start to the verdict.
     pub e2e_s: f64,
+    /// Every chunk in to the digest known: what hashing ahead left to do.
+    pub final_hash_s: Option<f64>,
     /// VmHWM: the most memory this process held at once.
     pub peak_rss_bytes: u64,
     /// With a thread per receive queue: what each took in.
@@ -108,67 +108,12 @@ pub enum Outcome {
 /// of a session admitted with `via_tcp`.
 pub fn run(
     mode: &str,
-    mut paths: Vec<BoxedPath<'_>>,
-    mut ctrl: Control,
+    paths: Vec<BoxedPath<'_>>,
+    ctrl: Control,
     opts: &RecvOptions,
     fallback: Option<&std::net::TcpListener>,
 ) -> Outcome {
-    if paths.len() > 1 {
-        return queues::run(mode, paths, ctrl, opts, fallback);
-    }
-    let mut fds: Vec<RawFd> = paths.iter().map(|p| p.fd()).collect();
-    fds.push(ctrl.fd());
-    if let Some(l) = fallback {
-        fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
-    }
-    let mut lp = ReceiveLoop::new(opts, mode);
-    let mut idle_spins = 0u32;
-    let mut next_control = lp.start;
-    // Set after a blocking wait: whatever woke us may be on the control socket.
-    let mut woke = false;
-    loop {
-        let now = Instant::now();
-        if super::stop_requested() {
-            lp.rx.abort("receiver interrupted");
-        }
-        let mut got = lp.poll_data(&mut paths, now);
-        // Control datagrams come every few milliseconds, so look at most every
-        // CONTROL_EVERY while data flows (an idle loop always looks).
-        let check_control = woke || now >= next_control;
-        woke = false;
-        if check_control {
-            next_control = now + CONTROL_EVERY;
-            got += lp.poll_control(&mut ctrl, now);
-        }
-        lp.handle_events(opts);
-        lp.check_block();
-        lp.timers_and_replies(&ctrl, now, got == 0);
-        if lp.rx.is_finished() {
-            break;
-        }
-        if got == 0 && check_control {
-            if let Some(l) = fallback {
-                if let Some((stream, header)) = accept_admitted(l, &lp.rx, opts.idle_timeout) {
-                    return Outcome::TcpFallback(stream, header, lp.out_path.clone());
-                }
-            }
-        }
-        if got == 0 {
-            lp.hash_ahead();
-            idle_spins += 1;
-            if idle_spins > 64 {
-                let wait = lp
-                    .rx
-                    .poll_timeout()
-                    .map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-                super::wait_readable(&fds, wait.min(Duration::from_millis(5)));
-                woke = true;
-            }
-        } else {
-            idle_spins = 0;
-        }
-    }
-    Outcome::Done(Box::new(lp.report(mode, opts)))
+    queues::run(mode, paths, ctrl, opts, fallback)
 }
 
 /// The receive loop's state: the protocol's receiver, the output, and the
@@ -188,6 +133,9 @@ struct ReceiveLoop {
     start: Instant,
     packets: u64,
     verified_at: Option<Instant>,
+    /// How long the final digest took once every chunk was in: what was
+    /// left to hash after hashing ahead, read back.
+    final_hash: Option<Duration>,
     /// The first local failure, which the report names.
     fatal: Option<String>,
     intervals: Intervals,
@@ -220,6 +168,7 @@ impl ReceiveLoop {
             start,
             packets: 0,
             verified_at: None,
+            final_hash: None,
             fatal: None,
             intervals: Intervals::new(opts.intervals, start, 0),
             rusage_at_start: None,
@@ -231,52 +180,6 @@ impl ReceiveLoop {
     fn fail(&mut self, msg: String) {
         self.rx.abort(&msg);
         self.fatal.get_or_insert(msg);
-    }
-
-    /// Takes what every data path has ready; each batch's accepted chunks are
-    /// written with one `pwritev` per contiguous run, straight from the
-    /// receive buffers. Returns how many datagrams came.
-    fn poll_data(&mut self, paths: &mut [BoxedPath<'_>], now: Instant) -> usize {
-        let mut got = 0usize;
-        for p in paths.iter_mut() {
-            let (rx, out, packets) = (&mut self.rx, &mut self.out, &mut self.packets);
-            let mut write_error: Option<io::Error> = None;
-            let r = p.poll(&mut |batch| {
-                *packets += batch.len() as u64;
-                let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
-                for d in batch {
-                    match d {
-                        Ok((from, payload)) => {
-                            if let Some(w) = rx.on_data(now, *from, payload) {
-                                writes.push(w);
-                            }
-                        }
-                        Err(e) => rx.drops.add(DropReason::Wire(*e)),
-                    }
-                }
-                if writes.is_empty() {
-                    return;
-                }
-                let result = match out.as_mut() {
-                    Some(o) => o.write_batch(&mut writes),
-                    None => Err(io::Error::other("data before the output was prepared")),
-                };
-                if let Err(e) = result {
-                    write_error.get_or_insert(e);
-                }
-            });
-            if let Some(e) = write_error {
-                self.fail(format!("writing the output: {e}"));
-            }
-            match r {
-                Ok(n) => got += n,
-                Err(e) => {
-                    self.fatal.get_or_insert(format!("data path: {e}"));
-                    self.rx.abort("receiver data path failed");
-                }
-            }
-        }
-        got
     }
 
     /// Takes every waiting control datagram. Returns how many.
@@ -372,7 +275,10 @@ impl ReceiveLoop {
     /// when the sender hears Done, the file is in place.
     fn verify(&mut self) {
         let Some(mut o) = self.out.take() else { return };
-        let digest = match o.digest() {
+        let hashing = Instant::now();
+        let digest = o.digest();
+        self.final_hash = Some(hashing.elapsed());
+        let digest = match digest {
             Ok(d) => d,
             Err(e) => return self.fail(format!("reading the output back to verify it: {e}")),
         };
@@ -418,15 +324,6 @@ impl ReceiveLoop {
         match out.check_block(b.bytes, hasher, &b.expected) {
             Ok(ok) => self.rx.block_checked(b.index, ok),
             Err(e) => self.fail(format!("reading the output back to check a block: {e}")),
-        }
-    }
-
-    /// Nothing waiting: hash ahead over the part of the file that is
-    /// complete, in small steps, so verification at the end has little left.
-    fn hash_ahead(&mut self) {
-        let upto = self.rx.contiguous_bytes();
-        if let Some(Err(e)) = self.out.as_mut().map(|o| o.hash_ahead(upto, 2 << 20)) {
-            self.fail(format!("reading the output back: {e}"));
         }
     }
 
@@ -479,6 +376,7 @@ impl ReceiveLoop {
             transfer_rusage: super::Rusage::of_self().since(&self.rusage_at_start.unwrap_or_default()),
             syscalls: crate::syscount::total(),
             e2e_s: crate::report::since_process_start(),
+            final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),
             peak_rss_bytes: crate::report::peak_rss_bytes(),
             per_queue: Vec::new(),
             path_stats: serde_json::Value::Null,

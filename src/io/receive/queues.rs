@@ -176,9 +176,13 @@ fn main_loop(
                 }
             }
         }
-        let hashed = hash_ahead(shared, lp);
-        if idle && !hashed && got == 0 {
-            super::super::wait_readable(&fds, IDLE_WAIT);
+        let next_timer = lp.rx.poll_timeout();
+        if !hash_ahead(shared, lp) && got == 0 {
+            // The queues do the data: sleep until a control datagram, the
+            // next timer, or a millisecond (events from the queues wait
+            // that long at most).
+            let wait = next_timer.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()));
+            super::super::wait_readable(&fds, wait.min(IDLE_WAIT));
         }
     }
 }
