@@ -577,7 +577,6 @@ fn afxdp_only_options(a: &SendArgs) -> Vec<&'static str> {
         ("--dst-mac", a.dst_mac.is_some()),
         ("--reader", a.reader != ReaderArg::Auto),
         ("--xdp-bind", a.xdp_bind != XskBind::Auto),
-        ("--queues", a.queues != QueueCount::Fixed(1)),
     ];
     given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
 }
@@ -620,6 +619,10 @@ fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
     };
     if a.streams > 1 && a.mode().tcp().is_none() {
         bail!("--streams works only with the TCP modes (--mode sendfile, readwrite, mmap or splice); AF_XDP spreads over --queues");
+    }
+    if let (Some(mode), QueueCount::Fixed(2..) | QueueCount::Auto) = (tcp_mode, a.queues) {
+        let because = why_not_afxdp.as_deref().map_or(String::new(), |w| format!(" ({w})"));
+        bail!("--queues works only with AF_XDP; --mode {} spreads over --streams N instead{because}", mode.name());
     }
     if let Some(mode) = tcp_mode {
         let unsupported = afxdp_only_options(&a);

@@ -503,6 +503,30 @@ fn spawn_kickers<'scope>(
         .collect()
 }
 
+/// Stops the kicker threads once they have served what was asked; returns
+/// each one's counts and CPU time.
+fn stop_kickers(kickers: &[KickRequests], kicking: Kicking<'_>) -> anyhow::Result<Vec<(KickCounts, f64)>> {
+    for k in kickers {
+        k.stop();
+    }
+    kicking.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("a kicker thread panicked"))).collect()
+}
+
+/// The line that says how the file goes out.
+fn mode_line(opts: &SendOptions, ifname: &str, mode: XskMode, plan: &FramePlan, size: u64, queues: u32) -> String {
+    let on = if queues == 1 { "queue 0".to_string() } else { format!("queues 0-{}", queues - 1) };
+    format!(
+        "Sending {} ({}) to {} over AF_XDP: {} mode on {ifname} {on}, reader {}, {} B {} packets",
+        opts.file.display(),
+        human_bytes(size),
+        opts.dst,
+        mode.kind(),
+        opts.reader.name(),
+        plan.packet_size,
+        plan.ip.name()
+    )
+}
+
 /// Tells the receiver we gave up, so it stops at once instead of waiting for
 /// its idle timeout. Best effort: it may be gone already.
 pub(crate) fn abort_receiver(ctrl: &Control, sender: &Sender, reason: &str) {
@@ -570,18 +594,7 @@ fn transfer(
     let unchanged: Unchanged<'_> =
         Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
     if opts.intervals {
-        let on = if queues == 1 { "queue 0".to_string() } else { format!("queues 0-{}", queues - 1) };
-        println!(
-            "Sending {} ({}) to {} over AF_XDP: {} mode on {} {on}, reader {}, {} B {} packets",
-            opts.file.display(),
-            human_bytes(file_size),
-            opts.dst,
-            mode.kind(),
-            iface.name,
-            opts.reader.name(),
-            plan.packet_size,
-            plan.ip.name()
-        );
+        println!("{}", mode_line(opts, &iface.name, mode, &plan, file_size, queues));
     }
     let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals, queues);
     // The loop kicks queue 0 itself; each further queue has a kicker thread.
@@ -596,16 +609,9 @@ fn transfer(
         sender.set_readable(0, 0, false);
         sender.start(Instant::now());
         let outcome = tx.run(opts, sender, ctrl, ctrl_peer, xsk.queues_mut(), &kickers, &mut reader);
-        for k in &kickers {
-            k.stop();
-        }
-        let kicked: Vec<(KickCounts, f64)> = kicking
-            .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a kicker thread panicked")))
-            .collect::<anyhow::Result<_>>()?;
+        let kicked = stop_kickers(&kickers, kicking)?;
         anyhow::Ok((outcome, reader.finished(), reader.read_time(), kicked))
     })?;
-    let stats = sender.stats.clone();
     let verified = matches!(sender.outcome(), Some(Ok(())));
     outcome?;
     match sender.outcome() {
@@ -625,30 +631,40 @@ fn transfer(
             hex(&digest)
         );
     }
+    let per_queue = tx.queue_figures(&lanes.ports, &kicked);
+    let done = Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue };
+    Ok(final_report(opts, &mut tx, sender, done))
+}
+
+/// What a verified transfer leaves for its report.
+struct Finished {
+    mode: XskMode,
+    file_size: u64,
+    plan: FramePlan,
+    queues: u32,
+    digest: [u8; 32],
+    verified: bool,
+    read_time: Duration,
+    per_queue: Vec<QueueFigures>,
+}
+
+/// Prints the summary lines (end to end first) and builds the report.
+fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sender, done: Finished) -> SendReport {
+    let Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue } = done;
+    let stats = sender.stats.clone();
     let elapsed = tx.elapsed_s();
     let e2e_s = crate::report::since_process_start();
-    let per_queue = tx.queue_figures(&lanes.ports, &kicked);
     if opts.intervals {
         let iv = &mut tx.intervals;
         iv.finish(Instant::now(), file_size, Some(stats.retransmits));
         let first = iv.at(tx.first_post.unwrap_or(tx.start));
-        println!(
-            "{}",
-            summary_line(
-                0.0,
-                e2e_s,
-                file_size,
-                Some(stats.retransmits),
-                "sender, end to end: command start to verified file"
-            )
-        );
-        println!(
-            "{}",
-            summary_line(first, e2e_s, file_size, None, "sender, transfer phase: first frame to verified file")
-        );
+        let what = "sender, end to end: command start to verified file";
+        println!("{}", summary_line(0.0, e2e_s, file_size, Some(stats.retransmits), what));
+        let what = "sender, transfer phase: first frame to verified file";
+        println!("{}", summary_line(first, e2e_s, file_size, None, what));
         println!("Verified by the receiver: blake3 {}", hex(&digest));
     }
-    Ok(SendReport {
+    SendReport {
         summary: crate::report::Summary {
             mode: mode.name().to_string(),
             bytes: file_size,
@@ -689,7 +705,7 @@ fn transfer(
             decreases: a.decreases,
             rate_log: std::mem::take(&mut tx.rate_log),
         }),
-    })
+    }
 }
 
 /// The transmit loop's state: one turn reaps completions, refills free
