@@ -301,6 +301,11 @@ pub struct BlockToCheck {
     pub expected: [u8; 32],
 }
 
+/// With lanes: NACK rounds of silence on the data path, after the sender's
+/// End probe, before the tails of the lanes the closing Meta did not end
+/// count as lost (a lane may lag that long behind another).
+const LANES_QUIET_ROUNDS: u32 = 4;
+
 /// What a Hello says, once its seal and name are checked.
 struct HelloFields {
     session: u64,
@@ -993,10 +998,12 @@ impl Receiver {
         let Some(s) = self.session.as_mut() else { return };
         // A gap above last tick's high-water mark may still be reordering, or
         // still queued in our own receive ring.
-        let quiet = s.idle_since.is_some_and(|t| now >= t + self.cfg.nack_interval);
         // With lanes, the closing Meta ends only the lane it came on (see
-        // `data`): data on another may still be on its way.
+        // `data`): data on another may still be on its way, so the data
+        // path must be quiet longer before the End probe ends every lane.
         let lanes = s.lane_high.len() > 1;
+        let quiet_for = if lanes { self.cfg.nack_interval * LANES_QUIET_ROUNDS } else { self.cfg.nack_interval };
+        let quiet = s.idle_since.is_some_and(|t| now >= t + quiet_for);
         let watermark = if (s.end_seen && !lanes) || (s.end_probed && quiet) {
             s.info.n_chunks
         } else if lanes {
