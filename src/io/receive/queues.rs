@@ -50,6 +50,17 @@ struct Gen {
     written: AtomicU64,
 }
 
+/// Counts a batch as written when dropped: after its `pwritev`, and on
+/// unwinding too, so a thread that panics mid-batch cannot leave the main
+/// thread waiting for it.
+struct Written<'a>(&'a AtomicU64);
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 struct Shared {
     lp: Mutex<ReceiveLoop>,
     gens: Vec<Gen>,
@@ -217,7 +228,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
             shared.packets.fetch_add(batch.len() as u64, Ordering::Relaxed);
             fig.packets += batch.len() as u64;
             let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
-            let writer = {
+            let (writer, written) = {
                 let mut lp = shared.lock();
                 lp.packets += batch.len() as u64;
                 for d in batch {
@@ -234,13 +245,15 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
                     return;
                 }
                 gen.accepted.fetch_add(1, Ordering::SeqCst);
-                lp.writer.clone()
+                (lp.writer.clone(), Written(&gen.written))
             };
             let result = match writer {
                 Some(w) => w.write_batch(&mut writes),
                 None => Err(std::io::Error::other("data before the output was prepared")),
             };
-            gen.written.fetch_add(1, Ordering::Release);
+            // Before taking the lock again: the main thread may hold it,
+            // waiting for this batch.
+            drop(written);
             fig.batches += 1;
             fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
             if let Err(e) = result {
