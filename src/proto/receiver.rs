@@ -319,9 +319,16 @@ struct HelloFields {
 
 impl Session {
     /// Data comes from the Hello's address, or from its IP and one of the
-    /// transmit queues' ports it listed.
-    fn is_data_source(&self, from: SocketAddr) -> bool {
-        from == self.peer || (from.ip() == self.peer.ip() && self.data_ports.contains(from.port()))
+    /// transmit queues' ports it listed: `Some` with the lane it came on
+    /// (where there are lanes), `None` from anywhere else.
+    fn data_source(&self, from: SocketAddr) -> Option<Option<usize>> {
+        if from.ip() != self.peer.ip() {
+            return None;
+        }
+        match self.data_ports.as_slice().iter().position(|&p| p == from.port()) {
+            Some(lane) => Some(Some(lane)),
+            None => (from == self.peer).then_some(None),
+        }
     }
 
     /// With several lanes: the chunk below which every gap is a loss, as
@@ -588,13 +595,11 @@ impl Receiver {
                 if cookie != s.cookie {
                     return Err(DropReason::BadCookie);
                 }
-                if !s.is_data_source(from) {
-                    return Err(DropReason::WrongSource);
-                }
+                let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
                 s.idle_since = None;
                 s.high = s.high.max(chunk + 1);
-                if let Some(lane) = s.data_ports.as_slice().iter().position(|&p| p == from.port()) {
-                    s.lane_high[lane] = s.lane_high[lane].max(chunk + 1);
+                if let Some(l) = lane {
+                    s.lane_high[l] = s.lane_high[l].max(chunk + 1);
                 }
                 if !s.chunks.insert(chunk) {
                     return Err(DropReason::Duplicate);
@@ -617,9 +622,7 @@ impl Receiver {
                 if cookie != s.cookie {
                     return Err(DropReason::BadCookie);
                 }
-                if !s.is_data_source(from) {
-                    return Err(DropReason::WrongSource);
-                }
+                let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
                 if !info.same_transfer(&s.info) {
                     return Err(DropReason::InfoMismatch);
                 }
@@ -628,8 +631,8 @@ impl Receiver {
                     s.end_seen = true;
                     s.markers += 1;
                     // It travels behind its lane's data: that lane is done.
-                    if let Some(lane) = s.data_ports.as_slice().iter().position(|&p| p == from.port()) {
-                        s.lane_high[lane] = s.info.n_chunks;
+                    if let Some(l) = lane {
+                        s.lane_high[l] = s.info.n_chunks;
                     }
                 }
                 self.maybe_verify();
@@ -1092,6 +1095,11 @@ mod tests {
     const OTHER: &str = "10.0.0.9:4000";
 
     fn hello(info: SessionInfo) -> Message<'static> {
+        hello_from_ports(info, DataPorts::NONE)
+    }
+
+    /// Session 7's Hello from a sender whose queues send from `data_ports`.
+    fn hello_from_ports(info: SessionInfo, data_ports: DataPorts) -> Message<'static> {
         Message::Hello {
             session: 7,
             info,
@@ -1100,7 +1108,7 @@ mod tests {
             keyed: false,
             block_chunks: 0,
             name: "",
-            data_ports: crate::wire::message::DataPorts::NONE,
+            data_ports,
         }
     }
 
@@ -1114,7 +1122,7 @@ mod tests {
             keyed: true,
             block_chunks,
             name: "",
-            data_ports: crate::wire::message::DataPorts::NONE,
+            data_ports: DataPorts::NONE,
         }
     }
 
@@ -1405,19 +1413,9 @@ mod tests {
         let mut rx = Receiver::new(ReceiverConfig::default(), now);
         let peer: SocketAddr = PEER.parse().unwrap();
         let lane1: SocketAddr = "10.0.0.1:4001".parse().unwrap();
-        let ports = crate::wire::message::DataPorts::new(&[4000, 4001]).unwrap();
+        let ports = DataPorts::new(&[4000, 4001]).unwrap();
         let cookie = rx.cookie_for(peer.ip(), 7);
-        let hello = Message::Hello {
-            session: 7,
-            info,
-            source: [0; 16],
-            via_tcp: false,
-            keyed: false,
-            block_chunks: 0,
-            name: "",
-            data_ports: ports,
-        };
-        rx.on_control(now, peer, &hello.encode(cookie));
+        rx.on_control(now, peer, &hello_from_ports(info, ports).encode(cookie));
         let payload = [0u8; 10];
         let send = |rx: &mut Receiver, from: SocketAddr, c: u64| {
             rx.on_data(now, from, &Message::Data { session: 7, chunk: c, payload: &payload }.encode(cookie)).is_some()

@@ -222,10 +222,6 @@ impl DataPorts {
         &self.ports[..usize::from(self.len)]
     }
 
-    pub fn contains(&self, port: u16) -> bool {
-        self.as_slice().contains(&port)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

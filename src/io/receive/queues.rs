@@ -64,8 +64,6 @@ impl Drop for Written<'_> {
 struct Shared {
     lp: Mutex<ReceiveLoop>,
     gens: Vec<Gen>,
-    /// Datagrams taken by every queue (the main thread's idle test).
-    packets: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -111,7 +109,6 @@ pub(super) fn run(
     let shared = Shared {
         lp: Mutex::new(ReceiveLoop::new(opts, mode)),
         gens: paths.iter().map(|_| Gen::default()).collect(),
-        packets: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     };
     let (tcp, figures) = std::thread::scope(|scope| {
@@ -162,10 +159,10 @@ fn main_loop(
     let mut seen = 0u64;
     loop {
         let now = Instant::now();
-        let packets = shared.packets.load(Ordering::Relaxed);
-        let idle = packets == seen;
-        seen = packets;
         let mut lp = shared.lock();
+        // Idle: no datagram on any queue since the previous turn.
+        let idle = lp.packets == seen;
+        seen = lp.packets;
         if super::super::stop_requested() {
             lp.rx.abort("receiver interrupted");
         }
@@ -225,7 +222,6 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let r = path.poll(&mut |batch| {
-            shared.packets.fetch_add(batch.len() as u64, Ordering::Relaxed);
             fig.packets += batch.len() as u64;
             let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
             let (writer, written) = {
