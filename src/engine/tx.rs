@@ -36,6 +36,13 @@ pub trait TxRing {
     fn tx_pending(&self) -> u32;
     fn tx_needs_wakeup(&self) -> bool;
     fn kick(&self) -> Kick;
+    /// Wakes the kernel to refill the queue's receive side from the fill
+    /// ring, when it asks. A transmit-only socket bound in zero-copy mode
+    /// still owns its queue's RX: the driver takes every receive buffer,
+    /// the stack's packets included, from our UMEM, and may refill only on
+    /// this wakeup (virtio_net from 7.x does), so ignoring it leaves the
+    /// queue deaf to the receiver's control replies.
+    fn service_fill(&mut self) {}
 }
 
 impl TxRing for Queue {
@@ -56,6 +63,9 @@ impl TxRing for Queue {
     }
     fn kick(&self) -> Kick {
         Queue::kick(self)
+    }
+    fn service_fill(&mut self) {
+        Queue::wake_rx_if_needed(self)
     }
 }
 
@@ -182,6 +192,7 @@ impl TxEngine {
 
     /// Takes the ring's completions, each address handed to `f`.
     pub fn reap(&mut self, ring: &mut impl TxRing, f: impl FnMut(u64)) -> u32 {
+        ring.service_fill();
         let n = ring.reap_with(self.comp_ring, f);
         self.outstanding -= n.min(self.outstanding);
         self.completed += u64::from(n);

@@ -38,6 +38,12 @@ pub const DEFAULT_UMEM: u64 = 32 << 20;
 /// How often a busy send loop looks at the control socket.
 const CONTROL_EVERY: Duration = Duration::from_micros(200);
 pub const COMP_RING: u32 = 4096;
+/// A transmit socket's RX ring, which it never reads. In zero-copy mode the
+/// queue's receive side draws its buffers from our fill ring, and virtio_net
+/// on 7.x (7.3.4 checked, not 6.18.15) delivers none of the stack's packets
+/// on a queue whose socket has no RX ring: the receiver's replies vanish
+/// and the transfer stalls. With a ring the driver passes them up as usual.
+const UNREAD_RX_RING: u32 = 64;
 
 #[derive(Debug, Clone)]
 pub struct SendOptions {
@@ -168,7 +174,7 @@ pub(crate) fn tx_config(ifname: &str, bind: BindMode, plan: &FramePlan) -> XskCo
     XskConfig {
         ifname: ifname.to_string(),
         queue: 0,
-        rx_size: 0,
+        rx_size: UNREAD_RX_RING,
         tx_size: TX_RING,
         fill_size: FILL_SPARE,
         comp_size: COMP_RING,
