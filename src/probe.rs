@@ -2,12 +2,14 @@
 
 use serde::Serialize;
 
-use xdpblast::afxdp::preload::MAX_CHAIN;
+use xdpblast::afxdp::preload::{FramePlan, MAX_CHAIN};
 use xdpblast::afxdp::program::{self, Steering, XdpQuery};
 use xdpblast::afxdp::umem::UmemArea;
 use xdpblast::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
+use xdpblast::afxdp::zerocopy::{self, BindChoice, DriverZeroCopy};
+use xdpblast::io::afxdp_send::DEFAULT_UMEM;
 use xdpblast::net::iface::{format_mac, Interface};
-use xdpblast::wire::frame::ETH_LEN;
+use xdpblast::wire::frame::{IpVersion, ETH_LEN};
 
 #[derive(Serialize)]
 struct Probe {
@@ -29,8 +31,15 @@ struct Probe {
     /// The largest IP packet `send` would use here (`--packet-size`'s
     /// default): the MTU, or one UMEM frame's worth without multi-buffer.
     largest_packet: Option<u32>,
-    /// `None` when the interface could not be asked.
+    /// Whether the driver advertises zero-copy; `None` when the interface
+    /// could not be asked. A bind can still refuse it: see `zero_copy`.
     zero_copy_capable: Option<bool>,
+    /// Whether a socket really binds in zero-copy mode here, or why not.
+    #[serde(serialize_with = "check")]
+    zero_copy: Result<String, String>,
+    /// Most UMEM frames one packet may span in zero-copy mode, as the driver
+    /// reports it (1: no chains).
+    zc_max_segs: Option<u32>,
     auto_mode: String,
     problems: Vec<String>,
 }
@@ -82,7 +91,10 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
     let mut xdp_native = Err("not tried".to_string());
     let mut af_xdp = Err("not tried".to_string());
     let mut multi_buffer = Err("not tried".to_string());
+    let mut zero_copy = Err("not tried".to_string());
+    let mut driver = None;
     let mut largest_packet = None;
+    let mut auto_mode = "sendfile over TCP (AF_XDP is not usable here)".to_string();
     if let Some(i) = &iface {
         if !i.oper_up {
             problems.push(format!("{} is down", i.name));
@@ -105,6 +117,7 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
                 }
             }
             zc_capable = Some(q.feature_flags & XdpQuery::ACT_XSK_ZEROCOPY != 0);
+            driver = Some(DriverZeroCopy::from_query(&q));
         }
         xdp_native = if i.xdp_attached.is_some() {
             Err("skipped: another program is attached".into())
@@ -114,19 +127,17 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
                 .map(|s| s.mode().name().to_string())
                 .map_err(|e| e.to_string())
         };
-        (af_xdp, multi_buffer) = try_af_xdp(&i.name);
-        largest_packet = Some(match &multi_buffer {
+        let binds = try_binds(&i.name, driver);
+        largest_packet = Some(match &binds.multi_buffer {
             Ok(_) => i.mtu.min(MAX_CHAIN * 4096 - ETH_LEN as u32),
             Err(_) => i.mtu.min(4096 - ETH_LEN as u32),
         });
+        auto_mode = auto_mode_of(i, &binds, driver);
+        Binds { af_xdp, zero_copy, multi_buffer } = binds;
     }
     if let Err(e) = &af_xdp {
         problems.push(format!("AF_XDP: {e}"));
     }
-    let auto_mode = match (&af_xdp, &iface) {
-        (Ok(m), Some(_)) => format!("afxdp ({m})"),
-        _ => "sendfile over TCP (AF_XDP is not usable here)".to_string(),
-    };
     let p = Probe {
         kernel,
         euid: nix::unistd::geteuid().as_raw(),
@@ -141,6 +152,8 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
         multi_buffer,
         largest_packet,
         zero_copy_capable: zc_capable,
+        zero_copy,
+        zc_max_segs: driver.filter(|d| d.advertised).map(|d| d.max_segs),
         auto_mode,
         problems,
     };
@@ -152,10 +165,20 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
     Ok(p.af_xdp.is_ok())
 }
 
-/// Binds a throwaway socket on queue 0, with XDP_USE_SG first: whether
-/// AF_XDP works (and in which mode), and whether multi-buffer does.
-fn try_af_xdp(ifname: &str) -> (Result<String, String>, Result<String, String>) {
-    let open = |multi_buffer: bool| {
+/// What real binds on queue 0 found, one throwaway socket at a time.
+struct Binds {
+    /// The mode a socket gets: zero-copy where it binds, copy otherwise.
+    af_xdp: Result<String, String>,
+    zero_copy: Result<String, String>,
+    multi_buffer: Result<String, String>,
+}
+
+/// Binds zero-copy first, then copy, then copy with XDP_USE_SG: the driver's
+/// advertised features are not the answer (virtio-net advertises zero-copy
+/// and refuses it without VIRTIO_F_ACCESS_PLATFORM), and a bind asking for
+/// multi-buffer in `auto` mode silently falls back to copy mode.
+fn try_binds(ifname: &str, driver: Option<DriverZeroCopy>) -> Binds {
+    let open = |bind: BindMode, multi_buffer: bool| -> Result<XskMode, XskError> {
         let cfg = XskConfig {
             ifname: ifname.to_string(),
             queue: 0,
@@ -163,21 +186,48 @@ fn try_af_xdp(ifname: &str) -> (Result<String, String>, Result<String, String>) 
             tx_size: 64,
             fill_size: 64,
             comp_size: 64,
-            bind: BindMode::Auto,
+            bind,
             multi_buffer,
         };
         let area = UmemArea::new(64, 2048)?;
-        Xsk::open(area, &cfg).map(|x| match x.mode() {
-            XskMode::Copy => "copy mode".to_string(),
-            XskMode::ZeroCopy => "zero-copy mode".to_string(),
-        })
+        Xsk::open(area, &cfg).map(|x| x.mode())
     };
-    match open(true) {
-        Ok(mode) => (Ok(mode), Ok("XDP_USE_SG: packets above one UMEM frame travel as descriptor chains".into())),
-        Err(e @ XskError::Bind { errno: libc::EINVAL | libc::EOPNOTSUPP, .. }) => {
-            (open(false).map_err(|e| e.to_string()), Err(e.to_string()))
-        }
-        Err(e) => (Err(e.to_string()), Err("not tried".into())),
+    let zero_copy = match driver {
+        Some(d) if !d.advertised => Err("the driver does not advertise xsk_zerocopy".to_string()),
+        _ => open(BindMode::ZeroCopy, false)
+            .map(|_| "a socket binds in zero-copy mode".to_string())
+            .map_err(|e| e.to_string()),
+    };
+    let af_xdp = match &zero_copy {
+        Ok(_) => Ok("zero-copy mode".to_string()),
+        Err(_) => open(BindMode::Copy, false).map(|_| "copy mode".to_string()).map_err(|e| e.to_string()),
+    };
+    let multi_buffer = match &af_xdp {
+        Err(_) => Err("not tried".to_string()),
+        Ok(_) => open(BindMode::Copy, true).map_err(|e| e.to_string()).map(|_| {
+            let zc = match (&zero_copy, driver) {
+                (Ok(_), Some(d)) if d.max_segs > 1 => format!("; zero-copy chains of up to {} frames", d.max_segs),
+                (Ok(_), _) => "; none in zero-copy mode (the driver takes one frame per packet)".to_string(),
+                (Err(_), _) => String::new(),
+            };
+            format!("XDP_USE_SG in copy mode: packets above one UMEM frame travel as descriptor chains{zc}")
+        }),
+    };
+    Binds { af_xdp, zero_copy, multi_buffer }
+}
+
+/// What `send --mode auto` does here with packets of the MTU, by the rule
+/// `send` follows ([`zerocopy::choose`]).
+fn auto_mode_of(i: &Interface, binds: &Binds, driver: Option<DriverZeroCopy>) -> String {
+    if binds.af_xdp.is_err() {
+        return "sendfile over TCP (AF_XDP is not usable here)".to_string();
+    }
+    let shape = FramePlan::new(1 << 30, i.mtu, i.mtu, &i.name, DEFAULT_UMEM, IpVersion::V4).map(|p| p.packet_shape());
+    let choice = shape.ok().and_then(|s| zerocopy::choose(BindMode::Auto, &i.name, s, driver).ok());
+    match choice {
+        _ if binds.zero_copy.is_err() => "afxdp (copy mode)".to_string(),
+        Some(BindChoice { note: Some(note), .. }) => format!("afxdp ({note})"),
+        _ => "afxdp (zero-copy mode)".to_string(),
     }
 }
 
@@ -228,14 +278,18 @@ fn print_human(p: &Probe, ifname: &str) {
     if let Some(n) = p.largest_packet {
         println!("largest packet    {n} B (send's default --packet-size here)");
     }
-    println!(
-        "zero-copy         {}",
-        match p.zero_copy_capable {
-            Some(true) => "supported by the driver",
-            Some(false) => "not supported by the driver (copy mode)",
-            None => "unknown (the interface could not be asked)",
+    let advertised = match (p.zero_copy_capable, p.zc_max_segs) {
+        (Some(true), Some(n)) => {
+            format!("the driver advertises it, {n} frame{} per packet", if n == 1 { "" } else { "s" })
         }
-    );
+        (Some(true), None) => "the driver advertises it".to_string(),
+        (Some(false), _) => "the driver does not advertise it".to_string(),
+        (None, _) => "the driver could not be asked".to_string(),
+    };
+    match &p.zero_copy {
+        Ok(v) => println!("zero-copy         yes ({v}; {advertised})"),
+        Err(e) => println!("zero-copy         no: {e}"),
+    }
     println!("send --mode auto  {}", p.auto_mode);
     for pr in &p.problems {
         println!("problem           {pr}");

@@ -12,3 +12,4 @@ pub mod program;
 pub mod readahead;
 pub mod umem;
 pub mod xsk;
+pub mod zerocopy;

@@ -127,6 +127,17 @@ impl FramePlan {
         Ok(chain)
     }
 
+    /// What the bind choice needs to know of the packets: their size, and
+    /// how many UMEM frames each spans.
+    pub fn packet_shape(&self) -> crate::afxdp::zerocopy::PacketShape {
+        crate::afxdp::zerocopy::PacketShape {
+            packet: self.packet_size,
+            chain: self.chain,
+            frame_size: self.frame_size,
+            link_header: ETH_LEN as u32,
+        }
+    }
+
     /// Whether data frames span several UMEM frames (XDP multi-buffer).
     pub fn multi_buffer(&self) -> bool {
         self.chain > 1

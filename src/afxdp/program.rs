@@ -227,6 +227,9 @@ pub struct XdpQuery {
     pub attach_mode: u8,
     /// NETDEV_XDP_ACT_* bits the driver advertises.
     pub feature_flags: u64,
+    /// Most descriptors a zero-copy packet may span (NETDEV_A_DEV_XDP_ZC_MAX_SEGS);
+    /// 0 where the driver has no zero-copy or the kernel does not say.
+    pub zc_max_segs: u32,
 }
 
 impl XdpQuery {
@@ -244,7 +247,12 @@ pub fn query(ifindex: u32) -> Result<XdpQuery, String> {
     let q = xdp
         .query(i32::try_from(ifindex).map_err(|_| "ifindex out of range".to_string())?, libbpf_rs::XdpFlags::NONE)
         .map_err(|e| format!("{e:#}"))?;
-    Ok(XdpQuery { prog_id: q.prog_id, attach_mode: q.attach_mode, feature_flags: q.feature_flags })
+    Ok(XdpQuery {
+        prog_id: q.prog_id,
+        attach_mode: q.attach_mode,
+        feature_flags: q.feature_flags,
+        zc_max_segs: q.xdp_zc_max_segs,
+    })
 }
 
 /// Why an attach failed, when the hook is taken: who holds it and how to

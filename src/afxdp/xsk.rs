@@ -27,6 +27,16 @@ const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 const XDP_USE_SG: u16 = 1 << 4;
 /// Descriptor option: the packet goes on in the next descriptor.
 pub const XDP_PKT_CONTD: u32 = 1;
+/// Bytes the kernel keeps free in front of every received frame: a frame of
+/// a UMEM chunk takes at most `chunk - XDP_PACKET_HEADROOM` bytes
+/// (`xsk_pool_get_rx_frame_size`), in copy and zero-copy mode alike.
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+
+/// The longest frame one UMEM chunk of `frame_size` bytes receives whole.
+pub fn rx_frame_capacity(frame_size: u32) -> u32 {
+    frame_size - XDP_PACKET_HEADROOM
+}
+
 /// Most descriptors a received chain may have before it is dropped as
 /// malformed: 64 KiB in 2 KiB frames, and some.
 const MAX_RX_CHAIN: usize = 40;
@@ -367,11 +377,14 @@ impl Queue {
         let scfg =
             SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
         let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(errno_str(e)))?;
-        umem.bind(&user).map_err(|e| {
+        bind_retrying(umem, &user).map_err(|e| {
             let raw = e.get_raw();
             let hint = match raw {
                 libc::EINVAL if cfg.multi_buffer && first => {
                     " (the kernel has no multi-buffer AF_XDP, added in 6.6, or the queue is out of range; use packets that fit one UMEM frame)"
+                }
+                libc::EINVAL if cfg.bind == BindMode::ZeroCopy && queue_exists(&cfg.ifname, queue) => {
+                    " (the driver refused zero-copy on this device: virtio-net needs VIRTIO_F_ACCESS_PLATFORM, iommu_platform=on in QEMU, which many cloud VMs lack, and from kernel 7.x refuses it at a jumbo MTU; use --xdp-bind auto or copy)"
                 }
                 libc::EINVAL => {
                     " (queue out of range for this interface? a veth has the queues given by numtxqueues/numrxqueues)"
@@ -517,6 +530,29 @@ impl Queue {
     pub fn statistics(&self) -> Option<XdpStatisticsV2> {
         self.user.statistics_v2().ok()
     }
+}
+
+/// How long a bind retries EBUSY: the kernel frees a queue's previous socket
+/// asynchronously, so a bind right after another socket on that queue
+/// closed (a probe's, a previous transfer's) can find it still taken.
+const BIND_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn bind_retrying(umem: &Umem, user: &User) -> Result<(), xdpilone::Errno> {
+    let deadline = std::time::Instant::now() + BIND_BUSY_RETRY;
+    loop {
+        match umem.bind(user) {
+            Err(e) if e.get_raw() == libc::EBUSY && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether `ifname` has a queue `queue`, from sysfs (in our namespace).
+fn queue_exists(ifname: &str, queue: u32) -> bool {
+    let dir = format!("/sys/class/net/{ifname}/queues");
+    ["rx", "tx"].iter().any(|k| std::path::Path::new(&format!("{dir}/{k}-{queue}")).exists())
 }
 
 /// The socket of one queue, to kick its TX ring from a thread other than

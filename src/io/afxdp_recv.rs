@@ -13,7 +13,7 @@ use super::receive::{BoxedPath, DataPath, Datagram};
 use super::QueueCount;
 use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
-use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
+use crate::afxdp::xsk::{rx_frame_capacity, BindMode, Xsk, XskConfig, XskError, XskMode};
 use crate::net::iface::Interface;
 use crate::wire::frame::{parse_udp, ETH_LEN};
 use crate::wire::WireError;
@@ -48,7 +48,7 @@ fn bind_queue(mut cfg: XskConfig, frames: u32, frame_size: u32, mtu: u32) -> Res
             warn!(
                 iface = %cfg.ifname,
                 mtu,
-                max_packet = frame_size - ETH_LEN as u32,
+                max_packet = one_frame_packet(frame_size),
                 "no multi-buffer AF_XDP (XDP_USE_SG) here: taking packets of at most one UMEM frame; senders are told"
             );
             Ok((x, false))
@@ -78,11 +78,17 @@ fn rx_queues(q: QueueCount, iface: &Interface) -> anyhow::Result<Option<u32>> {
 
 /// How the receive UMEM is cut for an interface's MTU: 2048-byte frames
 /// while a packet fits one, 4096 above, and chains (XDP multi-buffer)
-/// where a packet needs several.
+/// where a packet needs several. A frame receives at most its size less
+/// the kernel's headroom.
 fn rx_layout(mtu: u32) -> (u32, bool) {
     let frame = ETH_LEN as u32 + mtu;
-    let frame_size = if frame <= 2048 { 2048 } else { 4096 };
-    (frame_size, frame > frame_size)
+    let frame_size = if frame <= rx_frame_capacity(2048) { 2048 } else { 4096 };
+    (frame_size, frame > rx_frame_capacity(frame_size))
+}
+
+/// The largest IP packet a receiver without chains takes in one frame.
+fn one_frame_packet(frame_size: u32) -> u32 {
+    rx_frame_capacity(frame_size) - ETH_LEN as u32
 }
 
 impl AfxdpReceiver {
@@ -129,7 +135,7 @@ impl AfxdpReceiver {
             sockets.push(xsk);
         }
         let mode = sockets.first().map_or("none", |s| s.mode().name());
-        let max_packet = if multi_buffer { iface.mtu } else { iface.mtu.min(frame_size - ETH_LEN as u32) };
+        let max_packet = if multi_buffer { iface.mtu } else { iface.mtu.min(one_frame_packet(frame_size)) };
         info!(queues = sockets.len(), mode, frame_size, multi_buffer, max_packet, "AF_XDP receive path ready");
         Ok(AfxdpReceiver { sockets, steering, data_port: listen.port(), max_packet, multi_buffer })
     }
@@ -220,5 +226,22 @@ impl DataPath for XskPath<'_> {
 
     fn fd(&self) -> RawFd {
         self.xsk.fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receive_layout_leaves_the_kernel_its_headroom() {
+        assert_eq!(rx_layout(1500), (2048, false));
+        // 1,814 bytes on the wire: more than a 2 KiB frame receives.
+        assert_eq!(rx_layout(1800), (4096, false));
+        assert_eq!(rx_layout(3826), (4096, false));
+        assert_eq!(rx_layout(3827), (4096, true), "above 3,840 bytes a frame takes a chain");
+        assert_eq!(rx_layout(9000), (4096, true));
+        assert_eq!(one_frame_packet(4096), 3826, "what a receiver without chains tells senders");
+        assert_eq!(one_frame_packet(2048), 1778);
     }
 }

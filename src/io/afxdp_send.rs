@@ -19,6 +19,7 @@ use super::control::{control_port, Control};
 use crate::afxdp::preload::{FramePlan, FILL_SPARE};
 use crate::afxdp::readahead::ReadAhead;
 use crate::afxdp::xsk::{BindMode, Queue, Xsk, XskConfig, XskMode};
+use crate::afxdp::zerocopy::{self, BindChoice, DriverZeroCopy};
 use crate::engine::kicker::{KickCounts, KickRequests};
 use crate::engine::reader::{Reader, ReaderMode, Unchanged};
 use crate::engine::tx::TxEngine;
@@ -202,6 +203,9 @@ pub struct Prepared {
     pub source: crate::wire::message::SourceId,
     /// Transmit queues to use (`--queues`, resolved).
     pub queues: u32,
+    /// How the transmit sockets bind (`--xdp-bind`, resolved against what
+    /// the driver can do with these packets).
+    pub bind: BindChoice,
 }
 
 /// What changes when a file is written, truncated or replaced in place.
@@ -257,7 +261,9 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     }
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     let queues = tx_queues(opts.queues, &iface)?;
+    let bind = choose_bind(opts.bind, &iface, &plan)?;
     Ok(Prepared {
+        bind,
         queues,
         src: SocketAddr::new(src_ip, 0),
         iface,
@@ -267,6 +273,22 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         stamp: FileStamp::of(&meta),
         source: super::output::source_id(&meta),
     })
+}
+
+/// Resolves `--xdp-bind` for the plan's packets against what the driver
+/// reports. Zero-copy asked for by name is also tried with a throwaway bind,
+/// so that a device that refuses it fails here, before the receiver hears of
+/// us: a driver can advertise zero-copy and still refuse it on a device
+/// (virtio-net without VIRTIO_F_ACCESS_PLATFORM).
+fn choose_bind(requested: BindMode, iface: &Interface, plan: &FramePlan) -> anyhow::Result<BindChoice> {
+    let driver = DriverZeroCopy::query(iface.index);
+    let choice = zerocopy::choose(requested, &iface.name, plan.packet_shape(), driver)?;
+    if choice.bind == BindMode::ZeroCopy {
+        let area = crate::afxdp::umem::UmemArea::new(64, plan.frame_size)?;
+        let cfg = XskConfig { tx_size: 64, fill_size: 64, comp_size: 64, ..tx_config(&iface.name, choice.bind, plan) };
+        Xsk::open(area, &cfg).context("zero-copy was asked for (--xdp-bind zerocopy)")?;
+    }
+    Ok(choice)
 }
 
 /// Most transmit queues `--queues auto` takes.
@@ -465,10 +487,10 @@ impl LanePorts {
 
 /// Binds one transmit socket per queue on a shared UMEM ring, raises the
 /// copy-mode TX budget, and puts the spare frames on the fill rings.
-fn open_sockets(opts: &SendOptions, iface: &Interface, plan: &FramePlan, queues: u32) -> anyhow::Result<Xsk> {
+fn open_sockets(iface: &Interface, plan: &FramePlan, bind: BindMode, queues: u32) -> anyhow::Result<Xsk> {
     let area = crate::afxdp::umem::UmemArea::new_ring(plan.total_frames, plan.frame_size)?;
     let ids: Vec<u32> = (0..queues).collect();
-    let mut xsk = Xsk::open_queues(area, &tx_config(&iface.name, opts.bind, plan), &ids)?;
+    let mut xsk = Xsk::open_queues(area, &tx_config(&iface.name, bind, plan), &ids)?;
     let mode = xsk.mode();
     info!(mode = mode.name(), umem_bytes = plan.umem_bytes(), slots = plan.slots, queues, "transmit sockets bound");
     // Some drivers need a populated fill ring even for TX-only sockets.
@@ -553,7 +575,7 @@ fn transfer(
     mut intervals: Intervals,
     lanes: &LanePorts,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, mut plan, src, file, file_size, stamp, queues, .. } = prep;
+    let Prepared { iface, mut plan, src, file, file_size, stamp, queues, bind, .. } = prep;
     let session = sender.session();
     let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
@@ -579,7 +601,7 @@ fn transfer(
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let mut xsk = open_sockets(opts, &iface, &plan, queues)?;
+    let mut xsk = open_sockets(&iface, &plan, bind.bind, queues)?;
     let mode = xsk.mode();
 
     // SAFETY: `xsk`, which owns the area, outlives the scope below, and the
@@ -601,6 +623,9 @@ fn transfer(
         Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
     if opts.intervals {
         println!("{}", mode_line(opts, &iface.name, mode, &plan, file_size, queues));
+        if let Some(note) = &bind.note {
+            println!("  {note}");
+        }
     }
     let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals, queues);
     // The loop kicks queue 0 itself; each further queue has a kicker thread.

@@ -96,7 +96,7 @@ fn preload_progress(print: bool, total: u64) -> impl FnMut(u64) -> bool {
 }
 
 pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Result<RawReport> {
-    let Prepared { iface, plan, src, file, file_size, .. } = prep;
+    let Prepared { iface, plan, src, file, file_size, bind, .. } = prep;
     if raw.queues == 0 {
         bail!("--queues must be at least 1");
     }
@@ -131,7 +131,10 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     let backing = format!("{:?}", pre.area.backing()).to_lowercase();
 
     let queue_ids: Vec<u32> = (0..raw.queues).collect();
-    let mut xsk = Xsk::open_queues(pre.area, &tx_config(&iface.name, opts.bind, &plan), &queue_ids)?;
+    let mut xsk = Xsk::open_queues(pre.area, &tx_config(&iface.name, bind.bind, &plan), &queue_ids)?;
+    if let (true, Some(note)) = (opts.intervals, &bind.note) {
+        println!("{note}");
+    }
     let copy_mode = xsk.mode() == XskMode::Copy;
     let mode = xsk.mode().name();
     let (slot_bytes, unit) = (u64::from(plan.slot_bytes()), plan.frame_size);
