@@ -324,11 +324,20 @@ mod tests {
         done: VecDeque<u64>,
         /// How many kicks the model lets through before it is "full".
         take_per_kick: usize,
+        /// Times the engine serviced the fill ring.
+        fill_serviced: u32,
     }
 
     impl RingModel {
         fn new(cap: u32, take_per_kick: usize) -> Self {
-            RingModel { cap, tx: VecDeque::new(), device: VecDeque::new(), done: VecDeque::new(), take_per_kick }
+            RingModel {
+                cap,
+                tx: VecDeque::new(),
+                device: VecDeque::new(),
+                done: VecDeque::new(),
+                take_per_kick,
+                fill_serviced: 0,
+            }
         }
         fn complete(&mut self, n: usize) {
             for _ in 0..n {
@@ -369,6 +378,19 @@ mod tests {
             // The model moves descriptors in `kick_model`; the engine only
             // sees that a kick happened.
             Kick::Ok
+        }
+        fn service_fill(&mut self) {
+            self.fill_serviced += 1;
+        }
+    }
+
+    #[test]
+    fn every_reap_services_the_fill_ring_even_with_nothing_to_reap() {
+        let mut ring = RingModel::new(64, usize::MAX);
+        let mut eng = TxEngine::new(64, 64, None);
+        for turn in 1..=3 {
+            assert_eq!(eng.reap(&mut ring, |_| {}), 0);
+            assert_eq!(ring.fill_serviced, turn, "a zero-copy queue's RX waits on these wakeups");
         }
     }
 
