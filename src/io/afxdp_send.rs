@@ -919,9 +919,13 @@ impl Transmit {
             self.report(opts, sender, now);
             let in_flight = self.engines.iter().any(|e| e.outstanding() > 0 || e.chain_cut())
                 || self.pending.iter().any(|p| !p.is_empty());
-            if posted == 0 && !in_flight {
+            // Held back by the pacer: sleep until its next slot at once.
+            // Otherwise spin a little first, since the ring, the reader or
+            // the receiver usually answers within microseconds.
+            let paced = posted == 0 && self.pacer_holds(sender, now);
+            if paced || (posted == 0 && !in_flight) {
                 idle_spins += 1;
-                if idle_spins > 64 {
+                if paced || idle_spins > 64 {
                     woke = self.wait(sender, ctrl, reader);
                 }
             } else {
@@ -1108,6 +1112,11 @@ impl Transmit {
         }
         let phase = if held >= size { "the receiver is verifying" } else { "" };
         self.intervals.tick(now, held, Some(sender.stats.retransmits), phase);
+    }
+
+    /// Whether frames are waiting that only the pacer holds back.
+    fn pacer_holds(&self, sender: &Sender, now: Instant) -> bool {
+        sender.backlog() > 0 && self.engines[0].pacer().is_some_and(|p| p.ready_at(self.full_frame) > now)
     }
 
     /// Nothing to post and nothing in flight: sleep on the control socket

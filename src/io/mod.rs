@@ -120,10 +120,15 @@ impl Rusage {
 pub fn wait_readable(fds: &[std::os::fd::RawFd], timeout: std::time::Duration) {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    let ms = timeout.as_millis().min(1000) as libc::c_int;
+    // ppoll, not poll: poll counts in milliseconds, and a pacer's or a
+    // timer's wait is often shorter; rounded down to 0 it returned at once,
+    // and a paced sender spun a core instead of sleeping.
+    let timeout = timeout.min(std::time::Duration::from_secs(1));
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos().into() };
     crate::syscount::count(1);
-    // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    // SAFETY: `pfds` is a live array of `pfds.len()` pollfd structs, `ts` a
+    // live timespec; no signal mask is passed.
+    unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
 }
 
 /// The name a Hello gives the input: its last path component, as UTF-8
