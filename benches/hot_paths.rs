@@ -63,6 +63,7 @@ fn receive_path(c: &mut Criterion) {
             block_chunks: 0,
             name: "",
             data_ports: xdpblast::wire::message::DataPorts::NONE,
+            attrs: None,
         }
         .encode(cookie),
     );

@@ -51,6 +51,8 @@ f.keyed = ProtoField.bool("xdpblast.keyed", "Keyed", 32, nil, 0x2)
 f.block_chunks = ProtoField.uint32("xdpblast.block_chunks", "Chunks per hashed block")
 f.name = ProtoField.string("xdpblast.name", "File name")
 f.data_port = ProtoField.uint16("xdpblast.data_port", "Data source port (one per transmit queue)")
+f.file_mode = ProtoField.uint32("xdpblast.file_mode", "File mode", base.OCT)
+f.mtime_ns = ProtoField.int64("xdpblast.mtime_ns", "File mtime (ns since the epoch)")
 f.delay_us = ProtoField.uint64("xdpblast.delay_us", "Answer delay (us)")
 f.opened = ProtoField.bool("xdpblast.opened", "Session opened")
 f.max_datagram = ProtoField.uint32("xdpblast.max_datagram", "Largest datagram taken (0: unknown)")
@@ -127,6 +129,13 @@ bodies[16] = function(tree, body)
         if n == 0 or n > 64 or body:len() < at + 1 + 2 * n then return nil end
         for i = 0, n - 1 do tree:add(f.data_port, body(at + 1 + 2 * i, 2)) end
         at = at + 1 + 2 * n
+    end
+    -- Flag 8: the file's permission bits and mtime.
+    if bit.band(flags:uint(), 8) ~= 0 then
+        if body:len() < at + 12 then return nil end
+        tree:add(f.file_mode, body(at, 4))
+        tree:add(f.mtime_ns, body(at + 4, 8))
+        at = at + 12
     end
     local name = ""
     local name_len = body:len() - at

@@ -830,9 +830,10 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     };
     let report = match outcome {
         Outcome::Done(r) => r,
-        Outcome::TcpFallback(stream, header, out) => {
+        Outcome::TcpFallback(stream, header, out, attrs) => {
             let topts = tcp::TcpReceiveOptions {
                 out: &out,
+                attrs,
                 policy,
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,

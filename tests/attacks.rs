@@ -176,6 +176,7 @@ fn row4_blind_spoofing_opens_no_session() {
                     block_chunks: 0,
                     name: "",
                     data_ports: xdpblast::wire::message::DataPorts::NONE,
+                    attrs: None,
                 }
                 .encode(cookie),
             );

@@ -82,6 +82,7 @@ fn hostile_round(s: &Session, seed: &mut u64) -> Vec<(bool, Vec<u8>)> {
                 block_chunks: 0,
                 name: "",
                 data_ports: xdpblast::wire::message::DataPorts::NONE,
+                attrs: None,
             }
             .to_vec(),
         ),

@@ -77,3 +77,26 @@ fn sender_without_receiver_fails_with_clear_timeout() {
     assert!(stderr.contains("no answer from the receiver") || stderr.contains("nothing is listening"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "the timeout must bound the run");
 }
+
+/// The received file gets the sender's permission bits (masked by the
+/// receiver's umask, 022 here) and mtime, as cp and scp give them, over
+/// AF_XDP and over sendfile: a 0600 file never arrives world-readable.
+#[test]
+fn the_files_mode_and_mtime_are_kept() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (mode, send_mode, expect) in [(0o600, "afxdp", 0o600), (0o750, "sendfile", 0o750), (0o666, "afxdp", 0o644)] {
+        let file = random_file(dir.path(), "secret.key", 300_000, u64::from(mode));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(1_600_000_000_123_456_789);
+        std::fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(mtime)).expect("set mtime");
+        let out = dir.path().join(format!("out-{mode:o}"));
+        let rx = veth.start_receiver(&out, &[]);
+        let sent = veth.send(&file, &["--mode", send_mode]);
+        finished_identical(rx, &sent, &file, &out);
+        let got = std::fs::metadata(&out).expect("output");
+        assert_eq!(got.mode() & 0o7777, expect, "{mode:o} over {send_mode} arrived {:o}", got.mode() & 0o7777);
+        assert_eq!((got.mtime(), got.mtime_nsec()), (1_600_000_000, 123_456_789), "mtime over {send_mode}");
+    }
+}

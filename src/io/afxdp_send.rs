@@ -30,7 +30,7 @@ use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::frame::{FrameTemplate, IpVersion};
-use crate::wire::message::{lane_of, DataPorts, Message, SessionInfo, MAX_DATA_PORTS};
+use crate::wire::message::{lane_of, DataPorts, FileAttrs, Message, SessionInfo, MAX_DATA_PORTS};
 
 pub const TX_RING: u32 = 2048;
 /// The default `--umem`: the smallest of the sizes measured (16, 32, 64,
@@ -206,6 +206,8 @@ pub struct Prepared {
     /// How the transmit sockets bind (`--xdp-bind`, resolved against what
     /// the driver can do with these packets).
     pub bind: BindChoice,
+    /// The file's mode and mtime, for the receiver's copy.
+    pub attrs: FileAttrs,
 }
 
 /// What changes when a file is written, truncated or replaced in place.
@@ -272,6 +274,7 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         file_size: meta.len(),
         stamp: FileStamp::of(&meta),
         source: super::output::source_id(&meta),
+        attrs: super::output::file_attrs(&meta),
     })
 }
 
@@ -444,6 +447,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         block_chunks: prep.plan.block_chunks(),
         name: super::file_name(&opts.file),
         data_ports: lanes.announced(),
+        attrs: Some(prep.attrs),
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());

@@ -14,6 +14,11 @@
 //! - a session whose input file is `PATH` or `PATH.partial` on this host (the
 //!   sender names it by [`source_id`]) is refused before anything is touched.
 //!
+//! - `PATH.partial` is readable by its owner only while it fills; the commit
+//!   gives it the sender's permission bits masked by our umask, as cp does
+//!   (or the umask's default where the sender did not say), and the
+//!   sender's mtime. A private file never becomes world-readable.
+//!
 //! Space is reserved up front with `fallocate`, so a full disk is a clear error
 //! at the start. Each receive batch is written with one `pwritev` per run of
 //! contiguous chunks, straight from the receive buffers (the UMEM frames): no
@@ -27,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::wire::message::SourceId;
+use crate::wire::message::{FileAttrs, SourceId};
 
 /// Names a file on this host: its device and inode, hashed with the boot id
 /// so that the same numbers on another machine (or after a reboot) differ.
@@ -197,6 +202,27 @@ pub struct Output {
     /// `start_writeback`); `None` keeps them cached.
     dropped: Option<u64>,
     buf: Vec<u8>,
+    /// The sender's mode and mtime, applied at the commit.
+    attrs: Option<FileAttrs>,
+}
+
+/// This process's umask, from /proc (reading it with umask(2) would change
+/// it for a moment under the other threads); the usual 022 where /proc does
+/// not say.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
+}
+
+/// What a sender tells the receiver of its input besides the bytes.
+pub fn file_attrs(meta: &std::fs::Metadata) -> FileAttrs {
+    FileAttrs {
+        mode: meta.mode() & 0o777,
+        mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+    }
 }
 
 /// Start writeback in steps of this many bytes.
@@ -219,6 +245,7 @@ impl Output {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&partial)
             .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", partial.display())))?;
@@ -254,7 +281,34 @@ impl Output {
             synced: 0,
             dropped: crate::report::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
             buf: vec![0u8; 1 << 20],
+            attrs: None,
         })
+    }
+
+    /// Gives the committed file the sender's mode (masked by our umask) and
+    /// mtime; `None` leaves the mode a new file gets here and today's mtime.
+    pub fn with_attrs(mut self, attrs: Option<FileAttrs>) -> Output {
+        self.attrs = attrs;
+        self
+    }
+
+    /// The mode and mtime the file keeps, set on our descriptor before the
+    /// rename, so what appears under `PATH` has them from the first moment.
+    fn apply_attrs(&self) -> io::Result<()> {
+        let mode = self.attrs.map_or(0o666, |a| a.mode & 0o777) & !process_umask();
+        let fd = &self.file;
+        nix::sys::stat::fchmod(fd, nix::sys::stat::Mode::from_bits_truncate(mode))
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("setting the mode of the output: {e}")))?;
+        if let Some(a) = self.attrs {
+            let mtime = nix::sys::time::TimeSpec::new(
+                a.mtime_ns.div_euclid(1_000_000_000),
+                a.mtime_ns.rem_euclid(1_000_000_000),
+            );
+            nix::sys::stat::futimens(fd, &nix::sys::time::TimeSpec::UTIME_OMIT, &mtime).map_err(|e| {
+                io::Error::new(io::Error::from(e).kind(), format!("setting the modification time of the output: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     /// Computes the digest with `hasher` instead of plain BLAKE3 (a keyed
@@ -390,6 +444,7 @@ impl Output {
     /// Flushes to disk and renames `PATH.partial` to `PATH`, provided
     /// `PATH.partial` is still the file we created.
     pub fn commit(self) -> io::Result<PathBuf> {
+        self.apply_attrs()?;
         self.file.sync_data()?;
         let ours = self.file.metadata()?;
         let there = std::fs::symlink_metadata(&self.partial)?;

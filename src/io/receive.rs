@@ -20,6 +20,7 @@ use super::output::{Output, OutputPolicy, OutputWriter};
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
+use crate::wire::message::FileAttrs;
 use crate::wire::stream::StreamHeader;
 use crate::wire::WireError;
 
@@ -100,7 +101,7 @@ pub enum Outcome {
     Done(Box<RecvReport>),
     /// The stream, its header, and the output path (inside `--out` when
     /// that is a directory).
-    TcpFallback(std::net::TcpStream, StreamHeader, std::path::PathBuf),
+    TcpFallback(std::net::TcpStream, StreamHeader, std::path::PathBuf, Option<FileAttrs>),
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
@@ -125,6 +126,9 @@ struct ReceiveLoop {
     /// Where the file goes: `--out`, or the sender's file name inside it
     /// when `--out` is a directory (known once the session opens).
     out_path: std::path::PathBuf,
+    /// The sender's file mode and mtime, for the output (once the session
+    /// opens; a sender that does not say leaves the defaults).
+    attrs: Option<FileAttrs>,
     /// A session whose file comes on the data path (not over TCP) is open.
     datagram_session: bool,
     out: Option<Output>,
@@ -162,6 +166,7 @@ impl ReceiveLoop {
             rx: Receiver::new(cfg, start),
             mode: mode.to_string(),
             out_path: opts.out.clone(),
+            attrs: None,
             datagram_session: false,
             out: None,
             writer: None,
@@ -224,7 +229,8 @@ impl ReceiveLoop {
     fn handle_events(&mut self, opts: &RecvOptions) {
         while let Some(ev) = self.rx.poll_event() {
             match ev {
-                Event::Start { info, peer, source, via_tcp, name } => {
+                Event::Start { info, peer, source, via_tcp, name, attrs } => {
+                    self.attrs = attrs;
                     self.start_session(opts, info, peer, source, via_tcp, name.as_deref())
                 }
                 Event::Verify => self.verify(),
@@ -261,7 +267,7 @@ impl ReceiveLoop {
             println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
         }
         let created = Output::create(&self.out_path, info.file_size, &source, opts.policy)
-            .and_then(|o| Ok((o.writer()?, o.with_hasher(self.rx.digest_hasher()))));
+            .and_then(|o| Ok((o.writer()?, o.with_hasher(self.rx.digest_hasher()).with_attrs(self.attrs))));
         match created {
             Ok((w, o)) => {
                 self.out = Some(o);

@@ -35,7 +35,7 @@ use super::control::Control;
 use super::output::{Output, OutputPolicy};
 use crate::proto::{Sender, SenderConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
-use crate::wire::message::SessionInfo;
+use crate::wire::message::{FileAttrs, SessionInfo};
 use crate::wire::stream::{stream_range, StreamHeader, HEADER_LEN, MAX_STREAMS, REPLY_LEN};
 
 const CHUNK: usize = 1 << 20;
@@ -280,7 +280,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let count = opts.streams.clamp(1, MAX_STREAMS);
     let t_prep = Instant::now();
     let mut intervals = Intervals::new(opts.intervals, crate::report::process_start(), size);
-    let (session, cookie) = admit(opts, size, super::output::source_id(&meta), &mut intervals)?;
+    let (session, cookie) = admit(opts, size, &meta, &mut intervals)?;
     let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, streams = count, "transfer started");
@@ -489,7 +489,7 @@ fn retransmits(fd: std::os::fd::RawFd) -> Option<u64> {
 fn admit(
     opts: &TcpSendOptions,
     size: u64,
-    source: crate::wire::message::SourceId,
+    meta: &std::fs::Metadata,
     intervals: &mut Intervals,
 ) -> anyhow::Result<(u64, u64)> {
     let ctrl_peer = SocketAddr::new(opts.dst.ip(), super::control::control_port(opts.dst.port())?);
@@ -501,7 +501,8 @@ fn admit(
         SessionInfo { file_size: size, chunk_size: chunk, n_chunks: size.div_ceil(u64::from(chunk)), digest: None };
     let cfg = SenderConfig {
         timeout: opts.timeout,
-        source,
+        source: super::output::source_id(meta),
+        attrs: Some(super::output::file_attrs(meta)),
         via_tcp: true,
         keys: opts.keys.clone(),
         name: super::file_name(&opts.file),
@@ -521,6 +522,8 @@ fn admit(
 /// Where and how a TCP receiver writes what it is sent.
 pub struct TcpReceiveOptions<'a> {
     pub out: &'a Path,
+    /// The sender's file mode and mtime, from its Hello.
+    pub attrs: Option<FileAttrs>,
     pub policy: OutputPolicy,
     pub timeout: Duration,
     pub intervals: bool,
@@ -664,7 +667,8 @@ fn receive_inner(
     let mut socks = join_streams(first, header, opts)?;
     let mut output = Output::create(opts.out, size, &header.source, opts.policy)
         .context("preparing the output")?
-        .with_hasher(hasher);
+        .with_hasher(hasher)
+        .with_attrs(opts.attrs);
     let writer = output.writer().context("preparing the output")?;
     let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
     let ranges: Vec<_> = (0..header.count).map(|i| stream_range(size, header.count, i)).collect();

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::auth::{Counter, Direction, Keys, ReplayGuard};
 use super::blocks::BlockPlan;
 use super::chunkset::ChunkSet;
-use crate::wire::message::{lane_of, DataPorts, Message, Nack, SessionInfo, SourceId, HEADER_LEN, LANE_RUN};
+use crate::wire::message::{lane_of, DataPorts, FileAttrs, Message, Nack, SessionInfo, SourceId, HEADER_LEN, LANE_RUN};
 use crate::wire::stream::StreamHeader;
 use crate::wire::{untrusted_text, WireError};
 
@@ -199,7 +199,14 @@ pub enum Event {
     /// failure call [`Receiver::abort`].
     /// `name`: the sender's file name, when it is one that is safe to use
     /// in a directory (see [`crate::wire::safe_file_name`]).
-    Start { info: SessionInfo, peer: SocketAddr, source: SourceId, via_tcp: bool, name: Option<String> },
+    Start {
+        info: SessionInfo,
+        peer: SocketAddr,
+        source: SourceId,
+        via_tcp: bool,
+        name: Option<String>,
+        attrs: Option<FileAttrs>,
+    },
     /// Every chunk is in: hash the output and call [`Receiver::verified`].
     Verify,
 }
@@ -315,6 +322,7 @@ struct HelloFields {
     block_chunks: u32,
     name: Option<String>,
     data_ports: DataPorts,
+    attrs: Option<FileAttrs>,
 }
 
 impl Session {
@@ -651,7 +659,7 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports, attrs } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
@@ -659,7 +667,7 @@ impl Receiver {
                 return Err(DropReason::BadSeal);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
-            let hello = HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports };
+            let hello = HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports, attrs };
             return self.hello(now, from, cookie, hello);
         }
         // Every sealed control message counts up: a replay is refused.
@@ -738,7 +746,7 @@ impl Receiver {
     /// A Hello. Without our cookie it only earns one (no state is kept);
     /// with it, it opens the session. Every refusal tells the sender why.
     fn hello(&mut self, now: Instant, from: SocketAddr, cookie: u64, hello: HelloFields) -> Result<(), DropReason> {
-        let HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports } = hello;
+        let HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports, attrs } = hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
                 let busy = Message::Abort { session, reason: "receiver busy with another session" };
@@ -819,7 +827,7 @@ impl Receiver {
         });
         self.last_progress = now;
         self.state = State::Receiving;
-        self.events.push_back(Event::Start { info, peer: from, source, via_tcp, name });
+        self.events.push_back(Event::Start { info, peer: from, source, via_tcp, name, attrs });
         self.hello_ack_due = Some(now);
         if !via_tcp {
             self.maybe_verify();
@@ -1109,6 +1117,7 @@ mod tests {
             block_chunks: 0,
             name: "",
             data_ports,
+            attrs: None,
         }
     }
 
@@ -1123,6 +1132,7 @@ mod tests {
             block_chunks,
             name: "",
             data_ports: DataPorts::NONE,
+            attrs: None,
         }
     }
 
@@ -1394,7 +1404,10 @@ mod tests {
         }
         assert_eq!(rx.block_to_check().map(|b| b.index), Some(1));
         rx.block_checked(1, true);
-        assert_eq!(rx.poll_event(), Some(Event::Start { info, peer, source: [0; 16], via_tcp: false, name: None }));
+        assert_eq!(
+            rx.poll_event(),
+            Some(Event::Start { info, peer, source: [0; 16], via_tcp: false, name: None, attrs: None })
+        );
         assert_eq!(rx.poll_event(), None, "every chunk is in, but block 2 is not checked yet");
         rx.block_checked(2, true);
         assert_eq!(rx.poll_event(), Some(Event::Verify));

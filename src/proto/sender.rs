@@ -60,6 +60,8 @@ pub struct SenderConfig {
     /// The source ports of the transmit queues (the Hello lists them), when
     /// there are several.
     pub data_ports: crate::wire::message::DataPorts,
+    /// The input's mode and mtime, which the receiver gives its copy.
+    pub attrs: Option<crate::wire::message::FileAttrs>,
 }
 
 impl Default for SenderConfig {
@@ -78,6 +80,7 @@ impl Default for SenderConfig {
             block_chunks: 0,
             name: String::new(),
             data_ports: crate::wire::message::DataPorts::NONE,
+            attrs: None,
         }
     }
 }
@@ -504,6 +507,7 @@ impl Sender {
                     block_chunks: self.block_chunks(),
                     name: &name,
                     data_ports: self.cfg.data_ports,
+                    attrs: self.cfg.attrs,
                 };
                 Some(self.seal(&hello))
             }

@@ -603,6 +603,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
         block_chunks: 0,
         name: "",
         data_ports: crate::wire::message::DataPorts::NONE,
+        attrs: None,
     };
     rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
     assert_eq!(rx.drops.get(DropReason::Busy), 1);
@@ -724,6 +725,7 @@ fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
             block_chunks: 0,
             name: "",
             data_ports: crate::wire::message::DataPorts::NONE,
+            attrs: None,
         }
         .encode(cookie),
     );

@@ -182,6 +182,24 @@ const HELLO_KEYED: u32 = 2;
 /// Hello flag: data also comes from the ports listed after the fixed part
 /// (a count byte, then the ports), one per transmit queue.
 const HELLO_DATA_PORTS: u32 = 4;
+/// Hello flag: the file's permission bits and modification time follow the
+/// data ports ([`FileAttrs`]).
+const HELLO_ATTRS: u32 = 8;
+/// Bytes of [`FileAttrs`] in a Hello: the mode, then the mtime.
+const ATTRS_LEN: usize = 4 + 8;
+
+/// What the receiver keeps of the sender's file besides its bytes, as cp
+/// and scp do: the permission bits (masked by the receiver's umask) and the
+/// modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAttrs {
+    /// `st_mode`'s permission bits (`0o777`; set-id and sticky bits are
+    /// never carried).
+    pub mode: u32,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
 /// Most source ports a Hello lists (one per transmit queue of the sender).
 pub const MAX_DATA_PORTS: usize = 64;
 
@@ -357,7 +375,8 @@ pub enum Message<'a> {
     /// chunks per hashed block (with a key; 0 for none), see `Blocks`.
     /// `name`: the input file's name without its directory (may be empty),
     /// for a receiver whose `--out` is a directory. `data_ports`: further
-    /// source ports the data comes from (one per transmit queue).
+    /// source ports the data comes from (one per transmit queue). `attrs`:
+    /// the file's mode and mtime, for the receiver's copy.
     Hello {
         session: u64,
         info: SessionInfo,
@@ -367,6 +386,7 @@ pub enum Message<'a> {
         block_chunks: u32,
         name: &'a str,
         data_ports: DataPorts,
+        attrs: Option<FileAttrs>,
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
@@ -445,6 +465,13 @@ impl<'a> Message<'a> {
                     data_ports = DataPorts::new(&ports).ok_or(WireError::BadBody)?;
                     name = &rest[list.len()..];
                 }
+                let mut attrs = None;
+                if flags & HELLO_ATTRS != 0 {
+                    let a = name.get(..ATTRS_LEN).ok_or(WireError::BadBody)?;
+                    let mtime_ns = i64::from_be_bytes(a[4..].try_into().map_err(|_| WireError::BadBody)?);
+                    attrs = Some(FileAttrs { mode: be_u32(&a[..4]) & 0o777, mtime_ns });
+                    name = &name[ATTRS_LEN..];
+                }
                 if name.len() > MAX_NAME_LEN {
                     return Err(WireError::BadBody);
                 }
@@ -457,6 +484,7 @@ impl<'a> Message<'a> {
                     block_chunks: be_u32(&body[SESSION_INFO_LEN + 20..HELLO_LEN]),
                     name: std::str::from_utf8(name).map_err(|_| WireError::BadBody)?,
                     data_ports,
+                    attrs,
                 }
             }
             Kind::End => {
@@ -555,13 +583,14 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports } => {
+            Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports, attrs } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
                 let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP)
                     | (u32::from(*keyed) * HELLO_KEYED)
-                    | (u32::from(!data_ports.is_empty()) * HELLO_DATA_PORTS);
+                    | (u32::from(!data_ports.is_empty()) * HELLO_DATA_PORTS)
+                    | (u32::from(attrs.is_some()) * HELLO_ATTRS);
                 out.extend_from_slice(&flags.to_be_bytes());
                 out.extend_from_slice(&block_chunks.to_be_bytes());
                 if !data_ports.is_empty() {
@@ -569,6 +598,10 @@ impl<'a> Message<'a> {
                     for p in data_ports.as_slice() {
                         out.extend_from_slice(&p.to_be_bytes());
                     }
+                }
+                if let Some(a) = attrs {
+                    out.extend_from_slice(&(a.mode & 0o777).to_be_bytes());
+                    out.extend_from_slice(&a.mtime_ns.to_be_bytes());
                 }
                 // A longer name is cut on a char boundary (it names, it
                 // does not identify: `source` does).
@@ -638,6 +671,7 @@ mod tests {
             block_chunks: 0,
             name,
             data_ports: DataPorts::NONE,
+            attrs: None,
         }
     }
 
@@ -673,6 +707,7 @@ mod tests {
                 block_chunks: 0,
                 name: "",
                 data_ports: DataPorts::NONE,
+                attrs: None,
             },
             Message::Hello {
                 session: 9,
@@ -683,6 +718,7 @@ mod tests {
                 block_chunks: 728,
                 name: "big.iso",
                 data_ports: DataPorts::NONE,
+                attrs: None,
             },
             Message::Hello {
                 session: 9,
@@ -693,6 +729,7 @@ mod tests {
                 block_chunks: 0,
                 name: "two-queues.bin",
                 data_ports: DataPorts::new(&[40000, 40001, 9]).unwrap(),
+                attrs: None,
             },
             Message::Blocks { session: 9, first: 3, hashes: &[0xab; 64] },
             Message::HelloAck { session: 9, delay_us: 1234, opened: false, max_datagram: 0 },
@@ -722,6 +759,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hello_carries_the_files_mode_and_mtime_and_parses_without_them() {
+        let hello = |attrs| Message::Hello {
+            session: 1,
+            info: info(),
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            block_chunks: 0,
+            name: "secret.key",
+            data_ports: DataPorts::new(&[7000, 7001]).unwrap(),
+            attrs,
+        };
+        let attrs = FileAttrs { mode: 0o600, mtime_ns: -1_500_000_001 };
+        let bytes = hello(Some(attrs)).to_vec();
+        let Ok(Message::Hello { attrs: got, name, data_ports, .. }) = Message::parse(&bytes) else { panic!("a Hello") };
+        assert_eq!((got, name, data_ports.len), (Some(attrs), "secret.key", 2));
+        let bytes = hello(None).to_vec();
+        assert!(matches!(Message::parse(&bytes), Ok(Message::Hello { attrs: None, name: "secret.key", .. })));
+        // Set-id and sticky bits are never carried.
+        let suid = hello(Some(FileAttrs { mode: 0o4755, mtime_ns: 0 })).to_vec();
+        assert!(matches!(Message::parse(&suid), Ok(Message::Hello { attrs: Some(FileAttrs { mode: 0o755, .. }), .. })));
+        // The flag without the bytes is refused.
+        let mut cut = hello(Some(attrs)).to_vec();
+        cut.truncate(cut.len() - "secret.key".len() - 5);
+        assert!(Message::parse(&cut).is_err());
+    }
+
     /// The list of transmit-queue ports: at least one, none of them 0, at
     /// most MAX_DATA_PORTS, wholly inside the body; the name follows it.
     #[test]
@@ -738,6 +803,7 @@ mod tests {
             block_chunks: 0,
             name: &name,
             data_ports: ports,
+            attrs: None,
         }
         .to_vec();
         let Ok(Message::Hello { data_ports, name: got, .. }) = Message::parse(&good) else { panic!("a Hello") };

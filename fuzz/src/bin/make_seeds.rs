@@ -36,6 +36,7 @@ fn main() {
         block_chunks: 0,
         name: "seed.bin",
         data_ports: xdpblast::wire::message::DataPorts::NONE,
+        attrs: None,
     };
     // The first Hello earns the cookie; the second, echoing it, opens.
     let hello_first = hello_msg.to_vec();

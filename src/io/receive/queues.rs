@@ -136,7 +136,7 @@ pub(super) fn run(
     });
     let lp = shared.lp.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some((stream, header)) = tcp {
-        return Outcome::TcpFallback(stream, header, lp.out_path.clone());
+        return Outcome::TcpFallback(stream, header, lp.out_path.clone(), lp.attrs);
     }
     let mut report = lp.report(mode, opts);
     report.per_queue = figures;
