@@ -830,7 +830,8 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     };
     let report = match outcome {
         Outcome::Done(r) => r,
-        Outcome::TcpFallback(stream, header, out, attrs) => {
+        Outcome::TcpFallback(handoff) => {
+            let receive::TcpHandoff { stream, header, out, attrs, pending } = *handoff;
             let topts = tcp::TcpReceiveOptions {
                 out: &out,
                 attrs,
@@ -840,7 +841,7 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
                 keys: opts.keys.clone(),
                 listener: Some(&listener),
             };
-            let report = tcp::receive(stream, &header, &topts);
+            let report = tcp::receive(stream, &header, &topts, pending);
             return finish_tcp(report, a.json);
         }
     };

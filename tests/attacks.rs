@@ -539,3 +539,63 @@ fn row6_a_forged_done_fools_the_sender_only_without_a_key() {
         }
     }
 }
+
+/// Security round 2, A3. Before: a second process at the sender's address
+/// opened a TCP connection to the receiver's port mid-transfer and sent
+/// nothing; the receive loop blocked reading its header for `--timeout`
+/// with its lock held, no NACK went out, and the transfer died ("the
+/// receiver went silent"). Now a datagram session takes no TCP connection,
+/// and none is read while it blocks anything.
+#[test]
+fn a3_an_idle_tcp_connection_from_the_senders_address_harms_nothing() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 48 * MIB, 23);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let tx = veth.start_sender(&file, &dir.path().join("send.log"), &["--rate", "400M", "--timeout", "5"]);
+    let idle = in_netns(&veth.tx_ns, || {
+        std::thread::sleep(Duration::from_millis(300));
+        let s = TcpStream::connect_timeout(&format!("{RX_IP}:9000").parse().unwrap(), Duration::from_secs(3));
+        // Held open, silent, for longer than the receiver's timeout.
+        std::thread::sleep(Duration::from_secs(6));
+        drop(s);
+    });
+    let (tx_ok, _, tx_log, _) = tx.wait_exit(60);
+    let (rx_ok, _, rx_log) = rx.finish();
+    idle.join().expect("idle peer");
+    assert!(tx_ok, "{tx_log}");
+    assert!(rx_ok, "{rx_log}");
+    assert!(same_file(&file, &out));
+}
+
+/// Security round 2, `--streams`. Before: a bad header on a further
+/// connection from the sender's address failed the whole receive. Now it is
+/// refused on its own, and an idle one waits out its own deadline only.
+#[test]
+fn a3_streams_a_bad_header_and_an_idle_connection_from_the_senders_address_are_refused_alone() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 24 * MIB, 24);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "5"]);
+    // The junk and the idle connection come first, so they are waiting when
+    // the receiver joins the sender's streams.
+    let (go, ready) = std::sync::mpsc::channel();
+    let peers = in_netns(&veth.tx_ns, move || {
+        let addr = format!("{RX_IP}:9000").parse().unwrap();
+        let idle = TcpStream::connect_timeout(&addr, Duration::from_secs(3));
+        let mut junk = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
+        let _ = junk.write_all(&[0xEE; 48]);
+        let _ = go.send(());
+        std::thread::sleep(Duration::from_secs(4));
+        drop((idle, junk));
+    });
+    ready.recv_timeout(Duration::from_secs(5)).expect("the peers connected");
+    let sent = veth.send(&file, &["--mode", "sendfile", "--streams", "2", "--timeout", "5"]);
+    let (rx_ok, _, rx_log) = rx.finish();
+    peers.join().expect("peers");
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(rx_ok, "{rx_log}");
+    assert!(same_file(&file, &out));
+}

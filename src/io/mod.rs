@@ -13,6 +13,7 @@ pub mod output;
 pub mod raw_send;
 pub mod receive;
 pub mod sink;
+pub mod stream_accept;
 pub mod tcp;
 pub mod udp_recv;
 

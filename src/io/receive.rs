@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::control::Control;
 use super::output::{Output, OutputPolicy, OutputWriter};
+use super::stream_accept::PendingStreams;
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
@@ -99,9 +100,22 @@ pub struct RecvReport {
 /// and checked, to be served instead.
 pub enum Outcome {
     Done(Box<RecvReport>),
-    /// The stream, its header, and the output path (inside `--out` when
-    /// that is a directory).
-    TcpFallback(std::net::TcpStream, StreamHeader, std::path::PathBuf, Option<FileAttrs>),
+    /// The session's file comes over TCP: hand it to [`super::tcp::receive`].
+    TcpFallback(Box<TcpHandoff>),
+}
+
+/// What the receive loop hands the TCP receiver of a session admitted over
+/// TCP.
+pub struct TcpHandoff {
+    /// The first stream, and its header.
+    pub stream: std::net::TcpStream,
+    pub header: StreamHeader,
+    /// The output path (inside `--out` when that is a directory).
+    pub out: std::path::PathBuf,
+    pub attrs: Option<FileAttrs>,
+    /// Connections already taken whose headers are still arriving: the
+    /// sender's further streams may be among them.
+    pub pending: PendingStreams,
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
@@ -390,38 +404,30 @@ impl ReceiveLoop {
     }
 }
 
-/// Takes one waiting TCP connection, if any, and returns it with its header
-/// when it is the stream of the session admitted with `via_tcp`. Anything
-/// else is closed and logged: a TCP peer follows the same admission as a
-/// datagram sender (`--allow-from`, the cookie), and its header must arrive
-/// within the timeout however slowly it trickles.
+/// Takes the admitted session's TCP stream, if its header has arrived.
+/// Connections are read without blocking (see [`PendingStreams`]): one from
+/// an address with no session taking TCP is closed unread, so no TCP
+/// connection reaches a datagram session, and a peer that connects and
+/// sends nothing holds nothing up. A TCP peer follows the same admission as
+/// a datagram sender (`--allow-from`, the cookie).
 fn accept_admitted(
     listener: &std::net::TcpListener,
+    pending: &mut PendingStreams,
     rx: &Receiver,
-    timeout: Duration,
 ) -> Option<(std::net::TcpStream, StreamHeader)> {
-    crate::syscount::count(1);
-    let (mut stream, from) = listener.accept().ok()?;
-    let expected = rx.peer().map(|p| p.ip());
-    if expected != Some(from.ip()) {
-        warn!(%from, "refused a TCP connection: no session admitted from that address (a TCP sender says Hello on the control port first)");
-        return None;
-    }
-    if let Err(e) = stream.set_nonblocking(false) {
-        warn!(%from, "TCP connection: {e}");
-        return None;
-    }
-    match super::tcp::read_header(&mut stream, timeout) {
+    let arrived = pending.poll(listener, |ip| rx.awaits_tcp_from(ip), Instant::now())?;
+    let from = arrived.from;
+    match arrived.header {
         Ok(h) if rx.tcp_admits(from.ip(), &h) => {
             info!(%from, "the admitted sender connected over TCP");
-            Some((stream, h))
+            Some((arrived.sock, h))
         }
         Ok(_) => {
             warn!(%from, "refused a TCP stream: its session, cookie or size is not the admitted session's");
             None
         }
         Err(e) => {
-            warn!(%from, "refused a TCP stream: {e:#}");
+            warn!(%from, "refused a TCP stream: {e}");
             None
         }
     }

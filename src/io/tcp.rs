@@ -33,10 +33,11 @@ use tracing::{info, warn};
 
 use super::control::Control;
 use super::output::{Output, OutputPolicy};
+use super::stream_accept::PendingStreams;
 use crate::proto::{Sender, SenderConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::message::{FileAttrs, SessionInfo};
-use crate::wire::stream::{stream_range, StreamHeader, HEADER_LEN, MAX_STREAMS, REPLY_LEN};
+use crate::wire::stream::{stream_range, StreamHeader, MAX_STREAMS, REPLY_LEN};
 
 const CHUNK: usize = 1 << 20;
 /// A stream must deliver at least this much per timeout to count as moving.
@@ -533,7 +534,14 @@ pub struct TcpReceiveOptions<'a> {
     pub listener: Option<&'a TcpListener>,
 }
 
-pub fn receive(sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOptions<'_>) -> TcpReport {
+/// `pending`: connections the receive loop took whose headers are still
+/// arriving (the sender's further streams may be among them).
+pub fn receive(
+    sock: TcpStream,
+    header: &StreamHeader,
+    opts: &TcpReceiveOptions<'_>,
+    pending: PendingStreams,
+) -> TcpReport {
     let (out, intervals) = (opts.out, opts.intervals);
     let start = Instant::now();
     let rusage_at_start = super::Rusage::of_self();
@@ -543,7 +551,7 @@ pub fn receive(sock: TcpStream, header: &StreamHeader, opts: &TcpReceiveOptions<
         let peer = sock.peer_addr().map_or("the sender".to_string(), |a| a.to_string());
         println!("Accepted {peer}: {} into {} over TCP", human_bytes(bytes), out.display());
     }
-    let r = receive_inner(sock, header, opts, &mut intervals);
+    let r = receive_inner(sock, header, opts, pending, &mut intervals);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -647,24 +655,16 @@ impl Progress {
     }
 }
 
-/// Reads a stream's header within `timeout` of now, however it trickles in.
-pub fn read_header(sock: &mut TcpStream, timeout: Duration) -> anyhow::Result<StreamHeader> {
-    let mut h = [0u8; HEADER_LEN];
-    // One deadline for the whole header: a byte now and then never moves it.
-    let mut p = Progress::new(timeout);
-    p.read_exact(sock, &mut h).context("reading the stream header")?;
-    StreamHeader::parse(&h).map_err(|e| anyhow::anyhow!("not an xdpblast TCP stream ({e})"))
-}
-
 fn receive_inner(
     first: TcpStream,
     header: &StreamHeader,
     opts: &TcpReceiveOptions<'_>,
+    pending: PendingStreams,
     intervals: &mut Intervals,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
-    let mut socks = join_streams(first, header, opts)?;
+    let mut socks = join_streams(first, header, opts, pending)?;
     let mut output = Output::create(opts.out, size, &header.source, opts.policy)
         .context("preparing the output")?
         .with_hasher(hasher)
@@ -774,6 +774,7 @@ fn join_streams(
     first: TcpStream,
     header: &StreamHeader,
     opts: &TcpReceiveOptions<'_>,
+    mut pending: PendingStreams,
 ) -> anyhow::Result<Vec<TcpStream>> {
     let count = usize::from(header.count);
     let mut socks: Vec<Option<TcpStream>> = (0..count).map(|_| None).collect();
@@ -790,24 +791,23 @@ fn join_streams(
             let have = socks.iter().filter(|s| s.is_some()).count();
             bail!("the sender opened {have} of its {count} streams within {}", crate::report::human_secs(opts.timeout));
         }
-        count_syscalls(1);
-        let (mut sock, peer) = match listener.accept() {
-            Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1));
+        // A bad, late or idle connection, even from the sender's address,
+        // is refused on its own and never fails the session.
+        let Some(arrived) = pending.poll(listener, |ip| ip == from, Instant::now()) else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        let peer = arrived.from;
+        let h = match arrived.header {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(%peer, "refused a TCP stream: {e}");
                 continue;
             }
-            Err(e) => return Err(e).context("accepting a stream"),
         };
-        if peer.ip() != from {
-            warn!(%peer, "refused a TCP connection: not the admitted sender's address");
-            continue;
-        }
-        sock.set_nonblocking(false)?;
-        let h = read_header(&mut sock, left)?;
         let same = StreamHeader { index: h.index, ..*header } == h;
         match socks.get_mut(usize::from(h.index)) {
-            Some(slot @ None) if same => *slot = Some(sock),
+            Some(slot @ None) if same => *slot = Some(arrived.sock),
             _ => warn!(%peer, index = h.index, "refused a TCP stream: not a missing stream of the admitted session"),
         }
     }
@@ -824,40 +824,6 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A peer on loopback that writes `bytes` one at a time, `gap` apart.
-    fn trickler(bytes: Vec<u8>, gap: Duration) -> (TcpStream, std::thread::JoinHandle<()>) {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let t = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).expect("connect");
-            for b in bytes {
-                if s.write_all(&[b]).is_err() {
-                    return;
-                }
-                std::thread::sleep(gap);
-            }
-        });
-        let (s, _) = l.accept().expect("accept");
-        (s, t)
-    }
-
-    #[test]
-    fn a_trickled_header_fails_within_the_timeout() {
-        let h = StreamHeader { file_size: 10, session: 1, cookie: 2, source: [3; 16], index: 0, count: 1 }.emit();
-        let (mut s, t) = trickler(h.to_vec(), Duration::from_millis(100));
-        let started = Instant::now();
-        let r = read_header(&mut s, Duration::from_millis(600));
-        let took = started.elapsed();
-        assert!(r.is_err(), "48 bytes at 10 per second cannot beat 0.6 s");
-        assert!(took < Duration::from_millis(1500), "took {took:?}");
-        drop(s);
-        t.join().expect("trickler");
-        // The same header at once parses.
-        let (mut s, t) = trickler(h.to_vec(), Duration::ZERO);
-        assert_eq!(read_header(&mut s, Duration::from_secs(2)).expect("header").cookie, 2);
-        t.join().expect("trickler");
-    }
 
     #[test]
     fn progress_needs_a_quantum_per_timeout() {

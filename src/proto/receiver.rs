@@ -496,6 +496,12 @@ impl Receiver {
 
     /// Whether a TCP stream from `from` with header `h` is the fallback of
     /// the open session: same sender address, session, cookie and size.
+    /// Whether the open session takes its file over TCP from `from`: the
+    /// only case in which a TCP connection from there is read at all.
+    pub fn awaits_tcp_from(&self, from: IpAddr) -> bool {
+        self.session.as_ref().is_some_and(|s| s.via_tcp && s.peer.ip() == from)
+    }
+
     pub fn tcp_admits(&self, from: IpAddr, h: &StreamHeader) -> bool {
         self.session.as_ref().is_some_and(|s| {
             s.via_tcp

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions};
+use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
+use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
 use crate::proto::receiver::DropReason;
 
 /// Hash ahead in steps of this many bytes, outside the lock.
@@ -135,8 +136,9 @@ pub(super) fn run(
         (tcp, figures)
     });
     let lp = shared.lp.into_inner().unwrap_or_else(|p| p.into_inner());
-    if let Some((stream, header)) = tcp {
-        return Outcome::TcpFallback(stream, header, lp.out_path.clone(), lp.attrs);
+    if let Some((stream, header, pending)) = tcp {
+        let out = lp.out_path.clone();
+        return Outcome::TcpFallback(Box::new(TcpHandoff { stream, header, out, attrs: lp.attrs, pending }));
     }
     let mut report = lp.report(mode, opts);
     report.per_queue = figures;
@@ -145,18 +147,19 @@ pub(super) fn run(
 
 /// The main thread: control, timers, events and hashing until the
 /// protocol is finished. Returns the TCP stream of a session admitted over
-/// TCP, if one came.
+/// TCP, if one came, with the connections still sending their headers.
 fn main_loop(
     shared: &Shared,
     ctrl: &mut Control,
     opts: &RecvOptions,
     fallback: Option<&std::net::TcpListener>,
-) -> Option<(std::net::TcpStream, crate::wire::stream::StreamHeader)> {
+) -> Option<(std::net::TcpStream, crate::wire::stream::StreamHeader, PendingStreams)> {
     let mut fds: Vec<RawFd> = vec![ctrl.fd()];
     if let Some(l) = fallback {
         fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
     }
     let mut seen = 0u64;
+    let mut pending = PendingStreams::new(HEADER_DEADLINE.min(opts.idle_timeout));
     loop {
         let now = Instant::now();
         let mut lp = shared.lock();
@@ -177,11 +180,9 @@ fn main_loop(
         if lp.rx.is_finished() {
             return None;
         }
-        if got == 0 && idle {
-            if let Some(l) = fallback {
-                if let Some(admitted) = accept_admitted(l, &lp.rx, opts.idle_timeout) {
-                    return Some(admitted);
-                }
+        if let Some(l) = fallback {
+            if let Some((stream, header)) = accept_admitted(l, &mut pending, &lp.rx) {
+                return Some((stream, header, pending));
             }
         }
         let next_timer = lp.rx.poll_timeout();
