@@ -114,6 +114,12 @@ pub enum SendError {
     DigestMismatch,
     #[error("the receiver aborted: {0}")]
     ReceiverAborted(String),
+    #[error(
+        "no sealed answer from the receiver for {secs}; it refused us without the key: {reason} (the receiver may have no key or another one; with a key an unsealed refusal is never trusted, since anyone on the path could forge it)",
+        secs = crate::report::human_secs(*.0),
+        reason = .1
+    )]
+    RefusedUnsealed(Duration, String),
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -207,6 +213,10 @@ pub struct Sender {
     /// With a key: our control messages' counter, and the receiver's seen.
     counter: Counter,
     replay: ReplayGuard,
+    /// With a key: the reason of an unsealed Abort heard before the cookie.
+    /// A receiver without our key can refuse us no other way, but anyone
+    /// could have sent it, so it only explains a handshake that times out.
+    unsealed_refusal: Option<String>,
     /// Chunks the driver can post: `[floor, readable)` (a bounded UMEM holds
     /// only a window of the file).
     readable: u64,
@@ -268,6 +278,7 @@ impl Sender {
             reshape_to: None,
             counter: Counter::default(),
             replay: ReplayGuard::default(),
+            unsealed_refusal: None,
             readable: info.n_chunks,
             floor: 0,
             ring_full: false,
@@ -542,14 +553,23 @@ impl Sender {
     }
 
     /// With a key, whether a datagram from the receiver is sealed, fresh, and
-    /// ours to take. An unsealed Abort is taken before the cookie is known: a
-    /// receiver without the key can only refuse us that way.
+    /// ours to take. An unsealed Abort before the cookie is known is kept as
+    /// a hint (a receiver without the key can refuse us no other way) but
+    /// not taken: anyone on the path could race the real answer with one.
     fn authentic(&mut self, bytes: &[u8], msg: &Message<'_>) -> bool {
         let Some(k) = &self.cfg.keys else { return true };
         match k.open(Direction::ToSender, bytes) {
             Some(c) if self.replay.accept(c) => true,
-            None if self.cookie.is_none() && matches!(msg, Message::Abort { .. }) => true,
-            _ => {
+            None => {
+                self.stats.bad_seal += 1;
+                if let (None, Message::Abort { session, reason }) = (self.cookie, msg) {
+                    if *session == self.session {
+                        self.unsealed_refusal = Some(untrusted_text(reason));
+                    }
+                }
+                false
+            }
+            Some(_) => {
                 self.stats.bad_seal += 1;
                 false
             }
@@ -738,7 +758,10 @@ impl Sender {
         let t = self.cfg.timeout;
         let err = match self.state {
             State::Handshake { acked: true, .. } => SendError::Timeout(t),
-            State::Handshake { .. } => SendError::HandshakeTimeout(t),
+            State::Handshake { .. } => match &self.unsealed_refusal {
+                Some(reason) => SendError::RefusedUnsealed(t, reason.clone()),
+                None => SendError::HandshakeTimeout(t),
+            },
             State::Transfer if now >= self.last_heard + t => SendError::Timeout(t),
             State::Transfer if self.stats.peer_received == 0 => {
                 SendError::NothingArrived(t, self.info.chunk_size as usize + HEADER_LEN + 28)

@@ -889,3 +889,44 @@ fn the_sender_reshapes_to_the_receivers_largest_datagram() {
     tx.on_control(now, &ack).expect("taken");
     assert!(tx.is_acked());
 }
+
+/// Security round 2, A2: with a key, an unsealed Abort raced ahead of the
+/// receiver's sealed HelloAck is not taken. The sender keeps saying Hello,
+/// and the sealed answer opens the session; a receiver that only ever
+/// refuses unsealed (no key, or another one) ends the handshake at the
+/// timeout with its reason, named as untrusted.
+#[test]
+fn with_a_key_an_unsealed_abort_is_a_hint_not_a_verdict() {
+    use crate::proto::auth::{Direction, Keys};
+    let keys = Keys::derive(&[6; 32]);
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: None };
+    let cfg = SenderConfig { keys: Some(keys.clone()), timeout: Duration::from_secs(3), ..Default::default() };
+    let forged = Message::Abort { session: 1, reason: "forged: go away" }.encode(0);
+
+    let mut tx = Sender::new(cfg.clone(), 1, info, now);
+    tx.start(now);
+    tx.poll_control(now).expect("Hello");
+    assert!(tx.on_control(now, &forged).is_err(), "an unsealed Abort is not taken with a key");
+    assert!(tx.outcome().is_none());
+    let mut ack = Message::HelloAck { session: 1, delay_us: 0, opened: false, max_datagram: 0 }.encode(K);
+    keys.seal(Direction::ToSender, 1, &mut ack);
+    tx.on_control(now, &ack).expect("the sealed answer");
+    assert!(tx.poll_control(now).is_some(), "the Hello goes on, with the cookie");
+    assert!(tx.outcome().is_none());
+
+    let mut lone = Sender::new(cfg, 1, info, now);
+    lone.start(now);
+    lone.poll_control(now).expect("Hello");
+    let _ = lone.on_control(now, &forged);
+    lone.handle_timeout(now + Duration::from_secs(1));
+    assert!(lone.outcome().is_none(), "a refusal alone ends nothing before the timeout");
+    lone.handle_timeout(now + Duration::from_secs(4));
+    match lone.outcome() {
+        Some(Err(e @ SendError::RefusedUnsealed(_, reason))) => {
+            assert_eq!(reason, "forged: go away");
+            assert!(e.to_string().contains("never trusted"), "{e}");
+        }
+        other => panic!("expected the unsealed refusal at the timeout, got {other:?}"),
+    }
+}
