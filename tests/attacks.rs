@@ -599,3 +599,54 @@ fn a3_streams_a_bad_header_and_an_idle_connection_from_the_senders_address_are_r
     assert!(rx_ok, "{rx_log}");
     assert!(same_file(&file, &out));
 }
+
+/// Security round 2, A4. Before: a stranger's two Hellos (about 250 bytes)
+/// claiming a 60 MiB file, then silence, made the receiver reserve 60 MiB,
+/// time out, and keep the empty `.partial`; the next transfer to that disk
+/// failed with ENOSPC. Now a session that ends before any data arrived
+/// removes its partial and gives the space back.
+#[test]
+fn a4_a_strangers_hello_holds_no_disk_after_the_session() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.bin");
+    let partial = dir.path().join("out.bin.partial");
+    let rx = veth.start_receiver(&out, &["--timeout", "2"]);
+    let opened = in_netns(&veth.tx_ns, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        sock.connect(format!("{RX_IP}:9001")).expect("connect");
+        let info = SessionInfo { file_size: 60 * MIB as u64, chunk_size: 1440, n_chunks: 43691, digest: None };
+        let hello = |cookie| {
+            Message::Hello {
+                session: 0x5ca1ab1e,
+                info,
+                source: [7; 16],
+                via_tcp: false,
+                keyed: false,
+                block_chunks: 0,
+                name: "",
+                data_ports: xdpblast::wire::message::DataPorts::NONE,
+                attrs: None,
+            }
+            .encode(cookie)
+        };
+        sock.send(&hello(0)).expect("first Hello");
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).expect("the receiver's cookie");
+        let (_, cookie) = Message::parse_with_cookie(&buf[..n]).expect("a HelloAck");
+        sock.send(&hello(cookie)).expect("the Hello that opens the session");
+        sock.recv(&mut buf).is_ok()
+    });
+    assert!(opened.join().expect("stranger"), "the session must open, or this tests nothing");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !partial.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reserved = std::fs::metadata(&partial).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0);
+    assert!(reserved >= 60 * MIB as u64, "the open session reserves its space ({reserved} bytes)");
+    let (ok, report, log) = rx.finish();
+    assert!(!ok, "{report}");
+    assert!(!partial.exists(), "a session with no data keeps no partial: {log}");
+    assert!(report["path"].is_null(), "and claims nothing was kept: {report}");
+}

@@ -472,6 +472,19 @@ impl Output {
         Ok(self.path)
     }
 
+    /// Removes `PATH.partial`, provided it is still the file we created, and
+    /// with it the space reserved for it: for a session that ended before
+    /// any data arrived, whose empty partial would only hold disk (a
+    /// stranger's Hello can open a session) and claim something was kept.
+    pub fn discard(self) -> io::Result<()> {
+        let ours = self.file.metadata()?;
+        let there = std::fs::symlink_metadata(&self.partial)?;
+        if (there.dev(), there.ino()) != (ours.dev(), ours.ino()) {
+            return Err(io::Error::other(format!("{} is no longer ours; left alone", self.partial.display())));
+        }
+        std::fs::remove_file(&self.partial)
+    }
+
     /// How far the digest has read the file back.
     pub fn hashed_bytes(&self) -> u64 {
         self.hashed

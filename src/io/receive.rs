@@ -201,6 +201,21 @@ impl ReceiveLoop {
         self.fatal.get_or_insert(msg);
     }
 
+    /// A session that failed before any data arrived keeps no partial: its
+    /// reserved space goes back, and the report says nothing was written.
+    fn discard_if_nothing_arrived(&mut self) {
+        if self.rx.first_data.is_some() || matches!(self.rx.outcome(), Some(Ok(_))) {
+            return;
+        }
+        let Some(o) = self.out.take() else { return };
+        let partial = o.partial().to_path_buf();
+        self.writer = None;
+        match o.discard() {
+            Ok(()) => info!(path = %partial.display(), "no data arrived: removed the empty partial file"),
+            Err(e) => warn!(path = %partial.display(), "no data arrived, but the partial file stays: {e}"),
+        }
+    }
+
     /// Takes every waiting control datagram. Returns how many.
     fn poll_control(&mut self, ctrl: &mut Control, now: Instant) -> usize {
         let mut got = 0;
@@ -348,6 +363,7 @@ impl ReceiveLoop {
     }
 
     fn report(mut self, mode: &str, opts: &RecvOptions) -> RecvReport {
+        self.discard_if_nothing_arrived();
         let rx = &self.rx;
         let first = rx.first_data.unwrap_or(self.start);
         let end = self.verified_at.unwrap_or_else(Instant::now);
