@@ -650,3 +650,32 @@ fn a4_a_strangers_hello_holds_no_disk_after_the_session() {
     assert!(!partial.exists(), "a session with no data keeps no partial: {log}");
     assert!(report["path"].is_null(), "and claims nothing was kept: {report}");
 }
+
+/// Security round 2, A5. Before: 2,000 TCP connections opened and closed in
+/// 2 s printed 2,000 WARN lines (288 KB). Now a few a second are shown and
+/// the rest counted.
+#[test]
+fn a5_two_thousand_refused_connections_print_fewer_than_50_lines() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--timeout", "4"]);
+    let made = in_netns(&veth.tx_ns, || {
+        let addr = format!("{RX_IP}:9000").parse().unwrap();
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut n = 0;
+        while n < 2000 && Instant::now() < end {
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+    .join()
+    .expect("connector");
+    assert!(made >= 1000, "only {made} connections were made: this tests nothing");
+    let (_, _, log) = rx.finish();
+    let lines = log.lines().filter(|l| l.contains("TCP connection")).count();
+    assert!(lines < 50, "{made} refused connections printed {lines} lines");
+    assert!(log.contains("not logged one by one"), "the count of the rest must be said: {log}");
+}

@@ -40,11 +40,59 @@ pub struct Arrived {
 pub struct PendingStreams {
     conns: Vec<Pending>,
     deadline: Duration,
+    warnings: Throttle,
+}
+
+/// Warnings anyone who can connect may trigger: at most [`Throttle::PER_SECOND`]
+/// a second are shown, the rest counted and their number given with the next
+/// one shown, or when the receiver is done.
+struct Throttle {
+    since: Option<Instant>,
+    shown: u32,
+    hidden: u64,
+}
+
+impl Throttle {
+    const PER_SECOND: u32 = 5;
+
+    /// `Some(hidden since the last one shown)` when this one may be shown.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.since.is_none_or(|s| now >= s + Duration::from_secs(1)) {
+            self.since = Some(now);
+            self.shown = 0;
+        }
+        if self.shown >= Self::PER_SECOND {
+            self.hidden += 1;
+            return None;
+        }
+        self.shown += 1;
+        Some(std::mem::take(&mut self.hidden))
+    }
+}
+
+impl Drop for PendingStreams {
+    fn drop(&mut self) {
+        if self.warnings.hidden > 0 {
+            warn!(count = self.warnings.hidden, "more refused TCP connections were not logged one by one");
+        }
+    }
+}
+
+/// Says why a connection was refused, within the throttle.
+macro_rules! refused {
+    ($self:ident, $now:expr, $($arg:tt)+) => {
+        if let Some(hidden) = $self.warnings.allow($now) {
+            if hidden > 0 {
+                warn!(hidden, "refused TCP connections not logged one by one since the last line");
+            }
+            warn!($($arg)+);
+        }
+    };
 }
 
 impl PendingStreams {
     pub fn new(deadline: Duration) -> PendingStreams {
-        PendingStreams { conns: Vec::new(), deadline }
+        PendingStreams { conns: Vec::new(), deadline, warnings: Throttle { since: None, shown: 0, hidden: 0 } }
     }
 
     /// Accepts what waits on `listener`, closing at once those from an
@@ -59,14 +107,14 @@ impl PendingStreams {
             crate::syscount::count(1);
             match p.sock.read(&mut p.buf[p.got..]) {
                 Ok(0) => {
-                    warn!(from = %p.from, "a TCP connection closed before its stream header");
+                    refused!(self, now, from = %p.from, "a TCP connection closed before its stream header");
                     self.conns.swap_remove(i);
                     continue;
                 }
                 Ok(n) => p.got += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    warn!(from = %p.from, "a TCP connection failed before its stream header: {e}");
+                    refused!(self, now, from = %p.from, "a TCP connection failed before its stream header: {e}");
                     self.conns.swap_remove(i);
                     continue;
                 }
@@ -76,7 +124,7 @@ impl PendingStreams {
                 return Some(arrived(p));
             }
             if now >= p.until {
-                warn!(from = %p.from, got = p.got, "refused a TCP connection: no stream header within {:?}", self.deadline);
+                refused!(self, now, from = %p.from, got = p.got, "refused a TCP connection: no stream header within {:?}", self.deadline);
                 self.conns.swap_remove(i);
                 continue;
             }
@@ -99,7 +147,7 @@ impl PendingStreams {
             crate::syscount::count(1);
             let Ok((sock, from)) = listener.accept() else { return };
             if !welcome(from.ip()) {
-                warn!(%from, "refused a TCP connection: no session admitted from that address takes a TCP stream (a TCP sender says Hello on the control port first)");
+                refused!(self, now, %from, "refused a TCP connection: no session admitted from that address takes a TCP stream (a TCP sender says Hello on the control port first)");
                 continue;
             }
             if sock.set_nonblocking(true).is_err() {
@@ -108,7 +156,7 @@ impl PendingStreams {
             if self.conns.len() >= MAX_PENDING {
                 if let Some(oldest) = (0..self.conns.len()).min_by_key(|&i| self.conns[i].until) {
                     let old = self.conns.swap_remove(oldest);
-                    warn!(from = %old.from, "dropped a TCP connection still without its header: too many waiting");
+                    refused!(self, now, from = %old.from, "dropped a TCP connection still without its header: too many waiting");
                 }
             }
             self.conns.push(Pending { sock, from, buf: [0; HEADER_LEN], got: 0, until: now + self.deadline });
