@@ -547,7 +547,9 @@ fn check_input(path: &std::path::Path) -> anyhow::Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("cannot send {}", path.display()))?;
     let t = meta.file_type();
     let kind = if t.is_file() {
-        return Ok(());
+        // Opened here, before any mode is chosen, so that a file we may not
+        // read is reported as such, not as the failure of a fallback.
+        return std::fs::File::open(path).map(drop).with_context(|| format!("failed to open {path:?}"));
     } else if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {

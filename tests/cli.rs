@@ -417,3 +417,55 @@ fn tcp_output_starts_with_the_accepted_line() {
     assert!(tx_text.starts_with("Sending ") && tx_text.contains("over TCP (sendfile)"), "{tx_text}");
     assert!(tx_text.contains("sender, end to end: command start to verified file"), "{tx_text}");
 }
+
+/// Trust round 2, rows 9 and 12. Before: `--out` naming a missing directory
+/// (with a trailing slash) or one the user cannot write printed `ready`,
+/// admitted the sender and failed on creating the partial; an unreadable
+/// input was reported as the failure of the sendfile fallback. Now each is
+/// refused up front, naming the path and the cause.
+#[test]
+fn outputs_that_can_never_be_written_and_unreadable_inputs_are_refused_up_front() {
+    use std::os::unix::fs::PermissionsExt;
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.path().join("xdpblast");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    let locked = dir.path().join("root-only");
+    std::fs::create_dir(&locked).expect("mkdir");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let a_file = random_file(dir.path(), "small.bin", 1000, 5);
+    let secret = random_file(dir.path(), "secret.key", 1000, 6);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let as_nobody = |ns: &str, args: &[&str]| {
+        Command::new("timeout")
+            .args(["20", "ip", "netns", "exec", ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .expect("xdpblast as nobody")
+    };
+    let listen = format!("{RX_IP}:9000");
+    let missing = format!("{}/newdir/", dir.path().display());
+    let under_a_file = format!("{}/x", a_file.display());
+    let locked_s = locked.to_str().expect("utf-8");
+    for (out, says) in [
+        (missing.as_str(), "does not exist"),
+        (under_a_file.as_str(), "is not a directory"),
+        (locked_s, "cannot create files in"),
+    ] {
+        let r = as_nobody(&veth.rx_ns, &["recv", "--mode", "udp", "--listen", &listen, "--out", out, "--timeout", "2"]);
+        let err = stderr(&r);
+        assert!(!r.status.success(), "--out {out}: {err}");
+        assert!(!err.contains("ready"), "--out {out} must be refused before ready: {err}");
+        assert!(err.contains(says), "--out {out} must say {says:?}: {err}");
+    }
+    let dst = format!("{RX_IP}:9000");
+    let secret_s = secret.to_str().expect("utf-8");
+    let r = as_nobody(&veth.tx_ns, &["send", secret_s, "--iface", &veth.tx_if, "--dst", &dst]);
+    let err = stderr(&r);
+    assert!(!r.status.success());
+    assert!(err.contains("failed to open") && err.contains("Permission denied"), "{err}");
+    assert!(!err.contains("fallback"), "the cause leads, not the fallback: {err}");
+}

@@ -63,12 +63,7 @@ pub fn check_target(path: &Path, policy: OutputPolicy) -> io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    if !parent.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("the output directory {} does not exist", parent.display()),
-        ));
-    }
+    writable_dir(parent)?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Err(io::Error::new(
             io::ErrorKind::IsADirectory,
@@ -86,10 +81,38 @@ pub fn check_target(path: &Path, policy: OutputPolicy) -> io::Result<()> {
 /// goes inside it, under the sender's name, as with cp and scp), or a file
 /// path [`check_target`] accepts.
 pub fn check_out(out: &Path, policy: OutputPolicy) -> io::Result<()> {
-    if std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
-        return Ok(());
+    // A trailing slash names a directory, as it does for cp: one that does
+    // not exist is an error, not a file to create inside its parent.
+    let names_dir = out.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if names_dir || std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        return writable_dir(out);
     }
     check_target(out, policy)
+}
+
+/// The directory a file will be created in: it exists, is a directory, and
+/// this process may create files in it (`access(2)` also answers a
+/// read-only filesystem for root).
+fn writable_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory, so no output can be created in it", dir.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the output directory {} does not exist", dir.display()),
+            ))
+        }
+        Err(e) => return Err(io::Error::new(e.kind(), format!("the output directory {}: {e}", dir.display()))),
+    }
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).map_err(|e| {
+        io::Error::new(io::Error::from(e).kind(), format!("cannot create files in {}: {}", dir.display(), e.desc()))
+    })
 }
 
 /// The file a session writes: `out` itself, or `out/NAME` when `out` is a
