@@ -452,12 +452,15 @@ fn main() -> ExitCode {
         Cmd::Sink(a) => cmd_sink(a, quiet),
         Cmd::Keygen(a) => cmd_keygen(&a.path, quiet),
     };
+    // A run a signal cut short exits 128 + the signal (130 for Ctrl-C), as
+    // iperf3 and shells report it; one that finished anyway keeps its status.
+    let failed = || xdpblast::io::stop_signal().map_or(ExitCode::FAILURE, |s| ExitCode::from(128 + s as u8));
     match r {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(false) => failed(),
         Err(e) => {
             eprintln!("xdpblast: error: {e:#}");
-            ExitCode::FAILURE
+            failed()
         }
     }
 }

@@ -17,11 +17,14 @@ pub mod stream_accept;
 pub mod tcp;
 pub mod udp_recv;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The first signal that asked us to stop (0: none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
+    let _ = STOP_SIGNAL.compare_exchange(0, sig, Ordering::Relaxed, Ordering::Relaxed);
     STOP.store(true, Ordering::Relaxed);
 }
 
@@ -40,6 +43,12 @@ pub fn install_stop_handler() {
 
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
+}
+
+/// The signal that asked us to stop, if one did: a command it cut short
+/// exits with 128 + its number, as shells report it (130 for Ctrl-C).
+pub fn stop_signal() -> Option<i32> {
+    Some(STOP_SIGNAL.load(Ordering::Relaxed)).filter(|&s| s != 0)
 }
 
 /// Bytes from the kernel's random source (getrandom(2)); a clock-and-pid

@@ -420,7 +420,14 @@ pub fn vm_hwm(pid: u32) -> Option<u64> {
 impl Proc {
     /// Waits (bounded by `secs`) for the exit while sampling its VmHWM from
     /// /proc; returns success, stdout, the log and the last VmHWM seen.
-    pub fn wait_exit_sampling_memory(mut self, secs: u64) -> (bool, String, String, u64) {
+    pub fn wait_exit_sampling_memory(self, secs: u64) -> (bool, String, String, u64) {
+        let (status, stdout, log, hwm) = self.wait_status(secs);
+        (status.success(), stdout, log, hwm)
+    }
+
+    /// Waits (bounded by `secs`) for the exit; returns its status, stdout,
+    /// the log, and the peak resident memory seen meanwhile.
+    pub fn wait_status(mut self, secs: u64) -> (std::process::ExitStatus, String, String, u64) {
         let pid = self.pid();
         let Some(mut child) = self.child.take() else { panic!("already finished") };
         let started = Instant::now();
@@ -443,7 +450,7 @@ impl Proc {
         if let Some(mut o) = child.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
         }
-        (status.success(), stdout, self.log_text(), hwm)
+        (status, stdout, self.log_text(), hwm)
     }
 }
 
