@@ -161,12 +161,9 @@ fn an_unprivileged_sender_is_told_what_is_missing_before_the_handshake() {
     use std::os::unix::fs::PermissionsExt;
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = binary_for_nobody(dir.path());
     let file = random_file(dir.path(), "in.bin", 64 * 1024, 4);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod file");
-    let bin = dir.path().join("xdpblast");
-    std::fs::copy(BIN, &bin).expect("copy binary");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &["--timeout", "2"]);
     let dst = format!("{RX_IP}:9000");
@@ -428,10 +425,7 @@ fn outputs_that_can_never_be_written_and_unreadable_inputs_are_refused_up_front(
     use std::os::unix::fs::PermissionsExt;
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let bin = dir.path().join("xdpblast");
-    std::fs::copy(BIN, &bin).expect("copy binary");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    let bin = binary_for_nobody(dir.path());
     let locked = dir.path().join("root-only");
     std::fs::create_dir(&locked).expect("mkdir");
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -39,15 +39,9 @@ fn probe_reports_the_largest_packet_at_a_jumbo_mtu() {
 
 #[test]
 fn probe_without_privileges_names_what_is_missing() {
-    use std::os::unix::fs::PermissionsExt;
     let veth = Veth::new();
-    // The unprivileged user must be able to reach the binary whatever the
-    // permissions of the checkout's path: run a copy from a world-readable dir.
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let bin = dir.path().join("xdpblast");
-    std::fs::copy(BIN, &bin).expect("copy binary");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    let bin = binary_for_nobody(dir.path());
     let bin = bin.to_str().expect("utf-8 path");
     let mut c = std::process::Command::new("ip");
     c.args([

@@ -54,12 +54,9 @@ fn auto_mode_falls_back_to_sendfile_where_af_xdp_cannot_run() {
     use std::os::unix::fs::PermissionsExt;
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = binary_for_nobody(dir.path());
     let file = random_file(dir.path(), "in.bin", 8 << 20, 77);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let bin = dir.path().join("xdpblast");
-    std::fs::copy(BIN, &bin).expect("copy binary");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let out_dir = tempfile::tempdir().expect("tempdir");
     let out = out_dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &[]);

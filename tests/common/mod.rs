@@ -463,3 +463,15 @@ pub fn finished_identical(rx: Proc, sent: &Output, file: &Path, out: &Path) -> (
     assert!(same_file(file, out), "output differs from input");
     (json(sent), recv)
 }
+
+/// A copy of the binary that an unprivileged user can run, in `dir`, made
+/// world-readable along with `dir` itself, whatever the permissions of the
+/// checkout's path.
+pub fn binary_for_nobody(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.join("xdpblast");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    bin
+}
