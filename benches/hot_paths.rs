@@ -60,7 +60,6 @@ fn receive_path(c: &mut Criterion) {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
-            block_chunks: 0,
             name: "",
             data_ports: xdpblast::wire::message::DataPorts::NONE,
             attrs: None,

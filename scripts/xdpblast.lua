@@ -1,4 +1,4 @@
--- Wireshark / tshark dissector for xdpblast's datagrams (wire version 3) and
+-- Wireshark / tshark dissector for xdpblast's datagrams (wire version 4) and
 -- its TCP stream header (stream version 3).
 --
 --   tshark -X lua_script:scripts/xdpblast.lua -r capture.pcapng -Y xdpblast
@@ -9,7 +9,8 @@
 -- so the data port and the control port (data port + 1) need no setting.
 -- The layout mirrors src/wire/message.rs: a 32-byte header, a body whose
 -- length the header gives, and, when the sender and receiver share a key, a
--- seal behind the body (an 8-byte counter and a 32-byte keyed BLAKE3 tag).
+-- seal behind a control message or Meta (an 8-byte counter and a 32-byte
+-- keyed BLAKE3 tag), or a 16-byte tag behind a data frame's payload.
 --
 -- AF_XDP bypasses packet capture (XDP redirect on the receiver, copy-mode
 -- transmit on the sender), so capture a transfer with `recv --mode udp` on
@@ -19,14 +20,14 @@ local p = Proto("xdpblast", "xdpblast file transfer")
 
 local KINDS = {
     [1] = "Data", [2] = "Meta", [16] = "Hello", [17] = "HelloAck", [18] = "Nack",
-    [19] = "End", [20] = "Done", [21] = "Abort", [22] = "Blocks",
+    [19] = "End", [20] = "Done", [21] = "Abort",
 }
 local HEADER_LEN = 32
 local SESSION_INFO_LEN = 56
-local HELLO_LEN = SESSION_INFO_LEN + 16 + 4 + 4
-local NACK_FIXED_LEN = 48
+local HELLO_LEN = SESSION_INFO_LEN + 16 + 4
+local NACK_FIXED_LEN = 40
 local SEAL_LEN = 40
-local MAX_BLOCK_HASHES = 40
+local DATA_TAG_LEN = 16
 
 local f = p.fields
 f.magic = ProtoField.uint32("xdpblast.magic", "Magic", base.HEX)
@@ -48,7 +49,6 @@ f.source = ProtoField.bytes("xdpblast.source", "Source id")
 f.hello_flags = ProtoField.uint32("xdpblast.hello_flags", "Hello flags", base.HEX)
 f.via_tcp = ProtoField.bool("xdpblast.via_tcp", "File over TCP", 32, nil, 0x1)
 f.keyed = ProtoField.bool("xdpblast.keyed", "Keyed", 32, nil, 0x2)
-f.block_chunks = ProtoField.uint32("xdpblast.block_chunks", "Chunks per hashed block")
 f.name = ProtoField.string("xdpblast.name", "File name")
 f.data_port = ProtoField.uint16("xdpblast.data_port", "Data source port (one per transmit queue)")
 f.file_mode = ProtoField.uint32("xdpblast.file_mode", "File mode", base.OCT)
@@ -64,14 +64,12 @@ f.received = ProtoField.uint64("xdpblast.nack.received", "Chunks held")
 f.base = ProtoField.uint64("xdpblast.nack.base", "First chunk described")
 f.high = ProtoField.uint64("xdpblast.nack.high", "Highest chunk taken + 1")
 f.prefix = ProtoField.uint64("xdpblast.nack.prefix", "Chunks held from the start")
-f.blocks_held = ProtoField.uint64("xdpblast.nack.blocks_held", "Block hashes held")
 f.bitmap = ProtoField.bytes("xdpblast.nack.bitmap", "Missing-chunk bitmap")
 f.missing = ProtoField.uint32("xdpblast.nack.missing", "Chunks missing")
 f.retransmits = ProtoField.uint64("xdpblast.retransmits", "Sender's retransmits")
 f.ok = ProtoField.bool("xdpblast.done.ok", "Verified")
 f.reason = ProtoField.string("xdpblast.abort.reason", "Reason")
-f.first_block = ProtoField.uint64("xdpblast.blocks.first", "First block")
-f.block_hash = ProtoField.bytes("xdpblast.blocks.hash", "Block hash")
+f.data_tag = ProtoField.bytes("xdpblast.data.tag", "Data tag (keyed BLAKE3, 128 bits)")
 f.seal_counter = ProtoField.uint64("xdpblast.seal.counter", "Seal counter")
 f.seal_tag = ProtoField.bytes("xdpblast.seal.tag", "Seal tag (keyed BLAKE3)")
 f.trailer = ProtoField.bytes("xdpblast.trailer", "Trailing bytes")
@@ -120,7 +118,6 @@ bodies[16] = function(tree, body)
     local ft = tree:add(f.hello_flags, flags)
     ft:add(f.via_tcp, flags)
     ft:add(f.keyed, flags)
-    tree:add(f.block_chunks, body(SESSION_INFO_LEN + 20, 4))
     local at = HELLO_LEN
     -- Flag 4: a count byte and that many source ports, one per TX queue.
     if bit.band(flags:uint(), 4) ~= 0 then
@@ -170,7 +167,6 @@ bodies[18] = function(tree, body, seq)
     tree:add(f.base, body(16, 8))
     tree:add(f.high, body(24, 8))
     tree:add(f.prefix, body(32, 8))
-    tree:add(f.blocks_held, body(40, 8))
     local missing = 0
     if bitmap_len > 0 then
         local bm = body(NACK_FIXED_LEN, bitmap_len)
@@ -211,17 +207,6 @@ bodies[21] = function(tree, body)
     return r:string(ENC_UTF_8)
 end
 
-bodies[22] = function(tree, body, seq)
-    local n = body:len() / 32
-    if body:len() % 32 ~= 0 or n < 1 or n > MAX_BLOCK_HASHES then return nil end
-    tree:add(f.first_block, seq)
-    for i = 0, n - 1 do
-        tree:add(f.block_hash, body(i * 32, 32)):append_text(string.format(" (block %s)",
-            tostring(seq:uint64() + i)))
-    end
-    return string.format("blocks %s to %s", tostring(seq:uint64()), tostring(seq:uint64() + n - 1))
-end
-
 local function dissect_datagram(buf, pinfo, root)
     local len = buf:len()
     local kind = buf(5, 1):uint()
@@ -253,6 +238,9 @@ local function dissect_datagram(buf, pinfo, root)
         s:add(f.seal_counter, buf(HEADER_LEN + body_len, 8))
         s:add(f.seal_tag, buf(HEADER_LEN + body_len + 8, 32))
         summary = summary .. " [sealed]"
+    elseif kind == 1 and rest == DATA_TAG_LEN then
+        tree:add(f.data_tag, buf(HEADER_LEN + body_len, DATA_TAG_LEN))
+        summary = summary .. " [tagged]"
     elseif rest > 0 then
         tree:add(f.trailer, buf(HEADER_LEN + body_len, rest))
     end
@@ -262,7 +250,7 @@ end
 
 local function heuristic(buf, pinfo, root)
     if buf:len() < HEADER_LEN then return false end
-    if buf(0, 4):uint() ~= 0x58424c53 or buf(4, 1):uint() ~= 3 then return false end
+    if buf(0, 4):uint() ~= 0x58424c53 or buf(4, 1):uint() ~= 4 then return false end
     if KINDS[buf(5, 1):uint()] == nil then return false end
     dissect_datagram(buf, pinfo, root)
     return true

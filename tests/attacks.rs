@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::packet::{sniff, sniff_where, PacketSocket};
 use common::*;
+use xdpblast::proto::auth::DATA_TAG_LEN;
 use xdpblast::wire::frame::FrameTemplate;
 use xdpblast::wire::message::{Message, Nack, SessionInfo};
 use xdpblast::wire::stream::StreamHeader;
@@ -173,7 +174,6 @@ fn row4_blind_spoofing_opens_no_session() {
                     source: [0; 16],
                     via_tcp: false,
                     keyed: false,
-                    block_chunks: 0,
                     name: "",
                     data_ports: xdpblast::wire::message::DataPorts::NONE,
                     attrs: None,
@@ -274,7 +274,6 @@ fn row9_a_forged_nack_round_cannot_freeze_repair() {
             received: 0,
             high: 8,
             prefix: 0,
-            blocks_held: 0,
             base: 0,
             nbits: 8,
             bitmap: &bitmap,
@@ -427,9 +426,8 @@ fn key_file(dir: &std::path::Path) -> String {
 /// spoofed a Meta with its own digest and every chunk, and the receiver
 /// committed the forged file as verified. With a key the forged Meta fails
 /// its seal, and the forged chunks (which land before the real ones, the
-/// sender being paced) fail their blocks' keyed hashes: those blocks are
-/// asked for again, and the real file arrives. A forgery costs repairs,
-/// never the transfer.
+/// sender being paced) fail their tags and are dropped on arrival: the real
+/// chunks take their places, and the real file arrives.
 #[test]
 fn row5_with_a_key_forged_chunks_cost_repairs_and_the_real_file_arrives() {
     let lan = Veth::lan();
@@ -446,7 +444,7 @@ fn row5_with_a_key_forged_chunks_cost_repairs_and_the_real_file_arrives() {
         // length gives the chunk size.
         let seen = sniff_where(&sock, 9000, Duration::from_secs(20), |s| s.datagram_len > 1000)
             .expect("a data frame on the wire");
-        let chunk = (seen.datagram_len - xdpblast::wire::message::HEADER_LEN) as u64;
+        let chunk = (seen.datagram_len - xdpblast::wire::message::HEADER_LEN - DATA_TAG_LEN) as u64;
         let forged = vec![0x66u8; chunk as usize];
         let n_chunks = size.div_ceil(chunk);
         let digest = Some(*blake3::hash(&vec![0x66u8; size as usize]).as_bytes());
@@ -473,13 +471,12 @@ fn row5_with_a_key_forged_chunks_cost_repairs_and_the_real_file_arrives() {
     let (tx_ok, _, tx_log, _) = tx.wait_exit(60);
     let (rx_ok, report, rx_log) = rx.finish();
     assert!(report["dropped"]["bad_seal"].as_u64().unwrap_or(0) >= 1, "the forged Meta was refused: {report}");
-    assert!(rx_ok, "the receiver must repair the forged blocks, not fail: {report}\n{rx_log}");
+    assert!(rx_ok, "the receiver must drop the forged chunks, not fail: {report}\n{rx_log}");
     assert!(tx_ok, "{tx_log}");
     assert!(same_file(&file, &out), "the verified output is the real file");
-    let bad = report["bad_blocks"].as_u64().unwrap_or(0);
-    assert!(bad >= 1, "the forged chunks landed first, so some block failed its hash: {report}");
-    eprintln!("row5: {bad} blocks failed their keyed hash and were received again; receiver: {report}");
-    assert!(report["blocks_verified"].as_u64().unwrap_or(0) >= 8, "8 MiB in blocks of about 1 MiB: {report}");
+    let bad = report["dropped"]["bad_seal"].as_u64().unwrap_or(0);
+    assert!(bad > 1000, "the forged chunks (about 5,900) fail their tags: {report}");
+    eprintln!("row5: {bad} forged datagrams dropped; receiver: {report}");
 }
 
 /// Row 6. Before: with the receiver getting no data, an attacker that read
@@ -624,7 +621,6 @@ fn a4_a_strangers_hello_holds_no_disk_after_the_session() {
                 source: [7; 16],
                 via_tcp: false,
                 keyed: false,
-                block_chunks: 0,
                 name: "",
                 data_ports: xdpblast::wire::message::DataPorts::NONE,
                 attrs: None,
@@ -678,4 +674,103 @@ fn a5_two_thousand_refused_connections_print_fewer_than_50_lines() {
     let lines = log.lines().filter(|l| l.contains("TCP connection")).count();
     assert!(lines < 50, "{made} refused connections printed {lines} lines");
     assert!(log.contains("not logged one by one"), "the count of the rest must be said: {log}");
+}
+
+/// What one keyed transfer of `file` cost with an attacker listening: the
+/// sender's elapsed seconds, the forged chunks sent, and the receiver's
+/// report. With `forge`, the attacker does what A1 did: from each NACK it
+/// reads the first chunk the receiver misses, and sends a forged copy of it
+/// (the session, cookie and sender's address copied from the wire) 300
+/// times a second. Without, it only listens, so both runs share its load.
+fn a1_transfer(
+    lan: &Veth,
+    dir: &std::path::Path,
+    key: &str,
+    file: &std::path::Path,
+    forge: bool,
+) -> (f64, u64, serde_json::Value) {
+    let out = dir.join(format!("out-{forge}.bin"));
+    let size = std::fs::metadata(file).expect("input").len();
+    let rx = lan.start_receiver(&out, &["--key-file", key, "--inject-loss", "0.02", "--timeout", "10"]);
+    let x_if = lan.x_if.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let attacker = in_netns(&lan.x_ns, move || {
+        let sock = PacketSocket::open(&x_if);
+        let seen = sniff_where(&sock, 9000, Duration::from_secs(20), |s| s.datagram_len > 1000)
+            .expect("a data frame on the wire");
+        let chunk = (seen.datagram_len - xdpblast::wire::message::HEADER_LEN - DATA_TAG_LEN) as u64;
+        let n_chunks = size.div_ceil(chunk);
+        let (mut target, mut forged) = (None, 0u64);
+        let (mut buf, mut frame) = (vec![0u8; 65536], vec![0u8; 2048]);
+        let mut next_send = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Some(f) = sock.recv(&mut buf) {
+                let nack = xdpblast::wire::frame::parse_udp(f).ok().and_then(|d| match Message::parse(d.payload) {
+                    Ok(Message::Nack { nack, .. }) if d.src.port() == 9001 => {
+                        Some(nack.missing().next().unwrap_or(nack.prefix))
+                    }
+                    _ => None,
+                });
+                target = nack.filter(|&c| c < n_chunks).or(target);
+            }
+            if let (true, Some(c), true) = (forge, target, Instant::now() >= next_send) {
+                let len = (size - c * chunk).min(chunk) as usize;
+                let mut bytes =
+                    Message::Data { session: seen.session, chunk: c, payload: &vec![0x66; len] }.encode(seen.cookie);
+                bytes.extend_from_slice(&[0; DATA_TAG_LEN]);
+                let n = seen.tpl.build(&bytes, &mut frame).expect("fits");
+                sock.send(&frame[..n]);
+                forged += 1;
+                next_send += Duration::from_micros(3333);
+            }
+        }
+        forged
+    });
+    // Paced, so the transfer lasts long enough (about 1.4 s) for the
+    // attacker's rate to matter.
+    let tx_args = ["--key-file", key, "--rate", "200M", "--timeout", "10"];
+    let tx = lan.start_sender(file, &dir.join(format!("send-{forge}.log")), &tx_args);
+    let (tx_ok, stdout, tx_log, _) = tx.wait_exit(120);
+    stop.store(true, Ordering::Relaxed);
+    let forged = attacker.join().expect("attacker");
+    let (rx_ok, report, rx_log) = rx.finish();
+    assert!(tx_ok && rx_ok, "forge {forge}: {tx_log}\n{rx_log}");
+    assert!(same_file(file, &out), "forge {forge}: the verified output is the real file");
+    let sent: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    (sent["elapsed_s"].as_f64().expect("elapsed_s"), forged, report)
+}
+
+/// Security round 2, A1. Before: with a key, data frames were unsealed and
+/// checked a block (about 1 MiB) at a time. An attacker that forged the
+/// first unverified block's chunk from each NACK at 300 pps (3.5 MB in all)
+/// made a 64 MB transfer take 25 times as long (573 bad blocks), and it
+/// ended only when the attacker stopped. Now each data frame carries a tag
+/// the receiver checks on arrival: a forged chunk is dropped and counted,
+/// and the genuine repair takes its place.
+#[test]
+fn a1_forged_chunks_at_300_pps_cost_a_keyed_transfer_nothing() {
+    let lan = Veth::lan();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let file = random_file(dir.path(), "in.bin", 32 * MIB, 21);
+    // The receiver's NACKs leave its kernel socket with their UDP checksum
+    // only begun (veth offload); checksummed in software, they parse on the
+    // attacker's side as they would off a real wire.
+    let st = Command::new("ip")
+        .args(["netns", "exec", &lan.rx_ns, "ethtool", "-K", &lan.rx_if, "tx", "off"])
+        .output()
+        .expect("ethtool");
+    assert!(st.status.success(), "ethtool -K tx off: {}", String::from_utf8_lossy(&st.stderr));
+    let (clean, _, _) = a1_transfer(&lan, dir.path(), &key, &file, false);
+    let (attacked, forged, report) = a1_transfer(&lan, dir.path(), &key, &file, true);
+    eprintln!("a1: clean {clean:.2} s, attacked {attacked:.2} s, {forged} forged; receiver: {report}");
+    assert!(forged > 0, "the attacker saw NACKs and forged their chunks");
+    let dropped = report["dropped"]["bad_seal"].as_u64().unwrap_or(0);
+    assert!(
+        dropped > 0 && dropped <= forged,
+        "each forgery that arrived was dropped, and only those: {dropped} of {forged}"
+    );
+    assert!(attacked <= 3.0 * clean.max(0.2), "attacked {attacked:.2} s against {clean:.2} s clean");
 }

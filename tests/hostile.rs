@@ -79,7 +79,6 @@ fn hostile_round(s: &Session, seed: &mut u64) -> Vec<(bool, Vec<u8>)> {
                 source: [0; 16],
                 via_tcp: false,
                 keyed: false,
-                block_chunks: 0,
                 name: "",
                 data_ports: xdpblast::wire::message::DataPorts::NONE,
                 attrs: None,

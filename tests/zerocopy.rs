@@ -26,7 +26,8 @@ struct Guest {
     kernel: String,
     facts: HashMap<String, String>,
     blocks: HashMap<String, String>,
-    dir: PathBuf,
+    /// Everything the guest reported, for a test that finds a fact missing.
+    raw: String,
 }
 
 static GUEST: OnceLock<Result<Guest, String>> = OnceLock::new();
@@ -58,11 +59,15 @@ fn boot() -> Result<Guest, String> {
             dir.join("console.log").display()
         ));
     }
-    Ok(parse(&results, dir))
+    // Read in whole: the folder is ours to remove (a failed boot above
+    // keeps it, for its console log).
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(parse(&results))
 }
 
-fn parse(results: &str, dir: PathBuf) -> Guest {
-    let mut g = Guest { kernel: String::new(), facts: HashMap::new(), blocks: HashMap::new(), dir };
+fn parse(results: &str) -> Guest {
+    let mut g =
+        Guest { kernel: String::new(), facts: HashMap::new(), blocks: HashMap::new(), raw: results.to_string() };
     let mut open: Option<(String, String)> = None;
     // The guest's serial port ends lines with CR LF.
     for line in results.lines().map(|l| l.trim_end_matches('\r')) {
@@ -88,9 +93,10 @@ fn parse(results: &str, dir: PathBuf) -> Guest {
 
 impl Guest {
     fn fact(&self, key: &str) -> &str {
-        self.facts.get(key).map(String::as_str).unwrap_or_else(|| {
-            panic!("the guest ({}) reported no {key}; its results are in {}", self.kernel, self.dir.display())
-        })
+        self.facts
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("the guest ({}) reported no {key}; it reported:\n{}", self.kernel, self.raw))
     }
 
     fn text(&self, key: &str) -> &str {

@@ -38,7 +38,7 @@ use tracing::info;
 use super::umem::{UmemArea, UmemError};
 use crate::proto::chunk_count;
 use crate::wire::frame::{FrameTemplate, IpVersion, ETH_LEN};
-use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN};
+use crate::wire::message::{emit_header, Kind, Message, SessionInfo, HEADER_LEN, MIN_CHUNK_SIZE};
 
 /// Spare frames for the sender's fill ring.
 pub const FILL_SPARE: u32 = 64;
@@ -52,6 +52,9 @@ pub struct FramePlan {
     pub packet_size: u32,
     /// File bytes per data frame.
     pub chunk_size: u32,
+    /// Bytes of the tag behind each payload (with a key; 0 without).
+    pub tag_len: u32,
+    pub file_size: u64,
     /// Bytes of one UMEM frame: the most one descriptor carries.
     pub frame_size: u32,
     /// UMEM frames per data slot: 1, or the length of the descriptor chain
@@ -77,7 +80,7 @@ pub const MIN_SLOTS: u32 = 256;
 pub enum PlanError {
     #[error("--packet-size {size} is above the MTU of {iface} ({mtu}); the peer would drop these frames silently. Use --packet-size {mtu} or less, or raise the MTU")]
     AboveMtu { size: u32, mtu: u32, iface: String },
-    #[error("--packet-size {0} is too small: {ip} + UDP + xdpblast headers need {min} bytes plus payload", ip = .1.name(), min = .1.l3_overhead() + HEADER_LEN)]
+    #[error("--packet-size {0} is too small: {ip} + UDP + xdpblast headers need {min} bytes, and each packet carries at least {MIN_CHUNK_SIZE} bytes of the file", ip = .1.name(), min = .1.l3_overhead() + HEADER_LEN)]
     TooSmall(u32, IpVersion),
     #[error("a {frame} byte frame needs more than {MAX_CHAIN} UMEM frames of {frame_size} bytes; use a larger --frame-size or a smaller --packet-size")]
     FrameTooBig { frame: u32, frame_size: u32 },
@@ -103,18 +106,44 @@ impl FramePlan {
         if packet_size > mtu {
             return Err(PlanError::AboveMtu { size: packet_size, mtu, iface: iface.into() });
         }
-        let overhead = (ip.l3_overhead() + HEADER_LEN) as u32;
-        if packet_size <= overhead {
-            return Err(PlanError::TooSmall(packet_size, ip));
-        }
-        let chunk_size = packet_size - overhead;
         let frame_size = if ETH_LEN as u32 + packet_size <= 2048 { 2048 } else { 4096 };
-        let n_chunks = chunk_count(file_size, chunk_size);
-        let mut plan =
-            FramePlan { ip, packet_size, chunk_size, frame_size, chain: 1, n_chunks, slots: 0, total_frames: 0 };
+        let mut plan = FramePlan {
+            ip,
+            packet_size,
+            chunk_size: 0,
+            tag_len: 0,
+            file_size,
+            frame_size,
+            chain: 1,
+            n_chunks: 0,
+            slots: 0,
+            total_frames: 0,
+        };
+        plan.cut()?;
         plan.chain = plan.chain_for(frame_size)?;
         plan.fit(umem_bytes)?;
         Ok(plan)
+    }
+
+    /// The same plan with a tag of `tag_len` bytes behind every payload
+    /// (with a key): the chunks shrink so that packets keep their size.
+    pub fn with_tags(mut self, tag_len: u32, umem_bytes: u64) -> Result<FramePlan, PlanError> {
+        self.tag_len = tag_len;
+        self.cut()?;
+        self.fit(umem_bytes)?;
+        Ok(self)
+    }
+
+    /// Sets the chunk size (what is left of a packet after the headers and
+    /// the tag) and the chunk count.
+    fn cut(&mut self) -> Result<(), PlanError> {
+        let overhead = (self.ip.l3_overhead() + HEADER_LEN) as u32 + self.tag_len;
+        match self.packet_size.checked_sub(overhead) {
+            Some(c) if c >= MIN_CHUNK_SIZE => self.chunk_size = c,
+            _ => return Err(PlanError::TooSmall(self.packet_size, self.ip)),
+        }
+        self.n_chunks = chunk_count(self.file_size, self.chunk_size);
+        Ok(())
     }
 
     /// UMEM frames of `frame_size` bytes that one full data frame spans.
@@ -198,12 +227,6 @@ impl FramePlan {
         Ok(self)
     }
 
-    /// Chunks per keyed block hash (with a key): about 1 MiB, and small
-    /// enough that the ring holds several blocks.
-    pub fn block_chunks(&self) -> u32 {
-        crate::proto::blocks::BlockPlan::chunks_per_block(self.chunk_size, self.slots)
-    }
-
     /// Bytes of UMEM this plan maps.
     pub fn umem_bytes(&self) -> u64 {
         u64::from(self.total_frames) * u64::from(self.frame_size)
@@ -240,7 +263,7 @@ impl FramePlan {
 
     /// Frame length (bytes on the wire, without FCS) of data chunk `idx`.
     pub fn data_len(&self, info: &SessionInfo, idx: u64) -> u32 {
-        (self.payload_offset() + info.chunk_len(idx).unwrap_or(0)) as u32
+        (self.payload_offset() + info.chunk_len(idx).unwrap_or(0)) as u32 + self.tag_len
     }
 }
 
@@ -382,6 +405,17 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn tags_shrink_the_chunks_not_the_packets() {
+        let plain = FramePlan::new(1_440_000, 1500, 1500, "v", u64::MAX, IpVersion::V4).unwrap();
+        let tagged = plain.with_tags(16, u64::MAX).unwrap();
+        assert_eq!((plain.chunk_size, plain.n_chunks), (1440, 1000));
+        assert_eq!((tagged.chunk_size, tagged.n_chunks, tagged.packet_size), (1424, 1012, 1500));
+        let info = SessionInfo { file_size: 1_440_000, chunk_size: 1424, n_chunks: 1012, digest: None };
+        assert_eq!(tagged.data_len(&info, 0), 14 + 1500, "a full frame, tag included");
+        assert!(tagged.holds_whole_file() && tagged.slots == 1012);
+    }
+
+    #[test]
     fn plan_refuses_above_mtu_and_tiny() {
         assert!(matches!(
             FramePlan::new(10, 1600, 1500, "veth0", u64::MAX, IpVersion::V4),
@@ -394,6 +428,13 @@ mod tests {
         assert!(matches!(
             FramePlan::new(1 << 30, 1500, 1500, "v", 1 << 19, IpVersion::V4),
             Err(PlanError::UmemTooSmall { .. })
+        ));
+        // Packets must carry a useful share of the file.
+        let least = 28 + HEADER_LEN as u32 + MIN_CHUNK_SIZE;
+        assert!(FramePlan::new(10, least, 1500, "v", u64::MAX, IpVersion::V4).is_ok());
+        assert!(matches!(
+            FramePlan::new(10, least - 1, 1500, "v", u64::MAX, IpVersion::V4),
+            Err(PlanError::TooSmall(..))
         ));
         // A file larger than the UMEM streams through a ring of slots.
         let ring = FramePlan::new(1 << 30, 1500, 1500, "v", 64 << 20, IpVersion::V4).unwrap();

@@ -3,7 +3,8 @@
 //!
 //! Chunk `c` is built in slot `c % slots` ([`FramePlan::slot_of`]): headers,
 //! checksums, and the payload read by `preadv` straight into the frame;
-//! BLAKE3 runs over the payloads in the same pass. The reader writes only
+//! BLAKE3 runs over the payloads in the same pass, and with a key each
+//! frame's tag is computed there too, while the payload is in cache. The reader writes only
 //! the chunks it was granted ([`SlotLedger`], kept by the transmit side): a
 //! slot is granted for the chunk `slots` further on only when both hold:
 //! - the receiver's reports show the old chunk delivered (its contiguous
@@ -28,8 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::preload::{FramePlan, PreloadError};
 use super::umem::FrameWriter;
-use crate::proto::auth::{Direction, Keys};
-use crate::proto::blocks::{BlockHasher, BlockPlan};
+use crate::proto::auth::{DataKey, Direction, Keys, DATA_TAG_LEN};
 use crate::wire::frame::FrameTemplate;
 use crate::wire::message::{emit_header, lane_of, Kind, Message, SessionInfo, HEADER_LEN};
 
@@ -65,9 +65,9 @@ struct Bounce {
 pub struct ReadAhead {
     file: File,
     /// With a pre-shared key: the Metas are sealed, the digest keyed, and
-    /// each block's keyed hash computed in the same pass.
+    /// each data frame tagged with the session's [`DataKey`] in the same pass.
     keys: Option<Keys>,
-    blocks: Option<BlockHasher>,
+    data_key: Option<DataKey>,
     /// `Some` when the file was opened with `O_DIRECT`.
     bounce: Option<Bounce>,
     plan: FramePlan,
@@ -110,7 +110,7 @@ impl ReadAhead {
         let drop_behind = DropBehind::for_file(&file, file_size);
         ReadAhead {
             keys: None,
-            blocks: None,
+            data_key: None,
             file,
             bounce: None,
             plan,
@@ -139,19 +139,14 @@ impl ReadAhead {
         self
     }
 
-    /// With a pre-shared key: seals the Metas, keys the digest, and hashes
-    /// blocks of `block_chunks` chunks ([`ReadAhead::take_block_hashes`]).
-    /// Call before reading.
-    pub fn keyed(mut self, keys: Keys, block_chunks: u32) -> Self {
+    /// With a pre-shared key: seals the Metas, keys the digest, and tags
+    /// every data frame. The plan must leave room for the tags
+    /// ([`FramePlan::with_tags`]). Call before reading.
+    pub fn keyed(mut self, keys: Keys) -> Self {
         self.hasher = keys.digest_hasher();
-        self.blocks = BlockPlan::new(&self.shape, block_chunks).map(|p| BlockHasher::new(keys.clone(), &p));
+        self.data_key = Some(keys.data_key(self.session, self.cookie));
         self.keys = Some(keys);
         self
-    }
-
-    /// The keyed hashes of the blocks finished since the last call.
-    pub fn take_block_hashes(&mut self) -> Vec<[u8; 32]> {
-        self.blocks.as_mut().map_or_else(Vec::new, BlockHasher::take)
     }
 
     /// Reads through an aligned bounce buffer: for a file opened `O_DIRECT`.
@@ -245,21 +240,16 @@ impl ReadAhead {
             d.read_up_to(&self.file, offset + total as u64);
         }
         hash_payloads(&mut self.hasher, &mut self.gather, &mut self.sums, &frames, &lens, at);
-        if let Some(b) = self.blocks.as_mut() {
-            b.update(&self.gather);
-        }
+        let header_at = self.plan.header_offset();
         for (i, f) in frames.iter_mut().enumerate() {
             let len = lens[i];
-            emit_header(
-                &mut f[self.plan.header_offset()..],
-                Kind::Data,
-                len as u16,
-                self.session,
-                self.cookie,
-                first + i as u64,
-            );
+            emit_header(&mut f[header_at..], Kind::Data, len as u16, self.session, self.cookie, first + i as u64);
+            let mut tail = (len, self.sums[i]);
+            if let Some(k) = &self.data_key {
+                tail = append_tag(k, first + i as u64, f, header_at, len, tail);
+            }
             let tpl = lane_template(&self.tpl, &self.lane_ports, first + i as u64);
-            tpl.build_in_place_summed(f, HEADER_LEN + len, Some((len, self.sums[i])))?;
+            tpl.build_in_place_summed(f, HEADER_LEN + tail.0, Some(tail))?;
         }
         self.next += count;
         Ok(count)
@@ -274,9 +264,6 @@ impl ReadAhead {
         if !unchanged() {
             let after = self.file.metadata().map(|m| m.len()).unwrap_or(0);
             return Err(PreloadError::Changed { before: size, after });
-        }
-        if let Some(b) = self.blocks.as_mut() {
-            b.finish();
         }
         let digest = *self.hasher.finalize().as_bytes();
         self.digest = Some(digest);
@@ -338,6 +325,30 @@ impl SlotLedger {
     pub fn floor(&self) -> u64 {
         self.granted.saturating_sub(u64::from(self.plan.slots))
     }
+}
+
+/// Writes the tag of chunk `chunk`'s data message at `frame[header_at..]`
+/// (header and a `len`-byte payload) behind it. Returns the checksum tail to give the
+/// frame builder: `tail` (the payload's sum) extended over the tag.
+fn append_tag(
+    key: &DataKey,
+    chunk: u64,
+    frame: &mut [u8],
+    header_at: usize,
+    len: usize,
+    tail: (usize, u32),
+) -> (usize, u32) {
+    let end = header_at + HEADER_LEN + len;
+    let tag = key.tag(chunk, &frame[header_at..end]);
+    frame[end..end + DATA_TAG_LEN].copy_from_slice(&tag);
+    // A running sum continues only from an even offset; an odd payload (the
+    // last chunk's, at most) is summed again with its tag.
+    let sum = if len % 2 == 0 {
+        crate::wire::checksum::sum(tail.1, &tag)
+    } else {
+        crate::wire::checksum::sum(0, &frame[end - len..end + DATA_TAG_LEN])
+    };
+    (len + DATA_TAG_LEN, sum)
 }
 
 /// Feeds the run's payloads to BLAKE3 in file order. They are gathered
@@ -482,6 +493,8 @@ mod tests {
             ip: crate::wire::frame::IpVersion::V4,
             packet_size: 1500,
             chunk_size: 1440,
+            tag_len: 0,
+            file_size: n_chunks * 1440,
             frame_size: 2048,
             chain: 1,
             n_chunks,

@@ -95,8 +95,6 @@ struct Shared {
     filled: AtomicU64,
     /// The transmit side gave up: the reader stops at its next step.
     stop: AtomicBool,
-    /// Block hashes the reader finished and the transmit side has not taken.
-    blocks: std::sync::Mutex<Vec<[u8; 32]>>,
     /// The transmit side sleeps until the reader publishes more.
     tx_waiting: AtomicBool,
     tx_thread: std::thread::Thread,
@@ -124,7 +122,6 @@ impl<'scope> Reader<'scope> {
             granted: AtomicU64::new(0),
             filled: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            blocks: std::sync::Mutex::new(Vec::new()),
             tx_waiting: AtomicBool::new(false),
             tx_thread: std::thread::current(),
         });
@@ -187,17 +184,6 @@ impl<'scope> Reader<'scope> {
         Ok(Readable { floor: self.ledger.floor(), next, ring_full: next >= granted && granted < self.n_chunks })
     }
 
-    /// The keyed hashes of the blocks read since the last call (with a key).
-    pub fn take_block_hashes(&mut self) -> Vec<[u8; 32]> {
-        match &mut self.side {
-            Side::Inline { ra, .. } => ra.take_block_hashes(),
-            // A poisoned lock means the reader panicked; `step` reports that.
-            Side::Thread { shared, .. } => {
-                shared.blocks.lock().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default()
-            }
-        }
-    }
-
     /// Time spent reading so far (all of it once finished).
     pub fn read_time(&self) -> Duration {
         match (&self.finished, &self.side) {
@@ -245,7 +231,6 @@ fn read_on_thread(mut ra: ReadAhead, shared: &Shared, unchanged: Unchanged<'_>) 
         let granted = shared.granted.load(Ordering::Acquire);
         if ra.next() < granted {
             ra.fill(granted, READ_STEP)?;
-            publish_blocks(&mut ra, shared);
             shared.filled.store(ra.next(), Ordering::SeqCst);
             wake_tx(shared);
             continue;
@@ -256,7 +241,6 @@ fn read_on_thread(mut ra: ReadAhead, shared: &Shared, unchanged: Unchanged<'_>) 
                 meta_last_len,
                 read_time: ra.read_time,
             });
-            publish_blocks(&mut ra, shared);
             // The transmit side learns of the end from the finished handle.
             wake_tx(shared);
             return end;
@@ -264,16 +248,6 @@ fn read_on_thread(mut ra: ReadAhead, shared: &Shared, unchanged: Unchanged<'_>) 
         // Caught up: the transmit side unparks us when it grants more. The
         // timeout only bounds a missed wake-up.
         std::thread::park_timeout(Duration::from_millis(2));
-    }
-}
-
-/// Hands the block hashes finished so far to the transmit side.
-fn publish_blocks(ra: &mut ReadAhead, shared: &Shared) {
-    let new = ra.take_block_hashes();
-    if !new.is_empty() {
-        if let Ok(mut b) = shared.blocks.lock() {
-            b.extend_from_slice(&new);
-        }
     }
 }
 

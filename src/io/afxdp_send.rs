@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::info;
 
 use super::control::{control_port, Control};
-use crate::afxdp::preload::{FramePlan, FILL_SPARE};
+use crate::afxdp::preload::{FramePlan, PlanError, FILL_SPARE};
 use crate::afxdp::readahead::ReadAhead;
 use crate::afxdp::xsk::{BindMode, Queue, Xsk, XskConfig, XskMode};
 use crate::afxdp::zerocopy::{self, BindChoice, DriverZeroCopy};
@@ -25,6 +25,7 @@ use crate::engine::reader::{Reader, ReaderMode, Unchanged};
 use crate::engine::tx::TxEngine;
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
+use crate::proto::auth::DATA_TAG_LEN;
 use crate::proto::pacer::{Aimd, Pacer, Rate};
 use crate::proto::sender::SendStats;
 use crate::proto::{FrameId, Sender, SenderConfig};
@@ -257,10 +258,7 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         bail!("{} is not a regular file", opts.file.display());
     }
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
-    let mut plan = FramePlan::new(meta.len(), packet_size, iface.mtu, &iface.name, opts.umem, version)?;
-    if let Some(fs) = opts.frame_size {
-        plan = plan.with_frame_size(fs, opts.umem)?;
-    }
+    let plan = frame_plan(opts, &iface, meta.len(), packet_size, version)?;
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     let queues = tx_queues(opts.queues, &iface)?;
     let bind = choose_bind(opts.bind, &iface, &plan)?;
@@ -398,6 +396,25 @@ pub(crate) fn resolve_mac(iface: &Interface, local: IpAddr, dst: IpAddr) -> anyh
     )
 }
 
+/// How the file is cut into frames of `packet`-byte packets, as the options
+/// ask: the frame size, and room for a tag behind each payload with a key.
+fn frame_plan(
+    opts: &SendOptions,
+    iface: &Interface,
+    file_size: u64,
+    packet: u32,
+    ip: IpVersion,
+) -> Result<FramePlan, PlanError> {
+    let mut plan = FramePlan::new(file_size, packet, iface.mtu, &iface.name, opts.umem, ip)?;
+    if let Some(fs) = opts.frame_size {
+        plan = plan.with_frame_size(fs, opts.umem)?;
+    }
+    if opts.keys.is_some() {
+        plan = plan.with_tags(DATA_TAG_LEN as u32, opts.umem)?;
+    }
+    Ok(plan)
+}
+
 /// A new plan for a receiver whose data path takes datagrams of at most
 /// `max` bytes (its MTU), smaller than ours: the packet size both ends take,
 /// said on the terminal and in the log.
@@ -409,11 +426,8 @@ fn replan(
     max: u32,
 ) -> anyhow::Result<FramePlan> {
     let packet = max.saturating_add(plan.ip.l3_overhead() as u32);
-    let mut new = FramePlan::new(file_size, packet, iface.mtu, &iface.name, opts.umem, plan.ip)
+    let new = frame_plan(opts, iface, file_size, packet, plan.ip)
         .with_context(|| format!("the receiver takes packets of at most {packet} bytes"))?;
-    if let Some(fs) = opts.frame_size {
-        new = new.with_frame_size(fs, opts.umem)?;
-    }
     info!(ours = plan.packet_size, theirs = packet, "the receiver's MTU is smaller: sending smaller packets");
     if opts.intervals {
         println!(
@@ -444,7 +458,6 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         timeout: opts.timeout,
         source: prep.source,
         keys: opts.keys.clone(),
-        block_chunks: prep.plan.block_chunks(),
         name: super::file_name(&opts.file),
         data_ports: lanes.announced(),
         attrs: Some(prep.attrs),
@@ -596,7 +609,7 @@ fn transfer(
         if let Some(max) = sender.reshape_needed() {
             plan = replan(opts, &iface, &plan, file_size, max)?;
             let info = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
-            sender.reshape(info, plan.block_chunks());
+            sender.reshape(info);
         }
         Ok(())
     })?;
@@ -616,7 +629,7 @@ fn transfer(
         ra = ra.with_lane_ports(lanes.ports.clone());
     }
     if let Some(k) = &opts.keys {
-        ra = ra.keyed(k.clone(), plan.block_chunks());
+        ra = ra.keyed(k.clone());
     }
     if opts.direct {
         ra = ra.direct()?;
@@ -791,7 +804,7 @@ impl Transmit {
         queues: u32,
     ) -> Self {
         let start = Instant::now();
-        let full_frame = plan.payload_offset() as u32 + plan.chunk_size;
+        let full_frame = plan.payload_offset() as u32 + plan.chunk_size + plan.tag_len;
         let aimd = opts.adapt.then(|| {
             let ceiling = opts.rate.or_else(|| link_speed(&iface.name)).unwrap_or(Rate::BitsPerSec(100e9));
             info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
@@ -979,7 +992,6 @@ impl Transmit {
         stall_clock(&mut self.reader_wait, &mut self.reader_wait_since, waiting, now);
         stall_clock(&mut self.ring_full_time, &mut self.ring_full_since, built.ring_full, now);
         sender.set_readable(built.floor, built.next, built.ring_full);
-        sender.add_block_hashes(&reader.take_block_hashes());
         if let Some(f) = reader.finished() {
             self.meta_last_len = f.meta_last_len;
             sender.set_digest(f.digest);

@@ -375,38 +375,6 @@ impl Output {
         Ok(())
     }
 
-    /// With block hashes: reads the block at `bytes` back (it starts where
-    /// hashing stopped) and hashes it with `block` (its keyed hasher). On a
-    /// match with `expected`, the same bytes go into the file's digest and
-    /// hashing moves past them; otherwise nothing moves. Returns the match.
-    pub fn check_block(
-        &mut self,
-        bytes: std::ops::Range<u64>,
-        mut block: blake3::Hasher,
-        expected: &[u8; 32],
-    ) -> io::Result<bool> {
-        if bytes.start != self.hashed || bytes.end > self.len || bytes.end < bytes.start {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("block {bytes:?} is not the next to hash (at {})", self.hashed),
-            ));
-        }
-        let len = (bytes.end - bytes.start) as usize;
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
-        self.read_back(bytes.start, len)?;
-        block.update(&self.buf[..len]);
-        // blake3's Hash compares in constant time.
-        if block.finalize() != blake3::Hash::from_bytes(*expected) {
-            return Ok(false);
-        }
-        self.hasher.update(&self.buf[..len]);
-        self.hashed = bytes.end;
-        self.start_writeback();
-        Ok(true)
-    }
-
     /// Reads `len` bytes of the output at `at` into the buffer's start.
     fn read_back(&mut self, at: u64, len: usize) -> io::Result<()> {
         let mut got = 0;

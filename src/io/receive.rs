@@ -69,10 +69,6 @@ pub struct RecvReport {
     /// that left one, none when nothing was written.
     pub path: Option<String>,
     pub nacks_sent: u64,
-    /// With a key: blocks that matched their keyed hash, and blocks that did
-    /// not (forged or corrupted data) and were received again.
-    pub blocks_verified: u64,
-    pub bad_blocks: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
     pub rusage: super::Rusage,
@@ -351,17 +347,6 @@ impl ReceiveLoop {
         }
     }
 
-    /// With block hashes: checks the next block whose chunks are all in,
-    /// every turn (the sender holds the block's frames until it matches).
-    fn check_block(&mut self) {
-        let Some(b) = self.rx.block_to_check() else { return };
-        let (Some(hasher), Some(out)) = (self.rx.block_hasher(b.index), self.out.as_mut()) else { return };
-        match out.check_block(b.bytes, hasher, &b.expected) {
-            Ok(ok) => self.rx.block_checked(b.index, ok),
-            Err(e) => self.fail(format!("reading the output back to check a block: {e}")),
-        }
-    }
-
     fn report(mut self, mode: &str, opts: &RecvOptions) -> RecvReport {
         self.discard_if_nothing_arrived();
         let rx = &self.rx;
@@ -404,8 +389,6 @@ impl ReceiveLoop {
             },
             path,
             nacks_sent: rx.nacks_sent,
-            blocks_verified: rx.blocks_verified,
-            bad_blocks: rx.bad_blocks,
             dropped: rx.drops.clone(),
             error,
             rusage: super::Rusage::of_self(),

@@ -2,10 +2,10 @@
 //!
 //! From the one 32-byte key, BLAKE3's key derivation makes four: a MAC key
 //! for each direction (so a datagram cannot be reflected back to its
-//! sender), the key of the whole-file digest, and the key of the per-block
-//! hashes ([`super::blocks`]). A sealed datagram carries,
-//! after the message its header announces (where a reader without the key
-//! sees only ignored trailing bytes):
+//! sender), the key of the whole-file digest, and the key of the data
+//! frames' tags. A sealed control datagram carries, after the message its
+//! header announces (where a reader without the key sees only ignored
+//! trailing bytes):
 //!
 //! ```text
 //!  ... message (header + body) | counter (8, big-endian) | tag (32)
@@ -16,6 +16,31 @@
 //! each counter at most once and only rising ([`ReplayGuard`]); the data
 //! path's Meta frames are sealed with counter 0 and not replay-checked (they
 //! are posted again on purpose, and repeat only what was already said).
+//!
+//! A data frame carries a shorter tag behind its payload, computed once when
+//! the sender reads the chunk into its frame:
+//!
+//! ```text
+//!  header (session, cookie, chunk index) | payload | tag (16)
+//! ```
+//!
+//! The tag is AES-256-GCM's over the header and payload as associated data
+//! (GMAC: nothing is encrypted), under a key of the session's own
+//! ([`Keys::data_key`]: derived from the pre-shared key, the sender's random
+//! session id and the receiver's cookie) with the chunk's index as the
+//! nonce. The receiver checks it before the chunk counts for anything, so a
+//! forged chunk is dropped on arrival and costs only its own bytes; the
+//! genuine copy still finds its place free. A retransmit posts the same
+//! frame: same key, nonce and bytes give the same tag and reveal nothing
+//! new. A frame replayed into another session opens under no key, and one
+//! moved to another place fails its nonce. Per-packet encryption seals the
+//! payload under the same key and nonce, with its tag in the same place.
+//!
+//! Why GMAC and not keyed BLAKE3, which the control messages use: BLAKE3 is
+//! fast on long inputs, whose 1 KiB chunks it hashes in parallel, but a
+//! packet is one or two of them. Per 1,472-byte packet here, keyed BLAKE3
+//! took 1,309 ns, and AES-GCM's tag over the same bytes 135 ns (aws-lc-rs,
+//! AES-NI and carry-less multiply).
 
 use crate::wire::message::{Header, HEADER_LEN};
 
@@ -25,6 +50,8 @@ pub type Key = [u8; 32];
 /// Bytes a seal adds: counter and tag.
 pub const SEAL_LEN: usize = 8 + TAG_LEN;
 const TAG_LEN: usize = 32;
+/// Bytes of a data frame's tag, behind its payload.
+pub const DATA_TAG_LEN: usize = 16;
 
 /// Who a datagram is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +66,45 @@ pub struct Keys {
     to_receiver: Key,
     to_sender: Key,
     digest: Key,
-    block: Key,
+    data: Key,
+}
+
+/// The key that tags one session's data frames (and, encrypted, seals
+/// them): AES-256-GCM, each chunk's index its nonce.
+pub struct DataKey(aws_lc_rs::aead::LessSafeKey);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    fn nonce(chunk: u64) -> aws_lc_rs::aead::Nonce {
+        let mut n = [0u8; aws_lc_rs::aead::NONCE_LEN];
+        n[4..].copy_from_slice(&chunk.to_be_bytes());
+        aws_lc_rs::aead::Nonce::assume_unique_for_key(n)
+    }
+
+    /// The tag of chunk `chunk`'s data `message` (its header and payload, as
+    /// they lie in the frame).
+    pub fn tag(&self, chunk: u64, message: &[u8]) -> [u8; DATA_TAG_LEN] {
+        let aad = aws_lc_rs::aead::Aad::from(message);
+        let mut out = [0u8; DATA_TAG_LEN];
+        // Sealing nothing fails only for inputs above GCM's limits (64 GiB),
+        // which no datagram reaches; an all-zero tag then fails to open.
+        if let Ok(tag) = self.0.seal_in_place_separate_tag(Self::nonce(chunk), aad, &mut []) {
+            out.copy_from_slice(tag.as_ref());
+        }
+        out
+    }
+
+    /// Whether `tag` is the tag of chunk `chunk`'s `message` (compared in
+    /// constant time by the library).
+    pub fn tag_matches(&self, chunk: u64, message: &[u8], tag: &[u8]) -> bool {
+        let aad = aws_lc_rs::aead::Aad::from(message);
+        tag.len() == DATA_TAG_LEN && self.0.open_in_place_separate_tag(Self::nonce(chunk), aad, tag, &mut []).is_ok()
+    }
 }
 
 impl std::fmt::Debug for Keys {
@@ -54,7 +119,7 @@ impl Keys {
             to_receiver: blake3::derive_key("xdpblast 2026-11 MAC, sender to receiver", key),
             to_sender: blake3::derive_key("xdpblast 2026-11 MAC, receiver to sender", key),
             digest: blake3::derive_key("xdpblast 2026-11 whole-file digest", key),
-            block: blake3::derive_key("xdpblast 2026-11 block hash", key),
+            data: blake3::derive_key("xdpblast 2026-12 data frame session key", key),
         }
     }
 
@@ -64,12 +129,19 @@ impl Keys {
         blake3::Hasher::new_keyed(&self.digest)
     }
 
-    /// The hasher for block `index`'s hash: keyed, and bound to the block's
-    /// place, so a block's hash cannot vouch for the same bytes elsewhere.
-    pub fn block_hasher(&self, index: u64) -> blake3::Hasher {
-        let mut h = blake3::Hasher::new_keyed(&self.block);
-        h.update(&index.to_be_bytes());
-        h
+    /// The key of one session's data frames. Both ends' random values go
+    /// into it (the sender's session id, the receiver's cookie, whose key
+    /// each receiver draws at start), so no two sessions share a key, and a
+    /// chunk index is a nonce used for one chunk's bytes only.
+    pub fn data_key(&self, session: u64, cookie: u64) -> DataKey {
+        let mut input = [0u8; 16];
+        input[..8].copy_from_slice(&session.to_be_bytes());
+        input[8..].copy_from_slice(&cookie.to_be_bytes());
+        let key = blake3::keyed_hash(&self.data, &input);
+        // A 32-byte key is what AES-256 takes: this cannot fail.
+        let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, key.as_bytes())
+            .expect("AES-256-GCM takes a 32-byte key");
+        DataKey(aws_lc_rs::aead::LessSafeKey::new(unbound))
     }
 
     fn mac_key(&self, dir: Direction) -> &Key {
@@ -167,6 +239,27 @@ mod tests {
         assert_eq!(keys.open(Direction::ToReceiver, &d[..d.len() - 1]), None, "a cut tag");
         // A reader without the key still parses the message.
         assert_eq!(Message::parse(&d), Ok(Message::Abort { session: 1, reason: "stop" }));
+    }
+
+    #[test]
+    fn a_data_tag_binds_the_session_the_place_and_the_bytes() {
+        let keys = Keys::derive(&[7; 32]);
+        let key = keys.data_key(1, 3);
+        let msg = Message::Data { session: 1, chunk: 9, payload: &[5; 100] }.encode(3);
+        let tag = key.tag(9, &msg);
+        assert!(key.tag_matches(9, &msg, &tag));
+        assert_eq!(key.tag(9, &msg), tag, "a retransmit carries the same tag");
+        assert!(!key.tag_matches(10, &msg, &tag), "another nonce (place)");
+        assert!(!keys.data_key(2, 3).tag_matches(9, &msg, &tag), "another session");
+        assert!(!keys.data_key(1, 4).tag_matches(9, &msg, &tag), "another cookie");
+        assert!(!Keys::derive(&[8; 32]).data_key(1, 3).tag_matches(9, &msg, &tag), "another pre-shared key");
+        assert!(!key.tag_matches(9, &msg, &tag[..15]), "a cut tag");
+        assert!(!key.tag_matches(9, &msg, &[0; DATA_TAG_LEN]), "a guessed tag");
+        for i in 0..msg.len() {
+            let mut bad = msg.clone();
+            bad[i] ^= 1;
+            assert!(!key.tag_matches(9, &bad, &tag), "a flipped bit at {i}");
+        }
     }
 
     #[test]

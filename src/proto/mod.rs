@@ -14,20 +14,18 @@
 //!   Hello(info) + cookie ── control ──────────▶   (opens PATH.partial)
 //!   ◀────────────────────── control ─────────── HelloAck(opened)
 //!   Meta(first), Data 0..n, Meta(last, digest) ── data path (AF_XDP) ──▶
-//!   Blocks(first, keyed hashes) ── control, with a key, as blocks are read ──▶
-//!   ◀──── Nack(round, prefix, blocks held, bitmap) every tick (empty = heartbeat)
+//!   ◀──── Nack(round, prefix, bitmap) every tick (empty = heartbeat)
 //!   Data (repairs, same frames again) ── data ──▶
 //!   End(info) every probe interval once idle ──▶
 //!   ◀────────────────────── Done(ok, digest)    (after BLAKE3 of the file)
 //! ```
 //!
 //! Every datagram after the first Hello carries the cookie; with a
-//! pre-shared key, control messages and Metas are sealed ([`auth`]), and
-//! sealed `Blocks` messages carry per-block keyed hashes ([`blocks`]) that
-//! the receiver checks as blocks complete.
+//! pre-shared key, control messages and Metas are sealed, and every data
+//! frame carries a tag the receiver checks before the chunk counts
+//! ([`auth`]).
 
 pub mod auth;
-pub mod blocks;
 pub mod chunkset;
 pub mod pacer;
 pub mod receiver;

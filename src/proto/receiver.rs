@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::auth::{Counter, Direction, Keys, ReplayGuard};
-use super::blocks::BlockPlan;
+use super::auth::{Counter, DataKey, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
 use super::chunkset::ChunkSet;
-use crate::wire::message::{lane_of, DataPorts, FileAttrs, Message, Nack, SessionInfo, SourceId, HEADER_LEN, LANE_RUN};
+use crate::wire::message::{
+    lane_of, DataPorts, FileAttrs, Message, Nack, SessionInfo, SourceId, HEADER_LEN, LANE_RUN, MIN_CHUNK_SIZE,
+};
 use crate::wire::stream::StreamHeader;
 use crate::wire::{untrusted_text, WireError};
 
@@ -108,7 +109,9 @@ pub enum DropReason {
     BadCookie,
     /// A Hello asking for a transport this receiver does not take.
     WrongMode,
-    /// With a key: no valid seal, or a replayed one.
+    /// With a key: a control message or Meta without a valid seal, or a
+    /// replayed one; a data frame whose tag does not verify (forged or
+    /// corrupted).
     BadSeal,
 }
 
@@ -285,28 +288,13 @@ struct Session {
     digest: Option<[u8; 32]>,
     /// First chunk not yet counted in a loss report.
     loss_from: u64,
-    /// With a key: the per-block hashes and how far they are checked.
-    blocks: Option<BlockCheck>,
+    /// With a key: the key the data frames' tags are checked with.
+    data_key: Option<DataKey>,
 }
 
-/// The sender's block hashes (with a key) and how far the output matches.
-#[derive(Debug)]
-struct BlockCheck {
-    plan: BlockPlan,
-    /// Hashes received, from block 0 on, without a gap.
-    expected: Vec<[u8; 32]>,
-    /// Blocks `0..verified` matched their hash.
-    verified: u64,
-}
-
-/// A block ready to be checked: all its chunks are in and its hash is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockToCheck {
-    pub index: u64,
-    /// Its bytes in the file.
-    pub bytes: std::ops::Range<u64>,
-    pub expected: [u8; 32],
-}
+/// Most chunks of a session whose chunks are below [`MIN_CHUNK_SIZE`]: an
+/// 8 KiB bitmap.
+const MAX_TINY_CHUNKS: u64 = 1 << 16;
 
 /// With lanes: NACK rounds of silence on the data path, after the sender's
 /// End probe, before the tails of the lanes the closing Meta did not end
@@ -319,7 +307,6 @@ struct HelloFields {
     info: SessionInfo,
     source: SourceId,
     via_tcp: bool,
-    block_chunks: u32,
     name: Option<String>,
     data_ports: DataPorts,
     attrs: Option<FileAttrs>,
@@ -376,11 +363,10 @@ impl Session {
         }
     }
 
-    /// The cumulative ack: chunks below it are held, and with block hashes,
-    /// in blocks that matched (the sender keeps the frames of the rest).
+    /// The cumulative ack: chunks below it are held (the sender may reuse
+    /// their frames).
     fn reported_prefix(&self) -> u64 {
-        let held = self.chunks.prefix();
-        self.blocks.as_ref().map_or(held, |b| held.min(b.plan.chunks(b.verified).start))
+        self.chunks.prefix()
     }
 
     /// Encodes a datagram to this session's sender, with its cookie.
@@ -413,10 +399,6 @@ pub struct Receiver {
     pub first_data: Option<Instant>,
     /// Cookies handed out to Hellos that did not carry one yet.
     pub cookies_sent: u64,
-    /// With a key: blocks that matched their hash, and blocks that did not
-    /// (forged or corrupted data) and were asked for again.
-    pub blocks_verified: u64,
-    pub bad_blocks: u64,
     /// With a key: our sealed messages' counter, and the sender's seen.
     counter: Counter,
     replay: ReplayGuard,
@@ -441,8 +423,6 @@ impl Receiver {
             peer_retransmits: 0,
             first_data: None,
             cookies_sent: 0,
-            blocks_verified: 0,
-            bad_blocks: 0,
             counter: Counter::default(),
             replay: ReplayGuard::default(),
             scratch: Vec::new(),
@@ -521,52 +501,10 @@ impl Receiver {
         }
     }
 
-    /// Bytes from the start of the file that are all written (and with
-    /// block hashes, checked): what can be hashed ahead of the end.
+    /// Bytes from the start of the file that are all written: what can be
+    /// hashed ahead of the end.
     pub fn contiguous_bytes(&self) -> u64 {
         self.session.as_ref().map_or(0, |s| (s.reported_prefix() * u64::from(s.info.chunk_size)).min(s.info.file_size))
-    }
-
-    /// With block hashes: the next block to check, once all its chunks are in
-    /// and its hash has arrived. The driver hashes those bytes of the output
-    /// and calls [`Receiver::block_checked`].
-    pub fn block_to_check(&self) -> Option<BlockToCheck> {
-        let s = self.session.as_ref()?;
-        let b = s.blocks.as_ref()?;
-        let chunks = b.plan.chunks(b.verified);
-        if b.verified >= b.plan.count() || s.chunks.prefix() < chunks.end {
-            return None;
-        }
-        let expected = *b.expected.get(b.verified as usize)?;
-        Some(BlockToCheck { index: b.verified, bytes: b.plan.bytes(b.verified), expected })
-    }
-
-    /// The keyed hasher for block `index` (with a key).
-    pub fn block_hasher(&self, index: u64) -> Option<blake3::Hasher> {
-        self.cfg.keys.as_ref().map(|k| k.block_hasher(index))
-    }
-
-    /// The driver checked block `index`: on a match the prefix moves past
-    /// it; otherwise its chunks are dropped and reported missing, so the
-    /// sender sends them again.
-    pub fn block_checked(&mut self, index: u64, ok: bool) {
-        let Some(s) = self.session.as_mut() else { return };
-        let Some(b) = s.blocks.as_mut().filter(|b| b.verified == index) else { return };
-        if ok {
-            b.verified += 1;
-            self.blocks_verified += 1;
-            self.maybe_verify();
-        } else {
-            let chunks = b.plan.chunks(index);
-            let bytes = b.plan.bytes(index);
-            s.chunks.remove_range(chunks);
-            self.bytes = self.bytes.saturating_sub(bytes.end - bytes.start);
-            self.bad_blocks += 1;
-            tracing::warn!(
-                block = index,
-                "a block did not match its keyed hash (forged or corrupted data); asking for it again"
-            );
-        }
     }
 
     pub fn chunks_received(&self) -> u64 {
@@ -610,6 +548,14 @@ impl Receiver {
                     return Err(DropReason::BadCookie);
                 }
                 let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
+                // Last, being the dearest: nothing a frame says counts
+                // before its tag holds.
+                if let Some(k) = &s.data_key {
+                    let (message, tag) = bytes.split_at(HEADER_LEN + payload.len());
+                    if !k.tag_matches(chunk, message, tag.get(..DATA_TAG_LEN).unwrap_or(&[])) {
+                        return Err(DropReason::BadSeal);
+                    }
+                }
                 s.idle_since = None;
                 s.high = s.high.max(chunk + 1);
                 if let Some(l) = lane {
@@ -665,7 +611,7 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports, attrs } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
@@ -673,7 +619,7 @@ impl Receiver {
                 return Err(DropReason::BadSeal);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
-            let hello = HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports, attrs };
+            let hello = HelloFields { session, info, source, via_tcp, name, data_ports, attrs };
             return self.hello(now, from, cookie, hello);
         }
         // Every sealed control message counts up: a replay is refused.
@@ -682,7 +628,7 @@ impl Receiver {
         }
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         let session = match msg {
-            Message::End { session, .. } | Message::Abort { session, .. } | Message::Blocks { session, .. } => session,
+            Message::End { session, .. } | Message::Abort { session, .. } => session,
             _ => return Err(DropReason::WrongKind),
         };
         if from != s.peer {
@@ -716,22 +662,6 @@ impl Receiver {
                 self.maybe_verify();
             }
             Message::Abort { reason, .. } => self.fail(RecvError::PeerAborted(untrusted_text(reason))),
-            Message::Blocks { first, hashes, .. } => {
-                let b = s.blocks.as_mut().ok_or(DropReason::WrongKind)?;
-                let have = b.expected.len() as u64;
-                // After a gap (a lost datagram), wait for the sender to go
-                // back to what we report holding.
-                if first > have {
-                    return Err(DropReason::OutOfRange);
-                }
-                let end = (first + (hashes.len() / 32) as u64).min(b.plan.count());
-                for i in have..end {
-                    let at = ((i - first) * 32) as usize;
-                    let mut h = [0u8; 32];
-                    h.copy_from_slice(&hashes[at..at + 32]);
-                    b.expected.push(h);
-                }
-            }
             _ => {}
         }
         Ok(())
@@ -752,7 +682,7 @@ impl Receiver {
     /// A Hello. Without our cookie it only earns one (no state is kept);
     /// with it, it opens the session. Every refusal tells the sender why.
     fn hello(&mut self, now: Instant, from: SocketAddr, cookie: u64, hello: HelloFields) -> Result<(), DropReason> {
-        let HelloFields { session, info, source, via_tcp, block_chunks, name, data_ports, attrs } = hello;
+        let HelloFields { session, info, source, via_tcp, name, data_ports, attrs } = hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
                 let busy = Message::Abort { session, reason: "receiver busy with another session" };
@@ -779,18 +709,6 @@ impl Receiver {
         if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
             return Err(DropReason::Refused);
         }
-        // Block hashes only with a key (only then can they be trusted), and
-        // only on the data path.
-        let blocks =
-            match (self.cfg.keys.is_some() && !via_tcp && block_chunks > 0, BlockPlan::new(&info, block_chunks)) {
-                (false, _) => None,
-                (true, Some(plan)) => Some(BlockCheck { plan, expected: Vec::new(), verified: 0 }),
-                (true, None) => {
-                    let why = "the sender's hashed blocks are larger than this receiver takes (4 MiB)";
-                    self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
-                    return Err(DropReason::TooLarge);
-                }
-            };
         if let Err((drop, reason)) = self.admissible(&info, via_tcp) {
             self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
             return Err(drop);
@@ -829,7 +747,7 @@ impl Receiver {
             round: 0,
             digest: None,
             loss_from: 0,
-            blocks,
+            data_key: self.cfg.keys.as_ref().filter(|_| !via_tcp).map(|k| k.data_key(session, cookie)),
         });
         self.last_progress = now;
         self.state = State::Receiving;
@@ -856,7 +774,13 @@ impl Receiver {
         if via_tcp {
             return Ok(());
         }
-        // A chunk travels in one UDP datagram, so it is below 64 KiB.
+        // A chunk travels in one UDP datagram, so it is below 64 KiB. Tiny
+        // chunks are taken only a few at a time: the bitmap and the writes
+        // grow as chunks shrink, and no link needs them.
+        if info.chunk_size < MIN_CHUNK_SIZE && info.n_chunks > MAX_TINY_CHUNKS {
+            let why = format!("chunks of {} bytes are below this receiver's {MIN_CHUNK_SIZE}", info.chunk_size);
+            return Err((DropReason::TooLarge, why));
+        }
         if info.n_chunks > self.cfg.max_chunks || info.chunk_size > u32::from(u16::MAX) {
             return Err((DropReason::TooLarge, "file too large for this receiver".into()));
         }
@@ -873,7 +797,8 @@ impl Receiver {
         if via_tcp {
             return Ok(());
         }
-        let datagram = HEADER_LEN + info.chunk_size as usize;
+        let tag = if self.cfg.keys.is_some() { DATA_TAG_LEN } else { 0 };
+        let datagram = HEADER_LEN + info.chunk_size as usize + tag;
         if let Some(max) = self.cfg.max_datagram.filter(|m| datagram > *m) {
             let o = self.cfg.ip_udp_overhead;
             let reason = format!(
@@ -891,13 +816,7 @@ impl Receiver {
     /// driver to verify.
     fn maybe_verify(&mut self) {
         let Some(s) = &self.session else { return };
-        let blocks_checked = s.blocks.as_ref().is_none_or(|b| b.verified >= b.plan.count());
-        if matches!(self.state, State::Receiving)
-            && !s.via_tcp
-            && s.chunks.is_complete()
-            && blocks_checked
-            && s.info.digest.is_some()
-        {
+        if matches!(self.state, State::Receiving) && !s.via_tcp && s.chunks.is_complete() && s.info.digest.is_some() {
             self.state = State::Verifying;
             self.events.push_back(Event::Verify);
         }
@@ -1050,7 +969,6 @@ impl Receiver {
                 received: s.chunks.count(),
                 high: s.position(),
                 prefix: s.reported_prefix(),
-                blocks_held: s.blocks.as_ref().map_or(0, |b| b.expected.len() as u64),
                 base,
                 nbits,
                 bitmap: &self.scratch,
@@ -1079,7 +997,6 @@ impl Receiver {
                 received: s.chunks.count(),
                 high: s.position(),
                 prefix: s.reported_prefix(),
-                blocks_held: s.blocks.as_ref().map_or(0, |b| b.expected.len() as u64),
                 base: 0,
                 nbits: 0,
                 bitmap: &[],
@@ -1120,22 +1037,20 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
-            block_chunks: 0,
             name: "",
             data_ports,
             attrs: None,
         }
     }
 
-    /// Session 7's Hello from a sender with a key, `block_chunks` per block.
-    fn keyed_hello(info: SessionInfo, block_chunks: u32) -> Message<'static> {
+    /// Session 7's Hello from a sender with a key.
+    fn keyed_hello(info: SessionInfo) -> Message<'static> {
         Message::Hello {
             session: 7,
             info,
             source: [0; 16],
             via_tcp: false,
             keyed: true,
-            block_chunks,
             name: "",
             data_ports: DataPorts::NONE,
             attrs: None,
@@ -1219,6 +1134,24 @@ mod tests {
         }
         assert_eq!(rx.drops.get(DropReason::TooLarge), 2);
         assert!(rx.poll_event().is_none());
+    }
+
+    /// A stranger's Hello with 1-byte chunks asked for a bitmap of
+    /// `max_chunks` bits (128 MiB) and a write per byte; tiny chunks are
+    /// taken only for a few of them.
+    #[test]
+    fn tiny_chunks_are_taken_only_a_few_at_a_time() {
+        let now = Instant::now();
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let tiny = |n_chunks: u64| SessionInfo { file_size: n_chunks, chunk_size: 1, n_chunks, digest: None };
+        let mut rx = Receiver::new(ReceiverConfig::default(), now);
+        rx.on_control(now, peer, &hello(tiny(MAX_TINY_CHUNKS + 1)).to_vec());
+        assert_eq!(rx.drops.get(DropReason::TooLarge), 1);
+        let (_, bytes) = rx.poll_transmit(now).expect("an abort tells the sender why");
+        let Ok(Message::Abort { reason, .. }) = Message::parse(&bytes) else { panic!("an Abort") };
+        assert!(reason.contains("chunks of 1 bytes are below"), "{reason}");
+        rx.on_control(now, peer, &hello(tiny(MAX_TINY_CHUNKS)).to_vec());
+        assert_eq!(rx.drops.get(DropReason::TooLarge), 1, "a few tiny chunks are fine");
     }
 
     /// Datagrams above our MTU (2948-byte packets against 1500) still earn
@@ -1325,7 +1258,7 @@ mod tests {
         let mut rx = Receiver::new(cfg, now);
         let peer: SocketAddr = PEER.parse().unwrap();
         let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: Some([1; 32]) };
-        let hello = keyed_hello(info, 0);
+        let hello = keyed_hello(info);
         let cookie = rx.cookie_for(peer.ip(), 7);
         // Unsealed: refused, and told why.
         rx.on_control(now, peer, &hello.encode(cookie));
@@ -1350,74 +1283,60 @@ mod tests {
         assert_eq!(rx.drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
     }
 
+    /// With a key, a data frame counts only once its tag holds: a forged
+    /// chunk (right session, cookie and source, any payload) is dropped on
+    /// arrival, moves no mark, and leaves the chunk's place to the genuine
+    /// frame.
     #[test]
-    fn with_block_hashes_a_bad_block_is_asked_for_again_and_holds_the_prefix() {
+    fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
         use crate::proto::auth::{Direction, Keys};
-        use crate::proto::blocks::block_hash;
         let keys = Keys::derive(&[4; 32]);
         let now = Instant::now();
         let mut rx = Receiver::new(ReceiverConfig { keys: Some(keys.clone()), ..Default::default() }, now);
         let peer: SocketAddr = PEER.parse().unwrap();
-        // 10 chunks of 100 bytes in blocks of 4: blocks 0..4, 4..8, 8..10.
         let file: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         let info = SessionInfo { file_size: 1000, chunk_size: 100, n_chunks: 10, digest: Some([1; 32]) };
         let cookie = rx.cookie_for(peer.ip(), 7);
-        let mut counter = 0;
-        let mut sealed = |m: Message<'_>| {
-            counter += 1;
-            let mut b = m.encode(cookie);
-            keys.seal(Direction::ToReceiver, counter, &mut b);
+        let mut hello = keyed_hello(info).encode(cookie);
+        keys.seal(Direction::ToReceiver, 1, &mut hello);
+        rx.on_control(now, peer, &hello);
+        assert!(rx.info().is_some());
+        let key = keys.data_key(7, cookie);
+        let tagged = |c: u64, payload: &[u8]| {
+            let mut b = Message::Data { session: 7, chunk: c, payload }.encode(cookie);
+            let tag = key.tag(c, &b);
+            b.extend_from_slice(&tag);
             b
         };
-        let hello = keyed_hello(info, 4);
-        rx.on_control(now, peer, &sealed(hello));
-        assert!(rx.info().is_some());
-        let hashes: Vec<u8> = [(0, 0..400), (1, 400..800), (2, 800..1000)]
-            .into_iter()
-            .flat_map(|(b, r)| block_hash(&keys, b, &file[r]))
-            .collect();
-        rx.on_control(now, peer, &sealed(Message::Blocks { session: 7, first: 0, hashes: &hashes }));
+        let genuine = |c: u64| tagged(c, &file[c as usize * 100..(c as usize + 1) * 100]);
+        // The attacker copies session, cookie and source; it cannot tag.
+        let mut forged = Message::Data { session: 7, chunk: 9, payload: &[0xee; 100] }.encode(cookie);
+        let untagged = forged.clone();
+        forged.extend_from_slice(&[0; DATA_TAG_LEN]);
+        let wrong_place = {
+            let mut b = genuine(3);
+            b[crate::wire::message::field::SEQ].copy_from_slice(&9u64.to_be_bytes());
+            b
+        };
+        let mut another_key = Message::Data { session: 7, chunk: 9, payload: &file[900..] }.encode(cookie);
+        let tag = Keys::derive(&[5; 32]).data_key(7, cookie).tag(9, &another_key);
+        another_key.extend_from_slice(&tag);
+        for bad in [&forged, &untagged, &wrong_place, &another_key] {
+            assert_eq!(rx.on_data(now, peer, bad), None);
+        }
+        assert_eq!(rx.drops.get(DropReason::BadSeal), 4);
+        assert_eq!((rx.chunks_received(), rx.bytes), (0, 0), "nothing forged was taken");
         for c in 0..10u64 {
-            let payload = &file[c as usize * 100..(c as usize + 1) * 100];
-            rx.on_data(now, peer, &Message::Data { session: 7, chunk: c, payload }.encode(cookie));
+            let frame = genuine(c);
+            let (offset, payload) = rx.on_data(now, peer, &frame).expect("a genuine chunk is taken");
+            assert_eq!((offset, payload), (c * 100, &file[c as usize * 100..(c as usize + 1) * 100]));
         }
-        let first = rx.block_to_check().expect("block 0 is complete and its hash known");
-        assert_eq!((first.index, first.bytes.clone()), (0, 0..400));
-        assert_eq!(rx.contiguous_bytes(), 0, "nothing is final before its block matched");
-        rx.block_checked(0, true);
-        assert_eq!(rx.contiguous_bytes(), 400);
-        // Block 1 holds a forged chunk: its check fails, its chunks are missing again.
-        rx.block_checked(1, false);
-        assert_eq!((rx.bad_blocks, rx.chunks_received()), (1, 6));
-        assert!(rx.block_to_check().is_none(), "block 1 must be received again first");
-        // The first tick sets the watermark; the second reports below it.
-        for t in [1000, 1010] {
-            while rx.poll_transmit(now).is_some() {}
-            rx.handle_timeout(now + Duration::from_millis(t));
-        }
-        let mut named = Vec::new();
-        while let Some((_, bytes)) = rx.poll_transmit(now) {
-            if let Ok(Message::Nack { nack, .. }) = Message::parse(&bytes) {
-                assert_eq!(nack.prefix, 4, "the prefix stops at the unchecked block");
-                assert_eq!(nack.blocks_held, 3);
-                named.extend(nack.missing());
-            }
-        }
-        assert_eq!(named, vec![4, 5, 6, 7]);
-        for c in 4..8u64 {
-            let payload = &file[c as usize * 100..(c as usize + 1) * 100];
-            rx.on_data(now, peer, &Message::Data { session: 7, chunk: c, payload }.encode(cookie));
-        }
-        assert_eq!(rx.block_to_check().map(|b| b.index), Some(1));
-        rx.block_checked(1, true);
+        assert_eq!(rx.contiguous_bytes(), 1000);
         assert_eq!(
             rx.poll_event(),
             Some(Event::Start { info, peer, source: [0; 16], via_tcp: false, name: None, attrs: None })
         );
-        assert_eq!(rx.poll_event(), None, "every chunk is in, but block 2 is not checked yet");
-        rx.block_checked(2, true);
         assert_eq!(rx.poll_event(), Some(Event::Verify));
-        assert_eq!(rx.blocks_verified, 3);
     }
 
     /// Two lanes (transmit queues): lane 1 runs far ahead of lane 0, which

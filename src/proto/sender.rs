@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::auth::{Counter, Direction, Keys, ReplayGuard};
-use crate::wire::message::{Message, SessionInfo, SourceId, HEADER_LEN, MAX_BLOCK_HASHES};
+use super::auth::{Counter, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
+use crate::wire::message::{Message, SessionInfo, SourceId, HEADER_LEN};
 use crate::wire::{untrusted_text, WireError};
 
 /// How far ahead of the last NACK round it accepted a sender takes a new
@@ -51,9 +51,6 @@ pub struct SenderConfig {
     /// Seal every control message, and require the receiver's to be sealed
     /// (`--key-file`).
     pub keys: Option<Keys>,
-    /// With a key, chunks per hashed block (0: no block hashes); the driver
-    /// hands the hashes over as it reads ([`Sender::add_block_hashes`]).
-    pub block_chunks: u32,
     /// The input file's name (no directory), for a receiver whose output is
     /// a directory.
     pub name: String,
@@ -77,7 +74,6 @@ impl Default for SenderConfig {
             source: [0; 16],
             via_tcp: false,
             keys: None,
-            block_chunks: 0,
             name: String::new(),
             data_ports: crate::wire::message::DataPorts::NONE,
             attrs: None,
@@ -154,10 +150,6 @@ pub struct SendStats {
     pub bad_cookie: u64,
     /// With a key: datagrams whose seal did not verify, or replayed.
     pub bad_seal: u64,
-    /// `Blocks` messages sent, and times the sender went back to what the
-    /// receiver reported holding.
-    pub block_messages: u64,
-    pub block_resends: u64,
 }
 
 #[derive(Debug)]
@@ -236,22 +228,10 @@ pub struct Sender {
     pub rtt: Option<Duration>,
     /// The worst loss reported since the driver last asked, in basis points.
     loss_unread: Option<u16>,
-    blocks: BlockHashes,
     /// The first chunk the receiver's latest report names missing.
     peer_first_missing: Option<u64>,
     /// After the receiver's Done: one last End with the final counts.
     final_end_due: bool,
-}
-
-/// The per-block hashes read so far, and how far they have gone out.
-#[derive(Debug, Default)]
-struct BlockHashes {
-    hashes: Vec<[u8; 32]>,
-    /// Sent (or queued to send) up to here.
-    pushed: u64,
-    /// The receiver reports holding this many.
-    held: u64,
-    last_push: Option<Instant>,
 }
 
 impl Sender {
@@ -290,49 +270,15 @@ impl Sender {
             stats: SendStats::default(),
             rtt: None,
             loss_unread: None,
-            blocks: BlockHashes::default(),
             peer_first_missing: None,
             final_end_due: false,
         }
     }
 
-    /// Chunks per hashed block, as announced in the Hello (0: none).
-    fn block_chunks(&self) -> u32 {
-        if self.cfg.keys.is_some() && !self.cfg.via_tcp {
-            self.cfg.block_chunks
-        } else {
-            0
-        }
-    }
-
-    /// The next blocks' hashes, in order, as the driver reads them.
-    pub fn add_block_hashes(&mut self, hashes: &[[u8; 32]]) {
-        if self.block_chunks() > 0 {
-            self.blocks.hashes.extend_from_slice(hashes);
-        }
-    }
-
-    /// The next `Blocks` message: hashes not yet pushed; or, when the
-    /// receiver's reports lag what was pushed long after the last push (a
-    /// `Blocks` datagram was lost), the same again from what it holds.
-    fn next_blocks(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let b = &mut self.blocks;
-        let resend_after = self.rtt.map_or(Duration::ZERO, |r| r * 2).max(Duration::from_millis(20));
-        if b.held < b.pushed && b.last_push.is_some_and(|t| now >= t + resend_after) {
-            b.pushed = b.held;
-            self.stats.block_resends += 1;
-        }
-        let first = b.pushed as usize;
-        if first >= b.hashes.len() {
-            return None;
-        }
-        let end = (first + MAX_BLOCK_HASHES).min(b.hashes.len());
-        let hashes: Vec<u8> = b.hashes[first..end].concat();
-        b.pushed = end as u64;
-        b.last_push = Some(now);
-        self.stats.block_messages += 1;
-        let msg = Message::Blocks { session: self.session, first: first as u64, hashes: &hashes };
-        Some(self.seal(&msg))
+    /// Bytes of a full data datagram: header, chunk, and with a key its tag.
+    fn datagram_len(&self) -> usize {
+        let tag = if self.cfg.keys.is_some() { DATA_TAG_LEN } else { 0 };
+        HEADER_LEN + self.info.chunk_size as usize + tag
     }
 
     pub fn info(&self) -> &SessionInfo {
@@ -347,11 +293,10 @@ impl Sender {
 
     /// Takes the driver's new plan (smaller chunks) during the handshake;
     /// the next Hello carries it.
-    pub fn reshape(&mut self, info: SessionInfo, block_chunks: u32) {
+    pub fn reshape(&mut self, info: SessionInfo) {
         if matches!(self.state, State::Handshake { acked: false, .. }) {
             self.readable = info.n_chunks;
             self.info = info;
-            self.cfg.block_chunks = block_chunks;
             self.reshape_to = None;
         }
     }
@@ -466,9 +411,8 @@ impl Sender {
                     }
                     Some(t) if now >= t + self.cfg.tail_probe_after && self.next_first_pass > 0 => {
                         self.stalled_since = Some(now);
-                        // The first chunk the receiver misses: its prefix, or
-                        // with block hashes possibly past it (the prefix
-                        // then stops at the first unchecked block).
+                        // The first chunk the receiver misses, as its latest
+                        // report names it, else its prefix.
                         let head = self.peer_first_missing.unwrap_or(self.stats.peer_prefix);
                         let probe = if self.ring_full && head >= self.floor && head < self.next_first_pass {
                             head
@@ -508,24 +452,9 @@ impl Sender {
                 }
                 *last_hello = Some(now);
                 *next_hello = now + self.cfg.hello_interval;
-                let name = self.cfg.name.clone();
-                let hello = Message::Hello {
-                    session: self.session,
-                    info: self.info,
-                    source: self.cfg.source,
-                    via_tcp: self.cfg.via_tcp,
-                    keyed: self.cfg.keys.is_some(),
-                    block_chunks: self.block_chunks(),
-                    name: &name,
-                    data_ports: self.cfg.data_ports,
-                    attrs: self.cfg.attrs,
-                };
-                Some(self.seal(&hello))
+                Some(self.hello())
             }
             State::Transfer => {
-                if let Some(m) = self.next_blocks(now) {
-                    return Some(m);
-                }
                 if !self.pass_done() || !self.repairs.is_empty() || now < self.next_probe {
                     return None;
                 }
@@ -544,6 +473,22 @@ impl Sender {
     }
 
     /// Encodes a control message with the cookie and, with a key, seals it.
+    /// Our Hello, sealed (with the cookie once known).
+    fn hello(&mut self) -> Vec<u8> {
+        let name = self.cfg.name.clone();
+        let hello = Message::Hello {
+            session: self.session,
+            info: self.info,
+            source: self.cfg.source,
+            via_tcp: self.cfg.via_tcp,
+            keyed: self.cfg.keys.is_some(),
+            name: &name,
+            data_ports: self.cfg.data_ports,
+            attrs: self.cfg.attrs,
+        };
+        self.seal(&hello)
+    }
+
     pub fn seal(&mut self, msg: &Message<'_>) -> Vec<u8> {
         let mut d = msg.encode(self.cookie.unwrap_or(0));
         if let Some(k) = &self.cfg.keys {
@@ -603,8 +548,7 @@ impl Sender {
             (None, Message::HelloAck { opened: false, max_datagram, .. }) if cookie != 0 => {
                 let max_datagram = *max_datagram;
                 self.cookie = Some(cookie);
-                let ours = HEADER_LEN as u64 + u64::from(self.info.chunk_size);
-                if !self.cfg.via_tcp && max_datagram > 0 && u64::from(max_datagram) < ours {
+                if !self.cfg.via_tcp && max_datagram > 0 && (max_datagram as usize) < self.datagram_len() {
                     self.reshape_to = Some(max_datagram);
                 }
                 if let State::Handshake { next_hello, .. } = &mut self.state {
@@ -658,7 +602,6 @@ impl Sender {
                     self.last_progress = now;
                 }
                 self.stats.peer_received = self.stats.peer_received.max(nack.received);
-                self.blocks.held = self.blocks.held.max(nack.blocks_held.min(self.blocks.hashes.len() as u64));
                 if nack.prefix > self.stats.peer_prefix {
                     self.stats.peer_prefix = nack.prefix;
                     self.stalled_since = None;
@@ -763,9 +706,7 @@ impl Sender {
                 None => SendError::HandshakeTimeout(t),
             },
             State::Transfer if now >= self.last_heard + t => SendError::Timeout(t),
-            State::Transfer if self.stats.peer_received == 0 => {
-                SendError::NothingArrived(t, self.info.chunk_size as usize + HEADER_LEN + 28)
-            }
+            State::Transfer if self.stats.peer_received == 0 => SendError::NothingArrived(t, self.datagram_len() + 28),
             State::Transfer => SendError::Stalled(t),
             State::Finished => return,
         };

@@ -1,6 +1,6 @@
 //! The xdpblast header and the messages it frames.
 //!
-//! Every datagram, data or control, starts with the same 24-byte header:
+//! Every datagram, data or control, starts with the same 32-byte header:
 //!
 //! ```text
 //!  0      4       5      6        8             16             24             32
@@ -10,8 +10,9 @@
 //! ```
 //!
 //! All integers are big-endian. `seq` is the chunk index for `Data`, the NACK
-//! round for `Nack`, the first block for `Blocks`, and 0 elsewhere. `body len` counts the bytes after the
-//! header; trailing bytes beyond it (Ethernet padding) are ignored.
+//! round for `Nack`, and 0 elsewhere. `body len` counts the bytes after the
+//! header; trailing bytes beyond it (a seal or a data tag, see
+//! [`crate::proto::auth`], or Ethernet padding) are ignored here.
 //!
 //! `cookie` is the receiver's answer to the first Hello, echoed in every later
 //! datagram of the session in both directions (0 before it is known). A
@@ -21,16 +22,19 @@
 use super::WireError;
 
 pub const MAGIC: u32 = 0x5842_4c53; // "XBLS"
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 32;
 /// Length of a [`SessionInfo`] body.
 pub const SESSION_INFO_LEN: usize = 56;
+/// The smallest chunk a receiver takes: tiny chunks would make its bitmap
+/// and its writes grow for no link's sake (the least IPv4 MTU, 576, carries
+/// more).
+pub const MIN_CHUNK_SIZE: u32 = 256;
 /// Fixed part of a NACK body before its bitmap.
-pub const NACK_FIXED_LEN: usize = 48;
-/// Most block hashes one `Blocks` message carries (1,280 bytes of body).
-pub const MAX_BLOCK_HASHES: usize = 40;
+pub const NACK_FIXED_LEN: usize = 40;
 
-mod field {
+/// Where each header field lies.
+pub mod field {
     use std::ops::Range;
     pub const MAGIC: Range<usize> = 0..4;
     pub const VERSION: usize = 4;
@@ -53,7 +57,6 @@ pub enum Kind {
     End = 19,
     Done = 20,
     Abort = 21,
-    Blocks = 22,
 }
 
 impl Kind {
@@ -67,7 +70,6 @@ impl Kind {
             19 => Kind::End,
             20 => Kind::Done,
             21 => Kind::Abort,
-            22 => Kind::Blocks,
             _ => return None,
         })
     }
@@ -169,10 +171,10 @@ pub struct SessionInfo {
 /// write over the very file being sent (same host, same inode).
 pub type SourceId = [u8; 16];
 
-/// Length of a Hello body's fixed part: session info, source id, flags,
-/// block size. The input file's name follows (UTF-8, at most
+/// Length of a Hello body's fixed part: session info, source id, flags.
+/// The input file's name follows (UTF-8, at most
 /// [`MAX_NAME_LEN`] bytes; receivers that ignore it still parse the rest).
-pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4 + 4;
+pub const HELLO_LEN: usize = SESSION_INFO_LEN + 16 + 4;
 /// Longest file name a Hello carries, in bytes (NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
 /// Hello flag: send the file over TCP, not the data path.
@@ -323,12 +325,8 @@ pub struct Nack<'a> {
     /// first pass has got through. The sender keeps a bounded window ahead of it.
     pub high: u64,
     /// Every chunk below this is held (the cumulative ack): a sender may reuse
-    /// the memory of those chunks. With block hashes, only verified blocks
-    /// count.
+    /// the memory of those chunks.
     pub prefix: u64,
-    /// Block hashes the receiver holds, from the first (0 without them):
-    /// the sender sends `Blocks` again from here.
-    pub blocks_held: u64,
     /// First chunk the bitmap describes.
     pub base: u64,
     /// Number of chunks the bitmap describes.
@@ -371,9 +369,8 @@ pub enum Message<'a> {
     /// opens the session. `source` names the sender's input file (see
     /// [`SourceId`]); `via_tcp` asks for the file over TCP instead of the data
     /// path (the sender's fallback); `keyed`: the sender authenticates with a
-    /// pre-shared key (so a receiver without one can say so). `block_chunks`:
-    /// chunks per hashed block (with a key; 0 for none), see `Blocks`.
-    /// `name`: the input file's name without its directory (may be empty),
+    /// pre-shared key and tags its data frames (so a receiver without one
+    /// can say so). `name`: the input file's name without its directory (may be empty),
     /// for a receiver whose `--out` is a directory. `data_ports`: further
     /// source ports the data comes from (one per transmit queue). `attrs`:
     /// the file's mode and mtime, for the receiver's copy.
@@ -383,7 +380,6 @@ pub enum Message<'a> {
         source: SourceId,
         via_tcp: bool,
         keyed: bool,
-        block_chunks: u32,
         name: &'a str,
         data_ports: DataPorts,
         attrs: Option<FileAttrs>,
@@ -420,15 +416,6 @@ pub enum Message<'a> {
     Abort {
         session: u64,
         reason: &'a str,
-    },
-    /// Keyed hashes of consecutive blocks of the file, from block `first`
-    /// (in `seq`): 32 bytes each, at most [`MAX_BLOCK_HASHES`]. Sent sealed,
-    /// so the receiver can check each block as it completes and ask again
-    /// for one that fails.
-    Blocks {
-        session: u64,
-        first: u64,
-        hashes: &'a [u8],
     },
 }
 
@@ -481,7 +468,6 @@ impl<'a> Message<'a> {
                     source,
                     via_tcp: flags & HELLO_VIA_TCP != 0,
                     keyed: flags & HELLO_KEYED != 0,
-                    block_chunks: be_u32(&body[SESSION_INFO_LEN + 20..HELLO_LEN]),
                     name: std::str::from_utf8(name).map_err(|_| WireError::BadBody)?,
                     data_ports,
                     attrs,
@@ -514,7 +500,6 @@ impl<'a> Message<'a> {
                 let base = be_u64(&body[16..24]);
                 let high = be_u64(&body[24..32]);
                 let prefix = be_u64(&body[32..40]);
-                let blocks_held = be_u64(&body[40..48]);
                 let bitmap = &body[NACK_FIXED_LEN..];
                 // The bitmap's length must match, and its chunk indexes fit a u64.
                 if (nbits as usize).div_ceil(8) != bitmap.len() || base.checked_add(u64::from(nbits)).is_none() {
@@ -522,18 +507,7 @@ impl<'a> Message<'a> {
                 }
                 Message::Nack {
                     session,
-                    nack: Nack {
-                        round: h.seq(),
-                        part,
-                        received,
-                        high,
-                        prefix,
-                        blocks_held,
-                        base,
-                        nbits,
-                        bitmap,
-                        loss_bp,
-                    },
+                    nack: Nack { round: h.seq(), part, received, high, prefix, base, nbits, bitmap, loss_bp },
                 }
             }
             Kind::Done => {
@@ -547,13 +521,6 @@ impl<'a> Message<'a> {
             Kind::Abort => {
                 let reason = std::str::from_utf8(body).map_err(|_| WireError::BadBody)?;
                 Message::Abort { session, reason }
-            }
-            Kind::Blocks => {
-                let n = body.len() / 32;
-                if body.len() % 32 != 0 || n == 0 || n > MAX_BLOCK_HASHES || h.seq().checked_add(n as u64).is_none() {
-                    return Err(WireError::BadBody);
-                }
-                Message::Blocks { session, first: h.seq(), hashes: body }
             }
         };
         Ok((msg, h.cookie()))
@@ -583,7 +550,7 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed, block_chunks, name, data_ports, attrs } => {
+            Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
@@ -592,7 +559,6 @@ impl<'a> Message<'a> {
                     | (u32::from(!data_ports.is_empty()) * HELLO_DATA_PORTS)
                     | (u32::from(attrs.is_some()) * HELLO_ATTRS);
                 out.extend_from_slice(&flags.to_be_bytes());
-                out.extend_from_slice(&block_chunks.to_be_bytes());
                 if !data_ports.is_empty() {
                     out.push(data_ports.len);
                     for p in data_ports.as_slice() {
@@ -626,7 +592,6 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&nack.base.to_be_bytes());
                 out.extend_from_slice(&nack.high.to_be_bytes());
                 out.extend_from_slice(&nack.prefix.to_be_bytes());
-                out.extend_from_slice(&nack.blocks_held.to_be_bytes());
                 out.extend_from_slice(nack.bitmap);
                 (Kind::Nack, *session, nack.round)
             }
@@ -644,10 +609,6 @@ impl<'a> Message<'a> {
                 }
                 out.extend_from_slice(&reason.as_bytes()[..end]);
                 (Kind::Abort, *session, 0)
-            }
-            Message::Blocks { session, first, hashes } => {
-                out.extend_from_slice(hashes);
-                (Kind::Blocks, *session, *first)
             }
         };
         let body_len = (out.len() - HEADER_LEN) as u16;
@@ -668,7 +629,6 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
-            block_chunks: 0,
             name,
             data_ports: DataPorts::NONE,
             attrs: None,
@@ -677,18 +637,6 @@ mod tests {
 
     fn info() -> SessionInfo {
         SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([7; 32]) }
-    }
-
-    #[test]
-    fn blocks_hold_whole_hashes_within_bounds() {
-        let ok = Message::Blocks { session: 1, first: 0, hashes: &[1; 32 * MAX_BLOCK_HASHES] }.to_vec();
-        assert!(Message::parse(&ok).is_ok());
-        for bad in [&[1u8; 31][..], &[], &[1; 32 * (MAX_BLOCK_HASHES + 1)], &[1; 33]] {
-            let bytes = Message::Blocks { session: 1, first: 0, hashes: bad }.to_vec();
-            assert_eq!(Message::parse(&bytes), Err(WireError::BadBody), "{} bytes of hashes", bad.len());
-        }
-        let wraps = Message::Blocks { session: 1, first: u64::MAX, hashes: &[1; 32] }.to_vec();
-        assert_eq!(Message::parse(&wraps), Err(WireError::BadBody));
     }
 
     #[test]
@@ -704,7 +652,6 @@ mod tests {
                 source: [5; 16],
                 via_tcp: false,
                 keyed: false,
-                block_chunks: 0,
                 name: "",
                 data_ports: DataPorts::NONE,
                 attrs: None,
@@ -715,7 +662,6 @@ mod tests {
                 source: [0; 16],
                 via_tcp: true,
                 keyed: true,
-                block_chunks: 728,
                 name: "big.iso",
                 data_ports: DataPorts::NONE,
                 attrs: None,
@@ -726,12 +672,10 @@ mod tests {
                 source: [1; 16],
                 via_tcp: false,
                 keyed: false,
-                block_chunks: 0,
                 name: "two-queues.bin",
                 data_ports: DataPorts::new(&[40000, 40001, 9]).unwrap(),
                 attrs: None,
             },
-            Message::Blocks { session: 9, first: 3, hashes: &[0xab; 64] },
             Message::HelloAck { session: 9, delay_us: 1234, opened: false, max_datagram: 0 },
             Message::HelloAck { session: 9, delay_us: 0, opened: true, max_datagram: 0 },
             Message::Nack {
@@ -742,7 +686,6 @@ mod tests {
                     received: 77,
                     high: 120,
                     prefix: 90,
-                    blocks_held: 0,
                     base: 100,
                     nbits: 9,
                     bitmap: &bitmap,
@@ -767,7 +710,6 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
-            block_chunks: 0,
             name: "secret.key",
             data_ports: DataPorts::new(&[7000, 7001]).unwrap(),
             attrs,
@@ -800,7 +742,6 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
-            block_chunks: 0,
             name: &name,
             data_ports: ports,
             attrs: None,
@@ -854,7 +795,6 @@ mod tests {
             received: 0,
             high: 0,
             prefix: 0,
-            blocks_held: 0,
             base: 100,
             nbits: 9,
             bitmap: &bitmap,
@@ -874,7 +814,6 @@ mod tests {
             received: 0,
             high: 0,
             prefix: 0,
-            blocks_held: 0,
             base: u64::MAX - 3,
             nbits: 8,
             bitmap: &bitmap,

@@ -33,7 +33,6 @@ fn main() {
         source: [7; 16],
         via_tcp: false,
         keyed: false,
-        block_chunks: 0,
         name: "seed.bin",
         data_ports: xdpblast::wire::message::DataPorts::NONE,
         attrs: None,
@@ -47,12 +46,11 @@ fn main() {
     let bitmap = [0b0000_0010u8];
     let nack = Message::Nack {
         session: SESSION,
-        nack: Nack { round: 1, part: 0, received: 2, high: 3, prefix: 1, blocks_held: 0, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
+        nack: Nack { round: 1, part: 0, received: 2, high: 3, prefix: 1, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
     }
     .encode(k);
     let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);
     let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
-    let blocks = Message::Blocks { session: SESSION, first: 0, hashes: &[0x5a; 64] }.encode(k);
     let ack = Message::HelloAck { session: SESSION, delay_us: 120, opened: true, max_datagram: 0 }.encode(k);
     let stream = StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16], index: 0, count: 1 }.emit();
 
@@ -63,7 +61,6 @@ fn main() {
         ("data_short_last", data(2)),
         ("hello", hello.clone()),
         ("hello_ack", ack),
-        ("blocks", blocks),
         ("meta", meta_last.clone()),
         ("nack", nack),
         ("end", end.clone()),

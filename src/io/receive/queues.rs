@@ -170,11 +170,10 @@ fn main_loop(
             lp.rx.abort("receiver interrupted");
         }
         let got = lp.poll_control(ctrl, now);
-        if lp.rx.has_event() || lp.rx.block_to_check().is_some() {
-            // Verify and block checks read the file back.
+        if lp.rx.has_event() {
+            // Verifying reads the file back.
             shared.written_up_to_now();
             lp.handle_events(opts);
-            lp.check_block();
         }
         lp.timers_and_replies(ctrl, now, idle);
         if lp.rx.is_finished() {
