@@ -21,6 +21,10 @@ use crate::wire::{untrusted_text, WireError};
 /// real one look stale for ever.
 pub const MAX_ROUND_JUMP: u64 = 1 << 16;
 
+/// Mid-transfer silence from the receiver (which reports every 5 ms) after
+/// which the sender says Hello, to learn whether it is still there.
+pub const SILENCE_PROBE_AFTER: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
     /// Hello is repeated this often until acknowledged.
@@ -150,6 +154,9 @@ pub struct SendStats {
     pub bad_cookie: u64,
     /// With a key: datagrams whose seal did not verify, or replayed.
     pub bad_seal: u64,
+    /// Hellos sent mid-transfer to a receiver silent for
+    /// [`SILENCE_PROBE_AFTER`].
+    pub silence_probes: u64,
 }
 
 #[derive(Debug)]
@@ -222,6 +229,8 @@ pub struct Sender {
     last_progress: Instant,
     /// When the receiver last said anything at all (for the error's words).
     last_heard: Instant,
+    /// Mid-transfer, no Hello goes out to a silent receiver before this.
+    next_silence_probe: Instant,
     next_probe: Instant,
     outcome: Option<Result<(), SendError>>,
     pub stats: SendStats,
@@ -265,6 +274,7 @@ impl Sender {
             latest_round: 0,
             last_progress: now,
             last_heard: now,
+            next_silence_probe: now,
             next_probe: now,
             outcome: None,
             stats: SendStats::default(),
@@ -371,7 +381,7 @@ impl Sender {
 
     /// Fills `out` with the next frames to post; returns how many.
     pub fn next_frames(&mut self, now: Instant, out: &mut [FrameId]) -> usize {
-        if !matches!(self.state, State::Transfer) {
+        if !matches!(self.state, State::Transfer) || self.receiver_silent(now) {
             return 0;
         }
         let mut n = 0;
@@ -455,6 +465,16 @@ impl Sender {
                 Some(self.hello())
             }
             State::Transfer => {
+                // The receiver reports every few milliseconds: silence this
+                // long means it is busy, or gone. A Hello changes nothing in
+                // an open session (it earns a HelloAck), but from a host
+                // whose receiver exited it draws an ICMP "port unreachable",
+                // and the driver fails at once instead of at the timeout.
+                if now >= self.last_heard + SILENCE_PROBE_AFTER && now >= self.next_silence_probe {
+                    self.next_silence_probe = now + SILENCE_PROBE_AFTER;
+                    self.stats.silence_probes += 1;
+                    return Some(self.hello());
+                }
                 if !self.pass_done() || !self.repairs.is_empty() || now < self.next_probe {
                     return None;
                 }
@@ -684,12 +704,25 @@ impl Sender {
         Ok(())
     }
 
+    /// Whether the receiver has said nothing for [`SILENCE_PROBE_AFTER`]
+    /// mid-transfer. Data waits then, while Hellos ask whether it is still
+    /// there: frames to a receiver that exited would each draw an ICMP
+    /// error from its host, and the host's rate limit (about one a second)
+    /// would then spend itself on them instead of on the Hello's, which is
+    /// the one our control socket hears.
+    fn receiver_silent(&self, now: Instant) -> bool {
+        now >= self.last_heard + SILENCE_PROBE_AFTER
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         let deadline = self.last_progress + self.cfg.timeout;
         match &self.state {
             State::Handshake { next_hello, .. } => Some((*next_hello).min(deadline)),
-            State::Transfer if self.pass_done() && self.repairs.is_empty() => Some(self.next_probe.min(deadline)),
-            State::Transfer => Some(deadline),
+            State::Transfer => {
+                let silence_probe = (self.last_heard + SILENCE_PROBE_AFTER).max(self.next_silence_probe);
+                let end_probe = if self.pass_done() && self.repairs.is_empty() { self.next_probe } else { deadline };
+                Some(deadline.min(silence_probe).min(end_probe))
+            }
             State::Finished => None,
         }
     }

@@ -679,6 +679,44 @@ fn sender_handshake_timeout_fails_with_clear_error() {
     assert_eq!(tx.outcome(), Some(&Err(SendError::HandshakeTimeout(Duration::from_secs(3)))));
 }
 
+/// Trust round 2, row 8: a receiver silent for 250 ms mid-transfer gets a
+/// Hello every 250 ms (its host's "port unreachable" then tells the driver
+/// it exited), and no data until it speaks again.
+#[test]
+fn a_silent_receiver_gets_hellos_and_no_data_until_it_speaks() {
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 10_000, chunk_size: 1000, n_chunks: 10, digest: Some([0; 32]) };
+    let mut tx = Sender::new(SenderConfig::default(), 1, info, now);
+    tx.poll_control(now);
+    acknowledge(&mut tx, now, K);
+    let mut ids = [FrameId::Meta { last: false }; 3];
+    assert_eq!(tx.next_frames(now, &mut ids), 3);
+    assert!(tx.poll_control(now).is_none(), "nothing to say while the receiver reports");
+    let quiet = now + sender::SILENCE_PROBE_AFTER;
+    assert_eq!(tx.poll_timeout(), Some(quiet), "the driver wakes for the probe");
+    assert_eq!(tx.next_frames(quiet, &mut ids), 0, "data waits");
+    let probe = tx.poll_control(quiet).expect("a Hello asks");
+    assert!(matches!(Message::parse(&probe), Ok(Message::Hello { session: 1, .. })));
+    assert!(tx.poll_control(quiet).is_none(), "one Hello per 250 ms");
+    assert!(tx.poll_control(quiet + sender::SILENCE_PROBE_AFTER).is_some());
+    assert_eq!(tx.stats.silence_probes, 2);
+    // It answers (a heartbeat): data flows again.
+    let later = quiet + sender::SILENCE_PROBE_AFTER;
+    let nack = crate::wire::message::Nack {
+        round: 1,
+        part: 0,
+        received: 2,
+        high: 2,
+        prefix: 2,
+        base: 0,
+        nbits: 0,
+        bitmap: &[],
+        loss_bp: None,
+    };
+    tx.on_control(later, &Message::Nack { session: 1, nack }.encode(K)).unwrap();
+    assert!(tx.next_frames(later, &mut ids) > 0);
+}
+
 #[test]
 fn nack_for_unsent_chunks_is_ignored() {
     let now = Instant::now();
