@@ -1146,8 +1146,11 @@ impl Transmit {
         }
         let mut wait =
             sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-        if let Some(p) = self.engines[0].pacer().filter(|_| sender.backlog() > 0) {
-            wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(Instant::now()));
+        // A pacer's slot matters only when data may go out: not while a
+        // silent receiver is asked whether it is there.
+        let now = Instant::now();
+        if let Some(p) = self.engines[0].pacer().filter(|_| sender.backlog() > 0 && !sender.receiver_silent(now)) {
+            wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(now));
         }
         super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
         true

@@ -710,7 +710,7 @@ impl Sender {
     /// error from its host, and the host's rate limit (about one a second)
     /// would then spend itself on them instead of on the Hello's, which is
     /// the one our control socket hears.
-    fn receiver_silent(&self, now: Instant) -> bool {
+    pub fn receiver_silent(&self, now: Instant) -> bool {
         now >= self.last_heard + SILENCE_PROBE_AFTER
     }
 
