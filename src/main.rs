@@ -569,6 +569,19 @@ fn check_input(path: &std::path::Path) -> anyhow::Result<()> {
     bail!("cannot send {}: it is {kind}; xdpblast sends regular files", path.display())
 }
 
+/// Says before the handshake when the input's name is one a receiver
+/// will not create in a directory (`recv --out DIR`), and which rule it
+/// breaks; a receiver given a file path takes it all the same.
+fn warn_of_unusable_name(path: &std::path::Path) {
+    let name = xdpblast::io::file_name(path);
+    if let Some(problem) = xdpblast::wire::file_name_problem(&name) {
+        tracing::warn!(
+            "the file name \"{}\" {problem}: a receiver whose --out is a directory will refuse it; give that receiver --out DIR/NAME, or rename the file",
+            xdpblast::wire::untrusted_text(&name)
+        );
+    }
+}
+
 /// Options only AF_XDP can honour that were given, by name.
 fn afxdp_only_options(a: &SendArgs) -> Vec<&'static str> {
     let given = [
@@ -603,6 +616,7 @@ fn them(options: &[&str]) -> &'static str {
 /// `human`: print the mode line, interval lines and summary.
 fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
     check_input(&a.file)?;
+    warn_of_unusable_name(&a.file);
     let timeout = seconds(a.timeout, "--timeout")?;
     let (tcp_mode, why_not_afxdp) = match a.mode().tcp() {
         Some(m) => (Some(m), None),

@@ -127,7 +127,7 @@ pub fn output_path(out: &Path, name: Option<&str>) -> io::Result<PathBuf> {
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "--out {} is a directory and the sender gave no usable file name; name the file, e.g. {}/FILE",
+                "--out {} is a directory and the sender's file name cannot be created in it (empty, a path, a leading '-', or control characters: the sender's warning names which); name the file, e.g. {}/FILE",
                 out.display(),
                 out.display()
             ),

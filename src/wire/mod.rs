@@ -33,20 +33,34 @@ pub fn untrusted_text(s: &str) -> String {
     out
 }
 
-/// A file name from the network, if it is safe to join to a directory: one
-/// path component (no `/`), not `.` or `..`, and nothing that would fool a
-/// terminal or a shell later (control or bidirectional format characters,
-/// a backslash, a leading `-`).
+/// A file name from the network, if it is safe to join to a directory
+/// ([`file_name_problem`] finds nothing wrong with it).
 pub fn safe_file_name(name: &str) -> Option<&str> {
+    file_name_problem(name).is_none().then_some(name)
+}
+
+/// What keeps `name` from being joined to a directory, in words, if
+/// anything: it must be one path component (no `/`), not `.` or `..`, and
+/// hold nothing that would fool a terminal or a shell later (control or
+/// bidirectional format characters, a backslash, a leading `-`).
+pub fn file_name_problem(name: &str) -> Option<&'static str> {
     let format_char =
         |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    let ok = !name.is_empty()
-        && name.len() <= message::MAX_NAME_LEN
-        && name != "."
-        && name != ".."
-        && !name.starts_with('-')
-        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control() || format_char(c));
-    ok.then_some(name)
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > message::MAX_NAME_LEN {
+        Some("is longer than 255 bytes")
+    } else if name == "." || name == ".." {
+        Some("names a directory")
+    } else if name.starts_with('-') {
+        Some("starts with '-', which a shell command would take for an option")
+    } else if name.chars().any(|c| c == '/' || c == '\\') {
+        Some("holds a '/' or '\\'")
+    } else if name.chars().any(|c| c.is_control() || format_char(c)) {
+        Some("holds a control or text-direction character, which could fool a terminal")
+    } else {
+        None
+    }
 }
 
 /// Most characters of network text kept by [`untrusted_text`].
@@ -108,6 +122,16 @@ mod tests {
             assert_eq!(safe_file_name(bad), None, "{bad:?}");
         }
         assert_eq!(safe_file_name(&"a".repeat(256)), None);
+    }
+
+    #[test]
+    fn a_refused_name_is_told_the_rule_it_breaks() {
+        use super::file_name_problem;
+        assert_eq!(file_name_problem("big.iso"), None);
+        assert!(file_name_problem("-dash.bin").is_some_and(|p| p.contains("starts with '-'")));
+        assert!(file_name_problem("a\u{1b}[31mb").is_some_and(|p| p.contains("control")));
+        assert!(file_name_problem("a/b").is_some_and(|p| p.contains('/')));
+        assert!(file_name_problem("..").is_some_and(|p| p.contains("directory")));
     }
 
     #[test]
