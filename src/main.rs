@@ -869,7 +869,10 @@ fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     }
     if let Some(e) = &report.error {
         match &report.path {
-            Some(p) => eprintln!("xdpblast: error: {e}; what arrived is kept at {p}"),
+            Some(p) => eprintln!(
+                "xdpblast: error: {e}; the {} that arrived are at {p}, but xdpblast does not resume yet: the next transfer to this path starts over and replaces it",
+                xdpblast::report::human_bytes(report.summary.bytes)
+            ),
             None => eprintln!("xdpblast: error: {e}; nothing was written"),
         }
     }

@@ -69,6 +69,17 @@ fn sender_killed_mid_transfer_receiver_times_out_and_keeps_partial() {
     assert!(!out.exists(), "PATH must not exist after a failed transfer");
     assert!(partial.exists(), "the data received must stay at PATH.partial");
     assert_eq!(report["path"].as_str(), partial.to_str());
+    // Row 10: it says the partial will not be resumed, and the next transfer
+    // to the path says it replaces it (before: "what arrived is kept", and
+    // the next run deleted it silently).
+    assert!(log.contains("does not resume yet"), "{log}");
+    wait_detached(&veth);
+    let rx = veth.start_receiver(&out, &[]);
+    let sent = veth.send(&file, &[]);
+    let (ok, _, log) = rx.finish();
+    assert!(ok && sent.status.success(), "{log}");
+    assert!(log.contains("replaced a partial file left by an earlier transfer"), "{log}");
+    assert!(same_file(&file, &out));
     wait_detached(&veth);
 }
 

@@ -274,7 +274,10 @@ impl Output {
         refuse_own_input(&partial, source)?;
         check_target(path, policy)?;
         match std::fs::remove_file(&partial) {
-            Ok(()) => info!(path = %partial.display(), "removed a partial file left by an earlier run"),
+            Ok(()) => warn!(
+                path = %partial.display(),
+                "replaced a partial file left by an earlier transfer (xdpblast does not resume yet)"
+            ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io::Error::new(e.kind(), format!("removing the old {}: {e}", partial.display()))),
         }
