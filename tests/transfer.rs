@@ -175,6 +175,37 @@ fn with_a_key_every_chunk_is_tagged_through_a_small_ring_with_loss() {
     assert_eq!(recv["dropped"]["bad_seal"].as_u64().unwrap_or(0), 0, "loss is not forgery: {recv}");
 }
 
+/// Trust round 2, row 6. Before: a receiver that refused a sender (a key on
+/// one end only, --max-size) printed nothing, even with -v, and ended with
+/// "no sender opened a session ... is the sender running?". Now it says who
+/// it refused and why, once per address, and its error names the last one.
+#[test]
+fn a_refused_sender_is_named_on_the_receiver_with_the_reason() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("psk");
+    let kg = std::process::Command::new(BIN).args(["keygen", key.to_str().expect("utf-8")]).output().expect("keygen");
+    assert!(kg.status.success(), "{}", String::from_utf8_lossy(&kg.stderr));
+    let file = random_file(dir.path(), "in.bin", MIB, 61);
+    let out = dir.path().join("out.bin");
+    let cases: [(&[&str], &[&str], &str); 2] = [
+        (&["--timeout", "3"], &["--key-file", key.to_str().expect("utf-8")], "the sender uses a key"),
+        (&["--timeout", "3", "--max-size", "1K"], &[], "above this receiver's --max-size"),
+    ];
+    for (rx_args, tx_args, why) in cases {
+        let rx = veth.start_receiver(&out, rx_args);
+        let sent = veth.send(&file, &[tx_args, &["--timeout", "3"]].concat());
+        assert!(!sent.status.success());
+        let (ok, report, log) = rx.finish();
+        assert!(!ok);
+        let line = format!("refused {TX_IP}:");
+        assert_eq!(log.matches(&line).count(), 1, "once per address, with the reason: {log}");
+        assert!(log.lines().any(|l| l.contains(&line) && l.contains(why)), "{why}: {log}");
+        let error = report["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&format!("the last sender refused was {TX_IP}")) && error.contains(why), "{error}");
+    }
+}
+
 #[test]
 fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     let veth = Veth::new();

@@ -156,6 +156,8 @@ struct ReceiveLoop {
     rusage_at_start: Option<super::Rusage>,
     /// Addresses whose refused Hello was logged.
     refusals_logged: std::collections::HashSet<IpAddr>,
+    /// The last sender refused, and why.
+    last_refusal: Option<String>,
 }
 
 impl ReceiveLoop {
@@ -188,6 +190,7 @@ impl ReceiveLoop {
             intervals: Intervals::new(opts.intervals, start, 0),
             rusage_at_start: None,
             refusals_logged: std::collections::HashSet::new(),
+            last_refusal: None,
         }
     }
 
@@ -222,6 +225,9 @@ impl ReceiveLoop {
                     let before = (self.rx.drops.get(DropReason::Refused), self.rx.drops.get(DropReason::Busy));
                     self.rx.on_control(now, from, bytes);
                     self.log_refusal(from, before);
+                    while let Some((to, why)) = self.rx.take_refusal() {
+                        self.log_refused_sender(to, &why);
+                    }
                 }
                 Ok(None) => break,
                 // ICMP errors from an earlier reply (the sender went away).
@@ -248,6 +254,16 @@ impl ReceiveLoop {
         if self.refusals_logged.len() < 64 && self.refusals_logged.insert(from.ip()) {
             warn!("refused a Hello from {from}: {why}");
         }
+    }
+
+    /// Says once per address (for the first 64) why a sender was refused,
+    /// in the words it was told; the last one also goes into the error of a
+    /// receiver that no sender reached.
+    fn log_refused_sender(&mut self, to: std::net::SocketAddr, why: &str) {
+        if self.refusals_logged.len() < 64 && self.refusals_logged.insert(to.ip()) {
+            warn!("refused {to}: {why}");
+        }
+        self.last_refusal = Some(format!("{}: {why}", to.ip()));
     }
 
     /// Acts on what the protocol asks: prepare the output, verify it.
@@ -355,7 +371,13 @@ impl ReceiveLoop {
         let elapsed = end.saturating_duration_since(first).as_secs_f64();
         let (verified, digest, error) = match rx.outcome() {
             Some(Ok(s)) => (true, hex(&s.digest), None),
-            Some(Err(e)) => (false, String::new(), Some(self.fatal.clone().unwrap_or_else(|| e.to_string()))),
+            Some(Err(e)) => {
+                let mut why = self.fatal.clone().unwrap_or_else(|| e.to_string());
+                if let (crate::proto::receiver::RecvError::NoSender(_), Some(r)) = (e, &self.last_refusal) {
+                    why = format!("{why} (the last sender refused was {r})");
+                }
+                (false, String::new(), Some(why))
+            }
             None => (false, String::new(), Some(self.fatal.clone().unwrap_or_else(|| "receiver stopped".into()))),
         };
         let bytes = rx.info().map_or(0, |i| i.file_size);

@@ -403,7 +403,13 @@ pub struct Receiver {
     counter: Counter,
     replay: ReplayGuard,
     scratch: Vec<u8>,
+    /// Refused Hellos not yet taken by the driver.
+    refusals: VecDeque<(SocketAddr, String)>,
 }
+
+/// Refusals kept for the driver between two calls (a sender repeats its
+/// Hello; the driver logs each address once).
+const MAX_QUEUED_REFUSALS: usize = 16;
 
 impl Receiver {
     pub fn new(cfg: ReceiverConfig, now: Instant) -> Receiver {
@@ -426,6 +432,7 @@ impl Receiver {
             counter: Counter::default(),
             replay: ReplayGuard::default(),
             scratch: Vec::new(),
+            refusals: VecDeque::new(),
         }
     }
 
@@ -614,7 +621,7 @@ impl Receiver {
         if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
-                    self.transmit.push_back((from, Message::Abort { session, reason: why }.to_vec()));
+                    self.refuse(from, session, why);
                 }
                 return Err(DropReason::BadSeal);
             }
@@ -667,6 +674,21 @@ impl Receiver {
         Ok(())
     }
 
+    /// Refuses a sender's Hello, telling it why; the driver learns it too
+    /// ([`Receiver::take_refusal`]), for its operator.
+    fn refuse(&mut self, to: SocketAddr, session: u64, reason: &str) {
+        self.transmit.push_back((to, Message::Abort { session, reason }.to_vec()));
+        if self.refusals.len() < MAX_QUEUED_REFUSALS {
+            self.refusals.push_back((to, reason.to_string()));
+        }
+    }
+
+    /// A Hello refused since the last call, and the reason its sender was
+    /// given.
+    pub fn take_refusal(&mut self) -> Option<(SocketAddr, String)> {
+        self.refusals.pop_front()
+    }
+
     /// Whether a Hello's sender and we agree on using a key, and its seal
     /// holds (no replay check: a Hello before the session has no counter to
     /// compare with, and only a sealed echo of the cookie opens anything).
@@ -710,7 +732,7 @@ impl Receiver {
             return Err(DropReason::Refused);
         }
         if let Err((drop, reason)) = self.admissible(&info, via_tcp) {
-            self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
+            self.refuse(from, session, &reason);
             return Err(drop);
         }
         // Datagrams above our MTU still earn the cookie: the answer names our
@@ -725,7 +747,7 @@ impl Receiver {
             return if cookie == 0 { Ok(()) } else { Err(DropReason::BadCookie) };
         }
         if let Err(reason) = self.fits_datagram(&info, via_tcp) {
-            self.transmit.push_back((from, Message::Abort { session, reason: &reason }.to_vec()));
+            self.refuse(from, session, &reason);
             return Err(DropReason::TooLarge);
         }
         self.session = Some(Session {
