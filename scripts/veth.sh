@@ -119,6 +119,9 @@ case "$cmd" in
     echo "TX_NS=$TX_NS RX_NS=$RX_NS TX_IF=$TX_IF RX_IF=$RX_IF TX_IP=$TX_IP RX_IP=$RX_IP TX_IP6=$TX_IP6 RX_IP6=$RX_IP6 X_NS=$X_NS X_IF=$X_IF X_IP=$X_IP"
     ;;
   *)
-    sed -n '2,31p' "$0" >&2; exit 2
+    # The header comment, without its '#' marks.
+    [ -n "$cmd" ] && echo "veth.sh: unknown command '$cmd'" >&2
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
     ;;
 esac

@@ -66,7 +66,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct KeygenArgs {
-    /// Where to write the key; an existing file is never overwritten.
+    /// Where to write the key; an existing file is never overwritten. `-`
+    /// prints it on stdout instead.
     path: PathBuf,
 }
 
@@ -283,7 +284,7 @@ struct SendArgs {
     /// Seconds to transmit in raw mode.
     #[arg(long, value_name = "SECS", requires = "raw")]
     duration: Option<f64>,
-    /// Transmit queues 0..N, each with an AF_XDP socket on one shared UMEM
+    /// Transmit queues 0 to N-1, each with an AF_XDP socket on one shared UMEM
     /// and a thread that drives it (AF_XDP); auto: one per TX queue the
     /// interface uses, at most the CPUs less one and 16 (see README).
     #[arg(long, value_name = "N|auto", default_value = "1")]
@@ -378,7 +379,7 @@ struct RecvArgs {
     /// Force AF_XDP copy or zero-copy instead of letting the kernel choose.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_bind: XskBind,
-    /// Receive queues 0..N to bind, one AF_XDP socket and one thread each
+    /// Receive queues 0 to N-1 to bind, one AF_XDP socket and one thread each
     /// (AF_XDP); auto: every queue the interface receives on.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     queues: QueueCount,
@@ -470,13 +471,22 @@ fn cmd_keygen(path: &std::path::Path, quiet: bool) -> anyhow::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     let key: [u8; 32] = xdpblast::io::random_bytes();
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    if path == std::path::Path::new("-") {
+        println!("{hex}");
+        return Ok(true);
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("creating {} (an existing file is never overwritten)", path.display()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                anyhow::anyhow!("{} exists; an existing key file is never overwritten", path.display())
+            }
+            _ => anyhow::anyhow!("creating {}: {e}", path.display()),
+        })?;
     f.write_all(format!("{hex}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     if quiet {
         return Ok(true);

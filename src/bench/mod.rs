@@ -192,7 +192,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        u => bail!("unknown size unit {u:?} in {s:?} (use K, M, G)"),
+        u => bail!("unknown size unit {u:?} in {s:?} (use K, M, G or T)"),
     };
     Ok((n * mult as f64) as u64)
 }

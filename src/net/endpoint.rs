@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 pub enum EndpointError {
     #[error("{given:?} is missing :PORT (for example {example})")]
     MissingPort { given: String, example: String },
+    #[error("{given:?} is missing the address before :PORT (for example {example})")]
+    MissingAddress { given: String, example: String },
     #[error("{given:?}: {port:?} is not a port number (1 to 65535)")]
     BadPort { given: String, port: String },
     #[error("cannot resolve {host:?}: {why}")]
@@ -26,9 +28,27 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, EndpointError> {
         return Ok(a);
     }
     let missing = |example: String| EndpointError::MissingPort { given: s.to_string(), example };
-    // A bare address, IPv6 included ("fd00::2" has colons but no port).
+    // A bare port: the address is what is missing.
+    if s.parse::<u16>().is_ok() {
+        return Err(missing(format!("IP:{s}, such as 10.0.0.2:{s}")));
+    }
+    if let Some(port) = s.strip_prefix(':').filter(|p| p.parse::<u16>().is_ok()) {
+        return Err(EndpointError::MissingAddress { given: s.to_string(), example: format!("10.0.0.2:{port}") });
+    }
+    // A bare address, IPv6 included ("fd00::2" has colons but no port). An
+    // IPv6 address whose last group reads as a port was likely meant as one.
     if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return Err(missing(SocketAddr::new(ip, 9000).to_string()));
+        let split = s.rsplit_once(':').filter(|(head, tail)| {
+            ip.is_ipv6()
+                && !s.starts_with('[')
+                && tail.len() >= 2
+                && tail.parse::<u16>().is_ok()
+                && head.parse::<IpAddr>().is_ok()
+        });
+        return Err(missing(match split {
+            Some((head, tail)) => format!("[{head}]:{tail}"),
+            None => SocketAddr::new(ip, 9000).to_string(),
+        }));
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         if s.is_empty() || s.contains(['[', ']', '/', ' ']) {
@@ -66,6 +86,8 @@ mod tests {
             ("fd00::2", "[fd00::2]:9000"),
             ("[fd00::2]", "[fd00::2]:9000"),
             ("localhost", "localhost:9000"),
+            ("9000", "IP:9000, such as 10.0.0.2:9000"),
+            ("fd00:77::2:9000", "[fd00:77::2]:9000"),
         ] {
             let e = parse_endpoint(given).unwrap_err();
             assert_eq!(e, EndpointError::MissingPort { given: given.into(), example: example.into() }, "{given}");
@@ -80,6 +102,8 @@ mod tests {
         assert!(matches!(parse_endpoint("host:http"), Err(EndpointError::BadPort { .. })));
         assert!(matches!(parse_endpoint("fd00::2::9000x"), Err(EndpointError::Malformed { .. })));
         assert!(matches!(parse_endpoint(""), Err(EndpointError::Malformed { .. })));
+        let e = parse_endpoint(":9000").unwrap_err();
+        assert!(e.to_string().contains("missing the address") && e.to_string().contains("10.0.0.2:9000"), "{e}");
     }
 
     #[test]
