@@ -169,6 +169,10 @@ fn sigint_to_bench_leaves_no_namespace() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
     assert!(!status.success(), "an interrupted bench must not report success: {stderr}");
+    // Trust round 2, row 16: it says so, and exits 130 as for every command
+    // (before: "afxdp, run 1: the sender did not finish within 300s").
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted") && !stderr.contains("did not finish"), "{stderr}");
     let left = netns();
     assert!(!left.contains(&ns), "bench left its namespaces behind: {left}");
 }

@@ -291,9 +291,13 @@ fn finish_watching(
         if s.child.try_wait()?.is_some() {
             break;
         }
-        if Instant::now() >= deadline || crate::io::stop_requested() {
+        let interrupted = crate::io::stop_requested();
+        if interrupted || Instant::now() >= deadline {
             let _ = s.child.kill();
             let _ = s.child.wait();
+            if interrupted {
+                bail!("{what}: interrupted");
+            }
             bail!("{what} did not finish within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
