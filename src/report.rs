@@ -88,7 +88,7 @@ pub struct IntervalLine<'a> {
 }
 
 /// The column header the interval lines and the summary share.
-pub const INTERVAL_HEADER: &str = "[ Interval        ]      Transfer           Bitrate   Retr   Done     ETA";
+pub const INTERVAL_HEADER: &str = "[ Interval        ]      Transfer           Bitrate     Retr   Done     ETA";
 
 /// The line between the interval lines and the summary.
 pub const SUMMARY_RULE: &str = "- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -";
@@ -101,7 +101,7 @@ impl std::fmt::Display for IntervalLine<'_> {
         let eta = self.eta_s.map_or("-".to_string(), clock);
         write!(
             f,
-            "[{:6.2}-{:6.2} sec]  {:>12}  {:>16}  {retr:>5}  {:>4.0}%  {eta:>6}",
+            "[{:6.2}-{:6.2} sec]  {:>12}  {:>16}  {retr:>7}  {:>4.0}%  {eta:>6}",
             self.t0,
             self.t1,
             human_bytes(self.bytes),
@@ -141,7 +141,7 @@ pub fn clock(secs: f64) -> String {
 pub fn summary_line(t0: f64, t1: f64, bytes: u64, retransmits: Option<u64>, what: &str) -> String {
     let rate = bytes as f64 * 8.0 / (t1 - t0).max(1e-9);
     let retr = retransmits.map_or(String::new(), |r| r.to_string());
-    format!("[{t0:6.2}-{t1:6.2} sec]  {:>12}  {:>16}  {retr:>5}  {what}", human_bytes(bytes), human_bits_per_sec(rate))
+    format!("[{t0:6.2}-{t1:6.2} sec]  {:>12}  {:>16}  {retr:>7}  {what}", human_bytes(bytes), human_bits_per_sec(rate))
 }
 
 impl Intervals {
@@ -414,11 +414,11 @@ mod tests {
         let b = iv.next_line(base + Duration::from_millis(1500), 1000, Some(5), "");
         assert_eq!((b.t0, b.t1, b.bytes, b.retransmits), (1.0, 1.5, 750, Some(2)));
         assert_eq!(b.eta_s, Some(0.0));
-        assert_eq!(b.to_string(), "[  1.00-  1.50 sec]     750 Bytes   12.00 Kbits/sec      2   100%    0:00");
+        assert_eq!(b.to_string(), "[  1.00-  1.50 sec]     750 Bytes   12.00 Kbits/sec        2   100%    0:00");
         let waiting = iv.next_line(base + Duration::from_millis(2500), 1000, None, "waiting for the receiver");
         assert_eq!(
             waiting.to_string(),
-            "[  1.50-  2.50 sec]       0 Bytes     0.00 bits/sec      -   100%    0:00  waiting for the receiver"
+            "[  1.50-  2.50 sec]       0 Bytes     0.00 bits/sec        -   100%    0:00  waiting for the receiver"
         );
         let first = Intervals::new(false, base, 10).next_line(base + Duration::from_secs(1), 0, None, "");
         assert_eq!(first.eta_s, None, "no rate yet, no ETA");
@@ -427,7 +427,21 @@ mod tests {
     #[test]
     fn summary_lines_align_with_intervals() {
         let s = summary_line(0.0, 2.0, 1 << 30, Some(4), "sender, end to end");
-        assert_eq!(s, "[  0.00-  2.00 sec]   1.00 GBytes    4.29 Gbits/sec      4  sender, end to end");
+        assert_eq!(s, "[  0.00-  2.00 sec]   1.00 GBytes    4.29 Gbits/sec        4  sender, end to end");
         assert_eq!(INTERVAL_HEADER.find("Transfer"), Some(25));
+        // Six-digit retransmit counts (183,038 in the trial) keep the columns.
+        let big = summary_line(0.0, 2.0, 1 << 30, Some(183_038), "x");
+        let line = IntervalLine {
+            t0: 0.0,
+            t1: 2.0,
+            bytes: 1 << 30,
+            retransmits: Some(183_038),
+            done: 1,
+            total: 1,
+            eta_s: None,
+            phase: "",
+        };
+        assert_eq!(big.find("183038"), line.to_string().find("183038"));
+        assert_eq!(INTERVAL_HEADER.find("Retr").map(|i| i + 4), big.find("183038").map(|i| i + 6));
     }
 }
