@@ -415,13 +415,6 @@ fn row12_network_text_cannot_paint_the_terminal() {
     assert!(!out.exists(), "nothing committed");
 }
 
-fn key_file(dir: &std::path::Path) -> String {
-    let path = dir.join("psk");
-    let st = Command::new(BIN).args(["keygen", path.to_str().expect("utf-8")]).output().expect("keygen");
-    assert!(st.status.success(), "keygen: {}", String::from_utf8_lossy(&st.stderr));
-    path.to_str().expect("utf-8").to_string()
-}
-
 /// Row 5, with a key. Before: an on-path attacker that read the session
 /// spoofed a Meta with its own digest and every chunk, and the receiver
 /// committed the forged file as verified. With a key the forged Meta fails

@@ -42,10 +42,8 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = random_file(dir.path(), "in.bin", 3 << 20, 11);
-    let key = dir.path().join("psk");
-    let kg = Command::new(BIN).args(["keygen", key.to_str().expect("utf-8")]).output().expect("keygen");
-    assert!(kg.status.success());
-    let key = key.to_str().expect("utf-8");
+    let key = key_file(dir.path());
+    let key = key.as_str();
 
     // Capture everything the receiving end sees.
     let cap = dir.path().join("transfer.pcapng");

@@ -156,10 +156,8 @@ fn reader_thread_streams_through_a_small_ring_with_loss() {
 fn with_a_key_every_chunk_is_tagged_through_a_small_ring_with_loss() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("psk");
-    let kg = std::process::Command::new(BIN).args(["keygen", key.to_str().expect("utf-8")]).output().expect("keygen");
-    assert!(kg.status.success(), "{}", String::from_utf8_lossy(&kg.stderr));
-    let key = key.to_str().expect("utf-8");
+    let key = key_file(dir.path());
+    let key = key.as_str();
     let size = 24 * MIB + 777;
     let file = random_file(dir.path(), "in.bin", size, 14);
     let out = dir.path().join("out.bin");
@@ -183,13 +181,11 @@ fn with_a_key_every_chunk_is_tagged_through_a_small_ring_with_loss() {
 fn a_refused_sender_is_named_on_the_receiver_with_the_reason() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("psk");
-    let kg = std::process::Command::new(BIN).args(["keygen", key.to_str().expect("utf-8")]).output().expect("keygen");
-    assert!(kg.status.success(), "{}", String::from_utf8_lossy(&kg.stderr));
+    let key = key_file(dir.path());
     let file = random_file(dir.path(), "in.bin", MIB, 61);
     let out = dir.path().join("out.bin");
     let cases: [(&[&str], &[&str], &str); 2] = [
-        (&["--timeout", "3"], &["--key-file", key.to_str().expect("utf-8")], "the sender uses a key"),
+        (&["--timeout", "3"], &["--key-file", &key], "the sender uses a key"),
         (&["--timeout", "3", "--max-size", "1K"], &[], "above this receiver's --max-size"),
     ];
     for (rx_args, tx_args, why) in cases {

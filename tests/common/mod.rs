@@ -32,6 +32,14 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A new pre-shared key written by `xdpblast keygen` into `dir/psk`; its path.
+pub fn key_file(dir: &Path) -> String {
+    let path = dir.join("psk");
+    let st = Command::new(BIN).args(["keygen", path.to_str().expect("utf-8")]).output().expect("keygen");
+    assert!(st.status.success(), "keygen: {}", String::from_utf8_lossy(&st.stderr));
+    path.to_str().expect("utf-8").to_string()
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn repo() -> PathBuf {
