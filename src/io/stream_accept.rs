@@ -43,9 +43,11 @@ pub struct PendingStreams {
     warnings: Throttle,
 }
 
-/// Warnings anyone who can connect may trigger: at most [`Throttle::PER_SECOND`]
-/// a second are shown, the rest counted and their number given with the next
-/// one shown, or when the receiver is done.
+/// Warnings anyone who can connect may trigger: at most [`Throttle::PER_WINDOW`]
+/// in each [`Throttle::WINDOW`] are shown, the rest counted and their number
+/// given with the next one shown, or when the receiver is done. A sustained
+/// flood so prints about one line every 1.7 s, however fast it connects.
+#[derive(Default)]
 struct Throttle {
     since: Option<Instant>,
     shown: u32,
@@ -53,15 +55,16 @@ struct Throttle {
 }
 
 impl Throttle {
-    const PER_SECOND: u32 = 5;
+    const PER_WINDOW: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(10);
 
     /// `Some(hidden since the last one shown)` when this one may be shown.
     fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self.since.is_none_or(|s| now >= s + Duration::from_secs(1)) {
+        if self.since.is_none_or(|s| now >= s + Self::WINDOW) {
             self.since = Some(now);
             self.shown = 0;
         }
-        if self.shown >= Self::PER_SECOND {
+        if self.shown >= Self::PER_WINDOW {
             self.hidden += 1;
             return None;
         }
@@ -92,7 +95,7 @@ macro_rules! refused {
 
 impl PendingStreams {
     pub fn new(deadline: Duration) -> PendingStreams {
-        PendingStreams { conns: Vec::new(), deadline, warnings: Throttle { since: None, shown: 0, hidden: 0 } }
+        PendingStreams { conns: Vec::new(), deadline, warnings: Throttle::default() }
     }
 
     /// Accepts what waits on `listener`, closing at once those from an
@@ -265,5 +268,21 @@ mod tests {
         real.write_all(&header().emit()).expect("header");
         assert!(poll_for(&mut p, &l, Duration::from_secs(2)).is_some_and(|g| g.header.is_ok()));
         drop(crowd);
+    }
+
+    #[test]
+    fn the_throttle_shows_a_burst_per_window_and_counts_the_rest() {
+        let mut t = Throttle::default();
+        let start = Instant::now();
+        // A flood of one refusal every 10 ms for 60 s.
+        let (mut shown, mut counted) = (0u64, 0u64);
+        for i in 0..6000u64 {
+            if let Some(hidden) = t.allow(start + Duration::from_millis(10 * i)) {
+                shown += 1;
+                counted += hidden;
+            }
+        }
+        assert_eq!(shown, 6 * u64::from(Throttle::PER_WINDOW), "five lines in each 10 s window");
+        assert_eq!(counted + t.hidden + shown, 6000, "every refusal is shown or counted");
     }
 }
