@@ -14,7 +14,7 @@ use serde::Serialize;
 use tracing::info;
 
 mod skel {
-    #![allow(clippy::all, unused_imports, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals)]
+    #![allow(clippy::all, clippy::undocumented_unsafe_blocks, unused_imports, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals)]
     include!(concat!(env!("OUT_DIR"), "/xdpblast.skel.rs"));
 }
 use skel::{XdpblastSkel, XdpblastSkelBuilder};

@@ -188,11 +188,11 @@ impl Xsk {
             headroom: 0,
             flags: 0,
         };
-        // SAFETY: `area` is a page-aligned mapping of `area.len()` bytes that this
-        // struct owns and drops only after `_umem` and every ring (field order).
         if queues.is_empty() {
             return Err(XskError::Interface(cfg.ifname.clone(), "no queue to bind".into()));
         }
+        // SAFETY: `area` is a page-aligned mapping of `area.len()` bytes that this
+        // struct owns and drops only after `_umem` and every ring (field order).
         let umem = unsafe { Umem::new(ucfg, area.as_nonnull_slice()) }.map_err(umem_error)?;
         let mut bound = Vec::with_capacity(queues.len());
         for (i, &q) in queues.iter().enumerate() {
