@@ -10,14 +10,16 @@
 //! - [`engine`]: the one transmit engine (post, pace, reap, kick) on any TX ring;
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
 //! - [`bench`]: every mode side by side on a veth pair it creates;
-//! - [`report`]: human and JSON output.
+//! - [`report`]: human and JSON output;
+//! - [`os`]: the libc calls outside the rings (errno kept as a value), the
+//!   stop signals, this process's figures.
 
 pub mod afxdp;
 pub mod bench;
 pub mod engine;
 pub mod io;
 pub mod net;
+pub mod os;
 pub mod proto;
 pub mod report;
-pub mod syscount;
 pub mod wire;

@@ -420,7 +420,7 @@ fn seconds(s: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 fn main() -> ExitCode {
-    xdpblast::report::mark_process_start();
+    xdpblast::os::process::mark_process_start();
     let cli = Cli::parse();
     let default_level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -443,7 +443,7 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let quiet = cli.quiet;
-    xdpblast::io::install_stop_handler();
+    xdpblast::os::signals::install_stop_handler();
 
     let r = match cli.cmd {
         Cmd::Send(a) => cmd_send(a, quiet),
@@ -455,7 +455,7 @@ fn main() -> ExitCode {
     };
     // A run a signal cut short exits 128 + the signal (130 for Ctrl-C), as
     // iperf3 and shells report it; one that finished anyway keeps its status.
-    let failed = || xdpblast::io::stop_signal().map_or(ExitCode::FAILURE, |s| ExitCode::from(128 + s as u8));
+    let failed = || xdpblast::os::signals::stop_signal().map_or(ExitCode::FAILURE, |s| ExitCode::from(128 + s as u8));
     match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => failed(),
@@ -469,7 +469,7 @@ fn main() -> ExitCode {
 fn cmd_keygen(path: &std::path::Path, quiet: bool) -> anyhow::Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let key: [u8; 32] = xdpblast::io::random_bytes();
+    let key: [u8; 32] = xdpblast::os::process::random_bytes();
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     if path == std::path::Path::new("-") {
         println!("{hex}");
@@ -545,8 +545,8 @@ fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
         let report = serde_json::json!({
             "verified": false,
             "error": format!("{e:#}"),
-            "e2e_s": xdpblast::report::since_process_start(),
-            "peak_rss_bytes": xdpblast::report::peak_rss_bytes(),
+            "e2e_s": xdpblast::os::process::since_process_start(),
+            "peak_rss_bytes": xdpblast::os::process::peak_rss_bytes(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

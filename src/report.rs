@@ -335,50 +335,6 @@ pub fn human_pps(pps: f64) -> String {
     }
 }
 
-static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-
-/// Marks the process's start; `main` calls it first thing. End-to-end
-/// figures run from here.
-pub fn mark_process_start() {
-    PROCESS_START.get_or_init(std::time::Instant::now);
-}
-
-/// The instant [`mark_process_start`] marked: time zero of a sender's lines.
-pub fn process_start() -> Instant {
-    *PROCESS_START.get_or_init(Instant::now)
-}
-
-/// Seconds since [`mark_process_start`] (or since the first call).
-pub fn since_process_start() -> f64 {
-    PROCESS_START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
-}
-
-/// The most resident memory this process has held (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// The machine's memory (MemTotal), if /proc says.
-pub fn total_memory_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = s
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

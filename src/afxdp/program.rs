@@ -14,7 +14,15 @@ use serde::Serialize;
 use tracing::info;
 
 mod skel {
-    #![allow(clippy::all, clippy::undocumented_unsafe_blocks, unused_imports, dead_code, non_camel_case_types, non_snake_case, non_upper_case_globals)]
+    #![allow(
+        clippy::all,
+        clippy::undocumented_unsafe_blocks,
+        unused_imports,
+        dead_code,
+        non_camel_case_types,
+        non_snake_case,
+        non_upper_case_globals
+    )]
     include!(concat!(env!("OUT_DIR"), "/xdpblast.skel.rs"));
 }
 use skel::{XdpblastSkel, XdpblastSkelBuilder};
@@ -57,12 +65,16 @@ impl AttachMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
-    #[error("cannot load the XDP program: {0} (needs root or CAP_BPF + CAP_NET_ADMIN)")]
-    Load(String),
-    #[error("cannot attach the XDP program to {ifname}: {err}{hint}")]
-    Attach { ifname: String, err: String, hint: String },
-    #[error("cannot update the {map} map: {err}")]
-    Map { map: &'static str, err: String },
+    #[error("cannot load the XDP program: {0:#} (needs root or CAP_BPF + CAP_NET_ADMIN)")]
+    Load(libbpf_rs::Error),
+    #[error("cannot attach the XDP program to {ifname}: {err:#}{hint}")]
+    Attach { ifname: String, err: libbpf_rs::Error, hint: String },
+    #[error("interface index {0} is out of range")]
+    Ifindex(u32),
+    #[error("cannot query the interface's XDP state: {0:#}")]
+    Query(libbpf_rs::Error),
+    #[error("cannot update the {map} map: {err:#}")]
+    Map { map: &'static str, err: libbpf_rs::Error },
 }
 
 /// Test knobs in the program: loss and a capacity limit, because this kind of
@@ -138,8 +150,8 @@ impl Steering {
         // honest answer to that borrow.
         route_libbpf_logs();
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = XdpblastSkelBuilder::default().open(storage).map_err(|e| ProgramError::Load(format!("{e:#}")))?;
-        let skel = open.load().map_err(|e| ProgramError::Load(format!("{e:#}")))?;
+        let open = XdpblastSkelBuilder::default().open(storage).map_err(ProgramError::Load)?;
+        let skel = open.load().map_err(ProgramError::Load)?;
 
         let threshold = (loss.clamp(0.0, 1.0) * f64::from(u32::MAX)).round() as u32;
         let (dst4, dst6, flags) = match dst_ip {
@@ -158,16 +170,12 @@ impl Steering {
         skel.maps
             .config
             .update(&0u32.to_ne_bytes(), &cfg, MapFlags::ANY)
-            .map_err(|e| ProgramError::Map { map: "config", err: format!("{e:#}") })?;
+            .map_err(|e| ProgramError::Map { map: "config", err: e })?;
 
-        let ifindex_i = i32::try_from(ifindex).map_err(|_| ProgramError::Attach {
-            ifname: ifname.into(),
-            err: "ifindex out of range".into(),
-            hint: String::new(),
-        })?;
+        let ifindex_i = i32::try_from(ifindex).map_err(|_| ProgramError::Ifindex(ifindex))?;
         let link = skel.progs.xdpblast_steer.attach_xdp(ifindex_i).map_err(|e| ProgramError::Attach {
             ifname: ifname.into(),
-            err: format!("{e:#}"),
+            err: e,
             hint: busy_hint(ifname, ifindex),
         })?;
         let mode = query_attach_mode(ifindex);
@@ -193,7 +201,7 @@ impl Steering {
             .maps
             .xsks
             .update(&queue.to_ne_bytes(), &xsk_fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| ProgramError::Map { map: "xsks", err: format!("{e:#}") })
+            .map_err(|e| ProgramError::Map { map: "xsks", err: e })
     }
 
     /// Counters summed over CPUs.
@@ -240,13 +248,13 @@ impl XdpQuery {
 }
 
 /// Queries XDP state on `ifindex` (program attached, driver features).
-pub fn query(ifindex: u32) -> Result<XdpQuery, String> {
+pub fn query(ifindex: u32) -> Result<XdpQuery, ProgramError> {
     // `Xdp::query` only uses the ifindex; any descriptor serves as the handle.
     let stdin = std::io::stdin();
     let xdp = libbpf_rs::Xdp::new(stdin.as_fd());
     let q = xdp
-        .query(i32::try_from(ifindex).map_err(|_| "ifindex out of range".to_string())?, libbpf_rs::XdpFlags::NONE)
-        .map_err(|e| format!("{e:#}"))?;
+        .query(i32::try_from(ifindex).map_err(|_| ProgramError::Ifindex(ifindex))?, libbpf_rs::XdpFlags::NONE)
+        .map_err(ProgramError::Query)?;
     Ok(XdpQuery {
         prog_id: q.prog_id,
         attach_mode: q.attach_mode,

@@ -390,7 +390,7 @@ const DROP_STEP: u64 = 64 << 20;
 
 impl DropBehind {
     fn for_file(file: &File, file_size: u64) -> Option<DropBehind> {
-        let mem = crate::report::total_memory_bytes()?;
+        let mem = crate::os::process::total_memory_bytes()?;
         if file_size <= mem / 2 {
             return None;
         }
@@ -436,7 +436,7 @@ fn read_into(
             iov.push(IoSliceMut::new(&mut f[at + skip..at + len]));
             skip = 0;
         }
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         let n = nix::sys::uio::preadv(file, &mut iov, (offset + got as u64) as libc::off_t).map_err(io::Error::from)?;
         if n == 0 {
             let after = file.metadata()?.len();
@@ -466,7 +466,7 @@ fn read_direct(
             let at = offset + done as u64;
             if at < b.start || at >= b.start + b.len as u64 {
                 b.start = at - at % DIRECT_ALIGN;
-                crate::syscount::count(1);
+                crate::os::syscount::count(1);
                 let n = nix::sys::uio::pread(file, &mut b.buf[..], b.start as libc::off_t).map_err(io::Error::from)?;
                 b.len = n;
                 if at >= b.start + n as u64 {

@@ -15,6 +15,7 @@ use xdpilone::xdp::XdpStatisticsV2;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 use super::umem::UmemArea;
+use crate::os::sys::SysError;
 
 const SOL_XDP: libc::c_int = 283;
 const XDP_OPTIONS: libc::c_int = 8;
@@ -93,16 +94,24 @@ pub struct XskConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
-    #[error("interface {0:?}: {1}")]
-    Interface(String, String),
+    #[error("interface {0:?}: the name contains NUL")]
+    InterfaceName(String),
+    #[error("interface {0:?}: no queue to bind")]
+    NoQueue(String),
+    #[error("interface {ifname:?}: {err}")]
+    Interface { ifname: String, err: io::Error },
     #[error("cannot create the AF_XDP socket: {0} (needs root or CAP_NET_RAW + CAP_BPF, and a kernel with CONFIG_XDP_SOCKETS)")]
-    Socket(String),
+    Socket(io::Error),
     #[error("cannot register the UMEM: {0} (locked-memory limit or memory cgroup; CAP_IPC_LOCK lifts the former)")]
-    Umem(String),
-    #[error("cannot bind to {ifname} queue {queue}{sg}: {err}{hint}", sg = if *.multi_buffer { " with multi-buffer (XDP_USE_SG)" } else { "" })]
-    Bind { ifname: String, queue: u32, multi_buffer: bool, errno: i32, err: String, hint: &'static str },
+    Umem(io::Error),
+    #[error(
+        "cannot bind to {ifname} queue {queue}{sg}: {err}{hint}",
+        sg = if *.multi_buffer { " with multi-buffer (XDP_USE_SG)" } else { "" },
+        err = io::Error::from_raw_os_error(*.errno)
+    )]
+    Bind { ifname: String, queue: u32, multi_buffer: bool, errno: i32, hint: &'static str },
     #[error("cannot map the {0} ring: {1}")]
-    Map(&'static str, String),
+    Map(&'static str, io::Error),
     #[error(transparent)]
     Area(#[from] super::umem::UmemError),
 }
@@ -111,13 +120,14 @@ pub enum XskError {
 /// missing privileges (CAP_NET_RAW), not the locked-memory limit (ENOBUFS).
 fn umem_error(e: xdpilone::Errno) -> XskError {
     match e.get_raw() {
-        libc::EPERM | libc::EACCES => XskError::Socket(errno_str(e)),
-        _ => XskError::Umem(errno_str(e)),
+        libc::EPERM | libc::EACCES => XskError::Socket(os_error(e)),
+        _ => XskError::Umem(os_error(e)),
     }
 }
 
-fn errno_str(e: xdpilone::Errno) -> String {
-    io::Error::from_raw_os_error(e.get_raw()).to_string()
+/// xdpilone's errno as the standard library's error, which keeps the number.
+fn os_error(e: xdpilone::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.get_raw())
 }
 
 /// One socket's rings: TX/RX, and the fill/completion pair of its queue.
@@ -189,7 +199,7 @@ impl Xsk {
             flags: 0,
         };
         if queues.is_empty() {
-            return Err(XskError::Interface(cfg.ifname.clone(), "no queue to bind".into()));
+            return Err(XskError::NoQueue(cfg.ifname.clone()));
         }
         // SAFETY: `area` is a page-aligned mapping of `area.len()` bytes that this
         // struct owns and drops only after `_umem` and every ring (field order).
@@ -354,15 +364,14 @@ impl Queue {
     /// own and bind with XDP_SHARED_UMEM, inheriting the first one's copy,
     /// zero-copy and need-wakeup settings (the kernel refuses them as flags).
     fn bind(umem: &Umem, cfg: &XskConfig, queue: u32, first: bool) -> Result<Queue, XskError> {
-        let name = CString::new(cfg.ifname.as_str())
-            .map_err(|_| XskError::Interface(cfg.ifname.clone(), "name contains NUL".into()))?;
+        let name = CString::new(cfg.ifname.as_str()).map_err(|_| XskError::InterfaceName(cfg.ifname.clone()))?;
         let mut ifinfo = IfInfo::invalid();
-        ifinfo.from_name(&name).map_err(|e| XskError::Interface(cfg.ifname.clone(), errno_str(e)))?;
+        ifinfo.from_name(&name).map_err(|e| XskError::Interface { ifname: cfg.ifname.clone(), err: os_error(e) })?;
         ifinfo.set_queue(queue);
 
         let sock = if first { Socket::with_shared(&ifinfo, umem) } else { Socket::new(&ifinfo) }
-            .map_err(|e| XskError::Socket(errno_str(e)))?;
-        let device = umem.fq_cq(&sock).map_err(|e| XskError::Umem(errno_str(e)))?;
+            .map_err(|e| XskError::Socket(os_error(e)))?;
+        let device = umem.fq_cq(&sock).map_err(|e| XskError::Umem(os_error(e)))?;
         let bind_flags = if first {
             SocketConfig::XDP_BIND_NEED_WAKEUP
                 | match cfg.bind {
@@ -376,7 +385,7 @@ impl Queue {
         };
         let scfg =
             SocketConfig { rx_size: NonZeroU32::new(cfg.rx_size), tx_size: NonZeroU32::new(cfg.tx_size), bind_flags };
-        let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(errno_str(e)))?;
+        let user = umem.rx_tx(&sock, &scfg).map_err(|e| XskError::Socket(os_error(e)))?;
         bind_retrying(umem, &user).map_err(|e| {
             let raw = e.get_raw();
             let hint = match raw {
@@ -402,14 +411,13 @@ impl Queue {
                 queue,
                 multi_buffer: cfg.multi_buffer,
                 errno: raw,
-                err: errno_str(e),
                 hint,
             }
         })?;
         let tx =
-            if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", errno_str(e)))?) } else { None };
+            if cfg.tx_size > 0 { Some(user.map_tx().map_err(|e| XskError::Map("TX", os_error(e)))?) } else { None };
         let rx =
-            if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", errno_str(e)))?) } else { None };
+            if cfg.rx_size > 0 { Some(user.map_rx().map_err(|e| XskError::Map("RX", os_error(e)))?) } else { None };
         let fd = user.as_raw_fd();
         info!(ifname = %cfg.ifname, queue, mode = query_mode(fd).kind(), "AF_XDP socket bound");
         Ok(Queue {
@@ -437,8 +445,8 @@ impl Queue {
     }
 
     /// Raises the copy-mode TX budget per `sendto`. Returns the kernel's answer.
-    pub fn set_tx_budget(&self, budget: u32) -> io::Result<()> {
-        let r = setsockopt_u32(self.fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget);
+    pub fn set_tx_budget(&self, budget: u32) -> Result<(), crate::os::sys::SysError> {
+        let r = crate::os::sys::setsockopt_u32(self.fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget);
         match &r {
             Ok(()) => info!(budget, "raised the copy-mode TX budget (XDP_MAX_TX_SKB_BUDGET)"),
             Err(e) => debug!(budget, "kernel refused XDP_MAX_TX_SKB_BUDGET: {e}"),
@@ -512,7 +520,7 @@ impl Queue {
     /// Wakes the kernel to refill from the fill ring, when it asked to.
     pub fn wake_rx_if_needed(&mut self) {
         if self.device.needs_wakeup() {
-            crate::syscount::count(1);
+            crate::os::syscount::count(1);
             // SAFETY: zero-length non-blocking recvfrom on our socket, no buffers.
             unsafe {
                 libc::recvfrom(
@@ -568,7 +576,7 @@ pub struct KickHandle {
 impl KickHandle {
     /// Asks the kernel to transmit what is on the TX ring.
     pub fn kick(&self) -> Kick {
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         // SAFETY: a zero-length sendto, no buffers passed; on a closed or
         // reused descriptor it fails or kicks that socket, touching no memory.
         let r = unsafe { libc::sendto(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
@@ -583,7 +591,7 @@ impl KickHandle {
             // The kernel built an skb and the device dropped it.
             Some(libc::EBUSY) => Kick::Dropped,
             Some(libc::ENETDOWN) | Some(libc::ENXIO) => {
-                Kick::Fatal(io::Error::new(e.kind(), format!("the interface went down or away ({e})")))
+                Kick::Fatal(SysError::new("the interface went down or away", e).into())
             }
             _ => Kick::Fatal(e),
         }
@@ -610,19 +618,6 @@ fn query_mode(fd: RawFd) -> XskMode {
         XskMode::ZeroCopy
     } else {
         XskMode::Copy
-    }
-}
-
-/// `setsockopt` with a u32 value.
-pub fn setsockopt_u32(fd: RawFd, level: libc::c_int, name: libc::c_int, value: u32) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live u32 and its exact size.
-    let r = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const u32).cast(), std::mem::size_of::<u32>() as libc::socklen_t)
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -262,7 +262,7 @@ fn wait_line(s: &Spawned, needle: &str, timeout: Duration, log: &mut Vec<String>
                 bail!("the process exited before `{needle}`:\n{}", log.join("\n"))
             }
         }
-        if crate::io::stop_requested() {
+        if crate::os::signals::stop_requested() {
             bail!("interrupted");
         }
         if Instant::now() >= deadline {
@@ -291,7 +291,7 @@ fn finish_watching(
         if s.child.try_wait()?.is_some() {
             break;
         }
-        let interrupted = crate::io::stop_requested();
+        let interrupted = crate::os::signals::stop_requested();
         if interrupted || Instant::now() >= deadline {
             let _ = s.child.kill();
             let _ = s.child.wait();
@@ -566,7 +566,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let out = work.path().join("output.bin");
     // For the afxdp-key mode: a fresh pre-shared key, as `keygen` writes it.
     let key = work.path().join("bench.key");
-    let hex: String = crate::io::random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = crate::os::process::random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key, format!("{hex}\n")).context("writing the bench key")?;
     anyhow::ensure!((1..=64).contains(&opts.queues), "--queues must be between 1 and 64");
     let bed = Testbed::create(opts.threaded_napi, opts.mtu, opts.queues)?;
@@ -614,7 +614,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 Err(e) => tracing::warn!("iperf3 reference skipped: {e:#}"),
             }
         }
-        if crate::io::stop_requested() {
+        if crate::os::signals::stop_requested() {
             bail!("interrupted");
         }
     }

@@ -120,9 +120,9 @@ pub struct SendReport {
     pub per_queue: Vec<QueueFigures>,
     pub rtt_us: Option<u64>,
     pub stats: SendStats,
-    pub rusage: super::Rusage,
+    pub rusage: crate::os::process::Rusage,
     /// CPU and context switches from the first frame to the verdict.
-    pub transfer_rusage: super::Rusage,
+    pub transfer_rusage: crate::os::process::Rusage,
     /// Data-path syscalls (see `crate::syscount`).
     pub syscalls: u64,
     /// With `--adapt`: the rate over time.
@@ -447,7 +447,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     // Each further transmit queue's frames leave from a port of its own,
     // held by a socket for the transfer so no one else takes it.
     let lanes = LanePorts::reserve(ctrl.local_addr()?, prep.queues)?;
-    let session = super::random_session();
+    let session = crate::os::process::random_session();
     let shape = SessionInfo {
         file_size: prep.file_size,
         chunk_size: prep.plan.chunk_size,
@@ -464,7 +464,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
-    let intervals = Intervals::new(opts.intervals, crate::report::process_start(), prep.file_size);
+    let intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), prep.file_size);
     let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer, intervals, &lanes);
     if let Err(e) = &result {
         abort_receiver(&ctrl, &sender, &format!("sender failed: {e:#}"));
@@ -541,7 +541,7 @@ fn spawn_kickers<'scope>(
                 .name(format!("xdpblast-kick{}", q.queue_id()))
                 .spawn_scoped(scope, move || {
                     let counts = k.serve(|| handle.kick());
-                    (counts, super::Rusage::of_thread().cpu_s())
+                    (counts, crate::os::process::Rusage::of_thread().cpu_s())
                 })
                 .context("starting a kicker thread")
         })
@@ -701,7 +701,7 @@ fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sender, done: Fi
     let Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue } = done;
     let stats = sender.stats.clone();
     let elapsed = tx.elapsed_s();
-    let e2e_s = crate::report::since_process_start();
+    let e2e_s = crate::os::process::since_process_start();
     if opts.intervals {
         let iv = &mut tx.intervals;
         iv.finish(Instant::now(), file_size, Some(stats.retransmits));
@@ -725,7 +725,7 @@ fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sender, done: Fi
         },
         e2e_s,
         e2e_goodput_bps: file_size as f64 * 8.0 / e2e_s.max(1e-9),
-        peak_rss_bytes: crate::report::peak_rss_bytes(),
+        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
         umem_bytes: plan.umem_bytes(),
         reader: opts.reader.name(),
         read_s: read_time.as_secs_f64(),
@@ -741,9 +741,9 @@ fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sender, done: Fi
         per_queue,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
-        rusage: super::Rusage::of_self(),
-        transfer_rusage: super::Rusage::of_self().since(&tx.rusage_at_start),
-        syscalls: crate::syscount::total(),
+        rusage: crate::os::process::Rusage::of_self(),
+        transfer_rusage: crate::os::process::Rusage::of_self().since(&tx.rusage_at_start),
+        syscalls: crate::os::syscount::total(),
         adaptation: tx.aimd.take().map(|a| Adaptation {
             ceiling: a.ceiling().to_string(),
             unit: match a.ceiling() {
@@ -782,7 +782,7 @@ struct Transmit {
     first_post: Option<Instant>,
     intervals: Intervals,
     next_progress: Instant,
-    rusage_at_start: super::Rusage,
+    rusage_at_start: crate::os::process::Rusage,
     /// Time the first pass had ring room but waited for the reader, and
     /// since when it waits.
     reader_wait: Duration,
@@ -838,7 +838,7 @@ impl Transmit {
             first_post: None,
             intervals,
             next_progress: start,
-            rusage_at_start: super::Rusage::of_self(),
+            rusage_at_start: crate::os::process::Rusage::of_self(),
             reader_wait: Duration::ZERO,
             reader_wait_since: None,
             ring_full_time: Duration::ZERO,
@@ -909,7 +909,7 @@ impl Transmit {
         };
         loop {
             let now = Instant::now();
-            if super::stop_requested() {
+            if crate::os::signals::stop_requested() {
                 return fail(sender, anyhow::anyhow!("interrupted"));
             }
             self.reap(queues, reader);
@@ -1152,7 +1152,7 @@ impl Transmit {
         if let Some(p) = self.engines[0].pacer().filter(|_| sender.backlog() > 0 && !sender.receiver_silent(now)) {
             wait = wait.min(p.ready_at(self.full_frame).saturating_duration_since(now));
         }
-        super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
+        crate::os::sys::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
         true
     }
 }

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::os::sys::{Doing, SysError};
 use crate::proto::Sender;
 
 pub fn control_port(data_port: u16) -> io::Result<u16> {
@@ -26,8 +27,7 @@ pub struct Control {
 
 impl Control {
     pub fn bind(addr: SocketAddr) -> io::Result<Control> {
-        let sock = UdpSocket::bind(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("binding the control socket to {addr}: {e}")))?;
+        let sock = UdpSocket::bind(addr).doing(|| format!("binding the control socket to {addr}"))?;
         sock.set_nonblocking(true)?;
         Ok(Control { sock, buf: vec![0u8; 65536], refused: None })
     }
@@ -44,7 +44,7 @@ impl Control {
                 }
                 _ => String::new(),
             };
-            io::Error::new(e.kind(), format!("cannot reach {peer}: {e}{hint}"))
+            io::Error::from(SysError::new(format!("cannot reach {peer}"), e).hint(hint))
         })?;
         Ok(c)
     }
@@ -59,7 +59,7 @@ impl Control {
 
     /// Next datagram, or `None` when nothing is waiting.
     pub fn recv(&mut self) -> io::Result<Option<(SocketAddr, &[u8])>> {
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         match self.sock.recv_from(&mut self.buf) {
             Ok((n, from)) => Ok(Some((from, &self.buf[..n]))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -68,12 +68,12 @@ impl Control {
     }
 
     pub fn send_to(&self, to: SocketAddr, bytes: &[u8]) -> io::Result<()> {
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         self.sock.send_to(bytes, to).map(|_| ())
     }
 
     pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         self.sock.send(bytes).map(|_| ())
     }
 }
@@ -144,7 +144,7 @@ pub fn handshake(
                 );
             }
         }
-        if super::stop_requested() {
+        if crate::os::signals::stop_requested() {
             anyhow::bail!("interrupted");
         }
         if let Some(r) = sender.outcome() {
@@ -152,7 +152,7 @@ pub fn handshake(
         }
         let wait =
             sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-        super::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(20)));
+        crate::os::sys::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(20)));
     }
     Ok(())
 }

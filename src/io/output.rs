@@ -26,12 +26,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
+use crate::os::sys::{self, Doing};
 use crate::wire::message::{FileAttrs, SourceId};
 
 /// Names a file on this host: its device and inode, hashed with the boot id
@@ -108,7 +108,7 @@ fn writable_dir(dir: &Path) -> io::Result<()> {
                 format!("the output directory {} does not exist", dir.display()),
             ))
         }
-        Err(e) => return Err(io::Error::new(e.kind(), format!("the output directory {}: {e}", dir.display()))),
+        Err(e) => return Err(e).doing(|| format!("the output directory {}", dir.display())),
     }
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).map_err(|e| {
         io::Error::new(io::Error::from(e).kind(), format!("cannot create files in {}: {}", dir.display(), e.desc()))
@@ -212,7 +212,7 @@ fn write_run(file: &File, mut offset: u64, run: &[(u64, &[u8])]) -> io::Result<(
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         let n = nix::sys::uio::pwritev(file, rest, off).map_err(io::Error::from)?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
@@ -279,7 +279,7 @@ impl Output {
                 "replaced a partial file left by an earlier transfer (xdpblast does not resume yet)"
             ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("removing the old {}: {e}", partial.display()))),
+            Err(e) => return Err(e).doing(|| format!("removing the old {}", partial.display())),
         }
         let file = OpenOptions::new()
             .read(true)
@@ -288,25 +288,19 @@ impl Output {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&partial)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", partial.display())))?;
+            .doing(|| format!("creating {}", partial.display()))?;
         if len > 0 {
             let off_len = libc::off_t::try_from(len).map_err(|_| io::Error::other("file too large"))?;
-            // SAFETY: fallocate on a file descriptor we own, mode 0, in-range values.
-            let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-            if r != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            match sys::fallocate(&file, off_len) {
+                Ok(()) => {}
+                Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
                     warn!(
                         "{} cannot reserve space (no fallocate); a full disk would show up mid-transfer",
                         partial.display()
                     );
                     file.set_len(len)?;
-                } else {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("reserving {len} bytes for {}: {e}", partial.display()),
-                    ));
                 }
+                Err(e) => return Err(e.err).doing(|| format!("reserving {len} bytes for {}", partial.display())),
             }
         }
         info!(path = %partial.display(), bytes = len, "output reserved");
@@ -319,7 +313,7 @@ impl Output {
             hasher: blake3::Hasher::new(),
             hashed: 0,
             synced: 0,
-            dropped: crate::report::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
+            dropped: crate::os::process::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
             buf: vec![0u8; 1 << 20],
             attrs: None,
         })
@@ -396,7 +390,7 @@ impl Output {
     fn read_back(&mut self, at: u64, len: usize) -> io::Result<()> {
         let mut got = 0;
         while got < len {
-            crate::syscount::count(1);
+            crate::os::syscount::count(1);
             let n = std::os::unix::fs::FileExt::read_at(&self.file, &mut self.buf[got..len], at + got as u64)?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -413,18 +407,7 @@ impl Output {
     fn start_writeback(&mut self) {
         if self.hashed >= self.synced + WRITEBACK_STEP {
             let (off, len) = (self.synced, self.hashed - self.synced);
-            crate::syscount::count(1);
-            // SAFETY: sync_file_range on our own descriptor with in-range
-            // offsets; it only starts writeback and touches no memory of ours.
-            let r = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    off as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if r == 0 {
+            if sys::start_writeback(&self.file, off, len).is_ok() {
                 // What the previous step started is on disk by now (or
                 // nearly): an output that cannot stay cached drops it, so its
                 // dirty pages do not crowd out everything else.
@@ -474,9 +457,7 @@ impl Output {
         } else {
             std::fs::rename(&self.partial, &self.path)
         };
-        renamed.map_err(|e| {
-            io::Error::new(e.kind(), format!("renaming {} to {}: {e}", self.partial.display(), self.path.display()))
-        })?;
+        renamed.doing(|| format!("renaming {} to {}", self.partial.display(), self.path.display()))?;
         Ok(self.path)
     }
 

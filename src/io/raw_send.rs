@@ -15,9 +15,10 @@ use tracing::{info, warn};
 
 use super::afxdp_send::{resolve_mac, tx_config, Prepared, SendOptions, COMP_RING, TX_RING};
 use crate::afxdp::preload::preload;
-use crate::afxdp::xsk::{setsockopt_u32, Queue, Xsk, XskMode};
+use crate::afxdp::xsk::{Queue, Xsk, XskMode};
 use crate::engine::tx::{Kicker, TxEngine};
 use crate::net::iface::format_mac;
+use crate::os::sys::setsockopt_u32;
 use crate::proto::pacer::{Pacer, Rate};
 use crate::report::{human_bits_per_sec, human_pps, PacketRate, RateSample};
 use crate::wire::frame::FrameTemplate;
@@ -63,7 +64,7 @@ pub struct RawReport {
     pub median_pps: f64,
     pub intervals: Vec<RateSample>,
     pub per_queue: Vec<QueueStats>,
-    pub rusage: super::Rusage,
+    pub rusage: crate::os::process::Rusage,
     pub syscalls: u64,
 }
 
@@ -91,7 +92,7 @@ fn preload_progress(print: bool, total: u64) -> impl FnMut(u64) -> bool {
                 (now - start).as_secs_f64()
             );
         }
-        !super::stop_requested()
+        !crate::os::signals::stop_requested()
     }
 }
 
@@ -118,7 +119,14 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "raw mode: no protocol, frames sent round and round");
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
     // No receiver, so no cookie: the frames only have to reach a drop sink.
-    let pre = preload(&file, &plan, &tpl, super::random_session(), 0, preload_progress(opts.intervals, file_size))?;
+    let pre = preload(
+        &file,
+        &plan,
+        &tpl,
+        crate::os::process::random_session(),
+        0,
+        preload_progress(opts.intervals, file_size),
+    )?;
     // Equal frames only, so bytes = packets x frame length exactly: leave out a
     // short last chunk unless it is all there is.
     let info = pre.info;
@@ -188,7 +196,7 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
         loop {
             let now = Instant::now();
             let total: u64 = shared.packets.iter().map(|p| p.load(Ordering::Relaxed)).sum();
-            if now >= end || super::stop_requested() || handles.iter().any(|h| h.is_finished()) {
+            if now >= end || crate::os::signals::stop_requested() || handles.iter().any(|h| h.is_finished()) {
                 shared.stop.store(true, Ordering::Relaxed);
                 break;
             }
@@ -208,7 +216,7 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     let packets: u64 = per_queue.iter().map(|q| q.packets).sum();
     let bytes = packets * u64::from(frame_len);
     rates.close(start + elapsed, packets, bytes, &label);
-    if super::stop_requested() {
+    if crate::os::signals::stop_requested() {
         bail!("interrupted");
     }
     drop(port_holder);
@@ -230,8 +238,8 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
         median_pps: rates.median_pps(),
         intervals: rates.samples.clone(),
         per_queue,
-        rusage: super::Rusage::of_self(),
-        syscalls: crate::syscount::total(),
+        rusage: crate::os::process::Rusage::of_self(),
+        syscalls: crate::os::syscount::total(),
     };
     if opts.intervals {
         println!(

@@ -71,10 +71,10 @@ pub struct RecvReport {
     pub nacks_sent: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
-    pub rusage: super::Rusage,
+    pub rusage: crate::os::process::Rusage,
     /// CPU and context switches from the session's Hello to the verdict
     /// (setting up sockets and the XDP program is not counted).
-    pub transfer_rusage: super::Rusage,
+    pub transfer_rusage: crate::os::process::Rusage,
     /// Data-path syscalls (see `crate::syscount`).
     pub syscalls: u64,
     /// Process start to the verdict.
@@ -153,7 +153,7 @@ struct ReceiveLoop {
     /// The first local failure, which the report names.
     fatal: Option<String>,
     intervals: Intervals,
-    rusage_at_start: Option<super::Rusage>,
+    rusage_at_start: Option<crate::os::process::Rusage>,
     /// Addresses whose refused Hello was logged.
     refusals_logged: std::collections::HashSet<IpAddr>,
     /// The last sender refused, and why.
@@ -170,7 +170,7 @@ impl ReceiveLoop {
             max_datagram: opts.max_datagram,
             ip_udp_overhead: opts.ip_udp_overhead,
             tcp_only: opts.tcp_only,
-            cookie_key: super::random_bytes(),
+            cookie_key: crate::os::process::random_bytes(),
             keys: opts.keys.clone(),
             ..Default::default()
         };
@@ -288,7 +288,7 @@ impl ReceiveLoop {
         via_tcp: bool,
         name: Option<&str>,
     ) {
-        self.rusage_at_start = Some(super::Rusage::of_self());
+        self.rusage_at_start = Some(crate::os::process::Rusage::of_self());
         let session = format!("{:016x}", self.rx.session_id().unwrap_or(0));
         info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
         match super::output::output_path(&opts.out, name) {
@@ -413,12 +413,12 @@ impl ReceiveLoop {
             nacks_sent: rx.nacks_sent,
             dropped: rx.drops.clone(),
             error,
-            rusage: super::Rusage::of_self(),
-            transfer_rusage: super::Rusage::of_self().since(&self.rusage_at_start.unwrap_or_default()),
-            syscalls: crate::syscount::total(),
-            e2e_s: crate::report::since_process_start(),
+            rusage: crate::os::process::Rusage::of_self(),
+            transfer_rusage: crate::os::process::Rusage::of_self().since(&self.rusage_at_start.unwrap_or_default()),
+            syscalls: crate::os::syscount::total(),
+            e2e_s: crate::os::process::since_process_start(),
             final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),
-            peak_rss_bytes: crate::report::peak_rss_bytes(),
+            peak_rss_bytes: crate::os::process::peak_rss_bytes(),
             per_queue: Vec::new(),
             path_stats: serde_json::Value::Null,
         }

@@ -37,7 +37,7 @@ pub fn run(iface: &Interface, port: u16, duration: Duration, print: bool) -> any
     let end = start + duration;
     let mut rates = PacketRate::new(print, start);
     let label = "dropped at XDP";
-    while Instant::now() < end && !super::stop_requested() {
+    while Instant::now() < end && !crate::os::signals::stop_requested() {
         std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
         let c = steering.counters();
         rates.tick(Instant::now(), c.sunk, c.sunk_bytes, label);

@@ -107,7 +107,7 @@ impl PendingStreams {
         let mut i = 0;
         while i < self.conns.len() {
             let p = &mut self.conns[i];
-            crate::syscount::count(1);
+            crate::os::syscount::count(1);
             match p.sock.read(&mut p.buf[p.got..]) {
                 Ok(0) => {
                     refused!(self, now, from = %p.from, "a TCP connection closed before its stream header");
@@ -147,7 +147,7 @@ impl PendingStreams {
 
     fn accept(&mut self, listener: &TcpListener, welcome: &impl Fn(IpAddr) -> bool, now: Instant) {
         loop {
-            crate::syscount::count(1);
+            crate::os::syscount::count(1);
             let Ok((sock, from)) = listener.accept() else { return };
             if !welcome(from.ip()) {
                 refused!(self, now, %from, "refused a TCP connection: no session admitted from that address takes a TCP stream (a TCP sender says Hello on the control port first)");

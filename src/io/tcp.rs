@@ -23,7 +23,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,8 @@ const CHUNK: usize = 1 << 20;
 /// A stream must deliver at least this much per timeout to count as moving.
 pub const PROGRESS_QUANTUM: u64 = 64 << 10;
 
-use crate::syscount::count as count_syscalls;
+use crate::os::sys::{self, Doing};
+use crate::os::syscount::count as count_syscalls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -77,9 +78,9 @@ pub struct TcpReport {
     pub prepare_s: f64,
     pub error: Option<String>,
     pub path: Option<String>,
-    pub rusage: super::Rusage,
+    pub rusage: crate::os::process::Rusage,
     /// CPU and context switches from the first byte to the verdict.
-    pub transfer_rusage: super::Rusage,
+    pub transfer_rusage: crate::os::process::Rusage,
     pub syscalls: u64,
     /// Process start to the verdict.
     pub e2e_s: f64,
@@ -98,7 +99,7 @@ fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     loop {
-        if super::stop_requested() {
+        if crate::os::signals::stop_requested() {
             return Err(interrupted());
         }
         let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, off)?;
@@ -113,15 +114,6 @@ fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
 
 fn interrupted() -> io::Error {
     io::Error::new(io::ErrorKind::Interrupted, "interrupted")
-}
-
-fn check(r: isize, what: &str) -> io::Result<usize> {
-    count_syscalls(1);
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(r as usize)
 }
 
 fn write_all_counted(sock: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
@@ -159,9 +151,7 @@ fn send_body(
             let mut off = libc::off_t::try_from(base).map_err(|_| io::Error::other("offset too large"))?;
             while (off as u64) < size {
                 let want = ((size - off as u64) as usize).min(SENDFILE_STEP);
-                // SAFETY: sendfile between two descriptors we own, with a valid
-                // offset pointer; the kernel moves page references, no buffers of ours.
-                let n = check(unsafe { libc::sendfile(fd_out, fd_in, &mut off, want) }, "sendfile")?;
+                let n = sys::sendfile(fd_out, fd_in, &mut off, want)?;
                 if n == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while being sent"));
                 }
@@ -199,49 +189,18 @@ fn send_body(
             }
         }
         TcpMode::Splice => {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 writes two descriptors into the array we pass.
-            check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as isize, "pipe2")?;
-            // SAFETY: both descriptors were just created and are owned here only.
-            let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (rd, wr) = sys::pipe()?;
             // A bigger pipe moves more per call; failure only costs calls.
-            // SAFETY: fcntl on our own pipe descriptor.
-            unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+            let _ = sys::set_pipe_size(&wr, CHUNK);
             let mut off = libc::loff_t::try_from(base).map_err(|_| io::Error::other("offset too large"))?;
             while (off as u64) < size {
                 let want = ((size - off as u64) as usize).min(CHUNK);
-                // SAFETY: splice between our descriptors with a valid offset pointer.
-                let mut inpipe = check(
-                    unsafe {
-                        libc::splice(
-                            fd_in,
-                            &mut off,
-                            wr.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            want,
-                            libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
-                        )
-                    },
-                    "splice file->pipe",
-                )?;
+                let mut inpipe = sys::splice(fd_in, Some(&mut off), wr.as_raw_fd(), want, "splice file->pipe")?;
                 if inpipe == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while being sent"));
                 }
                 while inpipe > 0 {
-                    // SAFETY: as above, pipe -> socket.
-                    let n = check(
-                        unsafe {
-                            libc::splice(
-                                rd.as_raw_fd(),
-                                std::ptr::null_mut(),
-                                fd_out,
-                                std::ptr::null_mut(),
-                                inpipe,
-                                libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
-                            )
-                        },
-                        "splice pipe->socket",
-                    )?;
+                    let n = sys::splice(rd.as_raw_fd(), None, fd_out, inpipe, "splice pipe->socket")?;
                     if n == 0 {
                         return Err(io::Error::new(io::ErrorKind::WriteZero, "the receiver closed the connection"));
                     }
@@ -280,7 +239,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let size = meta.len();
     let count = opts.streams.clamp(1, MAX_STREAMS);
     let t_prep = Instant::now();
-    let mut intervals = Intervals::new(opts.intervals, crate::report::process_start(), size);
+    let mut intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), size);
     let (session, cookie) = admit(opts, size, &meta, &mut intervals)?;
     let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
@@ -296,7 +255,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
             opts.mode.name()
         );
     }
-    let rusage_at_start = super::Rusage::of_self();
+    let rusage_at_start = crate::os::process::Rusage::of_self();
     let start = Instant::now();
     for (i, sock) in socks.iter_mut().enumerate() {
         let source = super::output::source_id(&meta);
@@ -304,7 +263,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         write_all_counted(sock, &header.emit())?;
     }
     let fds: Vec<std::os::fd::RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
-    let retransmits_all = || fds.iter().map(|&fd| retransmits(fd)).sum::<Option<u64>>();
+    let retransmits_all = || fds.iter().map(|&fd| sys::tcp_retransmits(fd).ok()).sum::<Option<u64>>();
     let digest = send_streams(opts, &file, size, &mut socks, &mut intervals, &retransmits_all)?;
     for sock in socks.iter_mut() {
         write_all_counted(sock, &digest)?;
@@ -323,7 +282,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     if opts.intervals {
         // The whole command first (the handshake included), the transfer
         // phase beside it.
-        let e2e = crate::report::since_process_start();
+        let e2e = crate::os::process::since_process_start();
         intervals.finish(Instant::now(), size, retr);
         let t_start = intervals.at(start);
         println!("{}", summary_line(0.0, e2e, size, retr, "sender, end to end: command start to verified file"));
@@ -345,12 +304,12 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         prepare_s,
         error: None,
         path: None,
-        rusage: super::Rusage::of_self(),
-        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
-        syscalls: crate::syscount::total(),
-        e2e_s: crate::report::since_process_start(),
-        e2e_goodput_bps: size as f64 * 8.0 / crate::report::since_process_start().max(1e-9),
-        peak_rss_bytes: crate::report::peak_rss_bytes(),
+        rusage: crate::os::process::Rusage::of_self(),
+        transfer_rusage: crate::os::process::Rusage::of_self().since(&rusage_at_start),
+        syscalls: crate::os::syscount::total(),
+        e2e_s: crate::os::process::since_process_start(),
+        e2e_goodput_bps: size as f64 * 8.0 / crate::os::process::since_process_start().max(1e-9),
+        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
         afxdp_not_used: opts.fallback_reason.clone(),
     })
 }
@@ -397,7 +356,7 @@ fn send_streams(
                     send_body(opts.mode, file, range, sock, &mut |done| {
                         others.fetch_add(done - last, std::sync::atomic::Ordering::Relaxed);
                         last = done;
-                        if super::stop_requested() {
+                        if crate::os::signals::stop_requested() {
                             return Err(interrupted());
                         }
                         Ok(())
@@ -409,7 +368,7 @@ fn send_streams(
         // Called after every step of stream 0: prints, and ends the send
         // on a stop request (SIGINT, SIGTERM).
         let mut report_progress = |mine: u64| {
-            if super::stop_requested() {
+            if crate::os::signals::stop_requested() {
                 return Err(interrupted());
             }
             let done = mine + others.load(std::sync::atomic::Ordering::Relaxed);
@@ -448,7 +407,7 @@ fn await_verdict(
     let deadline = Instant::now() + timeout;
     sock.set_read_timeout(Some(Duration::from_millis(250)))?;
     while got < REPLY_LEN {
-        if super::stop_requested() {
+        if crate::os::signals::stop_requested() {
             bail!("interrupted");
         }
         let now = Instant::now();
@@ -471,19 +430,6 @@ fn await_verdict(
     Ok(reply)
 }
 
-/// The connection's retransmitted segments so far (`TCP_INFO`), if the
-/// kernel says.
-fn retransmits(fd: std::os::fd::RawFd) -> Option<u64> {
-    // SAFETY: tcp_info is plain data; an all-zero value is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
-    let r = unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
-    };
-    (r == 0).then_some(u64::from(info.tcpi_total_retrans))
-}
-
 /// Opens the session over the receiver's control port, as a datagram sender
 /// would, asking for the file over TCP; returns its id and the receiver's
 /// cookie for the stream header.
@@ -496,7 +442,7 @@ fn admit(
     let ctrl_peer = SocketAddr::new(opts.dst.ip(), super::control::control_port(opts.dst.port())?);
     let any: SocketAddr = if ctrl_peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().context("wildcard")?;
     let mut ctrl = Control::connect(any, ctrl_peer)?;
-    let session = super::random_session();
+    let session = crate::os::process::random_session();
     let chunk = CHUNK as u32;
     let info =
         SessionInfo { file_size: size, chunk_size: chunk, n_chunks: size.div_ceil(u64::from(chunk)), digest: None };
@@ -544,7 +490,7 @@ pub fn receive(
 ) -> TcpReport {
     let (out, intervals) = (opts.out, opts.intervals);
     let start = Instant::now();
-    let rusage_at_start = super::Rusage::of_self();
+    let rusage_at_start = crate::os::process::Rusage::of_self();
     let bytes = header.file_size;
     let mut intervals = Intervals::new(intervals, start, bytes);
     if opts.intervals {
@@ -582,16 +528,16 @@ pub fn receive(
         } else {
             partial.exists().then(|| partial.display().to_string())
         },
-        rusage: super::Rusage::of_self(),
-        transfer_rusage: super::Rusage::of_self().since(&rusage_at_start),
-        syscalls: crate::syscount::total(),
-        e2e_s: crate::report::since_process_start(),
+        rusage: crate::os::process::Rusage::of_self(),
+        transfer_rusage: crate::os::process::Rusage::of_self().since(&rusage_at_start),
+        syscalls: crate::os::syscount::total(),
+        e2e_s: crate::os::process::since_process_start(),
         e2e_goodput_bps: if verified {
-            bytes as f64 * 8.0 / crate::report::since_process_start().max(1e-9)
+            bytes as f64 * 8.0 / crate::os::process::since_process_start().max(1e-9)
         } else {
             0.0
         },
-        peak_rss_bytes: crate::report::peak_rss_bytes(),
+        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
         afxdp_not_used: None,
     }
 }
@@ -620,7 +566,7 @@ impl Progress {
     /// Reads into `buf` before the deadline; 0 only at the end of the stream.
     fn read(&self, sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<usize> {
         loop {
-            if super::stop_requested() {
+            if crate::os::signals::stop_requested() {
                 bail!("interrupted");
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
@@ -748,7 +694,7 @@ fn receive_range(
     let mut done = 0u64;
     let mut progress = Progress::new(timeout);
     while done < len {
-        if super::stop_requested() {
+        if crate::os::signals::stop_requested() {
             bail!("receiver interrupted");
         }
         let want = ((len - done) as usize).min(CHUNK);
@@ -783,7 +729,7 @@ fn join_streams(
     let deadline = Instant::now() + opts.timeout;
     while socks.iter().any(Option::is_none) {
         let listener = opts.listener.context("a file sent over several streams, and no listener for the others")?;
-        if super::stop_requested() {
+        if crate::os::signals::stop_requested() {
             bail!("receiver interrupted");
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -816,7 +762,7 @@ fn join_streams(
 
 /// Binds the TCP listener every receive mode offers (the sender's fallback).
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let l = TcpListener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("binding TCP {addr}: {e}")))?;
+    let l = TcpListener::bind(addr).doing(|| format!("binding TCP {addr}"))?;
     l.set_nonblocking(true)?;
     Ok(l)
 }

@@ -8,7 +8,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use tracing::{debug, info};
 
 use super::receive::{DataPath, Datagram};
-use crate::afxdp::xsk::setsockopt_u32;
+use crate::os::sys::setsockopt_u32;
+use crate::os::sys::Doing;
 use crate::wire::WireError;
 
 const BATCH: usize = 64;
@@ -30,8 +31,7 @@ unsafe impl Send for UdpReceiver {}
 
 impl UdpReceiver {
     pub fn bind(listen: SocketAddr) -> io::Result<UdpReceiver> {
-        let sock = UdpSocket::bind(listen)
-            .map_err(|e| io::Error::new(e.kind(), format!("binding the data socket to {listen}: {e}")))?;
+        let sock = UdpSocket::bind(listen).doing(|| format!("binding the data socket to {listen}"))?;
         sock.set_nonblocking(true)?;
         // A deep socket buffer absorbs bursts; FORCE needs CAP_NET_ADMIN.
         if setsockopt_u32(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
@@ -88,7 +88,7 @@ impl DataPath for UdpReceiver {
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        crate::syscount::count(1);
+        crate::os::syscount::count(1);
         // SAFETY: every header points at a live iovec over its own SLOT-byte
         // region of `bufs` and at its own sockaddr_storage; all outlive the call.
         let n = unsafe {

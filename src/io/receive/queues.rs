@@ -166,7 +166,7 @@ fn main_loop(
         // Idle: no datagram on any queue since the previous turn.
         let idle = lp.packets == seen;
         seen = lp.packets;
-        if super::super::stop_requested() {
+        if crate::os::signals::stop_requested() {
             lp.rx.abort("receiver interrupted");
         }
         let got = lp.poll_control(ctrl, now);
@@ -190,7 +190,7 @@ fn main_loop(
             // next timer, or a millisecond (events from the queues wait
             // that long at most).
             let wait = next_timer.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()));
-            super::super::wait_readable(&fds, wait.min(IDLE_WAIT));
+            crate::os::sys::wait_readable(&fds, wait.min(IDLE_WAIT));
         }
     }
 }
@@ -261,7 +261,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
                 idle_spins += 1;
                 if idle_spins > 64 {
                     path.before_block();
-                    super::super::wait_readable(&[path.fd()], IDLE_WAIT);
+                    crate::os::sys::wait_readable(&[path.fd()], IDLE_WAIT);
                 }
             }
             Ok(_) => idle_spins = 0,
@@ -273,7 +273,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
             }
         }
     }
-    fig.cpu_s = super::super::Rusage::of_thread().cpu_s();
+    fig.cpu_s = crate::os::process::Rusage::of_thread().cpu_s();
     fig.wall_s = start.elapsed().as_secs_f64();
     fig
 }
