@@ -7,19 +7,21 @@
 //! - [`afxdp`]: the kernel-facing parts (UMEM, XSK rings, our XDP program), the
 //!   only place with ring and UMEM `unsafe`;
 //! - [`net`]: interface facts and the neighbour table, over netlink;
-//! - [`engine`]: the one transmit engine (post, pace, reap, kick) on any TX ring;
+//! - [`datapath`]: a file into fully built UMEM frames, and the one transmit
+//!   engine (post, pace, reap, kick) on any TX ring;
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
 //! - [`bench`]: every mode side by side on a veth pair it creates;
-//! - [`report`]: human and JSON output;
+//! - [`report`]: human and JSON output, in [`units`];
 //! - [`os`]: the libc calls outside the rings (errno kept as a value), the
 //!   stop signals, this process's figures.
 
 pub mod afxdp;
 pub mod bench;
-pub mod engine;
+pub mod datapath;
 pub mod io;
 pub mod net;
 pub mod os;
 pub mod proto;
 pub mod report;
+pub mod units;
 pub mod wire;

@@ -12,7 +12,7 @@ use tracing::info;
 use xdpblast::afxdp::program::{Steering, TestKnobs};
 use xdpblast::afxdp::umem::UmemError;
 use xdpblast::afxdp::xsk::BindMode;
-use xdpblast::engine::reader::ReaderMode;
+use xdpblast::datapath::reader::ReaderMode;
 use xdpblast::io::afxdp_recv::AfxdpReceiver;
 use xdpblast::io::afxdp_send::{self, SendOptions};
 use xdpblast::io::control::{control_port, Control};

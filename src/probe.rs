@@ -2,11 +2,11 @@
 
 use serde::Serialize;
 
-use xdpblast::afxdp::preload::{FramePlan, MAX_CHAIN};
 use xdpblast::afxdp::program::{self, Steering, XdpQuery};
 use xdpblast::afxdp::umem::UmemArea;
 use xdpblast::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError, XskMode};
 use xdpblast::afxdp::zerocopy::{self, BindChoice, DriverZeroCopy};
+use xdpblast::datapath::plan::{FramePlan, MAX_CHAIN};
 use xdpblast::io::afxdp_send::DEFAULT_UMEM;
 use xdpblast::net::iface::{format_mac, Interface};
 use xdpblast::wire::frame::{IpVersion, ETH_LEN};

@@ -16,13 +16,13 @@ use serde::Serialize;
 use tracing::info;
 
 use super::control::{control_port, Control};
-use crate::afxdp::preload::{FramePlan, PlanError, FILL_SPARE};
-use crate::afxdp::readahead::ReadAhead;
 use crate::afxdp::xsk::{BindMode, Queue, Xsk, XskConfig, XskMode};
 use crate::afxdp::zerocopy::{self, BindChoice, DriverZeroCopy};
-use crate::engine::kicker::{KickCounts, KickRequests};
-use crate::engine::reader::{Reader, ReaderMode, Unchanged};
-use crate::engine::tx::TxEngine;
+use crate::datapath::kicker::{KickCounts, KickRequests};
+use crate::datapath::plan::{FramePlan, PlanError, FILL_SPARE};
+use crate::datapath::readahead::ReadAhead;
+use crate::datapath::reader::{Reader, ReaderMode, Unchanged};
+use crate::datapath::tx::TxEngine;
 use crate::net::iface::{format_mac, Interface};
 use crate::net::neigh;
 use crate::proto::auth::DATA_TAG_LEN;

@@ -14,9 +14,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::afxdp_send::{resolve_mac, tx_config, Prepared, SendOptions, COMP_RING, TX_RING};
-use crate::afxdp::preload::preload;
 use crate::afxdp::xsk::{Queue, Xsk, XskMode};
-use crate::engine::tx::{Kicker, TxEngine};
+use crate::datapath::preload::preload;
+use crate::datapath::tx::{Kicker, TxEngine};
 use crate::net::iface::format_mac;
 use crate::os::sys::setsockopt_u32;
 use crate::proto::pacer::{Pacer, Rate};

@@ -67,7 +67,7 @@ impl Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Rate::BitsPerSec(v) => f.write_str(&crate::report::human_bits_per_sec(v)),
+            Rate::BitsPerSec(v) => f.write_str(&crate::units::human_bits_per_sec(v)),
             Rate::PacketsPerSec(v) => write!(f, "{:.0} pps", v),
         }
     }

@@ -216,13 +216,13 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
-    #[error("no sender opened a session within {} (idle timeout); is the sender running and the route right?", crate::report::human_secs(*.0))]
+    #[error("no sender opened a session within {} (idle timeout); is the sender running and the route right?", crate::units::human_secs(*.0))]
     NoSender(Duration),
     #[error(
-        "the session opened but no data arrived for {} (idle timeout); is something on the path (a smaller MTU, a firewall) dropping the sender's packets?", crate::report::human_secs(*.0)
+        "the session opened but no data arrived for {} (idle timeout); is something on the path (a smaller MTU, a firewall) dropping the sender's packets?", crate::units::human_secs(*.0)
     )]
     NoData(Duration),
-    #[error("no new data from the sender for {} (idle timeout), whatever else it sent", crate::report::human_secs(*.0))]
+    #[error("no new data from the sender for {} (idle timeout), whatever else it sent", crate::units::human_secs(*.0))]
     Stalled(Duration),
     #[error("digest mismatch: the file received does not match the sender's BLAKE3 digest")]
     DigestMismatch,

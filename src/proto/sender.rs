@@ -98,17 +98,17 @@ pub enum FrameId {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    #[error("no answer from the receiver for {} during the handshake; is `xdpblast recv` running and reachable?", crate::report::human_secs(*.0))]
+    #[error("no answer from the receiver for {} during the handshake; is `xdpblast recv` running and reachable?", crate::units::human_secs(*.0))]
     HandshakeTimeout(Duration),
-    #[error("the receiver went silent for {} mid-transfer", crate::report::human_secs(*.0))]
+    #[error("the receiver went silent for {} mid-transfer", crate::units::human_secs(*.0))]
     Timeout(Duration),
     #[error(
         "the receiver has taken in none of our data in {secs}; are our {size}-byte packets above an MTU on the path? (lower --packet-size)",
-        secs = crate::report::human_secs(*.0),
+        secs = crate::units::human_secs(*.0),
         size = .1
     )]
     NothingArrived(Duration, usize),
-    #[error("the receiver reported no new data for {}, whatever else it said", crate::report::human_secs(*.0))]
+    #[error("the receiver reported no new data for {}, whatever else it said", crate::units::human_secs(*.0))]
     Stalled(Duration),
     #[error("the receiver reports a digest mismatch: the file it rebuilt differs from ours")]
     DigestMismatch,
@@ -116,7 +116,7 @@ pub enum SendError {
     ReceiverAborted(String),
     #[error(
         "no sealed answer from the receiver for {secs}; it refused us without the key: {reason} (the receiver may have no key or another one; with a key an unsealed refusal is never trusted, since anyone on the path could forge it)",
-        secs = crate::report::human_secs(*.0),
+        secs = crate::units::human_secs(*.0),
         reason = .1
     )]
     RefusedUnsealed(Duration, String),

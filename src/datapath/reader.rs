@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
 
-use crate::afxdp::preload::{FramePlan, PreloadError};
-use crate::afxdp::readahead::{ReadAhead, SlotLedger};
+use crate::datapath::plan::{FramePlan, PreloadError};
+use crate::datapath::readahead::{ReadAhead, SlotLedger};
 
 /// Chunks read per turn of the transmit loop (inline), small enough that
 /// the ring is posted to between reads; and per step of the reader thread,

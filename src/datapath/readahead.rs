@@ -27,8 +27,8 @@ use std::fs::File;
 use std::io::{self, IoSliceMut};
 use std::time::{Duration, Instant};
 
-use super::preload::{FramePlan, PreloadError};
-use super::umem::FrameWriter;
+use super::plan::{hash_payloads, FramePlan, PreloadError};
+use crate::afxdp::umem::FrameWriter;
 use crate::proto::auth::{DataKey, Direction, Keys, DATA_TAG_LEN};
 use crate::wire::frame::FrameTemplate;
 use crate::wire::message::{emit_header, lane_of, Kind, Message, SessionInfo, HEADER_LEN};
@@ -349,31 +349,6 @@ fn append_tag(
         crate::wire::checksum::sum(0, &frame[end - len..end + DATA_TAG_LEN])
     };
     (len + DATA_TAG_LEN, sum)
-}
-
-/// Feeds the run's payloads to BLAKE3 in file order. They are gathered
-/// into one contiguous buffer first: BLAKE3 hashes many 1 KiB chunks at
-/// once with SIMD only when they are contiguous, and fed one
-/// payload at a time (1,400-odd bytes) it compresses serially, which
-/// measured as 38 % of the sender's CPU. The gather is one copy out of
-/// frames still in cache. Each payload's UDP checksum sum (`sums[i]`) is
-/// taken from its copy there, in L1, instead of from the frame later.
-pub(super) fn hash_payloads(
-    hasher: &mut blake3::Hasher,
-    gather: &mut Vec<u8>,
-    sums: &mut Vec<u32>,
-    frames: &[&mut [u8]],
-    lens: &[usize],
-    at: usize,
-) {
-    gather.clear();
-    sums.clear();
-    for (f, &len) in frames.iter().zip(lens) {
-        let start = gather.len();
-        gather.extend_from_slice(&f[at..at + len]);
-        sums.push(crate::wire::checksum::sum(0, &gather[start..]));
-    }
-    hasher.update(gather);
 }
 
 /// Reading a file larger than half the machine's memory through the page
