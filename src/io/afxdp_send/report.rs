@@ -1,0 +1,194 @@
+//! What a transfer reports: its figures, the line that says how it goes
+//! out, and the summary lines.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::transmit::Transmit;
+use super::SendOptions;
+use crate::afxdp::xsk::XskMode;
+use crate::datapath::plan::FramePlan;
+use crate::proto::pacer::Rate;
+use crate::proto::sender::SendStats;
+use crate::proto::Sender;
+use crate::report::{hex, human_bytes, summary_line};
+
+#[derive(Debug, Serialize)]
+pub struct SendReport {
+    #[serde(flatten)]
+    pub summary: crate::report::Summary,
+    /// Process start to the receiver's verdict: what the user waited for.
+    pub e2e_s: f64,
+    pub e2e_goodput_bps: f64,
+    /// VmHWM: the most memory this process held at once.
+    pub peak_rss_bytes: u64,
+    /// The UMEM ring's size (`--umem`), whatever the file's.
+    pub umem_bytes: u64,
+    /// Where the file was read ahead: "inline" or "thread".
+    pub reader: &'static str,
+    /// Time spent reading the file into frames.
+    pub read_s: f64,
+    /// Time the first pass waited for the reader with nothing else to send.
+    pub tx_stall_s: f64,
+    /// Time the reader waited for the transmit side: the ring was full until
+    /// the receiver's prefix (or the kernel's completions) freed a slot.
+    pub reader_stall_s: f64,
+    /// Chunks read a second time. Always 0 by design: a frame is reused only
+    /// once the receiver's prefix is past its chunk, so no repair can need a
+    /// re-read (`stats.repairs_unavailable` counts any NACK that would have).
+    pub reread_chunks: u64,
+    pub packet_size: u32,
+    pub chunk_size: u32,
+    pub kicks: u64,
+    /// Kicks that moved nothing because the device queue was full.
+    pub kicks_unproductive: u64,
+    /// Kicks answered EBUSY: a frame the device dropped after it left our ring.
+    pub kernel_tx_drops: u64,
+    /// Transmit queues used, and what each carried.
+    pub queues: u32,
+    pub per_queue: Vec<QueueFigures>,
+    pub rtt_us: Option<u64>,
+    pub stats: SendStats,
+    pub rusage: crate::os::process::Rusage,
+    /// CPU and context switches from the first frame to the verdict.
+    pub transfer_rusage: crate::os::process::Rusage,
+    /// Data-path syscalls (see `crate::syscount`).
+    pub syscalls: u64,
+    /// With `--adapt`: the rate over time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptation: Option<Adaptation>,
+}
+
+/// One transmit queue's share of a transfer.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueFigures {
+    pub queue: u32,
+    /// The UDP source port its data frames carry (RSS spreads by it).
+    pub source_port: u16,
+    /// Frames posted on its ring (first pass, repairs and Metas), and their
+    /// bytes from the Ethernet header on.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Turns its ring had no room (every descriptor still in flight).
+    pub ring_full_turns: u64,
+    pub kicks: u64,
+    /// Kicks the device could not take (its queue full).
+    pub kicks_unproductive: u64,
+    pub device_drops: u64,
+    /// CPU time of its kicker thread (0 for queue 0: the scheduler kicks
+    /// it).
+    pub kicker_cpu_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Adaptation {
+    pub ceiling: String,
+    /// "bits_per_sec" or "packets_per_sec".
+    pub unit: &'static str,
+    pub decreases: u64,
+    /// Every 20 ms and at each decrease: seconds since the first frame, the
+    /// rate, and the loss the last report gave (basis points).
+    pub rate_log: Vec<RatePoint>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RatePoint {
+    pub t: f64,
+    pub rate: f64,
+    pub loss_bp: u16,
+}
+
+/// The line that says how the file goes out.
+pub(super) fn mode_line(
+    opts: &SendOptions,
+    ifname: &str,
+    mode: XskMode,
+    plan: &FramePlan,
+    size: u64,
+    queues: u32,
+) -> String {
+    let on = if queues == 1 { "queue 0".to_string() } else { format!("queues 0-{}", queues - 1) };
+    format!(
+        "Sending {} ({}) to {} over AF_XDP: {} mode on {ifname} {on}, reader {}, {} B {} packets",
+        opts.file.display(),
+        human_bytes(size),
+        opts.dst,
+        mode.kind(),
+        opts.reader.name(),
+        plan.packet_size,
+        plan.ip.name()
+    )
+}
+
+/// What a verified transfer leaves for its report.
+pub(super) struct Finished {
+    pub(super) mode: XskMode,
+    pub(super) file_size: u64,
+    pub(super) plan: FramePlan,
+    pub(super) queues: u32,
+    pub(super) digest: [u8; 32],
+    pub(super) verified: bool,
+    pub(super) read_time: Duration,
+    pub(super) per_queue: Vec<QueueFigures>,
+}
+
+/// Prints the summary lines (end to end first) and builds the report.
+pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sender, done: Finished) -> SendReport {
+    let Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue } = done;
+    let stats = sender.stats.clone();
+    let elapsed = tx.elapsed_s();
+    let e2e_s = crate::os::process::since_process_start();
+    if opts.intervals {
+        let iv = &mut tx.intervals;
+        iv.finish(Instant::now(), file_size, Some(stats.retransmits));
+        let first = iv.at(tx.first_post.unwrap_or(tx.start));
+        let what = "sender, end to end: command start to verified file";
+        println!("{}", summary_line(0.0, e2e_s, file_size, Some(stats.retransmits), what));
+        let what = "sender, transfer phase: first frame to verified file";
+        println!("{}", summary_line(first, e2e_s, file_size, None, what));
+        println!("Verified by the receiver: blake3 {}", hex(&digest));
+    }
+    SendReport {
+        summary: crate::report::Summary {
+            mode: mode.name().to_string(),
+            bytes: file_size,
+            packets: Some(stats.first_pass + stats.retransmits + stats.meta_frames),
+            retransmits: stats.retransmits,
+            goodput_bps: file_size as f64 * 8.0 / elapsed.max(1e-9),
+            elapsed_s: elapsed,
+            digest: hex(&digest),
+            verified,
+        },
+        e2e_s,
+        e2e_goodput_bps: file_size as f64 * 8.0 / e2e_s.max(1e-9),
+        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
+        umem_bytes: plan.umem_bytes(),
+        reader: opts.reader.name(),
+        read_s: read_time.as_secs_f64(),
+        tx_stall_s: tx.tx_stall().as_secs_f64(),
+        reader_stall_s: tx.reader_stall().as_secs_f64(),
+        reread_chunks: 0,
+        packet_size: plan.packet_size,
+        chunk_size: plan.chunk_size,
+        kicks: per_queue.iter().map(|q| q.kicks).sum(),
+        kicks_unproductive: per_queue.iter().map(|q| q.kicks_unproductive).sum(),
+        kernel_tx_drops: per_queue.iter().map(|q| q.device_drops).sum(),
+        queues,
+        per_queue,
+        rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
+        stats,
+        rusage: crate::os::process::Rusage::of_self(),
+        transfer_rusage: crate::os::process::Rusage::of_self().since(&tx.rusage_at_start),
+        syscalls: crate::os::syscount::total(),
+        adaptation: tx.aimd.take().map(|a| Adaptation {
+            ceiling: a.ceiling().to_string(),
+            unit: match a.ceiling() {
+                Rate::BitsPerSec(_) => "bits_per_sec",
+                Rate::PacketsPerSec(_) => "packets_per_sec",
+            },
+            decreases: a.decreases,
+            rate_log: std::mem::take(&mut tx.rate_log),
+        }),
+    }
+}
