@@ -1,0 +1,571 @@
+//! The receiving side of a transfer, as a state machine without I/O.
+//!
+//! The driver feeds it datagrams (data path and control path) and the current
+//! time; it answers with where to write each payload, control datagrams to
+//! send, and events the driver must act on (create the output, verify it).
+
+mod drops;
+mod handshake;
+mod session;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::auth::{Counter, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
+use crate::wire::message::{FileAttrs, Message, Nack, SessionInfo, SourceId, HEADER_LEN};
+use crate::wire::stream::StreamHeader;
+
+pub use drops::{DropCounts, DropReason};
+use session::{HelloFields, Session, State, LANES_QUIET_ROUNDS, MAX_TINY_CHUNKS};
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Give up when no new data has arrived for this long. Control traffic
+    /// does not count: only chunks the receiver did not hold yet (and, before
+    /// the first chunk, the sender's keepalive Hellos while it prepares).
+    pub idle_timeout: Duration,
+    /// How often missing chunks and progress are reported (an empty NACK is
+    /// a heartbeat). The sender's flow-control window advances on these.
+    pub nack_interval: Duration,
+    /// Most NACK datagrams in one round.
+    pub max_nack_parts: u16,
+    /// Chunks one NACK datagram can describe (its bitmap has nbits/8 bytes).
+    pub nack_window_bits: u32,
+    /// After success, stay to answer repeated end probes until this long passes
+    /// without one (the final ack may have been lost).
+    pub linger: Duration,
+    /// Accept a session only from this address.
+    pub allow_from: Option<IpAddr>,
+    /// Largest session accepted, in chunks: the chunk bitmap is allocated at
+    /// Hello, so a hostile Hello must not be able to size it freely.
+    pub max_chunks: u64,
+    /// Largest file accepted, in bytes (`recv --max-size`).
+    pub max_file_size: Option<u64>,
+    /// Largest UDP payload the data path delivers (the interface's MTU less
+    /// IP and UDP headers), when known: a session whose datagrams are larger
+    /// is refused at Hello, naming the MTU, instead of losing every packet.
+    pub max_datagram: Option<usize>,
+    /// IP + UDP header bytes on the data path (28 for IPv4, 48 for IPv6),
+    /// to name packet sizes and the MTU in a refusal.
+    pub ip_udp_overhead: usize,
+    /// Take the file only over TCP (`recv --mode tcp`).
+    pub tcp_only: bool,
+    /// Key for the cookies answered to Hellos. The driver sets a fresh random
+    /// one; the default (all zeros) is for deterministic tests.
+    pub cookie_key: [u8; 32],
+    /// With a pre-shared key (`--key-file`): every control message and Meta
+    /// must be sealed with it, replies are sealed, the digest is keyed.
+    pub keys: Option<Keys>,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            idle_timeout: Duration::from_secs(10),
+            nack_interval: Duration::from_millis(5),
+            max_nack_parts: 32,
+            nack_window_bits: 8192,
+            linger: Duration::from_millis(300),
+            allow_from: None,
+            // 128 MiB of bitmap; 1.5 TB at 1448-byte chunks.
+            max_chunks: 1 << 30,
+            max_file_size: None,
+            max_datagram: None,
+            ip_udp_overhead: 28,
+            tcp_only: false,
+            cookie_key: [0; 32],
+            keys: None,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A session opened (its sender echoed our cookie): prepare an output of
+    /// `info.file_size` bytes, unless `via_tcp`, when the file comes over a
+    /// TCP connection that [`Receiver::tcp_admits`] must accept first. On
+    /// failure call [`Receiver::abort`].
+    /// `name`: the sender's file name, when it is one that is safe to use
+    /// in a directory (see [`crate::wire::safe_file_name`]).
+    Start {
+        info: SessionInfo,
+        peer: SocketAddr,
+        source: SourceId,
+        via_tcp: bool,
+        name: Option<String>,
+        attrs: Option<FileAttrs>,
+    },
+    /// Every chunk is in: hash the output and call [`Receiver::verified`].
+    Verify,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    #[error("no sender opened a session within {} (idle timeout); is the sender running and the route right?", crate::units::human_secs(*.0))]
+    NoSender(Duration),
+    #[error(
+        "the session opened but no data arrived for {} (idle timeout); is something on the path (a smaller MTU, a firewall) dropping the sender's packets?", crate::units::human_secs(*.0)
+    )]
+    NoData(Duration),
+    #[error("no new data from the sender for {} (idle timeout), whatever else it sent", crate::units::human_secs(*.0))]
+    Stalled(Duration),
+    #[error("digest mismatch: the file received does not match the sender's BLAKE3 digest")]
+    DigestMismatch,
+    #[error("the sender aborted: {0}")]
+    PeerAborted(String),
+    #[error("{0}")]
+    Local(String),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RecvSummary {
+    pub file_size: u64,
+    pub chunks: u64,
+    pub digest: [u8; 32],
+}
+
+#[derive(Debug)]
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    state: State,
+    session: Option<Session>,
+    /// When the transfer last moved: the session opened, a new chunk, or
+    /// (before the first chunk) a keepalive Hello. The idle timeout runs
+    /// from here.
+    last_progress: Instant,
+    next_nack: Instant,
+    transmit: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// A HelloAck is owed since this instant.
+    hello_ack_due: Option<Instant>,
+    events: VecDeque<Event>,
+    outcome: Option<Result<RecvSummary, RecvError>>,
+    pub drops: DropCounts,
+    /// Payload bytes accepted (each chunk once).
+    pub bytes: u64,
+    pub nacks_sent: u64,
+    /// Retransmits the sender reported in its end probes.
+    pub peer_retransmits: u64,
+    pub first_data: Option<Instant>,
+    /// Cookies handed out to Hellos that did not carry one yet.
+    pub cookies_sent: u64,
+    /// With a key: our sealed messages' counter, and the sender's seen.
+    counter: Counter,
+    replay: ReplayGuard,
+    scratch: Vec<u8>,
+    /// Refused Hellos not yet taken by the driver.
+    refusals: VecDeque<(SocketAddr, String)>,
+}
+
+/// Refusals kept for the driver between two calls (a sender repeats its
+/// Hello; the driver logs each address once).
+const MAX_QUEUED_REFUSALS: usize = 16;
+
+impl Receiver {
+    pub fn new(cfg: ReceiverConfig, now: Instant) -> Receiver {
+        Receiver {
+            next_nack: now + cfg.nack_interval,
+            cfg,
+            state: State::Listening,
+            session: None,
+            last_progress: now,
+            transmit: VecDeque::new(),
+            hello_ack_due: None,
+            events: VecDeque::new(),
+            outcome: None,
+            drops: DropCounts::default(),
+            bytes: 0,
+            nacks_sent: 0,
+            peer_retransmits: 0,
+            first_data: None,
+            cookies_sent: 0,
+            counter: Counter::default(),
+            replay: ReplayGuard::default(),
+            scratch: Vec::new(),
+            refusals: VecDeque::new(),
+        }
+    }
+
+    pub fn info(&self) -> Option<&SessionInfo> {
+        self.session.as_ref().map(|s| &s.info)
+    }
+
+    /// The hasher the output's digest must be computed with: keyed with a
+    /// pre-shared key, plain BLAKE3 without.
+    pub fn digest_hasher(&self) -> blake3::Hasher {
+        self.cfg.keys.as_ref().map_or_else(blake3::Hasher::new, Keys::digest_hasher)
+    }
+
+    /// With a key: whether a datagram for us is sealed, and (`fresh`) not a
+    /// replay of one already taken.
+    fn authentic(&mut self, bytes: &[u8], fresh: bool) -> bool {
+        let Some(k) = &self.cfg.keys else { return true };
+        match k.open(Direction::ToReceiver, bytes) {
+            Some(c) => !fresh || self.replay.accept(c),
+            None => false,
+        }
+    }
+
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.session.as_ref().map(|s| s.peer)
+    }
+
+    /// The cookie a sender at `ip` must echo for `session`: a keyed hash, so
+    /// the receiver keeps no state for Hellos it has only answered.
+    pub fn cookie_for(&self, ip: IpAddr, session: u64) -> u64 {
+        let mut input = [0u8; 24];
+        let v6 = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        input[..16].copy_from_slice(&v6.octets());
+        input[16..].copy_from_slice(&session.to_be_bytes());
+        let h = blake3::keyed_hash(&self.cfg.cookie_key, &input);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        // 0 means "no cookie yet" on the wire.
+        u64::from_be_bytes(b).max(1)
+    }
+
+    /// Whether a TCP stream from `from` with header `h` is the fallback of
+    /// the open session: same sender address, session, cookie and size.
+    /// Whether the open session takes its file over TCP from `from`: the
+    /// only case in which a TCP connection from there is read at all.
+    pub fn awaits_tcp_from(&self, from: IpAddr) -> bool {
+        self.session.as_ref().is_some_and(|s| s.via_tcp && s.peer.ip() == from)
+    }
+
+    pub fn tcp_admits(&self, from: IpAddr, h: &StreamHeader) -> bool {
+        self.session.as_ref().is_some_and(|s| {
+            s.via_tcp
+                && s.peer.ip() == from
+                && s.id == h.session
+                && s.cookie == h.cookie
+                && s.info.file_size == h.file_size
+        })
+    }
+
+    /// The driver polled the data path and found nothing waiting. Only a data
+    /// path that has stayed empty for a tick lets an end probe (which overtakes
+    /// queued data) turn every gap into a loss.
+    pub fn note_idle(&mut self, now: Instant) {
+        if let Some(s) = self.session.as_mut() {
+            s.idle_since.get_or_insert(now);
+        }
+    }
+
+    /// Bytes from the start of the file that are all written: what can be
+    /// hashed ahead of the end.
+    pub fn contiguous_bytes(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| (s.reported_prefix() * u64::from(s.info.chunk_size)).min(s.info.file_size))
+    }
+
+    pub fn chunks_received(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.chunks.count())
+    }
+
+    /// A datagram from the data path. Returns the file offset and bytes to
+    /// write, or `None` if it was dropped (and counted) or carried no data.
+    pub fn on_data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a [u8]) -> Option<(u64, &'a [u8])> {
+        match self.data(now, from, bytes) {
+            Ok(w) => w,
+            Err(r) => {
+                self.drops.add(r);
+                None
+            }
+        }
+    }
+
+    fn data<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    ) -> Result<Option<(u64, &'a [u8])>, DropReason> {
+        let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
+        let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
+        // Every check drops; their order only decides which reason is
+        // counted. The cheap content checks come first so a hostile source
+        // shows what it sent, and the source checks (cookie, address) last
+        // before acceptance.
+        match msg {
+            Message::Data { session, chunk, payload } => {
+                if session != s.id {
+                    return Err(DropReason::WrongSession);
+                }
+                let want = s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)?;
+                if payload.len() != want {
+                    return Err(DropReason::BadLength);
+                }
+                if cookie != s.cookie {
+                    return Err(DropReason::BadCookie);
+                }
+                let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
+                // Last, being the dearest: nothing a frame says counts
+                // before its tag holds.
+                if let Some(k) = &s.data_key {
+                    let (message, tag) = bytes.split_at(HEADER_LEN + payload.len());
+                    if !k.tag_matches(chunk, message, tag.get(..DATA_TAG_LEN).unwrap_or(&[])) {
+                        return Err(DropReason::BadSeal);
+                    }
+                }
+                s.idle_since = None;
+                s.high = s.high.max(chunk + 1);
+                if let Some(l) = lane {
+                    s.lane_high[l] = s.lane_high[l].max(chunk + 1);
+                }
+                if !s.chunks.insert(chunk) {
+                    return Err(DropReason::Duplicate);
+                }
+                self.last_progress = now;
+                self.first_data.get_or_insert(now);
+                self.bytes += payload.len() as u64;
+                let offset = chunk * u64::from(s.info.chunk_size);
+                self.maybe_verify();
+                Ok(Some((offset, payload)))
+            }
+            Message::Meta { session, last, info } => {
+                if session != s.id {
+                    return Err(DropReason::WrongSession);
+                }
+                // Sealed, but posted again on purpose: no replay check.
+                if let Some(k) = &self.cfg.keys {
+                    k.open(Direction::ToReceiver, bytes).ok_or(DropReason::BadSeal)?;
+                }
+                if cookie != s.cookie {
+                    return Err(DropReason::BadCookie);
+                }
+                let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
+                if !info.same_transfer(&s.info) {
+                    return Err(DropReason::InfoMismatch);
+                }
+                s.info.digest = s.info.digest.or(info.digest);
+                if last {
+                    s.end_seen = true;
+                    s.markers += 1;
+                    // It travels behind its lane's data: that lane is done.
+                    if let Some(l) = lane {
+                        s.lane_high[l] = s.info.n_chunks;
+                    }
+                }
+                self.maybe_verify();
+                Ok(None)
+            }
+            _ => Err(DropReason::WrongKind),
+        }
+    }
+
+    /// Every chunk is in and the digest to check against is known: ask the
+    /// driver to verify.
+    fn maybe_verify(&mut self) {
+        let Some(s) = &self.session else { return };
+        if matches!(self.state, State::Receiving) && !s.via_tcp && s.chunks.is_complete() && s.info.digest.is_some() {
+            self.state = State::Verifying;
+            self.events.push_back(Event::Verify);
+        }
+    }
+
+    /// The driver hashed the output.
+    pub fn verified(&mut self, now: Instant, digest: [u8; 32]) {
+        let Some(s) = self.session.as_mut() else { return };
+        if !matches!(self.state, State::Verifying) {
+            return;
+        }
+        let ok = Some(digest) == s.info.digest;
+        s.digest = Some(digest);
+        let done = s.encode(&Message::Done { session: s.id, ok, digest });
+        self.transmit.push_back(done);
+        self.state = State::Complete { ok, last_probe: now };
+        self.outcome = Some(if ok {
+            Ok(RecvSummary { file_size: s.info.file_size, chunks: s.info.n_chunks, digest })
+        } else {
+            Err(RecvError::DigestMismatch)
+        });
+    }
+
+    /// The driver could not go on (output could not be created, disk full...).
+    /// Tells the sender and finishes with `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        if let Some(s) = &self.session {
+            self.transmit.push_back(s.encode(&Message::Abort { session: s.id, reason }));
+        }
+        self.fail(RecvError::Local(reason.to_string()));
+    }
+
+    fn fail(&mut self, e: RecvError) {
+        self.state = State::Finished;
+        if !matches!(self.outcome, Some(Ok(_))) {
+            self.outcome = Some(Err(e));
+        }
+    }
+
+    /// The next control datagram to send (sealed, with a key). `now` stamps
+    /// the HelloAck's delay.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        let (to, mut bytes) = match (self.hello_ack_due, &self.session) {
+            (Some(at), Some(s)) => {
+                self.hello_ack_due = None;
+                let delay_us = now.saturating_duration_since(at).as_micros() as u64;
+                let max_datagram = self.max_datagram();
+                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true, max_datagram })
+            }
+            _ => self.transmit.pop_front()?,
+        };
+        if let Some(k) = &self.cfg.keys {
+            k.seal(Direction::ToSender, self.counter.bump(), &mut bytes);
+        }
+        Some((to, bytes))
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether [`Receiver::poll_event`] has something.
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The next instant [`Receiver::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Finished => None,
+            State::Complete { last_probe, .. } => Some(*last_probe + self.cfg.linger),
+            State::Receiving => Some(self.next_nack.min(self.last_progress + self.cfg.idle_timeout)),
+            _ => Some(self.last_progress + self.cfg.idle_timeout),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            State::Finished => {}
+            State::Complete { last_probe, .. } => {
+                if now >= *last_probe + self.cfg.linger {
+                    self.state = State::Finished;
+                }
+            }
+            State::Listening | State::Verifying | State::Receiving => {
+                if now >= self.last_progress + self.cfg.idle_timeout {
+                    let t = self.cfg.idle_timeout;
+                    let e = match (&self.session, self.first_data) {
+                        (None, _) => RecvError::NoSender(t),
+                        (Some(_), None) => RecvError::NoData(t),
+                        (Some(_), Some(_)) => RecvError::Stalled(t),
+                    };
+                    // Tell the sender why, so it need not wait for its own
+                    // timeout to guess.
+                    if let Some(s) = &self.session {
+                        let why = e.to_string();
+                        let abort = s.encode(&Message::Abort { session: s.id, reason: &why });
+                        self.transmit.push_back(abort);
+                    }
+                    self.fail(e);
+                    return;
+                }
+                let tcp = self.session.as_ref().is_some_and(|s| s.via_tcp);
+                if matches!(self.state, State::Receiving) && !tcp && now >= self.next_nack {
+                    self.next_nack = now + self.cfg.nack_interval;
+                    self.send_nacks(now);
+                }
+            }
+        }
+    }
+
+    /// One NACK round: bitmaps of the missing chunks below the watermark, or a
+    /// bare heartbeat when nothing is missing yet.
+    fn send_nacks(&mut self, now: Instant) {
+        let Some(s) = self.session.as_mut() else { return };
+        // A gap above last tick's high-water mark may still be reordering, or
+        // still queued in our own receive ring.
+        // With lanes, the closing Meta ends only the lane it came on (see
+        // `data`): data on another may still be on its way, so the data
+        // path must be quiet longer before the End probe ends every lane.
+        let lanes = s.lane_high.len() > 1;
+        let quiet_for = if lanes { self.cfg.nack_interval * LANES_QUIET_ROUNDS } else { self.cfg.nack_interval };
+        let quiet = s.idle_since.is_some_and(|t| now >= t + quiet_for);
+        let watermark = if (s.end_seen && !lanes) || (s.end_probed && quiet) {
+            s.info.n_chunks
+        } else if lanes {
+            s.lanes_watermark()
+        } else {
+            s.high_at_last_tick
+        };
+        s.high_at_last_tick = s.high;
+        s.lane_high_at_last_tick.clone_from(&s.lane_high);
+        s.round += 1;
+        // Loss over the first-pass chunks this report newly covers.
+        let covered = watermark.saturating_sub(s.loss_from);
+        let loss_bp = (covered > 0).then(|| {
+            let lost = s.chunks.count_missing(s.loss_from, watermark);
+            (lost * 10_000 / covered) as u16
+        });
+        s.loss_from = s.loss_from.max(watermark);
+        let mut from = 0;
+        let mut part = 0u16;
+        while part < self.cfg.max_nack_parts {
+            let Some(base) = s.chunks.next_missing(from, watermark) else { break };
+            let room = u32::try_from(watermark - base).unwrap_or(u32::MAX);
+            let nbits = s.chunks.missing_bitmap(base, self.cfg.nack_window_bits.min(room), &mut self.scratch);
+            let nack = Nack {
+                round: s.round,
+                part,
+                received: s.chunks.count(),
+                high: s.position(),
+                prefix: s.reported_prefix(),
+                base,
+                nbits,
+                bitmap: &self.scratch,
+                loss_bp,
+            };
+            self.transmit.push_back(s.encode(&Message::Nack { session: s.id, nack }));
+            part += 1;
+            from = base + u64::from(nbits);
+        }
+        if part > 0 {
+            tracing::debug!(
+                round = s.round,
+                parts = part,
+                first_missing = s.chunks.next_missing(0, watermark),
+                watermark,
+                high = s.high,
+                held = s.chunks.count(),
+                end_seen = s.end_seen,
+                "NACK round"
+            );
+        }
+        if part == 0 {
+            let nack = Nack {
+                round: s.round,
+                part: 0,
+                received: s.chunks.count(),
+                high: s.position(),
+                prefix: s.reported_prefix(),
+                base: 0,
+                nbits: 0,
+                bitmap: &[],
+                loss_bp,
+            };
+            self.transmit.push_back(s.encode(&Message::Nack { session: s.id, nack }));
+        }
+        self.nacks_sent += u64::from(part);
+    }
+
+    /// `Some` once the transfer has succeeded or failed.
+    pub fn outcome(&self) -> Option<&Result<RecvSummary, RecvError>> {
+        self.outcome.as_ref()
+    }
+
+    /// True when the driver may exit: failed, or succeeded and done lingering.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}
