@@ -13,8 +13,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::afxdp_send::{resolve_mac, tx_config, Prepared, SendOptions, COMP_RING, TX_RING};
-use crate::afxdp::xsk::{Queue, Xsk, XskMode};
+use super::afxdp_send::{resolve_mac, Prepared, SendOptions, COMP_RING, TX_RING};
+use crate::afxdp::xsk::Queue;
 use crate::datapath::preload::preload;
 use crate::datapath::tx::{Kicker, TxEngine};
 use crate::net::iface::format_mac;
@@ -96,118 +96,68 @@ fn preload_progress(print: bool, total: u64) -> impl FnMut(u64) -> bool {
     }
 }
 
-pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Result<RawReport> {
-    let Prepared { iface, plan, src, file, file_size, bind, .. } = prep;
-    if raw.queues == 0 {
-        bail!("--queues must be at least 1");
-    }
-    if raw.queues > iface.tx_queues {
-        bail!(
-            "--queues {} but {} has {} TX queue(s); for a veth pair create it with `numtxqueues N numrxqueues N`",
-            raw.queues,
-            iface.name,
-            iface.tx_queues
-        );
-    }
-    // A socket bound for the run reserves the source port the frames carry.
-    let port_holder = std::net::UdpSocket::bind(src).context("reserving a source port")?;
-    let local = port_holder.local_addr()?;
+/// The frames of a raw run, built once, and what they are.
+struct RawFrames {
+    area: crate::afxdp::umem::UmemArea,
+    /// Frames sent round and round: every chunk's, less a short last one.
+    full: u64,
+    frame_len: u32,
+    /// Holds the source port the frames carry for the run.
+    _port: std::net::UdpSocket,
+}
+
+/// Reads the whole file into frames addressed to `opts.dst`. No receiver,
+/// so no cookie: the frames only have to reach a drop sink.
+fn build_frames(opts: &SendOptions, prep: &Prepared) -> anyhow::Result<RawFrames> {
+    let Prepared { iface, plan, src, file, file_size, .. } = prep;
+    let port = std::net::UdpSocket::bind(src).context("reserving a source port")?;
+    let local = port.local_addr()?;
     let dst_mac = match opts.dst_mac {
         Some(m) => m,
-        None => resolve_mac(&iface, src.ip(), opts.dst.ip())?,
+        None => resolve_mac(iface, src.ip(), opts.dst.ip())?,
     };
     info!(dst = %opts.dst, dst_mac = %format_mac(&dst_mac), src = %local, iface = %iface.name, "raw mode: no protocol, frames sent round and round");
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    // No receiver, so no cookie: the frames only have to reach a drop sink.
-    let pre = preload(
-        &file,
-        &plan,
-        &tpl,
-        crate::os::process::random_session(),
-        0,
-        preload_progress(opts.intervals, file_size),
-    )?;
+    let session = crate::os::process::random_session();
+    let pre = preload(file, plan, &tpl, session, 0, preload_progress(opts.intervals, *file_size))?;
     // Equal frames only, so bytes = packets x frame length exactly: leave out a
     // short last chunk unless it is all there is.
-    let info = pre.info;
-    let full = if plan.n_chunks > 1 && info.chunk_len(plan.n_chunks - 1) != Some(plan.chunk_size as usize) {
+    let full = if plan.n_chunks > 1 && pre.info.chunk_len(plan.n_chunks - 1) != Some(plan.chunk_size as usize) {
         plan.n_chunks - 1
     } else {
         plan.n_chunks
     };
-    let frame_len = plan.data_len(&info, 0);
-    let backing = format!("{:?}", pre.area.backing()).to_lowercase();
+    Ok(RawFrames { full, frame_len: plan.data_len(&pre.info, 0), area: pre.area, _port: port })
+}
 
-    let queue_ids: Vec<u32> = (0..raw.queues).collect();
-    let mut xsk = Xsk::open_queues(pre.area, &tx_config(&iface.name, bind.bind, &plan), &queue_ids)?;
+pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Result<RawReport> {
+    let frames = build_frames(opts, &prep)?;
+    let Prepared { iface, plan, bind, .. } = prep;
+    let RawFrames { area, full, frame_len, _port } = frames;
+    let backing = format!("{:?}", area.backing()).to_lowercase();
+    let mut xsk = super::afxdp_send::open_sockets(&iface, &plan, area, bind.bind, raw.queues)?;
     if let (true, Some(note)) = (opts.intervals, &bind.note) {
         println!("{note}");
     }
-    let copy_mode = xsk.mode() == XskMode::Copy;
-    let mode = xsk.mode().name();
-    let (slot_bytes, unit) = (u64::from(plan.slot_bytes()), plan.frame_size);
-    let spare: Vec<u64> = plan.spare_frames().map(|i| xsk.area().addr(i)).collect();
-    let per_queue_spare = (spare.len() / raw.queues as usize).max(1);
-    for (i, q) in xsk.queues_mut().iter_mut().enumerate() {
-        if copy_mode {
-            let _ = q.set_tx_budget(TX_RING);
-        }
-        if raw.busy_poll {
+    if raw.busy_poll {
+        for q in xsk.queues_mut() {
             set_busy_poll(q, opts.batch)?;
         }
-        let mine = spare.iter().copied().skip(i * per_queue_spare).take(per_queue_spare);
-        q.fill(mine, per_queue_spare as u32);
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let shared = Shared { stop: AtomicBool::new(false), packets: (0..raw.queues).map(|_| AtomicU64::new(0)).collect() };
-    let per_queue_rate = opts.rate.map(|r| r.scaled(1.0 / f64::from(raw.queues)));
-    let batch = opts.batch.clamp(1, TX_RING);
-    let start = Instant::now();
-    let end = start + raw.duration;
-    let mut rates = PacketRate::new(opts.intervals, start);
+    let mode = xsk.mode().name();
+    let lane = Lane {
+        index: 0,
+        frames: full,
+        slot_bytes: u64::from(plan.slot_bytes()),
+        unit: plan.frame_size,
+        frame_len,
+        batch: opts.batch.clamp(1, TX_RING),
+        rate: opts.rate.map(|r| r.scaled(1.0 / f64::from(raw.queues))),
+    };
     let label = format!("{mode}, {} queue(s), {frame_len} B frames", raw.queues);
-
-    let results: Vec<std::io::Result<QueueStats>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = xsk
-            .queues_mut()
-            .iter_mut()
-            .enumerate()
-            .map(|(i, q)| {
-                let shared = &shared;
-                let cpu = (raw.queues > 1 || cpus > 1).then_some(i % cpus);
-                scope.spawn(move || {
-                    if let Some(c) = cpu {
-                        pin_to(c);
-                    }
-                    let lane =
-                        Lane { index: i, frames: full, slot_bytes, unit, frame_len, batch, rate: per_queue_rate };
-                    let r = lane.transmit(q, shared);
-                    r.map(|(packets, k)| QueueStats {
-                        queue: q.queue_id(),
-                        cpu,
-                        packets,
-                        kicks: k.kicks,
-                        kicks_unproductive: k.unproductive,
-                        device_drops: k.device_drops,
-                    })
-                })
-            })
-            .collect();
-        loop {
-            let now = Instant::now();
-            let total: u64 = shared.packets.iter().map(|p| p.load(Ordering::Relaxed)).sum();
-            if now >= end || crate::os::signals::stop_requested() || handles.iter().any(|h| h.is_finished()) {
-                shared.stop.store(true, Ordering::Relaxed);
-                break;
-            }
-            rates.tick(now, total, total * u64::from(frame_len), &label);
-            std::thread::sleep(Duration::from_millis(5).min(end.saturating_duration_since(now)));
-        }
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a transmit thread panicked"))))
-            .collect()
-    });
+    let start = Instant::now();
+    let mut rates = PacketRate::new(opts.intervals, start);
+    let results = run_lanes(xsk.queues_mut(), &lane, start + raw.duration, &mut rates, &label);
     let elapsed = start.elapsed();
     let mut per_queue = Vec::new();
     for r in results {
@@ -219,14 +169,13 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
     if crate::os::signals::stop_requested() {
         bail!("interrupted");
     }
-    drop(port_holder);
     let secs = elapsed.as_secs_f64();
     let report = RawReport {
         mode: mode.into(),
         queues: raw.queues,
         frame_len,
         packet_size: plan.packet_size,
-        batch,
+        batch: lane.batch,
         rate: opts.rate.map(|r| r.to_string()),
         busy_poll: raw.busy_poll,
         umem_backing: backing,
@@ -250,6 +199,60 @@ pub fn run(opts: &SendOptions, raw: &RawOptions, prep: Prepared) -> anyhow::Resu
         );
     }
     Ok(report)
+}
+
+/// Runs a thread per queue, each pinned to a core, sending `lane`'s frames
+/// until `end`, a stop request, or a thread's failure; ticks `rates` on the
+/// way. Returns each queue's figures.
+fn run_lanes(
+    queues: &mut [Queue],
+    lane: &Lane,
+    end: Instant,
+    rates: &mut PacketRate,
+    label: &str,
+) -> Vec<std::io::Result<QueueStats>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = queues.len();
+    let shared = Shared { stop: AtomicBool::new(false), packets: (0..n).map(|_| AtomicU64::new(0)).collect() };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = queues
+            .iter_mut()
+            .enumerate()
+            .map(|(i, q)| {
+                let shared = &shared;
+                let cpu = (n > 1 || cpus > 1).then_some(i % cpus);
+                let lane = Lane { index: i, ..*lane };
+                scope.spawn(move || {
+                    if let Some(c) = cpu {
+                        pin_to(c);
+                    }
+                    let r = lane.transmit(q, shared);
+                    r.map(|(packets, k)| QueueStats {
+                        queue: q.queue_id(),
+                        cpu,
+                        packets,
+                        kicks: k.kicks,
+                        kicks_unproductive: k.unproductive,
+                        device_drops: k.device_drops,
+                    })
+                })
+            })
+            .collect();
+        loop {
+            let now = Instant::now();
+            let total: u64 = shared.packets.iter().map(|p| p.load(Ordering::Relaxed)).sum();
+            if now >= end || crate::os::signals::stop_requested() || handles.iter().any(|h| h.is_finished()) {
+                shared.stop.store(true, Ordering::Relaxed);
+                break;
+            }
+            rates.tick(now, total, total * u64::from(lane.frame_len), label);
+            std::thread::sleep(Duration::from_millis(5).min(end.saturating_duration_since(now)));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("a transmit thread panicked"))))
+            .collect()
+    })
 }
 
 /// One queue's share of the work.

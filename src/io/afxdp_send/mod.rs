@@ -39,8 +39,8 @@ pub(crate) use prepare::resolve_mac;
 pub use prepare::{available, prepare, tx_queues, FileStamp, Prepared, Unavailable};
 use report::{final_report, mode_line, Finished};
 pub use report::{Adaptation, QueueFigures, RatePoint, SendReport};
-use sockets::{open_sockets, spawn_kickers, stop_kickers};
-pub(crate) use sockets::{tx_config, LanePorts};
+pub(crate) use sockets::{open_sockets, LanePorts};
+use sockets::{spawn_kickers, stop_kickers};
 use transmit::Transmit;
 
 pub const TX_RING: u32 = 2048;
@@ -174,7 +174,8 @@ fn transfer(
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.
     let tpl = FrameTemplate { src_mac: iface.mac, dst_mac, src: local, dst: opts.dst, ttl: 64 };
-    let mut xsk = open_sockets(&iface, &plan, bind.bind, queues)?;
+    let area = crate::afxdp::umem::UmemArea::new_ring(plan.total_frames, plan.frame_size)?;
+    let mut xsk = open_sockets(&iface, &plan, area, bind.bind, queues)?;
     let mode = xsk.mode();
 
     // SAFETY: `xsk`, which owns the area, outlives the scope below, and the

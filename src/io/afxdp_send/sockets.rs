@@ -7,6 +7,7 @@ use anyhow::Context;
 use tracing::info;
 
 use super::{COMP_RING, TX_RING, UNREAD_RX_RING};
+use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{BindMode, Queue, Xsk, XskConfig, XskMode};
 use crate::datapath::kicker::{KickCounts, KickRequests};
 use crate::datapath::plan::{FramePlan, FILL_SPARE};
@@ -16,7 +17,7 @@ use crate::wire::message::DataPorts;
 /// A transmit-only socket's rings (queue 0; `Xsk::open_queues` takes others),
 /// bound for descriptor chains when the plan's packets span several UMEM
 /// frames.
-pub(crate) fn tx_config(ifname: &str, bind: BindMode, plan: &FramePlan) -> XskConfig {
+pub(super) fn tx_config(ifname: &str, bind: BindMode, plan: &FramePlan) -> XskConfig {
     XskConfig {
         ifname: ifname.to_string(),
         queue: 0,
@@ -59,10 +60,17 @@ impl LanePorts {
     }
 }
 
-/// Binds one transmit socket per queue on a shared UMEM ring, raises the
-/// copy-mode TX budget, and puts the spare frames on the fill rings.
-pub(super) fn open_sockets(iface: &Interface, plan: &FramePlan, bind: BindMode, queues: u32) -> anyhow::Result<Xsk> {
-    let area = crate::afxdp::umem::UmemArea::new_ring(plan.total_frames, plan.frame_size)?;
+/// Binds one transmit socket per queue on `area` (a shared UMEM ring laid
+/// out by `plan`), raises the copy-mode TX budget, and shares the spare
+/// frames out over the fill rings. Transfers and raw mode both open theirs
+/// here.
+pub(crate) fn open_sockets(
+    iface: &Interface,
+    plan: &FramePlan,
+    area: UmemArea,
+    bind: BindMode,
+    queues: u32,
+) -> anyhow::Result<Xsk> {
     let ids: Vec<u32> = (0..queues).collect();
     let mut xsk = Xsk::open_queues(area, &tx_config(&iface.name, bind, plan), &ids)?;
     let mode = xsk.mode();
