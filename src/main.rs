@@ -524,7 +524,13 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
     let opts = xdpblast::bench::BenchOptions {
         size: xdpblast::bench::parse_size(&a.size)?,
         file: a.file,
-        modes: a.modes.iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect(),
+        modes: a
+            .modes
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+            .map(|m| m.parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
         runs: a.runs,
         json: a.json,
         plot: a.plot,

@@ -177,6 +177,48 @@ fn sigint_to_bench_leaves_no_namespace() {
     assert!(!left.contains(&ns), "bench left its namespaces behind: {left}");
 }
 
+/// Trust round 2, row 16: Ctrl-C after some runs finished prints their
+/// table (before: nothing but "interrupted"), then still fails with 130.
+#[test]
+fn sigint_after_a_finished_run_prints_the_table_of_what_finished() {
+    require_privileges();
+    let _serial = serial();
+    let mut child = Command::new(BIN)
+        .args(["--log", "info", "bench", "--size", "8M", "--runs", "20", "--modes", "afxdp,sendfile"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning bench");
+    let ns = format!("xbb{}", child.id());
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("bench run finished") && l.contains("sendfile")) {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => seen.push(l),
+            Err(_) => assert!(Instant::now() < deadline, "no run finished within 120 s: {}", seen.join("\n")),
+        }
+    }
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(st.success());
+    let out = child.wait_with_output().expect("bench output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{}", rest.join("\n"));
+    assert!(stdout.contains("interrupted: the table holds the runs that finished"), "{stdout}");
+    let row = |name: &str| stdout.lines().any(|l| l.split_whitespace().next() == Some(name));
+    assert!(row("afxdp-copy") && row("sendfile"), "both rows finished a run, so both are in the table: {stdout}");
+    let left =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout).to_string();
+    assert!(!left.contains(&ns), "bench left its namespaces behind: {left}");
+}
+
 #[test]
 fn interface_down_mid_transfer_is_a_clear_error() {
     let veth = Veth::new();
