@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use serde::Serialize;
 use tracing::{info, warn};
 
 use super::receive::{BoxedPath, DataPath, Datagram};
@@ -164,37 +165,68 @@ impl AfxdpReceiver {
     }
 
     /// Kernel-side drops on our sockets (RX ring full, fill ring empty...).
-    pub fn socket_stats(&self) -> serde_json::Value {
-        let per_queue: Vec<serde_json::Value> = self
+    pub fn socket_stats(&self) -> SocketStats {
+        let per_queue: Vec<QueueDrops> = self
             .sockets
             .iter()
             .map(|s| {
                 let st = s.statistics().unwrap_or_default();
-                serde_json::json!({
-                    "queue": s.queue_id(),
-                    "rx_dropped": st.rx_dropped,
-                    "rx_ring_full": st.rx_ring_full,
-                    "rx_fill_ring_empty": st.rx_fill_ring_empty_descs,
-                    "rx_bad_chains": s.rx_bad_chains,
-                })
+                let drops = SocketDrops {
+                    rx_dropped: st.rx_dropped,
+                    rx_ring_full: st.rx_ring_full,
+                    rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
+                    rx_bad_chains: s.rx_bad_chains,
+                };
+                QueueDrops { queue: s.queue_id(), drops }
             })
             .collect();
-        let sum = |key: &str| per_queue.iter().map(|q| q[key].as_u64().unwrap_or(0)).sum::<u64>();
-        serde_json::json!({
-            "rx_dropped": sum("rx_dropped"),
-            "rx_ring_full": sum("rx_ring_full"),
-            "rx_fill_ring_empty": sum("rx_fill_ring_empty"),
-            "rx_bad_chains": sum("rx_bad_chains"),
-            "multi_buffer": self.multi_buffer,
-            // Each socket's drops: where a queue's thread fell behind.
-            "per_queue": per_queue,
-        })
+        let total = per_queue.iter().fold(SocketDrops::default(), |t, q| t.plus(&q.drops));
+        SocketStats { total, multi_buffer: self.multi_buffer, per_queue }
     }
 
     pub fn data_paths(&mut self) -> Vec<BoxedPath<'_>> {
         let port = self.data_port;
         self.sockets.iter_mut().map(|x| Box::new(XskPath { xsk: x, port }) as BoxedPath<'_>).collect()
     }
+}
+
+/// Packets the kernel dropped on a receive socket, by reason.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct SocketDrops {
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    /// Descriptor chains we refused (too long, or cut off).
+    pub rx_bad_chains: u64,
+}
+
+impl SocketDrops {
+    fn plus(self, o: &SocketDrops) -> SocketDrops {
+        SocketDrops {
+            rx_dropped: self.rx_dropped + o.rx_dropped,
+            rx_ring_full: self.rx_ring_full + o.rx_ring_full,
+            rx_fill_ring_empty: self.rx_fill_ring_empty + o.rx_fill_ring_empty,
+            rx_bad_chains: self.rx_bad_chains + o.rx_bad_chains,
+        }
+    }
+}
+
+/// One receive queue's socket's drops: where a queue's thread fell behind.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueDrops {
+    pub queue: u32,
+    #[serde(flatten)]
+    pub drops: SocketDrops,
+}
+
+/// The receive sockets' figures in the report (`path_stats.xsk`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketStats {
+    /// Summed over the queues.
+    #[serde(flatten)]
+    pub total: SocketDrops,
+    pub multi_buffer: bool,
+    pub per_queue: Vec<QueueDrops>,
 }
 
 struct XskPath<'a> {

@@ -87,8 +87,18 @@ pub struct RecvReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_queue: Vec<QueueFigures>,
     /// Extra path-specific figures (XDP counters, socket statistics).
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    pub path_stats: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_stats: Option<PathStats>,
+}
+
+/// What the receive path's kernel parts counted: our XDP program, where it
+/// ran, and the AF_XDP sockets, where there were any.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PathStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<crate::afxdp::program::XdpCounters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xsk: Option<super::afxdp_recv::SocketStats>,
 }
 
 /// How a receive ended: a report, or the TCP stream of a session admitted
@@ -420,7 +430,7 @@ impl ReceiveLoop {
             final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),
             peak_rss_bytes: crate::os::process::peak_rss_bytes(),
             per_queue: Vec::new(),
-            path_stats: serde_json::Value::Null,
+            path_stats: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::sockets::tx_config;
 use super::SendOptions;
-use crate::afxdp::xsk::{BindMode, Xsk, XskConfig};
+use crate::afxdp::xsk::{BindMode, Xsk, XskConfig, XskError};
 use crate::afxdp::zerocopy::{self, BindChoice, DriverZeroCopy};
 use crate::datapath::plan::{FramePlan, PlanError};
 use crate::net::iface::Interface;
@@ -171,27 +171,35 @@ pub(super) fn open_input(path: &std::path::Path, direct: bool) -> anyhow::Result
 pub enum Unavailable {
     /// The interface is missing or down: a mistake to report, not a reason
     /// to fall back to TCP (which would route elsewhere, or not at all).
-    #[error("{0}")]
-    Interface(String),
+    #[error(transparent)]
+    Interface(#[from] crate::net::iface::IfaceError),
+    #[error("interface {0} is down; bring it up with `ip link set dev {0} up`")]
+    Down(String),
     /// The interface is fine but this host cannot open AF_XDP sockets or
     /// register a UMEM: `--mode auto` falls back to TCP.
-    #[error("{0}")]
-    Sockets(String),
+    #[error(transparent)]
+    Sockets(#[from] XskError),
+    #[error(transparent)]
+    Memory(#[from] crate::afxdp::umem::UmemError),
+}
+
+impl Unavailable {
+    /// A mistake in the command (the interface), not a limit of this host.
+    pub fn is_interface(&self) -> bool {
+        matches!(self, Unavailable::Interface(_) | Unavailable::Down(_))
+    }
 }
 
 /// Whether AF_XDP can run on `iface` here (interface up, AF_XDP sockets,
 /// a UMEM registers). Used by `send --mode auto` to choose before anything is
 /// sent. It binds no queue, so it cannot collide with the real socket.
-pub fn available(iface: &str) -> Result<String, Unavailable> {
-    let info = Interface::lookup(iface).map_err(|e| Unavailable::Interface(e.to_string()))?;
+pub fn available(iface: &str) -> Result<(), Unavailable> {
+    let info = Interface::lookup(iface)?;
     if !info.oper_up {
-        return Err(Unavailable::Interface(format!(
-            "interface {iface} is down; bring it up with `ip link set dev {iface} up`"
-        )));
+        return Err(Unavailable::Down(iface.to_string()));
     }
-    let area = crate::afxdp::umem::UmemArea::new(64, 2048).map_err(|e| Unavailable::Sockets(e.to_string()))?;
-    Xsk::can_register(area).map_err(|e| Unavailable::Sockets(e.to_string()))?;
-    Ok("AF_XDP sockets available; the kernel picks copy or zero-copy at bind".into())
+    Xsk::can_register(crate::afxdp::umem::UmemArea::new(64, 2048)?)?;
+    Ok(())
 }
 
 /// Finds the next hop's MAC: the neighbour table, after nudging the kernel to

@@ -1,0 +1,250 @@
+//! `xdpblast send`: the input and the options checked, then the transfer
+//! over AF_XDP or TCP (`--mode auto` picks), or a raw run.
+
+use super::args::{seconds, ReaderArg, SendArgs, SendMode, XskBind};
+use super::tools::load_keys;
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::info;
+use xdpblast::afxdp::umem::UmemError;
+use xdpblast::io::afxdp_send::{self, SendOptions};
+use xdpblast::io::raw_send::{self, RawOptions};
+use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
+use xdpblast::io::QueueCount;
+use xdpblast::net::iface::parse_mac;
+
+pub(crate) fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
+    let json = a.json;
+    let r = send_checked(a, !json && !quiet);
+    if let (true, Err(e)) = (json, &r) {
+        // `--json` promises one object on stdout, failures included.
+        let report = serde_json::json!({
+            "verified": false,
+            "error": format!("{e:#}"),
+            "e2e_s": xdpblast::os::process::since_process_start(),
+            "peak_rss_bytes": xdpblast::os::process::peak_rss_bytes(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    r
+}
+
+/// The input must be a regular file: checked with `stat` before anything
+/// opens it (a FIFO would block the open, a device would never end).
+pub(crate) fn check_input(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot send {}", path.display()))?;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        // Opened here, before any mode is chosen, so that a file we may not
+        // read is reported as such, not as the failure of a fallback.
+        return std::fs::File::open(path).map(drop).with_context(|| format!("failed to open {path:?}"));
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    bail!("cannot send {}: it is {kind}; xdpblast sends regular files", path.display())
+}
+
+/// Says before the handshake when the input's name is one a receiver
+/// will not create in a directory (`recv --out DIR`), and which rule it
+/// breaks; a receiver given a file path takes it all the same.
+pub(crate) fn warn_of_unusable_name(path: &std::path::Path) {
+    let name = xdpblast::io::file_name(path);
+    if let Some(problem) = xdpblast::wire::file_name_problem(&name) {
+        tracing::warn!(
+            "the file name \"{}\" {problem}: a receiver whose --out is a directory will refuse it; give that receiver --out DIR/NAME, or rename the file",
+            xdpblast::wire::untrusted_text(&name)
+        );
+    }
+}
+
+/// Options only AF_XDP can honour that were given, by name.
+pub(crate) fn afxdp_only_options(a: &SendArgs) -> Vec<&'static str> {
+    let given = [
+        ("--rate", a.rate.is_some()),
+        ("--adapt", a.adapt),
+        ("--raw", a.raw),
+        ("--direct", a.direct),
+        ("--umem", a.umem.is_some()),
+        ("--packet-size", a.packet_size.is_some()),
+        ("--frame-size", a.frame_size.is_some()),
+        ("--dst-mac", a.dst_mac.is_some()),
+        ("--reader", a.reader != ReaderArg::Auto),
+        ("--xdp-bind", a.xdp_bind != XskBind::Auto),
+    ];
+    given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect()
+}
+
+/// "--rate works only with AF_XDP", or "--rate, --raw work ...".
+pub(crate) fn only_afxdp(options: &[&str]) -> String {
+    let verb = if options.len() == 1 { "works" } else { "work" };
+    format!("{} {verb} only with AF_XDP", options.join(", "))
+}
+
+pub(crate) fn them(options: &[&str]) -> &'static str {
+    if options.len() == 1 {
+        "it"
+    } else {
+        "them"
+    }
+}
+
+/// `human`: print the mode line, interval lines and summary.
+pub(crate) fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
+    check_input(&a.file)?;
+    warn_of_unusable_name(&a.file);
+    let timeout = seconds(a.timeout, "--timeout")?;
+    let (tcp_mode, why_not_afxdp) = choose_transport(&a)?;
+    if a.streams > 1 && a.mode().tcp().is_none() {
+        bail!("--streams works only with the TCP modes (--mode sendfile, readwrite, mmap or splice); AF_XDP spreads over --queues");
+    }
+    if let Some(mode) = tcp_mode {
+        let because = why_not_afxdp.as_deref().map_or(String::new(), |w| format!(" ({w})"));
+        if let QueueCount::Fixed(2..) | QueueCount::Auto = a.queues {
+            bail!("--queues works only with AF_XDP; --mode {} spreads over --streams N instead{because}", mode.name());
+        }
+        let unsupported = afxdp_only_options(&a);
+        if !unsupported.is_empty() {
+            bail!("{}; --mode {} cannot honour {}{because}", only_afxdp(&unsupported), mode.name(), them(&unsupported));
+        }
+        return send_tcp(&a, a.file.clone(), mode, timeout, human, why_not_afxdp.clone()).map_err(|e| {
+            match &why_not_afxdp {
+                Some(w) => e.context(format!("AF_XDP was not used ({w}), and the sendfile fallback failed")),
+                None => e,
+            }
+        });
+    }
+    let opts = send_options(&a, timeout, human)?;
+    if a.raw {
+        return send_raw(&a, &opts);
+    }
+    // Every check that can refuse the job runs before a packet leaves.
+    let prep = match afxdp_send::prepare(&opts) {
+        Ok(p) => p,
+        // In auto mode a UMEM this host cannot lock is a reason to use TCP.
+        Err(e)
+            if a.mode() == SendMode::Auto
+                && e.downcast_ref::<UmemError>().is_some_and(|u| matches!(u, UmemError::AboveMemlock { .. })) =>
+        {
+            info!("mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {e}");
+            let unsupported = afxdp_only_options(&a);
+            if !unsupported.is_empty() {
+                bail!("{}, which cannot run here: {e}", only_afxdp(&unsupported));
+            }
+            let why = Some(format!("AF_XDP cannot run here: {e}"));
+            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout, human, why)
+                .map_err(|t| t.context(format!("AF_XDP was not used ({e}), and the sendfile fallback failed")));
+        }
+        Err(e) => return Err(e),
+    };
+    let report = afxdp_send::send(&opts, prep)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(report.summary.verified)
+}
+
+/// TCP's mode when the file goes over TCP (asked for, or `--mode auto` on
+/// a host where AF_XDP cannot run, with the reason); `None` for AF_XDP.
+fn choose_transport(a: &SendArgs) -> anyhow::Result<(Option<TcpMode>, Option<String>)> {
+    if let Some(m) = a.mode().tcp() {
+        return Ok((Some(m), None));
+    }
+    let iface = a.iface.as_deref().context("--iface is required for AF_XDP (--mode afxdp or auto)")?;
+    Ok(match (a.mode(), afxdp_send::available(iface)) {
+        (SendMode::Auto, Ok(())) => {
+            info!(iface, "mode auto: AF_XDP (sockets available; the kernel picks copy or zero-copy at bind)");
+            (None, None)
+        }
+        (_, Err(e)) if e.is_interface() => return Err(e.into()),
+        (SendMode::Auto, Err(why)) => {
+            info!(iface, "mode auto: falling back to sendfile over TCP, because AF_XDP cannot run here: {why}");
+            (Some(TcpMode::Sendfile), Some(format!("AF_XDP cannot run here: {why}")))
+        }
+        _ => (None, None),
+    })
+}
+
+/// The AF_XDP sender's options from the command line.
+fn send_options(a: &SendArgs, timeout: std::time::Duration, human: bool) -> anyhow::Result<SendOptions> {
+    let dst_mac = match &a.dst_mac {
+        Some(s) => {
+            Some(parse_mac(s).with_context(|| format!("--dst-mac {s:?} is not a MAC address like 02:00:00:00:00:01"))?)
+        }
+        None => None,
+    };
+    Ok(SendOptions {
+        keys: load_keys(a.key_file.as_deref())?,
+        file: a.file.clone(),
+        iface: a.iface.clone().unwrap_or_default(),
+        dst: a.dst,
+        dst_mac,
+        src: a.src,
+        packet_size: a.packet_size,
+        frame_size: a.frame_size,
+        timeout,
+        umem: a.umem.unwrap_or(if a.raw { u64::MAX } else { afxdp_send::DEFAULT_UMEM }),
+        direct: a.direct,
+        reader: a.reader.mode(),
+        bind: a.xdp_bind.into(),
+        queues: a.queues,
+        batch: a.batch,
+        rate: a.rate,
+        adapt: a.adapt,
+        intervals: human,
+        progress: a.progress,
+    })
+}
+
+/// `send --raw`: the preloaded frames round and round for `--duration`.
+fn send_raw(a: &SendArgs, opts: &SendOptions) -> anyhow::Result<bool> {
+    let prep = afxdp_send::prepare(opts)?;
+    let raw = RawOptions {
+        duration: seconds(a.duration.unwrap_or(0.0), "--duration")?,
+        queues: prep.queues,
+        busy_poll: a.busy_poll,
+    };
+    let report = raw_send::run(opts, &raw, prep)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(true)
+}
+
+pub(crate) fn send_tcp(
+    a: &SendArgs,
+    file: PathBuf,
+    mode: TcpMode,
+    timeout: Duration,
+    human: bool,
+    fallback_reason: Option<String>,
+) -> anyhow::Result<bool> {
+    let keys = load_keys(a.key_file.as_deref())?;
+    let opts = TcpSendOptions {
+        file,
+        dst: a.dst,
+        mode,
+        timeout,
+        intervals: human,
+        progress: a.progress,
+        keys,
+        fallback_reason,
+        streams: a.streams as u16,
+    };
+    let report = tcp::send(&opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(report.summary.verified)
+}
