@@ -12,4 +12,5 @@ pub mod plan;
 pub mod preload;
 pub mod readahead;
 pub mod reader;
+pub mod scheduler;
 pub mod tx;

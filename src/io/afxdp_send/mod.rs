@@ -213,7 +213,7 @@ fn transfer(
         info!(reader = opts.reader.name(), queues, "transfer started");
         sender.set_readable(0, 0, false);
         sender.start(Instant::now());
-        let outcome = tx.run(opts, sender, ctrl, ctrl_peer, xsk.queues_mut(), &kickers, &mut reader);
+        let outcome = tx.run(sender, ctrl, ctrl_peer, xsk.queues_mut(), &kickers, &mut reader);
         let kicked = stop_kickers(&kickers, kicking)?;
         anyhow::Ok((outcome, reader.finished(), reader.read_time(), kicked))
     })?;

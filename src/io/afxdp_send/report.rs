@@ -142,7 +142,7 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
     if opts.intervals {
         let iv = &mut tx.intervals;
         iv.finish(Instant::now(), file_size, Some(stats.retransmits));
-        let first = iv.at(tx.first_post.unwrap_or(tx.start));
+        let first = iv.at(tx.sched.first_post().unwrap_or(tx.start));
         let what = "sender, end to end: command start to verified file";
         println!("{}", summary_line(0.0, e2e_s, file_size, Some(stats.retransmits), what));
         let what = "sender, transfer phase: first frame to verified file";
@@ -166,8 +166,8 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
         umem_bytes: plan.umem_bytes(),
         reader: opts.reader.name(),
         read_s: read_time.as_secs_f64(),
-        tx_stall_s: tx.tx_stall().as_secs_f64(),
-        reader_stall_s: tx.reader_stall().as_secs_f64(),
+        tx_stall_s: tx.sched.tx_stall().as_secs_f64(),
+        reader_stall_s: tx.sched.reader_stall().as_secs_f64(),
         reread_chunks: 0,
         packet_size: plan.packet_size,
         chunk_size: plan.chunk_size,
