@@ -23,6 +23,35 @@ pub struct Summary {
     pub verified: bool,
 }
 
+/// The figures every transfer report ends with, about this process (the
+/// same keys whatever the mode, flattened into its JSON object).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessFigures {
+    /// Process start to the verdict: what the user waited for.
+    pub e2e_s: f64,
+    pub rusage: crate::os::process::Rusage,
+    /// CPU and context switches over the transfer phase alone.
+    pub transfer_rusage: crate::os::process::Rusage,
+    /// Data-path syscalls (see [`crate::os::syscount`]).
+    pub syscalls: u64,
+    /// VmHWM: the most memory this process held at once.
+    pub peak_rss_bytes: u64,
+}
+
+impl ProcessFigures {
+    /// The figures now, the transfer phase counted from `transfer_start`.
+    pub fn now(transfer_start: &crate::os::process::Rusage) -> ProcessFigures {
+        let rusage = crate::os::process::Rusage::of_self();
+        ProcessFigures {
+            e2e_s: crate::os::process::since_process_start(),
+            transfer_rusage: rusage.since(transfer_start),
+            rusage,
+            syscalls: crate::os::syscount::total(),
+            peak_rss_bytes: crate::os::process::peak_rss_bytes(),
+        }
+    }
+}
+
 /// Interval lines in iperf3's manner, on one time base with the summary:
 /// a header, a line per second (bytes, rate, retransmits, % done, ETA, and
 /// the phase when it is not the data's), the last partial interval, then the

@@ -71,18 +71,12 @@ pub struct RecvReport {
     pub nacks_sent: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
-    pub rusage: crate::os::process::Rusage,
-    /// CPU and context switches from the session's Hello to the verdict
+    /// The transfer phase runs from the session's Hello to the verdict
     /// (setting up sockets and the XDP program is not counted).
-    pub transfer_rusage: crate::os::process::Rusage,
-    /// Data-path syscalls (see `crate::syscount`).
-    pub syscalls: u64,
-    /// Process start to the verdict.
-    pub e2e_s: f64,
+    #[serde(flatten)]
+    pub process: crate::report::ProcessFigures,
     /// Every chunk in to the digest known: what hashing ahead left to do.
     pub final_hash_s: Option<f64>,
-    /// VmHWM: the most memory this process held at once.
-    pub peak_rss_bytes: u64,
     /// With a thread per receive queue: what each took in.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_queue: Vec<QueueFigures>,
@@ -423,12 +417,8 @@ impl ReceiveLoop {
             nacks_sent: rx.nacks_sent,
             dropped: rx.drops.clone(),
             error,
-            rusage: crate::os::process::Rusage::of_self(),
-            transfer_rusage: crate::os::process::Rusage::of_self().since(&self.rusage_at_start.unwrap_or_default()),
-            syscalls: crate::os::syscount::total(),
-            e2e_s: crate::os::process::since_process_start(),
+            process: crate::report::ProcessFigures::now(&self.rusage_at_start.unwrap_or_default()),
             final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),
-            peak_rss_bytes: crate::os::process::peak_rss_bytes(),
             per_queue: Vec::new(),
             path_stats: None,
         }

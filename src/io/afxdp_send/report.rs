@@ -18,11 +18,10 @@ use crate::report::{hex, human_bytes, summary_line};
 pub struct SendReport {
     #[serde(flatten)]
     pub summary: crate::report::Summary,
-    /// Process start to the receiver's verdict: what the user waited for.
-    pub e2e_s: f64,
+    /// The file's bits over the whole command (`e2e_s`).
     pub e2e_goodput_bps: f64,
-    /// VmHWM: the most memory this process held at once.
-    pub peak_rss_bytes: u64,
+    #[serde(flatten)]
+    pub process: crate::report::ProcessFigures,
     /// The UMEM ring's size (`--umem`), whatever the file's.
     pub umem_bytes: u64,
     /// Where the file was read ahead: "inline" or "thread".
@@ -50,11 +49,6 @@ pub struct SendReport {
     pub per_queue: Vec<QueueFigures>,
     pub rtt_us: Option<u64>,
     pub stats: SendStats,
-    pub rusage: crate::os::process::Rusage,
-    /// CPU and context switches from the first frame to the verdict.
-    pub transfer_rusage: crate::os::process::Rusage,
-    /// Data-path syscalls (see `crate::syscount`).
-    pub syscalls: u64,
     /// With `--adapt`: the rate over time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptation: Option<Adaptation>,
@@ -138,7 +132,9 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
     let Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue } = done;
     let stats = sender.stats.clone();
     let elapsed = tx.elapsed_s();
-    let e2e_s = crate::os::process::since_process_start();
+    // The transfer phase runs from the first frame to the verdict.
+    let process = crate::report::ProcessFigures::now(&tx.rusage_at_start);
+    let e2e_s = process.e2e_s;
     if opts.intervals {
         let iv = &mut tx.intervals;
         iv.finish(Instant::now(), file_size, Some(stats.retransmits));
@@ -160,9 +156,8 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
             digest: hex(&digest),
             verified,
         },
-        e2e_s,
         e2e_goodput_bps: file_size as f64 * 8.0 / e2e_s.max(1e-9),
-        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
+        process,
         umem_bytes: plan.umem_bytes(),
         reader: opts.reader.name(),
         read_s: read_time.as_secs_f64(),
@@ -178,9 +173,6 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
         per_queue,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
-        rusage: crate::os::process::Rusage::of_self(),
-        transfer_rusage: crate::os::process::Rusage::of_self().since(&tx.rusage_at_start),
-        syscalls: crate::os::syscount::total(),
         adaptation: tx.aimd.take().map(|a| Adaptation {
             ceiling: a.ceiling().to_string(),
             unit: match a.ceiling() {

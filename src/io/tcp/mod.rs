@@ -69,16 +69,11 @@ pub struct TcpReport {
     pub prepare_s: f64,
     pub error: Option<String>,
     pub path: Option<String>,
-    pub rusage: crate::os::process::Rusage,
-    /// CPU and context switches from the first byte to the verdict.
-    pub transfer_rusage: crate::os::process::Rusage,
-    pub syscalls: u64,
-    /// Process start to the verdict.
-    pub e2e_s: f64,
+    /// The transfer phase runs from the first byte to the verdict.
+    #[serde(flatten)]
+    pub process: crate::report::ProcessFigures,
     /// The file's bits over `e2e_s`, as the AF_XDP sender reports it.
     pub e2e_goodput_bps: f64,
-    /// VmHWM: the most memory this process held at once.
-    pub peak_rss_bytes: u64,
     /// Sender in auto mode: why AF_XDP was not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub afxdp_not_used: Option<String>,

@@ -62,6 +62,7 @@ pub fn receive(
         println!("Verified: blake3 {digest}; written to {}", out.display());
     }
     let partial = crate::io::output::partial_path(out);
+    let process = crate::report::ProcessFigures::now(&rusage_at_start);
     TcpReport {
         streams: header.count,
         summary: crate::report::Summary {
@@ -81,16 +82,8 @@ pub fn receive(
         } else {
             partial.exists().then(|| partial.display().to_string())
         },
-        rusage: crate::os::process::Rusage::of_self(),
-        transfer_rusage: crate::os::process::Rusage::of_self().since(&rusage_at_start),
-        syscalls: crate::os::syscount::total(),
-        e2e_s: crate::os::process::since_process_start(),
-        e2e_goodput_bps: if verified {
-            bytes as f64 * 8.0 / crate::os::process::since_process_start().max(1e-9)
-        } else {
-            0.0
-        },
-        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
+        e2e_goodput_bps: if verified { bytes as f64 * 8.0 / process.e2e_s.max(1e-9) } else { 0.0 },
+        process,
         afxdp_not_used: None,
     }
 }

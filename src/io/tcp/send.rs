@@ -212,6 +212,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         println!("{}", summary_line(t_start, e2e, size, None, "sender, transfer phase: connected to verified file"));
         println!("Verified by the receiver: blake3 {}", hex(&digest));
     }
+    let process = crate::report::ProcessFigures::now(&rusage_at_start);
     Ok(TcpReport {
         summary: crate::report::Summary {
             mode: opts.mode.name().to_string(),
@@ -227,12 +228,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         prepare_s,
         error: None,
         path: None,
-        rusage: crate::os::process::Rusage::of_self(),
-        transfer_rusage: crate::os::process::Rusage::of_self().since(&rusage_at_start),
-        syscalls: crate::os::syscount::total(),
-        e2e_s: crate::os::process::since_process_start(),
-        e2e_goodput_bps: size as f64 * 8.0 / crate::os::process::since_process_start().max(1e-9),
-        peak_rss_bytes: crate::os::process::peak_rss_bytes(),
+        e2e_goodput_bps: size as f64 * 8.0 / process.e2e_s.max(1e-9),
+        process,
         afxdp_not_used: opts.fallback_reason.clone(),
     })
 }
