@@ -26,6 +26,9 @@ const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 /// Bind flag (kernel 6.6, not in Debian's 6.1 uapi headers): packets may
 /// span several UMEM frames, as descriptor chains (XDP multi-buffer).
 const XDP_USE_SG: u16 = 1 << 4;
+/// Most descriptors one [`Xsk::receive`] takes: its packets are handed over
+/// in an array on the stack.
+pub const RX_BATCH_MAX: usize = 256;
 /// Descriptor option: the packet goes on in the next descriptor.
 pub const XDP_PKT_CONTD: u32 = 1;
 /// Bytes the kernel keeps free in front of every received frame: a frame of
@@ -148,6 +151,10 @@ pub struct Queue {
     rx_descs: Vec<XdpDesc>,
     rx_partial: Vec<XdpDesc>,
     rx_gather: Vec<u8>,
+    /// The last receive's packets (index ranges into `rx_descs`) and where
+    /// each one's bytes are; kept so a receive allocates nothing.
+    rx_packets: Vec<std::ops::Range<usize>>,
+    rx_joined: Vec<(usize, usize)>,
     /// Received chains dropped as malformed (too long).
     pub rx_bad_chains: u64,
 }
@@ -250,29 +257,34 @@ impl Xsk {
         let area = &self.area;
         let q = &mut self.queues[0];
         let mask = !(u64::from(area.frame_size()) - 1);
-        let Some((n, packets)) = q.take_descs(max, mask) else { return 0 };
-        let whole = packets.last().map_or(0, |p| p.end);
+        let Some(n) = q.take_descs(max.min(RX_BATCH_MAX as u32), mask) else { return 0 };
+        let whole = q.rx_packets.last().map_or(0, |p| p.end);
         let descs = &q.rx_descs[..whole];
-        let joined = join_chains(area, descs, &packets, &mut q.rx_gather, &mut q.rx_bad_chains);
-        let mut frames: Vec<&[u8]> = Vec::with_capacity(packets.len());
-        for (p, &(at, len)) in packets.iter().zip(&joined) {
+        join_chains(area, descs, &q.rx_packets, &mut q.rx_gather, &mut q.rx_bad_chains, &mut q.rx_joined);
+        // On the stack: a receive allocates nothing.
+        let mut frames: [&[u8]; RX_BATCH_MAX] = [&[]; RX_BATCH_MAX];
+        let mut count = 0;
+        for (p, &(at, len)) in q.rx_packets.iter().zip(&q.rx_joined) {
             if p.len() > 1 {
-                frames.push(&q.rx_gather[at..at + len]);
+                frames[count] = &q.rx_gather[at..at + len];
+                count += 1;
                 continue;
             }
             let d = descs[p.start];
             // SAFETY: the kernel handed this frame to us on the RX ring; it will
             // not write it again until we put it back on the fill ring below,
-            // after `f` has returned and `frames` is gone.
+            // after `f` has returned and with it the last use of `frames`.
             match unsafe { area.bytes_at(d.addr, d.len) } {
-                Some(bytes) => frames.push(bytes),
+                Some(bytes) => {
+                    frames[count] = bytes;
+                    count += 1;
+                }
                 None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; skipped"),
             }
         }
-        if !frames.is_empty() {
-            f(&frames);
+        if count > 0 {
+            f(&frames[..count]);
         }
-        drop(frames);
         q.recycle.extend(descs.iter().map(|d| d.addr & mask));
         if !q.recycle.is_empty() {
             let mut w = q.device.fill(q.recycle.len() as u32);
@@ -294,9 +306,10 @@ fn join_chains(
     packets: &[std::ops::Range<usize>],
     gather: &mut Vec<u8>,
     bad: &mut u64,
-) -> Vec<(usize, usize)> {
+    joined: &mut Vec<(usize, usize)>,
+) {
     gather.clear();
-    let mut joined = Vec::with_capacity(packets.len());
+    joined.clear();
     for p in packets {
         let at = gather.len();
         if p.len() > MAX_RX_CHAIN {
@@ -314,14 +327,13 @@ fn join_chains(
         }
         joined.push((at, gather.len() - at));
     }
-    joined
 }
 
 /// The packets among received descriptors: index ranges, each ending with a
 /// descriptor without `XDP_PKT_CONTD`. Descriptors after the last such one
 /// (a chain whose rest has not arrived) belong to no range.
-fn split_chains(descs: &[XdpDesc]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
+fn split_chains(descs: &[XdpDesc], out: &mut Vec<std::ops::Range<usize>>) {
+    out.clear();
     let mut start = 0;
     for (i, d) in descs.iter().enumerate() {
         if d.options & XDP_PKT_CONTD == 0 {
@@ -329,7 +341,6 @@ fn split_chains(descs: &[XdpDesc]) -> Vec<std::ops::Range<usize>> {
             start = i + 1;
         }
     }
-    out
 }
 
 impl Queue {
@@ -338,7 +349,7 @@ impl Queue {
     /// still arriving for next time (or drops one that never ends, its
     /// frames queued for the fill ring, `mask` giving each frame's start).
     /// Returns how many were read and the whole packets among them.
-    fn take_descs(&mut self, max: u32, mask: u64) -> Option<(u32, Vec<std::ops::Range<usize>>)> {
+    fn take_descs(&mut self, max: u32, mask: u64) -> Option<u32> {
         let rx = self.rx.as_mut()?;
         self.rx_descs.clear();
         self.rx_descs.append(&mut self.rx_partial);
@@ -349,15 +360,15 @@ impl Queue {
             self.rx_descs.push(desc);
         }
         r.release();
-        let packets = split_chains(&self.rx_descs);
-        let whole = packets.last().map_or(0, |p| p.end);
+        split_chains(&self.rx_descs, &mut self.rx_packets);
+        let whole = self.rx_packets.last().map_or(0, |p| p.end);
         if self.rx_descs.len() - whole > MAX_RX_CHAIN {
             self.rx_bad_chains += 1;
             self.recycle.extend(self.rx_descs[whole..].iter().map(|d| d.addr & mask));
         } else {
             self.rx_partial.extend_from_slice(&self.rx_descs[whole..]);
         }
-        Some((n, packets))
+        Some(n)
     }
 
     /// The first socket uses the UMEM's own descriptor; later ones get their
@@ -431,6 +442,8 @@ impl Queue {
             rx_descs: Vec::new(),
             rx_partial: Vec::new(),
             rx_gather: Vec::new(),
+            rx_packets: Vec::new(),
+            rx_joined: Vec::new(),
             rx_bad_chains: 0,
         })
     }
@@ -629,12 +642,24 @@ mod tests {
         XdpDesc { addr, len: 4096, options: if more { XDP_PKT_CONTD } else { 0 } }
     }
 
+    fn split(descs: &[XdpDesc]) -> Vec<std::ops::Range<usize>> {
+        let mut out = vec![0..0; 3];
+        split_chains(descs, &mut out);
+        out
+    }
+
+    fn join(area: &UmemArea, descs: &[XdpDesc], gather: &mut Vec<u8>, bad: &mut u64) -> Vec<(usize, usize)> {
+        let mut joined = vec![(7, 7)];
+        join_chains(area, descs, &split(descs), gather, bad, &mut joined);
+        joined
+    }
+
     #[test]
     fn chains_end_at_the_first_descriptor_without_contd() {
         let d = [desc(0, false), desc(1, true), desc(2, true), desc(3, false), desc(4, false), desc(5, true)];
-        assert_eq!(split_chains(&d), vec![0..1, 1..4, 4..5], "the unfinished chain at 5 is no packet yet");
-        assert_eq!(split_chains(&d[5..]), Vec::<std::ops::Range<usize>>::new());
-        assert_eq!(split_chains(&[]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(split(&d), vec![0..1, 1..4, 4..5], "the unfinished chain at 5 is no packet yet");
+        assert_eq!(split(&d[5..]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(split(&[]), Vec::<std::ops::Range<usize>>::new());
     }
 
     #[test]
@@ -649,16 +674,15 @@ mod tests {
             options: if more { XDP_PKT_CONTD } else { 0 },
         };
         let descs = [d(1, 2048, true), d(2, 10, false), d(3, 100, false), d(4, 2048, true), d(5, 5, false)];
-        let packets = split_chains(&descs);
         let (mut gather, mut bad) = (Vec::new(), 0);
-        let joined = join_chains(&area, &descs, &packets, &mut gather, &mut bad);
+        let joined = join(&area, &descs, &mut gather, &mut bad);
         assert_eq!(joined, vec![(0, 2058), (2058, 0), (2058, 2053)]);
         assert_eq!(&gather[..2048], &[1u8; 2048][..]);
         assert_eq!(&gather[2048..2058], &[2u8; 10][..]);
         assert_eq!(&gather[2058 + 2048..], &[5u8; 5][..]);
         assert_eq!(bad, 0);
         let long: Vec<XdpDesc> = (0..=MAX_RX_CHAIN as u64).map(|i| d(i % 8, 1, i < MAX_RX_CHAIN as u64)).collect();
-        let joined = join_chains(&area, &long, &split_chains(&long), &mut gather, &mut bad);
+        let joined = join(&area, &long, &mut gather, &mut bad);
         assert_eq!((joined, bad), (vec![(0, 0)], 1), "a chain too long to be ours is handed empty and counted");
     }
 }

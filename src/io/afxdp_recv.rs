@@ -14,7 +14,7 @@ use super::receive::{BoxedPath, DataPath, Datagram};
 use super::QueueCount;
 use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
-use crate::afxdp::xsk::{rx_frame_capacity, BindMode, Xsk, XskConfig, XskError, XskMode};
+use crate::afxdp::xsk::{rx_frame_capacity, BindMode, Xsk, XskConfig, XskError, XskMode, RX_BATCH_MAX};
 use crate::net::iface::Interface;
 use crate::wire::frame::{parse_udp, ETH_LEN};
 use crate::wire::WireError;
@@ -238,15 +238,16 @@ impl DataPath for XskPath<'_> {
     fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize> {
         let port = self.port;
         let n = self.xsk.receive(BATCH, |frames| {
-            let batch: Vec<Datagram<'_>> = frames
-                .iter()
-                .map(|frame| match parse_udp(frame) {
+            // On the stack: a receive allocates nothing.
+            let mut batch: [Datagram<'_>; RX_BATCH_MAX] = [Err(WireError::NotUdp); RX_BATCH_MAX];
+            for (slot, frame) in batch.iter_mut().zip(frames) {
+                *slot = match parse_udp(frame) {
                     Ok(d) if d.dst.port() == port => Ok((d.src, d.payload)),
                     Ok(_) => Err(WireError::NotUdp),
                     Err(e) => Err(e),
-                })
-                .collect();
-            f(&batch);
+                };
+            }
+            f(&batch[..frames.len()]);
         });
         Ok(n as usize)
     }

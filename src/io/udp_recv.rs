@@ -108,15 +108,16 @@ impl DataPath for UdpReceiver {
             };
         }
         let n = n as usize;
-        let batch: Vec<Datagram<'_>> = (0..n)
-            .map(|i| {
-                let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-                let from = socket_addr(&self.addrs[i]).ok_or(WireError::NotUdp)?;
-                Ok((from, &self.bufs[i * SLOT..i * SLOT + len]))
-            })
-            .collect();
+        // On the stack: a receive allocates nothing.
+        let mut batch: [Datagram<'_>; BATCH] = [Err(WireError::NotUdp); BATCH];
+        for (i, slot) in batch.iter_mut().enumerate().take(n) {
+            let len = (self.hdrs[i].msg_len as usize).min(SLOT);
+            *slot = socket_addr(&self.addrs[i])
+                .ok_or(WireError::NotUdp)
+                .map(|from| (from, &self.bufs[i * SLOT..i * SLOT + len]));
+        }
         if n > 0 {
-            f(&batch);
+            f(&batch[..n]);
         }
         Ok(n)
     }
