@@ -166,20 +166,7 @@ fn row4_blind_spoofing_opens_no_session() {
         };
         for guess in 0..200u64 {
             let cookie = guess.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            send(
-                &ctrl,
-                Message::Hello {
-                    session,
-                    info,
-                    source: [0; 16],
-                    via_tcp: false,
-                    keyed: false,
-                    name: "",
-                    data_ports: xdpblast::wire::message::DataPorts::NONE,
-                    attrs: None,
-                }
-                .encode(cookie),
-            );
+            send(&ctrl, Message::plain_hello(session, info).encode(cookie));
             send(&data, Message::Meta { session, last: false, info }.encode(cookie));
             for c in 0..4 {
                 let payload = &content[c * 1000..(c + 1) * 1000];

@@ -71,20 +71,7 @@ fn hostile_round(s: &Session, seed: &mut u64) -> Vec<(bool, Vec<u8>)> {
         (false, junk),
         (false, Message::Abort { session: s.id, reason: "forged abort" }.to_vec()),
         (false, Message::End { session: s.id, info, retransmits: 0 }.to_vec()),
-        (
-            false,
-            Message::Hello {
-                session: 99,
-                info,
-                source: [0; 16],
-                via_tcp: false,
-                keyed: false,
-                name: "",
-                data_ports: xdpblast::wire::message::DataPorts::NONE,
-                attrs: None,
-            }
-            .to_vec(),
-        ),
+        (false, Message::plain_hello(99, info).to_vec()),
     ]
 }
 

@@ -643,16 +643,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert_eq!(rx.drops.get(DropReason::NoSession), 1);
     assert_eq!(rx.chunks_received(), 0);
     // A second sender cannot take over.
-    let hello = Message::Hello {
-        session: 9,
-        info,
-        source: [0; 16],
-        via_tcp: false,
-        keyed: false,
-        name: "",
-        data_ports: crate::wire::message::DataPorts::NONE,
-        attrs: None,
-    };
+    let hello = Message::plain_hello(9, info);
     rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
     assert_eq!(rx.drops.get(DropReason::Busy), 1);
     assert_eq!(rx.peer(), Some(SENDER));
@@ -797,21 +788,7 @@ const K: u64 = 0x5eed;
 /// returns the cookie.
 fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
     let cookie = rx.cookie_for(SENDER.ip(), 1);
-    rx.on_control(
-        now,
-        SENDER,
-        &Message::Hello {
-            session: 1,
-            info,
-            source: [0; 16],
-            via_tcp: false,
-            keyed: false,
-            name: "",
-            data_ports: crate::wire::message::DataPorts::NONE,
-            attrs: None,
-        }
-        .encode(cookie),
-    );
+    rx.on_control(now, SENDER, &Message::plain_hello(1, info).encode(cookie));
     cookie
 }
 

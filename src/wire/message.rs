@@ -419,6 +419,24 @@ pub enum Message<'a> {
     },
 }
 
+impl Message<'static> {
+    /// Session `session`'s Hello with every optional part left out: no
+    /// source identity, datagrams not TCP, no key, no name, one port, no
+    /// file attributes. Tests and tools start from it.
+    pub fn plain_hello(session: u64, info: SessionInfo) -> Message<'static> {
+        Message::Hello {
+            session,
+            info,
+            source: [0; 16],
+            via_tcp: false,
+            keyed: false,
+            name: "",
+            data_ports: DataPorts::NONE,
+            attrs: None,
+        }
+    }
+}
+
 impl<'a> Message<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, WireError> {
         Message::parse_with_cookie(buf).map(|(m, _)| m)

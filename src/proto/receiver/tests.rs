@@ -6,35 +6,22 @@ const PEER: &str = "10.0.0.1:4000";
 const OTHER: &str = "10.0.0.9:4000";
 
 fn hello(info: SessionInfo) -> Message<'static> {
-    hello_from_ports(info, DataPorts::NONE)
+    Message::plain_hello(7, info)
 }
 
-/// Session 7's Hello from a sender whose queues send from `data_ports`.
+/// Session 7's Hello from a sender whose queues send from `data_ports`,
+/// with a key or without.
+fn hello_with(info: SessionInfo, data_ports: DataPorts, keyed: bool) -> Message<'static> {
+    Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed, name: "", data_ports, attrs: None }
+}
+
 fn hello_from_ports(info: SessionInfo, data_ports: DataPorts) -> Message<'static> {
-    Message::Hello {
-        session: 7,
-        info,
-        source: [0; 16],
-        via_tcp: false,
-        keyed: false,
-        name: "",
-        data_ports,
-        attrs: None,
-    }
+    hello_with(info, data_ports, false)
 }
 
 /// Session 7's Hello from a sender with a key.
 fn keyed_hello(info: SessionInfo) -> Message<'static> {
-    Message::Hello {
-        session: 7,
-        info,
-        source: [0; 16],
-        via_tcp: false,
-        keyed: true,
-        name: "",
-        data_ports: DataPorts::NONE,
-        attrs: None,
-    }
+    hello_with(info, DataPorts::NONE, true)
 }
 
 /// A receiver with session 7 open from PEER; returns its cookie.
