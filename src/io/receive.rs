@@ -207,7 +207,7 @@ impl ReceiveLoop {
     /// A session that failed before any data arrived keeps no partial: its
     /// reserved space goes back, and the report says nothing was written.
     fn discard_if_nothing_arrived(&mut self) {
-        if self.rx.first_data.is_some() || matches!(self.rx.outcome(), Some(Ok(_))) {
+        if self.rx.stats().first_data.is_some() || matches!(self.rx.outcome(), Some(Ok(_))) {
             return;
         }
         let Some(o) = self.out.take() else { return };
@@ -226,7 +226,8 @@ impl ReceiveLoop {
             match ctrl.recv() {
                 Ok(Some((from, bytes))) => {
                     got += 1;
-                    let before = (self.rx.drops.get(DropReason::Refused), self.rx.drops.get(DropReason::Busy));
+                    let before =
+                        (self.rx.stats().drops.get(DropReason::Refused), self.rx.stats().drops.get(DropReason::Busy));
                     self.rx.on_control(now, from, bytes);
                     self.log_refusal(from, before);
                     while let Some((to, why)) = self.rx.take_refusal() {
@@ -248,9 +249,9 @@ impl ReceiveLoop {
     /// Says once per address (for the first 64) that a Hello was refused:
     /// `--allow-from` does not name it, or another session is open.
     fn log_refusal(&mut self, from: std::net::SocketAddr, (refused, busy): (u64, u64)) {
-        let why = if self.rx.drops.get(DropReason::Refused) > refused {
+        let why = if self.rx.stats().drops.get(DropReason::Refused) > refused {
             "--allow-from does not name it"
-        } else if self.rx.drops.get(DropReason::Busy) > busy {
+        } else if self.rx.stats().drops.get(DropReason::Busy) > busy {
             "another session is open"
         } else {
             return;
@@ -362,15 +363,15 @@ impl ReceiveLoop {
         }
         // A file that comes over TCP prints its own lines (`tcp::receive`).
         if let (Some(size), true) = (self.rx.info().map(|i| i.file_size), self.datagram_session) {
-            let phase = if self.rx.bytes >= size { "verifying" } else { "" };
-            self.intervals.tick(now, self.rx.bytes, None, phase);
+            let phase = if self.rx.stats().bytes >= size { "verifying" } else { "" };
+            self.intervals.tick(now, self.rx.stats().bytes, None, phase);
         }
     }
 
     fn report(mut self, mode: &str, opts: &RecvOptions) -> RecvReport {
         self.discard_if_nothing_arrived();
         let rx = &self.rx;
-        let first = rx.first_data.unwrap_or(self.start);
+        let first = rx.stats().first_data.unwrap_or(self.start);
         let end = self.verified_at.unwrap_or_else(Instant::now);
         let elapsed = end.saturating_duration_since(first).as_secs_f64();
         let (verified, digest, error) = match rx.outcome() {
@@ -407,15 +408,15 @@ impl ReceiveLoop {
                 mode: mode.to_string(),
                 bytes,
                 packets: Some(self.packets),
-                retransmits: rx.peer_retransmits,
+                retransmits: rx.stats().peer_retransmits,
                 goodput_bps: if verified { bytes as f64 * 8.0 / elapsed.max(1e-9) } else { 0.0 },
                 elapsed_s: elapsed,
                 digest,
                 verified,
             },
             path,
-            nacks_sent: rx.nacks_sent,
-            dropped: rx.drops.clone(),
+            nacks_sent: rx.stats().nacks_sent,
+            dropped: rx.stats().drops.clone(),
             error,
             process: crate::report::ProcessFigures::now(&self.rusage_at_start.unwrap_or_default()),
             final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),

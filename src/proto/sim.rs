@@ -388,9 +388,9 @@ impl Sim {
             recv: rx.outcome().cloned().map(|r| r.map(|_| ())).unwrap_or(Err(RecvError::Local("no outcome".into()))),
             out: self.out,
             retransmits: tx.stats.retransmits,
-            duplicates: rx.drops.get(receiver::DropReason::Duplicate),
+            duplicates: rx.stats().drops.get(receiver::DropReason::Duplicate),
             forged: self.forged,
-            forged_dropped: rx.drops.get(receiver::DropReason::BadSeal),
+            forged_dropped: rx.stats().drops.get(receiver::DropReason::BadSeal),
             elapsed: self.now - start,
         }
     }
@@ -636,16 +636,16 @@ fn hostile_datagrams_are_dropped_and_counted() {
         ),
     ];
     for (from, bytes, reason) in &cases {
-        let before = rx.drops.get(*reason);
+        let before = rx.stats().drops.get(*reason);
         assert!(rx.on_data(now, *from, bytes).is_none(), "{reason:?} must be dropped");
-        assert_eq!(rx.drops.get(*reason), before + 1, "{reason:?} must be counted");
+        assert_eq!(rx.stats().drops.get(*reason), before + 1, "{reason:?} must be counted");
     }
-    assert_eq!(rx.drops.get(DropReason::NoSession), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::NoSession), 1);
     assert_eq!(rx.chunks_received(), 0);
     // A second sender cannot take over.
     let hello = Message::plain_hello(9, info);
     rx.on_control(now, stranger, &hello.encode(rx.cookie_for(stranger.ip(), 9)));
-    assert_eq!(rx.drops.get(DropReason::Busy), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::Busy), 1);
     assert_eq!(rx.peer(), Some(SENDER));
 }
 

@@ -22,7 +22,6 @@ use serde::Serialize;
 
 use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
 use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
-use crate::proto::receiver::DropReason;
 
 /// Hash ahead in steps of this many bytes, outside the lock.
 const HASH_STEP: u64 = 2 << 20;
@@ -234,7 +233,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
                                 writes.push(w);
                             }
                         }
-                        Err(e) => lp.rx.drops.add(DropReason::Wire(*e)),
+                        Err(e) => lp.rx.on_undecodable(*e),
                     }
                 }
                 if writes.is_empty() {

@@ -15,7 +15,7 @@ impl Receiver {
     /// A datagram on the control socket.
     pub fn on_control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if let Err(r) = self.control(now, from, bytes) {
-            self.drops.add(r);
+            self.stats.drops.add(r);
         }
     }
 
@@ -57,7 +57,7 @@ impl Receiver {
                 }
                 s.info.digest = s.info.digest.or(info.digest);
                 s.end_probed = true;
-                self.peer_retransmits = self.peer_retransmits.max(retransmits);
+                self.stats.peer_retransmits = self.stats.peer_retransmits.max(retransmits);
                 match &mut self.state {
                     State::Complete { ok, last_probe } => {
                         *last_probe = now;
@@ -125,7 +125,7 @@ impl Receiver {
                 return Ok(());
             }
             // Our ack was lost, or a keepalive while the sender prepares.
-            if self.first_data.is_none() {
+            if self.stats.first_data.is_none() {
                 self.last_progress = now;
             }
             self.hello_ack_due.get_or_insert(now);
@@ -143,7 +143,7 @@ impl Receiver {
         // smaller chunks. One that does not is refused below, by name.
         let expected = self.cookie_for(from.ip(), session);
         if cookie != expected {
-            self.cookies_sent += 1;
+            self.stats.cookies_sent += 1;
             let challenge =
                 Message::HelloAck { session, delay_us: 0, opened: false, max_datagram: self.max_datagram() };
             self.transmit.push_back((from, challenge.encode(expected)));

@@ -130,6 +130,21 @@ pub struct RecvSummary {
     pub digest: [u8; 32],
 }
 
+/// What the receiver counted, in one place: drivers read it, only the
+/// receiver writes it.
+#[derive(Debug, Clone, Default)]
+pub struct RecvStats {
+    pub drops: DropCounts,
+    /// Payload bytes accepted (each chunk once).
+    pub bytes: u64,
+    pub nacks_sent: u64,
+    /// Retransmits the sender reported in its end probes.
+    pub peer_retransmits: u64,
+    pub first_data: Option<Instant>,
+    /// Cookies handed out to Hellos that did not carry one yet.
+    pub cookies_sent: u64,
+}
+
 #[derive(Debug)]
 pub struct Receiver {
     cfg: ReceiverConfig,
@@ -145,15 +160,7 @@ pub struct Receiver {
     hello_ack_due: Option<Instant>,
     events: VecDeque<Event>,
     outcome: Option<Result<RecvSummary, RecvError>>,
-    pub drops: DropCounts,
-    /// Payload bytes accepted (each chunk once).
-    pub bytes: u64,
-    pub nacks_sent: u64,
-    /// Retransmits the sender reported in its end probes.
-    pub peer_retransmits: u64,
-    pub first_data: Option<Instant>,
-    /// Cookies handed out to Hellos that did not carry one yet.
-    pub cookies_sent: u64,
+    stats: RecvStats,
     /// With a key: our sealed messages' counter, and the sender's seen.
     counter: Counter,
     replay: ReplayGuard,
@@ -178,17 +185,22 @@ impl Receiver {
             hello_ack_due: None,
             events: VecDeque::new(),
             outcome: None,
-            drops: DropCounts::default(),
-            bytes: 0,
-            nacks_sent: 0,
-            peer_retransmits: 0,
-            first_data: None,
-            cookies_sent: 0,
+            stats: RecvStats::default(),
             counter: Counter::default(),
             replay: ReplayGuard::default(),
             scratch: Vec::new(),
             refusals: VecDeque::new(),
         }
+    }
+
+    pub fn stats(&self) -> &RecvStats {
+        &self.stats
+    }
+
+    /// A datagram the driver could not even take apart (not UDP, cut
+    /// short): counted with the rest.
+    pub fn on_undecodable(&mut self, e: crate::wire::WireError) {
+        self.stats.drops.add(DropReason::Wire(e));
     }
 
     pub fn info(&self) -> Option<&SessionInfo> {
@@ -279,7 +291,7 @@ impl Receiver {
         match self.data(now, from, bytes) {
             Ok(w) => w,
             Err(r) => {
-                self.drops.add(r);
+                self.stats.drops.add(r);
                 None
             }
         }
@@ -327,8 +339,8 @@ impl Receiver {
                     return Err(DropReason::Duplicate);
                 }
                 self.last_progress = now;
-                self.first_data.get_or_insert(now);
-                self.bytes += payload.len() as u64;
+                self.stats.first_data.get_or_insert(now);
+                self.stats.bytes += payload.len() as u64;
                 let offset = chunk * u64::from(s.info.chunk_size);
                 self.maybe_verify();
                 Ok(Some((offset, payload)))
@@ -456,7 +468,7 @@ impl Receiver {
             State::Listening | State::Verifying | State::Receiving => {
                 if now >= self.last_progress + self.cfg.idle_timeout {
                     let t = self.cfg.idle_timeout;
-                    let e = match (&self.session, self.first_data) {
+                    let e = match (&self.session, self.stats.first_data) {
                         (None, _) => RecvError::NoSender(t),
                         (Some(_), None) => RecvError::NoData(t),
                         (Some(_), Some(_)) => RecvError::Stalled(t),
@@ -556,7 +568,7 @@ impl Receiver {
             };
             self.transmit.push_back(s.encode(&Message::Nack { session: s.id, nack }));
         }
-        self.nacks_sent += u64::from(part);
+        self.stats.nacks_sent += u64::from(part);
     }
 
     /// `Some` once the transfer has succeeded or failed.

@@ -61,7 +61,7 @@ fn a_hello_without_the_cookie_opens_nothing_and_earns_one() {
     assert_ne!(cookie, rx.cookie_for(OTHER.parse::<SocketAddr>().unwrap().ip(), 7), "bound to the address");
     // A guessed cookie is refused and counted; the right one opens.
     rx.on_control(now, peer, &hello(info).encode(cookie ^ 1));
-    assert_eq!(rx.drops.get(DropReason::BadCookie), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::BadCookie), 1);
     assert!(rx.info().is_none());
     rx.on_control(now, peer, &hello(info).encode(cookie));
     assert!(matches!(rx.poll_event(), Some(Event::Start { .. })));
@@ -79,7 +79,7 @@ fn allow_from_refuses_before_any_answer() {
     let mut rx = Receiver::new(cfg, now);
     let info = SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: None };
     rx.on_control(now, OTHER.parse().unwrap(), &hello(info).to_vec());
-    assert_eq!(rx.drops.get(DropReason::Refused), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::Refused), 1);
     assert!(rx.poll_transmit(now).is_none(), "a refused stranger gets no answer");
 }
 
@@ -99,7 +99,7 @@ fn hello_for_an_oversized_file_is_refused_with_an_abort() {
         assert_eq!(to, peer);
         assert!(matches!(Message::parse(&bytes), Ok(Message::Abort { .. })));
     }
-    assert_eq!(rx.drops.get(DropReason::TooLarge), 2);
+    assert_eq!(rx.stats().drops.get(DropReason::TooLarge), 2);
     assert!(rx.poll_event().is_none());
 }
 
@@ -113,12 +113,12 @@ fn tiny_chunks_are_taken_only_a_few_at_a_time() {
     let tiny = |n_chunks: u64| SessionInfo { file_size: n_chunks, chunk_size: 1, n_chunks, digest: None };
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     rx.on_control(now, peer, &hello(tiny(MAX_TINY_CHUNKS + 1)).to_vec());
-    assert_eq!(rx.drops.get(DropReason::TooLarge), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::TooLarge), 1);
     let (_, bytes) = rx.poll_transmit(now).expect("an abort tells the sender why");
     let Ok(Message::Abort { reason, .. }) = Message::parse(&bytes) else { panic!("an Abort") };
     assert!(reason.contains("chunks of 1 bytes are below"), "{reason}");
     rx.on_control(now, peer, &hello(tiny(MAX_TINY_CHUNKS)).to_vec());
-    assert_eq!(rx.drops.get(DropReason::TooLarge), 1, "a few tiny chunks are fine");
+    assert_eq!(rx.stats().drops.get(DropReason::TooLarge), 1, "a few tiny chunks are fine");
 }
 
 /// Datagrams above our MTU (2948-byte packets against 1500) still earn
@@ -142,7 +142,7 @@ fn a_hello_above_our_mtu_learns_our_largest_datagram() {
     let (_, bytes) = rx.poll_transmit(now).expect("an abort");
     let Ok(Message::Abort { reason, .. }) = Message::parse(&bytes) else { panic!("an Abort") };
     assert!(reason.contains("MTU of 1500") && reason.contains("2980"), "{reason}");
-    assert_eq!(rx.drops.get(DropReason::TooLarge), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::TooLarge), 1);
     let fits = SessionInfo { file_size: 29_200, chunk_size: 1440, n_chunks: 21, digest: None };
     rx.on_control(now, peer, &hello(fits).encode(cookie));
     assert_eq!(rx.info().map(|i| i.chunk_size), Some(1440), "the smaller shape opens");
@@ -172,11 +172,11 @@ fn drops_are_counted_by_what_was_wrong() {
         (peer, Message::Meta { session: 7, last: true, info }.encode(cookie ^ 4), DropReason::BadCookie),
     ];
     for (from, bytes, reason) in &cases {
-        let before = rx.drops.get(*reason);
+        let before = rx.stats().drops.get(*reason);
         assert_eq!(rx.on_data(now, *from, bytes), None);
-        assert_eq!(rx.drops.get(*reason), before + 1, "{reason:?}");
+        assert_eq!(rx.stats().drops.get(*reason), before + 1, "{reason:?}");
     }
-    assert_eq!(rx.drops.total(), cases.len() as u64);
+    assert_eq!(rx.stats().drops.total(), cases.len() as u64);
     assert_eq!(rx.chunks_received(), 0, "nothing from a stranger or malformed may be taken");
     let good = data(7, 0, &chunk);
     assert_eq!(rx.on_data(now, peer, &good), Some((0, &chunk[..])));
@@ -227,7 +227,7 @@ fn with_a_key_unsealed_and_replayed_control_is_dropped() {
     // Unsealed: refused, and told why.
     rx.on_control(now, peer, &hello.encode(cookie));
     assert!(rx.info().is_none());
-    assert_eq!(rx.drops.get(DropReason::BadSeal), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 1);
     let mut sealed = hello.encode(cookie);
     keys.seal(Direction::ToReceiver, 1, &mut sealed);
     rx.on_control(now, peer, &sealed);
@@ -240,11 +240,11 @@ fn with_a_key_unsealed_and_replayed_control_is_dropped() {
     keys.seal(Direction::ToReceiver, 2, &mut end);
     rx.on_control(now, peer, &end);
     rx.on_control(now, peer, &end);
-    assert_eq!(rx.drops.get(DropReason::BadSeal), 2, "the replay is dropped");
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 2, "the replay is dropped");
     let mut forged_meta = Message::Meta { session: 7, last: true, info }.encode(cookie);
     keys.seal(Direction::ToSender, 0, &mut forged_meta);
     assert!(rx.on_data(now, peer, &forged_meta).is_none());
-    assert_eq!(rx.drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
 }
 
 /// With a key, a data frame counts only once its tag holds: a forged
@@ -288,8 +288,8 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
     for bad in [&forged, &untagged, &wrong_place, &another_key] {
         assert_eq!(rx.on_data(now, peer, bad), None);
     }
-    assert_eq!(rx.drops.get(DropReason::BadSeal), 4);
-    assert_eq!((rx.chunks_received(), rx.bytes), (0, 0), "nothing forged was taken");
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 4);
+    assert_eq!((rx.chunks_received(), rx.stats().bytes), (0, 0), "nothing forged was taken");
     for c in 0..10u64 {
         let frame = genuine(c);
         let (offset, payload) = rx.on_data(now, peer, &frame).expect("a genuine chunk is taken");
@@ -332,7 +332,7 @@ fn a_lagging_lane_is_not_loss_but_a_gap_in_a_lane_is() {
     }
     let stranger: SocketAddr = "10.0.0.1:4002".parse().unwrap();
     assert!(!send(&mut rx, stranger, 11));
-    assert_eq!(rx.drops.get(DropReason::WrongSource), 1);
+    assert_eq!(rx.stats().drops.get(DropReason::WrongSource), 1);
     let mut named = Vec::new();
     for t in [1000, 1010, 1020] {
         rx.handle_timeout(now + Duration::from_millis(t));
