@@ -280,6 +280,62 @@ impl Sim {
         }
     }
 
+    /// Hands everything the network holds for up to now to its end: data
+    /// into the receiver's bounded ring, control straight to either side.
+    fn deliver_due(&mut self, tx: &mut Sender, rx: &mut Receiver) {
+        while self.net.peek().is_some_and(|p| p.at <= self.now) {
+            let Some(p) = self.net.pop() else { break };
+            match p.to {
+                To::ReceiverData => {
+                    if self.ring.len() >= self.ring_cap {
+                        self.ring_drops += 1;
+                    } else {
+                        self.ring.push_back(p.bytes);
+                    }
+                }
+                To::ReceiverCtrl => rx.on_control(self.now, SENDER, &p.bytes),
+                To::Sender => {
+                    let _ = tx.on_control(self.now, &p.bytes);
+                }
+            }
+            self.serve_events(rx);
+        }
+    }
+
+    /// The receiver takes up to `drain` datagrams from its ring, as a
+    /// receive loop would, or notes the data path idle.
+    fn drain_receive_ring(&mut self, rx: &mut Receiver) {
+        if self.ring.is_empty() {
+            rx.note_idle(self.now);
+        }
+        for _ in 0..self.drain {
+            let Some(bytes) = self.ring.pop_front() else { break };
+            let from = self.source_of(&bytes);
+            if let Some((off, payload)) = rx.on_data(self.now, from, &bytes) {
+                let off = off as usize;
+                self.out[off..off + payload.len()].copy_from_slice(payload);
+            }
+            self.serve_events(rx);
+        }
+    }
+
+    /// What a driver does for the receiver's events: an output to write
+    /// into, and its digest when asked.
+    fn serve_events(&mut self, rx: &mut Receiver) {
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                Event::Start { info, peer, .. } => {
+                    assert_eq!(peer, SENDER);
+                    self.out = vec![0; info.file_size as usize];
+                }
+                Event::Verify => {
+                    let d = *blake3::hash(&self.out).as_bytes();
+                    rx.verified(self.now, d);
+                }
+            }
+        }
+    }
+
     fn run(mut self) -> Outcome {
         let info = self.info();
         let start = self.now;
@@ -318,52 +374,8 @@ impl Sim {
                 let extra = self.queues.map_or(Duration::ZERO, |q| q.skew * q.of(id).0 as u32);
                 self.send_after(To::ReceiverData, f, extra);
             }
-            // Network delivery up to now.
-            while self.net.peek().is_some_and(|p| p.at <= self.now) {
-                let Some(p) = self.net.pop() else { break };
-                match p.to {
-                    To::ReceiverData => {
-                        if self.ring.len() >= self.ring_cap {
-                            self.ring_drops += 1;
-                        } else {
-                            self.ring.push_back(p.bytes);
-                        }
-                    }
-                    To::ReceiverCtrl => rx.on_control(self.now, SENDER, &p.bytes),
-                    To::Sender => {
-                        let _ = tx.on_control(self.now, &p.bytes);
-                    }
-                }
-                while let Some(ev) = rx.poll_event() {
-                    match ev {
-                        Event::Start { info, peer, .. } => {
-                            assert_eq!(peer, SENDER);
-                            self.out = vec![0; info.file_size as usize];
-                        }
-                        Event::Verify => {
-                            let d = *blake3::hash(&self.out).as_bytes();
-                            rx.verified(self.now, d);
-                        }
-                    }
-                }
-            }
-            if self.ring.is_empty() {
-                rx.note_idle(self.now);
-            }
-            for _ in 0..self.drain {
-                let Some(bytes) = self.ring.pop_front() else { break };
-                let from = self.source_of(&bytes);
-                if let Some((off, payload)) = rx.on_data(self.now, from, &bytes) {
-                    let off = off as usize;
-                    self.out[off..off + payload.len()].copy_from_slice(payload);
-                }
-                while let Some(ev) = rx.poll_event() {
-                    if ev == Event::Verify {
-                        let d = *blake3::hash(&self.out).as_bytes();
-                        rx.verified(self.now, d);
-                    }
-                }
-            }
+            self.deliver_due(&mut tx, &mut rx);
+            self.drain_receive_ring(&mut rx);
             while let Some((to, bytes)) = rx.poll_transmit(self.now) {
                 assert_eq!(to, SENDER);
                 if self.forge_repairs {
