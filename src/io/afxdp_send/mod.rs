@@ -128,6 +128,21 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     result
 }
 
+/// What was sent is the file as read once (a change while reading fails
+/// before the digest goes out). A change since then means the receiver
+/// holds a version that no longer exists here: say so, and fail.
+fn check_unchanged(path: &std::path::Path, stamp: FileStamp, digest: &[u8; 32]) -> anyhow::Result<()> {
+    let now_stamp = std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok();
+    if now_stamp != Some(stamp) {
+        bail!(
+            "{} changed while it was being sent (written, truncated or replaced); the receiver holds the version read (blake3 {}), not the current file",
+            path.display(),
+            hex(digest)
+        );
+    }
+    Ok(())
+}
+
 /// Tells the receiver we gave up, so it stops at once instead of waiting for
 /// its idle timeout. Best effort: it may be gone already.
 pub(crate) fn abort_receiver(ctrl: &Control, sender: &Sender, reason: &str) {
@@ -225,17 +240,7 @@ fn transfer(
         None => bail!("the transfer stopped without an outcome"),
     }
     let digest = finished.context("verified without a digest")?.digest;
-    // What was sent is the file as read once (a change while reading fails
-    // before the digest goes out). A change since then means the receiver
-    // holds a version that no longer exists here: say so, and fail.
-    let now_stamp = std::fs::metadata(&opts.file).map(|m| FileStamp::of(&m)).ok();
-    if now_stamp != Some(stamp) {
-        bail!(
-            "{} changed while it was being sent (written, truncated or replaced); the receiver holds the version read (blake3 {}), not the current file",
-            opts.file.display(),
-            hex(&digest)
-        );
-    }
+    check_unchanged(&opts.file, stamp, &digest)?;
     let per_queue = tx.queue_figures(&lanes.ports, &kicked);
     let done = Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue };
     Ok(final_report(opts, &mut tx, sender, done))
