@@ -23,7 +23,7 @@ pub(crate) fn cmd_keygen(path: &std::path::Path, quiet: bool) -> anyhow::Result<
             std::io::ErrorKind::AlreadyExists => {
                 anyhow::anyhow!("{} exists; an existing key file is never overwritten", path.display())
             }
-            _ => anyhow::anyhow!("creating {}: {e}", path.display()),
+            _ => anyhow::Error::new(e).context(format!("creating {}", path.display())),
         })?;
     f.write_all(format!("{hex}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     if quiet {

@@ -98,7 +98,7 @@ pub fn service(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: Sock
                 ctrl.refused = Some((first, now));
                 break;
             }
-            Err(e) => anyhow::bail!("control socket: {e}"),
+            Err(e) => return Err(anyhow::Error::new(e).context("control socket")),
         }
     }
     while let Some(c) = sender.poll_control(now) {

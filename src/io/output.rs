@@ -332,15 +332,16 @@ impl Output {
         let mode = self.attrs.map_or(0o666, |a| a.mode & 0o777) & !process_umask();
         let fd = &self.file;
         nix::sys::stat::fchmod(fd, nix::sys::stat::Mode::from_bits_truncate(mode))
-            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("setting the mode of the output: {e}")))?;
+            .map_err(io::Error::from)
+            .doing(|| "setting the mode of the output".into())?;
         if let Some(a) = self.attrs {
             let mtime = nix::sys::time::TimeSpec::new(
                 a.mtime_ns.div_euclid(1_000_000_000),
                 a.mtime_ns.rem_euclid(1_000_000_000),
             );
-            nix::sys::stat::futimens(fd, &nix::sys::time::TimeSpec::UTIME_OMIT, &mtime).map_err(|e| {
-                io::Error::new(io::Error::from(e).kind(), format!("setting the modification time of the output: {e}"))
-            })?;
+            nix::sys::stat::futimens(fd, &nix::sys::time::TimeSpec::UTIME_OMIT, &mtime)
+                .map_err(io::Error::from)
+                .doing(|| "setting the modification time of the output".into())?;
         }
         Ok(())
     }

@@ -161,7 +161,7 @@ pub(super) fn open_input(path: &std::path::Path, direct: bool) -> anyhow::Result
         if direct && e.raw_os_error() == Some(libc::EINVAL) {
             anyhow::anyhow!("opening {} with O_DIRECT (--direct): its file system does not support it", path.display())
         } else {
-            anyhow::anyhow!("opening {}: {e}", path.display())
+            anyhow::Error::new(e).context(format!("opening {}", path.display()))
         }
     })
 }

@@ -16,6 +16,7 @@ use crate::datapath::reader::Reader;
 use crate::datapath::scheduler::Scheduler;
 use crate::io::control::Control;
 use crate::net::iface::Interface;
+use crate::os::sys::SysError;
 use crate::proto::pacer::{Aimd, Rate};
 use crate::proto::Sender;
 use crate::report::Intervals;
@@ -156,7 +157,7 @@ impl Transmit {
             self.adapt(sender, now);
             let posted = self.sched.post(sender, queues, reader, now);
             if let Err(e) = self.kick(queues, kickers) {
-                return fail(sender, anyhow::anyhow!("transmit failed on {}: {e}", self.iface));
+                return fail(sender, anyhow::Error::new(e).context(format!("transmit failed on {}", self.iface)));
             }
             self.report(sender, now);
             // Held back by the pacer: sleep until its next slot at once.
@@ -186,7 +187,7 @@ impl Transmit {
                 k.request();
             }
             if let Some(err) = k.take_error() {
-                return Err(std::io::Error::new(err.kind(), format!("queue {}: {err}", q.queue_id())));
+                return Err(SysError::new(format!("queue {}", q.queue_id()), err).into());
             }
         }
         Ok(())

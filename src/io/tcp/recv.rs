@@ -129,7 +129,7 @@ impl Progress {
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => bail!("receiving: {e}"),
+                Err(e) => return Err(anyhow::Error::new(e).context("receiving")),
             }
         }
     }
