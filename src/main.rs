@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Send(a) => cmd_send(a, quiet),
         Cmd::Recv(a) => cmd_recv(a, quiet),
-        Cmd::Probe(a) => probe::run(&a.iface, a.json),
+        Cmd::Probe(a) => probe::run(&a.iface, a.json, a.attach),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Sink(a) => cmd_sink(a, quiet),
         Cmd::Keygen(a) => cmd_keygen(&a.path, quiet),

@@ -364,11 +364,17 @@ pub(crate) struct RecvArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct ProbeArgs {
-    /// The interface to examine. Probing briefly attaches our XDP program
-    /// (it passes every packet) and opens an AF_XDP socket, to see whether
-    /// both work; it skips the attach when another program is there.
+    /// The interface to examine. By default the probe changes nothing: it
+    /// reads the link, the driver's XDP features (netdev netlink) and
+    /// registers a UMEM without binding it.
     #[arg(long, value_name = "IF")]
     pub(crate) iface: String,
+    /// Also attach our XDP program (it passes every packet) and bind
+    /// throwaway AF_XDP sockets on queue 0 (zero-copy, copy, multi-buffer),
+    /// to see what really works. Some drivers reset the link when a program
+    /// is attached or a zero-copy socket binds.
+    #[arg(long)]
+    pub(crate) attach: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,

@@ -40,6 +40,9 @@ struct Probe {
     /// Most UMEM frames one packet may span in zero-copy mode, as the driver
     /// reports it (1: no chains).
     zc_max_segs: Option<u32>,
+    /// `--attach`: our XDP program was attached and sockets bound to test
+    /// them. Without it the probe changed nothing.
+    attached: bool,
     auto_mode: String,
     problems: Vec<String>,
 }
@@ -68,7 +71,10 @@ fn memlock() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).ok().map(|(soft, _)| soft)
 }
 
-pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
+/// What a check that changes the interface says when `--attach` is not given.
+const NOT_TRIED: &str = "not tried";
+
+pub fn run(ifname: &str, json: bool, attach: bool) -> anyhow::Result<bool> {
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let caps = effective_caps();
     let have: Vec<&str> = CAPS.iter().filter(|(b, _)| caps & (1 << b) != 0).map(|(_, n)| *n).collect();
@@ -119,19 +125,27 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
             zc_capable = Some(q.feature_flags & XdpQuery::ACT_XSK_ZEROCOPY != 0);
             driver = Some(DriverZeroCopy::from_query(&q));
         }
-        xdp_native = if i.xdp_attached.is_some() {
-            Err("skipped: another program is attached".into())
-        } else {
-            // Port 0 steers nothing: every packet passes while we look.
-            Steering::attach(&i.name, i.index, None, 0, Default::default())
-                .map(|s| s.mode().name().to_string())
-                .map_err(|e| e.to_string())
+        // Port 0 steers nothing: every packet passes while we look. The
+        // program stays attached through the binds, as a receiver's would.
+        let steering = (attach && i.xdp_attached.is_none())
+            .then(|| Steering::attach(&i.name, i.index, None, 0, Default::default()));
+        xdp_native = match &steering {
+            _ if i.xdp_attached.is_some() => Err("skipped: another program is attached".into()),
+            None => Err(format!(
+                "{NOT_TRIED} (--attach attaches our XDP program to see; some drivers reset the link for it)"
+            )),
+            Some(Ok(s)) => Ok(s.mode().name().to_string()),
+            Some(Err(e)) => Err(e.to_string()),
         };
-        let binds = try_binds(&i.name, driver);
-        largest_packet = Some(match &binds.multi_buffer {
-            Ok(_) => i.mtu.min(MAX_CHAIN * 4096 - ETH_LEN as u32),
-            Err(_) => i.mtu.min(4096 - ETH_LEN as u32),
-        });
+        let binds = if attach { try_binds(&i.name, driver) } else { Binds::unbound(driver) };
+        drop(steering);
+        // A packet that fits one UMEM frame needs no multi-buffer.
+        let one_frame = 4096 - ETH_LEN as u32;
+        largest_packet = match &binds.multi_buffer {
+            Ok(_) => Some(i.mtu.min(MAX_CHAIN * 4096 - ETH_LEN as u32)),
+            Err(_) if attach || i.mtu <= one_frame => Some(i.mtu.min(one_frame)),
+            Err(_) => None,
+        };
         auto_mode = auto_mode_of(i, &binds, driver);
         Binds { af_xdp, zero_copy, multi_buffer } = binds;
     }
@@ -154,6 +168,7 @@ pub fn run(ifname: &str, json: bool) -> anyhow::Result<bool> {
         zero_copy_capable: zc_capable,
         zero_copy,
         zc_max_segs: driver.filter(|d| d.advertised).map(|d| d.max_segs),
+        attached: attach,
         auto_mode,
         problems,
     };
@@ -171,6 +186,27 @@ struct Binds {
     af_xdp: Result<String, String>,
     zero_copy: Result<String, String>,
     multi_buffer: Result<String, String>,
+}
+
+impl Binds {
+    /// Without `--attach`: only whether this host can make AF_XDP sockets
+    /// and register a UMEM, which binds nothing and touches no device.
+    fn unbound(driver: Option<DriverZeroCopy>) -> Binds {
+        let af_xdp = UmemArea::new(64, 2048)
+            .map_err(XskError::from)
+            .and_then(Xsk::can_register)
+            .map(|()| "sockets and a UMEM register; the kernel picks copy or zero-copy at bind".to_string())
+            .map_err(|e| e.to_string());
+        let zero_copy = match driver {
+            Some(d) if !d.advertised => Err("the driver does not advertise xsk_zerocopy".to_string()),
+            Some(_) => Err(format!(
+                "{NOT_TRIED}: the driver advertises it (--attach binds a socket to be sure: virtio-net advertises it and refuses it without VIRTIO_F_ACCESS_PLATFORM)"
+            )),
+            None => Err(format!("{NOT_TRIED}: the driver could not be asked (--attach binds a socket to see)")),
+        };
+        let multi_buffer = Err(format!("{NOT_TRIED} (--attach binds a socket with XDP_USE_SG to see)"));
+        Binds { af_xdp, zero_copy, multi_buffer }
+    }
 }
 
 /// Binds zero-copy first, then copy, then copy with XDP_USE_SG: the driver's
@@ -224,16 +260,21 @@ fn auto_mode_of(i: &Interface, binds: &Binds, driver: Option<DriverZeroCopy>) ->
     }
     let shape = FramePlan::new(1 << 30, i.mtu, i.mtu, &i.name, DEFAULT_UMEM, IpVersion::V4).map(|p| p.packet_shape());
     let choice = shape.ok().and_then(|s| zerocopy::choose(BindMode::Auto, &i.name, s, driver).ok());
+    let advertised = driver.is_some_and(|d| d.advertised);
     match choice {
+        _ if binds.zero_copy.as_ref().is_err_and(|e| e.starts_with(NOT_TRIED)) && advertised => {
+            "afxdp (zero-copy where a bind takes it, else copy mode)".to_string()
+        }
         _ if binds.zero_copy.is_err() => "afxdp (copy mode)".to_string(),
         Some(BindChoice { note: Some(note), .. }) => format!("afxdp ({note})"),
         _ => "afxdp (zero-copy mode)".to_string(),
     }
 }
 
-fn yes_no<T: std::fmt::Display, E: std::fmt::Display>(r: &Result<T, E>) -> String {
+fn yes_no(r: &Result<String, String>) -> String {
     match r {
         Ok(v) => format!("yes ({v})"),
+        Err(e) if e.starts_with(NOT_TRIED) => e.clone(),
         Err(e) => format!("no: {e}"),
     }
 }
@@ -275,8 +316,9 @@ fn print_human(p: &Probe, ifname: &str) {
     println!("XDP attach        {}", yes_no(&p.xdp_native));
     println!("AF_XDP socket     {}", yes_no(&p.af_xdp));
     println!("multi-buffer      {}", yes_no(&p.multi_buffer));
-    if let Some(n) = p.largest_packet {
-        println!("largest packet    {n} B (send's default --packet-size here)");
+    match p.largest_packet {
+        Some(n) => println!("largest packet    {n} B (send's default --packet-size here)"),
+        None => println!("largest packet    the MTU needs multi-buffer, which --attach tries"),
     }
     let advertised = match (p.zero_copy_capable, p.zc_max_segs) {
         (Some(true), Some(n)) => {
@@ -288,10 +330,19 @@ fn print_human(p: &Probe, ifname: &str) {
     };
     match &p.zero_copy {
         Ok(v) => println!("zero-copy         yes ({v}; {advertised})"),
+        Err(e) if e.starts_with(NOT_TRIED) => println!("zero-copy         {e}"),
         Err(e) => println!("zero-copy         no: {e}"),
     }
+
     println!("send --mode auto  {}", p.auto_mode);
     for pr in &p.problems {
         println!("problem           {pr}");
+    }
+    if p.attached {
+        println!(
+            "changed           our XDP program was attached and sockets bound on queue 0 while probing; all gone now"
+        );
+    } else {
+        println!("changed           nothing (--attach also attaches our XDP program and binds sockets on queue 0)");
     }
 }

@@ -94,7 +94,7 @@ transfer() {
 }
 
 probe() {
-  $2 timeout 30 xdpblast probe --iface "$3" --json > /tmp/$1.json 2> /tmp/$1.log
+  $2 timeout 30 xdpblast probe --iface "$3" --attach --json > /tmp/$1.json 2> /tmp/$1.log
   fact "$1.rc" $?
   emit_file "$1" /tmp/$1.json
   emit_file "$1.log" /tmp/$1.log
