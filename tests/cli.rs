@@ -183,6 +183,25 @@ fn an_unprivileged_sender_is_told_what_is_missing_before_the_handshake() {
     assert!(!dir.path().join("out.bin.partial").exists(), "the receiver never heard of the sender");
 }
 
+/// Trust round 2, rough edge: an unprivileged `recv` (AF_XDP by default)
+/// failed without saying that `--mode udp` works without privileges.
+#[test]
+fn an_unprivileged_receiver_is_pointed_at_udp() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = binary_for_nobody(dir.path());
+    let out = Command::new("ip")
+        .args(["netns", "exec", &veth.rx_ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg("--inh-caps=-all")
+        .arg(&bin)
+        .args(["recv", "--iface", &veth.rx_if, "--listen", &format!("{RX_IP}:9000"), "--out", "/tmp", "--timeout", "1"])
+        .output()
+        .expect("unprivileged receiver");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("`recv --mode udp` needs none"), "{err}");
+}
+
 /// "[ t0- t1 sec]" at the start of an interval or summary line.
 fn span(line: &str) -> Option<(f64, f64)> {
     let inner = line.strip_prefix('[')?.split(" sec]").next()?;

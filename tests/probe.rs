@@ -116,4 +116,12 @@ fn probe_without_privileges_names_what_is_missing() {
     assert!(missing.contains(&"CAP_NET_RAW") && missing.contains(&"CAP_BPF"), "{p}");
     assert_eq!(p["af_xdp"]["ok"], false, "{p}");
     assert!(p["af_xdp"]["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
+    // Trust round 2, rough edge: the text promised that CAP_IPC_LOCK lifts
+    // the locked-memory limit to a user who does not have it.
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &veth.rx_ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+    c.args(["--inh-caps=-all", bin, "probe", "--iface", &veth.rx_if]);
+    let text = String::from_utf8_lossy(&c.output().expect("setpriv probe").stdout).to_string();
+    assert!(text.contains("RLIMIT_MEMLOCK") && text.contains("ulimit -l"), "{text}");
+    assert!(!text.contains("CAP_IPC_LOCK lets the UMEM register anyway"), "{text}");
 }

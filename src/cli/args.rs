@@ -17,14 +17,14 @@ use xdpblast::proto::pacer::Rate;
 pub(crate) struct Cli {
     /// Print errors only: no mode line, interval lines or summary (`--json`
     /// still prints its object).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = "Global options")]
     pub(crate) quiet: bool,
     /// Also log what happens, on stderr: -v for each step, -vv for detail.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub(crate) verbose: u8,
     /// Log filter (tracing env-filter syntax), e.g. `debug` or
     /// `xdpblast=trace`; overrides -q and -v [default: warn].
-    #[arg(long, global = true, env = "XDPBLAST_LOG")]
+    #[arg(long, global = true, env = "XDPBLAST_LOG", help_heading = "Global options")]
     pub(crate) log: Option<String>,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,

@@ -287,7 +287,11 @@ fn print_human(p: &Probe, ifname: &str) {
     }
     if let Some(m) = p.memlock_limit {
         let shown = if m == u64::MAX { "unlimited".to_string() } else { format!("{} KiB", m / 1024) };
-        println!("RLIMIT_MEMLOCK    {shown} (CAP_IPC_LOCK lets the UMEM register anyway)");
+        if p.capabilities.contains(&"CAP_IPC_LOCK") {
+            println!("RLIMIT_MEMLOCK    {shown} (CAP_IPC_LOCK lets the UMEM register anyway)");
+        } else {
+            println!("RLIMIT_MEMLOCK    {shown} (a UMEM must fit under it: raise it with `ulimit -l`, or run with CAP_IPC_LOCK)");
+        }
     }
     match &p.iface {
         Some(i) => {

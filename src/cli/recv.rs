@@ -114,7 +114,12 @@ fn receive_afxdp(
     listener: &std::net::TcpListener,
     quiet: bool,
 ) -> anyhow::Result<Outcome> {
-    let mut rx = AfxdpReceiver::open(iface, a.listen, knobs, a.xdp_bind.into(), a.queues)?;
+    let mut rx = AfxdpReceiver::open(iface, a.listen, knobs, a.xdp_bind.into(), a.queues).map_err(|e| {
+        if nix::unistd::geteuid().is_root() {
+            return e;
+        }
+        e.context("--mode afxdp needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW); `recv --mode udp` needs none")
+    })?;
     // Without multi-buffer AF_XDP, less than the MTU: senders learn it.
     opts.max_datagram = Some((rx.max_packet() as usize).saturating_sub(opts.ip_udp_overhead));
     let mode = rx.mode().name();
