@@ -103,3 +103,34 @@ fn queue_and_stream_counts_are_checked() {
     let err = String::from_utf8_lossy(std::mem::take(&mut too_few.stderr).as_slice()).into_owned();
     assert!(err.contains("receives on 2 queues"), "{err}");
 }
+
+/// Trust round 2, rough edge: `--queues auto` on a 2-queue veth took one
+/// queue on this 2-CPU host without a word. Now the mode line's notes say
+/// what it left out and why (a CPU is kept for the scheduler).
+#[test]
+fn queues_auto_says_why_it_takes_fewer_queues() {
+    let veth = Veth::with_queues(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 4 * MIB, 17);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let f = file.to_str().expect("utf-8 path");
+    let sent = veth
+        .in_ns(&veth.tx_ns, &["send", f, "--iface", &veth.tx_if, "--dst", &veth.rx_data, "--queues", "auto"])
+        .output()
+        .expect("sender");
+    let text = String::from_utf8_lossy(&sent.stdout).to_string();
+    assert!(sent.status.success(), "{text}{}", String::from_utf8_lossy(&sent.stderr));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 3 {
+        assert!(
+            text.contains("--queues auto took 1 of the 2 TX queues") && text.contains("left to the scheduler"),
+            "{text}"
+        );
+    } else {
+        assert!(!text.contains("--queues auto took"), "with {cpus} CPUs auto takes both queues: {text}");
+    }
+    let (ok, report, _) = rx.finish();
+    assert!(ok, "{report}");
+    assert!(same_file(&file, &out));
+}

@@ -163,7 +163,7 @@ fn transfer(
     mut intervals: Intervals,
     lanes: &LanePorts,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, mut plan, src, file, file_size, stamp, queues, bind, .. } = prep;
+    let Prepared { iface, mut plan, src, file, file_size, stamp, queues, queues_note, bind, .. } = prep;
     let session = sender.session();
     let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
@@ -212,9 +212,12 @@ fn transfer(
         Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
     if opts.intervals {
         println!("{}", mode_line(opts, &iface.name, mode, &plan, file_size, queues));
-        if let Some(note) = &bind.note {
+        for note in bind.note.iter().chain(&queues_note) {
             println!("  {note}");
         }
+    }
+    if let Some(note) = &queues_note {
+        info!("{note}");
     }
     let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals, queues);
     // The loop kicks queue 0 itself; each further queue has a kicker thread.

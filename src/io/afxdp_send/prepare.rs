@@ -39,6 +39,8 @@ pub struct Prepared {
     pub source: crate::wire::message::SourceId,
     /// Transmit queues to use (`--queues`, resolved).
     pub queues: u32,
+    /// Why `--queues auto` took fewer than the interface has, when it did.
+    pub queues_note: Option<String>,
     /// How the transmit sockets bind (`--xdp-bind`, resolved against what
     /// the driver can do with these packets).
     pub bind: BindChoice,
@@ -99,6 +101,7 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     let bind = choose_bind(opts.bind, &iface, &plan)?;
     Ok(Prepared {
         bind,
+        queues_note: auto_queues_note(opts.queues, queues, &iface),
         queues,
         src: SocketAddr::new(src_ip, 0),
         iface,
@@ -150,6 +153,22 @@ pub fn tx_queues(q: crate::io::QueueCount, iface: &Interface) -> anyhow::Result<
         ),
         crate::io::QueueCount::Fixed(n) => Ok(n),
     }
+}
+
+/// What `--queues auto` left out and why: it takes one queue per TX queue
+/// but leaves a CPU to the scheduler, and takes at most [`AUTO_QUEUES_MAX`].
+fn auto_queues_note(q: crate::io::QueueCount, chosen: u32, iface: &Interface) -> Option<String> {
+    let have = iface.tx_queues_in_use().max(1);
+    if q != crate::io::QueueCount::Auto || chosen >= have {
+        return None;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let why = if chosen == AUTO_QUEUES_MAX {
+        format!("it takes at most {AUTO_QUEUES_MAX}")
+    } else {
+        format!("one of this host's {cpus} CPUs is left to the scheduler")
+    };
+    Some(format!("--queues auto took {chosen} of the {have} TX queues {} uses: {why}", iface.name))
 }
 
 /// Opens the file to send, `O_DIRECT` with `direct` (a file system that
