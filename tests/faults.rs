@@ -109,6 +109,49 @@ fn sigint_to_the_sender_aborts_both_sides_cleanly() {
     wait_detached(&veth);
 }
 
+/// Trust round 2, row 16: Ctrl-C printed no summary (iperf3 prints one).
+/// Now both ends close their last interval and say what had arrived.
+#[test]
+fn sigint_prints_a_summary_on_both_sides() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 26);
+    let out = dir.path().join("out.bin");
+    let (f, o) = (file.to_str().expect("utf-8"), out.to_str().expect("utf-8"));
+    let listen = veth.rx_data.clone();
+    let spawn = |ns: &str, args: &[&str], log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).expect("log");
+        veth.in_ns(ns, args).stdout(std::process::Stdio::piped()).stderr(log).spawn().expect("spawn")
+    };
+    let rx = spawn(
+        &veth.rx_ns,
+        &["--log", "info", "recv", "--iface", &veth.rx_if, "--listen", &listen, "--out", o, "--timeout", "30"],
+        "recv.log",
+    );
+    let mut tx_args = vec!["--log", "info", "send", f, "--iface", &veth.tx_if, "--dst", &listen, "--timeout", "30"];
+    tx_args.extend_from_slice(SLOW);
+    let send_log = dir.path().join("send.log");
+    let tx = spawn(&veth.tx_ns, &tx_args, "send.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&send_log).unwrap_or_default().contains("transfer started") {
+        assert!(Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    for pid in [tx.id(), rx.id()] {
+        let st = Command::new("kill").args(["-INT", &pid.to_string()]).status().expect("kill");
+        assert!(st.success());
+    }
+    let (sent, got) = (tx.wait_with_output().expect("sender"), rx.wait_with_output().expect("receiver"));
+    let (sent_text, got_text) = (String::from_utf8_lossy(&sent.stdout), String::from_utf8_lossy(&got.stdout));
+    assert_eq!(sent.status.code(), Some(130), "{sent_text}");
+    assert_eq!(got.status.code(), Some(130), "{got_text}");
+    assert!(sent_text.contains("sender, interrupted: what the receiver held at Ctrl-C"), "{sent_text}");
+    assert!(got_text.contains("receiver, interrupted: what arrived before Ctrl-C"), "{got_text}");
+    assert!(!out.exists());
+    wait_detached(&veth);
+}
+
 #[test]
 fn sigterm_to_the_receiver_aborts_both_sides_cleanly() {
     let veth = Veth::new();

@@ -402,6 +402,13 @@ impl ReceiveLoop {
                 summary_line(t_first, t_end, bytes, None, "receiver, transfer phase: first data to verified file")
             );
             println!("Verified: blake3 {digest}; written to {}", self.out_path.display());
+        } else if opts.intervals && crate::os::signals::stop_requested() {
+            // Ctrl-C: what arrived, as iperf3 prints a summary when interrupted.
+            let got = rx.stats().bytes;
+            self.intervals.finish(end, got, None);
+            let (t_first, t_end) = (self.intervals.at(first), self.intervals.at(end));
+            let what = "receiver, interrupted: what arrived before Ctrl-C";
+            println!("{}", summary_line(t_first.min(t_end), t_end, got, None, what));
         }
         RecvReport {
             summary: crate::report::Summary {

@@ -128,6 +128,17 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
     result
 }
 
+/// Ctrl-C: the last partial interval and a summary of what the receiver
+/// held, as iperf3 prints one when interrupted.
+fn summary_when_interrupted(tx: &mut Transmit, sender: &Sender, file_size: u64) {
+    let held = (sender.stats.peer_received * u64::from(sender.info().chunk_size)).min(file_size);
+    let retransmits = sender.stats.retransmits;
+    tx.intervals.finish(Instant::now(), held, Some(retransmits));
+    let e2e = crate::os::process::since_process_start();
+    let what = "sender, interrupted: what the receiver held at Ctrl-C";
+    println!("{}", crate::report::summary_line(0.0, e2e, held, Some(retransmits), what));
+}
+
 /// What was sent is the file as read once (a change while reading fails
 /// before the digest goes out). A change since then means the receiver
 /// holds a version that no longer exists here: say so, and fail.
@@ -236,6 +247,9 @@ fn transfer(
         anyhow::Ok((outcome, reader.finished(), reader.read_time(), kicked))
     })?;
     let verified = matches!(sender.outcome(), Some(Ok(())));
+    if outcome.is_err() && opts.intervals && crate::os::signals::stop_requested() {
+        summary_when_interrupted(&mut tx, sender, file_size);
+    }
     outcome?;
     match sender.outcome() {
         Some(Ok(())) => {}
