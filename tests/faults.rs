@@ -262,6 +262,16 @@ fn sigint_after_a_finished_run_prints_the_table_of_what_finished() {
     assert!(!left.contains(&ns), "bench left its namespaces behind: {left}");
 }
 
+fn set_link(veth: &Veth, state: &str) {
+    let st = Command::new("ip")
+        .args(["-n", &veth.tx_ns, "link", "set", "dev", &veth.tx_if, state])
+        .status()
+        .expect("ip link set");
+    assert!(st.success());
+}
+
+/// A link that stays down ends the transfer within `--timeout`, naming the
+/// interface.
 #[test]
 fn interface_down_mid_transfer_is_a_clear_error() {
     let veth = Veth::new();
@@ -269,24 +279,45 @@ fn interface_down_mid_transfer_is_a_clear_error() {
     let file = random_file(dir.path(), "in.bin", 64 * MIB, 25);
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &[]);
-    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[SLOW, &["--timeout", "30"]].concat());
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[SLOW, &["--timeout", "3"]].concat());
     tx.wait_log("transfer started", 20);
     std::thread::sleep(Duration::from_millis(300));
-    let st = Command::new("ip")
-        .args(["-n", &veth.tx_ns, "link", "set", "dev", &veth.tx_if, "down"])
-        .status()
-        .expect("ip link set down");
-    assert!(st.success());
+    set_link(&veth, "down");
     let (ok, _, log, waited) = tx.wait_exit(40);
     assert!(!ok);
     assert!(
-        log.contains(&veth.tx_if) && log.contains("down"),
+        log.contains(&veth.tx_if) && log.contains("went down and stayed down for 3 s"),
         "the error must name the interface and say it is down: {log}"
     );
     assert!(waited < Duration::from_secs(10), "it took {waited:?}: a hang, not an error");
     let (rx_ok, report, _) = rx.finish();
     assert!(!rx_ok, "{report}");
     assert!(!out.exists());
+}
+
+/// Trust round 2, row 4. Before: taking the link down for 1 s stopped the
+/// sender at once ("the interface went down or away") and the receiver
+/// waited out its timeout. Now the sender waits for the link, and the
+/// transfer completes, as TCP rides a flap out.
+#[test]
+fn a_one_second_link_flap_costs_the_transfer_nothing() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 64 * MIB, 27);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let mut tx = veth.start_sender(&file, &dir.path().join("send.log"), &[SLOW, &["--timeout", "10"]].concat());
+    tx.wait_log("transfer started", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    set_link(&veth, "down");
+    std::thread::sleep(Duration::from_secs(1));
+    set_link(&veth, "up");
+    let (ok, _, log, _) = tx.wait_exit(60);
+    assert!(ok, "the sender gave up on a 1 s flap: {log}");
+    assert!(log.contains("the interface is up again"), "the flap was not seen, so this tests nothing: {log}");
+    let (rx_ok, report, rx_log) = rx.finish();
+    assert!(rx_ok, "{report}\n{rx_log}");
+    assert!(same_file(&file, &out));
 }
 
 #[test]

@@ -27,8 +27,10 @@ use super::{SendOptions, COMP_RING, CONTROL_EVERY, TX_RING};
 
 pub(super) struct Transmit {
     pub(super) sched: Scheduler,
-    /// The interface, for error messages.
+    /// The interface, for error messages and to watch it come back up.
     iface: String,
+    /// How long a link that went down may take to come back (`--timeout`).
+    link_grace: Duration,
     /// Machine-readable progress lines for `bench`.
     progress: bool,
     pub(super) aimd: Option<Aimd>,
@@ -64,6 +66,7 @@ impl Transmit {
         Transmit {
             sched: Scheduler::new(plan, meta_first_len, batch, COMP_RING, queues, rate, start),
             iface: opts.iface.clone(),
+            link_grace: opts.timeout,
             progress: opts.progress,
             aimd,
             last_report: (start, 0, 0),
@@ -157,7 +160,12 @@ impl Transmit {
             self.adapt(sender, now);
             let posted = self.sched.post(sender, queues, reader, now);
             if let Err(e) = self.kick(queues, kickers) {
-                return fail(sender, anyhow::Error::new(e).context(format!("transmit failed on {}", self.iface)));
+                // A link that flaps comes back: wait for it, as TCP rides a
+                // flap out. The receiver repairs what was lost meanwhile.
+                let down = crate::os::sys::errno(&e) == Some(libc::ENETDOWN);
+                if let Err(e) = if down { self.ride_out_link_down() } else { Err(e.into()) } {
+                    return fail(sender, e.context(format!("transmit failed on {}", self.iface)));
+                }
             }
             self.report(sender, now);
             // Held back by the pacer: sleep until its next slot at once.
@@ -191,6 +199,26 @@ impl Transmit {
             }
         }
         Ok(())
+    }
+
+    /// The interface went down: waits for it to come back up, at most
+    /// `--timeout`, then lets the loop post again (what was on the ring goes
+    /// out with the next kick). A stop request or a link that stays down
+    /// ends the transfer, naming the interface.
+    fn ride_out_link_down(&self) -> anyhow::Result<()> {
+        let since = Instant::now();
+        tracing::warn!(iface = %self.iface, "the interface went down; waiting for it to come back");
+        while since.elapsed() < self.link_grace {
+            if crate::os::signals::stop_requested() {
+                anyhow::bail!("interrupted");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            if Interface::lookup(&self.iface).is_ok_and(|i| i.oper_up) {
+                info!(iface = %self.iface, down_ms = since.elapsed().as_millis() as u64, "the interface is up again");
+                return Ok(());
+            }
+        }
+        anyhow::bail!("{} went down and stayed down for {}", self.iface, crate::units::human_secs(self.link_grace))
     }
 
     /// Feeds the receiver's loss reports to the rate adaptation.
