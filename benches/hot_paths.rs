@@ -125,8 +125,11 @@ fn transmit_schedule(c: &mut Criterion) {
     tx.poll_control(now);
     tx.start(now);
     for opened in [false, true] {
-        tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened, max_datagram: 0 }.encode(7))
-            .expect("ack");
+        tx.on_control(
+            now,
+            &Message::HelloAck { session: 1, delay_us: 0, opened, tcp_only: false, max_datagram: 0 }.encode(7),
+        )
+        .expect("ack");
     }
     let mut ids = vec![FrameId::Meta { last: false }; 256];
     let mut g = c.benchmark_group("transmit_schedule");

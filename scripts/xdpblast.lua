@@ -54,7 +54,8 @@ f.data_port = ProtoField.uint16("xdpblast.data_port", "Data source port (one per
 f.file_mode = ProtoField.uint32("xdpblast.file_mode", "File mode", base.OCT)
 f.mtime_ns = ProtoField.int64("xdpblast.mtime_ns", "File mtime (ns since the epoch)")
 f.delay_us = ProtoField.uint64("xdpblast.delay_us", "Answer delay (us)")
-f.opened = ProtoField.bool("xdpblast.opened", "Session opened")
+f.opened = ProtoField.bool("xdpblast.opened", "Session opened", 8, nil, 0x1)
+f.tcp_only = ProtoField.bool("xdpblast.tcp_only", "Receiver takes TCP only", 8, nil, 0x2)
 f.max_datagram = ProtoField.uint32("xdpblast.max_datagram", "Largest datagram taken (0: unknown)")
 f.round = ProtoField.uint64("xdpblast.nack.round", "Round")
 f.part = ProtoField.uint16("xdpblast.nack.part", "Part")
@@ -149,9 +150,12 @@ end
 bodies[17] = function(tree, body)
     if body:len() < 9 then return nil end
     tree:add(f.delay_us, body(0, 8))
-    tree:add(f.opened, body(8, 1), body(8, 1):uint() == 1)
+    tree:add(f.opened, body(8, 1))
+    tree:add(f.tcp_only, body(8, 1))
     if body:len() >= 13 then tree:add(f.max_datagram, body(9, 4)) end
-    return body(8, 1):uint() == 1 and "session opened" or "cookie offered"
+    local flags = body(8, 1):uint()
+    if bit.band(flags, 2) ~= 0 then return "TCP only: send over TCP" end
+    return bit.band(flags, 1) ~= 0 and "session opened" or "cookie offered"
 end
 
 bodies[18] = function(tree, body, seq)

@@ -392,7 +392,7 @@ fn no_sender_claims_no_file_and_a_mode_mismatch_is_named() {
     let rx = veth.start_receiver(&out, &["--mode", "tcp", "--timeout", "2"]);
     let (sent, took) = {
         let t = Instant::now();
-        (veth.send(&file, &[]), t.elapsed())
+        (veth.send(&file, &["--mode", "afxdp"]), t.elapsed())
     };
     let (rx_ok, _, _) = rx.finish();
     assert!(!sent.status.success() && !rx_ok);
@@ -402,6 +402,28 @@ fn no_sender_claims_no_file_and_a_mode_mismatch_is_named() {
         stderr(&sent)
     );
     assert!(took < Duration::from_secs(5), "named at once, took {took:?}");
+}
+
+/// Trust round 2, row 13. Before: a default `send` (mode auto) to `recv
+/// --mode tcp` failed with "this receiver takes the file over TCP only ...;
+/// send with --mode sendfile", although the README promised that the
+/// fallback finds its receiver. Now the receiver says so with a flag in its
+/// answer, and auto mode sends over TCP.
+#[test]
+fn auto_mode_switches_to_tcp_for_a_tcp_only_receiver() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = random_file(dir.path(), "in.bin", 1 << 20, 55);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--mode", "tcp", "--timeout", "5"]);
+    let sent = veth.send(&file, &[]);
+    let (rx_ok, recv, _) = rx.finish();
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(rx_ok, "{recv}");
+    let report: serde_json::Value = serde_json::from_slice(&sent.stdout).expect("the sender's JSON");
+    assert_eq!(report["mode"], "sendfile", "{report}");
+    assert!(report["afxdp_not_used"].as_str().is_some_and(|w| w.contains("TCP only")), "{report}");
+    assert!(same_file(&file, &out));
 }
 
 /// The TCP path prints the same shape: the receiver's first line is its

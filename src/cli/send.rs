@@ -13,6 +13,7 @@ use xdpblast::io::raw_send::{self, RawOptions};
 use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::QueueCount;
 use xdpblast::net::iface::parse_mac;
+use xdpblast::proto::sender::SendError;
 
 pub(crate) fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
     let json = a.json;
@@ -148,7 +149,20 @@ pub(crate) fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
         }
         Err(e) => return Err(e),
     };
-    let report = afxdp_send::send(&opts, prep)?;
+    let report = match afxdp_send::send(&opts, prep) {
+        Ok(r) => r,
+        // A receiver started with `--mode tcp` says so in its answer: auto
+        // mode takes TCP to it, as its fallback promises.
+        Err(e)
+            if a.mode() == SendMode::Auto
+                && matches!(e.downcast_ref::<SendError>(), Some(SendError::ReceiverTakesTcpOnly)) =>
+        {
+            info!("mode auto: the receiver takes files over TCP only; sending with sendfile");
+            let why = Some("the receiver takes files over TCP only (recv --mode tcp)".to_string());
+            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout, human, why);
+        }
+        Err(e) => return Err(e),
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

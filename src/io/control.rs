@@ -148,7 +148,12 @@ pub fn handshake(
             anyhow::bail!("interrupted");
         }
         if let Some(r) = sender.outcome() {
-            anyhow::bail!("{}", r.as_ref().err().map_or("handshake ended early".to_string(), |e| e.to_string()));
+            // The protocol's own error, kept typed: `send --mode auto`
+            // tells a TCP-only receiver by it.
+            return Err(match r {
+                Err(e) => anyhow::Error::new(e.clone()),
+                Ok(()) => anyhow::anyhow!("handshake ended early"),
+            });
         }
         let wait =
             sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));

@@ -643,7 +643,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
         (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.encode(k), DropReason::BadLength),
         (
             SENDER,
-            Message::HelloAck { session: 1, delay_us: 0, opened: true, max_datagram: 0 }.encode(k),
+            Message::HelloAck { session: 1, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }.encode(k),
             DropReason::WrongKind,
         ),
     ];
@@ -808,12 +808,18 @@ fn open_session(rx: &mut Receiver, now: Instant, info: SessionInfo) -> u64 {
 /// challenge, then the ack that opens the session; the driver is ready.
 fn acknowledge(tx: &mut Sender, now: Instant, cookie: u64) {
     tx.start(now);
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: false, max_datagram: 0 }.encode(cookie))
-        .unwrap();
+    tx.on_control(
+        now,
+        &Message::HelloAck { session: 1, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0 }.encode(cookie),
+    )
+    .unwrap();
     let echo = tx.poll_control(now).expect("the Hello goes out again at once, with the cookie");
     assert_eq!(Message::parse_with_cookie(&echo).map(|(_, c)| c), Ok(cookie));
-    tx.on_control(now, &Message::HelloAck { session: 1, delay_us: 0, opened: true, max_datagram: 0 }.encode(cookie))
-        .unwrap();
+    tx.on_control(
+        now,
+        &Message::HelloAck { session: 1, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }.encode(cookie),
+    )
+    .unwrap();
     assert!(tx.is_acked());
 }
 
@@ -957,7 +963,8 @@ fn with_a_key_an_unsealed_abort_is_a_hint_not_a_verdict() {
     tx.poll_control(now).expect("Hello");
     assert!(tx.on_control(now, &forged).is_err(), "an unsealed Abort is not taken with a key");
     assert!(tx.outcome().is_none());
-    let mut ack = Message::HelloAck { session: 1, delay_us: 0, opened: false, max_datagram: 0 }.encode(K);
+    let mut ack =
+        Message::HelloAck { session: 1, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0 }.encode(K);
     keys.seal(Direction::ToSender, 1, &mut ack);
     tx.on_control(now, &ack).expect("the sealed answer");
     assert!(tx.poll_control(now).is_some(), "the Hello goes on, with the cookie");

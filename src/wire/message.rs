@@ -203,6 +203,11 @@ pub struct FileAttrs {
 }
 
 /// Most source ports a Hello lists (one per transmit queue of the sender).
+/// HelloAck flags (body byte 8): the session is open; the receiver takes
+/// files over TCP only.
+const HELLO_ACK_OPENED: u8 = 1;
+const HELLO_ACK_TCP_ONLY: u8 = 2;
+
 pub const MAX_DATA_PORTS: usize = 64;
 
 /// Chunks in a row that one transmit queue carries, with its source port,
@@ -386,12 +391,15 @@ pub enum Message<'a> {
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
-    /// open. `delay_us`: how long the receiver held the Hello before answering
+    /// open. `tcp_only`: instead of a cookie, this receiver takes files over
+    /// TCP only (`recv --mode tcp`), so a datagram sender in `--mode auto`
+    /// switches to TCP. `delay_us`: how long the receiver held the Hello before answering
     /// (preparing its output), so the sender can take it out of its RTT sample.
     HelloAck {
         session: u64,
         delay_us: u64,
         opened: bool,
+        tcp_only: bool,
         /// The largest UDP payload the receiver's data path takes (its MTU
         /// less IP and UDP headers); 0 when it does not know. A sender whose
         /// datagrams are larger sends smaller ones (older receivers send
@@ -501,7 +509,14 @@ impl<'a> Message<'a> {
                     return Err(WireError::BadBody);
                 }
                 let max_datagram = body.get(9..13).map_or(0, be_u32);
-                Message::HelloAck { session, delay_us: be_u64(&body[..8]), opened: body[8] == 1, max_datagram }
+                let flags = body[8];
+                Message::HelloAck {
+                    session,
+                    delay_us: be_u64(&body[..8]),
+                    opened: flags & HELLO_ACK_OPENED != 0,
+                    tcp_only: flags & HELLO_ACK_TCP_ONLY != 0,
+                    max_datagram,
+                }
             }
             Kind::Nack => {
                 if body.len() < NACK_FIXED_LEN {
@@ -596,9 +611,9 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&name.as_bytes()[..end]);
                 (Kind::Hello, *session, 0)
             }
-            Message::HelloAck { session, delay_us, opened, max_datagram } => {
+            Message::HelloAck { session, delay_us, opened, tcp_only, max_datagram } => {
                 out.extend_from_slice(&delay_us.to_be_bytes());
-                out.push(u8::from(*opened));
+                out.push(if *opened { HELLO_ACK_OPENED } else { 0 } | if *tcp_only { HELLO_ACK_TCP_ONLY } else { 0 });
                 out.extend_from_slice(&max_datagram.to_be_bytes());
                 (Kind::HelloAck, *session, 0)
             }
@@ -694,8 +709,8 @@ mod tests {
                 data_ports: DataPorts::new(&[40000, 40001, 9]).unwrap(),
                 attrs: None,
             },
-            Message::HelloAck { session: 9, delay_us: 1234, opened: false, max_datagram: 0 },
-            Message::HelloAck { session: 9, delay_us: 0, opened: true, max_datagram: 0 },
+            Message::HelloAck { session: 9, delay_us: 1234, opened: false, tcp_only: false, max_datagram: 0 },
+            Message::HelloAck { session: 9, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 },
             Message::Nack {
                 session: 9,
                 nack: Nack {

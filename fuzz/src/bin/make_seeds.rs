@@ -46,13 +46,25 @@ fn main() {
     let bitmap = [0b0000_0010u8];
     let nack = Message::Nack {
         session: SESSION,
-        nack: Nack { round: 1, part: 0, received: 2, high: 3, prefix: 1, base: 0, nbits: 3, bitmap: &bitmap, loss_bp: Some(3333) },
+        nack: Nack {
+            round: 1,
+            part: 0,
+            received: 2,
+            high: 3,
+            prefix: 1,
+            base: 0,
+            nbits: 3,
+            bitmap: &bitmap,
+            loss_bp: Some(3333),
+        },
     }
     .encode(k);
     let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);
     let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
-    let ack = Message::HelloAck { session: SESSION, delay_us: 120, opened: true, max_datagram: 0 }.encode(k);
-    let stream = StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16], index: 0, count: 1 }.emit();
+    let ack =
+        Message::HelloAck { session: SESSION, delay_us: 120, opened: true, tcp_only: false, max_datagram: 0 }.encode(k);
+    let stream =
+        StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16], index: 0, count: 1 }.emit();
 
     // Parser seeds: every kind, bare and inside an Ethernet frame.
     let tpl = example_template();

@@ -120,6 +120,7 @@ impl Receiver {
                     session,
                     delay_us: 0,
                     opened: false,
+                    tcp_only: false,
                     max_datagram: 0,
                 }));
                 return Ok(());
@@ -135,6 +136,14 @@ impl Receiver {
             return Err(DropReason::Refused);
         }
         if let Err((drop, reason)) = self.admissible(&info, via_tcp) {
+            if drop == DropReason::WrongMode {
+                // Said as a flag first, not only in words: a sender in auto
+                // mode switches to TCP on it. The Abort behind it still tells
+                // a sender that cannot trust the flag (it has a key and we
+                // have none).
+                let tcp = Message::HelloAck { session, delay_us: 0, opened: false, tcp_only: true, max_datagram: 0 };
+                self.transmit.push_back((from, tcp.to_vec()));
+            }
             self.refuse(from, session, &reason);
             return Err(drop);
         }
@@ -144,8 +153,13 @@ impl Receiver {
         let expected = self.cookie_for(from.ip(), session);
         if cookie != expected {
             self.stats.cookies_sent += 1;
-            let challenge =
-                Message::HelloAck { session, delay_us: 0, opened: false, max_datagram: self.max_datagram() };
+            let challenge = Message::HelloAck {
+                session,
+                delay_us: 0,
+                opened: false,
+                tcp_only: false,
+                max_datagram: self.max_datagram(),
+            };
             self.transmit.push_back((from, challenge.encode(expected)));
             return if cookie == 0 { Ok(()) } else { Err(DropReason::BadCookie) };
         }

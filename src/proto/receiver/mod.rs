@@ -428,7 +428,7 @@ impl Receiver {
                 self.hello_ack_due = None;
                 let delay_us = now.saturating_duration_since(at).as_micros() as u64;
                 let max_datagram = self.max_datagram();
-                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true, max_datagram })
+                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true, tcp_only: false, max_datagram })
             }
             _ => self.transmit.pop_front()?,
         };

@@ -56,7 +56,7 @@ fn a_hello_without_the_cookie_opens_nothing_and_earns_one() {
     let (to, bytes) = rx.poll_transmit(now).expect("a challenge");
     assert_eq!(to, peer);
     let (msg, cookie) = Message::parse_with_cookie(&bytes).unwrap();
-    assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false, max_datagram: 0 });
+    assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0 });
     assert_eq!(cookie, rx.cookie_for(peer.ip(), 7));
     assert_ne!(cookie, rx.cookie_for(OTHER.parse::<SocketAddr>().unwrap().ip(), 7), "bound to the address");
     // A guessed cookie is refused and counted; the right one opens.
@@ -68,7 +68,7 @@ fn a_hello_without_the_cookie_opens_nothing_and_earns_one() {
     let (_, ack) = rx.poll_transmit(now).expect("the opening ack");
     assert_eq!(
         Message::parse_with_cookie(&ack).unwrap().0,
-        Message::HelloAck { session: 7, delay_us: 0, opened: true, max_datagram: 0 }
+        Message::HelloAck { session: 7, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }
     );
 }
 
@@ -166,7 +166,8 @@ fn drops_are_counted_by_what_was_wrong() {
         (peer, b"XBLS".to_vec(), DropReason::Wire(WireError::Truncated)),
         (
             peer,
-            Message::HelloAck { session: 7, delay_us: 0, opened: true, max_datagram: 0 }.encode(cookie),
+            Message::HelloAck { session: 7, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }
+                .encode(cookie),
             DropReason::WrongKind,
         ),
         (peer, Message::Meta { session: 7, last: true, info }.encode(cookie ^ 4), DropReason::BadCookie),
@@ -357,4 +358,25 @@ fn a_lagging_lane_is_not_loss_but_a_gap_in_a_lane_is() {
     }
     named.dedup();
     assert_eq!(named, vec![200]);
+}
+
+/// Trust round 2, row 13: a TCP-only receiver answers a datagram Hello
+/// with a flag, not only words, and a datagram sender ends on it with a
+/// typed error that `send --mode auto` acts on.
+#[test]
+fn a_tcp_only_receiver_says_so_with_a_flag_the_sender_understands() {
+    let now = Instant::now();
+    let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: None };
+    let mut rx = Receiver::new(ReceiverConfig { tcp_only: true, cookie_key: [3; 32], ..Default::default() }, now);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    rx.on_control(now, peer, &hello(info).encode(0));
+    assert_eq!(rx.stats().drops.get(DropReason::WrongMode), 1);
+    let (to, bytes) = rx.poll_transmit(now).expect("an answer");
+    assert_eq!(to, peer);
+    let msg = Message::parse(&bytes).expect("a message");
+    assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false, tcp_only: true, max_datagram: 0 });
+    let mut tx = crate::proto::Sender::new(crate::proto::SenderConfig::default(), 7, info, now);
+    assert!(tx.poll_control(now).is_some(), "the sender's Hello");
+    tx.on_control(now, &bytes).expect("taken");
+    assert_eq!(tx.outcome(), Some(&Err(crate::proto::sender::SendError::ReceiverTakesTcpOnly)));
 }

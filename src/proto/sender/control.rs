@@ -67,6 +67,11 @@ impl Sender {
                 self.stats.bad_cookie += 1;
                 Err(WireError::BadBody)
             }
+            (None, Message::HelloAck { opened: false, tcp_only: true, .. }) if !self.cfg.via_tcp => {
+                self.state = State::Finished;
+                self.outcome = Some(Err(SendError::ReceiverTakesTcpOnly));
+                Ok(true)
+            }
             (None, Message::HelloAck { opened: false, max_datagram, .. }) if cookie != 0 => {
                 let max_datagram = *max_datagram;
                 self.cookie = Some(cookie);

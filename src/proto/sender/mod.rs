@@ -117,6 +117,8 @@ pub enum SendError {
     DigestMismatch,
     #[error("the receiver aborted: {0}")]
     ReceiverAborted(String),
+    #[error("this receiver takes the file over TCP only (recv --mode tcp); send with --mode sendfile")]
+    ReceiverTakesTcpOnly,
     #[error(
         "no sealed answer from the receiver for {secs}; it refused us without the key: {reason} (the receiver may have no key or another one; with a key an unsealed refusal is never trusted, since anyone on the path could forge it)",
         secs = crate::units::human_secs(*.0),
