@@ -103,10 +103,6 @@ impl Scheduler {
         &self.turn_posted
     }
 
-    pub fn full_frame(&self) -> u32 {
-        self.full_frame
-    }
-
     /// When the first frame went out.
     pub fn first_post(&self) -> Option<Instant> {
         self.first_post
