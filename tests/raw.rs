@@ -116,13 +116,13 @@ fn raw_with_two_queues_uses_both_on_one_umem() {
 }
 
 #[test]
-fn adapt_follows_a_slow_receiver_and_logs_the_rate() {
+fn a_default_sender_follows_a_slow_receiver_and_logs_the_rate() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = random_file(dir.path(), "in.bin", 64 * MIB, 54);
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &["--inject-capacity", "100000"]);
-    let sent = veth.send(&file, &["--adapt"]);
+    let sent = veth.send(&file, &[]);
     let (rx_ok, recv, log) = rx.finish();
     let send = json(&sent);
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));

@@ -241,15 +241,20 @@ pub(crate) struct SendArgs {
     /// Descriptors posted per batch, 1 to 2048 (the TX ring).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) batch: u32,
-    /// Pace to this rate: bits/s counted over whole Ethernet frames (500M,
-    /// 10G) or packets/s (200kpps). Default: as fast as the link takes.
+    /// Pace at this fixed rate, as iperf3 -b does: bits/s counted over whole
+    /// Ethernet frames (500M, 10G) or packets/s (200kpps). Default: rate
+    /// control up to the link speed.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub(crate) rate: Option<Rate>,
-    /// Adapt the rate to the loss the receiver reports (AIMD), never above
-    /// --rate (or the link speed). Off by default: it cannot tell random loss
-    /// from a receiver that is overrun, and would slow down for both.
-    #[arg(long, conflicts_with = "raw")]
+    /// Rate control: pace at the rate the receiver is shown to take, probing
+    /// for more, never above --rate or the link speed. On by default without
+    /// --rate; with --rate it makes that rate a ceiling.
+    #[arg(long, conflicts_with_all = ["raw", "no_adapt"])]
     pub(crate) adapt: bool,
+    /// No rate control: send as fast as the link (or --rate) allows, however
+    /// much the receiver loses.
+    #[arg(long, conflicts_with = "raw")]
+    pub(crate) no_adapt: bool,
     /// Raw mode: send the preloaded frames round and round for --duration
     /// seconds, with no protocol and no receiver (measure against a drop sink,
     /// e.g. `xdpblast sink` on the peer).

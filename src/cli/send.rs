@@ -75,6 +75,7 @@ pub(crate) fn afxdp_only_options(a: &SendArgs) -> Vec<&'static str> {
     let given = [
         ("--rate", a.rate.is_some()),
         ("--adapt", a.adapt),
+        ("--no-adapt", a.no_adapt),
         ("--raw", a.raw),
         ("--direct", a.direct),
         ("--umem", a.umem.is_some()),
@@ -215,7 +216,7 @@ fn send_options(a: &SendArgs, timeout: std::time::Duration, human: bool) -> anyh
         queues: a.queues,
         batch: a.batch,
         rate: a.rate,
-        adapt: a.adapt,
+        adapt: !a.raw && (a.adapt || (a.rate.is_none() && !a.no_adapt)),
         intervals: human,
         progress: a.progress,
     })

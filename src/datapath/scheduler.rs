@@ -115,11 +115,16 @@ impl Scheduler {
         (frames, bytes)
     }
 
-    /// Paces every queue at its share of `rate` from `now`.
-    pub fn set_rate(&mut self, rate: Rate, now: Instant) {
+    /// Paces every queue at its share of `rate` from `now`; None stops
+    /// pacing.
+    pub fn set_rate(&mut self, rate: Option<Rate>, now: Instant) {
         let share = 1.0 / self.engines.len() as f64;
-        for p in self.engines.iter_mut().filter_map(|e| e.pacer_mut()) {
-            p.set_rate(rate.scaled(share), now);
+        let full_frame = self.full_frame;
+        for e in &mut self.engines {
+            match (rate, e.pacer_mut()) {
+                (Some(r), Some(p)) => p.set_rate(r.scaled(share), now),
+                (r, _) => e.set_pacer(r.map(|r| Pacer::new(r.scaled(share), full_frame, now))),
+            }
         }
     }
 

@@ -186,6 +186,11 @@ impl TxEngine {
         self.pacer.as_ref()
     }
 
+    /// Paces from now on (None: not at all).
+    pub fn set_pacer(&mut self, pacer: Option<Pacer>) {
+        self.pacer = pacer;
+    }
+
     pub fn pacer_mut(&mut self) -> Option<&mut Pacer> {
         self.pacer.as_mut()
     }

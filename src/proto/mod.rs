@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod chunkset;
 pub mod pacer;
+pub mod rate_control;
 pub mod receiver;
 pub mod sender;
 

@@ -438,6 +438,15 @@ impl Proc {
     pub fn wait_status(mut self, secs: u64) -> (std::process::ExitStatus, String, String, u64) {
         let pid = self.pid();
         let Some(mut child) = self.child.take() else { panic!("already finished") };
+        // Drained meanwhile: a report larger than the pipe would otherwise
+        // block the process in its last write, and the wait would time out.
+        let reader = child.stdout.take().map(|mut o| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut o, &mut s);
+                s
+            })
+        });
         let started = Instant::now();
         let mut hwm = 0;
         let status = loop {
@@ -454,10 +463,7 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let mut stdout = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut o, &mut stdout);
-        }
+        let stdout = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
         (status, stdout, self.log_text(), hwm)
     }
 }

@@ -85,8 +85,8 @@ pub struct SendOptions {
     pub batch: u32,
     /// Pace the transmit ring to this rate (token bucket).
     pub rate: Option<Rate>,
-    /// Adapt the rate to the loss the receiver reports (AIMD), within `rate`
-    /// or the link speed.
+    /// Pace at what the receiver is shown to take
+    /// ([`crate::proto::rate_control`]), within `rate` or the link speed.
     pub adapt: bool,
     pub intervals: bool,
     /// Print `progress BYTES TOTAL` lines on stderr (for `bench`): bytes the
@@ -230,7 +230,7 @@ fn transfer(
     if let Some(note) = &queues_note {
         info!("{note}");
     }
-    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, sender.rtt, intervals, queues);
+    let mut tx = Transmit::new(opts, &iface, plan, meta_first_len, intervals, queues);
     // The loop kicks queue 0 itself; each further queue has a kicker thread.
     let kickers: Vec<KickRequests> = (1..queues).map(|_| KickRequests::default()).collect();
     let (outcome, finished, read_time, kicked) = std::thread::scope(|scope| {

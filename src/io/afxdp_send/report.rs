@@ -49,7 +49,7 @@ pub struct SendReport {
     pub per_queue: Vec<QueueFigures>,
     pub rtt_us: Option<u64>,
     pub stats: SendStats,
-    /// With `--adapt`: the rate over time.
+    /// With rate control (the default without `--rate`): the pace over time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptation: Option<Adaptation>,
 }
@@ -80,9 +80,11 @@ pub struct Adaptation {
     pub ceiling: String,
     /// "bits_per_sec" or "packets_per_sec".
     pub unit: &'static str,
+    /// Times the pace came down to what the receiver was shown to take.
     pub decreases: u64,
-    /// Every 20 ms and at each decrease: seconds since the first frame, the
-    /// rate, and the loss the last report gave (basis points).
+    /// Seconds since the first frame, the pace, and the loss the last
+    /// report gave (basis points): every 20 ms, thinned to at most
+    /// [`RateLog::MAX`] points over a long transfer.
     pub rate_log: Vec<RatePoint>,
 }
 
@@ -173,14 +175,69 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
         per_queue,
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
-        adaptation: tx.aimd.take().map(|a| Adaptation {
+        adaptation: tx.control.take().map(|a| Adaptation {
             ceiling: a.ceiling().to_string(),
             unit: match a.ceiling() {
                 Rate::BitsPerSec(_) => "bits_per_sec",
                 Rate::PacketsPerSec(_) => "packets_per_sec",
             },
             decreases: a.decreases,
-            rate_log: std::mem::take(&mut tx.rate_log),
+            rate_log: tx.rate_log.take(),
         }),
+    }
+}
+
+/// The pace over a transfer, in bounded memory and JSON: a point every
+/// `every`; when [`RateLog::MAX`] are held, every other one goes and the
+/// spacing doubles, so any transfer's log spans it evenly.
+#[derive(Debug)]
+pub(super) struct RateLog {
+    points: Vec<RatePoint>,
+    every: f64,
+    next: f64,
+}
+
+impl RateLog {
+    pub const MAX: usize = 512;
+
+    pub fn new() -> RateLog {
+        RateLog { points: Vec::with_capacity(RateLog::MAX), every: 0.02, next: 0.0 }
+    }
+
+    pub fn note(&mut self, p: RatePoint) {
+        if p.t < self.next {
+            return;
+        }
+        self.points.push(p);
+        self.next = p.t + self.every;
+        if self.points.len() == RateLog::MAX {
+            let mut i = 0;
+            self.points.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.every *= 2.0;
+        }
+    }
+
+    pub fn take(&mut self) -> Vec<RatePoint> {
+        std::mem::take(&mut self.points)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_transfer_s_rate_log_stays_bounded_and_spans_it() {
+        let mut log = RateLog::new();
+        for ms in 0..600_000u32 {
+            log.note(RatePoint { t: f64::from(ms) / 1000.0, rate: 1.0, loss_bp: 0 });
+        }
+        let points = log.take();
+        assert!(points.len() < RateLog::MAX && points.len() > RateLog::MAX / 4, "{}", points.len());
+        assert!(points[0].t == 0.0 && points.last().is_some_and(|p| p.t > 550.0));
+        assert!(points.windows(2).all(|w| w[1].t > w[0].t));
     }
 }

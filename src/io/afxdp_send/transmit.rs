@@ -17,12 +17,13 @@ use crate::datapath::scheduler::Scheduler;
 use crate::io::control::Control;
 use crate::net::iface::Interface;
 use crate::os::sys::SysError;
-use crate::proto::pacer::{Aimd, Rate};
+use crate::proto::pacer::Rate;
+use crate::proto::rate_control::{RateControl, Report};
 use crate::proto::Sender;
 use crate::report::Intervals;
 
 use super::prepare::link_speed;
-use super::report::{QueueFigures, RatePoint};
+use super::report::{QueueFigures, RateLog, RatePoint};
 use super::{SendOptions, COMP_RING, CONTROL_EVERY, TX_RING};
 
 pub(super) struct Transmit {
@@ -33,11 +34,10 @@ pub(super) struct Transmit {
     link_grace: Duration,
     /// Machine-readable progress lines for `bench`.
     progress: bool,
-    pub(super) aimd: Option<Aimd>,
-    /// When the last loss report came, and what had been posted by then.
-    last_report: (Instant, u64, u64),
-    pub(super) rate_log: Vec<RatePoint>,
-    next_rate_point: Instant,
+    pub(super) control: Option<RateControl>,
+    /// The rate control's ceiling is `--rate`, not the link speed.
+    fixed_ceiling: bool,
+    pub(super) rate_log: RateLog,
     pub(super) start: Instant,
     pub(super) intervals: Intervals,
     next_progress: Instant,
@@ -51,27 +51,25 @@ impl Transmit {
         iface: &Interface,
         plan: FramePlan,
         meta_first_len: u32,
-        rtt: Option<Duration>,
         intervals: Intervals,
         queues: u32,
     ) -> Self {
         let start = Instant::now();
-        let aimd = opts.adapt.then(|| {
+        let control = opts.adapt.then(|| {
             let ceiling = opts.rate.or_else(|| link_speed(&iface.name)).unwrap_or(Rate::BitsPerSec(100e9));
-            info!(%ceiling, "rate adaptation on: AIMD on the receiver's loss reports");
-            Aimd::new(ceiling, rtt)
+            info!(%ceiling, "rate control on: paced at what the receiver is shown to take");
+            RateControl::new(ceiling)
         });
-        let rate = opts.rate.or(aimd.as_ref().map(|a| a.rate()));
+        let rate = opts.rate.or(control.as_ref().map(|c| c.rate()));
         let batch = opts.batch.clamp(1, TX_RING);
         Transmit {
             sched: Scheduler::new(plan, meta_first_len, batch, COMP_RING, queues, rate, start),
             iface: opts.iface.clone(),
             link_grace: opts.timeout,
             progress: opts.progress,
-            aimd,
-            last_report: (start, 0, 0),
-            rate_log: Vec::new(),
-            next_rate_point: start,
+            control,
+            fixed_ceiling: opts.rate.is_some(),
+            rate_log: RateLog::new(),
             start,
             intervals,
             next_progress: start,
@@ -221,30 +219,29 @@ impl Transmit {
         anyhow::bail!("{} went down and stayed down for {}", self.iface, crate::units::human_secs(self.link_grace))
     }
 
-    /// Feeds the receiver's loss reports to the rate adaptation.
+    /// Feeds the receiver's loss reports to the rate control, with what it
+    /// holds and what went out, each in the ceiling's unit.
     fn adapt(&mut self, sender: &mut Sender, now: Instant) {
         let (frames, bytes) = self.sched.posted();
-        let Some(a) = self.aimd.as_mut() else { return };
+        let Some(c) = self.control.as_mut() else { return };
         let Some(loss_bp) = sender.take_loss_report() else { return };
-        // What really went out since the last report, in the ceiling's unit.
-        let (t0, frames0, bytes0) = self.last_report;
-        let dt = now.saturating_duration_since(t0).as_secs_f64();
-        let achieved = (dt > 0.0).then(|| match a.ceiling() {
-            Rate::BitsPerSec(_) => (bytes - bytes0) as f64 * 8.0 / dt,
-            Rate::PacketsPerSec(_) => (frames - frames0) as f64 / dt,
-        });
-        self.last_report = (now, frames, bytes);
-        let changed = a.on_report(now, loss_bp, achieved);
-        let rate = a.rate();
+        let Some(first) = self.sched.first_post() else { return };
+        let held = sender.stats.peer_received as f64;
+        let (delivered, sent) = match c.ceiling() {
+            // What the receiver holds, costed at the mean frame posted.
+            Rate::BitsPerSec(_) => (held * bytes as f64 * 8.0 / frames.max(1) as f64, bytes as f64 * 8.0),
+            Rate::PacketsPerSec(_) => (held, frames as f64),
+        };
+        c.start(first);
+        let changed = c.on_report(Report { at: now, delivered, sent, frames, loss_bp });
         if let Some(r) = changed {
-            self.sched.set_rate(r, now);
+            // At the link's own speed the link paces: a token bucket would
+            // only cut the batches short.
+            let at_link_speed = !self.fixed_ceiling && r.value() >= c.ceiling().value();
+            self.sched.set_rate((!at_link_speed).then_some(r), now);
         }
-        let t = now.saturating_duration_since(self.sched.first_post().unwrap_or(self.start)).as_secs_f64();
-        let decreased = changed.is_some() && loss_bp > 0;
-        if (decreased || now >= self.next_rate_point) && self.rate_log.len() < 100_000 {
-            self.next_rate_point = now + Duration::from_millis(20);
-            self.rate_log.push(RatePoint { t, rate: rate.value(), loss_bp });
-        }
+        let t = now.saturating_duration_since(first).as_secs_f64();
+        self.rate_log.note(RatePoint { t, rate: c.rate().value(), loss_bp });
     }
 
     /// Interval lines, and progress lines for `bench`.
