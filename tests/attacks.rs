@@ -315,7 +315,7 @@ fn row10_an_mtu_mismatch_sends_at_the_smaller_mtu_or_ends_naming_it() {
     let args = ["--log", "warn", "recv", "--mode", "udp", "--listen", &listen, "--out", out.to_str().unwrap()];
     let rx = veth
         .in_ns(&veth.rx_ns, &args)
-        .args(["--timeout", "3", "--json"])
+        .args(["--timeout", "3", "--wait", "3", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

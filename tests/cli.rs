@@ -226,8 +226,17 @@ fn output_is_quiet_and_on_one_time_base() {
     for quiet in [false, true] {
         let out = dir.path().join(format!("out-{quiet}.bin"));
         let rx_log = dir.path().join(format!("rx-{quiet}.log"));
-        let mut rx_args =
-            vec!["recv", "--iface", &veth.rx_if, "--listen", &listen, "--out", out.to_str().expect("utf-8")];
+        let mut rx_args = vec![
+            "recv",
+            "--iface",
+            &veth.rx_if,
+            "--listen",
+            &listen,
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--wait",
+            "10",
+        ];
         if quiet {
             rx_args.push("-q");
         }
@@ -440,7 +449,10 @@ fn tcp_output_starts_with_the_accepted_line() {
     let listen = format!("{RX_IP}:9000");
     let rx_log = dir.path().join("rx.log");
     let rx = veth
-        .in_ns(&veth.rx_ns, &["recv", "--mode", "tcp", "--listen", &listen, "--out", out.to_str().expect("utf-8")])
+        .in_ns(
+            &veth.rx_ns,
+            &["recv", "--mode", "tcp", "--listen", &listen, "--wait", "10", "--out", out.to_str().expect("utf-8")],
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&rx_log).expect("log"))
         .spawn()

@@ -125,7 +125,21 @@ fn sigint_prints_a_summary_on_both_sides() {
     };
     let rx = spawn(
         &veth.rx_ns,
-        &["--log", "info", "recv", "--iface", &veth.rx_if, "--listen", &listen, "--out", o, "--timeout", "30"],
+        &[
+            "--log",
+            "info",
+            "recv",
+            "--iface",
+            &veth.rx_if,
+            "--listen",
+            &listen,
+            "--out",
+            o,
+            "--timeout",
+            "30",
+            "--wait",
+            "30",
+        ],
         "recv.log",
     );
     let mut tx_args = vec!["--log", "info", "send", f, "--iface", &veth.tx_if, "--dst", &listen, "--timeout", "30"];

@@ -218,3 +218,41 @@ fn direct_reads_arrive_identical_with_an_unaligned_tail() {
     assert!(s["umem_bytes"].as_u64().unwrap_or(u64::MAX) <= MIB as u64);
     assert_eq!(s["reader"], "inline", "{s}");
 }
+
+/// Trust round 2, row 7. Before: `recv` with no sender yet exited after its
+/// 10 s timeout, and took one transfer. Now it waits for a sender until
+/// stopped (`--timeout` is for silence within a session, `--wait` bounds the
+/// wait), and `--serve` takes transfer after transfer into `--out DIR`.
+#[test]
+fn a_receiver_waits_for_senders_and_serves_one_after_another() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = [random_file(dir.path(), "a.bin", MIB, 71), random_file(dir.path(), "b.bin", 2 * MIB, 72)];
+    let out = dir.path().join("served");
+    std::fs::create_dir(&out).expect("mkdir");
+    let mut rx = veth.start_receiver(&out, &["--serve", "--timeout", "1"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    rx.wait_log("ready", 1);
+    for f in &files {
+        let sent = veth.send(f, &[]);
+        assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+        let name = f.file_name().expect("name");
+        assert!(same_file(f, &out.join(name)), "{name:?} differs");
+    }
+    rx.signal("INT");
+    let (status, stdout, log, _) = rx.wait_status(20);
+    assert_eq!(status.code(), Some(130), "{log}");
+    let reports: Vec<serde_json::Value> =
+        serde_json::Deserializer::from_str(&stdout).into_iter().collect::<Result<_, _>>().expect("JSON reports");
+    assert_eq!(reports.len(), 3, "two transfers and the interrupted wait: {stdout}");
+    assert!(reports[..2].iter().all(|r| r["verified"] == true), "{stdout}");
+
+    // --serve writes each file under its own name: a file --out is refused.
+    let file_out = out.join("a.bin").to_str().expect("utf-8").to_string();
+    let o = veth
+        .in_ns(&veth.rx_ns, &["recv", "--serve", "--iface", &veth.rx_if, "--listen", &veth.rx_data, "--out", &file_out])
+        .output()
+        .expect("recv");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--serve needs --out DIR") && !err.contains("ready"), "{err}");
+}

@@ -120,6 +120,9 @@ impl Runner<'_> {
             "--json",
             "--timeout",
             "30",
+            // A sender that never starts must not leave the receiver waiting.
+            "--wait",
+            "30",
         ]);
         if mode.is_afxdp() {
             cmd.args(["--iface", &bed.rx_if]);

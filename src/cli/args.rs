@@ -339,9 +339,18 @@ pub(crate) struct RecvArgs {
     /// [default: afxdp].
     #[arg(long, value_enum)]
     pub(crate) mode: Option<RecvMode>,
-    /// Idle timeout in seconds: give up if no new data arrives for this long.
+    /// Once a sender has opened a session: give up if no new data arrives
+    /// for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub(crate) timeout: f64,
+    /// Give up if no sender opens a session within this many seconds.
+    /// Default: wait until interrupted, as a server does.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) wait: Option<f64>,
+    /// Serve transfer after transfer into --out DIR until interrupted
+    /// (with --json, one report per transfer).
+    #[arg(long)]
+    pub(crate) serve: bool,
     /// Test knob: our XDP program drops data packets with this probability,
     /// 0.0 to 1.0.
     #[arg(long, value_name = "P", default_value_t = 0.0)]

@@ -19,17 +19,36 @@ pub(crate) fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     if !(0.0..=1.0).contains(&a.inject_loss) {
         bail!("--inject-loss must be between 0.0 and 1.0, got {}", a.inject_loss);
     }
+    if a.serve && !a.out.is_dir() {
+        bail!(
+            "--serve needs --out DIR, an existing directory: each transfer is written there under its own name ({} is not one)",
+            a.out.display()
+        );
+    }
     let knobs = TestKnobs { loss: a.inject_loss, capacity_pps: a.inject_capacity };
     let policy = OutputPolicy { no_clobber: a.no_clobber };
-    // Everything that would refuse the output is checked before `ready`.
-    check_out(&a.out, policy)?;
+    let mut served = 0u64;
+    loop {
+        // Everything that would refuse the output is checked before `ready`.
+        check_out(&a.out, policy)?;
+        let verified = receive_one(&a, knobs, policy, quiet)?;
+        if !a.serve || xdpblast::os::signals::stop_requested() {
+            return Ok(verified);
+        }
+        served += 1;
+        tracing::info!(served, verified, "transfer over; waiting for the next sender");
+    }
+}
+
+/// One transfer, from binding the ports to the report.
+fn receive_one(a: &RecvArgs, knobs: TestKnobs, policy: OutputPolicy, quiet: bool) -> anyhow::Result<bool> {
     let ctrl_addr = SocketAddr::new(a.listen.ip(), control_port(a.listen.port())?);
     let ctrl = Control::bind(ctrl_addr)?;
     let iface = match &a.iface {
         Some(name) => Some(Interface::lookup(name)?),
         None => None,
     };
-    let mut opts = recv_options(&a, iface.as_ref(), policy, !a.json && !quiet)?;
+    let mut opts = recv_options(a, iface.as_ref(), policy, !a.json && !quiet)?;
     // Every mode serves a TCP sender too, once admitted on the control port.
     let listener = tcp::listen(a.listen)?;
     let outcome = match a.mode() {
@@ -39,9 +58,9 @@ pub(crate) fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
         }
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
-            receive_afxdp(&a, &iface, knobs, ctrl, &mut opts, &listener, quiet)?
+            receive_afxdp(a, &iface, knobs, ctrl, &mut opts, &listener, quiet)?
         }
-        RecvMode::Udp => receive_udp(&a, iface.as_ref(), knobs, ctrl, &opts, &listener, quiet)?,
+        RecvMode::Udp => receive_udp(a, iface.as_ref(), knobs, ctrl, &opts, &listener, quiet)?,
     };
     let report = match outcome {
         Outcome::Done(r) => r,
@@ -94,6 +113,7 @@ fn recv_options(
         out: a.out.clone(),
         policy,
         idle_timeout: seconds(a.timeout, "--timeout")?,
+        wait_for_sender: a.wait.map(|w| seconds(w, "--wait")).transpose()?,
         allow_from: a.allow_from,
         max_size: a.max_size,
         max_datagram: mtu.map(|mtu| (mtu as usize).saturating_sub(ip_udp_overhead)),

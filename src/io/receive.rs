@@ -47,6 +47,8 @@ pub struct RecvOptions {
     pub out: PathBuf,
     pub policy: OutputPolicy,
     pub idle_timeout: Duration,
+    /// None: wait for a sender until stopped.
+    pub wait_for_sender: Option<Duration>,
     pub allow_from: Option<IpAddr>,
     /// Refuse files larger than this (`--max-size`).
     pub max_size: Option<u64>,
@@ -169,6 +171,7 @@ impl ReceiveLoop {
         let start = Instant::now();
         let cfg = ReceiverConfig {
             idle_timeout: opts.idle_timeout,
+            wait_for_sender: opts.wait_for_sender,
             allow_from: opts.allow_from,
             max_file_size: opts.max_size,
             max_datagram: opts.max_datagram,

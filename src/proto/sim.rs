@@ -664,12 +664,24 @@ fn hostile_datagrams_are_dropped_and_counted() {
 #[test]
 fn receiver_idle_timeout_fails_with_clear_error() {
     let now = Instant::now();
-    let mut rx = Receiver::new(ReceiverConfig { idle_timeout: Duration::from_secs(2), ..Default::default() }, now);
+    let cfg = ReceiverConfig { wait_for_sender: Some(Duration::from_secs(2)), ..Default::default() };
+    let mut rx = Receiver::new(cfg, now);
     rx.handle_timeout(now + Duration::from_secs(1));
     assert!(rx.outcome().is_none());
     rx.handle_timeout(now + Duration::from_secs(2));
     assert_eq!(rx.outcome(), Some(&Err(RecvError::NoSender(Duration::from_secs(2)))));
     assert!(rx.is_finished());
+}
+
+/// Trust round 2, row 7: by default a receiver waits for its sender as a
+/// server does; the idle timeout is for silence within a session.
+#[test]
+fn a_receiver_waits_for_a_sender_until_told_otherwise() {
+    let now = Instant::now();
+    let mut rx = Receiver::new(ReceiverConfig { idle_timeout: Duration::from_secs(2), ..Default::default() }, now);
+    assert_eq!(rx.poll_timeout(), None, "nothing to time out");
+    rx.handle_timeout(now + Duration::from_secs(3600));
+    assert!(rx.outcome().is_none() && !rx.is_finished());
 }
 
 #[test]

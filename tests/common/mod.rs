@@ -171,6 +171,12 @@ impl Veth {
         let out_s = out.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "warn", "recv", "--listen", &listen, "--out", out_s, "--json"];
         args.extend_from_slice(extra);
+        // A receiver waits for a sender until stopped; a test's must not.
+        // A test's --timeout bounds that wait too, unless it says --wait.
+        let timeout = extra.iter().position(|a| *a == "--timeout").and_then(|i| extra.get(i + 1)).copied();
+        if !extra.iter().any(|a| *a == "--wait" || *a == "--serve") {
+            args.extend_from_slice(&["--wait", timeout.unwrap_or("10")]);
+        }
         let stderr_path = out.with_extension("recv.log");
         let stderr = std::fs::File::create(&stderr_path).expect("receiver log");
         let child = self

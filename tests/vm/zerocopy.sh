@@ -75,7 +75,7 @@ wait_ready() {
 transfer() {
   local key=$1 rargs=$2 sargs=$3 out=/tmp/out-$1.bin
   rm -f "$out"
-  in_rx timeout 120 xdpblast recv --iface "$RX" --listen $RX_IP:$PORT --out "$out" --json $rargs \
+  in_rx timeout 120 xdpblast recv --iface "$RX" --listen $RX_IP:$PORT --out "$out" --wait 60 --json $rargs \
     > /tmp/$key.recv.json 2> /tmp/$key.recv.log &
   local rpid=$!
   wait_ready /tmp/$key.recv.log || fact "$key.recv_ready" false
@@ -135,7 +135,7 @@ emit_file sink /tmp/sink.json
 kill_one() {
   local key=$1 victim=$2
   # "$IP" itself, so that $! is xdpblast (ip netns exec execs it).
-  "$IP" netns exec rx xdpblast recv --iface "$RX" --listen $RX_IP:$PORT --out /tmp/out-$key.bin --timeout 3 \
+  "$IP" netns exec rx xdpblast recv --iface "$RX" --listen $RX_IP:$PORT --out /tmp/out-$key.bin --timeout 3 --wait 10 \
     > /dev/null 2> /tmp/$key.recv.log &
   local rpid=$!
   wait_ready /tmp/$key.recv.log || fact "$key.recv_ready" false
@@ -170,7 +170,7 @@ fact force_send.rc $?
 fact force_send.secs $(( $(date +%s) - start ))
 emit_file force_send_log /tmp/force_send.log
 start=$(date +%s)
-timeout 60 xdpblast recv --iface "$NOZC" --listen 10.98.0.1:$PORT --out /tmp/force.bin --xdp-bind zerocopy --timeout 20 \
+timeout 60 xdpblast recv --iface "$NOZC" --listen 10.98.0.1:$PORT --out /tmp/force.bin --xdp-bind zerocopy --timeout 20 --wait 20 \
   > /dev/null 2> /tmp/force_recv.log
 fact force_recv.rc $?
 fact force_recv.secs $(( $(date +%s) - start ))

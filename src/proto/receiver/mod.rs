@@ -29,6 +29,9 @@ pub struct ReceiverConfig {
     /// does not count: only chunks the receiver did not hold yet (and, before
     /// the first chunk, the sender's keepalive Hellos while it prepares).
     pub idle_timeout: Duration,
+    /// Give up when no sender has opened a session for this long; None:
+    /// wait until stopped, as a server does (`recv --wait`).
+    pub wait_for_sender: Option<Duration>,
     /// How often missing chunks and progress are reported (an empty NACK is
     /// a heartbeat). The sender's flow-control window advances on these.
     pub nack_interval: Duration,
@@ -67,6 +70,7 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             idle_timeout: Duration::from_secs(10),
+            wait_for_sender: None,
             nack_interval: Duration::from_millis(5),
             max_nack_parts: 32,
             nack_window_bits: 8192,
@@ -107,7 +111,7 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
-    #[error("no sender opened a session within {} (idle timeout); is the sender running and the route right?", crate::units::human_secs(*.0))]
+    #[error("no sender opened a session within {} (--wait); is the sender running and the route right?", crate::units::human_secs(*.0))]
     NoSender(Duration),
     #[error(
         "the session opened but no data arrived for {} (idle timeout); is something on the path (a smaller MTU, a firewall) dropping the sender's packets?", crate::units::human_secs(*.0)
@@ -453,7 +457,16 @@ impl Receiver {
             State::Finished => None,
             State::Complete { last_probe, .. } => Some(*last_probe + self.cfg.linger),
             State::Receiving => Some(self.next_nack.min(self.last_progress + self.cfg.idle_timeout)),
-            _ => Some(self.last_progress + self.cfg.idle_timeout),
+            _ => self.silence_limit().map(|t| self.last_progress + t),
+        }
+    }
+
+    /// How long the receiver waits for the next sign of a sender: a
+    /// session at all (`wait_for_sender`), or new data in one.
+    fn silence_limit(&self) -> Option<Duration> {
+        match self.session {
+            None => self.cfg.wait_for_sender,
+            Some(_) => Some(self.cfg.idle_timeout),
         }
     }
 
@@ -466,8 +479,7 @@ impl Receiver {
                 }
             }
             State::Listening | State::Verifying | State::Receiving => {
-                if now >= self.last_progress + self.cfg.idle_timeout {
-                    let t = self.cfg.idle_timeout;
+                if let Some(t) = self.silence_limit().filter(|&t| now >= self.last_progress + t) {
                     let e = match (&self.session, self.stats.first_data) {
                         (None, _) => RecvError::NoSender(t),
                         (Some(_), None) => RecvError::NoData(t),
