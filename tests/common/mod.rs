@@ -196,6 +196,11 @@ impl Veth {
         let f = file.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "info", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
         args.extend_from_slice(extra);
+        // `--mode auto` takes sendfile on a copy-mode veth: these tests are
+        // about AF_XDP unless they name a mode.
+        if !extra.contains(&"--mode") {
+            args.extend_from_slice(&["--mode", "afxdp"]);
+        }
         let stderr = std::fs::File::create(log).expect("sender log");
         let child =
             self.in_ns(&self.tx_ns, &args).stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawning the sender");
@@ -208,6 +213,11 @@ impl Veth {
         let f = file.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "warn", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
         args.extend_from_slice(extra);
+        // `--mode auto` takes sendfile on a copy-mode veth: these tests are
+        // about AF_XDP unless they name a mode.
+        if !extra.contains(&"--mode") {
+            args.extend_from_slice(&["--mode", "afxdp"]);
+        }
         let mut c = Command::new("timeout");
         c.args(["120", "ip", "netns", "exec", &self.tx_ns, BIN]).args(&args);
         c.output().expect("running the sender")

@@ -44,6 +44,9 @@ pub struct Prepared {
     /// How the transmit sockets bind (`--xdp-bind`, resolved against what
     /// the driver can do with these packets).
     pub bind: BindChoice,
+    /// Whether the interface's driver reports zero-copy AF_XDP (None: the
+    /// kernel does not say).
+    pub zero_copy_advertised: Option<bool>,
     /// The file's mode and mtime, for the receiver's copy.
     pub attrs: FileAttrs,
 }
@@ -98,9 +101,11 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     let plan = frame_plan(opts, &iface, meta.len(), packet_size, version)?;
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     let queues = tx_queues(opts.queues, &iface)?;
-    let bind = choose_bind(opts.bind, &iface, &plan)?;
+    let driver = DriverZeroCopy::query(iface.index);
+    let bind = choose_bind(opts.bind, &iface, &plan, driver)?;
     Ok(Prepared {
         bind,
+        zero_copy_advertised: driver.map(|d| d.advertised),
         queues_note: auto_queues_note(opts.queues, queues, &iface),
         queues,
         src: SocketAddr::new(src_ip, 0),
@@ -119,8 +124,12 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
 /// so that a device that refuses it fails here, before the receiver hears of
 /// us: a driver can advertise zero-copy and still refuse it on a device
 /// (virtio-net without VIRTIO_F_ACCESS_PLATFORM).
-pub(super) fn choose_bind(requested: BindMode, iface: &Interface, plan: &FramePlan) -> anyhow::Result<BindChoice> {
-    let driver = DriverZeroCopy::query(iface.index);
+pub(super) fn choose_bind(
+    requested: BindMode,
+    iface: &Interface,
+    plan: &FramePlan,
+    driver: Option<DriverZeroCopy>,
+) -> anyhow::Result<BindChoice> {
     let choice = zerocopy::choose(requested, &iface.name, plan.packet_shape(), driver)?;
     if choice.bind == BindMode::ZeroCopy {
         let area = crate::afxdp::umem::UmemArea::new(64, plan.frame_size)?;
