@@ -53,6 +53,7 @@ f.name = ProtoField.string("xdpblast.name", "File name")
 f.data_port = ProtoField.uint16("xdpblast.data_port", "Data source port (one per transmit queue)")
 f.file_mode = ProtoField.uint32("xdpblast.file_mode", "File mode", base.OCT)
 f.mtime_ns = ProtoField.int64("xdpblast.mtime_ns", "File mtime (ns since the epoch)")
+f.data_bytes = ProtoField.uint64("xdpblast.data_bytes", "Sparse file: bytes of data")
 f.delay_us = ProtoField.uint64("xdpblast.delay_us", "Answer delay (us)")
 f.opened = ProtoField.bool("xdpblast.opened", "Session opened", 8, nil, 0x1)
 f.tcp_only = ProtoField.bool("xdpblast.tcp_only", "Receiver takes TCP only", 8, nil, 0x2)
@@ -134,6 +135,12 @@ bodies[16] = function(tree, body)
         tree:add(f.file_mode, body(at, 4))
         tree:add(f.mtime_ns, body(at + 4, 8))
         at = at + 12
+        -- Flag 16: the file has holes; the bytes its data occupies.
+        if bit.band(flags:uint(), 16) ~= 0 then
+            if body:len() < at + 8 then return nil end
+            tree:add(f.data_bytes, body(at, 8))
+            at = at + 8
+        end
     end
     local name = ""
     local name_len = body:len() - at

@@ -256,3 +256,33 @@ fn a_receiver_waits_for_senders_and_serves_one_after_another() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--serve needs --out DIR") && !err.contains("ready"), "{err}");
 }
+
+/// Trust round 2, row 5. Before: a sparse file arrived fully allocated (the
+/// receiver reserved its whole length). Now the sender says the file has
+/// holes and how much data it holds; the receiver reserves that and writes
+/// no block of zeros, over AF_XDP and over sendfile, as `rsync -S` does.
+#[test]
+fn a_sparse_file_arrives_identical_with_its_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("disk.img");
+    let f = std::fs::File::create(&file).expect("create");
+    f.set_len(64 * MIB as u64).expect("set_len");
+    let data = std::fs::read(random_file(dir.path(), "data.bin", MIB, 73)).expect("read");
+    f.write_all_at(&data, 0).expect("write");
+    f.write_all_at(&data, 40 * MIB as u64).expect("write");
+    drop(f);
+    let allocated = |p: &std::path::Path| std::fs::metadata(p).expect("stat").blocks() * 512;
+    assert!(allocated(&file) <= 3 * MIB as u64, "the input is not sparse here");
+    for mode in ["afxdp", "sendfile"] {
+        let out = dir.path().join(format!("out-{mode}.img"));
+        let rx = veth.start_receiver(&out, &[]);
+        let sent = veth.send(&file, &["--mode", mode]);
+        let (rx_ok, recv, log) = rx.finish();
+        assert!(sent.status.success(), "{mode}: {}", String::from_utf8_lossy(&sent.stderr));
+        assert!(rx_ok, "{mode}: {recv}\n{log}");
+        assert!(same_file(&file, &out), "{mode}: the output differs");
+        assert!(allocated(&out) <= 4 * MIB as u64, "{mode}: {} bytes allocated for 2 MiB of data", allocated(&out));
+    }
+}

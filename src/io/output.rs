@@ -176,27 +176,38 @@ const IOV_MAX: usize = 1024;
 pub struct OutputWriter {
     file: File,
     len: u64,
+    sparse: bool,
 }
 
 impl OutputWriter {
     /// As [`Output::write_batch`].
     pub fn write_batch(&self, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
-        write_runs(&self.file, self.len, writes)
+        write_runs(&self.file, self.len, self.sparse, writes)
     }
 }
 
 /// Sorts `writes` and issues one `pwritev` per contiguous run, refusing
-/// any past `len`.
-fn write_runs(file: &File, len: u64, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
+/// any past `len`. `sparse`: writes of nothing but zeros are left out, so
+/// a hole stays a hole (the file's length is set, unwritten bytes read 0).
+fn write_runs(file: &File, len: u64, sparse: bool, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
     writes.sort_unstable_by_key(|w| w.0);
+    let zeros = |w: &(u64, &[u8])| sparse && w.1.iter().all(|&b| b == 0);
     let mut i = 0;
     while i < writes.len() {
         let start = writes[i].0;
         let mut end = start;
         let mut j = i;
-        while j < writes.len() && writes[j].0 == end && j - i < IOV_MAX {
+        while j < writes.len() && writes[j].0 == end && j - i < IOV_MAX && !zeros(&writes[j]) {
             end += writes[j].1.len() as u64;
             j += 1;
+        }
+        if j == i {
+            // A block of zeros: nothing to write, but it must still fit.
+            if start + writes[i].1.len() as u64 > len {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("write past the end (> {len})")));
+            }
+            i += 1;
+            continue;
         }
         if end > len {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("write past the end ({end} > {len})")));
@@ -229,6 +240,8 @@ pub struct Output {
     policy: OutputPolicy,
     file: File,
     len: u64,
+    /// Blocks of zeros are not written ([`write_runs`]).
+    sparse: bool,
     /// BLAKE3 over `0..hashed`, read back from the file as it fills in order.
     hasher: blake3::Hasher,
     hashed: u64,
@@ -256,10 +269,40 @@ fn process_umask() -> u32 {
 
 /// What a sender tells the receiver of its input besides the bytes.
 pub fn file_attrs(meta: &std::fs::Metadata) -> FileAttrs {
+    let allocated = meta.blocks().saturating_mul(512);
     FileAttrs {
         mode: meta.mode() & 0o777,
         mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+        data_bytes: (allocated < meta.len()).then_some(allocated),
     }
+}
+
+/// Reserves a new partial's space: all of it with `fallocate`, or for a
+/// sparse file its length and a check that its data fits.
+fn reserve(file: &File, len: u64, sparse: Option<u64>, partial: &Path) -> io::Result<()> {
+    if let Some(data) = sparse {
+        let st = nix::sys::statvfs::fstatvfs(file).map_err(io::Error::from)?;
+        let free = st.blocks_available().saturating_mul(st.fragment_size());
+        if data > free {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC))
+                .doing(|| format!("reserving the sparse file's {data} bytes of data for {}", partial.display()));
+        }
+        file.set_len(len).doing(|| format!("sizing {}", partial.display()))?;
+    } else if len > 0 {
+        let off_len = libc::off_t::try_from(len).map_err(|_| io::Error::other("file too large"))?;
+        match sys::fallocate(file, off_len) {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+                warn!(
+                    "{} cannot reserve space (no fallocate); a full disk would show up mid-transfer",
+                    partial.display()
+                );
+                file.set_len(len)?;
+            }
+            Err(e) => return Err(e.err).doing(|| format!("reserving {len} bytes for {}", partial.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Start writeback in steps of this many bytes.
@@ -267,8 +310,16 @@ const WRITEBACK_STEP: u64 = 32 << 20;
 
 impl Output {
     /// Creates `PATH.partial` anew for a file of `len` bytes sent from
-    /// `source` (see the module's rules) and reserves its space.
-    pub fn create(path: &Path, len: u64, source: &SourceId, policy: OutputPolicy) -> io::Result<Output> {
+    /// `source` (see the module's rules) and reserves its space. `sparse`:
+    /// the file has holes and this much data ([`FileAttrs::data_bytes`]):
+    /// the holes are kept, and only the data must fit.
+    pub fn create(
+        path: &Path,
+        len: u64,
+        sparse: Option<u64>,
+        source: &SourceId,
+        policy: OutputPolicy,
+    ) -> io::Result<Output> {
         let partial = partial_path(path);
         refuse_own_input(path, source)?;
         refuse_own_input(&partial, source)?;
@@ -289,19 +340,10 @@ impl Output {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&partial)
             .doing(|| format!("creating {}", partial.display()))?;
-        if len > 0 {
-            let off_len = libc::off_t::try_from(len).map_err(|_| io::Error::other("file too large"))?;
-            match sys::fallocate(&file, off_len) {
-                Ok(()) => {}
-                Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
-                    warn!(
-                        "{} cannot reserve space (no fallocate); a full disk would show up mid-transfer",
-                        partial.display()
-                    );
-                    file.set_len(len)?;
-                }
-                Err(e) => return Err(e.err).doing(|| format!("reserving {len} bytes for {}", partial.display())),
-            }
+        // A file that cannot hold the data is no partial worth keeping.
+        if let Err(e) = reserve(&file, len, sparse, &partial) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
         }
         info!(path = %partial.display(), bytes = len, "output reserved");
         Ok(Output {
@@ -310,6 +352,7 @@ impl Output {
             policy,
             file,
             len,
+            sparse: sparse.is_some(),
             hasher: blake3::Hasher::new(),
             hashed: 0,
             synced: 0,
@@ -357,13 +400,13 @@ impl Output {
     /// Writes each `(offset, bytes)`; sorts them and issues one `pwritev` per
     /// contiguous run.
     pub fn write_batch(&mut self, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
-        write_runs(&self.file, self.len, writes)
+        write_runs(&self.file, self.len, self.sparse, writes)
     }
 
     /// A handle that writes into the output from another thread (each
     /// receive queue's), while this one hashes and commits.
     pub fn writer(&self) -> io::Result<OutputWriter> {
-        Ok(OutputWriter { file: self.file.try_clone()?, len: self.len })
+        Ok(OutputWriter { file: self.file.try_clone()?, len: self.len, sparse: self.sparse })
     }
 
     /// Hashes the file, read back, from where it stopped up to `upto` (bytes
@@ -493,7 +536,7 @@ mod tests {
     fn batches_land_at_offsets_and_commit_renames() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.bin");
-        let mut o = Output::create(&path, 12, &[0; 16], OutputPolicy::default()).unwrap();
+        let mut o = Output::create(&path, 12, None, &[0; 16], OutputPolicy::default()).unwrap();
         assert!(partial_path(&path).exists());
         // Out of order, with a gap filled by a later batch.
         o.write_batch(&mut [(5, &b"wor"[..]), (0, &b"hello"[..]), (8, &b"ld"[..])]).unwrap();
@@ -504,6 +547,34 @@ mod tests {
         o.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"helloworld!!");
         assert!(!partial_path(&path).exists());
+    }
+
+    /// Trust round 2, row 5: a sparse file's holes are kept; only its data
+    /// is written, and only its data must fit.
+    #[test]
+    fn a_sparse_output_keeps_its_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.img");
+        let len = 8 << 20;
+        let mut o = Output::create(&path, len, Some(4096), &[0; 16], OutputPolicy::default()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        let data = vec![7u8; 4096];
+        for at in (0..len).step_by(zeros.len()) {
+            o.write_batch(&mut [(at, &zeros[..])]).unwrap();
+        }
+        o.write_batch(&mut [(len - 4096, &data[..]), (len - 8192, &zeros[..4096])]).unwrap();
+        assert!(o.write_batch(&mut [(len, &zeros[..1])]).is_err(), "past the end, zeros or not");
+        o.commit().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), len);
+        assert!(meta.blocks() * 512 <= 64 << 10, "{} bytes allocated", meta.blocks() * 512);
+        let got = std::fs::read(&path).unwrap();
+        assert!(got[..got.len() - 4096].iter().all(|&b| b == 0) && got[got.len() - 4096..] == data[..]);
+        // More data than the disk holds is refused up front.
+        let huge = Output::create(&dir.path().join("huge"), 1 << 50, Some(1 << 50), &[0; 16], OutputPolicy::default());
+        assert_eq!(huge.err().and_then(|e| crate::os::sys::errno(&e)), Some(libc::ENOSPC));
+        assert!(!partial_path(&dir.path().join("huge")).exists(), "no partial is left");
     }
 
     /// Trust round 2, row 11. Before: a 254-character name failed with
@@ -518,7 +589,7 @@ mod tests {
         assert_eq!(partial.parent(), Some(dir.path()));
         assert_eq!(partial_path(&path), partial, "every part of the receiver finds the same name");
         assert_ne!(partial_path(&dir.path().join("m".repeat(254))), partial);
-        let mut o = Output::create(&path, 2, &[0; 16], OutputPolicy::default()).unwrap();
+        let mut o = Output::create(&path, 2, None, &[0; 16], OutputPolicy::default()).unwrap();
         assert!(partial.exists());
         o.write_batch(&mut [(0, &b"ok"[..])]).unwrap();
         o.digest().unwrap();
@@ -531,7 +602,7 @@ mod tests {
     fn empty_output_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty");
-        let mut o = Output::create(&path, 0, &[0; 16], OutputPolicy::default()).unwrap();
+        let mut o = Output::create(&path, 0, None, &[0; 16], OutputPolicy::default()).unwrap();
         assert_eq!(o.digest().unwrap(), *blake3::hash(b"").as_bytes());
         o.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len(), 0);
@@ -545,7 +616,7 @@ mod tests {
         let path = dir.path().join("out.bin");
         std::os::unix::fs::symlink(&victim, partial_path(&path)).unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        let mut o = Output::create(&path, 3, &[0; 16], OutputPolicy::default()).unwrap();
+        let mut o = Output::create(&path, 3, None, &[0; 16], OutputPolicy::default()).unwrap();
         o.write_batch(&mut [(0, &b"new"[..])]).unwrap();
         o.digest().unwrap();
         o.commit().unwrap();
@@ -560,19 +631,19 @@ mod tests {
         let input = dir.path().join("data.bin");
         std::fs::write(&input, b"input").unwrap();
         let source = source_id(&std::fs::metadata(&input).unwrap());
-        let e = Output::create(&input, 5, &source, OutputPolicy::default()).err().expect("refused");
+        let e = Output::create(&input, 5, None, &source, OutputPolicy::default()).err().expect("refused");
         assert!(e.to_string().contains("own input"), "{e}");
         assert_eq!(std::fs::read(&input).unwrap(), b"input");
         // The input is --out's partial.
         let staged = dir.path().join("out.bin.partial");
         std::fs::rename(&input, &staged).unwrap();
         let out = dir.path().join("out.bin");
-        let e = Output::create(&out, 5, &source, OutputPolicy::default()).err().expect("refused");
+        let e = Output::create(&out, 5, None, &source, OutputPolicy::default()).err().expect("refused");
         assert!(e.to_string().contains("own input"), "{e}");
         assert_eq!(std::fs::read(&staged).unwrap(), b"input");
         assert!(!out.exists());
         // Another file is not mistaken for it.
-        assert!(Output::create(&dir.path().join("other"), 5, &source, OutputPolicy::default()).is_ok());
+        assert!(Output::create(&dir.path().join("other"), 5, None, &source, OutputPolicy::default()).is_ok());
     }
 
     #[test]
@@ -582,11 +653,11 @@ mod tests {
         std::fs::write(&path, b"old").unwrap();
         let policy = OutputPolicy { no_clobber: true };
         assert_eq!(check_target(&path, policy).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
-        assert!(Output::create(&path, 1, &[0; 16], policy).is_err());
+        assert!(Output::create(&path, 1, None, &[0; 16], policy).is_err());
         assert_eq!(check_target(dir.path(), OutputPolicy::default()).unwrap_err().kind(), io::ErrorKind::IsADirectory);
         // Appearing during the transfer: the rename refuses too.
         let other = dir.path().join("new.bin");
-        let mut o = Output::create(&other, 1, &[0; 16], policy).unwrap();
+        let mut o = Output::create(&other, 1, None, &[0; 16], policy).unwrap();
         o.write_batch(&mut [(0, &b"x"[..])]).unwrap();
         std::fs::write(&other, b"raced").unwrap();
         assert!(o.commit().is_err());

@@ -315,7 +315,8 @@ impl ReceiveLoop {
             let out = self.out_path.display();
             println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
         }
-        let created = Output::create(&self.out_path, info.file_size, &source, opts.policy)
+        let sparse = self.attrs.and_then(|a| a.data_bytes);
+        let created = Output::create(&self.out_path, info.file_size, sparse, &source, opts.policy)
             .and_then(|o| Ok((o.writer()?, o.with_hasher(self.rx.digest_hasher()).with_attrs(self.attrs))));
         match created {
             Ok((w, o)) => {

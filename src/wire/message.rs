@@ -189,6 +189,9 @@ const HELLO_DATA_PORTS: u32 = 4;
 const HELLO_ATTRS: u32 = 8;
 /// Bytes of [`FileAttrs`] in a Hello: the mode, then the mtime.
 const ATTRS_LEN: usize = 4 + 8;
+/// Hello flag (with [`HELLO_ATTRS`]): the file has holes, and the bytes its
+/// data occupies follow the attributes (8 bytes).
+const HELLO_SPARSE: u32 = 16;
 
 /// What the receiver keeps of the sender's file besides its bytes, as cp
 /// and scp do: the permission bits (masked by the receiver's umask) and the
@@ -200,6 +203,10 @@ pub struct FileAttrs {
     pub mode: u32,
     /// Nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// Some when the file has holes: the bytes its data occupies. The
+    /// receiver then reserves that much, not the whole length, and keeps
+    /// the holes (blocks of zeros are not written), as `cp --sparse` does.
+    pub data_bytes: Option<u64>,
 }
 
 /// Most source ports a Hello lists (one per transmit queue of the sender).
@@ -482,8 +489,16 @@ impl<'a> Message<'a> {
                 if flags & HELLO_ATTRS != 0 {
                     let a = name.get(..ATTRS_LEN).ok_or(WireError::BadBody)?;
                     let mtime_ns = i64::from_be_bytes(a[4..].try_into().map_err(|_| WireError::BadBody)?);
-                    attrs = Some(FileAttrs { mode: be_u32(&a[..4]) & 0o777, mtime_ns });
                     name = &name[ATTRS_LEN..];
+                    let mut data_bytes = None;
+                    if flags & HELLO_SPARSE != 0 {
+                        let d = name.get(..8).ok_or(WireError::BadBody)?;
+                        data_bytes = Some(u64::from_be_bytes(d.try_into().map_err(|_| WireError::BadBody)?));
+                        name = &name[8..];
+                    }
+                    attrs = Some(FileAttrs { mode: be_u32(&a[..4]) & 0o777, mtime_ns, data_bytes });
+                } else if flags & HELLO_SPARSE != 0 {
+                    return Err(WireError::BadBody);
                 }
                 if name.len() > MAX_NAME_LEN {
                     return Err(WireError::BadBody);
@@ -590,7 +605,8 @@ impl<'a> Message<'a> {
                 let flags = (u32::from(*via_tcp) * HELLO_VIA_TCP)
                     | (u32::from(*keyed) * HELLO_KEYED)
                     | (u32::from(!data_ports.is_empty()) * HELLO_DATA_PORTS)
-                    | (u32::from(attrs.is_some()) * HELLO_ATTRS);
+                    | (u32::from(attrs.is_some()) * HELLO_ATTRS)
+                    | (u32::from(attrs.is_some_and(|a| a.data_bytes.is_some())) * HELLO_SPARSE);
                 out.extend_from_slice(&flags.to_be_bytes());
                 if !data_ports.is_empty() {
                     out.push(data_ports.len);
@@ -601,6 +617,9 @@ impl<'a> Message<'a> {
                 if let Some(a) = attrs {
                     out.extend_from_slice(&(a.mode & 0o777).to_be_bytes());
                     out.extend_from_slice(&a.mtime_ns.to_be_bytes());
+                    if let Some(d) = a.data_bytes {
+                        out.extend_from_slice(&d.to_be_bytes());
+                    }
                 }
                 // A longer name is cut on a char boundary (it names, it
                 // does not identify: `source` does).
@@ -747,17 +766,26 @@ mod tests {
             data_ports: DataPorts::new(&[7000, 7001]).unwrap(),
             attrs,
         };
-        let attrs = FileAttrs { mode: 0o600, mtime_ns: -1_500_000_001 };
+        let attrs = FileAttrs { mode: 0o600, mtime_ns: -1_500_000_001, data_bytes: None };
         let bytes = hello(Some(attrs)).to_vec();
         let Ok(Message::Hello { attrs: got, name, data_ports, .. }) = Message::parse(&bytes) else { panic!("a Hello") };
         assert_eq!((got, name, data_ports.len), (Some(attrs), "secret.key", 2));
         let bytes = hello(None).to_vec();
         assert!(matches!(Message::parse(&bytes), Ok(Message::Hello { attrs: None, name: "secret.key", .. })));
         // Set-id and sticky bits are never carried.
-        let suid = hello(Some(FileAttrs { mode: 0o4755, mtime_ns: 0 })).to_vec();
+        let suid = hello(Some(FileAttrs { mode: 0o4755, mtime_ns: 0, data_bytes: None })).to_vec();
         assert!(matches!(Message::parse(&suid), Ok(Message::Hello { attrs: Some(FileAttrs { mode: 0o755, .. }), .. })));
         // The flag without the bytes is refused.
         let mut cut = hello(Some(attrs)).to_vec();
+        cut.truncate(cut.len() - "secret.key".len() - 5);
+        assert!(Message::parse(&cut).is_err());
+        // A sparse file's data size rides behind them.
+        let sparse = FileAttrs { data_bytes: Some(4096), ..attrs };
+        let bytes = hello(Some(sparse)).to_vec();
+        assert!(
+            matches!(Message::parse(&bytes), Ok(Message::Hello { attrs: Some(a), name: "secret.key", .. }) if a == sparse)
+        );
+        let mut cut = bytes.clone();
         cut.truncate(cut.len() - "secret.key".len() - 5);
         assert!(Message::parse(&cut).is_err());
     }

@@ -157,7 +157,8 @@ pub(super) fn receive_inner(
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
     let mut socks = join_streams(first, header, opts, pending)?;
-    let mut output = Output::create(opts.out, size, &header.source, opts.policy)
+    let sparse = opts.attrs.and_then(|a| a.data_bytes);
+    let mut output = Output::create(opts.out, size, sparse, &header.source, opts.policy)
         .context("preparing the output")?
         .with_hasher(hasher)
         .with_attrs(opts.attrs);
