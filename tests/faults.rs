@@ -388,8 +388,10 @@ fn file_rewritten_while_streaming_fails_before_its_digest_is_sent() {
     assert!(!out.exists());
 }
 
+/// Trust round 2, row 10: a file the disk cannot hold is refused up front,
+/// and the 0-byte partial it was refused for is not left behind.
 #[test]
-fn full_disk_is_a_clear_error_and_output_stays_partial() {
+fn full_disk_is_a_clear_error_and_leaves_no_file() {
     let veth = Veth::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = random_file(dir.path(), "in.bin", 32 * MIB, 28);
@@ -415,7 +417,8 @@ fn full_disk_is_a_clear_error_and_output_stays_partial() {
     assert!(!sent.status.success());
     assert!(stderr.contains("the receiver aborted") && stderr.contains("No space left"), "{stderr}");
     assert!(!out.exists());
-    assert!(mnt.path().join("out.bin.partial").exists(), "the partial output is kept, named as partial");
+    assert!(!mnt.path().join("out.bin.partial").exists(), "nothing arrived, so no partial is left");
+    assert!(report["path"].is_null() && log.contains("nothing was written"), "{report}\n{log}");
 }
 
 #[test]
