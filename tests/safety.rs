@@ -39,12 +39,12 @@ fn no_xdp_program_left_after_sigterm_or_idle_timeout() {
     rx.kill("TERM");
     assert!(wait_detached(&veth), "XDP program left after SIGTERM");
 
-    // Idle timeout: nobody sends; the receiver must give up, fail, and detach.
-    let rx = veth.start_receiver(&out, &["--timeout", "1"]);
+    // --wait: nobody sends; the receiver must give up, fail, and detach.
+    let rx = veth.start_receiver(&out, &["--wait", "1"]);
     let (ok, report, _log) = rx.finish();
-    assert!(!ok, "an idle timeout is a failure");
+    assert!(!ok, "no sender within --wait is a failure");
     assert_eq!(report["verified"], false);
-    assert!(report["error"].as_str().unwrap_or("").contains("idle timeout"), "{report}");
+    assert!(report["error"].as_str().unwrap_or("").contains("within 1 s (--wait)"), "{report}");
     assert!(!out.exists(), "no output may appear at PATH without a verified transfer");
     assert!(wait_detached(&veth));
 }

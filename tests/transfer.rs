@@ -239,6 +239,13 @@ fn a_receiver_waits_for_senders_and_serves_one_after_another() {
         let name = f.file_name().expect("name");
         assert!(same_file(f, &out.join(name)), "{name:?} differs");
     }
+    // Interrupted while it waits for a third sender (a signal that lands
+    // while a transfer completes leaves that transfer's status).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rx.log_text().matches("ready").count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "not ready for a third sender: {}", rx.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     rx.signal("INT");
     let (status, stdout, log, _) = rx.wait_status(20);
     assert_eq!(status.code(), Some(130), "{log}");

@@ -27,11 +27,15 @@ pub(crate) fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     }
     let knobs = TestKnobs { loss: a.inject_loss, capacity_pps: a.inject_capacity };
     let policy = OutputPolicy { no_clobber: a.no_clobber };
+    // Bound once: with --serve, a sender that arrives between transfers
+    // finds the ports open, and its Hellos wait for the next transfer.
+    let ctrl_addr = SocketAddr::new(a.listen.ip(), control_port(a.listen.port())?);
+    let mut ctrl = Control::bind(ctrl_addr)?;
+    // Every mode serves a TCP sender too, once admitted on the control port.
+    let listener = tcp::listen(a.listen)?;
     let mut served = 0u64;
     loop {
-        // Everything that would refuse the output is checked before `ready`.
-        check_out(&a.out, policy)?;
-        let verified = receive_one(&a, knobs, policy, quiet)?;
+        let verified = receive_one(&a, knobs, policy, quiet, &mut ctrl, &listener)?;
         if !a.serve || xdpblast::os::signals::stop_requested() {
             return Ok(verified);
         }
@@ -40,27 +44,32 @@ pub(crate) fn cmd_recv(a: RecvArgs, quiet: bool) -> anyhow::Result<bool> {
     }
 }
 
-/// One transfer, from binding the ports to the report.
-fn receive_one(a: &RecvArgs, knobs: TestKnobs, policy: OutputPolicy, quiet: bool) -> anyhow::Result<bool> {
-    let ctrl_addr = SocketAddr::new(a.listen.ip(), control_port(a.listen.port())?);
-    let ctrl = Control::bind(ctrl_addr)?;
+/// One transfer, from opening the data path to the report.
+fn receive_one(
+    a: &RecvArgs,
+    knobs: TestKnobs,
+    policy: OutputPolicy,
+    quiet: bool,
+    ctrl: &mut Control,
+    listener: &std::net::TcpListener,
+) -> anyhow::Result<bool> {
+    // Everything that would refuse the output is checked before `ready`.
+    check_out(&a.out, policy)?;
     let iface = match &a.iface {
         Some(name) => Some(Interface::lookup(name)?),
         None => None,
     };
     let mut opts = recv_options(a, iface.as_ref(), policy, !a.json && !quiet)?;
-    // Every mode serves a TCP sender too, once admitted on the control port.
-    let listener = tcp::listen(a.listen)?;
     let outcome = match a.mode() {
         RecvMode::Tcp => {
             ready(quiet, format_args!("{} (tcp)", a.listen));
-            receive::run("tcp", Vec::new(), ctrl, &opts, Some(&listener))
+            receive::run("tcp", Vec::new(), ctrl, &opts, Some(listener))
         }
         RecvMode::Afxdp => {
             let iface = iface.context("--iface is required with --mode afxdp")?;
-            receive_afxdp(a, &iface, knobs, ctrl, &mut opts, &listener, quiet)?
+            receive_afxdp(a, &iface, knobs, ctrl, &mut opts, listener, quiet)?
         }
-        RecvMode::Udp => receive_udp(a, iface.as_ref(), knobs, ctrl, &opts, &listener, quiet)?,
+        RecvMode::Udp => receive_udp(a, iface.as_ref(), knobs, ctrl, &opts, listener, quiet)?,
     };
     let report = match outcome {
         Outcome::Done(r) => r,
@@ -73,7 +82,7 @@ fn receive_one(a: &RecvArgs, knobs: TestKnobs, policy: OutputPolicy, quiet: bool
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,
                 keys: opts.keys.clone(),
-                listener: Some(&listener),
+                listener: Some(listener),
             };
             let report = tcp::receive(stream, &header, &topts, pending);
             return finish_tcp(report, a.json);
@@ -129,7 +138,7 @@ fn receive_afxdp(
     a: &RecvArgs,
     iface: &Interface,
     knobs: TestKnobs,
-    ctrl: Control,
+    ctrl: &mut Control,
     opts: &mut RecvOptions,
     listener: &std::net::TcpListener,
     quiet: bool,
@@ -170,7 +179,7 @@ fn receive_udp(
     a: &RecvArgs,
     iface: Option<&Interface>,
     knobs: TestKnobs,
-    ctrl: Control,
+    ctrl: &mut Control,
     opts: &RecvOptions,
     listener: &std::net::TcpListener,
     quiet: bool,

@@ -126,7 +126,7 @@ pub struct TcpHandoff {
 pub fn run(
     mode: &str,
     paths: Vec<BoxedPath<'_>>,
-    ctrl: Control,
+    ctrl: &mut Control,
     opts: &RecvOptions,
     fallback: Option<&std::net::TcpListener>,
 ) -> Outcome {

@@ -102,7 +102,7 @@ impl Shared {
 pub(super) fn run(
     mode: &str,
     paths: Vec<BoxedPath<'_>>,
-    mut ctrl: Control,
+    ctrl: &mut Control,
     opts: &RecvOptions,
     fallback: Option<&std::net::TcpListener>,
 ) -> Outcome {
@@ -120,7 +120,7 @@ pub(super) fn run(
                 scope.spawn(move || take_queue(shared, &mut *p, i))
             })
             .collect();
-        let tcp = main_loop(&shared, &mut ctrl, opts, fallback);
+        let tcp = main_loop(&shared, ctrl, opts, fallback);
         shared.stop.store(true, Ordering::SeqCst);
         let figures: Vec<QueueFigures> = handles
             .into_iter()
