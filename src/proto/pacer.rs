@@ -74,9 +74,11 @@ impl fmt::Display for Rate {
 }
 
 /// The bucket holds at most this much time's worth of tokens: short enough
-/// that a burst does not overrun a slow receiver, long enough to post a batch
-/// at 10 Gb/s.
-const BURST: Duration = Duration::from_micros(250);
+/// that a burst does not overrun a slow receiver (at 1 Gb/s, 41 frames of
+/// 1514 bytes), long enough to post a whole batch (256 such frames) at
+/// 10 Gb/s: a bucket that cuts batches short costs a sender held back by
+/// its CPU, not by the pace, a few per cent.
+const BURST: Duration = Duration::from_micros(500);
 
 #[derive(Debug, Clone)]
 pub struct Pacer {

@@ -10,10 +10,12 @@
 //! overrun receiver's delivery rate stops growing whatever is offered; a
 //! lossy link's grows with the offer. So, in the manner of BBR:
 //!
-//! - **Start-up** paces at twice the delivery rate, from a sixteenth of
-//!   the ceiling (so the pace doubles about each report while the path
-//!   keeps up, and never runs far ahead of what it has shown), until the delivery rate stops growing (three reports without
-//!   a quarter more) or a report loses more than [`STARTUP_EXIT_LOSS_BP`].
+//! - **Start-up** paces at twice the delivery rate, from a quarter of the
+//!   ceiling (so the pace doubles about each report while the path keeps
+//!   up, and never runs far ahead of what it has shown), until the delivery
+//!   rate stops growing (three reports without a quarter more) or a report
+//!   loses more than [`STARTUP_EXIT_LOSS_BP`]. A quarter, not less: on a
+//!   clean link a slower start cost a 1 GiB transfer 6-9 %.
 //! - **Probing** then paces at the best delivery rate of the last
 //!   [`WINDOW`] reports, the first [`PROBE_REPORTS`] of each such cycle at
 //!   5/4 of it: a path with room shows a higher delivery rate and the pace
@@ -114,7 +116,7 @@ impl RateControl {
         let c = ceiling.value();
         RateControl {
             ceiling,
-            rate: (c / 16.0).max(1.0),
+            rate: (c / 4.0).max(1.0),
             floor: (c / 1000.0).max(1.0),
             phase: Phase::StartUp,
             samples: VecDeque::with_capacity(WINDOW),
