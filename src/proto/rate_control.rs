@@ -5,8 +5,8 @@
 //! that cuts on loss sinks to a crawl on a link that loses 2 % at random,
 //! and at low rates one lost packet in a 5 ms report reads as 25 %. What
 //! the receiver holds can tell them apart. Each loss report (one per NACK
-//! tick) says how many chunks the receiver has; the chunks it gained since
-//! the last report, over the time between, is its delivery rate. An
+//! tick) says how many chunks the receiver has; the chunks it gained over
+//! a [`SPAN`] of reports, over that time, is its delivery rate. An
 //! overrun receiver's delivery rate stops growing whatever is offered; a
 //! lossy link's grows with the offer. So, in the manner of BBR:
 //!
@@ -19,10 +19,11 @@
 //! - **Probing** then paces at the best delivery rate of the last
 //!   [`WINDOW`] reports, the first [`PROBE_REPORTS`] of each such cycle at
 //!   5/4 of it: a path with room shows a higher delivery rate and the pace
-//!   follows within a cycle. A report that loses more than
-//!   [`PROBE_EXIT_LOSS_BP`], or a probe that loses more than
-//!   [`PROBE_STOP_LOSS_BP`], restarts the estimate from what got through,
-//!   at no less than half.
+//!   follows within a cycle. A report that loses [`PROBE_EXIT_LOSS_BP`]
+//!   more than the link's own loss (learnt between probes), or a probe that
+//!   loses [`PROBE_STOP_LOSS_BP`] more, restarts the estimate from what got
+//!   through, at no less than half. Loss is judged over at least
+//!   [`LOSS_SAMPLE_FRAMES`] frames.
 //!
 //! A sender that cannot fill its pace (its CPU, its reader) is
 //! *app-limited*: its reports say nothing of the path and do not lower the
