@@ -249,6 +249,7 @@ fn a_receiver_waits_for_senders_and_serves_one_after_another() {
     rx.signal("INT");
     let (status, stdout, log, _) = rx.wait_status(20);
     assert_eq!(status.code(), Some(130), "{log}");
+    assert!(!log.contains("refused"), "a sender taken by the next transfer is no refusal: {log}");
     let reports: Vec<serde_json::Value> =
         serde_json::Deserializer::from_str(&stdout).into_iter().collect::<Result<_, _>>().expect("JSON reports");
     assert_eq!(reports.len(), 3, "two transfers and the interrupted wait: {stdout}");

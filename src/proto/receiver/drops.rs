@@ -25,6 +25,10 @@ pub enum DropReason {
     InfoMismatch,
     /// A second sender tried to open a session while one is active.
     Busy,
+    /// A new sender's Hello while the last session, done, only lingers for
+    /// its end probes: left unanswered, so that the sender's next Hello is
+    /// taken by the next transfer (`recv --serve`). Not a refusal.
+    Finishing,
     /// A Hello from an address `--allow-from` does not name.
     Refused,
     /// A Hello for a file with more chunks than `max_chunks`, or chunks no
@@ -41,7 +45,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Wire(WireError::Truncated),
         DropReason::Wire(WireError::BadMagic),
         DropReason::Wire(WireError::BadVersion),
@@ -59,6 +63,7 @@ impl DropReason {
         DropReason::WrongKind,
         DropReason::InfoMismatch,
         DropReason::Busy,
+        DropReason::Finishing,
         DropReason::TooLarge,
         DropReason::BadCookie,
         DropReason::WrongMode,
@@ -83,6 +88,7 @@ impl DropReason {
             DropReason::WrongKind => "wrong_kind",
             DropReason::InfoMismatch => "info_mismatch",
             DropReason::Busy => "busy",
+            DropReason::Finishing => "finishing",
             DropReason::TooLarge => "too_large",
             DropReason::BadCookie => "bad_cookie",
             DropReason::WrongMode => "wrong_mode",

@@ -110,11 +110,8 @@ impl Receiver {
         let HelloFields { session, info, source, via_tcp, name, data_ports, attrs } = hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
-                // Done and only lingering for the last probes: no answer,
-                // so the sender's next Hello finds whoever serves next
-                // (`recv --serve`), or our closed port.
                 if matches!(self.state, State::Complete { .. }) {
-                    return Err(DropReason::Busy);
+                    return Err(DropReason::Finishing);
                 }
                 let busy = Message::Abort { session, reason: "receiver busy with another session" };
                 self.transmit.push_back((from, busy.to_vec()));
