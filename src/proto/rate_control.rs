@@ -88,7 +88,8 @@ pub struct Report {
 pub struct RateControl {
     ceiling: Rate,
     rate: f64,
-    floor: f64,
+    /// The lowest pace: a thousandth of the ceiling.
+    min_rate: f64,
     phase: Phase,
     /// The last [`WINDOW`] delivery rates that count.
     samples: VecDeque<f64>,
@@ -118,7 +119,7 @@ impl RateControl {
         RateControl {
             ceiling,
             rate: (c / 4.0).max(1.0),
-            floor: (c / 1000.0).max(1.0),
+            min_rate: (c / 1000.0).max(1.0),
             phase: Phase::StartUp,
             samples: VecDeque::with_capacity(WINDOW),
             history: VecDeque::with_capacity(HISTORY),
@@ -246,7 +247,7 @@ impl RateControl {
             self.decreases += 1;
         }
         let gain = if slot < PROBE_REPORTS && !self.probe_lost { PROBE_GAIN } else { 1.0 };
-        self.rate = (bw * gain).clamp(self.floor, self.ceiling.value());
+        self.rate = (bw * gain).clamp(self.min_rate, self.ceiling.value());
     }
 
     fn start_up(&mut self, loss_bp: u16, app_limited: bool) {
@@ -260,7 +261,7 @@ impl RateControl {
         if self.flat_reports >= 3 || loss_bp > STARTUP_EXIT_LOSS_BP {
             self.phase = Phase::Probing;
             self.decreases += 1;
-            self.rate = bw.clamp(self.floor, self.ceiling.value());
+            self.rate = bw.clamp(self.min_rate, self.ceiling.value());
         } else {
             self.rate = self.rate.max(2.0 * bw).min(self.ceiling.value());
         }

@@ -196,11 +196,7 @@ impl Veth {
         let f = file.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "info", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
         args.extend_from_slice(extra);
-        // `--mode auto` takes sendfile on a copy-mode veth: these tests are
-        // about AF_XDP unless they name a mode.
-        if !extra.contains(&"--mode") {
-            args.extend_from_slice(&["--mode", "afxdp"]);
-        }
+        afxdp_unless_a_mode_is_named(&mut args, extra);
         let stderr = std::fs::File::create(log).expect("sender log");
         let child =
             self.in_ns(&self.tx_ns, &args).stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawning the sender");
@@ -213,11 +209,7 @@ impl Veth {
         let f = file.to_str().expect("utf-8 path");
         let mut args = vec!["--log", "warn", "send", f, "--iface", &self.tx_if, "--dst", &dst, "--json"];
         args.extend_from_slice(extra);
-        // `--mode auto` takes sendfile on a copy-mode veth: these tests are
-        // about AF_XDP unless they name a mode.
-        if !extra.contains(&"--mode") {
-            args.extend_from_slice(&["--mode", "afxdp"]);
-        }
+        afxdp_unless_a_mode_is_named(&mut args, extra);
         let mut c = Command::new("timeout");
         c.args(["120", "ip", "netns", "exec", &self.tx_ns, BIN]).args(&args);
         c.output().expect("running the sender")
@@ -259,6 +251,14 @@ impl Drop for Veth {
                 panic!("namespace {ns} was not removed");
             }
         }
+    }
+}
+
+/// `--mode auto` takes sendfile on a copy-mode veth: the sender helpers'
+/// tests are about AF_XDP unless they name a mode.
+fn afxdp_unless_a_mode_is_named(args: &mut Vec<&str>, extra: &[&str]) {
+    if !extra.contains(&"--mode") {
+        args.extend_from_slice(&["--mode", "afxdp"]);
     }
 }
 
