@@ -149,6 +149,19 @@ pub fn run_wire(data: &[u8]) {
         assert_eq!(StreamHeader::parse(&h.emit()), Ok(h), "round trip changed the stream header");
     }
     check_seal(data);
+    check_manifest(data);
+}
+
+/// A tree's manifest from arbitrary bytes: refused or parsed, never a
+/// panic; what parses round-trips, and holds only safe relative names.
+fn check_manifest(data: &[u8]) {
+    use xdpblast::wire::manifest::{Limits, Manifest};
+    let lim = Limits { max_entries: 1 << 16 };
+    let Ok(m) = Manifest::parse(data, lim) else { return };
+    assert_eq!(Manifest::parse(&m.encode(), lim).as_ref(), Ok(&m), "round trip changed the manifest");
+    for e in &m.entries {
+        assert!(!e.path.starts_with('/') && e.components().all(|c| c != ".." && c != "." && !c.is_empty()));
+    }
 }
 
 /// Sealed datagrams: opening arbitrary bytes never panics, and whatever

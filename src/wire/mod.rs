@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod frame;
+pub mod manifest;
 pub mod message;
 pub mod stream;
 

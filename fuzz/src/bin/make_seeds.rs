@@ -36,6 +36,7 @@ fn main() {
         name: "seed.bin",
         data_ports: xdpblast::wire::message::DataPorts::NONE,
         attrs: None,
+        tree: None,
     };
     // The first Hello earns the cookie; the second, echoing it, opens.
     let hello_first = hello_msg.to_vec();
