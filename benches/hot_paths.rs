@@ -63,6 +63,7 @@ fn receive_path(c: &mut Criterion) {
             name: "",
             data_ports: xdpblast::wire::message::DataPorts::NONE,
             attrs: None,
+            tree: None,
         }
         .encode(cookie),
     );

@@ -42,10 +42,13 @@ pub enum DropReason {
     /// replayed one; a data frame whose tag does not verify (forged or
     /// corrupted).
     BadSeal,
+    /// A tree's chunk past its manifest, before the receiver has made the
+    /// files it goes to (an honest sender holds them back until then).
+    HeldForManifest,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Wire(WireError::Truncated),
         DropReason::Wire(WireError::BadMagic),
         DropReason::Wire(WireError::BadVersion),
@@ -69,6 +72,7 @@ impl DropReason {
         DropReason::WrongMode,
         DropReason::Refused,
         DropReason::BadSeal,
+        DropReason::HeldForManifest,
     ];
 
     pub(super) fn index(self) -> usize {
@@ -94,6 +98,7 @@ impl DropReason {
             DropReason::WrongMode => "wrong_mode",
             DropReason::Refused => "refused",
             DropReason::BadSeal => "bad_seal",
+            DropReason::HeldForManifest => "held_for_manifest",
         }
     }
 }

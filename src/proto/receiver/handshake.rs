@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::proto::auth::DATA_TAG_LEN;
 use crate::proto::chunkset::ChunkSet;
-use crate::wire::message::{Message, SessionInfo, HEADER_LEN, MIN_CHUNK_SIZE};
+use crate::wire::message::{Message, SessionInfo, TreeShape, HEADER_LEN, MIN_CHUNK_SIZE};
 use crate::wire::untrusted_text;
 
 use super::*;
@@ -21,7 +21,7 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree } = msg {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.refuse(from, session, why);
@@ -29,7 +29,7 @@ impl Receiver {
                 return Err(DropReason::BadSeal);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
-            let hello = HelloFields { session, info, source, via_tcp, name, data_ports, attrs };
+            let hello = HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree };
             return self.hello(now, from, cookie, hello);
         }
         // Every sealed control message counts up: a replay is refused.
@@ -107,7 +107,7 @@ impl Receiver {
     /// A Hello. Without our cookie it only earns one (no state is kept);
     /// with it, it opens the session. Every refusal tells the sender why.
     fn hello(&mut self, now: Instant, from: SocketAddr, cookie: u64, hello: HelloFields) -> Result<(), DropReason> {
-        let HelloFields { session, info, source, via_tcp, name, data_ports, attrs } = hello;
+        let HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree } = hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
                 if matches!(self.state, State::Complete { .. }) {
@@ -138,7 +138,7 @@ impl Receiver {
         if self.cfg.allow_from.is_some_and(|ip| ip != from.ip()) {
             return Err(DropReason::Refused);
         }
-        if let Err((drop, reason)) = self.admissible(&info, via_tcp) {
+        if let Err((drop, reason)) = self.admissible(&info, via_tcp, tree) {
             if drop == DropReason::WrongMode {
                 // Said as a flag first, not only in words: a sender in auto
                 // mode switches to TCP on it. The Abort behind it still tells
@@ -189,11 +189,14 @@ impl Receiver {
             round: 0,
             digest: None,
             loss_from: 0,
+            // A tree's chunks past its manifest wait until the driver has
+            // read the manifest and made the files they go to.
+            held_from: tree.filter(|_| !via_tcp).map(|t| t.manifest_len.div_ceil(u64::from(info.chunk_size))),
             data_key: self.cfg.keys.as_ref().filter(|_| !via_tcp).map(|k| k.data_key(session, cookie)),
         });
         self.last_progress = now;
         self.state = State::Receiving;
-        self.events.push_back(Event::Start { info, peer: from, source, via_tcp, name, attrs });
+        self.events.push_back(Event::Start { info, peer: from, source, via_tcp, name, attrs, tree });
         self.hello_ack_due = Some(now);
         if !via_tcp {
             self.maybe_verify();
@@ -202,7 +205,12 @@ impl Receiver {
     }
 
     /// Whether a session of `info` fits this receiver; the reason if not.
-    fn admissible(&self, info: &SessionInfo, via_tcp: bool) -> Result<(), (DropReason, String)> {
+    fn admissible(
+        &self,
+        info: &SessionInfo,
+        via_tcp: bool,
+        tree: Option<TreeShape>,
+    ) -> Result<(), (DropReason, String)> {
         if self.cfg.tcp_only && !via_tcp {
             let why = "this receiver takes the file over TCP only (recv --mode tcp); send with --mode sendfile";
             return Err((DropReason::WrongMode, why.into()));
@@ -211,6 +219,15 @@ impl Receiver {
             return Err((
                 DropReason::TooLarge,
                 format!("file of {} bytes is above this receiver's --max-size {max}", info.file_size),
+            ));
+        }
+        if let Some(t) = tree.filter(|t| u64::from(t.entries) > self.cfg.max_files) {
+            return Err((
+                DropReason::TooLarge,
+                format!(
+                    "a tree of {} files and directories is above this receiver's --max-files {}",
+                    t.entries, self.cfg.max_files
+                ),
             ));
         }
         if via_tcp {

@@ -17,7 +17,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::auth::{Counter, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
-use crate::wire::message::{FileAttrs, Message, Nack, SessionInfo, SourceId, HEADER_LEN};
+use crate::wire::message::{FileAttrs, Message, Nack, SessionInfo, SourceId, TreeShape, HEADER_LEN};
+
+/// Files and directories a tree may hold unless `recv --max-files` says
+/// otherwise: ESnet's largest small-file data set is 5 GB of 1 MiB files,
+/// and a million entries keep the manifest's check and the receiver's
+/// name index within tens of MB.
+pub const DEFAULT_MAX_FILES: u64 = 1_000_000;
 use crate::wire::stream::StreamHeader;
 
 pub use drops::{DropCounts, DropReason};
@@ -64,6 +70,8 @@ pub struct ReceiverConfig {
     /// With a pre-shared key (`--key-file`): every control message and Meta
     /// must be sealed with it, replies are sealed, the digest is keyed.
     pub keys: Option<Keys>,
+    /// Most files and directories a tree may hold (`recv --max-files`).
+    pub max_files: u64,
 }
 
 impl Default for ReceiverConfig {
@@ -84,6 +92,7 @@ impl Default for ReceiverConfig {
             tcp_only: false,
             cookie_key: [0; 32],
             keys: None,
+            max_files: DEFAULT_MAX_FILES,
         }
     }
 }
@@ -104,6 +113,7 @@ pub enum Event {
         via_tcp: bool,
         name: Option<String>,
         attrs: Option<FileAttrs>,
+        tree: Option<TreeShape>,
     },
     /// Every chunk is in: hash the output and call [`Receiver::verified`].
     Verify,
@@ -326,6 +336,9 @@ impl Receiver {
                     return Err(DropReason::BadCookie);
                 }
                 let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
+                if s.held_from.is_some_and(|h| chunk >= h) {
+                    return Err(DropReason::HeldForManifest);
+                }
                 // Last, being the dearest: nothing a frame says counts
                 // before its tag holds.
                 if let Some(k) = &s.data_key {
@@ -377,6 +390,20 @@ impl Receiver {
                 Ok(None)
             }
             _ => Err(DropReason::WrongKind),
+        }
+    }
+
+    /// A tree's session whose manifest has arrived whole while the rest is
+    /// held. The driver reads it, makes the files, then calls
+    /// [`Receiver::release_hold`].
+    pub fn manifest_arrived(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.held_from.is_some_and(|h| s.chunks.prefix() >= h))
+    }
+
+    /// The files of a tree are made: take the chunks past its manifest.
+    pub fn release_hold(&mut self) {
+        if let Some(s) = self.session.as_mut() {
+            s.held_from = None;
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::proto::auth::DataKey;
 use crate::proto::chunkset::ChunkSet;
-use crate::wire::message::{lane_of, DataPorts, FileAttrs, Message, SessionInfo, SourceId, LANE_RUN};
+use crate::wire::message::{lane_of, DataPorts, FileAttrs, Message, SessionInfo, SourceId, TreeShape, LANE_RUN};
 
 #[derive(Debug)]
 pub(super) enum State {
@@ -59,6 +59,11 @@ pub(super) struct Session {
     pub(super) loss_from: u64,
     /// With a key: the key the data frames' tags are checked with.
     pub(super) data_key: Option<DataKey>,
+    /// A tree's session, until the driver has made its files
+    /// ([`super::Receiver::release_hold`]): chunks from this one on (past
+    /// the manifest) are dropped, and the reported prefix stays below it,
+    /// so the sender holds them back.
+    pub(super) held_from: Option<u64>,
 }
 
 /// Most chunks of a session whose chunks are below [`MIN_CHUNK_SIZE`]: an
@@ -79,6 +84,7 @@ pub(super) struct HelloFields {
     pub(super) name: Option<String>,
     pub(super) data_ports: DataPorts,
     pub(super) attrs: Option<FileAttrs>,
+    pub(super) tree: Option<TreeShape>,
 }
 
 impl Session {
@@ -135,7 +141,10 @@ impl Session {
     /// The cumulative ack: chunks below it are held (the sender may reuse
     /// their frames).
     pub(super) fn reported_prefix(&self) -> u64 {
-        self.chunks.prefix()
+        match self.held_from {
+            Some(h) => self.chunks.prefix().min(h.saturating_sub(1)),
+            None => self.chunks.prefix(),
+        }
     }
 
     /// Encodes a datagram to this session's sender, with its cookie.

@@ -12,7 +12,17 @@ fn hello(info: SessionInfo) -> Message<'static> {
 /// Session 7's Hello from a sender whose queues send from `data_ports`,
 /// with a key or without.
 fn hello_with(info: SessionInfo, data_ports: DataPorts, keyed: bool) -> Message<'static> {
-    Message::Hello { session: 7, info, source: [0; 16], via_tcp: false, keyed, name: "", data_ports, attrs: None }
+    Message::Hello {
+        session: 7,
+        info,
+        source: [0; 16],
+        via_tcp: false,
+        keyed,
+        name: "",
+        data_ports,
+        attrs: None,
+        tree: None,
+    }
 }
 
 fn hello_from_ports(info: SessionInfo, data_ports: DataPorts) -> Message<'static> {
@@ -299,7 +309,7 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
     assert_eq!(rx.contiguous_bytes(), 1000);
     assert_eq!(
         rx.poll_event(),
-        Some(Event::Start { info, peer, source: [0; 16], via_tcp: false, name: None, attrs: None })
+        Some(Event::Start { info, peer, source: [0; 16], via_tcp: false, name: None, attrs: None, tree: None })
     );
     assert_eq!(rx.poll_event(), Some(Event::Verify));
 }

@@ -66,6 +66,8 @@ pub struct SenderConfig {
     pub data_ports: crate::wire::message::DataPorts,
     /// The input's mode and mtime, which the receiver gives its copy.
     pub attrs: Option<crate::wire::message::FileAttrs>,
+    /// The session carries a tree: its stream starts with the manifest.
+    pub tree: Option<crate::wire::message::TreeShape>,
 }
 
 impl Default for SenderConfig {
@@ -84,6 +86,7 @@ impl Default for SenderConfig {
             name: String::new(),
             data_ports: crate::wire::message::DataPorts::NONE,
             attrs: None,
+            tree: None,
         }
     }
 }
@@ -369,6 +372,23 @@ impl Sender {
         }
     }
 
+    /// A tree's chunks past its manifest wait until the receiver reports
+    /// the manifest delivered: it makes the files from it first, and
+    /// drops what comes before.
+    fn first_pass_gate(&self) -> u64 {
+        match self.cfg.tree {
+            Some(t) => {
+                let manifest_chunks = t.manifest_len.div_ceil(u64::from(self.info.chunk_size));
+                if self.stats.peer_prefix < manifest_chunks {
+                    manifest_chunks
+                } else {
+                    u64::MAX
+                }
+            }
+            None => u64::MAX,
+        }
+    }
+
     fn pass_done(&self) -> bool {
         self.next_first_pass >= self.info.n_chunks && self.meta_last_sent
     }
@@ -405,6 +425,7 @@ impl Sender {
                 self.marker_due = self.meta_last_sent;
             } else if self.next_first_pass < self.readable
                 && self.next_first_pass < self.stats.peer_high + self.cfg.window
+                && self.next_first_pass < self.first_pass_gate()
             {
                 out[n] = FrameId::Data(self.next_first_pass);
                 self.next_first_pass += 1;
@@ -510,6 +531,7 @@ impl Sender {
             name: &name,
             data_ports: self.cfg.data_ports,
             attrs: self.cfg.attrs,
+            tree: self.cfg.tree,
         };
         self.seal(&hello)
     }
