@@ -11,6 +11,7 @@
 //!   engine (post, pace, reap, kick) on any TX ring;
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
 //! - [`bench`]: every mode side by side on a veth pair it creates;
+//! - [`tree`]: directory trees as one stream, and the receiver's safe making of them;
 //! - [`report`]: human and JSON output, in [`units`];
 //! - [`os`]: the libc calls outside the rings (errno kept as a value), the
 //!   stop signals, this process's figures.
@@ -23,5 +24,6 @@ pub mod net;
 pub mod os;
 pub mod proto;
 pub mod report;
+pub mod tree;
 pub mod units;
 pub mod wire;

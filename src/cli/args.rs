@@ -32,7 +32,7 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
-    /// Send FILE to a receiver.
+    /// Send files and directory trees to a receiver.
     Send(SendArgs),
     /// Receive one file and verify it.
     Recv(RecvArgs),
@@ -178,8 +178,12 @@ impl ReaderArg {
 
 #[derive(clap::Args)]
 pub(crate) struct SendArgs {
-    /// The file to send.
-    pub(crate) file: PathBuf,
+    /// The files and directories to send. One file goes as itself; a
+    /// directory, or several paths, go as one tree (each under its base
+    /// name, as `scp -r` sends them) in one session. Symbolic links inside
+    /// a directory are skipped with a warning, never followed.
+    #[arg(required = true, value_name = "PATH")]
+    pub(crate) paths: Vec<PathBuf>,
     /// Interface to transmit on; required for AF_XDP (--mode auto, the
     /// default, and afxdp), not used by the TCP modes.
     #[arg(
@@ -284,6 +288,13 @@ pub(crate) struct SendArgs {
     pub(crate) progress: bool,
 }
 
+impl SendArgs {
+    /// The first path given: the file, or the path that names a tree.
+    pub(crate) fn file(&self) -> &std::path::Path {
+        self.paths.first().map_or(std::path::Path::new(""), |p| p.as_path())
+    }
+}
+
 impl RecvArgs {
     pub(crate) fn mode(&self) -> RecvMode {
         self.mode.unwrap_or(RecvMode::Afxdp)
@@ -335,6 +346,9 @@ pub(crate) struct RecvArgs {
     /// size the disk has room for.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub(crate) max_size: Option<u64>,
+    /// Refuse a tree of more files and directories than this.
+    #[arg(long, value_name = "N", default_value_t = xdpblast::proto::receiver::DEFAULT_MAX_FILES)]
+    pub(crate) max_files: u64,
     /// How the data arrives (every mode also takes a TCP sender)
     /// [default: afxdp].
     #[arg(long, value_enum)]

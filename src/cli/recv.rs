@@ -74,10 +74,12 @@ fn receive_one(
     let report = match outcome {
         Outcome::Done(r) => r,
         Outcome::TcpFallback(handoff) => {
-            let receive::TcpHandoff { stream, header, out, attrs, pending } = *handoff;
+            let receive::TcpHandoff { stream, header, out, attrs, tree, pending } = *handoff;
             let topts = tcp::TcpReceiveOptions {
                 out: &out,
                 attrs,
+                tree,
+                max_files: opts.max_files,
                 policy,
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,
@@ -125,6 +127,7 @@ fn recv_options(
         wait_for_sender: a.wait.map(|w| seconds(w, "--wait")).transpose()?,
         allow_from: a.allow_from,
         max_size: a.max_size,
+        max_files: a.max_files,
         max_datagram: mtu.map(|mtu| (mtu as usize).saturating_sub(ip_udp_overhead)),
         ip_udp_overhead,
         tcp_only: a.mode() == RecvMode::Tcp,

@@ -4,7 +4,7 @@
 use super::args::{seconds, ReaderArg, SendArgs, SendMode, XskBind};
 use super::tools::load_keys;
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 use xdpblast::afxdp::umem::UmemError;
@@ -14,6 +14,7 @@ use xdpblast::io::tcp::{self, TcpMode, TcpSendOptions};
 use xdpblast::io::QueueCount;
 use xdpblast::net::iface::parse_mac;
 use xdpblast::proto::sender::SendError;
+use xdpblast::tree::scan::{scan, Scanned};
 
 pub(crate) fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
     let json = a.json;
@@ -103,9 +104,38 @@ pub(crate) fn them(options: &[&str]) -> &'static str {
 }
 
 /// `human`: print the mode line, interval lines and summary.
+/// The tree `a` names, walked: when it names a directory or several
+/// paths. `None` for one regular file, which goes as itself.
+fn tree_of(a: &SendArgs, human: bool) -> anyhow::Result<Option<Arc<Scanned>>> {
+    let one_file = a.paths.len() == 1 && !std::fs::metadata(a.file()).is_ok_and(|m| m.is_dir());
+    if one_file {
+        check_input(a.file())?;
+        warn_of_unusable_name(a.file());
+        return Ok(None);
+    }
+    if a.raw {
+        bail!("--raw sends one file's frames round and round; give it one file, not a tree");
+    }
+    let scanned = scan(&a.paths)?;
+    let m = &scanned.manifest;
+    let dirs = m.entries.len() - m.files();
+    info!(files = m.files(), dirs, bytes = m.data_bytes(), skipped = scanned.skipped.len(), "tree walked");
+    if human {
+        let skipped = match scanned.skipped.len() {
+            0 => String::new(),
+            n => format!("; {n} skipped (links and special files, see the warnings)"),
+        };
+        println!(
+            "Tree: {} files in {dirs} directories, {}{skipped}",
+            m.files(),
+            xdpblast::report::human_bytes(m.data_bytes())
+        );
+    }
+    Ok(Some(Arc::new(scanned)))
+}
+
 pub(crate) fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
-    check_input(&a.file)?;
-    warn_of_unusable_name(&a.file);
+    let tree = tree_of(&a, human)?;
     let timeout = seconds(a.timeout, "--timeout")?;
     let (tcp_mode, why_not_afxdp) = choose_transport(&a)?;
     if a.streams > 1 && a.mode().tcp().is_none() {
@@ -120,14 +150,12 @@ pub(crate) fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
         if !unsupported.is_empty() {
             bail!("{}; --mode {} cannot honour {}{because}", only_afxdp(&unsupported), mode.name(), them(&unsupported));
         }
-        return send_tcp(&a, a.file.clone(), mode, timeout, human, why_not_afxdp.clone()).map_err(|e| {
-            match &why_not_afxdp {
-                Some(w) => e.context(format!("AF_XDP was not used ({w}), and the sendfile fallback failed")),
-                None => e,
-            }
+        return send_tcp(&a, tree, mode, timeout, human, why_not_afxdp.clone()).map_err(|e| match &why_not_afxdp {
+            Some(w) => e.context(format!("AF_XDP was not used ({w}), and the sendfile fallback failed")),
+            None => e,
         });
     }
-    let opts = send_options(&a, timeout, human)?;
+    let opts = send_options(&a, tree, timeout, human)?;
     if a.raw {
         return send_raw(&a, &opts);
     }
@@ -145,14 +173,14 @@ pub(crate) fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
                 bail!("{}, which cannot run here: {e}", only_afxdp(&unsupported));
             }
             let why = Some(format!("AF_XDP cannot run here: {e}"));
-            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout, human, why)
+            return send_tcp(&a, opts.tree.clone(), TcpMode::Sendfile, timeout, human, why)
                 .map_err(|t| t.context(format!("AF_XDP was not used ({e}), and the sendfile fallback failed")));
         }
         Err(e) => return Err(e),
     };
     if let Some(why) = copy_mode_reason(&a, &prep) {
         info!("mode auto: sendfile over TCP, because {why}");
-        return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout, human, Some(why.clone()))
+        return send_tcp(&a, opts.tree.clone(), TcpMode::Sendfile, timeout, human, Some(why.clone()))
             .map_err(|t| t.context(format!("AF_XDP was not used ({why}), and the sendfile fallback failed")));
     }
     let report = match afxdp_send::send(&opts, prep) {
@@ -165,7 +193,7 @@ pub(crate) fn send_checked(a: SendArgs, human: bool) -> anyhow::Result<bool> {
         {
             info!("mode auto: the receiver takes files over TCP only; sending with sendfile");
             let why = Some("the receiver takes files over TCP only (recv --mode tcp)".to_string());
-            return send_tcp(&a, opts.file, TcpMode::Sendfile, timeout, human, why);
+            return send_tcp(&a, opts.tree.clone(), TcpMode::Sendfile, timeout, human, why);
         }
         Err(e) => return Err(e),
     };
@@ -210,7 +238,12 @@ fn choose_transport(a: &SendArgs) -> anyhow::Result<(Option<TcpMode>, Option<Str
 }
 
 /// The AF_XDP sender's options from the command line.
-fn send_options(a: &SendArgs, timeout: std::time::Duration, human: bool) -> anyhow::Result<SendOptions> {
+fn send_options(
+    a: &SendArgs,
+    tree: Option<Arc<Scanned>>,
+    timeout: std::time::Duration,
+    human: bool,
+) -> anyhow::Result<SendOptions> {
     let dst_mac = match &a.dst_mac {
         Some(s) => {
             Some(parse_mac(s).with_context(|| format!("--dst-mac {s:?} is not a MAC address like 02:00:00:00:00:01"))?)
@@ -219,7 +252,8 @@ fn send_options(a: &SendArgs, timeout: std::time::Duration, human: bool) -> anyh
     };
     Ok(SendOptions {
         keys: load_keys(a.key_file.as_deref())?,
-        file: a.file.clone(),
+        file: a.file().to_path_buf(),
+        tree,
         iface: a.iface.clone().unwrap_or_default(),
         dst: a.dst,
         dst_mac,
@@ -257,7 +291,7 @@ fn send_raw(a: &SendArgs, opts: &SendOptions) -> anyhow::Result<bool> {
 
 pub(crate) fn send_tcp(
     a: &SendArgs,
-    file: PathBuf,
+    tree: Option<Arc<Scanned>>,
     mode: TcpMode,
     timeout: Duration,
     human: bool,
@@ -265,7 +299,8 @@ pub(crate) fn send_tcp(
 ) -> anyhow::Result<bool> {
     let keys = load_keys(a.key_file.as_deref())?;
     let opts = TcpSendOptions {
-        file,
+        file: a.file().to_path_buf(),
+        tree,
         dst: a.dst,
         mode,
         timeout,

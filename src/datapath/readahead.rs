@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use super::plan::{hash_payloads, FramePlan, PreloadError};
 use crate::afxdp::umem::FrameWriter;
 use crate::proto::auth::{DataKey, Direction, Keys, DATA_TAG_LEN};
+use crate::tree::input::Input;
 use crate::wire::frame::FrameTemplate;
 use crate::wire::message::{emit_header, lane_of, Kind, Message, SessionInfo, HEADER_LEN};
 
@@ -63,7 +64,7 @@ struct Bounce {
 }
 
 pub struct ReadAhead {
-    file: File,
+    input: Input,
     /// With a pre-shared key: the Metas are sealed, the digest keyed, and
     /// each data frame tagged with the session's [`DataKey`] in the same pass.
     keys: Option<Keys>,
@@ -98,7 +99,7 @@ impl ReadAhead {
     /// A reader for `file` laid out by `plan` in `frames`, every frame
     /// stamped with `session` and the receiver's `cookie`.
     pub fn new(
-        file: File,
+        input: Input,
         plan: FramePlan,
         frames: FrameWriter,
         tpl: FrameTemplate,
@@ -107,11 +108,11 @@ impl ReadAhead {
         file_size: u64,
     ) -> Self {
         let shape = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
-        let drop_behind = DropBehind::for_file(&file, file_size);
+        let drop_behind = input.file().and_then(|f| DropBehind::for_file(f, file_size));
         ReadAhead {
             keys: None,
             data_key: None,
-            file,
+            input,
             bounce: None,
             plan,
             shape,
@@ -232,12 +233,12 @@ impl ReadAhead {
         let total: usize = lens.iter().sum();
         let offset = first * u64::from(self.plan.chunk_size);
         let at = self.plan.payload_offset();
-        match self.bounce.as_mut() {
-            Some(b) => read_direct(&self.file, b, &mut frames, &lens, at, offset, self.shape.file_size)?,
-            None => read_into(&self.file, &mut frames, &lens, at, offset, total)?,
+        match (self.bounce.as_mut(), self.input.file()) {
+            (Some(b), Some(file)) => read_direct(file, b, &mut frames, &lens, at, offset, self.shape.file_size)?,
+            _ => read_into(&mut self.input, &mut frames, &lens, at, offset, total)?,
         }
-        if let Some(d) = self.drop_behind.as_mut() {
-            d.read_up_to(&self.file, offset + total as u64);
+        if let (Some(d), Some(file)) = (self.drop_behind.as_mut(), self.input.file()) {
+            d.read_up_to(file, offset + total as u64);
         }
         hash_payloads(&mut self.hasher, &mut self.gather, &mut self.sums, &frames, &lens, at);
         let header_at = self.plan.header_offset();
@@ -261,8 +262,9 @@ impl ReadAhead {
     /// digest.
     pub fn finish(&mut self, unchanged: impl FnOnce() -> bool) -> Result<(u32, [u8; 32]), PreloadError> {
         let size = self.shape.file_size;
+        self.input.check_end()?;
         if !unchanged() {
-            let after = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let after = self.input.file().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
             return Err(PreloadError::Changed { before: size, after });
         }
         let digest = *self.hasher.finalize().as_bytes();
@@ -392,7 +394,7 @@ impl DropBehind {
 /// `frames` (`lens[i]` bytes into frame i, from byte `at`). A short file is
 /// a change.
 fn read_into(
-    file: &File,
+    input: &mut Input,
     frames: &mut [&mut [u8]],
     lens: &[usize],
     at: usize,
@@ -411,10 +413,9 @@ fn read_into(
             iov.push(IoSliceMut::new(&mut f[at + skip..at + len]));
             skip = 0;
         }
-        crate::os::syscount::count(1);
-        let n = nix::sys::uio::preadv(file, &mut iov, (offset + got as u64) as libc::off_t).map_err(io::Error::from)?;
+        let n = input.read_vectored_at(&mut iov, offset + got as u64)?;
         if n == 0 {
-            let after = file.metadata()?.len();
+            let after = input.file().map_or(Ok(0), |f| f.metadata().map(|m| m.len()))?;
             return Err(PreloadError::Changed { before: offset + total as u64, after });
         }
         got += n;

@@ -454,7 +454,8 @@ mod tests {
         let file = std::fs::File::open(input.path()).expect("open");
         let cookie = tx.cookie().expect("cookie");
         let mut ra =
-            ReadAhead::new(file, plan, frames, tpl, tx.session(), cookie, size).with_lane_ports(PORTS.to_vec());
+            ReadAhead::new(crate::tree::input::Input::File(file), plan, frames, tpl, tx.session(), cookie, size)
+                .with_lane_ports(PORTS.to_vec());
         let meta_first_len = ra.build_first_meta().expect("first Meta");
         let mut reader = Reader::inline(ra, plan, Box::new(|| true));
         let mut sched = Scheduler::new(plan, meta_first_len, 32, 64, 2, None, now);

@@ -218,7 +218,7 @@ fn write_runs(file: &File, len: u64, sparse: bool, writes: &mut [(u64, &[u8])]) 
     Ok(())
 }
 
-fn write_run(file: &File, mut offset: u64, run: &[(u64, &[u8])]) -> io::Result<()> {
+pub(crate) fn write_run(file: &File, mut offset: u64, run: &[(u64, &[u8])]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = run.iter().map(|w| IoSlice::new(w.1)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
@@ -259,7 +259,7 @@ pub struct Output {
 /// This process's umask, from /proc (reading it with umask(2) would change
 /// it for a moment under the other threads); the usual 022 where /proc does
 /// not say.
-fn process_umask() -> u32 {
+pub(crate) fn process_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
@@ -525,6 +525,85 @@ impl Output {
 
     pub fn partial(&self) -> &Path {
         &self.partial
+    }
+}
+
+/// Where a session's bytes land: one file, or a tree beneath a directory
+/// ([`crate::tree::output`]). The receive loops hash, verify and commit
+/// either the same way.
+pub enum Destination {
+    File(Output),
+    Tree(crate::tree::output::TreeOutput),
+}
+
+/// Writes into a [`Destination`] from the receive threads.
+pub enum DestinationWriter {
+    File(OutputWriter),
+    Tree(std::sync::Arc<crate::tree::output::TreeWriter>),
+}
+
+impl DestinationWriter {
+    pub fn write_batch(&self, writes: &mut [(u64, &[u8])]) -> io::Result<()> {
+        match self {
+            DestinationWriter::File(w) => w.write_batch(writes),
+            DestinationWriter::Tree(w) => w.write_batch(writes),
+        }
+    }
+}
+
+impl Destination {
+    pub fn writer(&self) -> io::Result<DestinationWriter> {
+        Ok(match self {
+            Destination::File(o) => DestinationWriter::File(o.writer()?),
+            Destination::Tree(t) => DestinationWriter::Tree(t.writer()),
+        })
+    }
+
+    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
+        match self {
+            Destination::File(o) => o.hash_ahead(upto, budget),
+            Destination::Tree(t) => t.hash_ahead(upto, budget),
+        }
+    }
+
+    pub fn hashed_bytes(&self) -> u64 {
+        match self {
+            Destination::File(o) => o.hashed_bytes(),
+            Destination::Tree(t) => t.hashed_bytes(),
+        }
+    }
+
+    pub fn digest(&mut self) -> io::Result<[u8; 32]> {
+        match self {
+            Destination::File(o) => o.digest(),
+            Destination::Tree(t) => t.digest(),
+        }
+    }
+
+    /// Puts what was verified under its name; returns the path.
+    pub fn commit(self) -> io::Result<PathBuf> {
+        match self {
+            Destination::File(o) => o.commit(),
+            Destination::Tree(t) => t.commit(),
+        }
+    }
+
+    /// Where the unverified bytes are: the partial file, or the tree's
+    /// directory (its files end in `.partial` until the commit).
+    pub fn partial(&self) -> &Path {
+        match self {
+            Destination::File(o) => o.partial(),
+            Destination::Tree(t) => t.out(),
+        }
+    }
+
+    /// Removes a partial that holds nothing. A tree made nothing before its
+    /// manifest arrived, and keeps what it made after.
+    pub fn discard(self) -> io::Result<()> {
+        match self {
+            Destination::File(o) => o.discard(),
+            Destination::Tree(_) => Ok(()),
+        }
     }
 }
 

@@ -109,7 +109,8 @@ struct RawFrames {
 /// Reads the whole file into frames addressed to `opts.dst`. No receiver,
 /// so no cookie: the frames only have to reach a drop sink.
 fn build_frames(opts: &SendOptions, prep: &Prepared) -> anyhow::Result<RawFrames> {
-    let Prepared { iface, plan, src, file, file_size, .. } = prep;
+    let Prepared { iface, plan, src, input, file_size, .. } = prep;
+    let file = input.file().context("--raw sends one file's frames, not a tree")?;
     let port = std::net::UdpSocket::bind(src).context("reserving a source port")?;
     let local = port.local_addr()?;
     let dst_mac = match opts.dst_mac {

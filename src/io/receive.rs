@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::output::{Output, OutputPolicy, OutputWriter};
+use super::output::{Destination, DestinationWriter, Output, OutputPolicy};
 use super::stream_accept::PendingStreams;
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
@@ -52,6 +52,8 @@ pub struct RecvOptions {
     pub allow_from: Option<IpAddr>,
     /// Refuse files larger than this (`--max-size`).
     pub max_size: Option<u64>,
+    /// Most files and directories a tree may hold (`--max-files`).
+    pub max_files: u64,
     /// Largest UDP payload the data path takes (from the interface's MTU).
     pub max_datagram: Option<usize>,
     /// IP + UDP header bytes (28 for IPv4, 48 for IPv6).
@@ -115,6 +117,8 @@ pub struct TcpHandoff {
     /// The output path (inside `--out` when that is a directory).
     pub out: std::path::PathBuf,
     pub attrs: Option<FileAttrs>,
+    /// The session carries a tree of this shape, made beneath `out`.
+    pub tree: Option<crate::wire::message::TreeShape>,
     /// Connections already taken whose headers are still arriving: the
     /// sender's further streams may be among them.
     pub pending: PendingStreams,
@@ -145,11 +149,13 @@ struct ReceiveLoop {
     /// The sender's file mode and mtime, for the output (once the session
     /// opens; a sender that does not say leaves the defaults).
     attrs: Option<FileAttrs>,
+    /// The session carries a directory tree of this shape.
+    tree: Option<crate::wire::message::TreeShape>,
     /// A session whose file comes on the data path (not over TCP) is open.
     datagram_session: bool,
-    out: Option<Output>,
+    out: Option<Destination>,
     /// Writes into `out` from the receive queues' threads.
-    writer: Option<std::sync::Arc<OutputWriter>>,
+    writer: Option<std::sync::Arc<DestinationWriter>>,
     start: Instant,
     packets: u64,
     verified_at: Option<Instant>,
@@ -174,6 +180,7 @@ impl ReceiveLoop {
             wait_for_sender: opts.wait_for_sender,
             allow_from: opts.allow_from,
             max_file_size: opts.max_size,
+            max_files: opts.max_files,
             max_datagram: opts.max_datagram,
             ip_udp_overhead: opts.ip_udp_overhead,
             tcp_only: opts.tcp_only,
@@ -186,6 +193,7 @@ impl ReceiveLoop {
             mode: mode.to_string(),
             out_path: opts.out.clone(),
             attrs: None,
+            tree: None,
             datagram_session: false,
             out: None,
             writer: None,
@@ -278,8 +286,9 @@ impl ReceiveLoop {
     fn handle_events(&mut self, opts: &RecvOptions) {
         while let Some(ev) = self.rx.poll_event() {
             match ev {
-                Event::Start { info, peer, source, via_tcp, name, attrs } => {
+                Event::Start { info, peer, source, via_tcp, name, attrs, tree } => {
                     self.attrs = attrs;
+                    self.tree = tree;
                     self.start_session(opts, info, peer, source, via_tcp, name.as_deref())
                 }
                 Event::Verify => self.verify(),
@@ -299,7 +308,8 @@ impl ReceiveLoop {
         self.rusage_at_start = Some(crate::os::process::Rusage::of_self());
         let session = format!("{:016x}", self.rx.session_id().unwrap_or(0));
         info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
-        match super::output::output_path(&opts.out, name) {
+        let path = if self.tree.is_some() { Ok(opts.out.clone()) } else { super::output::output_path(&opts.out, name) };
+        match path {
             Ok(p) => self.out_path = p,
             Err(e) => return self.fail(e.to_string()),
         }
@@ -315,15 +325,49 @@ impl ReceiveLoop {
             let out = self.out_path.display();
             println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
         }
-        let sparse = self.attrs.and_then(|a| a.data_bytes);
-        let created = Output::create(&self.out_path, info.file_size, sparse, &source, opts.policy)
-            .and_then(|o| Ok((o.writer()?, o.with_hasher(self.rx.digest_hasher()).with_attrs(self.attrs))));
+        let created = self.create_destination(opts, &info, &source).and_then(|o| Ok((o.writer()?, o)));
         match created {
             Ok((w, o)) => {
                 self.out = Some(o);
                 self.writer = Some(std::sync::Arc::new(w));
             }
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
+        }
+    }
+
+    /// The session's output: its file, or the directory its tree goes in.
+    fn create_destination(
+        &self,
+        opts: &RecvOptions,
+        info: &crate::wire::message::SessionInfo,
+        source: &crate::wire::message::SourceId,
+    ) -> std::io::Result<Destination> {
+        let hasher = self.rx.digest_hasher();
+        if let Some(shape) = self.tree {
+            // The manifest's last chunk is held whole, with the file bytes
+            // that share it.
+            let chunk = u64::from(info.chunk_size);
+            let held = shape.manifest_len.div_ceil(chunk) * chunk;
+            let limits = crate::wire::manifest::Limits { max_entries: opts.max_files };
+            let t =
+                crate::tree::output::TreeOutput::create(&opts.out, shape, info.file_size, held, opts.policy, limits)?;
+            return Ok(Destination::Tree(t.with_hasher(hasher)));
+        }
+        let sparse = self.attrs.and_then(|a| a.data_bytes);
+        let o = Output::create(&self.out_path, info.file_size, sparse, source, opts.policy)?;
+        Ok(Destination::File(o.with_hasher(hasher).with_attrs(self.attrs)))
+    }
+
+    /// A tree's manifest is in (every write of it done): make its files,
+    /// then let the protocol take the rest.
+    fn make_tree(&mut self) {
+        let made = match self.out.as_mut() {
+            Some(Destination::Tree(t)) if !t.is_made() => t.make(),
+            _ => return,
+        };
+        match made {
+            Ok(()) => self.rx.release_hold(),
+            Err(e) => self.fail(format!("{e}")),
         }
     }
 

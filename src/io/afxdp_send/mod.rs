@@ -59,7 +59,10 @@ const UNREAD_RX_RING: u32 = 64;
 
 #[derive(Debug, Clone)]
 pub struct SendOptions {
+    /// The file, or with `tree` the first path given (it names the transfer).
     pub file: PathBuf,
+    /// A directory tree (or several paths), walked: sent as one stream.
+    pub tree: Option<std::sync::Arc<crate::tree::scan::Scanned>>,
     pub iface: String,
     /// The receiver's data address, IPv4 or IPv6.
     pub dst: SocketAddr,
@@ -116,7 +119,8 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         keys: opts.keys.clone(),
         name: super::file_name(&opts.file),
         data_ports: lanes.announced(),
-        attrs: Some(prep.attrs),
+        attrs: prep.tree.is_none().then_some(prep.attrs),
+        tree: prep.tree,
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
@@ -174,7 +178,7 @@ fn transfer(
     mut intervals: Intervals,
     lanes: &LanePorts,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, mut plan, src, file, file_size, stamp, queues, queues_note, bind, .. } = prep;
+    let Prepared { iface, mut plan, src, input, file_size, stamp, queues, queues_note, bind, tree, .. } = prep;
     let session = sender.session();
     let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
@@ -207,7 +211,7 @@ fn transfer(
     // SAFETY: `xsk`, which owns the area, outlives the scope below, and the
     // reader (and its thread, joined by the scope) lives only inside it.
     let frames = unsafe { xsk.area().writer() };
-    let mut ra = ReadAhead::new(file, plan, frames, tpl, session, cookie, file_size);
+    let mut ra = ReadAhead::new(input, plan, frames, tpl, session, cookie, file_size);
     if queues > 1 {
         ra = ra.with_lane_ports(lanes.ports.clone());
     }
@@ -219,8 +223,10 @@ fn transfer(
     }
     let meta_first_len = ra.build_first_meta()?;
     let path = &opts.file;
+    // A tree's files are checked by the input as it reads them.
+    let is_tree = tree.is_some();
     let unchanged: Unchanged<'_> =
-        Box::new(move || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
+        Box::new(move || is_tree || std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok() == Some(stamp));
     if opts.intervals {
         println!("{}", mode_line(opts, &iface.name, mode, &plan, file_size, queues));
         for note in bind.note.iter().chain(&queues_note) {
@@ -257,7 +263,9 @@ fn transfer(
         None => bail!("the transfer stopped without an outcome"),
     }
     let digest = finished.context("verified without a digest")?.digest;
-    check_unchanged(&opts.file, stamp, &digest)?;
+    if !is_tree {
+        check_unchanged(&opts.file, stamp, &digest)?;
+    }
     let per_queue = tx.queue_figures(&lanes.ports, &kicked);
     let done = Finished { mode, file_size, plan, queues, digest, verified, read_time, per_queue };
     Ok(final_report(opts, &mut tx, sender, done))

@@ -17,8 +17,9 @@ use crate::net::iface::Interface;
 use crate::net::neigh;
 use crate::proto::auth::DATA_TAG_LEN;
 use crate::proto::pacer::Rate;
+use crate::tree::input::{Input, TreeInput};
 use crate::wire::frame::IpVersion;
-use crate::wire::message::{FileAttrs, MAX_DATA_PORTS};
+use crate::wire::message::{FileAttrs, TreeShape, MAX_DATA_PORTS};
 
 /// The interface's speed from sysfs (veth says 10 Gb/s), if it knows one.
 pub(super) fn link_speed(ifname: &str) -> Option<Rate> {
@@ -31,8 +32,11 @@ pub struct Prepared {
     pub iface: Interface,
     pub plan: FramePlan,
     pub src: SocketAddr,
-    pub file: File,
+    /// The file, or a tree's stream.
+    pub input: Input,
     pub file_size: u64,
+    /// The stream is a tree's ([`crate::tree`]).
+    pub tree: Option<TreeShape>,
     /// The file's identity when opened; checked again after the transfer.
     pub stamp: FileStamp,
     /// Names the file to the receiver, which refuses to write over it.
@@ -92,13 +96,13 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
     // unprivileged user learns what is missing, and no partial is left.
     let probe = crate::afxdp::umem::UmemArea::new(64, 2048)?;
     Xsk::can_register(probe).with_context(|| format!("AF_XDP cannot run on {} here", iface.name))?;
-    let file = open_input(&opts.file, opts.direct)?;
-    let meta = file.metadata().with_context(|| format!("reading {}", opts.file.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", opts.file.display());
-    }
+    let (input, meta, tree) = open_input_of(opts)?;
+    let len = match &input {
+        Input::File(_) => meta.len(),
+        Input::Tree(t) => t.len(),
+    };
     let packet_size = opts.packet_size.unwrap_or(iface.mtu);
-    let plan = frame_plan(opts, &iface, meta.len(), packet_size, version)?;
+    let plan = frame_plan(opts, &iface, len, packet_size, version)?;
     crate::afxdp::umem::check_fits(u64::from(plan.total_frames) * u64::from(plan.frame_size))?;
     let queues = tx_queues(opts.queues, &iface)?;
     let driver = DriverZeroCopy::query(iface.index);
@@ -111,8 +115,9 @@ pub fn prepare(opts: &SendOptions) -> anyhow::Result<Prepared> {
         src: SocketAddr::new(src_ip, 0),
         iface,
         plan,
-        file,
-        file_size: meta.len(),
+        input,
+        tree,
+        file_size: len,
         stamp: FileStamp::of(&meta),
         source: crate::io::output::source_id(&meta),
         attrs: crate::io::output::file_attrs(&meta),
@@ -182,6 +187,26 @@ fn auto_queues_note(q: crate::io::QueueCount, chosen: u32, iface: &Interface) ->
 
 /// Opens the file to send, `O_DIRECT` with `direct` (a file system that
 /// refuses it says so by name).
+/// The input of `opts`: its file, or its tree's stream; with the
+/// metadata of the file (or of the tree's first path).
+fn open_input_of(opts: &super::SendOptions) -> anyhow::Result<(Input, std::fs::Metadata, Option<TreeShape>)> {
+    if let Some(scanned) = &opts.tree {
+        if opts.direct {
+            bail!("--direct reads one file; it does not apply to a tree");
+        }
+        let meta = std::fs::metadata(&opts.file).with_context(|| format!("reading {}", opts.file.display()))?;
+        let t = TreeInput::new(scanned)?;
+        let shape = t.shape();
+        return Ok((Input::Tree(t), meta, Some(shape)));
+    }
+    let file = open_input(&opts.file, opts.direct)?;
+    let meta = file.metadata().with_context(|| format!("reading {}", opts.file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", opts.file.display());
+    }
+    Ok((Input::File(file), meta, None))
+}
+
 pub(super) fn open_input(path: &std::path::Path, direct: bool) -> anyhow::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags = if direct { libc::O_DIRECT } else { 0 };

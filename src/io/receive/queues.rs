@@ -137,7 +137,14 @@ pub(super) fn run(
     let lp = shared.lp.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some((stream, header, pending)) = tcp {
         let out = lp.out_path.clone();
-        return Outcome::TcpFallback(Box::new(TcpHandoff { stream, header, out, attrs: lp.attrs, pending }));
+        return Outcome::TcpFallback(Box::new(TcpHandoff {
+            stream,
+            header,
+            out,
+            attrs: lp.attrs,
+            tree: lp.tree,
+            pending,
+        }));
     }
     let mut report = lp.report(mode, opts);
     report.per_queue = figures;
@@ -173,6 +180,12 @@ fn main_loop(
             // Verifying reads the file back.
             shared.written_up_to_now();
             lp.handle_events(opts);
+        }
+        if lp.rx.manifest_arrived() {
+            // Before any report: the sender holds the tree's files back
+            // until one shows the manifest taken.
+            shared.written_up_to_now();
+            lp.make_tree();
         }
         lp.timers_and_replies(ctrl, now, idle);
         if lp.rx.is_finished() {

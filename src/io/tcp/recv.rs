@@ -10,10 +10,11 @@ use anyhow::{bail, Context};
 use tracing::warn;
 
 use super::{TcpReport, CHUNK, PROGRESS_QUANTUM};
-use crate::io::output::{Output, OutputPolicy};
+use crate::io::output::{Destination, DestinationWriter, Output, OutputPolicy};
 use crate::io::stream_accept::PendingStreams;
 use crate::os::syscount::count as count_syscalls;
 use crate::report::{hex, human_bytes, summary_line, Intervals};
+use crate::tree::output::TreeOutput;
 use crate::wire::message::FileAttrs;
 use crate::wire::stream::{stream_range, StreamHeader, REPLY_LEN};
 
@@ -22,6 +23,10 @@ pub struct TcpReceiveOptions<'a> {
     pub out: &'a Path,
     /// The sender's file mode and mtime, from its Hello.
     pub attrs: Option<FileAttrs>,
+    /// The session carries a tree of this shape, made beneath `out`.
+    pub tree: Option<crate::wire::message::TreeShape>,
+    /// Most files and directories a tree may hold (`--max-files`).
+    pub max_files: u64,
     pub policy: OutputPolicy,
     pub timeout: Duration,
     pub intervals: bool,
@@ -157,11 +162,7 @@ pub(super) fn receive_inner(
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
     let mut socks = join_streams(first, header, opts, pending)?;
-    let sparse = opts.attrs.and_then(|a| a.data_bytes);
-    let mut output = Output::create(opts.out, size, sparse, &header.source, opts.policy)
-        .context("preparing the output")?
-        .with_hasher(hasher)
-        .with_attrs(opts.attrs);
+    let mut output = destination(opts, header, hasher).context("preparing the output")?;
     let writer = output.writer().context("preparing the output")?;
     let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
     let ranges: Vec<_> = (0..header.count).map(|i| stream_range(size, header.count, i)).collect();
@@ -179,6 +180,12 @@ pub(super) fn receive_inner(
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
             let prefix = complete_prefix(&ranges, &got);
+            if let Destination::Tree(t) = &mut output {
+                // The streams past the manifest wait for its files.
+                if !t.is_made() && t.held_complete() {
+                    t.make()?;
+                }
+            }
             output.hash_ahead(prefix, 4 << 20).context("reading the output back")?;
             intervals.tick(
                 Instant::now(),
@@ -214,6 +221,24 @@ pub(super) fn receive_inner(
     Ok(ours)
 }
 
+/// Where a TCP session's bytes go: a file, or a tree beneath `out`
+/// (the manifest held in memory until it is whole).
+fn destination(
+    opts: &TcpReceiveOptions<'_>,
+    header: &StreamHeader,
+    hasher: blake3::Hasher,
+) -> std::io::Result<Destination> {
+    let size = header.file_size;
+    if let Some(shape) = opts.tree {
+        let limits = crate::wire::manifest::Limits { max_entries: opts.max_files };
+        let t = TreeOutput::create(opts.out, shape, size, shape.manifest_len, opts.policy, limits)?;
+        return Ok(Destination::Tree(t.with_hasher(hasher)));
+    }
+    let sparse = opts.attrs.and_then(|a| a.data_bytes);
+    let o = Output::create(opts.out, size, sparse, &header.source, opts.policy)?;
+    Ok(Destination::File(o.with_hasher(hasher).with_attrs(opts.attrs)))
+}
+
 /// Bytes from the file's start that every stream has written.
 pub(super) fn complete_prefix(ranges: &[std::ops::Range<u64>], got: &[std::sync::atomic::AtomicU64]) -> u64 {
     let mut prefix = 0;
@@ -232,7 +257,7 @@ pub(super) fn complete_prefix(ranges: &[std::ops::Range<u64>], got: &[std::sync:
 pub(super) fn receive_range(
     sock: &mut TcpStream,
     range: std::ops::Range<u64>,
-    writer: &crate::io::output::OutputWriter,
+    writer: &DestinationWriter,
     got: &std::sync::atomic::AtomicU64,
     timeout: Duration,
 ) -> anyhow::Result<[u8; 32]> {

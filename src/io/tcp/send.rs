@@ -17,6 +17,8 @@ use crate::os::sys::{self};
 use crate::os::syscount::count as count_syscalls;
 use crate::proto::{Sender, SenderConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
+use crate::tree::input::{Piece, TreeInput};
+use crate::tree::scan::Scanned;
 use crate::wire::message::SessionInfo;
 use crate::wire::stream::{stream_range, StreamHeader, MAX_STREAMS, REPLY_LEN};
 
@@ -37,6 +39,64 @@ pub(super) fn hash_file(file: &File, mut h: blake3::Hasher) -> io::Result<[u8; 3
         off += n as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// What a TCP send reads: one file, or a tree's stream.
+#[derive(Clone, Copy)]
+pub(super) enum TcpInput<'a> {
+    File(&'a File),
+    Tree(&'a Scanned),
+}
+
+impl TcpInput<'_> {
+    /// The digest of the whole stream, read on its own thread.
+    fn hash(self, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
+        let tree = match self {
+            TcpInput::File(f) => return hash_file(f, h),
+            TcpInput::Tree(s) => s,
+        };
+        let mut input = TreeInput::new(tree)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0u64;
+        while off < input.len() {
+            if crate::os::signals::stop_requested() {
+                return Err(interrupted());
+            }
+            let n = input.read_vectored_at(&mut [io::IoSliceMut::new(&mut buf)], off)?;
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        input.check_open()?;
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Sends the stream's bytes in `range` as [`send_body`] does a file's:
+    /// a tree's manifest written from memory, its files each by `mode`.
+    fn send_range(
+        self,
+        mode: TcpMode,
+        range: std::ops::Range<u64>,
+        sock: &mut TcpStream,
+        progress: &mut dyn FnMut(u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let tree = match self {
+            TcpInput::File(f) => return send_body(mode, f, range, sock, progress),
+            TcpInput::Tree(s) => s,
+        };
+        let mut input = TreeInput::new(tree)?;
+        let base = range.start;
+        input.for_each_piece(range, &mut |piece, at| match piece {
+            Piece::Bytes(b) => {
+                write_all_counted(sock, b)?;
+                progress(at - base + b.len() as u64)
+            }
+            Piece::File(f, r) => {
+                let before = at - base;
+                send_body(mode, f, r, sock, &mut |done| progress(before + done))
+            }
+        })?;
+        input.check_open()
+    }
 }
 
 pub(super) fn write_all_counted(sock: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
@@ -137,7 +197,10 @@ pub(super) fn send_body(
 }
 
 pub struct TcpSendOptions {
+    /// The file, or with `tree` the first path given.
     pub file: PathBuf,
+    /// A directory tree (or several paths), walked: sent as one stream.
+    pub tree: Option<std::sync::Arc<Scanned>>,
     pub dst: SocketAddr,
     pub mode: TcpMode,
     pub timeout: Duration,
@@ -156,14 +219,18 @@ pub struct TcpSendOptions {
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let file = File::open(&opts.file).with_context(|| format!("opening {}", opts.file.display()))?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", opts.file.display());
-    }
-    let size = meta.len();
+    let (input, size, tree) = match opts.tree.as_deref() {
+        Some(scanned) => {
+            let t = TreeInput::new(scanned)?;
+            (TcpInput::Tree(scanned), t.len(), Some(t.shape()))
+        }
+        None if meta.is_file() => (TcpInput::File(&file), meta.len(), None),
+        None => bail!("{} is not a regular file", opts.file.display()),
+    };
     let count = opts.streams.clamp(1, MAX_STREAMS);
     let t_prep = Instant::now();
     let mut intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), size);
-    let (session, cookie) = admit(opts, size, &meta, &mut intervals)?;
+    let (session, cookie) = admit(opts, size, &meta, tree, &mut intervals)?;
     let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, streams = count, "transfer started");
@@ -187,7 +254,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let fds: Vec<std::os::fd::RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
     let retransmits_all = || fds.iter().map(|&fd| sys::tcp_retransmits(fd).ok()).sum::<Option<u64>>();
-    let digest = send_streams(opts, &file, size, &mut socks, &mut intervals, &retransmits_all)?;
+    let digest = send_streams(opts, input, size, &mut socks, &mut intervals, &retransmits_all)?;
     for sock in socks.iter_mut() {
         write_all_counted(sock, &digest)?;
     }
@@ -249,7 +316,7 @@ pub(super) fn connect(opts: &TcpSendOptions) -> anyhow::Result<TcpStream> {
 /// it changes meanwhile, the two can differ, and the receiver's check fails.
 pub(super) fn send_streams(
     opts: &TcpSendOptions,
-    file: &File,
+    input: TcpInput<'_>,
     size: u64,
     socks: &mut [TcpStream],
     intervals: &mut Intervals,
@@ -263,7 +330,7 @@ pub(super) fn send_streams(
     std::thread::scope(|scope| {
         let hashing = std::thread::Builder::new()
             .name("xdpblast-hash".into())
-            .spawn_scoped(scope, || hash_file(file, hasher))
+            .spawn_scoped(scope, || input.hash(hasher))
             .context("starting the hashing thread")?;
         let (first, rest) = socks.split_first_mut().context("no stream")?;
         let mut senders = Vec::new();
@@ -273,7 +340,7 @@ pub(super) fn send_streams(
             let h = std::thread::Builder::new()
                 .name(format!("xdpblast-tcp{}", i + 1))
                 .spawn_scoped(scope, move || {
-                    send_body(opts.mode, file, range, sock, &mut |done| {
+                    input.send_range(opts.mode, range, sock, &mut |done| {
                         others.fetch_add(done - last, std::sync::atomic::Ordering::Relaxed);
                         last = done;
                         if crate::os::signals::stop_requested() {
@@ -302,7 +369,8 @@ pub(super) fn send_streams(
             }
             Ok(())
         };
-        send_body(opts.mode, file, stream_range(size, count, 0), first, &mut report_progress)
+        input
+            .send_range(opts.mode, stream_range(size, count, 0), first, &mut report_progress)
             .with_context(|| format!("sending over {}", opts.mode.name()))?;
         for (i, h) in senders.into_iter().enumerate() {
             h.join()
@@ -357,6 +425,7 @@ pub(super) fn admit(
     opts: &TcpSendOptions,
     size: u64,
     meta: &std::fs::Metadata,
+    tree: Option<crate::wire::message::TreeShape>,
     intervals: &mut Intervals,
 ) -> anyhow::Result<(u64, u64)> {
     let ctrl_peer = SocketAddr::new(opts.dst.ip(), crate::io::control::control_port(opts.dst.port())?);
@@ -369,7 +438,8 @@ pub(super) fn admit(
     let cfg = SenderConfig {
         timeout: opts.timeout,
         source: crate::io::output::source_id(meta),
-        attrs: Some(crate::io::output::file_attrs(meta)),
+        attrs: tree.is_none().then(|| crate::io::output::file_attrs(meta)),
+        tree,
         via_tcp: true,
         keys: opts.keys.clone(),
         name: crate::io::file_name(&opts.file),
