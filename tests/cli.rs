@@ -24,7 +24,9 @@ fn run_in(veth: &Veth, args: &[&str]) -> (Output, Duration) {
 }
 
 /// Row 2 (and row 1's device): a FIFO blocked the open for 616 s, ignoring
-/// INT and TERM. Now `stat` refuses anything but a regular file first.
+/// INT and TERM. Now `stat` refuses anything but a regular file or a
+/// directory first (a FIFO inside a directory is skipped unopened:
+/// `tree::scan`'s test).
 #[test]
 fn a_fifo_or_a_device_is_refused_before_it_is_opened() {
     let veth = Veth::new();
@@ -34,12 +36,9 @@ fn a_fifo_or_a_device_is_refused_before_it_is_opened() {
     assert!(st.success());
     let fifo = fifo.to_str().expect("utf-8");
     let dst = format!("{RX_IP}:9000");
-    for (input, mode, kind) in [
-        (fifo, "sendfile", "a FIFO"),
-        (fifo, "auto", "a FIFO"),
-        ("/dev/zero", "sendfile", "a character device"),
-        ("/tmp", "afxdp", "a directory"),
-    ] {
+    for (input, mode, kind) in
+        [(fifo, "sendfile", "a FIFO"), (fifo, "auto", "a FIFO"), ("/dev/zero", "sendfile", "a character device")]
+    {
         let (out, took) = run_in(&veth, &["send", input, "--mode", mode, "--iface", &veth.tx_if, "--dst", &dst]);
         assert!(!out.status.success(), "{input} --mode {mode} must fail");
         assert!(stderr(&out).contains(&format!("it is {kind}")), "{input}: {}", stderr(&out));

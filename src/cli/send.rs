@@ -55,7 +55,7 @@ pub(crate) fn check_input(path: &std::path::Path) -> anyhow::Result<()> {
     } else {
         "not a regular file"
     };
-    bail!("cannot send {}: it is {kind}; xdpblast sends regular files", path.display())
+    bail!("cannot send {}: it is {kind}; xdpblast sends regular files and directories", path.display())
 }
 
 /// Says before the handshake when the input's name is one a receiver

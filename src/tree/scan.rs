@@ -149,12 +149,15 @@ mod tests {
         std::fs::write(root.join("sub/b"), b"bb").unwrap();
         std::fs::write(root.join("a"), b"a").unwrap();
         std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        // Never opened (an open would block): skipped by its type.
+        nix::unistd::mkfifo(&root.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let s = scan(std::slice::from_ref(&root)).unwrap();
         let paths: Vec<_> = s.manifest.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["data", "data/a", "data/sub", "data/sub/b", "data/sub/empty"]);
         assert_eq!(s.manifest.data_bytes(), 3);
-        assert_eq!(s.skipped.len(), 1);
+        assert_eq!(s.skipped.len(), 2);
         assert!(s.skipped[0].1.contains("symbolic link"));
+        assert_eq!(s.skipped[1].1, "a FIFO");
         // What it lists, the receiver's parser takes.
         let lim = crate::wire::manifest::Limits { max_entries: 10 };
         assert_eq!(Manifest::parse(&s.manifest.encode(), lim).unwrap(), s.manifest);
