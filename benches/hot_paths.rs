@@ -64,6 +64,7 @@ fn receive_path(c: &mut Criterion) {
             data_ports: xdpblast::wire::message::DataPorts::NONE,
             attrs: None,
             tree: None,
+            resume_from: None,
         }
         .encode(cookie),
     );
@@ -128,7 +129,8 @@ fn transmit_schedule(c: &mut Criterion) {
     for opened in [false, true] {
         tx.on_control(
             now,
-            &Message::HelloAck { session: 1, delay_us: 0, opened, tcp_only: false, max_datagram: 0 }.encode(7),
+            &Message::HelloAck { session: 1, delay_us: 0, opened, tcp_only: false, max_datagram: 0, resume: None }
+                .encode(7),
         )
         .expect("ack");
     }

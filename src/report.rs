@@ -67,6 +67,9 @@ pub struct Intervals {
     total: u64,
     every: Duration,
     header_printed: bool,
+    /// Bytes an interrupted transfer had delivered: they count as done,
+    /// not as moved, so rates and the ETA are of what moves now.
+    resumed: u64,
 }
 
 /// What one interval line shows.
@@ -133,7 +136,14 @@ impl Intervals {
             total,
             every: Duration::from_secs(1),
             header_printed: false,
+            resumed: 0,
         }
+    }
+
+    /// The transfer resumes with `bytes` already delivered.
+    pub fn resumed(&mut self, bytes: u64) {
+        self.resumed = bytes;
+        self.last_bytes = self.last_bytes.max(bytes);
     }
 
     pub fn base(&self) -> Instant {
@@ -191,7 +201,7 @@ impl Intervals {
         phase: &'a str,
     ) -> IntervalLine<'a> {
         let (t0, t1) = (self.at(self.last), self.at(now));
-        let rate_so_far = bytes as f64 / t1.max(1e-9);
+        let rate_so_far = bytes.saturating_sub(self.resumed) as f64 / t1.max(1e-9);
         let left = self.total.saturating_sub(bytes);
         let line = IntervalLine {
             t0,
@@ -200,7 +210,7 @@ impl Intervals {
             retransmits: retransmits.map(|r| r.saturating_sub(self.last_retransmits)),
             done: bytes,
             total: self.total,
-            eta_s: (bytes > 0).then(|| left as f64 / rate_so_far),
+            eta_s: (bytes > self.resumed).then(|| left as f64 / rate_so_far),
             phase,
         };
         self.last = now;

@@ -605,6 +605,7 @@ fn a4_a_strangers_hello_holds_no_disk_after_the_session() {
                 data_ports: xdpblast::wire::message::DataPorts::NONE,
                 attrs: None,
                 tree: None,
+                resume_from: None,
             }
             .encode(cookie)
         };

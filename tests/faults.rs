@@ -69,17 +69,18 @@ fn sender_killed_mid_transfer_receiver_times_out_and_keeps_partial() {
     assert!(!out.exists(), "PATH must not exist after a failed transfer");
     assert!(partial.exists(), "the data received must stay at PATH.partial");
     assert_eq!(report["path"].as_str(), partial.to_str());
-    // Row 10: it says the partial will not be resumed, and the next transfer
-    // to the path says it replaces it (before: "what arrived is kept", and
-    // the next run deleted it silently).
-    assert!(log.contains("does not resume yet"), "{log}");
+    // It says what the next run does with the partial (tests/resume.rs
+    // resumes it); --no-resume replaces it, and leaves no journal behind.
+    assert!(log.contains("resumes there (recv --no-resume starts over)"), "{log}");
+    assert!(dir.path().join("out.bin.partial.journal").exists());
     wait_detached(&veth);
-    let rx = veth.start_receiver(&out, &[]);
+    let rx = veth.start_receiver(&out, &["--no-resume"]);
     let sent = veth.send(&file, &[]);
     let (ok, _, log) = rx.finish();
     assert!(ok && sent.status.success(), "{log}");
-    assert!(log.contains("replaced a partial file left by an earlier transfer"), "{log}");
+    assert_eq!(json(&sent)["resumed_bytes"], 0);
     assert!(same_file(&file, &out));
+    assert!(!dir.path().join("out.bin.partial.journal").exists(), "the journal outlived the transfer");
     wait_detached(&veth);
 }
 

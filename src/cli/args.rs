@@ -259,6 +259,11 @@ pub(crate) struct SendArgs {
     /// much the receiver loses.
     #[arg(long, conflicts_with = "raw")]
     pub(crate) no_adapt: bool,
+    /// Send the whole file even where the receiver holds part of it from
+    /// an interrupted transfer. By default that part is checked (both ends
+    /// hash it) and, where it is ours, not sent again.
+    #[arg(long)]
+    pub(crate) no_resume: bool,
     /// Raw mode: send the preloaded frames round and round for --duration
     /// seconds, with no protocol and no receiver (measure against a drop sink,
     /// e.g. `xdpblast sink` on the peer).
@@ -338,6 +343,12 @@ pub(crate) struct RecvArgs {
     /// Refuse to replace an existing PATH (checked at start and at the rename).
     #[arg(long)]
     pub(crate) no_clobber: bool,
+    /// Start over instead of resuming. By default an interrupted transfer's
+    /// PATH.partial and its journal (PATH.partial.journal) are kept, and the
+    /// same transfer run again moves only what is missing, once both ends
+    /// have checked that the bytes kept are the source's.
+    #[arg(long)]
+    pub(crate) no_resume: bool,
     /// Take only a sender holding the pre-shared key in PATH (`xdpblast
     /// keygen`).
     #[arg(long, value_name = "PATH")]

@@ -74,8 +74,9 @@ fn receive_one(
     let report = match outcome {
         Outcome::Done(r) => r,
         Outcome::TcpFallback(handoff) => {
-            let receive::TcpHandoff { stream, header, out, attrs, tree, pending } = *handoff;
+            let receive::TcpHandoff { stream, header, out, attrs, tree, pending, prepared, resumed_from } = *handoff;
             let topts = tcp::TcpReceiveOptions {
+                resumed_from,
                 out: &out,
                 attrs,
                 tree,
@@ -86,7 +87,7 @@ fn receive_one(
                 keys: opts.keys.clone(),
                 listener: Some(listener),
             };
-            let report = tcp::receive(stream, &header, &topts, pending);
+            let report = tcp::receive(stream, &header, &topts, pending, prepared);
             return finish_tcp(report, a.json);
         }
     };
@@ -96,8 +97,7 @@ fn receive_one(
     if let Some(e) = &report.error {
         match &report.path {
             Some(p) => eprintln!(
-                "xdpblast: error: {e}; the {} that arrived are at {p}, but xdpblast does not resume yet: the next transfer to this path starts over and replaces it",
-                xdpblast::report::human_bytes(report.summary.bytes)
+                "xdpblast: error: {e}; what arrived is kept at {p}: the same transfer run again resumes there (recv --no-resume starts over)"
             ),
             None => eprintln!("xdpblast: error: {e}; nothing was written"),
         }
@@ -131,6 +131,7 @@ fn recv_options(
         max_datagram: mtu.map(|mtu| (mtu as usize).saturating_sub(ip_udp_overhead)),
         ip_udp_overhead,
         tcp_only: a.mode() == RecvMode::Tcp,
+        no_resume: a.no_resume,
         intervals,
     })
 }

@@ -271,6 +271,7 @@ fn send_options(
         adapt: !a.raw && (a.adapt || (a.rate.is_none() && !a.no_adapt)),
         intervals: human,
         progress: a.progress,
+        no_resume: a.no_resume,
     })
 }
 
@@ -309,6 +310,7 @@ pub(crate) fn send_tcp(
         keys,
         fallback_reason,
         streams: a.streams as u16,
+        no_resume: a.no_resume,
     };
     let report = tcp::send(&opts)?;
     if a.json {

@@ -421,6 +421,7 @@ mod tests {
                 match ev {
                     Event::Start { info, .. } => *out = vec![0; info.file_size as usize],
                     Event::Verify => rx.verified(now, *blake3::hash(out).as_bytes()),
+                    Event::Resumed { .. } => unreachable!("nothing is offered"),
                 }
             }
         };

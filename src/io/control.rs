@@ -114,6 +114,48 @@ pub fn service(sender: &mut Sender, ctrl: &mut Control, now: Instant, peer: Sock
     Ok(())
 }
 
+/// Answers the receiver's offer to resume, if one waits: its first `from`
+/// bytes' digest against ours (`prefix_digest`), or start over when they
+/// differ or `refuse` (`send --no-resume`). Says which (`print`: on
+/// standard output too, with the interval lines).
+pub fn answer_resume(
+    sender: &mut Sender,
+    now: Instant,
+    refuse: bool,
+    print: bool,
+    prefix_digest: &mut dyn FnMut(u64) -> std::io::Result<[u8; 32]>,
+) -> anyhow::Result<()> {
+    let Some((from, theirs)) = sender.resume_offer() else { return Ok(()) };
+    let size = sender.info().file_size;
+    let (what, total) = (crate::report::human_bytes(from), crate::report::human_bytes(size));
+    let accept = if refuse {
+        tracing::warn!(
+            "the receiver holds the first {what} of {total} from an interrupted transfer; --no-resume: starting over"
+        );
+        false
+    } else {
+        let ours = prefix_digest(from)
+            .map_err(|e| anyhow::anyhow!("reading the input to check the receiver's partial: {e}"))?;
+        // Compared in constant time by the library.
+        let same = blake3::Hash::from(ours) == blake3::Hash::from(theirs);
+        if same {
+            tracing::info!(
+                "resuming: the receiver holds the first {what} of {total}, the same as ours; sending the rest"
+            );
+            if print {
+                println!("Resuming: the receiver holds the first {what} of {total} (checked); sending the rest");
+            }
+        } else {
+            tracing::warn!(
+                "the receiver's partial copy differs from the first {what} of ours (the input changed since the interrupted transfer); starting over"
+            );
+        }
+        same
+    };
+    sender.answer_resume(now, accept);
+    Ok(())
+}
+
 /// How long the receiver's control port may answer "closed" (ICMP port
 /// unreachable) before the handshake gives up: a receiver started together
 /// with the sender is up well within it.

@@ -9,9 +9,11 @@
 pub mod afxdp_recv;
 pub mod afxdp_send;
 pub mod control;
+pub mod journal;
 pub mod output;
 pub mod raw_send;
 pub mod receive;
+pub mod resume;
 pub mod sink;
 pub mod stream_accept;
 pub mod tcp;

@@ -325,10 +325,7 @@ impl Output {
         refuse_own_input(&partial, source)?;
         check_target(path, policy)?;
         match std::fs::remove_file(&partial) {
-            Ok(()) => warn!(
-                path = %partial.display(),
-                "replaced a partial file left by an earlier transfer (xdpblast does not resume yet)"
-            ),
+            Ok(()) => info!(path = %partial.display(), "replaced a partial file left by an earlier transfer"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).doing(|| format!("removing the old {}", partial.display())),
         }
@@ -346,20 +343,64 @@ impl Output {
             return Err(e);
         }
         info!(path = %partial.display(), bytes = len, "output reserved");
-        Ok(Output {
+        Ok(Output::over(path, partial, file, len, sparse.is_some(), policy))
+    }
+
+    fn over(path: &Path, partial: PathBuf, file: File, len: u64, sparse: bool, policy: OutputPolicy) -> Output {
+        Output {
             path: path.to_path_buf(),
             partial,
             policy,
             file,
             len,
-            sparse: sparse.is_some(),
+            sparse,
             hasher: blake3::Hasher::new(),
             hashed: 0,
             synced: 0,
             dropped: crate::os::process::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
             buf: vec![0u8; 1 << 20],
             attrs: None,
-        })
+        }
+    }
+
+    /// Opens the `PATH.partial` an interrupted transfer of the same `len`
+    /// bytes left, to resume it: only a regular file of this user's, with
+    /// one link and that length (what [`Output::create`] made), is taken;
+    /// anything else is an error and the caller starts over.
+    pub fn reopen(path: &Path, len: u64, sparse: bool, source: &SourceId, policy: OutputPolicy) -> io::Result<Output> {
+        let partial = partial_path(path);
+        refuse_own_input(path, source)?;
+        refuse_own_input(&partial, source)?;
+        check_target(path, policy)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&partial)
+            .doing(|| format!("opening {}", partial.display()))?;
+        let m = file.metadata()?;
+        if !m.is_file() || m.uid() != nix::unistd::geteuid().as_raw() || m.nlink() != 1 || m.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not the partial file an earlier transfer left", partial.display()),
+            ));
+        }
+        Ok(Output::over(path, partial, file, len, sparse, policy))
+    }
+
+    /// The digest of what was hashed so far, and how far that is: what a
+    /// journal records and a resume offers.
+    pub fn prefix_digest(&self) -> (u64, [u8; 32]) {
+        (self.hashed, *self.hasher.clone().finalize().as_bytes())
+    }
+
+    /// Hashes again from the start with `hasher`: the bytes hashed so far
+    /// were not the sender's (a resume it refused) and will be written
+    /// again.
+    pub fn restart_digest(&mut self, hasher: blake3::Hasher) {
+        self.hasher = hasher;
+        self.hashed = 0;
+        self.synced = 0;
     }
 
     /// Gives the committed file the sender's mode (masked by our umask) and
@@ -594,6 +635,13 @@ impl Destination {
         match self {
             Destination::File(o) => o.partial(),
             Destination::Tree(t) => t.out(),
+        }
+    }
+
+    pub fn prefix_digest(&self) -> (u64, [u8; 32]) {
+        match self {
+            Destination::File(o) => o.prefix_digest(),
+            Destination::Tree(t) => t.prefix_digest(),
         }
     }
 

@@ -16,7 +16,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::output::{Destination, DestinationWriter, Output, OutputPolicy};
+use super::output::{Destination, DestinationWriter, OutputPolicy};
+use super::resume::{Journaling, OutputPlan};
 use super::stream_accept::PendingStreams;
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
@@ -60,6 +61,8 @@ pub struct RecvOptions {
     pub ip_udp_overhead: usize,
     /// Take files over TCP only (`recv --mode tcp`).
     pub tcp_only: bool,
+    /// Replace an interrupted transfer's output instead of resuming it.
+    pub no_resume: bool,
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
     pub intervals: bool,
@@ -73,6 +76,8 @@ pub struct RecvReport {
     /// that left one, none when nothing was written.
     pub path: Option<String>,
     pub nacks_sent: u64,
+    /// Bytes an interrupted transfer had delivered, kept and not sent again.
+    pub resumed_bytes: u64,
     pub dropped: DropCounts,
     pub error: Option<String>,
     /// The transfer phase runs from the session's Hello to the verdict
@@ -122,6 +127,11 @@ pub struct TcpHandoff {
     /// Connections already taken whose headers are still arriving: the
     /// sender's further streams may be among them.
     pub pending: PendingStreams,
+    /// The output prepared when the session opened (an interrupted
+    /// transfer's, when it resumes), and its journal.
+    pub prepared: Option<(Destination, Journaling)>,
+    /// Where the stream resumes (0: from the start).
+    pub resumed_from: u64,
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
@@ -151,6 +161,10 @@ struct ReceiveLoop {
     attrs: Option<FileAttrs>,
     /// The session carries a directory tree of this shape.
     tree: Option<crate::wire::message::TreeShape>,
+    /// The open session's description, its input's identity and name.
+    opened: Option<(crate::wire::message::SessionInfo, crate::wire::message::SourceId, Option<String>)>,
+    /// The output's journal, for resuming if this transfer is interrupted.
+    journal: Option<Journaling>,
     /// A session whose file comes on the data path (not over TCP) is open.
     datagram_session: bool,
     out: Option<Destination>,
@@ -194,6 +208,8 @@ impl ReceiveLoop {
             out_path: opts.out.clone(),
             attrs: None,
             tree: None,
+            opened: None,
+            journal: None,
             datagram_session: false,
             out: None,
             writer: None,
@@ -221,7 +237,14 @@ impl ReceiveLoop {
         if self.rx.stats().first_data.is_some() || matches!(self.rx.outcome(), Some(Ok(_))) {
             return;
         }
+        // An interrupted transfer's output holds what it held.
+        if self.out.as_ref().is_some_and(|o| o.prefix_digest().0 > 0) {
+            return;
+        }
         let Some(o) = self.out.take() else { return };
+        if let Some(j) = self.journal.as_mut() {
+            let _ = j.stop();
+        }
         let partial = o.partial().to_path_buf();
         self.writer = None;
         match o.discard() {
@@ -291,9 +314,78 @@ impl ReceiveLoop {
                     self.tree = tree;
                     self.start_session(opts, info, peer, source, via_tcp, name.as_deref())
                 }
+                Event::Resumed { from } => self.resumed(opts, from),
                 Event::Verify => self.verify(),
             }
         }
+    }
+
+    /// What a receiver knows of the open session's output.
+    fn plan<'a>(&'a self, opts: &'a RecvOptions) -> Option<OutputPlan<'a>> {
+        let (info, source, name) = self.opened.as_ref()?;
+        // On the datagram path, a tree's manifest's last chunk is held
+        // whole, with the file bytes that share it.
+        let held_len = match (self.tree, self.datagram_session) {
+            (Some(t), true) => t.manifest_len.div_ceil(u64::from(info.chunk_size)) * u64::from(info.chunk_size),
+            (Some(t), false) => t.manifest_len,
+            (None, _) => 0,
+        };
+        Some(OutputPlan {
+            path: &self.out_path,
+            info: *info,
+            source: *source,
+            attrs: self.attrs,
+            tree: self.tree,
+            name: name.as_deref(),
+            held_len,
+            policy: opts.policy,
+            max_files: opts.max_files,
+            keys: opts.keys.as_ref(),
+            no_resume: opts.no_resume,
+        })
+    }
+
+    /// The sender answered our resume offer.
+    fn resumed(&mut self, opts: &RecvOptions, from: u64) {
+        let (Some(mut out), Some(mut journal)) = (self.out.take(), self.journal.take()) else { return };
+        let r = match self.plan(opts) {
+            Some(plan) => super::resume::settled(&plan, &mut out, &mut journal, from),
+            None => Ok(()),
+        };
+        if opts.intervals && from > 0 && self.datagram_session {
+            let size = self.rx.info().map_or(0, |i| i.file_size);
+            println!("Resuming: {} of {} already here and verified", human_bytes(from), human_bytes(size));
+        }
+        self.intervals.resumed(from);
+        let writer = out.writer();
+        self.out = Some(out);
+        self.journal = Some(journal);
+        match (r, writer) {
+            (Ok(()), Ok(w)) => self.writer = Some(std::sync::Arc::new(w)),
+            (Err(e), _) | (_, Err(e)) => self.fail(format!("cannot prepare the output: {e}")),
+        }
+    }
+
+    /// Brings the journal up to date with what is verified (`force`: now).
+    fn record_journal(&mut self, force: bool) {
+        if let (Some(j), Some(o)) = (self.journal.as_mut(), self.out.as_ref()) {
+            j.record(o, force);
+        }
+    }
+
+    /// A transfer that failed with data in: hash what is in order, and
+    /// record it, so the next run resumes from there.
+    fn record_before_exit(&mut self) {
+        if matches!(self.rx.outcome(), Some(Ok(_))) {
+            return;
+        }
+        let upto = self.rx.contiguous_bytes();
+        if let Some(o) = self.out.as_mut() {
+            if let Err(e) = o.hash_ahead(upto, u64::MAX) {
+                warn!("reading the output back for its journal: {e}");
+            }
+        }
+        self.record_journal(true);
     }
 
     fn start_session(
@@ -306,6 +398,7 @@ impl ReceiveLoop {
         name: Option<&str>,
     ) {
         self.rusage_at_start = Some(crate::os::process::Rusage::of_self());
+        self.opened = Some((info, source, name.map(str::to_string)));
         let session = format!("{:016x}", self.rx.session_id().unwrap_or(0));
         info!(%peer, session, bytes = info.file_size, chunks = info.n_chunks, chunk_size = info.chunk_size, via_tcp, "session opened");
         let path = if self.tree.is_some() { Ok(opts.out.clone()) } else { super::output::output_path(&opts.out, name) };
@@ -313,59 +406,48 @@ impl ReceiveLoop {
             Ok(p) => self.out_path = p,
             Err(e) => return self.fail(e.to_string()),
         }
-        if via_tcp {
-            // The file comes over TCP: the output is made once the stream
-            // shows up with this session's cookie.
-            return;
+        if !via_tcp {
+            // The receiver's lines count from the session's opening (a
+            // file over TCP prints its own).
+            self.datagram_session = true;
+            self.intervals = Intervals::new(opts.intervals, Instant::now(), info.file_size);
+            if opts.intervals {
+                let out = self.out_path.display();
+                println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
+            }
         }
-        // The receiver's lines count from the session's opening.
-        self.datagram_session = true;
-        self.intervals = Intervals::new(opts.intervals, Instant::now(), info.file_size);
-        if opts.intervals {
-            let out = self.out_path.display();
-            println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
-        }
-        let created = self.create_destination(opts, &info, &source).and_then(|o| Ok((o.writer()?, o)));
-        match created {
-            Ok((w, o)) => {
-                self.out = Some(o);
+        // Over TCP too: what an interrupted transfer left is offered before
+        // the session's answer goes out.
+        let Some(plan) = self.plan(opts) else { return };
+        let prepared = super::resume::prepare(&plan).and_then(|p| Ok((p.dest.writer()?, p)));
+        match prepared {
+            Ok((w, p)) => {
+                if let Some((from, hash)) = p.offer {
+                    self.rx.offer_resume(from, hash);
+                }
+                self.out = Some(p.dest);
+                self.journal = Some(p.journal);
                 self.writer = Some(std::sync::Arc::new(w));
             }
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }
     }
 
-    /// The session's output: its file, or the directory its tree goes in.
-    fn create_destination(
-        &self,
-        opts: &RecvOptions,
-        info: &crate::wire::message::SessionInfo,
-        source: &crate::wire::message::SourceId,
-    ) -> std::io::Result<Destination> {
-        let hasher = self.rx.digest_hasher();
-        if let Some(shape) = self.tree {
-            // The manifest's last chunk is held whole, with the file bytes
-            // that share it.
-            let chunk = u64::from(info.chunk_size);
-            let held = shape.manifest_len.div_ceil(chunk) * chunk;
-            let limits = crate::wire::manifest::Limits { max_entries: opts.max_files };
-            let t =
-                crate::tree::output::TreeOutput::create(&opts.out, shape, info.file_size, held, opts.policy, limits)?;
-            return Ok(Destination::Tree(t.with_hasher(hasher)));
-        }
-        let sparse = self.attrs.and_then(|a| a.data_bytes);
-        let o = Output::create(&self.out_path, info.file_size, sparse, source, opts.policy)?;
-        Ok(Destination::File(o.with_hasher(hasher).with_attrs(self.attrs)))
-    }
-
     /// A tree's manifest is in (every write of it done): make its files,
-    /// then let the protocol take the rest.
+    /// start its journal, then let the protocol take the rest. A resumed
+    /// tree was made from its journal already: its hold ends here, once
+    /// the sender has settled where the stream resumes.
     fn make_tree(&mut self) {
         let made = match self.out.as_mut() {
-            Some(Destination::Tree(t)) if !t.is_made() => t.make(),
+            Some(Destination::Tree(t)) if t.is_made() => return self.rx.release_hold(),
+            Some(Destination::Tree(t)) => t.make().map(|()| t.manifest_bytes().unwrap_or_default()),
             _ => return,
         };
-        match made {
+        let started = made.and_then(|manifest| match self.journal.as_mut() {
+            Some(j) => j.start(manifest),
+            None => Ok(()),
+        });
+        match started {
             Ok(()) => self.rx.release_hold(),
             Err(e) => self.fail(format!("{e}")),
         }
@@ -390,6 +472,12 @@ impl ReceiveLoop {
         } else {
             warn!(partial = %o.partial().display(), "digest mismatch; output left as partial");
         }
+        // Committed, or not worth resuming: its bytes are not the sender's.
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.stop() {
+                warn!("removing the journal {}: {e}", j.path().display());
+            }
+        }
         self.verified_at = Some(Instant::now());
         self.rx.verified(Instant::now(), digest);
     }
@@ -411,12 +499,14 @@ impl ReceiveLoop {
         }
         // A file that comes over TCP prints its own lines (`tcp::receive`).
         if let (Some(size), true) = (self.rx.info().map(|i| i.file_size), self.datagram_session) {
-            let phase = if self.rx.stats().bytes >= size { "verifying" } else { "" };
-            self.intervals.tick(now, self.rx.stats().bytes, None, phase);
+            let done = self.rx.stats().bytes + self.rx.stats().resumed_bytes;
+            let phase = if done >= size { "verifying" } else { "" };
+            self.intervals.tick(now, done, None, phase);
         }
     }
 
     fn report(mut self, mode: &str, opts: &RecvOptions) -> RecvReport {
+        self.record_before_exit();
         self.discard_if_nothing_arrived();
         let rx = &self.rx;
         let first = rx.stats().first_data.unwrap_or(self.start);
@@ -471,6 +561,7 @@ impl ReceiveLoop {
             },
             path,
             nacks_sent: rx.stats().nacks_sent,
+            resumed_bytes: rx.stats().resumed_bytes,
             dropped: rx.stats().drops.clone(),
             error,
             process: crate::report::ProcessFigures::now(&self.rusage_at_start.unwrap_or_default()),

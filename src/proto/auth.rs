@@ -67,6 +67,7 @@ pub struct Keys {
     to_sender: Key,
     digest: Key,
     data: Key,
+    journal: Key,
 }
 
 /// The key that tags one session's data frames (and, encrypted, seals
@@ -120,6 +121,7 @@ impl Keys {
             to_sender: blake3::derive_key("xdpblast 2026-11 MAC, receiver to sender", key),
             digest: blake3::derive_key("xdpblast 2026-11 whole-file digest", key),
             data: blake3::derive_key("xdpblast 2026-12 data frame session key", key),
+            journal: blake3::derive_key("xdpblast 2026-12 resume journal seal", key),
         }
     }
 
@@ -127,6 +129,12 @@ impl Keys {
     /// the key can announce a digest that a file will match.
     pub fn digest_hasher(&self) -> blake3::Hasher {
         blake3::Hasher::new_keyed(&self.digest)
+    }
+
+    /// The hasher that seals a receiver's resume journal
+    /// ([`crate::io::journal`]): one written under another key is refused.
+    pub fn journal_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.journal)
     }
 
     /// The key of one session's data frames. Both ends' random values go

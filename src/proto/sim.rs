@@ -127,6 +127,12 @@ struct Sim {
     /// chunk it names, arriving before the sender's repair.
     forge_repairs: bool,
     forged: u64,
+    /// What the receiver holds from an interrupted transfer: the stream's
+    /// first bytes, offered at the session's start (as a driver whose
+    /// journal matched would), and answered by the sender from its file.
+    partial: Option<Vec<u8>>,
+    /// Where the stream resumed, as each end saw it settle.
+    resumed: (Option<u64>, u64),
 }
 
 struct Outcome {
@@ -143,6 +149,10 @@ struct Outcome {
     forged_dropped: u64,
     /// Virtual time from the start until both ends finished.
     elapsed: Duration,
+    /// Data frames the first pass posted.
+    first_pass: u64,
+    /// Where the stream resumed: the receiver's event, the sender's view.
+    resumed: (Option<u64>, u64),
 }
 
 impl Sim {
@@ -176,6 +186,8 @@ impl Sim {
             keys: None,
             forge_repairs: false,
             forged: 0,
+            partial: None,
+            resumed: (None, 0),
         };
         s.file = (0..size).map(|_| s.next_u64() as u8).collect();
         s
@@ -327,7 +339,12 @@ impl Sim {
                 Event::Start { info, peer, .. } => {
                     assert_eq!(peer, SENDER);
                     self.out = vec![0; info.file_size as usize];
+                    if let Some(p) = &self.partial {
+                        self.out[..p.len()].copy_from_slice(p);
+                        rx.offer_resume(p.len() as u64, *blake3::hash(p).as_bytes());
+                    }
                 }
+                Event::Resumed { from } => self.resumed.0 = Some(from),
                 Event::Verify => {
                     let d = *blake3::hash(&self.out).as_bytes();
                     rx.verified(self.now, d);
@@ -363,6 +380,11 @@ impl Sim {
             if let Some(slots) = self.slots {
                 let readable = (tx.stats.peer_prefix + slots).min(info.n_chunks);
                 tx.set_readable(readable.saturating_sub(slots), readable, readable < info.n_chunks);
+            }
+            // The sender's driver checks an offer against its file.
+            if let Some((from, theirs)) = tx.resume_offer() {
+                let ours = *blake3::hash(&self.file[..from as usize]).as_bytes();
+                tx.answer_resume(self.now, ours == theirs);
             }
             // Sender: control, then frames.
             while let Some(c) = tx.poll_control(self.now) {
@@ -404,6 +426,8 @@ impl Sim {
             forged: self.forged,
             forged_dropped: rx.stats().drops.get(receiver::DropReason::BadSeal),
             elapsed: self.now - start,
+            first_pass: tx.stats.first_pass,
+            resumed: (self.resumed.0, tx.resumed_from()),
         }
     }
 }
@@ -447,6 +471,47 @@ fn loss_on_data_path_is_repaired() {
         );
         assert_eq!(o.duplicates, 0, "seed {seed}: a repair arrived twice");
     }
+}
+
+/// Resuming: a receiver holding the file's first 60 % (cut mid-chunk)
+/// offers it; the sender, whose first 60 % is the same, sends only the
+/// chunks from the one the cut falls in, under loss on both paths.
+#[test]
+fn a_verified_prefix_is_not_sent_again() {
+    for seed in 1..4 {
+        let mut sim = Sim::new(1_000_000, 1000, seed);
+        sim.data_faults.loss = 0.02;
+        sim.ctrl_faults.loss = 0.1;
+        sim.partial = Some(sim.file[..600_500].to_vec());
+        let file = sim.file.clone();
+        let o = sim.run();
+        assert_delivered(&o, &file);
+        assert_eq!(o.resumed, (Some(600_500), 600_500), "seed {seed}");
+        assert_eq!(o.first_pass, 1000 - 600, "seed {seed}: the first pass starts at chunk 600");
+    }
+    // All of it: nothing to send but the digest.
+    let mut sim = Sim::new(100_000, 1000, 5);
+    sim.partial = Some(sim.file.clone());
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert_eq!((o.resumed, o.first_pass), ((Some(100_000), 100_000), 0));
+}
+
+/// A partial that is not the sender's (the file changed in place since):
+/// the sender refuses the offer, the whole file goes, and the output is
+/// the new file, not a mix.
+#[test]
+fn a_partial_of_another_file_starts_over() {
+    let mut sim = Sim::new(500_000, 1000, 9);
+    let mut stale = sim.file[..300_000].to_vec();
+    stale[123_456] ^= 0x40;
+    sim.partial = Some(stale);
+    let file = sim.file.clone();
+    let o = sim.run();
+    assert_delivered(&o, &file);
+    assert_eq!(o.resumed, (Some(0), 0));
+    assert_eq!(o.first_pass, 500);
 }
 
 #[test]
@@ -643,7 +708,8 @@ fn hostile_datagrams_are_dropped_and_counted() {
         (SENDER, Message::Data { session: 1, chunk: 2, payload: &data[..1000] }.encode(k), DropReason::BadLength),
         (
             SENDER,
-            Message::HelloAck { session: 1, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }.encode(k),
+            Message::HelloAck { session: 1, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0, resume: None }
+                .encode(k),
             DropReason::WrongKind,
         ),
     ];
@@ -822,14 +888,16 @@ fn acknowledge(tx: &mut Sender, now: Instant, cookie: u64) {
     tx.start(now);
     tx.on_control(
         now,
-        &Message::HelloAck { session: 1, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0 }.encode(cookie),
+        &Message::HelloAck { session: 1, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0, resume: None }
+            .encode(cookie),
     )
     .unwrap();
     let echo = tx.poll_control(now).expect("the Hello goes out again at once, with the cookie");
     assert_eq!(Message::parse_with_cookie(&echo).map(|(_, c)| c), Ok(cookie));
     tx.on_control(
         now,
-        &Message::HelloAck { session: 1, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }.encode(cookie),
+        &Message::HelloAck { session: 1, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0, resume: None }
+            .encode(cookie),
     )
     .unwrap();
     assert!(tx.is_acked());
@@ -976,7 +1044,8 @@ fn with_a_key_an_unsealed_abort_is_a_hint_not_a_verdict() {
     assert!(tx.on_control(now, &forged).is_err(), "an unsealed Abort is not taken with a key");
     assert!(tx.outcome().is_none());
     let mut ack =
-        Message::HelloAck { session: 1, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0 }.encode(K);
+        Message::HelloAck { session: 1, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0, resume: None }
+            .encode(K);
     keys.seal(Direction::ToSender, 1, &mut ack);
     tx.on_control(now, &ack).expect("the sealed answer");
     assert!(tx.poll_control(now).is_some(), "the Hello goes on, with the cookie");

@@ -34,6 +34,23 @@ impl Input {
         }
     }
 
+    /// The digest of the stream's first `len` bytes with `hasher`: what a
+    /// receiver's resume offer is checked against.
+    pub fn hash_prefix(&mut self, len: u64, mut hasher: blake3::Hasher) -> io::Result<[u8; 32]> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let want = (len - at).min(buf.len() as u64) as usize;
+            let n = self.read_vectored_at(&mut [IoSliceMut::new(&mut buf[..want])], at)?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the input is shorter than it was"));
+            }
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+
     /// The one file, if the input is one.
     pub fn file(&self) -> Option<&File> {
         match self {

@@ -211,6 +211,9 @@ pub struct TreeOutput {
     hashed: u64,
     reading: Option<(usize, File)>,
     buf: Vec<u8>,
+    /// Making the tree of an interrupted transfer again: partials and
+    /// directories it left are taken, not replaced.
+    resuming: bool,
 }
 
 impl TreeOutput {
@@ -271,7 +274,22 @@ impl TreeOutput {
             hashed: 0,
             reading: None,
             buf: vec![0u8; 1 << 20],
+            resuming: false,
         })
+    }
+
+    /// Makes the tree of an interrupted transfer again from its journal's
+    /// `manifest` (checked as any manifest), taking the partial files it
+    /// left (each only if it is a regular file of ours with one link) and
+    /// its directories. The caller then hashes the prefix the journal
+    /// names and compares.
+    pub fn resume(&mut self, manifest: &[u8]) -> io::Result<()> {
+        if manifest.len() as u64 != self.manifest_len {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the journal's manifest has another length"));
+        }
+        self.writer.write_batch(&mut [(0, manifest)])?;
+        self.resuming = true;
+        self.make()
     }
 
     pub fn with_hasher(mut self, hasher: blake3::Hasher) -> TreeOutput {
@@ -346,6 +364,18 @@ impl TreeOutput {
         };
         match nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o700)) {
             Ok(()) => self.dirs_made.push(entry),
+            // One the interrupted transfer made (it has the mode ours are
+            // made with until the commit) gets its mode and mtime then too.
+            Err(nix::errno::Errno::EEXIST) if self.resuming => {
+                let st = nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+                if st.is_ok_and(|st| {
+                    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                        && st.st_mode & 0o7777 == 0o700
+                        && st.st_uid == nix::unistd::geteuid().as_raw()
+                }) {
+                    self.dirs_made.push(entry);
+                }
+            }
             Err(nix::errno::Errno::EEXIST) => {}
             Err(e) => return Err(io::Error::new(io::Error::from(e).kind(), format!("making {rel}: {}", e.desc()))),
         }
@@ -375,6 +405,12 @@ impl TreeOutput {
             }
         }
         let partial = partial_path(Path::new(name));
+        if self.resuming {
+            if let Some(dev_ino) = left_partial(&dir, &partial) {
+                self.files.push(MadeFile { entry, dev_ino });
+                return Ok(());
+            }
+        }
         match nix::unistd::unlinkat(&dir, &partial, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => {
@@ -437,6 +473,16 @@ impl TreeOutput {
         self.hashed
     }
 
+    /// As [`crate::io::output::Output::prefix_digest`].
+    pub fn prefix_digest(&self) -> (u64, [u8; 32]) {
+        (self.hashed, *self.hasher.clone().finalize().as_bytes())
+    }
+
+    /// The manifest's bytes, once the tree is made (a journal keeps them).
+    pub fn manifest_bytes(&self) -> Option<Vec<u8>> {
+        self.is_made().then(|| self.writer.held_bytes(0..self.manifest_len))
+    }
+
     /// The stream's digest, everything read back.
     pub fn digest(&mut self) -> io::Result<[u8; 32]> {
         self.hash_ahead(self.total, u64::MAX)?;
@@ -497,6 +543,17 @@ impl TreeOutput {
     pub fn out(&self) -> &Path {
         &self.out
     }
+}
+
+/// The partial an interrupted transfer left at `partial` in `dir`, if it
+/// is one: a regular file of ours with one link (never a link followed).
+fn left_partial(dir: &OwnedFd, partial: &Path) -> Option<(u64, u64)> {
+    let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(dir, partial, flags, Mode::empty()).ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    let ours =
+        st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_uid == nix::unistd::geteuid().as_raw() && st.st_nlink == 1;
+    ours.then_some((st.st_dev, st.st_ino))
 }
 
 fn set_attrs(fd: &impl AsFd, mode: u32, mtime_ns: i64) -> io::Result<()> {

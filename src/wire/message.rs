@@ -196,6 +196,27 @@ const HELLO_SPARSE: u32 = 16;
 /// ([`TreeShape`], 12 bytes) follows the attributes.
 const HELLO_TREE: u32 = 32;
 const TREE_SHAPE_LEN: usize = 8 + 4;
+/// Hello flag: the sender's answer to the receiver's [`Resume::Offer`]
+/// (8 bytes after the tree shape): where the stream resumes, 0 to start
+/// over.
+const HELLO_RESUME: u32 = 64;
+/// HelloAck flags: a [`Resume`] follows the largest datagram: an offer (its
+/// offset and hash), or the settled offset.
+const HELLO_ACK_RESUME_OFFER: u8 = 4;
+const HELLO_ACK_RESUME_SETTLED: u8 = 8;
+
+/// What a receiver holding a partial from an interrupted transfer says in
+/// its HelloAck (see [`crate::proto`]'s resume rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The stream's first `from` bytes are here already, and their digest
+    /// (keyed as the session's is) is `hash`. The sender hashes its own
+    /// first `from` bytes and answers with a Hello's `resume_from`.
+    Offer { from: u64, hash: [u8; 32] },
+    /// The sender's answer was taken: the stream resumes at `from` (0:
+    /// from the start).
+    Settled { from: u64 },
+}
 
 /// A session that carries a tree (see [`super::manifest`]): its stream is
 /// the manifest, `manifest_len` bytes, then every file's bytes.
@@ -405,7 +426,8 @@ pub enum Message<'a> {
     /// for a receiver whose `--out` is a directory. `data_ports`: further
     /// source ports the data comes from (one per transmit queue). `attrs`:
     /// the file's mode and mtime, for the receiver's copy. `tree`: the
-    /// session carries a directory tree, not one file.
+    /// session carries a directory tree, not one file. `resume_from`: the
+    /// sender's answer to the receiver's [`Resume::Offer`].
     Hello {
         session: u64,
         info: SessionInfo,
@@ -416,6 +438,7 @@ pub enum Message<'a> {
         data_ports: DataPorts,
         attrs: Option<FileAttrs>,
         tree: Option<TreeShape>,
+        resume_from: Option<u64>,
     },
     /// The receiver's answer, its cookie in the header. `opened` is false for
     /// the answer to a Hello without the cookie, true once the session is
@@ -433,6 +456,9 @@ pub enum Message<'a> {
         /// datagrams are larger sends smaller ones (older receivers send
         /// nine bytes of body, read as 0).
         max_datagram: u32,
+        /// In an opened session's ack: the receiver holds a verified prefix
+        /// of the stream, or has settled where the stream resumes.
+        resume: Option<Resume>,
     },
     Nack {
         session: u64,
@@ -470,6 +496,7 @@ impl Message<'static> {
             data_ports: DataPorts::NONE,
             attrs: None,
             tree: None,
+            resume_from: None,
         }
     }
 }
@@ -533,6 +560,16 @@ impl<'a> Message<'a> {
                     tree = Some(TreeShape { manifest_len, entries: be_u32(&t[8..12]) });
                     name = &name[TREE_SHAPE_LEN..];
                 }
+                let mut resume_from = None;
+                if flags & HELLO_RESUME != 0 {
+                    let r = name.get(..8).ok_or(WireError::BadBody)?;
+                    let from = be_u64(r);
+                    if from > info.file_size {
+                        return Err(WireError::BadBody);
+                    }
+                    resume_from = Some(from);
+                    name = &name[8..];
+                }
                 if name.len() > MAX_NAME_LEN {
                     return Err(WireError::BadBody);
                 }
@@ -546,6 +583,7 @@ impl<'a> Message<'a> {
                     data_ports,
                     attrs,
                     tree,
+                    resume_from,
                 }
             }
             Kind::End => {
@@ -559,12 +597,26 @@ impl<'a> Message<'a> {
                 }
                 let max_datagram = body.get(9..13).map_or(0, be_u32);
                 let flags = body[8];
+                let resume = match flags & (HELLO_ACK_RESUME_OFFER | HELLO_ACK_RESUME_SETTLED) {
+                    0 => None,
+                    HELLO_ACK_RESUME_OFFER => {
+                        let r = body.get(13..13 + 8 + 32).ok_or(WireError::BadBody)?;
+                        let mut hash = [0u8; 32];
+                        hash.copy_from_slice(&r[8..]);
+                        Some(Resume::Offer { from: be_u64(r), hash })
+                    }
+                    HELLO_ACK_RESUME_SETTLED => {
+                        Some(Resume::Settled { from: body.get(13..21).map(be_u64).ok_or(WireError::BadBody)? })
+                    }
+                    _ => return Err(WireError::BadBody),
+                };
                 Message::HelloAck {
                     session,
                     delay_us: be_u64(&body[..8]),
                     opened: flags & HELLO_ACK_OPENED != 0,
                     tcp_only: flags & HELLO_ACK_TCP_ONLY != 0,
                     max_datagram,
+                    resume,
                 }
             }
             Kind::Nack => {
@@ -632,7 +684,7 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree } => {
+            Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree, resume_from } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
@@ -641,7 +693,8 @@ impl<'a> Message<'a> {
                     | (u32::from(!data_ports.is_empty()) * HELLO_DATA_PORTS)
                     | (u32::from(attrs.is_some()) * HELLO_ATTRS)
                     | (u32::from(attrs.is_some_and(|a| a.data_bytes.is_some())) * HELLO_SPARSE)
-                    | (u32::from(tree.is_some()) * HELLO_TREE);
+                    | (u32::from(tree.is_some()) * HELLO_TREE)
+                    | (u32::from(resume_from.is_some()) * HELLO_RESUME);
                 out.extend_from_slice(&flags.to_be_bytes());
                 if !data_ports.is_empty() {
                     out.push(data_ports.len);
@@ -660,6 +713,9 @@ impl<'a> Message<'a> {
                     out.extend_from_slice(&t.manifest_len.to_be_bytes());
                     out.extend_from_slice(&t.entries.to_be_bytes());
                 }
+                if let Some(r) = resume_from {
+                    out.extend_from_slice(&r.to_be_bytes());
+                }
                 // A longer name is cut on a char boundary (it names, it
                 // does not identify: `source` does).
                 let mut end = name.len().min(MAX_NAME_LEN);
@@ -669,10 +725,27 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&name.as_bytes()[..end]);
                 (Kind::Hello, *session, 0)
             }
-            Message::HelloAck { session, delay_us, opened, tcp_only, max_datagram } => {
+            Message::HelloAck { session, delay_us, opened, tcp_only, max_datagram, resume } => {
                 out.extend_from_slice(&delay_us.to_be_bytes());
-                out.push(if *opened { HELLO_ACK_OPENED } else { 0 } | if *tcp_only { HELLO_ACK_TCP_ONLY } else { 0 });
+                let resume_flag = match resume {
+                    None => 0,
+                    Some(Resume::Offer { .. }) => HELLO_ACK_RESUME_OFFER,
+                    Some(Resume::Settled { .. }) => HELLO_ACK_RESUME_SETTLED,
+                };
+                out.push(
+                    if *opened { HELLO_ACK_OPENED } else { 0 }
+                        | if *tcp_only { HELLO_ACK_TCP_ONLY } else { 0 }
+                        | resume_flag,
+                );
                 out.extend_from_slice(&max_datagram.to_be_bytes());
+                match resume {
+                    Some(Resume::Offer { from, hash }) => {
+                        out.extend_from_slice(&from.to_be_bytes());
+                        out.extend_from_slice(hash);
+                    }
+                    Some(Resume::Settled { from }) => out.extend_from_slice(&from.to_be_bytes()),
+                    None => {}
+                }
                 (Kind::HelloAck, *session, 0)
             }
             Message::Nack { session, nack } => {
@@ -724,6 +797,7 @@ mod tests {
             data_ports: DataPorts::NONE,
             attrs: None,
             tree: None,
+            resume_from: None,
         }
     }
 
@@ -748,6 +822,7 @@ mod tests {
                 data_ports: DataPorts::NONE,
                 attrs: None,
                 tree: None,
+                resume_from: None,
             },
             Message::Hello {
                 session: 9,
@@ -759,6 +834,7 @@ mod tests {
                 data_ports: DataPorts::NONE,
                 attrs: None,
                 tree: None,
+                resume_from: None,
             },
             Message::Hello {
                 session: 9,
@@ -770,9 +846,45 @@ mod tests {
                 data_ports: DataPorts::new(&[40000, 40001, 9]).unwrap(),
                 attrs: None,
                 tree: None,
+                resume_from: None,
             },
-            Message::HelloAck { session: 9, delay_us: 1234, opened: false, tcp_only: false, max_datagram: 0 },
-            Message::HelloAck { session: 9, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 },
+            Message::HelloAck {
+                session: 9,
+                delay_us: 1234,
+                opened: false,
+                tcp_only: false,
+                max_datagram: 0,
+                resume: None,
+            },
+            Message::HelloAck { session: 9, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0, resume: None },
+            Message::HelloAck {
+                session: 9,
+                delay_us: 3,
+                opened: true,
+                tcp_only: false,
+                max_datagram: 1472,
+                resume: Some(Resume::Offer { from: 4096, hash: [5; 32] }),
+            },
+            Message::HelloAck {
+                session: 9,
+                delay_us: 3,
+                opened: true,
+                tcp_only: false,
+                max_datagram: 0,
+                resume: Some(Resume::Settled { from: 0 }),
+            },
+            Message::Hello {
+                session: 9,
+                info: info(),
+                source: [5; 16],
+                via_tcp: false,
+                keyed: false,
+                name: "resumed.bin",
+                data_ports: DataPorts::NONE,
+                attrs: None,
+                tree: None,
+                resume_from: Some(4096),
+            },
             Message::Nack {
                 session: 9,
                 nack: Nack {
@@ -809,6 +921,7 @@ mod tests {
             data_ports: DataPorts::new(&[7000, 7001]).unwrap(),
             attrs,
             tree: None,
+            resume_from: None,
         };
         let attrs = FileAttrs { mode: 0o600, mtime_ns: -1_500_000_001, data_bytes: None };
         let bytes = hello(Some(attrs)).to_vec();
@@ -851,6 +964,7 @@ mod tests {
             data_ports: ports,
             attrs: None,
             tree: None,
+            resume_from: None,
         }
         .to_vec();
         let Ok(Message::Hello { data_ports, name: got, .. }) = Message::parse(&good) else { panic!("a Hello") };

@@ -53,6 +53,13 @@ pub fn stream_range(size: u64, count: u16, index: u16) -> std::ops::Range<u64> {
     start..(start + per).min(size)
 }
 
+/// Stream `index`'s range of a transfer that resumes at byte `from`: the
+/// bytes from there on, split as [`stream_range`] splits a whole file.
+pub fn resumed_range(from: u64, size: u64, count: u16, index: u16) -> std::ops::Range<u64> {
+    let r = stream_range(size - from.min(size), count, index);
+    r.start + from..r.end + from
+}
+
 fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);

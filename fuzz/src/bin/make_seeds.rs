@@ -37,6 +37,7 @@ fn main() {
         data_ports: xdpblast::wire::message::DataPorts::NONE,
         attrs: None,
         tree: None,
+        resume_from: None,
     };
     // The first Hello earns the cookie; the second, echoing it, opens.
     let hello_first = hello_msg.to_vec();
@@ -63,7 +64,7 @@ fn main() {
     let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);
     let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
     let ack =
-        Message::HelloAck { session: SESSION, delay_us: 120, opened: true, tcp_only: false, max_datagram: 0 }.encode(k);
+        Message::HelloAck { session: SESSION, delay_us: 120, opened: true, tcp_only: false, max_datagram: 0, resume: None }.encode(k);
     let stream =
         StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16], index: 0, count: 1 }.emit();
 
@@ -102,6 +103,34 @@ fn main() {
     record(&mut clean, Op::Sleep, &[255]);
     record(&mut clean, Op::Sleep, &[255]);
     write("receiver", "clean_session", &clean);
+
+    // The harness's receiver offers the first half back (an interrupted
+    // transfer's); this sender takes it and sends the rest.
+    let resumed = Message::Hello {
+        session: SESSION,
+        info: SessionInfo { digest: None, ..info },
+        source: [7; 16],
+        via_tcp: false,
+        keyed: false,
+        name: "seed.bin",
+        data_ports: xdpblast::wire::message::DataPorts::NONE,
+        attrs: None,
+        tree: None,
+        resume_from: Some(1250),
+    }
+    .encode(k);
+    let mut resuming = Vec::new();
+    record(&mut resuming, Op::ControlFromPeer, &hello_first);
+    record(&mut resuming, Op::ControlFromPeer, &hello);
+    record(&mut resuming, Op::ControlFromPeer, &resumed);
+    record(&mut resuming, Op::DataFromPeer, &meta_first);
+    for i in 1..3 {
+        record(&mut resuming, Op::DataFromPeer, &data(i));
+    }
+    record(&mut resuming, Op::DataFromPeer, &meta_last);
+    record(&mut resuming, Op::ControlFromPeer, &end);
+    record(&mut resuming, Op::Sleep, &[255]);
+    write("receiver", "resumed_session", &resuming);
 
     // Chunk 1 lost, NACKed after the closing Meta, then repaired.
     let mut lossy = Vec::new();

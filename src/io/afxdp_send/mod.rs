@@ -95,6 +95,9 @@ pub struct SendOptions {
     /// Print `progress BYTES TOTAL` lines on stderr (for `bench`): bytes the
     /// receiver reports holding.
     pub progress: bool,
+    /// Start over even where the receiver holds part of the file from an
+    /// interrupted transfer (`send --no-resume`).
+    pub no_resume: bool,
 }
 
 /// Runs one transfer. When it fails on our side (interrupted, link down, the
@@ -178,7 +181,7 @@ fn transfer(
     mut intervals: Intervals,
     lanes: &LanePorts,
 ) -> anyhow::Result<SendReport> {
-    let Prepared { iface, mut plan, src, input, file_size, stamp, queues, queues_note, bind, tree, .. } = prep;
+    let Prepared { iface, mut plan, src, mut input, file_size, stamp, queues, queues_note, bind, tree, .. } = prep;
     let session = sender.session();
     let local = ctrl.local_addr()?;
     let dst_mac = match opts.dst_mac {
@@ -190,8 +193,12 @@ fn transfer(
     // Hello first: the receiver prepares its output (and can refuse, e.g. a
     // full disk) before we map memory or read the file, and its cookie goes
     // into every frame we build.
+    let digest_hasher = || opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
     super::control::handshake(sender, ctrl, ctrl_peer, &mut |sender, now| {
         intervals.tick(now, 0, None, "waiting for the receiver's answer");
+        super::control::answer_resume(sender, now, opts.no_resume, opts.intervals, &mut |len| {
+            input.hash_prefix(len, digest_hasher())
+        })?;
         if let Some(max) = sender.reshape_needed() {
             plan = replan(opts, &iface, &plan, file_size, max)?;
             let info = SessionInfo { file_size, chunk_size: plan.chunk_size, n_chunks: plan.n_chunks, digest: None };
@@ -200,6 +207,7 @@ fn transfer(
         Ok(())
     })?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
+    intervals.resumed(sender.resumed_from());
 
     // Data frames leave from the control socket's port, so the receiver can
     // hold data to the same source as the session's Hello.

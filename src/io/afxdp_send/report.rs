@@ -48,6 +48,9 @@ pub struct SendReport {
     pub queues: u32,
     pub per_queue: Vec<QueueFigures>,
     pub rtt_us: Option<u64>,
+    /// Bytes the receiver held from an interrupted transfer (checked
+    /// against ours), not sent again.
+    pub resumed_bytes: u64,
     pub stats: SendStats,
     /// With rate control (the default without `--rate`): the pace over time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +176,7 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
         kernel_tx_drops: per_queue.iter().map(|q| q.device_drops).sum(),
         queues,
         per_queue,
+        resumed_bytes: sender.resumed_from(),
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         adaptation: tx.control.take().map(|a| Adaptation {

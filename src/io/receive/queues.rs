@@ -136,7 +136,10 @@ pub(super) fn run(
     });
     let lp = shared.lp.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Some((stream, header, pending)) = tcp {
+        let mut lp = lp;
         let out = lp.out_path.clone();
+        let resumed_from = lp.rx.resumed_from();
+        let prepared = lp.out.take().zip(lp.journal.take());
         return Outcome::TcpFallback(Box::new(TcpHandoff {
             stream,
             header,
@@ -144,6 +147,8 @@ pub(super) fn run(
             attrs: lp.attrs,
             tree: lp.tree,
             pending,
+            prepared,
+            resumed_from,
         }));
     }
     let mut report = lp.report(mode, opts);
@@ -219,8 +224,9 @@ fn hash_ahead(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
     let r = out.hash_ahead(upto, HASH_STEP);
     let mut lp = shared.lock();
     lp.out = Some(out);
-    if let Err(e) = r {
-        lp.fail(format!("reading the output back: {e}"));
+    match r {
+        Ok(()) => lp.record_journal(false),
+        Err(e) => lp.fail(format!("reading the output back: {e}")),
     }
     true
 }

@@ -69,6 +69,8 @@ pub struct TcpReport {
     pub prepare_s: f64,
     pub error: Option<String>,
     pub path: Option<String>,
+    /// Bytes an interrupted transfer had delivered, not sent again.
+    pub resumed_bytes: u64,
     /// The transfer phase runs from the first byte to the verdict.
     #[serde(flatten)]
     pub process: crate::report::ProcessFigures,

@@ -11,12 +11,13 @@ use tracing::warn;
 
 use super::{TcpReport, CHUNK, PROGRESS_QUANTUM};
 use crate::io::output::{Destination, DestinationWriter, Output, OutputPolicy};
+use crate::io::resume::Journaling;
 use crate::io::stream_accept::PendingStreams;
 use crate::os::syscount::count as count_syscalls;
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::tree::output::TreeOutput;
 use crate::wire::message::FileAttrs;
-use crate::wire::stream::{stream_range, StreamHeader, REPLY_LEN};
+use crate::wire::stream::{resumed_range, StreamHeader, REPLY_LEN};
 
 /// Where and how a TCP receiver writes what it is sent.
 pub struct TcpReceiveOptions<'a> {
@@ -34,6 +35,9 @@ pub struct TcpReceiveOptions<'a> {
     pub keys: Option<crate::proto::auth::Keys>,
     /// Where a file sent over several streams brings the others.
     pub listener: Option<&'a TcpListener>,
+    /// Where the stream resumes, as settled over the control channel: the
+    /// sender's streams carry the bytes from there on.
+    pub resumed_from: u64,
 }
 
 /// Receives one admitted TCP transfer: `header` was read and checked
@@ -45,17 +49,26 @@ pub fn receive(
     header: &StreamHeader,
     opts: &TcpReceiveOptions<'_>,
     pending: PendingStreams,
+    prepared: Option<(Destination, Journaling)>,
 ) -> TcpReport {
     let (out, intervals) = (opts.out, opts.intervals);
     let start = Instant::now();
     let rusage_at_start = crate::os::process::Rusage::of_self();
     let bytes = header.file_size;
     let mut intervals = Intervals::new(intervals, start, bytes);
+    intervals.resumed(opts.resumed_from);
     if opts.intervals {
         let peer = sock.peer_addr().map_or("the sender".to_string(), |a| a.to_string());
         println!("Accepted {peer}: {} into {} over TCP", human_bytes(bytes), out.display());
+        if opts.resumed_from > 0 {
+            println!(
+                "Resuming: {} of {} already here and verified",
+                human_bytes(opts.resumed_from),
+                human_bytes(bytes)
+            );
+        }
     }
-    let r = receive_inner(sock, header, opts, pending, &mut intervals);
+    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -81,6 +94,7 @@ pub fn receive(
             verified,
         },
         prepare_s: 0.0,
+        resumed_bytes: opts.resumed_from,
         error,
         path: if verified {
             Some(out.display().to_string())
@@ -157,15 +171,20 @@ pub(super) fn receive_inner(
     header: &StreamHeader,
     opts: &TcpReceiveOptions<'_>,
     pending: PendingStreams,
+    prepared: Option<(Destination, Journaling)>,
     intervals: &mut Intervals,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
     let mut socks = join_streams(first, header, opts, pending)?;
-    let mut output = destination(opts, header, hasher).context("preparing the output")?;
+    let (mut output, mut journal) = match prepared {
+        Some((o, j)) => (o, Some(j)),
+        None => (destination(opts, header, hasher).context("preparing the output")?, None),
+    };
     let writer = output.writer().context("preparing the output")?;
     let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
-    let ranges: Vec<_> = (0..header.count).map(|i| stream_range(size, header.count, i)).collect();
+    let from = opts.resumed_from.min(size);
+    let ranges: Vec<_> = (0..header.count).map(|i| resumed_range(from, size, header.count, i)).collect();
     // Each stream on a thread of its own, writing its range; this thread
     // hashes the complete prefix as it grows.
     let digests = std::thread::scope(|scope| {
@@ -184,12 +203,18 @@ pub(super) fn receive_inner(
                 // The streams past the manifest wait for its files.
                 if !t.is_made() && t.held_complete() {
                     t.make()?;
+                    if let Some(j) = journal.as_mut() {
+                        j.start(t.manifest_bytes().unwrap_or_default())?;
+                    }
                 }
             }
             output.hash_ahead(prefix, 4 << 20).context("reading the output back")?;
+            if let Some(j) = journal.as_mut() {
+                j.record(&output, false);
+            }
             intervals.tick(
                 Instant::now(),
-                got.iter().map(|g| g.load(std::sync::atomic::Ordering::Acquire)).sum(),
+                from + got.iter().map(|g| g.load(std::sync::atomic::Ordering::Acquire)).sum::<u64>(),
                 None,
                 "",
             );
@@ -207,6 +232,12 @@ pub(super) fn receive_inner(
     let ok = digests.iter().all(|d| *d == ours);
     if ok {
         output.commit().context("committing the output")?;
+    }
+    // Committed, or not worth resuming: its bytes are not the sender's.
+    if let Some(j) = journal.as_mut() {
+        if let Err(e) = j.stop() {
+            warn!("removing the journal {}: {e}", j.path().display());
+        }
     }
     let mut reply = [0u8; REPLY_LEN];
     reply[0] = u8::from(ok);

@@ -20,7 +20,7 @@ use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::tree::input::{Piece, TreeInput};
 use crate::tree::scan::Scanned;
 use crate::wire::message::SessionInfo;
-use crate::wire::stream::{stream_range, StreamHeader, MAX_STREAMS, REPLY_LEN};
+use crate::wire::stream::{resumed_range, StreamHeader, MAX_STREAMS, REPLY_LEN};
 
 /// Hashes the file on its own thread; a stop request (SIGINT, SIGTERM)
 /// ends it within one 1 MiB read.
@@ -49,6 +49,14 @@ pub(super) enum TcpInput<'a> {
 }
 
 impl TcpInput<'_> {
+    /// The input as the datagram sender reads it, to hash a prefix.
+    fn prefix_input(self) -> io::Result<crate::tree::input::Input> {
+        Ok(match self {
+            TcpInput::File(f) => crate::tree::input::Input::File(f.try_clone()?),
+            TcpInput::Tree(s) => crate::tree::input::Input::Tree(TreeInput::new(s)?),
+        })
+    }
+
     /// The digest of the whole stream, read on its own thread.
     fn hash(self, mut h: blake3::Hasher) -> io::Result<[u8; 32]> {
         let tree = match self {
@@ -214,6 +222,9 @@ pub struct TcpSendOptions {
     pub fallback_reason: Option<String>,
     /// Connections the file's ranges travel over at once (`--streams`).
     pub streams: u16,
+    /// Start over even where the receiver holds part of the file
+    /// (`send --no-resume`).
+    pub no_resume: bool,
 }
 
 pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
@@ -230,7 +241,8 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let count = opts.streams.clamp(1, MAX_STREAMS);
     let t_prep = Instant::now();
     let mut intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), size);
-    let (session, cookie) = admit(opts, size, &meta, tree, &mut intervals)?;
+    let (session, cookie, from) = admit(opts, input, size, &meta, tree, &mut intervals)?;
+    intervals.resumed(from);
     let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
     let prepare_s = t_prep.elapsed().as_secs_f64();
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, streams = count, "transfer started");
@@ -254,7 +266,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let fds: Vec<std::os::fd::RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
     let retransmits_all = || fds.iter().map(|&fd| sys::tcp_retransmits(fd).ok()).sum::<Option<u64>>();
-    let digest = send_streams(opts, input, size, &mut socks, &mut intervals, &retransmits_all)?;
+    let digest = send_streams(opts, input, from..size, &mut socks, &mut intervals, &retransmits_all)?;
     for sock in socks.iter_mut() {
         write_all_counted(sock, &digest)?;
     }
@@ -293,6 +305,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         },
         streams: count,
         prepare_s,
+        resumed_bytes: from,
         error: None,
         path: None,
         e2e_goodput_bps: size as f64 * 8.0 / process.e2e_s.max(1e-9),
@@ -317,12 +330,13 @@ pub(super) fn connect(opts: &TcpSendOptions) -> anyhow::Result<TcpStream> {
 pub(super) fn send_streams(
     opts: &TcpSendOptions,
     input: TcpInput<'_>,
-    size: u64,
+    stream: std::ops::Range<u64>,
     socks: &mut [TcpStream],
     intervals: &mut Intervals,
     retransmits_all: &dyn Fn() -> Option<u64>,
 ) -> anyhow::Result<[u8; 32]> {
     let count = socks.len() as u16;
+    let (from, size) = (stream.start, stream.end);
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
     // Bytes the other streams have sent, for stream 0's lines.
     let others = std::sync::atomic::AtomicU64::new(0);
@@ -335,7 +349,7 @@ pub(super) fn send_streams(
         let (first, rest) = socks.split_first_mut().context("no stream")?;
         let mut senders = Vec::new();
         for (i, sock) in rest.iter_mut().enumerate() {
-            let (range, others) = (stream_range(size, count, i as u16 + 1), &others);
+            let (range, others) = (resumed_range(from, size, count, i as u16 + 1), &others);
             let mut last = 0;
             let h = std::thread::Builder::new()
                 .name(format!("xdpblast-tcp{}", i + 1))
@@ -358,7 +372,7 @@ pub(super) fn send_streams(
             if crate::os::signals::stop_requested() {
                 return Err(interrupted());
             }
-            let done = mine + others.load(std::sync::atomic::Ordering::Relaxed);
+            let done = from + mine + others.load(std::sync::atomic::Ordering::Relaxed);
             let now = Instant::now();
             if opts.progress && now >= next_report {
                 next_report = now + Duration::from_millis(100);
@@ -370,7 +384,7 @@ pub(super) fn send_streams(
             Ok(())
         };
         input
-            .send_range(opts.mode, stream_range(size, count, 0), first, &mut report_progress)
+            .send_range(opts.mode, resumed_range(from, size, count, 0), first, &mut report_progress)
             .with_context(|| format!("sending over {}", opts.mode.name()))?;
         for (i, h) in senders.into_iter().enumerate() {
             h.join()
@@ -419,15 +433,16 @@ pub(super) fn await_verdict(
 }
 
 /// Opens the session over the receiver's control port, as a datagram sender
-/// would, asking for the file over TCP; returns its id and the receiver's
-/// cookie for the stream header.
+/// would, asking for the file over TCP; returns its id, the receiver's
+/// cookie for the stream header, and where the stream resumes.
 pub(super) fn admit(
     opts: &TcpSendOptions,
+    input: TcpInput<'_>,
     size: u64,
     meta: &std::fs::Metadata,
     tree: Option<crate::wire::message::TreeShape>,
     intervals: &mut Intervals,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, u64)> {
     let ctrl_peer = SocketAddr::new(opts.dst.ip(), crate::io::control::control_port(opts.dst.port())?);
     let any: SocketAddr = if ctrl_peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().context("wildcard")?;
     let mut ctrl = Control::connect(any, ctrl_peer)?;
@@ -446,10 +461,13 @@ pub(super) fn admit(
         ..Default::default()
     };
     let mut sender = Sender::new(cfg, session, info, Instant::now());
-    crate::io::control::handshake(&mut sender, &mut ctrl, ctrl_peer, &mut |_, now| {
+    let hasher = || opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
+    crate::io::control::handshake(&mut sender, &mut ctrl, ctrl_peer, &mut |sender, now| {
         intervals.tick(now, 0, None, "waiting for the receiver's answer");
-        Ok(())
+        crate::io::control::answer_resume(sender, now, opts.no_resume, opts.intervals, &mut |len| {
+            input.prefix_input()?.hash_prefix(len, hasher())
+        })
     })?;
     let cookie = sender.cookie().context("the receiver acknowledged without a cookie")?;
-    Ok((session, cookie))
+    Ok((session, cookie, sender.resumed_from()))
 }

@@ -21,7 +21,9 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree } = msg {
+        if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree, resume_from } =
+            msg
+        {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
                     self.refuse(from, session, why);
@@ -29,7 +31,7 @@ impl Receiver {
                 return Err(DropReason::BadSeal);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
-            let hello = HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree };
+            let hello = HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree, resume_from };
             return self.hello(now, from, cookie, hello);
         }
         // Every sealed control message counts up: a replay is refused.
@@ -107,7 +109,7 @@ impl Receiver {
     /// A Hello. Without our cookie it only earns one (no state is kept);
     /// with it, it opens the session. Every refusal tells the sender why.
     fn hello(&mut self, now: Instant, from: SocketAddr, cookie: u64, hello: HelloFields) -> Result<(), DropReason> {
-        let HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree } = hello;
+        let HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree, resume_from } = hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
                 if matches!(self.state, State::Complete { .. }) {
@@ -125,12 +127,16 @@ impl Receiver {
                     opened: false,
                     tcp_only: false,
                     max_datagram: 0,
+                    resume: None,
                 }));
                 return Ok(());
             }
             // Our ack was lost, or a keepalive while the sender prepares.
             if self.stats.first_data.is_none() {
                 self.last_progress = now;
+            }
+            if let Some(from) = resume_from {
+                self.settle_resume(from);
             }
             self.hello_ack_due.get_or_insert(now);
             return Ok(());
@@ -144,7 +150,14 @@ impl Receiver {
                 // mode switches to TCP on it. The Abort behind it still tells
                 // a sender that cannot trust the flag (it has a key and we
                 // have none).
-                let tcp = Message::HelloAck { session, delay_us: 0, opened: false, tcp_only: true, max_datagram: 0 };
+                let tcp = Message::HelloAck {
+                    session,
+                    delay_us: 0,
+                    opened: false,
+                    tcp_only: true,
+                    max_datagram: 0,
+                    resume: None,
+                };
                 self.transmit.push_back((from, tcp.to_vec()));
             }
             self.refuse(from, session, &reason);
@@ -162,6 +175,7 @@ impl Receiver {
                 opened: false,
                 tcp_only: false,
                 max_datagram: self.max_datagram(),
+                resume: None,
             };
             self.transmit.push_back((from, challenge.encode(expected)));
             return if cookie == 0 { Ok(()) } else { Err(DropReason::BadCookie) };
@@ -193,6 +207,7 @@ impl Receiver {
             // read the manifest and made the files they go to.
             held_from: tree.filter(|_| !via_tcp).map(|t| t.manifest_len.div_ceil(u64::from(info.chunk_size))),
             data_key: self.cfg.keys.as_ref().filter(|_| !via_tcp).map(|k| k.data_key(session, cookie)),
+            resume: None,
         });
         self.last_progress = now;
         self.state = State::Receiving;

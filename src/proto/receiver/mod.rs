@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::auth::{Counter, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
-use crate::wire::message::{FileAttrs, Message, Nack, SessionInfo, SourceId, TreeShape, HEADER_LEN};
+use crate::wire::message::{FileAttrs, Message, Nack, Resume, SessionInfo, SourceId, TreeShape, HEADER_LEN};
 
 /// Files and directories a tree may hold unless `recv --max-files` says
 /// otherwise: ESnet's largest small-file data set is 5 GB of 1 MiB files,
@@ -115,6 +115,11 @@ pub enum Event {
         attrs: Option<FileAttrs>,
         tree: Option<TreeShape>,
     },
+    /// The sender answered the driver's [`Receiver::offer_resume`]: the
+    /// stream resumes at byte `from`, or (0) starts over because the
+    /// sender's first bytes differ from what the output holds, whose
+    /// digest must then be computed from the start again.
+    Resumed { from: u64 },
     /// Every chunk is in: hash the output and call [`Receiver::verified`].
     Verify,
 }
@@ -157,6 +162,9 @@ pub struct RecvStats {
     pub first_data: Option<Instant>,
     /// Cookies handed out to Hellos that did not carry one yet.
     pub cookies_sent: u64,
+    /// Bytes an interrupted transfer had delivered, which this session
+    /// resumed after instead of receiving again.
+    pub resumed_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -400,6 +408,55 @@ impl Receiver {
         self.session.as_ref().is_some_and(|s| s.held_from.is_some_and(|h| s.chunks.prefix() >= h))
     }
 
+    /// The driver holds the stream's first `from` bytes from an interrupted
+    /// transfer, verified against its journal, with `hash` their digest
+    /// (the session's hasher): offered in the HelloAck, before any data.
+    /// The sender hashes its own first `from` bytes and answers; the
+    /// stream resumes only where the two agree ([`Event::Resumed`]).
+    pub fn offer_resume(&mut self, from: u64, hash: [u8; 32]) {
+        let Some(s) = self.session.as_mut() else { return };
+        if s.resume.is_none() && self.stats.first_data.is_none() && from > 0 && from <= s.info.file_size {
+            s.resume = Some(Resume::Offer { from, hash });
+        }
+    }
+
+    /// The sender's answer to our offer (a Hello's `resume_from`): its
+    /// offset taken only when it is the one offered, anything else read as
+    /// "start over". Answered by the next HelloAck, and repeated there.
+    fn settle_resume(&mut self, answer: u64) {
+        let Some(s) = self.session.as_mut() else { return };
+        let Some(Resume::Offer { from, .. }) = s.resume else { return };
+        let from = if answer == from { from } else { 0 };
+        s.resume = Some(Resume::Settled { from });
+        if !s.via_tcp {
+            let whole_chunks = from / u64::from(s.info.chunk_size);
+            let upto = if from == s.info.file_size { s.info.n_chunks } else { whole_chunks };
+            for c in 0..upto {
+                s.chunks.insert(c);
+            }
+            // As if the first pass had come this far: the sender's window
+            // and the loss reports count from here.
+            s.high = s.high.max(upto);
+            s.high_at_last_tick = s.high_at_last_tick.max(upto);
+            s.loss_from = s.loss_from.max(upto);
+            for h in s.lane_high.iter_mut().chain(s.lane_high_at_last_tick.iter_mut()) {
+                *h = (*h).max(upto);
+            }
+        }
+        self.stats.resumed_bytes = from;
+        self.events.push_back(Event::Resumed { from });
+        self.maybe_verify();
+    }
+
+    /// Where the session's stream resumes once settled (0 when it does
+    /// not): a TCP session's streams carry the bytes from there.
+    pub fn resumed_from(&self) -> u64 {
+        match self.session.as_ref().and_then(|s| s.resume) {
+            Some(Resume::Settled { from }) => from,
+            _ => 0,
+        }
+    }
+
     /// The files of a tree are made: take the chunks past its manifest.
     pub fn release_hold(&mut self) {
         if let Some(s) = self.session.as_mut() {
@@ -459,7 +516,14 @@ impl Receiver {
                 self.hello_ack_due = None;
                 let delay_us = now.saturating_duration_since(at).as_micros() as u64;
                 let max_datagram = self.max_datagram();
-                s.encode(&Message::HelloAck { session: s.id, delay_us, opened: true, tcp_only: false, max_datagram })
+                s.encode(&Message::HelloAck {
+                    session: s.id,
+                    delay_us,
+                    opened: true,
+                    tcp_only: false,
+                    max_datagram,
+                    resume: s.resume,
+                })
             }
             _ => self.transmit.pop_front()?,
         };

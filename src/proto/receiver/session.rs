@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use crate::proto::auth::DataKey;
 use crate::proto::chunkset::ChunkSet;
-use crate::wire::message::{lane_of, DataPorts, FileAttrs, Message, SessionInfo, SourceId, TreeShape, LANE_RUN};
+use crate::wire::message::{
+    lane_of, DataPorts, FileAttrs, Message, Resume, SessionInfo, SourceId, TreeShape, LANE_RUN,
+};
 
 #[derive(Debug)]
 pub(super) enum State {
@@ -64,6 +66,10 @@ pub(super) struct Session {
     /// the manifest) are dropped, and the reported prefix stays below it,
     /// so the sender holds them back.
     pub(super) held_from: Option<u64>,
+    /// Where an interrupted transfer's stream resumes: offered by the
+    /// driver (it holds a verified prefix), then settled by the sender's
+    /// answer. Echoed in every HelloAck.
+    pub(super) resume: Option<Resume>,
 }
 
 /// Most chunks of a session whose chunks are below [`MIN_CHUNK_SIZE`]: an
@@ -85,6 +91,7 @@ pub(super) struct HelloFields {
     pub(super) data_ports: DataPorts,
     pub(super) attrs: Option<FileAttrs>,
     pub(super) tree: Option<TreeShape>,
+    pub(super) resume_from: Option<u64>,
 }
 
 impl Session {

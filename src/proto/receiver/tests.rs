@@ -22,6 +22,7 @@ fn hello_with(info: SessionInfo, data_ports: DataPorts, keyed: bool) -> Message<
         data_ports,
         attrs: None,
         tree: None,
+        resume_from: None,
     }
 }
 
@@ -66,7 +67,10 @@ fn a_hello_without_the_cookie_opens_nothing_and_earns_one() {
     let (to, bytes) = rx.poll_transmit(now).expect("a challenge");
     assert_eq!(to, peer);
     let (msg, cookie) = Message::parse_with_cookie(&bytes).unwrap();
-    assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0 });
+    assert_eq!(
+        msg,
+        Message::HelloAck { session: 7, delay_us: 0, opened: false, tcp_only: false, max_datagram: 0, resume: None }
+    );
     assert_eq!(cookie, rx.cookie_for(peer.ip(), 7));
     assert_ne!(cookie, rx.cookie_for(OTHER.parse::<SocketAddr>().unwrap().ip(), 7), "bound to the address");
     // A guessed cookie is refused and counted; the right one opens.
@@ -78,7 +82,7 @@ fn a_hello_without_the_cookie_opens_nothing_and_earns_one() {
     let (_, ack) = rx.poll_transmit(now).expect("the opening ack");
     assert_eq!(
         Message::parse_with_cookie(&ack).unwrap().0,
-        Message::HelloAck { session: 7, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }
+        Message::HelloAck { session: 7, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0, resume: None }
     );
 }
 
@@ -176,7 +180,7 @@ fn drops_are_counted_by_what_was_wrong() {
         (peer, b"XBLS".to_vec(), DropReason::Wire(WireError::Truncated)),
         (
             peer,
-            Message::HelloAck { session: 7, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0 }
+            Message::HelloAck { session: 7, delay_us: 0, opened: true, tcp_only: false, max_datagram: 0, resume: None }
                 .encode(cookie),
             DropReason::WrongKind,
         ),
@@ -384,7 +388,10 @@ fn a_tcp_only_receiver_says_so_with_a_flag_the_sender_understands() {
     let (to, bytes) = rx.poll_transmit(now).expect("an answer");
     assert_eq!(to, peer);
     let msg = Message::parse(&bytes).expect("a message");
-    assert_eq!(msg, Message::HelloAck { session: 7, delay_us: 0, opened: false, tcp_only: true, max_datagram: 0 });
+    assert_eq!(
+        msg,
+        Message::HelloAck { session: 7, delay_us: 0, opened: false, tcp_only: true, max_datagram: 0, resume: None }
+    );
     let mut tx = crate::proto::Sender::new(crate::proto::SenderConfig::default(), 7, info, now);
     assert!(tx.poll_control(now).is_some(), "the sender's Hello");
     tx.on_control(now, &bytes).expect("taken");

@@ -23,7 +23,10 @@ impl Sender {
         self.last_heard = now;
         match msg {
             Message::HelloAck { opened: false, .. } => {}
-            Message::HelloAck { delay_us, .. } => self.on_hello_ack(now, delay_us),
+            Message::HelloAck { delay_us, resume, .. } => {
+                self.take_resume(resume);
+                self.on_hello_ack(now, delay_us)
+            }
             Message::Nack { nack, .. } => self.on_nack(now, &nack),
             Message::Done { ok, digest, .. } => {
                 self.state = State::Finished;
@@ -102,7 +105,7 @@ impl Sender {
             self.rtt = Some(rtt);
             self.repair_guard = self.cfg.repair_guard.max(rtt * 2);
         }
-        if self.started {
+        if self.started && self.is_acked() {
             self.state = State::Transfer;
         }
     }

@@ -167,6 +167,28 @@ pub struct SendStats {
     pub silence_probes: u64,
 }
 
+/// Where a session stands on resuming an interrupted transfer (the
+/// receiver offers, we check and answer, it settles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumeStage {
+    /// Nothing offered: the stream starts at 0.
+    None,
+    /// The receiver holds the stream's first `from` bytes, digest `hash`;
+    /// the driver checks them against ours ([`Sender::resume_offer`]).
+    Offered {
+        from: u64,
+        hash: [u8; 32],
+    },
+    /// Our answer (`from`, or 0 to start over) goes in every Hello until
+    /// the receiver's HelloAck settles it.
+    Answered {
+        from: u64,
+    },
+    Settled {
+        from: u64,
+    },
+}
+
 #[derive(Debug)]
 enum State {
     /// Saying Hello until acknowledged, and (the driver still preloading)
@@ -249,6 +271,7 @@ pub struct Sender {
     peer_first_missing: Option<u64>,
     /// After the receiver's Done: one last End with the final counts.
     final_end_due: bool,
+    resume: ResumeStage,
 }
 
 impl Sender {
@@ -290,6 +313,7 @@ impl Sender {
             loss_unread: None,
             peer_first_missing: None,
             final_end_due: false,
+            resume: ResumeStage::None,
         }
     }
 
@@ -327,9 +351,63 @@ impl Sender {
         matches!(self.state, State::Transfer)
     }
 
-    /// The receiver has acknowledged the Hello.
+    /// The receiver has acknowledged the Hello, and where the stream
+    /// starts is settled.
     pub fn is_acked(&self) -> bool {
-        matches!(self.state, State::Handshake { acked: true, .. } | State::Transfer)
+        let settled = matches!(self.resume, ResumeStage::None | ResumeStage::Settled { .. });
+        matches!(self.state, State::Handshake { acked: true, .. } | State::Transfer) && settled
+    }
+
+    /// The receiver offers to resume: it holds the stream's first `from`
+    /// bytes, whose digest (with the session's hasher) is `hash`. The
+    /// driver hashes its own and answers with [`Sender::answer_resume`].
+    pub fn resume_offer(&self) -> Option<(u64, [u8; 32])> {
+        match self.resume {
+            ResumeStage::Offered { from, hash } => Some((from, hash)),
+            _ => None,
+        }
+    }
+
+    /// Our answer to the receiver's offer: resume there (`accept`), or
+    /// start over. Said at once in a Hello, and in each until settled.
+    pub fn answer_resume(&mut self, now: Instant, accept: bool) {
+        if let ResumeStage::Offered { from, .. } = self.resume {
+            self.resume = ResumeStage::Answered { from: if accept { from } else { 0 } };
+            if let State::Handshake { next_hello, .. } = &mut self.state {
+                *next_hello = now;
+            }
+        }
+    }
+
+    /// The byte where the stream resumed, once settled (0: from the start).
+    pub fn resumed_from(&self) -> u64 {
+        match self.resume {
+            ResumeStage::Settled { from } => from,
+            _ => 0,
+        }
+    }
+
+    /// A HelloAck's resume part: an offer is taken once, before we answer;
+    /// the receiver's settlement must echo our answer. The first pass then
+    /// starts at the first chunk the receiver does not hold whole.
+    fn take_resume(&mut self, resume: Option<crate::wire::message::Resume>) {
+        use crate::wire::message::Resume;
+        match (self.resume, resume) {
+            (ResumeStage::None, Some(Resume::Offer { from, hash })) if from <= self.info.file_size => {
+                self.resume = ResumeStage::Offered { from, hash };
+            }
+            (ResumeStage::Answered { from: ours }, Some(Resume::Settled { from })) if from == ours => {
+                self.resume = ResumeStage::Settled { from };
+                self.next_first_pass = if from == self.info.file_size {
+                    self.info.n_chunks
+                } else {
+                    from / u64::from(self.info.chunk_size)
+                };
+                // The receiver holds these: the window counts from there.
+                self.stats.peer_high = self.stats.peer_high.max(self.next_first_pass);
+            }
+            _ => {}
+        }
     }
 
     /// The receiver's cookie, once its first HelloAck came.
@@ -342,7 +420,7 @@ impl Sender {
     /// ([`Sender::set_digest`]); the pass does not close without it.
     pub fn start(&mut self, now: Instant) {
         self.started = true;
-        if let State::Handshake { acked: true, .. } = self.state {
+        if self.is_acked() && matches!(self.state, State::Handshake { .. }) {
             self.state = State::Transfer;
             self.last_progress = now;
         }
@@ -532,6 +610,10 @@ impl Sender {
             data_ports: self.cfg.data_ports,
             attrs: self.cfg.attrs,
             tree: self.cfg.tree,
+            resume_from: match self.resume {
+                ResumeStage::Answered { from } | ResumeStage::Settled { from } => Some(from),
+                _ => None,
+            },
         };
         self.seal(&hello)
     }
