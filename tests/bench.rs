@@ -156,3 +156,34 @@ fn bench_with_two_queues_adds_multi_queue_rows() {
         assert!(q[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {report}");
     }
 }
+
+/// `bench --dataset tiny`: 10,000 files of 4 KiB as one tree per run, by
+/// AF_XDP and by sendfile, each run's tree compared file by file, with
+/// files/s per mode and AF_XDP against the best TCP mode in the JSON.
+#[test]
+fn bench_dataset_sends_trees_and_reports_files_per_second() {
+    require_privileges();
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--dataset", "tiny", "--runs", "1", "--modes", "afxdp,sendfile"])
+        .args(["--json", json_path.to_str().expect("utf-8")])
+        .output()
+        .expect("running the bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("tiny set: 10000 files"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("bench JSON")).expect("valid JSON");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{report}");
+    for r in results {
+        assert_eq!(r["verified"], true, "{report}");
+        assert!(r["files_per_s"]["median"].as_f64().is_some_and(|f| f > 0.0), "{report}");
+    }
+    let d = &report["dataset"];
+    assert_eq!((d["name"].as_str(), d["files"].as_u64()), (Some("tiny"), Some(10_000)), "{report}");
+    assert_eq!(d["best_tcp"], "sendfile");
+    assert!(d["afxdp_over_best_tcp_files"].as_f64().is_some_and(|x| x > 0.0), "{report}");
+}

@@ -8,6 +8,7 @@
 //! work that belongs to no process), data-path syscalls counted at call sites.
 
 mod child;
+mod dataset;
 mod modes;
 mod plot;
 mod runs;
@@ -21,6 +22,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tracing::info;
 
+pub use dataset::Dataset;
 pub use modes::BenchMode;
 use modes::Row;
 use runs::{generate, run_iperf3, summarize, Run, Runner};
@@ -48,6 +50,8 @@ pub struct BenchOptions {
     /// with that many queues (AF_XDP) or streams (TCP), beside its
     /// single-queue row.
     pub queues: u32,
+    /// Send a generated tree of many files instead of one file.
+    pub dataset: Option<Dataset>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +81,9 @@ pub struct ModeResult {
     pub syscalls_per_gib: Option<f64>,
     pub ctx_switches_per_gib: Option<f64>,
     pub retransmits: u64,
+    /// With a dataset: files per second, end to end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_per_s: Option<Stat>,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,6 +119,20 @@ pub struct BenchReport {
     /// one (end-to-end medians).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queues: Option<QueueRatios>,
+    /// With `--dataset`: the set sent, and AF_XDP against the best TCP mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetFigures>,
+}
+
+/// `bench --dataset`: what was sent, and how AF_XDP fared in files/s.
+#[derive(Debug, Serialize)]
+pub struct DatasetFigures {
+    pub name: Dataset,
+    pub files: u64,
+    /// AF_XDP's median files/s over the best TCP mode's.
+    pub afxdp_over_best_tcp_files: Option<f64>,
+    /// That TCP mode.
+    pub best_tcp: Option<String>,
 }
 
 /// `bench --queues N`: AF_XDP over N queues against the other rows.
@@ -152,15 +173,19 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     anyhow::ensure!((1..=64).contains(&opts.queues), "--queues must be between 1 and 64");
     let work = tempfile::Builder::new().prefix("xdpblast-bench").tempdir()?;
     let file = input_file(opts, &work)?;
-    let bytes = std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?.len();
+    let bytes = match opts.dataset {
+        Some(d) => d.bytes(),
+        None => std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?.len(),
+    };
     let bed = Testbed::create(opts.threaded_napi, opts.mtu, opts.queues)?;
     let mtu = bed.mtu()?;
     let rows = Row::all(&opts.modes, opts.queues);
     let runner = Runner {
         bed: &bed,
         exe: std::env::current_exe().context("finding our own binary")?,
+        out: work.path().join(if opts.dataset.is_some() { "received" } else { "output.bin" }),
+        dataset: opts.dataset.map(|_| file.clone()),
         file,
-        out: work.path().join("output.bin"),
         key: bench_key(&work)?,
         cold: opts.cold,
         bytes_bar: indicatif::ProgressBar::new(bytes),
@@ -188,8 +213,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-/// The file to send: `--file`, or one of `--size` generated in `work`.
+/// The file to send: `--file`, or one of `--size` generated in `work`;
+/// with `--dataset`, the set's directory, generated in `work`.
 fn input_file(opts: &BenchOptions, work: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
+    if let Some(d) = opts.dataset {
+        let (n, each) = d.shape();
+        let p = work.path().join(d.name());
+        eprintln!("bench: generating the {} set: {n} files of {}", d.name(), crate::report::human_bytes(each));
+        d.generate(&p)?;
+        return Ok(p);
+    }
     if let Some(f) = &opts.file {
         return Ok(f.clone());
     }
@@ -275,8 +308,9 @@ fn measure(opts: &BenchOptions, rows: &[Row], runner: &Runner<'_>, bytes: u64) -
 /// Rows that never finished a run are left out.
 fn build_report(opts: &BenchOptions, rows: &[Row], m: Measured, bytes: u64, mtu: u32) -> BenchReport {
     let ran: Vec<(Row, &Vec<Run>)> = rows.iter().copied().zip(&m.runs).filter(|(_, rs)| !rs.is_empty()).collect();
+    let files = opts.dataset.map(|d| d.shape().0);
     let results: Vec<ModeResult> =
-        ran.iter().map(|(row, rs)| summarize(&row.label(row.mode.result_name()), rs, bytes)).collect();
+        ran.iter().map(|(row, rs)| summarize(&row.label(row.mode.result_name()), rs, bytes, files)).collect();
     let find = |mode: BenchMode, lanes: u32| ran.iter().position(|(r, _)| r.mode == mode && r.lanes == lanes);
     // The ratio compares the default AF_XDP mode when it ran, else the first
     // AF_XDP variant; single queue and stream.
@@ -299,7 +333,8 @@ fn build_report(opts: &BenchOptions, rows: &[Row], m: Measured, bytes: u64, mtu:
             afxdp_queues_over_one: over(afxdp_n, e2e(afxdp_row)),
         }
     });
-    let reference = (!m.reference.is_empty()).then(|| summarize("iperf3-Z", &m.reference, bytes));
+    let reference = (!m.reference.is_empty()).then(|| summarize("iperf3-Z", &m.reference, bytes, None));
+    let dataset = opts.dataset.map(|d| dataset_figures(d, &ran, &results, afxdp_row));
     BenchReport {
         ratio_afxdp_over_sendfile: over(e2e(afxdp_row), e2e(sendfile_row)),
         ratio_transfer_phase: over(transfer(afxdp_row), transfer(sendfile_row)),
@@ -317,5 +352,32 @@ fn build_report(opts: &BenchOptions, rows: &[Row], m: Measured, bytes: u64, mtu:
         runs: ran.iter().map(|(_, rs)| rs.len() as u32).min().unwrap_or(0),
         interrupted: m.interrupted,
         queues,
+        dataset,
+    }
+}
+
+/// AF_XDP's files/s against the best TCP mode's (single queue and stream).
+fn dataset_figures(
+    d: Dataset,
+    ran: &[(Row, &Vec<Run>)],
+    results: &[ModeResult],
+    afxdp: Option<usize>,
+) -> DatasetFigures {
+    let files_of = |i: usize| results.get(i).and_then(|r| r.files_per_s.as_ref()).map(|s| s.median);
+    let best_tcp = ran
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, _))| !r.mode.is_afxdp() && r.lanes == 1)
+        .filter_map(|(i, _)| Some((i, files_of(i)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let ratio = match (afxdp.and_then(files_of), best_tcp) {
+        (Some(a), Some((_, t))) if t > 0.0 => Some(a / t),
+        _ => None,
+    };
+    DatasetFigures {
+        name: d,
+        files: d.shape().0,
+        afxdp_over_best_tcp_files: ratio,
+        best_tcp: best_tcp.and_then(|(i, _)| results.get(i)).map(|r| r.mode.clone()),
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Run {
     pub e2e_goodput_bps: f64,
     /// Transfer-phase goodput, as the sender reports it.
     pub goodput_bps: f64,
+    /// The sending command's whole run, seconds.
+    pub e2e_s: f64,
     pub sender_peak_rss: Option<u64>,
     pub receiver_peak_rss: Option<u64>,
     pub pps: Option<f64>,
@@ -47,6 +49,9 @@ pub(super) struct Runner<'a> {
     /// Drop the page cache before each send.
     pub cold: bool,
     pub bytes_bar: indicatif::ProgressBar,
+    /// With `--dataset`: the set's directory (the same as `file`), whose
+    /// copy under `out` is compared file by file after every run.
+    pub dataset: Option<PathBuf>,
 }
 
 impl Runner<'_> {
@@ -55,6 +60,7 @@ impl Runner<'_> {
     pub fn run_once(&self, row: Row) -> anyhow::Result<Run> {
         let (bed, mode) = (self.bed, row.mode);
         let _ = std::fs::remove_file(&self.out);
+        let _ = std::fs::remove_dir_all(&self.out);
         // Let the last run's writeback finish first: otherwise it runs on the
         // same two CPUs during this one, and runs differ by 2x at random.
         nix::unistd::sync();
@@ -86,10 +92,16 @@ impl Runner<'_> {
         if !verified {
             bail!("{mode}: transfer not verified\nsender: {send}\nreceiver: {recv}");
         }
+        if let Some(set) = &self.dataset {
+            let name = set.file_name().context("the dataset's name")?;
+            super::dataset::compare_trees(set, &self.out.join(name))
+                .with_context(|| format!("{mode}: the tree that arrived differs from the one sent"))?;
+        }
         let elapsed = f(&send["elapsed_s"]);
         let tr = &send["transfer_rusage"];
         Ok(Run {
             e2e_goodput_bps: u(&send["bytes"]) as f64 * 8.0 / e2e.max(1e-9),
+            e2e_s: e2e,
             goodput_bps: f(&send["goodput_bps"]),
             sender_peak_rss: send["peak_rss_bytes"].as_u64(),
             receiver_peak_rss: recv["peak_rss_bytes"].as_u64(),
@@ -217,6 +229,7 @@ pub(super) fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Re
     Ok(Run {
         // iperf3 moves no file: its whole run is its transfer.
         e2e_goodput_bps: f(&v["end"]["sum_received"]["bits_per_second"]),
+        e2e_s: secs,
         sender_peak_rss: None,
         receiver_peak_rss: None,
         goodput_bps: f(&v["end"]["sum_received"]["bits_per_second"]),
@@ -232,7 +245,8 @@ pub(super) fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Re
 }
 
 /// Medians (and the spread of goodput) over `runs` of one row, named `name`.
-pub(super) fn summarize(name: &str, runs: &[Run], bytes: u64) -> ModeResult {
+/// `files`: with a dataset, the files each run moved.
+pub(super) fn summarize(name: &str, runs: &[Run], bytes: u64, files: Option<u64>) -> ModeResult {
     let gib = bytes as f64 / GIB;
     let per_gib = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect()) / gib;
     let stat = |v: Vec<f64>| Stat {
@@ -266,6 +280,7 @@ pub(super) fn summarize(name: &str, runs: &[Run], bytes: u64) -> ModeResult {
             .collect::<Option<Vec<f64>>>()
             .map(|v| median(v) / gib),
         retransmits: runs.iter().map(|r| r.retransmits).sum(),
+        files_per_s: files.map(|n| stat(runs.iter().map(|r| n as f64 / r.e2e_s.max(1e-9)).collect())),
     }
 }
 

@@ -51,11 +51,35 @@ pub(super) fn verdict(results: &[ModeResult], afxdp: Option<usize>, sendfile: Op
     v
 }
 
+/// A dataset's rows in files: files/s and Gb/s end to end, and AF_XDP
+/// against the best TCP mode.
+fn print_dataset(r: &BenchReport, d: &super::DatasetFigures) {
+    println!("\n{} set: {} files; end to end, command start to verified tree:", d.name.name(), d.files);
+    println!("{:<14} {:>26} {:>30}", "mode", "files/s (min-max)", "Gb/s (min-max)");
+    for m in &r.results {
+        let Some(f) = &m.files_per_s else { continue };
+        let e = &m.e2e_goodput_bps;
+        println!(
+            "{:<14} {:>26} {:>30}",
+            m.mode,
+            format!("{:.0} ({:.0}-{:.0})", f.median, f.min, f.max),
+            format!("{} ({:.2}-{:.2})", human_bits_per_sec(e.median), e.min / 1e9, e.max / 1e9)
+        );
+    }
+    match (d.afxdp_over_best_tcp_files, &d.best_tcp) {
+        (Some(x), Some(t)) => println!("AF_XDP / best TCP mode ({t}) in files/s (medians): {x:.2}x"),
+        _ => println!("AF_XDP / best TCP mode in files/s: n/a (run AF_XDP and a TCP mode)"),
+    }
+}
+
 /// The table, its notes, the ratios and the verdict, on stdout.
 pub(super) fn print_table(r: &BenchReport) {
+    let what = match &r.dataset {
+        Some(d) => format!("{} set of {} files", crate::report::human_bytes(r.file_bytes), d.files),
+        None => format!("{} file", crate::report::human_bytes(r.file_bytes)),
+    };
     println!(
-        "\n{} file ({}), {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}, receiver NAPI {}",
-        crate::report::human_bytes(r.file_bytes),
+        "\n{what} ({}), {} run(s) per mode, interleaved; kernel {}, {} CPUs, MTU {}, receiver NAPI {}",
         if r.host.cold { "page cache dropped before each send" } else { "in the page cache" },
         r.runs,
         r.host.kernel,
@@ -106,6 +130,9 @@ pub(super) fn print_table(r: &BenchReport) {
             verified
         );
     }
+    if let Some(d) = &r.dataset {
+        print_dataset(r, d);
+    }
     if r.reference.is_some() {
         println!("(iperf3 -Z: an outside reference for TCP on this link; it moves no file and verifies nothing; its CPU columns are iperf3's own figures)");
     }
@@ -154,6 +181,7 @@ mod tests {
             syscalls_per_gib: None,
             ctx_switches_per_gib: None,
             retransmits: 0,
+            files_per_s: None,
         }
     }
 

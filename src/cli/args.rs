@@ -112,6 +112,11 @@ pub(crate) struct BenchArgs {
     /// from disk.
     #[arg(long)]
     pub(crate) cold: bool,
+    /// Send a generated tree instead of one file, and report files/s:
+    /// tiny (10,000 x 4 KiB), small (1,000 x 1 MiB) or large (4 x 256 MiB).
+    /// Each run's tree is compared file by file with the one sent.
+    #[arg(long, value_name = "SET", conflicts_with_all = ["file", "size"])]
+    pub(crate) dataset: Option<String>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]

@@ -76,6 +76,7 @@ pub(crate) fn cmd_bench(a: BenchArgs) -> anyhow::Result<bool> {
         cold: a.cold,
         mtu: a.mtu,
         queues: a.queues,
+        dataset: a.dataset.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
     };
     let report = xdpblast::bench::run(&opts)?;
     Ok(report.results.iter().all(|r| r.verified))

@@ -127,7 +127,10 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         ..Default::default()
     };
     let mut sender = Sender::new(scfg, session, shape, Instant::now());
-    let intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), prep.file_size);
+    let mut intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), prep.file_size);
+    if let (Some(scanned), Some(shape)) = (&opts.tree, prep.tree) {
+        intervals = intervals.with_files(crate::tree::FileProgress::new(&scanned.manifest, shape.manifest_len));
+    }
     let result = transfer(opts, prep, &mut sender, &mut ctrl, ctrl_peer, intervals, &lanes);
     if let Err(e) = &result {
         abort_receiver(&ctrl, &sender, &format!("sender failed: {e:#}"));
