@@ -70,10 +70,12 @@ pub struct Intervals {
     /// Bytes an interrupted transfer had delivered: they count as done,
     /// not as moved, so rates and the ETA are of what moves now.
     resumed: u64,
+    /// A tree's files, for "files N/M" and the one in progress.
+    files: Option<crate::tree::FileProgress>,
 }
 
 /// What one interval line shows.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IntervalLine<'a> {
     pub t0: f64,
     pub t1: f64,
@@ -87,6 +89,8 @@ pub struct IntervalLine<'a> {
     pub eta_s: Option<f64>,
     /// The phase, when it is not moving data ("waiting for the receiver").
     pub phase: &'a str,
+    /// A tree's files whole so far, of all, and the one on its way.
+    pub files: Option<(u64, u64, Option<String>)>,
 }
 
 /// The column header the interval lines and the summary share.
@@ -110,6 +114,12 @@ impl std::fmt::Display for IntervalLine<'_> {
             human_bits_per_sec(rate),
             pct.min(100.0)
         )?;
+        if let Some((done, all, next)) = &self.files {
+            write!(f, "  files {done}/{all}")?;
+            if let (Some(p), true) = (next, self.phase.is_empty()) {
+                write!(f, "  {}", crate::wire::untrusted_text(p))?;
+            }
+        }
         if !self.phase.is_empty() {
             write!(f, "  {}", self.phase)?;
         }
@@ -137,7 +147,15 @@ impl Intervals {
             every: Duration::from_secs(1),
             header_printed: false,
             resumed: 0,
+            files: None,
         }
+    }
+
+    /// The transfer is a tree: lines also say how many of its files are
+    /// in, and which one is on its way.
+    pub fn with_files(mut self, files: crate::tree::FileProgress) -> Intervals {
+        self.files = Some(files);
+        self
     }
 
     /// The transfer resumes with `bytes` already delivered.
@@ -212,6 +230,10 @@ impl Intervals {
             total: self.total,
             eta_s: (bytes > self.resumed).then(|| left as f64 / rate_so_far),
             phase,
+            files: self.files.as_ref().map(|f| {
+                let (done, all, next) = f.at(bytes);
+                (done, all, next.map(str::to_string))
+            }),
         };
         self.last = now;
         self.last_bytes = bytes;
@@ -372,8 +394,11 @@ mod tests {
             total: 1,
             eta_s: None,
             phase: "",
+            files: None,
         };
         assert_eq!(big.find("183038"), line.to_string().find("183038"));
+        let tree = IntervalLine { files: Some((12, 2000, Some("data/sub/f0012".into()))), ..line.clone() };
+        assert!(tree.to_string().ends_with("files 12/2000  data/sub/f0012"), "{tree}");
         assert_eq!(INTERVAL_HEADER.find("Retr").map(|i| i + 4), big.find("183038").map(|i| i + 6));
     }
 }

@@ -84,10 +84,56 @@ impl Layout {
     }
 }
 
+/// Which file a tree's stream has reached, for progress lines: files
+/// done of all, and the one in progress.
+#[derive(Debug, Clone, Default)]
+pub struct FileProgress {
+    /// Per file in stream order (empty ones too): where its bytes end.
+    ends: Vec<u64>,
+    paths: Vec<String>,
+}
+
+impl FileProgress {
+    pub fn new(manifest: &Manifest, manifest_len: u64) -> FileProgress {
+        let mut at = manifest_len;
+        let mut p = FileProgress::default();
+        for e in manifest.entries.iter().filter(|e| e.kind == EntryKind::File) {
+            at += e.size;
+            p.ends.push(at);
+            p.paths.push(e.path.clone());
+        }
+        p
+    }
+
+    /// With the stream's first `done` bytes delivered: files whole, all
+    /// files, and the path of the next one.
+    pub fn at(&self, done: u64) -> (u64, u64, Option<&str>) {
+        let whole = self.ends.partition_point(|&end| end <= done);
+        (whole as u64, self.ends.len() as u64, self.paths.get(whole).map(String::as_str))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::manifest::Entry;
+
+    #[test]
+    fn progress_counts_whole_files_and_names_the_next() {
+        let m = Manifest {
+            entries: vec![
+                entry("d", EntryKind::Dir, 0),
+                entry("d/a", EntryKind::File, 3),
+                entry("d/empty", EntryKind::File, 0),
+                entry("d/b", EntryKind::File, 5),
+            ],
+        };
+        let p = FileProgress::new(&m, 10);
+        assert_eq!(p.at(0), (0, 3, Some("d/a")));
+        assert_eq!(p.at(12), (0, 3, Some("d/a")));
+        assert_eq!(p.at(13), (2, 3, Some("d/b")), "an empty file is done with the one before");
+        assert_eq!(p.at(18), (3, 3, None));
+    }
 
     fn entry(path: &str, kind: EntryKind, size: u64) -> Entry {
         Entry { path: path.into(), kind, mode: 0o644, mtime_ns: 0, size }

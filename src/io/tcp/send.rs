@@ -241,6 +241,9 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     let count = opts.streams.clamp(1, MAX_STREAMS);
     let t_prep = Instant::now();
     let mut intervals = Intervals::new(opts.intervals, crate::os::process::process_start(), size);
+    if let (Some(scanned), Some(shape)) = (opts.tree.as_deref(), tree) {
+        intervals = intervals.with_files(crate::tree::FileProgress::new(&scanned.manifest, shape.manifest_len));
+    }
     let (session, cookie, from) = admit(opts, input, size, &meta, tree, &mut intervals)?;
     intervals.resumed(from);
     let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
