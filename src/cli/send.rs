@@ -21,12 +21,16 @@ pub(crate) fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
     let r = send_checked(a, !json && !quiet);
     if let (true, Err(e)) = (json, &r) {
         // `--json` promises one object on stdout, failures included.
-        let report = serde_json::json!({
+        let mut report = serde_json::json!({
             "verified": false,
             "error": format!("{e:#}"),
             "e2e_s": xdpblast::os::process::since_process_start(),
             "peak_rss_bytes": xdpblast::os::process::peak_rss_bytes(),
         });
+        if let Some(p) = xdpblast::tree::input::changed_file(e) {
+            let reason = "changed while the tree was being sent (written, truncated or replaced)";
+            report["failed_files"] = serde_json::json!([{ "path": p.display().to_string(), "reason": reason }]);
+        }
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     r

@@ -86,6 +86,10 @@ pub struct RecvReport {
     pub process: crate::report::ProcessFigures,
     /// Every chunk in to the digest known: what hashing ahead left to do.
     pub final_hash_s: Option<f64>,
+    /// A verified tree's files that could not be put in place, and why
+    /// (they stay as their partials).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_files: Vec<crate::tree::output::FailedFile>,
     /// With a thread per receive queue: what each took in.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_queue: Vec<QueueFigures>,
@@ -184,6 +188,8 @@ struct ReceiveLoop {
     refusals_logged: std::collections::HashSet<IpAddr>,
     /// The last sender refused, and why.
     last_refusal: Option<String>,
+    /// A verified tree's files its commit could not put in place.
+    failed_files: Vec<crate::tree::output::FailedFile>,
 }
 
 impl ReceiveLoop {
@@ -222,6 +228,7 @@ impl ReceiveLoop {
             rusage_at_start: None,
             refusals_logged: std::collections::HashSet::new(),
             last_refusal: None,
+            failed_files: Vec::new(),
         }
     }
 
@@ -467,7 +474,10 @@ impl ReceiveLoop {
         if Some(digest) == self.rx.info().and_then(|i| i.digest) {
             match o.commit() {
                 Ok(p) => info!(path = %p.display(), "digest verified; output committed"),
-                Err(e) => return self.fail(format!("verified, but cannot commit the output: {e}")),
+                Err(e) => {
+                    self.failed_files = crate::tree::output::failed_files(&e);
+                    return self.fail(format!("verified, but cannot commit the output: {e}"));
+                }
             }
         } else {
             warn!(partial = %o.partial().display(), "digest mismatch; output left as partial");
@@ -566,6 +576,7 @@ impl ReceiveLoop {
             error,
             process: crate::report::ProcessFigures::now(&self.rusage_at_start.unwrap_or_default()),
             final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),
+            failed_files: std::mem::take(&mut self.failed_files),
             per_queue: Vec::new(),
             path_stats: None,
         }

@@ -201,11 +201,25 @@ impl TreeInput {
     }
 }
 
+/// A tree's file changed under the sender (length or mtime against the
+/// walk's): the transfer fails, naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("{} changed while the tree was being sent (written, truncated or replaced); start again", .path.display())]
+pub struct FileChanged {
+    pub path: PathBuf,
+}
+
 fn changed(path: &std::path::Path) -> io::Error {
-    io::Error::other(format!(
-        "{} changed while the tree was being sent (written, truncated or replaced); start again",
-        path.display()
-    ))
+    io::Error::other(FileChanged { path: path.to_path_buf() })
+}
+
+/// The file an error names as changed under the sender, anywhere in its
+/// chain of causes.
+pub fn changed_file(e: &anyhow::Error) -> Option<&std::path::Path> {
+    e.chain().find_map(|c| {
+        let io = c.downcast_ref::<io::Error>()?;
+        io.get_ref()?.downcast_ref::<FileChanged>().map(|f| f.path.as_path())
+    })
 }
 
 #[cfg(test)]
@@ -253,6 +267,9 @@ mod tests {
         std::fs::write(root.join("a"), b"HELLO!").unwrap();
         let mut buf = [0u8; 5];
         let r = input.read_vectored_at(&mut [IoSliceMut::new(&mut buf)], mlen as u64);
-        assert!(r.unwrap_err().to_string().contains("changed"));
+        let e = anyhow::Error::new(r.unwrap_err()).context("reading the tree");
+        assert!(format!("{e:#}").contains("changed"));
+        // The JSON names it, however deep in the error.
+        assert_eq!(changed_file(&e), Some(root.join("a").as_path()));
     }
 }

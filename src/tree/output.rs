@@ -186,6 +186,27 @@ fn write_files(made: &Made, writes: &[(u64, &[u8])]) -> io::Result<()> {
     flush(&open, &mut run)
 }
 
+/// A file of a verified tree that could not be put in place, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedFile {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Some of a verified tree's files could not be put in place (they stay
+/// as their partials); the rest were.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of the tree's {of} files could not be put in place, the first: {}: {}; they stay as NAME.partial", .failed.len(), .failed.first().map_or("", |f| f.path.as_str()), .failed.first().map_or("", |f| f.reason.as_str()))]
+pub struct CommitFailed {
+    pub failed: Vec<FailedFile>,
+    pub of: usize,
+}
+
+/// The files a commit's error names, if it is a [`CommitFailed`].
+pub fn failed_files(e: &io::Error) -> Vec<FailedFile> {
+    e.get_ref().and_then(|i| i.downcast_ref::<CommitFailed>()).map(|c| c.failed.clone()).unwrap_or_default()
+}
+
 /// One file the tree made: where, and which inode, so the commit renames
 /// only what we created.
 struct MadeFile {
@@ -501,29 +522,15 @@ impl TreeOutput {
             return Err(io::Error::other("the tree's files were never made"));
         };
         let umask = process_umask();
+        // Each file on its own: one that cannot be put in place (a
+        // directory took its name, --no-clobber met a new file) stays as
+        // its partial and is named; the others are committed.
+        let mut failed = Vec::new();
         for f in &self.files {
             let e = &manifest.entries[f.entry];
-            let partial = partial_rel(&e.path);
-            let fd = open_beneath(&self.root, &partial, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0)?;
-            let st = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
-            if (st.st_dev, st.st_ino) != f.dev_ino {
-                return Err(io::Error::other(format!("{partial} was replaced by someone else; not committing it")));
+            if let Err(why) = self.commit_file(f, &e.path, e.mode & !umask, e.mtime_ns) {
+                failed.push(FailedFile { path: e.path.clone(), reason: why.to_string() });
             }
-            set_attrs(&fd, e.mode & !umask, e.mtime_ns)?;
-            let (parent, name) = split(&e.path);
-            let dir = match parent {
-                Some(p) => open_beneath(&self.root, p, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?,
-                None => self.root.try_clone()?,
-            };
-            let (_, pname) = split(&partial);
-            let flags = if self.policy.no_clobber {
-                nix::fcntl::RenameFlags::RENAME_NOREPLACE
-            } else {
-                nix::fcntl::RenameFlags::empty()
-            };
-            nix::fcntl::renameat2(&dir, pname, &dir, name, flags).map_err(|e2| {
-                io::Error::new(io::Error::from(e2).kind(), format!("renaming {partial} to {}: {}", e.path, e2.desc()))
-            })?;
         }
         // One flush for the whole tree (syncfs needs a descriptor that is
         // not O_PATH).
@@ -536,8 +543,37 @@ impl TreeOutput {
             let fd = open_beneath(&self.root, &e.path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
             set_attrs(&fd, e.mode & !umask, e.mtime_ns)?;
         }
+        if !failed.is_empty() {
+            return Err(io::Error::other(CommitFailed { failed, of: self.files.len() }));
+        }
         info!(files = self.files.len(), path = %self.out.display(), "tree verified and committed");
         Ok(self.out)
+    }
+
+    /// Gives one verified file its mode and mtime and renames it from its
+    /// partial, provided the partial is still the file we made.
+    fn commit_file(&self, f: &MadeFile, path: &str, mode: u32, mtime_ns: i64) -> io::Result<()> {
+        let partial = partial_rel(path);
+        let fd = open_beneath(&self.root, &partial, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0)?;
+        let st = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
+        if (st.st_dev, st.st_ino) != f.dev_ino {
+            return Err(io::Error::other(format!("{partial} was replaced by someone else; not committing it")));
+        }
+        set_attrs(&fd, mode, mtime_ns)?;
+        let (parent, name) = split(path);
+        let dir = match parent {
+            Some(p) => open_beneath(&self.root, p, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?,
+            None => self.root.try_clone()?,
+        };
+        let (_, pname) = split(&partial);
+        let flags = if self.policy.no_clobber {
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE
+        } else {
+            nix::fcntl::RenameFlags::empty()
+        };
+        nix::fcntl::renameat2(&dir, pname, &dir, name, flags).map_err(|e2| {
+            io::Error::new(io::Error::from(e2).kind(), format!("renaming {partial} to {path}: {}", e2.desc()))
+        })
     }
 
     pub fn out(&self) -> &Path {
@@ -614,6 +650,33 @@ mod tests {
         let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
         assert_eq!(mode(&out.join("t/a")) & 0o777, 0o750 & !process_umask());
         assert!(!out.join("t/a.partial").exists());
+    }
+
+    /// A file that cannot be put in place (a directory took its name while
+    /// it filled) is named with its reason and stays as its partial; the
+    /// other files are committed all the same.
+    #[test]
+    fn a_file_that_cannot_be_committed_is_named_and_the_rest_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let m = Manifest {
+            entries: vec![
+                entry("t", EntryKind::Dir, 0),
+                entry("t/a", EntryKind::File, 3),
+                entry("t/b", EntryKind::File, 2),
+            ],
+        };
+        let mut t = receive(&out, &m, b"abcde").unwrap();
+        t.digest().unwrap();
+        std::fs::create_dir(out.join("t/a")).unwrap();
+        std::fs::write(out.join("t/a/inside"), b"x").unwrap();
+        let e = t.commit().expect_err("t/a cannot be renamed over a directory");
+        let failed = failed_files(&e);
+        assert_eq!(failed.len(), 1, "{e}");
+        assert_eq!(failed[0].path, "t/a");
+        assert!(e.to_string().starts_with("1 of the tree's 2 files could not be put in place"), "{e}");
+        assert_eq!(std::fs::read(out.join("t/b")).unwrap(), b"de", "the other file is committed");
+        assert_eq!(std::fs::read(out.join("t/a.partial")).unwrap(), b"abc", "nothing is lost");
     }
 
     /// A link planted in the output tree, to a directory outside it, is

@@ -137,6 +137,19 @@ fn walk(out: &mut Scanned, source: &Path, rel: String, meta: &std::fs::Metadata,
     Ok(())
 }
 
+/// What a walk skipped, for a report's `failed_files`.
+pub fn skipped_files(scanned: Option<&Scanned>) -> Vec<super::output::FailedFile> {
+    scanned.map_or_else(Vec::new, |s| {
+        s.skipped
+            .iter()
+            .map(|(p, why)| super::output::FailedFile {
+                path: p.display().to_string(),
+                reason: format!("skipped: {why}"),
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

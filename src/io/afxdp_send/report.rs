@@ -51,6 +51,9 @@ pub struct SendReport {
     /// Bytes the receiver held from an interrupted transfer (checked
     /// against ours), not sent again.
     pub resumed_bytes: u64,
+    /// A tree's files the walk skipped (links, special files), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_files: Vec<crate::tree::output::FailedFile>,
     pub stats: SendStats,
     /// With rate control (the default without `--rate`): the pace over time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,6 +180,7 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
         queues,
         per_queue,
         resumed_bytes: sender.resumed_from(),
+        failed_files: crate::tree::scan::skipped_files(opts.tree.as_deref()),
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
         stats,
         adaptation: tx.control.take().map(|a| Adaptation {

@@ -71,6 +71,11 @@ pub struct TcpReport {
     pub path: Option<String>,
     /// Bytes an interrupted transfer had delivered, not sent again.
     pub resumed_bytes: u64,
+    /// Receiver: a verified tree's files that could not be put in place.
+    /// Sender: its tree's files that changed while being sent, or were
+    /// skipped (links, special files), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_files: Vec<crate::tree::output::FailedFile>,
     /// The transfer phase runs from the first byte to the verdict.
     #[serde(flatten)]
     pub process: crate::report::ProcessFigures,

@@ -68,7 +68,8 @@ pub fn receive(
             );
         }
     }
-    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals);
+    let mut failed_files = Vec::new();
+    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals, &mut failed_files);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -95,6 +96,7 @@ pub fn receive(
         },
         prepare_s: 0.0,
         resumed_bytes: opts.resumed_from,
+        failed_files,
         error,
         path: if verified {
             Some(out.display().to_string())
@@ -173,6 +175,7 @@ pub(super) fn receive_inner(
     pending: PendingStreams,
     prepared: Option<(Destination, Journaling)>,
     intervals: &mut Intervals,
+    failed_files: &mut Vec<crate::tree::output::FailedFile>,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
     let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
@@ -231,7 +234,10 @@ pub(super) fn receive_inner(
     let ours = output.digest().context("reading the output back")?;
     let ok = digests.iter().all(|d| *d == ours);
     if ok {
-        output.commit().context("committing the output")?;
+        output
+            .commit()
+            .inspect_err(|e| *failed_files = crate::tree::output::failed_files(e))
+            .context("committing the output")?;
     }
     // Committed, or not worth resuming: its bytes are not the sender's.
     if let Some(j) = journal.as_mut() {

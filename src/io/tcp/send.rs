@@ -309,6 +309,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         streams: count,
         prepare_s,
         resumed_bytes: from,
+        failed_files: crate::tree::scan::skipped_files(opts.tree.as_deref()),
         error: None,
         path: None,
         e2e_goodput_bps: size as f64 * 8.0 / process.e2e_s.max(1e-9),
