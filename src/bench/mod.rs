@@ -185,6 +185,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         exe: std::env::current_exe().context("finding our own binary")?,
         out: work.path().join(if opts.dataset.is_some() { "received" } else { "output.bin" }),
         dataset: opts.dataset.map(|_| file.clone()),
+        runs_done: std::cell::Cell::new(0),
         file,
         key: bench_key(&work)?,
         cold: opts.cold,
