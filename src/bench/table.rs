@@ -51,6 +51,15 @@ pub(super) fn verdict(results: &[ModeResult], afxdp: Option<usize>, sendfile: Op
     v
 }
 
+/// Files per second to three figures or so: 27509, 480, 2.05.
+fn files_rate(f: f64) -> String {
+    match f {
+        f if f >= 100.0 => format!("{f:.0}"),
+        f if f >= 10.0 => format!("{f:.1}"),
+        f => format!("{f:.2}"),
+    }
+}
+
 /// A dataset's rows in files: files/s and Gb/s end to end, and AF_XDP
 /// against the best TCP mode.
 fn print_dataset(r: &BenchReport, d: &super::DatasetFigures) {
@@ -62,7 +71,7 @@ fn print_dataset(r: &BenchReport, d: &super::DatasetFigures) {
         println!(
             "{:<14} {:>26} {:>30}",
             m.mode,
-            format!("{:.0} ({:.0}-{:.0})", f.median, f.min, f.max),
+            format!("{} ({}-{})", files_rate(f.median), files_rate(f.min), files_rate(f.max)),
             format!("{} ({:.2}-{:.2})", human_bits_per_sec(e.median), e.min / 1e9, e.max / 1e9)
         );
     }
