@@ -72,7 +72,10 @@ impl Runner<'_> {
     pub fn run_once(&self, row: Row) -> anyhow::Result<Run> {
         let (bed, mode) = (self.bed, row.mode);
         let out = match &self.dataset {
-            Some(_) => self.out.join(format!("run{}", self.runs_done.get())),
+            Some(_) => {
+                std::fs::create_dir_all(&self.out).with_context(|| format!("making {}", self.out.display()))?;
+                self.out.join(format!("run{}", self.runs_done.get()))
+            }
             None => self.out.clone(),
         };
         self.runs_done.set(self.runs_done.get() + 1);
