@@ -154,8 +154,14 @@ impl Intervals {
     /// The transfer is a tree: lines also say how many of its files are
     /// in, and which one is on its way.
     pub fn with_files(mut self, files: crate::tree::FileProgress) -> Intervals {
-        self.files = Some(files);
+        self.set_files(files);
         self
+    }
+
+    /// As [`Intervals::with_files`], once the tree is known (a receiver's,
+    /// when its manifest is in).
+    pub fn set_files(&mut self, files: crate::tree::FileProgress) {
+        self.files = Some(files);
     }
 
     /// The transfer resumes with `bytes` already delivered.

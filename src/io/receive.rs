@@ -446,13 +446,18 @@ impl ReceiveLoop {
     /// the sender has settled where the stream resumes.
     fn make_tree(&mut self) {
         let made = match self.out.as_mut() {
-            Some(Destination::Tree(t)) if t.is_made() => return self.rx.release_hold(),
-            Some(Destination::Tree(t)) => t.make().map(|()| t.manifest_bytes().unwrap_or_default()),
+            Some(Destination::Tree(t)) if t.is_made() => Ok(None),
+            Some(Destination::Tree(t)) => t.make().map(|()| t.manifest_bytes()),
             _ => return,
         };
-        let started = made.and_then(|manifest| match self.journal.as_mut() {
-            Some(j) => j.start(manifest),
-            None => Ok(()),
+        if let Some(Destination::Tree(t)) = &self.out {
+            if let Some(files) = t.file_progress() {
+                self.intervals.set_files(files);
+            }
+        }
+        let started = made.and_then(|manifest| match (self.journal.as_mut(), manifest) {
+            (Some(j), Some(m)) => j.start(m),
+            _ => Ok(()),
         });
         match started {
             Ok(()) => self.rx.release_hold(),

@@ -332,6 +332,12 @@ impl TreeOutput {
         self.manifest.is_some()
     }
 
+    /// Where each file lies in the stream, for progress lines, once the
+    /// tree is made.
+    pub fn file_progress(&self) -> Option<super::FileProgress> {
+        self.manifest.as_ref().map(|m| super::FileProgress::new(m, self.manifest_len))
+    }
+
     /// Files the manifest lists (0 before it is in).
     pub fn file_count(&self) -> usize {
         self.manifest.as_ref().map_or(0, Manifest::files)

@@ -188,6 +188,7 @@ pub(super) fn receive_inner(
     let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
     let from = opts.resumed_from.min(size);
     let ranges: Vec<_> = (0..header.count).map(|i| resumed_range(from, size, header.count, i)).collect();
+    let mut files_shown = false;
     // Each stream on a thread of its own, writing its range; this thread
     // hashes the complete prefix as it grows.
     let digests = std::thread::scope(|scope| {
@@ -209,6 +210,10 @@ pub(super) fn receive_inner(
                     if let Some(j) = journal.as_mut() {
                         j.start(t.manifest_bytes().unwrap_or_default())?;
                     }
+                }
+                if let (Some(files), false) = (t.file_progress(), files_shown) {
+                    intervals.set_files(files);
+                    files_shown = true;
                 }
             }
             output.hash_ahead(prefix, 4 << 20).context("reading the output back")?;
