@@ -95,6 +95,28 @@ fn a_killed_sender_resumes_and_sends_only_the_rest() {
     assert_eq!(partials_and_journals(dir.path()), "", "a partial or a journal was left");
 }
 
+/// A transfer interrupted over AF_XDP is finished over TCP, split over
+/// two streams: a journal is the stream's, whatever carries it.
+#[test]
+fn an_afxdp_transfer_is_finished_over_two_tcp_streams() {
+    require_privileges();
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let len = 32u64 << 20;
+    let file = random_file_streamed(dir.path(), "data.bin", len, 47);
+    let out = dir.path().join("out.bin");
+    interrupted_send(&veth, &file, &out, "100M", len / 2);
+    let rx = veth.start_receiver(&out, &[]);
+    let sent = veth.send(&file, &["--mode", "splice", "--streams", "2"]);
+    let (rx_ok, recv, rlog) = rx.finish();
+    assert!(sent.status.success() && rx_ok, "{}\n{recv}\n{rlog}", String::from_utf8_lossy(&sent.stderr));
+    let resumed = json(&sent)["resumed_bytes"].as_u64().expect("resumed_bytes");
+    assert!(resumed >= len / 4, "only {resumed} bytes were resumed");
+    assert_eq!(recv["resumed_bytes"].as_u64(), Some(resumed));
+    assert!(same_file_streamed(&file, &out));
+    assert_eq!(partials_and_journals(dir.path()), "");
+}
+
 /// A source changed since the interrupted transfer starts over, and both
 /// ends say so: changed in place with its mtime put back (only the hashes
 /// of the kept bytes can tell), and touched (its mtime tells).

@@ -137,6 +137,23 @@ mod tests {
         assert_eq!(&bytes[..], &fixture[..]);
     }
 
+    /// A resumed transfer's streams cover exactly the bytes from the
+    /// resume point on, each once, in order; from 0 they are the plain
+    /// split, and from the end nothing is left.
+    #[test]
+    fn resumed_ranges_tile_the_rest_of_the_file() {
+        let size = 10_000_000;
+        for (from, count) in [(0, 1), (0, 3), (4_194_305, 2), (9_999_999, 4), (size, 2)] {
+            let ranges: Vec<_> = (0..count).map(|i| resumed_range(from, size, count, i)).collect();
+            assert_eq!(ranges[0].start, from);
+            assert_eq!(ranges[count as usize - 1].end, size);
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start), "{ranges:?}");
+            if from == 0 {
+                assert!((0..count).all(|i| resumed_range(0, size, count, i) == stream_range(size, count, i)));
+            }
+        }
+    }
+
     #[test]
     fn refuses_what_is_not_our_header() {
         let good = sample().emit();
