@@ -186,4 +186,7 @@ fn bench_dataset_sends_trees_and_reports_files_per_second() {
     assert_eq!((d["name"].as_str(), d["files"].as_u64()), (Some("tiny"), Some(10_000)), "{report}");
     assert_eq!(d["best_tcp"], "sendfile");
     assert!(d["afxdp_over_best_tcp_files"].as_f64().is_some_and(|x| x > 0.0), "{report}");
+    // tar and bash are on every machine this runs on: the reference ran, and its tree matched.
+    assert_eq!(d["tar_reference"]["runs"], 1, "{report}");
+    assert!(stdout.contains("tar|tcp (ref)"), "{stdout}");
 }

@@ -13,6 +13,7 @@ mod modes;
 mod plot;
 mod runs;
 mod table;
+mod tar;
 mod testbed;
 
 use std::path::PathBuf;
@@ -133,6 +134,9 @@ pub struct DatasetFigures {
     pub afxdp_over_best_tcp_files: Option<f64>,
     /// That TCP mode.
     pub best_tcp: Option<String>,
+    /// `tar -c | TCP | tar -x` of the same set, as an outside reference
+    /// (when tar and bash are installed).
+    pub tar_reference: Option<tar::TarReference>,
 }
 
 /// `bench --queues N`: AF_XDP over N queues against the other rows.
@@ -245,6 +249,8 @@ fn bench_key(work: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
 struct Measured {
     runs: Vec<Vec<Run>>,
     reference: Vec<Run>,
+    /// With a dataset: each `tar | TCP` reference run's seconds.
+    tar: Vec<f64>,
     interrupted: bool,
 }
 
@@ -267,7 +273,9 @@ fn measure(opts: &BenchOptions, rows: &[Row], runner: &Runner<'_>, bytes: u64) -
     );
     bytes_bar.enable_steady_tick(Duration::from_millis(200));
     let iperf3 = child::find_in_path("iperf3");
-    let mut m = Measured { runs: vec![Vec::new(); rows.len()], reference: Vec::new(), interrupted: false };
+    let tar = runner.dataset.as_ref().and(tar::Tar::find());
+    let mut m =
+        Measured { runs: vec![Vec::new(); rows.len()], reference: Vec::new(), tar: Vec::new(), interrupted: false };
     'rounds: for r in 0..opts.runs {
         for (i, row) in rows.iter().enumerate() {
             let mode = row.label(row.mode.name());
@@ -295,6 +303,13 @@ fn measure(opts: &BenchOptions, rows: &[Row], runner: &Runner<'_>, bytes: u64) -
                 Err(e) => tracing::warn!("iperf3 reference skipped: {e:#}"),
             }
         }
+        if let (Some(t), Some(set)) = (&tar, &runner.dataset) {
+            bar.set_message(format!("tar | TCP (reference), run {}/{}", r + 1, opts.runs));
+            match tar_run(t, runner, set, r) {
+                Ok(secs) => m.tar.push(secs),
+                Err(e) => tracing::warn!("tar | TCP reference skipped: {e:#}"),
+            }
+        }
         if crate::os::signals::stop_requested() {
             m.interrupted = true;
             break;
@@ -303,6 +318,19 @@ fn measure(opts: &BenchOptions, rows: &[Row], runner: &Runner<'_>, bytes: u64) -
     bar.finish_and_clear();
     bytes_bar.finish_and_clear();
     Ok(m)
+}
+
+/// One `tar | TCP` reference run of the dataset `set`, its tree compared
+/// with the one sent; returns its seconds.
+fn tar_run(t: &tar::Tar, runner: &Runner<'_>, set: &std::path::Path, round: u32) -> anyhow::Result<f64> {
+    let out = runner.out.join(format!("tar{round}"));
+    let secs = t.run_once(runner.bed, set, &out)?;
+    let name = set.file_name().context("the dataset's name")?;
+    let files = dataset::compare_trees(set, &out.join(name)).context("the tree tar delivered differs")?;
+    if files <= runs::KEEP_RECEIVED_ABOVE_FILES {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    Ok(secs)
 }
 
 /// Medians per row, the ratios between rows, the host, and the verdict.
@@ -335,7 +363,10 @@ fn build_report(opts: &BenchOptions, rows: &[Row], m: Measured, bytes: u64, mtu:
         }
     });
     let reference = (!m.reference.is_empty()).then(|| summarize("iperf3-Z", &m.reference, bytes, None));
-    let dataset = opts.dataset.map(|d| dataset_figures(d, &ran, &results, afxdp_row));
+    let dataset = opts.dataset.map(|d| DatasetFigures {
+        tar_reference: tar::TarReference::of(&m.tar, d.shape().0, d.bytes()),
+        ..dataset_figures(d, &ran, &results, afxdp_row)
+    });
     BenchReport {
         ratio_afxdp_over_sendfile: over(e2e(afxdp_row), e2e(sendfile_row)),
         ratio_transfer_phase: over(transfer(afxdp_row), transfer(sendfile_row)),
@@ -380,5 +411,6 @@ fn dataset_figures(
         files: d.shape().0,
         afxdp_over_best_tcp_files: ratio,
         best_tcp: best_tcp.and_then(|(i, _)| results.get(i)).map(|r| r.mode.clone()),
+        tar_reference: None,
     }
 }

@@ -64,7 +64,7 @@ pub(super) struct Runner<'a> {
 /// creates scan them, and the runs measured that scan (perf: 60 % of
 /// the receiver's time in `recently_deleted` under `ext4_create`; 4,000
 /// files/s against 26,000 on a fresh file system).
-const KEEP_RECEIVED_ABOVE_FILES: u64 = 1_000;
+pub(super) const KEEP_RECEIVED_ABOVE_FILES: u64 = 1_000;
 
 impl Runner<'_> {
     /// One verified transfer of `row`: the receiver started and ready, the

@@ -75,6 +75,16 @@ fn print_dataset(r: &BenchReport, d: &super::DatasetFigures) {
             format!("{} ({:.2}-{:.2})", human_bits_per_sec(e.median), e.min / 1e9, e.max / 1e9)
         );
     }
+    if let Some(t) = &d.tar_reference {
+        let (f, e) = (&t.files_per_s, &t.e2e_goodput_bps);
+        println!(
+            "{:<14} {:>26} {:>30}",
+            "tar|tcp (ref)",
+            format!("{} ({}-{})", files_rate(f.median), files_rate(f.min), files_rate(f.max)),
+            format!("{} ({:.2}-{:.2})", human_bits_per_sec(e.median), e.min / 1e9, e.max / 1e9)
+        );
+        println!("(tar -c | TCP | tar -x, then a flush: an outside reference; it verifies nothing, the bench compares its tree)");
+    }
     match (d.afxdp_over_best_tcp_files, &d.best_tcp) {
         (Some(x), Some(t)) => println!("AF_XDP / best TCP mode ({t}) in files/s (medians): {x:.2}x"),
         _ => println!("AF_XDP / best TCP mode in files/s: n/a (run AF_XDP and a TCP mode)"),
