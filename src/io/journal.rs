@@ -140,7 +140,9 @@ impl Journal {
     /// Reads the journal at `path`: `Ok(None)` when there is none, an
     /// [`Unusable`] when it cannot be used for a source of `identity`.
     pub fn load(path: &Path, identity: Identity, keys: Option<&Keys>) -> Result<Option<Journal>, Unusable> {
-        let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path) {
+        // O_NONBLOCK: a FIFO planted under the name must not hold the open.
+        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let file = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(_) => return Err(Unusable::NotOurs),
@@ -309,6 +311,21 @@ mod tests {
         JournalFile::create(&path, j.clone(), None).unwrap();
         assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
         assert_eq!(Journal::load(&target, j.identity, None).unwrap(), Some(j));
+    }
+
+    /// A FIFO planted as the journal or as the partial is refused at
+    /// once; an open without O_NONBLOCK would wait for a writer for ever.
+    #[test]
+    fn a_planted_fifo_holds_nothing_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let j = journal(false);
+        nix::unistd::mkfifo(&journal_path(&path), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(Journal::load(&journal_path(&path), j.identity, None), Err(Unusable::NotOurs));
+        let partial = crate::io::output::partial_path(&path);
+        nix::unistd::mkfifo(&partial, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let policy = crate::io::output::OutputPolicy::default();
+        assert!(crate::io::output::Output::reopen(&path, 1, false, &[0; 16], policy).is_err());
     }
 
     #[test]

@@ -372,10 +372,12 @@ impl Output {
         refuse_own_input(path, source)?;
         refuse_own_input(&partial, source)?;
         check_target(path, policy)?;
+        // O_NONBLOCK: a FIFO planted under the name must not hold the open
+        // (it is refused below, as anything but a regular file is).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&partial)
             .doing(|| format!("opening {}", partial.display()))?;
         let m = file.metadata()?;

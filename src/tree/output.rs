@@ -590,7 +590,8 @@ impl TreeOutput {
 /// The partial an interrupted transfer left at `partial` in `dir`, if it
 /// is one: a regular file of ours with one link (never a link followed).
 fn left_partial(dir: &OwnedFd, partial: &Path) -> Option<(u64, u64)> {
-    let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // O_NONBLOCK: a FIFO planted under the name must not hold the open.
+    let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
     let fd = nix::fcntl::openat(dir, partial, flags, Mode::empty()).ok()?;
     let st = nix::sys::stat::fstat(&fd).ok()?;
     let ours =
