@@ -2,7 +2,11 @@
 //! - building a data frame at preload (headers + IPv4/UDP checksums), and
 //!   the checksum alone over a jumbo datagram;
 //! - the receiver's per-datagram work: parse, checks, chunk bookkeeping;
-//! - one NACK round over a large, lossy chunk set.
+//! - one NACK round over a large, lossy chunk set;
+//! - a payload's keyed work: today's tag (AES-GCM over the header and the
+//!   payload as associated data), against sealing the payload itself with
+//!   AES-256-GCM or ChaCha20-Poly1305 (aws-lc-rs), and BLAKE3 over it: the
+//!   evidence an encrypted data path (issue 27) starts from.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -25,6 +29,41 @@ fn frame_build(c: &mut Criterion) {
                 emit_header(&mut frame[42..], Kind::Data, p as u16, 7, 0xc00c1e, 123);
                 black_box(tpl.build_in_place(&mut frame, HEADER_LEN + p).expect("fits"))
             })
+        });
+    }
+    g.finish();
+}
+
+fn payload_aead(c: &mut Criterion) {
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
+    let keys = xdpblast::proto::auth::Keys::derive(&[7; 32]);
+    let tagger = keys.data_key(1, 2);
+    let aes = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).expect("a 32-byte key"));
+    let chacha = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7; 32]).expect("a 32-byte key"));
+    let nonce = |i: u64| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&i.to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    };
+    let mut g = c.benchmark_group("payload_aead");
+    for payload in [1440usize, 8940] {
+        let mut msg: Vec<u8> = (0..HEADER_LEN + payload).map(|i| (i * 31) as u8).collect();
+        g.throughput(Throughput::Bytes(payload as u64));
+        g.bench_with_input(BenchmarkId::new("tag_today", payload), &payload, |b, _| {
+            b.iter(|| black_box(tagger.tag(9, black_box(&msg))))
+        });
+        for (name, key) in [("seal_aes256gcm", &aes), ("seal_chacha20poly1305", &chacha)] {
+            let mut i = 0u64;
+            g.bench_with_input(BenchmarkId::new(name, payload), &payload, |b, _| {
+                b.iter(|| {
+                    i += 1;
+                    let (header, body) = msg.split_at_mut(HEADER_LEN);
+                    black_box(key.seal_in_place_separate_tag(nonce(i), Aad::from(&*header), body).expect("seals"))
+                })
+            });
+        }
+        g.bench_with_input(BenchmarkId::new("blake3", payload), &payload, |b, _| {
+            b.iter(|| black_box(blake3::hash(black_box(&msg[HEADER_LEN..]))))
         });
     }
     g.finish();
@@ -141,5 +180,5 @@ fn transmit_schedule(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_build, checksum, receive_path, nack_round, transmit_schedule);
+criterion_group!(benches, frame_build, checksum, payload_aead, receive_path, nack_round, transmit_schedule);
 criterion_main!(benches);
