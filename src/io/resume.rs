@@ -185,9 +185,12 @@ impl Journaling {
     /// Records the output's verified prefix, if it grew enough (or `now`).
     pub fn record(&mut self, dest: &Destination, force: bool) {
         let Some((f, at)) = self.file.as_mut() else { return };
-        let (verified, hash) = dest.prefix_digest();
+        let verified = dest.hashed_bytes();
         let due = force || at.elapsed() >= RECORD_EVERY || verified >= f.verified() + RECORD_BYTES;
         if verified > f.verified() && due {
+            // The prefix's digest (a copy of the hasher, finished) only when
+            // it is written.
+            let (verified, hash) = dest.prefix_digest();
             if let Err(e) = f.record(verified, hash) {
                 warn!("updating the journal {}: {e}", f.path().display());
             }
