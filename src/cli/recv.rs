@@ -74,17 +74,12 @@ fn receive_one(
     let report = match outcome {
         Outcome::Done(r) => r,
         Outcome::TcpFallback(handoff) => {
-            let receive::TcpHandoff { stream, header, out, attrs, tree, pending, prepared, resumed_from } = *handoff;
+            let receive::TcpHandoff { stream, header, out, pending, prepared, resumed_from } = *handoff;
             let topts = tcp::TcpReceiveOptions {
                 resumed_from,
                 out: &out,
-                attrs,
-                tree,
-                max_files: opts.max_files,
-                policy,
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,
-                keys: opts.keys.clone(),
                 listener: Some(listener),
             };
             let report = tcp::receive(stream, &header, &topts, pending, prepared);

@@ -125,9 +125,6 @@ pub struct TcpHandoff {
     pub header: StreamHeader,
     /// The output path (inside `--out` when that is a directory).
     pub out: std::path::PathBuf,
-    pub attrs: Option<FileAttrs>,
-    /// The session carries a tree of this shape, made beneath `out`.
-    pub tree: Option<crate::wire::message::TreeShape>,
     /// Connections already taken whose headers are still arriving: the
     /// sender's further streams may be among them.
     pub pending: PendingStreams,

@@ -140,16 +140,7 @@ pub(super) fn run(
         let out = lp.out_path.clone();
         let resumed_from = lp.rx.resumed_from();
         let prepared = lp.out.take().zip(lp.journal.take());
-        return Outcome::TcpFallback(Box::new(TcpHandoff {
-            stream,
-            header,
-            out,
-            attrs: lp.attrs,
-            tree: lp.tree,
-            pending,
-            prepared,
-            resumed_from,
-        }));
+        return Outcome::TcpFallback(Box::new(TcpHandoff { stream, header, out, pending, prepared, resumed_from }));
     }
     let mut report = lp.report(mode, opts);
     report.per_queue = figures;

@@ -10,29 +10,19 @@ use anyhow::{bail, Context};
 use tracing::warn;
 
 use super::{TcpReport, CHUNK, PROGRESS_QUANTUM};
-use crate::io::output::{Destination, DestinationWriter, Output, OutputPolicy};
+use crate::io::output::{Destination, DestinationWriter};
 use crate::io::resume::Journaling;
 use crate::io::stream_accept::PendingStreams;
 use crate::os::syscount::count as count_syscalls;
 use crate::report::{hex, human_bytes, summary_line, Intervals};
-use crate::tree::output::TreeOutput;
-use crate::wire::message::FileAttrs;
 use crate::wire::stream::{resumed_range, StreamHeader, REPLY_LEN};
 
-/// Where and how a TCP receiver writes what it is sent.
+/// Where and how a TCP receiver writes what it is sent (into the output
+/// the receive loop prepared when the session opened).
 pub struct TcpReceiveOptions<'a> {
     pub out: &'a Path,
-    /// The sender's file mode and mtime, from its Hello.
-    pub attrs: Option<FileAttrs>,
-    /// The session carries a tree of this shape, made beneath `out`.
-    pub tree: Option<crate::wire::message::TreeShape>,
-    /// Most files and directories a tree may hold (`--max-files`).
-    pub max_files: u64,
-    pub policy: OutputPolicy,
     pub timeout: Duration,
     pub intervals: bool,
-    /// The pre-shared key's derived keys: the digest is keyed.
-    pub keys: Option<crate::proto::auth::Keys>,
     /// Where a file sent over several streams brings the others.
     pub listener: Option<&'a TcpListener>,
     /// Where the stream resumes, as settled over the control channel: the
@@ -178,12 +168,10 @@ pub(super) fn receive_inner(
     failed_files: &mut Vec<crate::tree::output::FailedFile>,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
-    let hasher = opts.keys.as_ref().map_or_else(blake3::Hasher::new, |k| k.digest_hasher());
     let mut socks = join_streams(first, header, opts, pending)?;
-    let (mut output, mut journal) = match prepared {
-        Some((o, j)) => (o, Some(j)),
-        None => (destination(opts, header, hasher).context("preparing the output")?, None),
-    };
+    // Made when the session opened (`crate::io::resume::prepare`), where an
+    // interrupted transfer's output is taken up.
+    let (mut output, mut journal) = prepared.context("the session's output was not prepared")?;
     let writer = output.writer().context("preparing the output")?;
     let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
     let from = opts.resumed_from.min(size);
@@ -207,9 +195,7 @@ pub(super) fn receive_inner(
                 // The streams past the manifest wait for its files.
                 if !t.is_made() && t.held_complete() {
                     t.make()?;
-                    if let Some(j) = journal.as_mut() {
-                        j.start(t.manifest_bytes().unwrap_or_default())?;
-                    }
+                    journal.start(t.manifest_bytes().unwrap_or_default())?;
                 }
                 if let (Some(files), false) = (t.file_progress(), files_shown) {
                     intervals.set_files(files);
@@ -217,9 +203,7 @@ pub(super) fn receive_inner(
                 }
             }
             output.hash_ahead(prefix, 4 << 20).context("reading the output back")?;
-            if let Some(j) = journal.as_mut() {
-                j.record(&output, false);
-            }
+            journal.record(&output, false);
             intervals.tick(
                 Instant::now(),
                 from + got.iter().map(|g| g.load(std::sync::atomic::Ordering::Acquire)).sum::<u64>(),
@@ -245,10 +229,8 @@ pub(super) fn receive_inner(
             .context("committing the output")?;
     }
     // Committed, or not worth resuming: its bytes are not the sender's.
-    if let Some(j) = journal.as_mut() {
-        if let Err(e) = j.stop() {
-            warn!("removing the journal {}: {e}", j.path().display());
-        }
+    if let Err(e) = journal.stop() {
+        warn!("removing the journal {}: {e}", journal.path().display());
     }
     let mut reply = [0u8; REPLY_LEN];
     reply[0] = u8::from(ok);
@@ -261,24 +243,6 @@ pub(super) fn receive_inner(
         bail!("digest mismatch: the file received does not match the sender's BLAKE3 digest; output kept as partial");
     }
     Ok(ours)
-}
-
-/// Where a TCP session's bytes go: a file, or a tree beneath `out`
-/// (the manifest held in memory until it is whole).
-fn destination(
-    opts: &TcpReceiveOptions<'_>,
-    header: &StreamHeader,
-    hasher: blake3::Hasher,
-) -> std::io::Result<Destination> {
-    let size = header.file_size;
-    if let Some(shape) = opts.tree {
-        let limits = crate::wire::manifest::Limits { max_entries: opts.max_files };
-        let t = TreeOutput::create(opts.out, shape, size, shape.manifest_len, opts.policy, limits)?;
-        return Ok(Destination::Tree(t.with_hasher(hasher)));
-    }
-    let sparse = opts.attrs.and_then(|a| a.data_bytes);
-    let o = Output::create(opts.out, size, sparse, &header.source, opts.policy)?;
-    Ok(Destination::File(o.with_hasher(hasher).with_attrs(opts.attrs)))
 }
 
 /// Bytes from the file's start that every stream has written.

@@ -229,12 +229,6 @@ impl Receiver {
         self.session.as_ref().map(|s| &s.info)
     }
 
-    /// The hasher the output's digest must be computed with: keyed with a
-    /// pre-shared key, plain BLAKE3 without.
-    pub fn digest_hasher(&self) -> blake3::Hasher {
-        self.cfg.keys.as_ref().map_or_else(blake3::Hasher::new, Keys::digest_hasher)
-    }
-
     /// With a key: whether a datagram for us is sealed, and (`fresh`) not a
     /// replay of one already taken.
     fn authentic(&mut self, bytes: &[u8], fresh: bool) -> bool {
