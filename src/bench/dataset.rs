@@ -53,7 +53,6 @@ impl Dataset {
     /// run pays for the generator's writeback.
     pub fn generate(self, root: &Path) -> anyhow::Result<()> {
         let (n, each) = self.shape();
-        let mut block = vec![0u8; each.min(1 << 20) as usize];
         for i in 0..n {
             let dir = root.join(format!("d{:03}", i / 100));
             if i % 100 == 0 {
@@ -63,19 +62,8 @@ impl Dataset {
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
             );
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
-            let mut left = each;
-            while left > 0 {
-                for c in block.chunks_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-                }
-                let k = left.min(block.len() as u64) as usize;
-                f.write_all(&block[..k])?;
-                left -= k as u64;
-            }
+            let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+            super::runs::write_pseudo_random(&mut f, each, seed)?;
             f.flush()?;
         }
         let top = std::fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;

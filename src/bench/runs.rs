@@ -306,13 +306,10 @@ pub(super) fn summarize(name: &str, runs: &[Run], bytes: u64, files: Option<u64>
     }
 }
 
-/// Writes `size` bytes of a fast pseudo-random stream (incompressible, so
-/// no link or disk can shortcut it) to `path`, synced.
-pub(super) fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut block = vec![0u8; 1 << 20];
+/// Writes `size` bytes of xorshift output seeded with `seed` (not 0) to `w`.
+pub(super) fn write_pseudo_random(w: &mut impl std::io::Write, size: u64, seed: u64) -> std::io::Result<()> {
+    let mut x = seed;
+    let mut block = vec![0u8; size.min(1 << 20) as usize];
     let mut left = size;
     while left > 0 {
         for c in block.chunks_mut(8) {
@@ -322,9 +319,17 @@ pub(super) fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
             c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
         }
         let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n])?;
+        w.write_all(&block[..n])?;
         left -= n as u64;
     }
+    Ok(())
+}
+
+/// Writes `size` bytes of a fast pseudo-random stream (incompressible, so
+/// no link or disk can shortcut it) to `path`, synced.
+pub(super) fn generate(path: &Path, size: u64) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    write_pseudo_random(&mut f, size, 0x2545_f491_4f6c_dd1d)?;
     // Written back before the first run: otherwise the kernel flushes these
     // dirty pages during the first runs, on the same CPUs.
     f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
