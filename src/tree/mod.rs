@@ -120,14 +120,7 @@ mod tests {
 
     #[test]
     fn progress_counts_whole_files_and_names_the_next() {
-        let m = Manifest {
-            entries: vec![
-                entry("d", EntryKind::Dir, 0),
-                entry("d/a", EntryKind::File, 3),
-                entry("d/empty", EntryKind::File, 0),
-                entry("d/b", EntryKind::File, 5),
-            ],
-        };
+        let m = sample();
         let p = FileProgress::new(&m, 10);
         assert_eq!(p.at(0), (0, 3, Some("d/a")));
         assert_eq!(p.at(12), (0, 3, Some("d/a")));
@@ -139,16 +132,21 @@ mod tests {
         Entry { path: path.into(), kind, mode: 0o644, mtime_ns: 0, size }
     }
 
-    #[test]
-    fn pieces_split_at_file_boundaries_and_skip_empty_files() {
-        let m = Manifest {
+    /// A directory holding a 3-byte file, an empty one and a 5-byte one.
+    fn sample() -> Manifest {
+        Manifest {
             entries: vec![
                 entry("d", EntryKind::Dir, 0),
                 entry("d/a", EntryKind::File, 3),
                 entry("d/empty", EntryKind::File, 0),
                 entry("d/b", EntryKind::File, 5),
             ],
-        };
+        }
+    }
+
+    #[test]
+    fn pieces_split_at_file_boundaries_and_skip_empty_files() {
+        let m = sample();
         let l = Layout::new(&m, 10);
         assert_eq!(l.len(), 18);
         assert_eq!(l.spans.iter().map(|s| s.entry).collect::<Vec<_>>(), vec![1, 3]);

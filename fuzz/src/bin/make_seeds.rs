@@ -27,7 +27,7 @@ fn main() {
         let payload = &content[i * 1000..((i + 1) * 1000).min(content.len())];
         Message::Data { session: SESSION, chunk: i as u64, payload }.encode(k)
     };
-    let hello_msg = Message::Hello {
+    let hello_with = |resume_from: Option<u64>| Message::Hello {
         session: SESSION,
         info: SessionInfo { digest: None, ..info },
         source: [7; 16],
@@ -37,8 +37,9 @@ fn main() {
         data_ports: xdpblast::wire::message::DataPorts::NONE,
         attrs: None,
         tree: None,
-        resume_from: None,
+        resume_from,
     };
+    let hello_msg = hello_with(None);
     // The first Hello earns the cookie; the second, echoing it, opens.
     let hello_first = hello_msg.to_vec();
     let hello = hello_msg.encode(k);
@@ -106,19 +107,7 @@ fn main() {
 
     // The harness's receiver offers the first half back (an interrupted
     // transfer's); this sender takes it and sends the rest.
-    let resumed = Message::Hello {
-        session: SESSION,
-        info: SessionInfo { digest: None, ..info },
-        source: [7; 16],
-        via_tcp: false,
-        keyed: false,
-        name: "seed.bin",
-        data_ports: xdpblast::wire::message::DataPorts::NONE,
-        attrs: None,
-        tree: None,
-        resume_from: Some(1250),
-    }
-    .encode(k);
+    let resumed = hello_with(Some(1250)).encode(k);
     let mut resuming = Vec::new();
     record(&mut resuming, Op::ControlFromPeer, &hello_first);
     record(&mut resuming, Op::ControlFromPeer, &hello);
