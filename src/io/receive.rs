@@ -242,7 +242,7 @@ impl ReceiveLoop {
             return;
         }
         // An interrupted transfer's output holds what it held.
-        if self.out.as_ref().is_some_and(|o| o.prefix_digest().0 > 0) {
+        if self.out.as_ref().is_some_and(|o| o.hashed_bytes() > 0) {
             return;
         }
         let Some(o) = self.out.take() else { return };
