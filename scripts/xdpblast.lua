@@ -1,4 +1,4 @@
--- Wireshark / tshark dissector for xdpblast's datagrams (wire version 4) and
+-- Wireshark / tshark dissector for xdpblast's datagrams (wire version 5) and
 -- its TCP stream header (stream version 3).
 --
 --   tshark -X lua_script:scripts/xdpblast.lua -r capture.pcapng -Y xdpblast
@@ -10,7 +10,10 @@
 -- The layout mirrors src/wire/message.rs: a 32-byte header, a body whose
 -- length the header gives, and, when the sender and receiver share a key, a
 -- seal behind a control message or Meta (an 8-byte counter and a 32-byte
--- keyed BLAKE3 tag), or a 16-byte tag behind a data frame's payload.
+-- keyed BLAKE3 tag), or a 16-byte AEAD tag behind a data frame's payload.
+-- A session whose Hello says "encrypted" (the default with a key) carries
+-- ciphertext in its data frames: they are shown as encrypted payloads.
+-- Only what the dissector saw a Hello for is known to be encrypted.
 --
 -- AF_XDP bypasses packet capture (XDP redirect on the receiver, copy-mode
 -- transmit on the sender), so capture a transfer with `recv --mode udp` on
@@ -49,6 +52,12 @@ f.source = ProtoField.bytes("xdpblast.source", "Source id")
 f.hello_flags = ProtoField.uint32("xdpblast.hello_flags", "Hello flags", base.HEX)
 f.via_tcp = ProtoField.bool("xdpblast.via_tcp", "File over TCP", 32, nil, 0x1)
 f.keyed = ProtoField.bool("xdpblast.keyed", "Keyed", 32, nil, 0x2)
+f.encrypted = ProtoField.bool("xdpblast.encrypted", "Payloads encrypted", 32, nil, 0x80)
+f.chacha = ProtoField.bool("xdpblast.chacha", "ChaCha20-Poly1305 (else AES-256-GCM)", 32, nil, 0x100)
+f.manifest_len = ProtoField.uint64("xdpblast.manifest_len", "Tree: manifest bytes")
+f.entries = ProtoField.uint32("xdpblast.entries", "Tree: entries")
+f.resume_from = ProtoField.uint64("xdpblast.resume_from", "Resumes at byte")
+f.encrypted_payload = ProtoField.bytes("xdpblast.data.encrypted", "Encrypted payload")
 f.name = ProtoField.string("xdpblast.name", "File name")
 f.data_port = ProtoField.uint16("xdpblast.data_port", "Data source port (one per transmit queue)")
 f.file_mode = ProtoField.uint32("xdpblast.file_mode", "File mode", base.OCT)
@@ -71,7 +80,7 @@ f.missing = ProtoField.uint32("xdpblast.nack.missing", "Chunks missing")
 f.retransmits = ProtoField.uint64("xdpblast.retransmits", "Sender's retransmits")
 f.ok = ProtoField.bool("xdpblast.done.ok", "Verified")
 f.reason = ProtoField.string("xdpblast.abort.reason", "Reason")
-f.data_tag = ProtoField.bytes("xdpblast.data.tag", "Data tag (keyed BLAKE3, 128 bits)")
+f.data_tag = ProtoField.bytes("xdpblast.data.tag", "Data tag (AEAD, 128 bits)")
 f.seal_counter = ProtoField.uint64("xdpblast.seal.counter", "Seal counter")
 f.seal_tag = ProtoField.bytes("xdpblast.seal.tag", "Seal tag (keyed BLAKE3)")
 f.trailer = ProtoField.bytes("xdpblast.trailer", "Trailing bytes")
@@ -98,11 +107,14 @@ end
 -- Each returns a short summary for the Info column, or nil when the body is
 -- malformed for its kind.
 local bodies = {}
+-- Sessions whose Hello said their payloads are encrypted (by session id).
+local encrypted_sessions = {}
 
-bodies[1] = function(tree, body, seq)
+bodies[1] = function(tree, body, seq, sid)
     tree:add(f.chunk, seq)
-    if body:len() > 0 then tree:add(f.payload, body()) end
-    return string.format("chunk %s, %d bytes", tostring(seq:uint64()), body:len())
+    local encrypted = encrypted_sessions[sid]
+    if body:len() > 0 then tree:add(encrypted and f.encrypted_payload or f.payload, body()) end
+    return string.format("chunk %s, %d bytes%s", tostring(seq:uint64()), body:len(), encrypted and ", encrypted" or "")
 end
 
 bodies[2] = function(tree, body, seq)
@@ -112,7 +124,7 @@ bodies[2] = function(tree, body, seq)
     return string.format("%s bytes%s", tostring(size), seq:uint64() == UInt64(1) and ", ends a pass" or "")
 end
 
-bodies[16] = function(tree, body)
+bodies[16] = function(tree, body, seq, sid)
     if body:len() < HELLO_LEN then return nil end
     local size = session_info(tree, body, 0)
     tree:add(f.source, body(SESSION_INFO_LEN, 16))
@@ -120,6 +132,10 @@ bodies[16] = function(tree, body)
     local ft = tree:add(f.hello_flags, flags)
     ft:add(f.via_tcp, flags)
     ft:add(f.keyed, flags)
+    ft:add(f.encrypted, flags)
+    ft:add(f.chacha, flags)
+    local encrypted = bit.band(flags:uint(), 0x80) ~= 0
+    encrypted_sessions[sid] = encrypted
     local at = HELLO_LEN
     -- Flag 4: a count byte and that many source ports, one per TX queue.
     if bit.band(flags:uint(), 4) ~= 0 then
@@ -142,6 +158,19 @@ bodies[16] = function(tree, body)
             at = at + 8
         end
     end
+    -- Flag 32: a tree's manifest length and entry count.
+    if bit.band(flags:uint(), 32) ~= 0 then
+        if body:len() < at + 12 then return nil end
+        tree:add(f.manifest_len, body(at, 8))
+        tree:add(f.entries, body(at + 8, 4))
+        at = at + 12
+    end
+    -- Flag 64: the sender's answer to a resume offer.
+    if bit.band(flags:uint(), 64) ~= 0 then
+        if body:len() < at + 8 then return nil end
+        tree:add(f.resume_from, body(at, 8))
+        at = at + 8
+    end
     local name = ""
     local name_len = body:len() - at
     if name_len > 255 then return nil end
@@ -151,7 +180,8 @@ bodies[16] = function(tree, body)
         name = r:string(ENC_UTF_8) .. ", "
     end
     local via = bit.band(flags:uint(), 1) ~= 0 and ", over TCP" or ""
-    return string.format("%s%s bytes%s", name, tostring(size), via)
+    local enc = encrypted and ", encrypted" or ""
+    return string.format("%s%s bytes%s%s", name, tostring(size), via, enc)
 end
 
 bodies[17] = function(tree, body)
@@ -238,7 +268,7 @@ local function dissect_datagram(buf, pinfo, root)
         return len
     end
     local body = body_len > 0 and buf(HEADER_LEN, body_len):tvb() or ByteArray.new(""):tvb("empty body")
-    local summary = bodies[kind](tree, body, seq)
+    local summary = bodies[kind](tree, body, seq, buf(8, 8):bytes():tohex())
     if summary == nil then
         tree:add_proto_expert_info(e_bad_body)
         summary = "[malformed body]"
@@ -251,7 +281,7 @@ local function dissect_datagram(buf, pinfo, root)
         summary = summary .. " [sealed]"
     elseif kind == 1 and rest == DATA_TAG_LEN then
         tree:add(f.data_tag, buf(HEADER_LEN + body_len, DATA_TAG_LEN))
-        summary = summary .. " [tagged]"
+        summary = summary .. (encrypted_sessions[buf(8, 8):bytes():tohex()] and " [encrypted]" or " [tagged]")
     elseif rest > 0 then
         tree:add(f.trailer, buf(HEADER_LEN + body_len, rest))
     end
@@ -261,7 +291,7 @@ end
 
 local function heuristic(buf, pinfo, root)
     if buf:len() < HEADER_LEN then return false end
-    if buf(0, 4):uint() ~= 0x58424c53 or buf(4, 1):uint() ~= 4 then return false end
+    if buf(0, 4):uint() ~= 0x58424c53 or buf(4, 1):uint() ~= 5 then return false end
     if KINDS[buf(5, 1):uint()] == nil then return false end
     dissect_datagram(buf, pinfo, root)
     return true

@@ -601,6 +601,7 @@ fn a4_a_strangers_hello_holds_no_disk_after_the_session() {
                 source: [7; 16],
                 via_tcp: false,
                 keyed: false,
+                encrypted: None,
                 name: "",
                 data_ports: xdpblast::wire::message::DataPorts::NONE,
                 attrs: None,

@@ -87,12 +87,13 @@ pub fn run_receiver(script: &[u8]) -> bool {
     while rest.len() >= 3 {
         let op = Op::from_byte(rest[0]);
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
-        let bytes = &rest[3..3 + len];
+        let mut datagram = rest[3..3 + len].to_vec();
+        let bytes = &datagram[..];
         rest = &rest[3 + len..];
         match op {
             Op::DataFromPeer | Op::DataFromStranger => {
                 let from = if op == Op::DataFromPeer { peer } else { stranger };
-                if let Some((offset, payload)) = rx.on_data(now, from, bytes) {
+                if let Some((offset, payload)) = rx.on_data(now, from, &mut datagram) {
                     assert!(!via_tcp_session, "datagram data taken for a session that asked for TCP");
                     let end = offset + payload.len() as u64;
                     let size = rx.info().map_or(0, |i| i.file_size);

@@ -187,7 +187,8 @@ impl UmemArea {
 
     /// The whole area for writing (preload), e.g. to cut into frames with
     /// `chunks_exact_mut(frame_size)`. Only reachable before a socket owns the
-    /// area: [`super::xsk::Xsk`] hands out shared references only.
+    /// area: [`super::xsk::Xsk`] hands out shared references, and received
+    /// frames one at a time ([`UmemArea::bytes_at_mut`]).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.map[..]
     }
@@ -209,6 +210,26 @@ impl UmemArea {
         // lives as long as `self`; the caller guarantees the kernel is not
         // writing these bytes while the slice is alive.
         Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), len as usize) })
+    }
+
+    /// [`UmemArea::bytes_at`], writable: for a received frame that is ours
+    /// until it goes back on the fill ring.
+    ///
+    /// # Safety
+    ///
+    /// The kernel must not read or write these bytes while the slice is
+    /// alive, and no other slice may overlap them.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_at_mut(&self, addr: u64, len: u32) -> Option<&mut [u8]> {
+        let start = usize::try_from(addr).ok()?;
+        let end = start.checked_add(len as usize)?;
+        if end > self.map.len() {
+            return None;
+        }
+        // SAFETY: inside the mapping, which lives as long as `self`; the
+        // caller guarantees that nothing else reads or writes these bytes
+        // while the slice is alive.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len as usize) })
     }
 }
 

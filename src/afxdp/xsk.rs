@@ -249,11 +249,12 @@ impl Xsk {
     /// Takes up to `max` received descriptors and hands their packets to
     /// `f` as one batch (so the caller can coalesce its writes), then returns
     /// the frames to the fill ring. A packet of one frame is handed as it
-    /// lies in the UMEM; a chain (multi-buffer) is joined into one buffer
+    /// lies in the UMEM, writable (it is ours until it goes back on the fill
+    /// ring); a chain (multi-buffer) is joined into one buffer
     /// first, and a chain still arriving waits, its frames held, for the
     /// next call. A chain too long to be ours is handed as an empty slice
     /// (which no parser takes). Returns how many descriptors were taken.
-    pub fn receive(&mut self, max: u32, f: impl FnOnce(&[&[u8]])) -> u32 {
+    pub fn receive(&mut self, max: u32, f: impl FnOnce(&mut [&mut [u8]])) -> u32 {
         let area = &self.area;
         let q = &mut self.queues[0];
         let mask = !(u64::from(area.frame_size()) - 1);
@@ -262,19 +263,25 @@ impl Xsk {
         let descs = &q.rx_descs[..whole];
         join_chains(area, descs, &q.rx_packets, &mut q.rx_gather, &mut q.rx_bad_chains, &mut q.rx_joined);
         // On the stack: a receive allocates nothing.
-        let mut frames: [&[u8]; RX_BATCH_MAX] = [&[]; RX_BATCH_MAX];
+        let mut frames: [&mut [u8]; RX_BATCH_MAX] = std::array::from_fn(|_| -> &mut [u8] { &mut [] });
         let mut count = 0;
-        for (p, &(at, len)) in q.rx_packets.iter().zip(&q.rx_joined) {
+        // The joined chains lie back to back in `rx_gather`, in packet order.
+        let mut joined = &mut q.rx_gather[..];
+        for (p, &(_, len)) in q.rx_packets.iter().zip(&q.rx_joined) {
             if p.len() > 1 {
-                frames[count] = &q.rx_gather[at..at + len];
+                let (bytes, rest) = std::mem::take(&mut joined).split_at_mut(len);
+                joined = rest;
+                frames[count] = bytes;
                 count += 1;
                 continue;
             }
             let d = descs[p.start];
             // SAFETY: the kernel handed this frame to us on the RX ring; it will
-            // not write it again until we put it back on the fill ring below,
-            // after `f` has returned and with it the last use of `frames`.
-            match unsafe { area.bytes_at(d.addr, d.len) } {
+            // not read or write it until we put it back on the fill ring below,
+            // after `f` has returned and with it the last use of `frames`. Each
+            // descriptor of the ring names a frame of its own, so no two
+            // slices overlap.
+            match unsafe { area.bytes_at_mut(d.addr, d.len) } {
                 Some(bytes) => {
                     frames[count] = bytes;
                     count += 1;
@@ -283,7 +290,7 @@ impl Xsk {
             }
         }
         if count > 0 {
-            f(&frames[..count]);
+            f(&mut frames[..count]);
         }
         q.recycle.extend(descs.iter().map(|d| d.addr & mask));
         if !q.recycle.is_empty() {

@@ -190,6 +190,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         out: work.path().join(if opts.dataset.is_some() { "received" } else { "output.bin" }),
         dataset: opts.dataset.map(|_| file.clone()),
         runs_done: std::cell::Cell::new(0),
+        said_no_ktls: std::cell::Cell::new(false),
         file,
         key: bench_key(&work)?,
         cold: opts.cold,

@@ -4,28 +4,34 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One way of moving the file. `AfxdpKey` is AF_XDP with a pre-shared key on
-/// both ends (the cost of authentication); `AfxdpInline` and `AfxdpThread`
-/// pin where the sender reads ahead (`send --reader`). None of those three
-/// is in the default list.
+/// both ends, authenticated only (`--no-encrypt`: the cost of the tags);
+/// `AfxdpEnc` encrypts every payload as well, and `SendfileKtls` is
+/// sendfile over TLS records, sealed by the kernel where it has kTLS.
+/// `AfxdpInline` and `AfxdpThread` pin where the sender reads ahead
+/// (`send --reader`). None of those five is in the default list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchMode {
     Afxdp,
     AfxdpKey,
+    AfxdpEnc,
     AfxdpInline,
     AfxdpThread,
     Sendfile,
     Readwrite,
     Mmap,
     Splice,
+    SendfileKtls,
 }
 
 impl BenchMode {
-    pub const ALL: [BenchMode; 8] = [
+    pub const ALL: [BenchMode; 10] = [
         BenchMode::Afxdp,
         BenchMode::AfxdpKey,
+        BenchMode::AfxdpEnc,
         BenchMode::AfxdpInline,
         BenchMode::AfxdpThread,
         BenchMode::Sendfile,
+        BenchMode::SendfileKtls,
         BenchMode::Readwrite,
         BenchMode::Mmap,
         BenchMode::Splice,
@@ -36,12 +42,14 @@ impl BenchMode {
         match self {
             BenchMode::Afxdp => "afxdp",
             BenchMode::AfxdpKey => "afxdp-key",
+            BenchMode::AfxdpEnc => "afxdp-enc",
             BenchMode::AfxdpInline => "afxdp-inline",
             BenchMode::AfxdpThread => "afxdp-thread",
             BenchMode::Sendfile => "sendfile",
             BenchMode::Readwrite => "readwrite",
             BenchMode::Mmap => "mmap",
             BenchMode::Splice => "splice",
+            BenchMode::SendfileKtls => "sendfile-ktls",
         }
     }
 
@@ -51,6 +59,7 @@ impl BenchMode {
         match self {
             BenchMode::Afxdp => "afxdp-copy",
             BenchMode::AfxdpKey => "afxdp-copy-key",
+            BenchMode::AfxdpEnc => "afxdp-copy-enc",
             BenchMode::AfxdpInline => "afxdp-copy-inline",
             BenchMode::AfxdpThread => "afxdp-copy-thread",
             m => m.name(),
@@ -58,12 +67,24 @@ impl BenchMode {
     }
 
     pub fn is_afxdp(self) -> bool {
-        matches!(self, BenchMode::Afxdp | BenchMode::AfxdpKey | BenchMode::AfxdpInline | BenchMode::AfxdpThread)
+        matches!(
+            self,
+            BenchMode::Afxdp
+                | BenchMode::AfxdpKey
+                | BenchMode::AfxdpEnc
+                | BenchMode::AfxdpInline
+                | BenchMode::AfxdpThread
+        )
     }
 
     /// Both ends take the bench's pre-shared key.
     pub fn keyed(self) -> bool {
-        self == BenchMode::AfxdpKey
+        matches!(self, BenchMode::AfxdpKey | BenchMode::AfxdpEnc | BenchMode::SendfileKtls)
+    }
+
+    /// The file's bytes travel encrypted (a key, without `--no-encrypt`).
+    pub fn encrypted(self) -> bool {
+        matches!(self, BenchMode::AfxdpEnc | BenchMode::SendfileKtls)
     }
 
     /// The `send --reader` it pins, if any.
@@ -77,10 +98,10 @@ impl BenchMode {
 
     /// `send --mode` for it.
     pub fn send_mode(self) -> &'static str {
-        if self.is_afxdp() {
-            "afxdp"
-        } else {
-            self.name()
+        match self {
+            m if m.is_afxdp() => "afxdp",
+            BenchMode::SendfileKtls => "sendfile",
+            m => m.name(),
         }
     }
 }

@@ -55,6 +55,8 @@ pub(super) struct Runner<'a> {
     /// Runs so far: with a dataset, each run receives into a directory of
     /// its own under `out`.
     pub runs_done: std::cell::Cell<u32>,
+    /// Whether a kTLS row has said that this kernel has no TLS.
+    pub said_no_ktls: std::cell::Cell<bool>,
 }
 
 /// A received dataset of more files than this is kept until the bench
@@ -119,6 +121,7 @@ impl Runner<'_> {
                 std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
             }
         }
+        self.check_encryption(mode, &send)?;
         let elapsed = f(&send["elapsed_s"]);
         let tr = &send["transfer_rusage"];
         Ok(Run {
@@ -136,6 +139,27 @@ impl Runner<'_> {
             retransmits: if mode.is_afxdp() { u(&send["retransmits"]) } else { tcp_retrans },
             verified,
         })
+    }
+
+    /// An encrypted row's run must have been encrypted, and a kTLS row
+    /// says once where the kernel had no TLS and the records were sealed
+    /// in user space instead.
+    fn check_encryption(&self, mode: BenchMode, send: &Value) -> anyhow::Result<()> {
+        if !mode.encrypted() {
+            return Ok(());
+        }
+        let (cipher, kernel) = match mode.is_afxdp() {
+            true => (send["encrypted"].as_str(), true),
+            false => (send["encryption"]["cipher"].as_str(), send["encryption"]["kernel_tx"] == true),
+        };
+        let cipher = cipher.with_context(|| format!("{mode}: the transfer was not encrypted"))?;
+        if !kernel && !self.said_no_ktls.replace(true) {
+            let why = send["encryption"]["kernel_tls_missing"].as_str().unwrap_or("kernel TLS refused");
+            self.bytes_bar.println(format!(
+                "{mode}: {why}: its {cipher} records are sealed in user space (a read and a write, not sendfile)"
+            ));
+        }
+        Ok(())
     }
 
     fn receiver_command(&self, mode: BenchMode, out: &Path) -> anyhow::Result<Command> {
@@ -192,6 +216,9 @@ impl Runner<'_> {
         }
         if mode.keyed() {
             cmd.arg("--key-file").arg(&self.key);
+            if !mode.encrypted() {
+                cmd.arg("--no-encrypt");
+            }
         }
         if let Some(reader) = mode.reader() {
             cmd.args(["--reader", reader]);

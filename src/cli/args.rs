@@ -81,8 +81,10 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) file: Option<PathBuf>,
     /// Modes to compare, comma-separated (also: afxdp-key, AF_XDP with a
-    /// pre-shared key on both ends; afxdp-inline and afxdp-thread, AF_XDP
-    /// with `send --reader` pinned).
+    /// pre-shared key on both ends, authenticated only; afxdp-enc, the same
+    /// with every payload encrypted; sendfile-ktls, sendfile over TLS
+    /// records, by the kernel where it has kTLS; afxdp-inline and
+    /// afxdp-thread, AF_XDP with `send --reader` pinned).
     #[arg(long, value_delimiter = ',', default_value = "afxdp,sendfile,readwrite,mmap,splice")]
     pub(crate) modes: Vec<String>,
     /// Runs per mode, interleaved across modes.
@@ -242,11 +244,21 @@ pub(crate) struct SendArgs {
     /// in the transmit loop, or on a thread of its own (see README).
     #[arg(long, value_enum, default_value = "auto", conflicts_with = "raw")]
     pub(crate) reader: ReaderArg,
-    /// Authenticate with the pre-shared key in PATH (`xdpblast keygen`): the
-    /// receiver must use the same key; control messages are sealed, the
-    /// digest is keyed.
+    /// Encrypt and authenticate with the pre-shared key in PATH (`xdpblast
+    /// keygen`): the receiver must use the same key; every payload is
+    /// encrypted (AF_XDP: per datagram; TCP modes: TLS 1.3 records, by the
+    /// kernel where it has kTLS), control messages are sealed, the digest
+    /// is keyed.
     #[arg(long, value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
+    /// With --key-file: authenticate only, and send the file's bytes in
+    /// clear (each datagram still carries a tag the receiver checks).
+    #[arg(long, requires = "key_file")]
+    pub(crate) no_encrypt: bool,
+    /// With --key-file: the AEAD. auto takes AES-256-GCM where the CPU has
+    /// AES instructions and ChaCha20-Poly1305 where it does not.
+    #[arg(long, value_enum, default_value_t = CipherArg::Auto, requires = "key_file")]
+    pub(crate) cipher: CipherArg,
     /// Descriptors posted per batch, 1 to 2048 (the TX ring).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2048))]
     pub(crate) batch: u32,
@@ -451,4 +463,14 @@ impl From<XskBind> for BindMode {
             XskBind::Zerocopy => BindMode::ZeroCopy,
         }
     }
+}
+
+/// `send --cipher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum CipherArg {
+    Auto,
+    #[value(name = "aes-256-gcm")]
+    Aes256Gcm,
+    #[value(name = "chacha20-poly1305")]
+    ChaCha20Poly1305,
 }

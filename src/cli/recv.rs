@@ -74,9 +74,10 @@ fn receive_one(
     let report = match outcome {
         Outcome::Done(r) => r,
         Outcome::TcpFallback(handoff) => {
-            let receive::TcpHandoff { stream, header, out, pending, prepared, resumed_from } = *handoff;
+            let receive::TcpHandoff { stream, header, out, pending, prepared, resumed_from, encrypted } = *handoff;
             let topts = tcp::TcpReceiveOptions {
                 resumed_from,
+                encrypted: opts.keys.as_ref().zip(encrypted),
                 out: &out,
                 timeout: opts.idle_timeout,
                 intervals: opts.intervals,

@@ -1,7 +1,7 @@
 //! `xdpblast send`: the input and the options checked, then the transfer
 //! over AF_XDP or TCP (`--mode auto` picks), or a raw run.
 
-use super::args::{seconds, ReaderArg, SendArgs, SendMode, XskBind};
+use super::args::{seconds, CipherArg, ReaderArg, SendArgs, SendMode, XskBind};
 use super::tools::load_keys;
 use anyhow::{bail, Context};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use xdpblast::io::QueueCount;
 use xdpblast::net::iface::parse_mac;
 use xdpblast::proto::sender::SendError;
 use xdpblast::tree::scan::{scan, Scanned};
+use xdpblast::wire::message::Cipher;
 
 pub(crate) fn cmd_send(a: SendArgs, quiet: bool) -> anyhow::Result<bool> {
     let json = a.json;
@@ -256,6 +257,7 @@ fn send_options(
     };
     Ok(SendOptions {
         keys: load_keys(a.key_file.as_deref())?,
+        encrypt: encryption(a),
         file: a.file().to_path_buf(),
         tree,
         iface: a.iface.clone().unwrap_or_default(),
@@ -276,6 +278,19 @@ fn send_options(
         intervals: human,
         progress: a.progress,
         no_resume: a.no_resume,
+    })
+}
+
+/// The AEAD the payloads are encrypted with: with a key, unless
+/// `--no-encrypt`.
+fn encryption(a: &SendArgs) -> Option<Cipher> {
+    if a.key_file.is_none() || a.no_encrypt {
+        return None;
+    }
+    Some(match a.cipher {
+        CipherArg::Auto => xdpblast::proto::auth::preferred_cipher(),
+        CipherArg::Aes256Gcm => Cipher::Aes256Gcm,
+        CipherArg::ChaCha20Poly1305 => Cipher::ChaCha20Poly1305,
     })
 }
 
@@ -312,6 +327,7 @@ pub(crate) fn send_tcp(
         intervals: human,
         progress: a.progress,
         keys,
+        encrypt: encryption(a),
         fallback_reason,
         streams: a.streams as u16,
         no_resume: a.no_resume,

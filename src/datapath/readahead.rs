@@ -4,7 +4,8 @@
 //! Chunk `c` is built in slot `c % slots` ([`FramePlan::slot_of`]): headers,
 //! checksums, and the payload read by `preadv` straight into the frame;
 //! BLAKE3 runs over the payloads in the same pass, and with a key each
-//! frame's tag is computed there too, while the payload is in cache. The reader writes only
+//! payload is encrypted (or only tagged) there too, while it is in cache:
+//! once per chunk, however often the frame is posted. The reader writes only
 //! the chunks it was granted ([`SlotLedger`], kept by the transmit side): a
 //! slot is granted for the chunk `slots` further on only when both hold:
 //! - the receiver's reports show the old chunk delivered (its contiguous
@@ -32,7 +33,7 @@ use crate::afxdp::umem::FrameWriter;
 use crate::proto::auth::{DataKey, Direction, Keys, DATA_TAG_LEN};
 use crate::tree::input::Input;
 use crate::wire::frame::FrameTemplate;
-use crate::wire::message::{emit_header, lane_of, Kind, Message, SessionInfo, HEADER_LEN};
+use crate::wire::message::{emit_header, lane_of, Cipher, Kind, Message, SessionInfo, HEADER_LEN};
 
 /// Most chunks one `preadv` scatters over.
 const MAX_BATCH: u64 = 1024;
@@ -69,6 +70,8 @@ pub struct ReadAhead {
     /// each data frame tagged with the session's [`DataKey`] in the same pass.
     keys: Option<Keys>,
     data_key: Option<DataKey>,
+    /// The data key encrypts the payloads, not only tags them.
+    encrypted: bool,
     /// `Some` when the file was opened with `O_DIRECT`.
     bounce: Option<Bounce>,
     plan: FramePlan,
@@ -112,6 +115,7 @@ impl ReadAhead {
         ReadAhead {
             keys: None,
             data_key: None,
+            encrypted: false,
             input,
             bounce: None,
             plan,
@@ -141,11 +145,13 @@ impl ReadAhead {
     }
 
     /// With a pre-shared key: seals the Metas, keys the digest, and tags
-    /// every data frame. The plan must leave room for the tags
-    /// ([`FramePlan::with_tags`]). Call before reading.
-    pub fn keyed(mut self, keys: Keys) -> Self {
+    /// every data frame, or with `encrypted` encrypts its payload. The plan
+    /// must leave room for the tags ([`FramePlan::with_tags`]). Call before
+    /// reading.
+    pub fn keyed(mut self, keys: Keys, encrypted: Option<Cipher>) -> Self {
         self.hasher = keys.digest_hasher();
-        self.data_key = Some(keys.data_key(self.session, self.cookie));
+        self.data_key = Some(keys.data_key(self.session, self.cookie, encrypted));
+        self.encrypted = encrypted.is_some();
         self.keys = Some(keys);
         self
     }
@@ -246,8 +252,10 @@ impl ReadAhead {
             let len = lens[i];
             emit_header(&mut f[header_at..], Kind::Data, len as u16, self.session, self.cookie, first + i as u64);
             let mut tail = (len, self.sums[i]);
-            if let Some(k) = &self.data_key {
-                tail = append_tag(k, first + i as u64, f, header_at, len, tail);
+            match &self.data_key {
+                Some(k) if self.encrypted => tail = encrypt_payload(k, first + i as u64, f, header_at, len),
+                Some(k) => tail = append_tag(k, first + i as u64, f, header_at, len, tail),
+                None => {}
             }
             let tpl = lane_template(&self.tpl, &self.lane_ports, first + i as u64);
             tpl.build_in_place_summed(f, HEADER_LEN + tail.0, Some(tail))?;
@@ -351,6 +359,19 @@ fn append_tag(
         crate::wire::checksum::sum(0, &frame[end - len..end + DATA_TAG_LEN])
     };
     (len + DATA_TAG_LEN, sum)
+}
+
+/// Encrypts chunk `chunk`'s `len`-byte payload in place behind its header
+/// at `frame[header_at..]` and writes the tag behind it. Returns the
+/// checksum tail for the frame builder: what goes on the wire now is the
+/// ciphertext, summed while the cipher's output is still in cache.
+fn encrypt_payload(key: &DataKey, chunk: u64, frame: &mut [u8], header_at: usize, len: usize) -> (usize, u32) {
+    let (header, rest) = frame[header_at..].split_at_mut(HEADER_LEN);
+    let (payload, rest) = rest.split_at_mut(len);
+    let tag = key.seal(chunk, header, payload);
+    rest[..DATA_TAG_LEN].copy_from_slice(&tag);
+    let sealed = &frame[header_at + HEADER_LEN..header_at + HEADER_LEN + len + DATA_TAG_LEN];
+    (len + DATA_TAG_LEN, crate::wire::checksum::sum(0, sealed))
 }
 
 /// Reading a file larger than half the machine's memory through the page

@@ -365,7 +365,7 @@ mod tests {
             Link { burst, every, loss, rng: seed, lost: 0, steps: 0 }
         }
 
-        fn step(&mut self, rings: &mut [RingModel], area: &UmemArea, mut deliver: impl FnMut(SocketAddr, &[u8])) {
+        fn step(&mut self, rings: &mut [RingModel], area: &UmemArea, mut deliver: impl FnMut(SocketAddr, &mut [u8])) {
             self.steps += 1;
             for (i, ring) in rings.iter_mut().enumerate().rev() {
                 let n = if self.steps % self.every[i] == 0 { self.burst[i] } else { 0 };
@@ -381,7 +381,8 @@ mod tests {
                     if data && ((self.rng >> 11) as f64 / (1u64 << 53) as f64) < self.loss {
                         self.lost += 1;
                     } else {
-                        deliver(udp.src, udp.payload);
+                        // A copy: the receiver opens payloads in place.
+                        deliver(udp.src, &mut udp.payload.to_vec());
                     }
                     ring.done.push_back(d.addr);
                 }

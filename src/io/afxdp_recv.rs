@@ -16,7 +16,7 @@ use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{rx_frame_capacity, BindMode, Xsk, XskConfig, XskError, XskMode, RX_BATCH_MAX};
 use crate::net::iface::Interface;
-use crate::wire::frame::{parse_udp, ETH_LEN};
+use crate::wire::frame::{parse_udp_mut, ETH_LEN};
 use crate::wire::WireError;
 
 /// Bytes of each queue's receive UMEM, and the RX ring's size. The fill
@@ -235,19 +235,20 @@ struct XskPath<'a> {
 }
 
 impl DataPath for XskPath<'_> {
-    fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize> {
+    fn poll(&mut self, f: &mut dyn FnMut(&mut [Datagram<'_>])) -> io::Result<usize> {
         let port = self.port;
         let n = self.xsk.receive(BATCH, |frames| {
             // On the stack: a receive allocates nothing.
-            let mut batch: [Datagram<'_>; RX_BATCH_MAX] = [Err(WireError::NotUdp); RX_BATCH_MAX];
-            for (slot, frame) in batch.iter_mut().zip(frames) {
-                *slot = match parse_udp(frame) {
-                    Ok(d) if d.dst.port() == port => Ok((d.src, d.payload)),
+            let mut batch: [Datagram<'_>; RX_BATCH_MAX] = std::array::from_fn(|_| Err(WireError::NotUdp));
+            let count = frames.len();
+            for (slot, frame) in batch.iter_mut().zip(frames.iter_mut()) {
+                *slot = match parse_udp_mut(frame) {
+                    Ok((src, dst, payload)) if dst.port() == port => Ok((src, payload)),
                     Ok(_) => Err(WireError::NotUdp),
                     Err(e) => Err(e),
                 };
             }
-            f(&batch[..frames.len()]);
+            f(&mut batch[..count]);
         });
         Ok(n as usize)
     }

@@ -28,7 +28,7 @@ use crate::wire::WireError;
 
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
-pub type Datagram<'a> = Result<(SocketAddr, &'a [u8]), WireError>;
+pub type Datagram<'a> = Result<(SocketAddr, &'a mut [u8]), WireError>;
 
 /// A data path that a receive queue's thread can own.
 pub type BoxedPath<'a> = Box<dyn DataPath + Send + 'a>;
@@ -36,8 +36,9 @@ pub type BoxedPath<'a> = Box<dyn DataPath + Send + 'a>;
 /// A source of datagrams for the data port.
 pub trait DataPath {
     /// Takes what is ready (a bounded batch) and hands it to `f` in one call,
-    /// so writes can be coalesced while the batch's buffers are held.
-    fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize>;
+    /// so writes can be coalesced while the batch's buffers are held. The
+    /// payloads are `f`'s to change (an encrypted one is opened in place).
+    fn poll(&mut self, f: &mut dyn FnMut(&mut [Datagram<'_>])) -> io::Result<usize>;
     /// A descriptor that becomes readable when datagrams arrive.
     fn fd(&self) -> RawFd;
     /// Called before the loop blocks in `poll`: a chance to wake the kernel.
@@ -76,6 +77,9 @@ pub struct RecvReport {
     /// that left one, none when nothing was written.
     pub path: Option<String>,
     pub nacks_sent: u64,
+    /// The AEAD the payloads came encrypted with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<&'static str>,
     /// Bytes an interrupted transfer had delivered, kept and not sent again.
     pub resumed_bytes: u64,
     pub dropped: DropCounts,
@@ -133,6 +137,8 @@ pub struct TcpHandoff {
     pub prepared: Option<(Destination, Journaling)>,
     /// Where the stream resumes (0: from the start).
     pub resumed_from: u64,
+    /// The AEAD of an encrypted session's streams.
+    pub encrypted: Option<crate::wire::message::Cipher>,
 }
 
 /// Runs one transfer to completion. The report's `error` is set and `verified`
@@ -417,7 +423,8 @@ impl ReceiveLoop {
             self.intervals = Intervals::new(opts.intervals, Instant::now(), info.file_size);
             if opts.intervals {
                 let out = self.out_path.display();
-                println!("Accepted {peer}: {} into {out} over {}", human_bytes(info.file_size), self.mode);
+                let encrypted = self.rx.encrypted().map_or(String::new(), |c| format!(", encrypted ({})", c.name()));
+                println!("Accepted {peer}: {} into {out} over {}{encrypted}", human_bytes(info.file_size), self.mode);
             }
         }
         // Over TCP too: what an interrupted transfer left is offered before
@@ -571,6 +578,7 @@ impl ReceiveLoop {
                 digest,
                 verified,
             },
+            encrypted: rx.encrypted().map(|c| c.name()),
             path,
             nacks_sent: rx.stats().nacks_sent,
             resumed_bytes: rx.stats().resumed_bytes,

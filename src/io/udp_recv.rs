@@ -72,7 +72,7 @@ fn socket_addr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 impl DataPath for UdpReceiver {
-    fn poll(&mut self, f: &mut dyn FnMut(&[Datagram<'_>])) -> io::Result<usize> {
+    fn poll(&mut self, f: &mut dyn FnMut(&mut [Datagram<'_>])) -> io::Result<usize> {
         self.iov.clear();
         for slot in self.bufs.chunks_exact_mut(SLOT) {
             self.iov.push(libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: SLOT });
@@ -109,15 +109,14 @@ impl DataPath for UdpReceiver {
         }
         let n = n as usize;
         // On the stack: a receive allocates nothing.
-        let mut batch: [Datagram<'_>; BATCH] = [Err(WireError::NotUdp); BATCH];
-        for (i, slot) in batch.iter_mut().enumerate().take(n) {
+        let mut batch: [Datagram<'_>; BATCH] = std::array::from_fn(|_| Err(WireError::NotUdp));
+        let bufs = self.bufs.chunks_exact_mut(SLOT);
+        for (i, (slot, buf)) in batch.iter_mut().zip(bufs).enumerate().take(n) {
             let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-            *slot = socket_addr(&self.addrs[i])
-                .ok_or(WireError::NotUdp)
-                .map(|from| (from, &self.bufs[i * SLOT..i * SLOT + len]));
+            *slot = socket_addr(&self.addrs[i]).ok_or(WireError::NotUdp).map(|from| (from, &mut buf[..len]));
         }
         if n > 0 {
-            f(&batch[..n]);
+            f(&mut batch[..n]);
         }
         Ok(n)
     }

@@ -2,6 +2,7 @@
 //! ring and UMEM modules, errno kept as a value ([`sys`]); the stop signals;
 //! this process's figures ([`process`]); and the data-path syscall count.
 
+pub mod ktls;
 pub mod process;
 pub mod signals;
 pub mod sys;

@@ -30,6 +30,7 @@ pub mod chunkset;
 pub mod pacer;
 pub mod rate_control;
 pub mod receiver;
+pub mod record;
 pub mod sender;
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ impl Sim {
                 let end = (start + self.chunk as usize).min(self.file.len());
                 let mut b = Message::Data { session, chunk: c, payload: &self.file[start..end] }.encode(cookie);
                 if let Some(k) = &self.keys {
-                    let tag = k.data_key(session, cookie).tag(c, &b);
+                    let tag = k.data_key(session, cookie, None).tag(c, &b);
                     b.extend_from_slice(&tag);
                 }
                 b
@@ -321,9 +321,9 @@ impl Sim {
             rx.note_idle(self.now);
         }
         for _ in 0..self.drain {
-            let Some(bytes) = self.ring.pop_front() else { break };
+            let Some(mut bytes) = self.ring.pop_front() else { break };
             let from = self.source_of(&bytes);
-            if let Some((off, payload)) = rx.on_data(self.now, from, &bytes) {
+            if let Some((off, payload)) = rx.on_data(self.now, from, &mut bytes) {
                 let off = off as usize;
                 self.out[off..off + payload.len()].copy_from_slice(payload);
             }
@@ -668,8 +668,8 @@ fn corrupted_output_fails_digest_on_both_sides() {
     let mut rx = Receiver::new(ReceiverConfig::default(), now);
     let cookie = open_session(&mut rx, now, info);
     for c in 0..3 {
-        let m = Message::Data { session: 1, chunk: c, payload: &data[..1000] }.encode(cookie);
-        assert!(rx.on_data(now, SENDER, &m).is_some());
+        let mut m = Message::Data { session: 1, chunk: c, payload: &data[..1000] }.encode(cookie);
+        assert!(rx.on_data(now, SENDER, &mut m).is_some());
     }
     assert!(matches!(rx.poll_event(), Some(Event::Start { .. })));
     assert_eq!(rx.poll_event(), Some(Event::Verify));
@@ -695,7 +695,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
     let stranger: SocketAddr = "192.0.2.66:40000".parse().unwrap();
     // Data before any session.
     assert!(rx
-        .on_data(now, SENDER, &Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec())
+        .on_data(now, SENDER, &mut Message::Data { session: 1, chunk: 0, payload: &data[..1000] }.to_vec())
         .is_none());
     let k = open_session(&mut rx, now, info);
     let cases: Vec<(SocketAddr, Vec<u8>, DropReason)> = vec![
@@ -715,7 +715,7 @@ fn hostile_datagrams_are_dropped_and_counted() {
     ];
     for (from, bytes, reason) in &cases {
         let before = rx.stats().drops.get(*reason);
-        assert!(rx.on_data(now, *from, bytes).is_none(), "{reason:?} must be dropped");
+        assert!(rx.on_data(now, *from, &mut bytes.clone()).is_none(), "{reason:?} must be dropped");
         assert_eq!(rx.stats().drops.get(*reason), before + 1, "{reason:?} must be counted");
     }
     assert_eq!(rx.stats().drops.get(DropReason::NoSession), 1);

@@ -235,6 +235,16 @@ pub fn parse_udp(frame: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
     })
 }
 
+/// [`parse_udp`] for a frame that is ours to change: the datagram's source,
+/// destination and payload, the payload writable in place.
+pub fn parse_udp_mut(frame: &mut [u8]) -> Result<(SocketAddr, SocketAddr, &mut [u8]), WireError> {
+    let d = parse_udp(frame)?;
+    // The payload lies inside the frame (etherparse slices it from there).
+    let at = d.payload.as_ptr() as usize - frame.as_ptr() as usize;
+    let (src, dst, len) = (d.src, d.dst, d.payload.len());
+    Ok((src, dst, &mut frame[at..at + len]))
+}
+
 /// A locally administered unicast MAC, handy in tests.
 pub fn test_mac(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, last]

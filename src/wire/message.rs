@@ -22,7 +22,7 @@
 use super::WireError;
 
 pub const MAGIC: u32 = 0x5842_4c53; // "XBLS"
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 pub const HEADER_LEN: usize = 32;
 /// Length of a [`SessionInfo`] body.
 pub const SESSION_INFO_LEN: usize = 56;
@@ -200,10 +200,33 @@ const TREE_SHAPE_LEN: usize = 8 + 4;
 /// (8 bytes after the tree shape): where the stream resumes, 0 to start
 /// over.
 const HELLO_RESUME: u32 = 64;
+/// Hello flags (with [`HELLO_KEYED`]): every data frame's payload is
+/// encrypted, not only tagged, under the AEAD [`HELLO_CHACHA`] names
+/// (AES-256-GCM when it is clear).
+const HELLO_ENCRYPTED: u32 = 128;
+const HELLO_CHACHA: u32 = 256;
 /// HelloAck flags: a [`Resume`] follows the largest datagram: an offer (its
 /// offset and hash), or the settled offset.
 const HELLO_ACK_RESUME_OFFER: u8 = 4;
 const HELLO_ACK_RESUME_SETTLED: u8 = 8;
+
+/// The AEAD that seals an encrypted session's payloads (a Hello's
+/// `encrypted`): AES-256-GCM where the sender's CPU has AES instructions,
+/// ChaCha20-Poly1305 where it does not. The receiver takes either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    Aes256Gcm,
+    ChaCha20Poly1305,
+}
+
+impl Cipher {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "AES-256-GCM",
+            Cipher::ChaCha20Poly1305 => "ChaCha20-Poly1305",
+        }
+    }
+}
 
 /// What a receiver holding a partial from an interrupted transfer says in
 /// its HelloAck (see [`crate::proto`]'s resume rules).
@@ -427,13 +450,15 @@ pub enum Message<'a> {
     /// source ports the data comes from (one per transmit queue). `attrs`:
     /// the file's mode and mtime, for the receiver's copy. `tree`: the
     /// session carries a directory tree, not one file. `resume_from`: the
-    /// sender's answer to the receiver's [`Resume::Offer`].
+    /// sender's answer to the receiver's [`Resume::Offer`]. `encrypted`: with
+    /// `keyed`, the payloads are encrypted with this AEAD, not only tagged.
     Hello {
         session: u64,
         info: SessionInfo,
         source: SourceId,
         via_tcp: bool,
         keyed: bool,
+        encrypted: Option<Cipher>,
         name: &'a str,
         data_ports: DataPorts,
         attrs: Option<FileAttrs>,
@@ -492,6 +517,7 @@ impl Message<'static> {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
+            encrypted: None,
             name: "",
             data_ports: DataPorts::NONE,
             attrs: None,
@@ -573,12 +599,23 @@ impl<'a> Message<'a> {
                 if name.len() > MAX_NAME_LEN {
                     return Err(WireError::BadBody);
                 }
+                let encrypted = match (flags & HELLO_ENCRYPTED != 0, flags & HELLO_CHACHA != 0) {
+                    (true, false) => Some(Cipher::Aes256Gcm),
+                    (true, true) => Some(Cipher::ChaCha20Poly1305),
+                    (false, false) => None,
+                    (false, true) => return Err(WireError::BadBody),
+                };
+                if encrypted.is_some() && flags & HELLO_KEYED == 0 {
+                    // Encryption needs the pre-shared key's session keys.
+                    return Err(WireError::BadBody);
+                }
                 Message::Hello {
                     session,
                     info,
                     source,
                     via_tcp: flags & HELLO_VIA_TCP != 0,
                     keyed: flags & HELLO_KEYED != 0,
+                    encrypted,
                     name: std::str::from_utf8(name).map_err(|_| WireError::BadBody)?,
                     data_ports,
                     attrs,
@@ -684,7 +721,19 @@ impl<'a> Message<'a> {
                 info.emit(&mut out[HEADER_LEN..]);
                 (Kind::Meta, *session, u64::from(*last))
             }
-            Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree, resume_from } => {
+            Message::Hello {
+                session,
+                info,
+                source,
+                via_tcp,
+                keyed,
+                encrypted,
+                name,
+                data_ports,
+                attrs,
+                tree,
+                resume_from,
+            } => {
                 out.resize(HEADER_LEN + SESSION_INFO_LEN, 0);
                 info.emit(&mut out[HEADER_LEN..]);
                 out.extend_from_slice(source);
@@ -694,7 +743,9 @@ impl<'a> Message<'a> {
                     | (u32::from(attrs.is_some()) * HELLO_ATTRS)
                     | (u32::from(attrs.is_some_and(|a| a.data_bytes.is_some())) * HELLO_SPARSE)
                     | (u32::from(tree.is_some()) * HELLO_TREE)
-                    | (u32::from(resume_from.is_some()) * HELLO_RESUME);
+                    | (u32::from(resume_from.is_some()) * HELLO_RESUME)
+                    | (u32::from(encrypted.is_some()) * HELLO_ENCRYPTED)
+                    | (u32::from(*encrypted == Some(Cipher::ChaCha20Poly1305)) * HELLO_CHACHA);
                 out.extend_from_slice(&flags.to_be_bytes());
                 if !data_ports.is_empty() {
                     out.push(data_ports.len);
@@ -793,6 +844,7 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
+            encrypted: None,
             name,
             data_ports: DataPorts::NONE,
             attrs: None,
@@ -818,6 +870,7 @@ mod tests {
                 source: [5; 16],
                 via_tcp: false,
                 keyed: false,
+                encrypted: None,
                 name: "",
                 data_ports: DataPorts::NONE,
                 attrs: None,
@@ -830,6 +883,7 @@ mod tests {
                 source: [0; 16],
                 via_tcp: true,
                 keyed: true,
+                encrypted: None,
                 name: "big.iso",
                 data_ports: DataPorts::NONE,
                 attrs: None,
@@ -842,6 +896,7 @@ mod tests {
                 source: [1; 16],
                 via_tcp: false,
                 keyed: false,
+                encrypted: None,
                 name: "two-queues.bin",
                 data_ports: DataPorts::new(&[40000, 40001, 9]).unwrap(),
                 attrs: None,
@@ -879,6 +934,7 @@ mod tests {
                 source: [5; 16],
                 via_tcp: false,
                 keyed: false,
+                encrypted: None,
                 name: "resumed.bin",
                 data_ports: DataPorts::NONE,
                 attrs: None,
@@ -917,6 +973,7 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
+            encrypted: None,
             name: "secret.key",
             data_ports: DataPorts::new(&[7000, 7001]).unwrap(),
             attrs,
@@ -960,6 +1017,7 @@ mod tests {
             source: [0; 16],
             via_tcp: false,
             keyed: false,
+            encrypted: None,
             name: &name,
             data_ports: ports,
             attrs: None,

@@ -33,6 +33,7 @@ fn main() {
         source: [7; 16],
         via_tcp: false,
         keyed: false,
+        encrypted: None,
         name: "seed.bin",
         data_ports: xdpblast::wire::message::DataPorts::NONE,
         attrs: None,

@@ -81,6 +81,9 @@ pub struct SendOptions {
     pub reader: ReaderMode,
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
+    /// With `keys`: the AEAD every payload is encrypted with (`None`: only
+    /// tagged, `send --no-encrypt`).
+    pub encrypt: Option<crate::wire::message::Cipher>,
     pub bind: BindMode,
     /// Transmit queues 0..N (`--queues`), each with a socket on the shared
     /// UMEM and a kicker thread when there are several.
@@ -120,6 +123,7 @@ pub fn send(opts: &SendOptions, prep: Prepared) -> anyhow::Result<SendReport> {
         timeout: opts.timeout,
         source: prep.source,
         keys: opts.keys.clone(),
+        encrypt: opts.encrypt,
         name: super::file_name(&opts.file),
         data_ports: lanes.announced(),
         attrs: prep.tree.is_none().then_some(prep.attrs),
@@ -227,7 +231,7 @@ fn transfer(
         ra = ra.with_lane_ports(lanes.ports.clone());
     }
     if let Some(k) = &opts.keys {
-        ra = ra.keyed(k.clone());
+        ra = ra.keyed(k.clone(), opts.encrypt);
     }
     if opts.direct {
         ra = ra.direct()?;

@@ -48,6 +48,10 @@ pub struct SendReport {
     pub queues: u32,
     pub per_queue: Vec<QueueFigures>,
     pub rtt_us: Option<u64>,
+    /// The AEAD every payload was encrypted with (with a key, unless
+    /// `--no-encrypt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<&'static str>,
     /// Bytes the receiver held from an interrupted transfer (checked
     /// against ours), not sent again.
     pub resumed_bytes: u64,
@@ -111,8 +115,13 @@ pub(super) fn mode_line(
     queues: u32,
 ) -> String {
     let on = if queues == 1 { "queue 0".to_string() } else { format!("queues 0-{}", queues - 1) };
+    let protection = match (&opts.keys, opts.encrypt) {
+        (Some(_), Some(c)) => format!(", encrypted ({})", c.name()),
+        (Some(_), None) => ", authenticated, not encrypted".to_string(),
+        _ => String::new(),
+    };
     format!(
-        "Sending {} ({}) to {} over AF_XDP: {} mode on {ifname} {on}, reader {}, {} B {} packets",
+        "Sending {} ({}) to {} over AF_XDP: {} mode on {ifname} {on}, reader {}, {} B {} packets{protection}",
         opts.file.display(),
         human_bytes(size),
         opts.dst,
@@ -182,6 +191,7 @@ pub(super) fn final_report(opts: &SendOptions, tx: &mut Transmit, sender: &Sende
         resumed_bytes: sender.resumed_from(),
         failed_files: crate::tree::scan::skipped_files(opts.tree.as_deref()),
         rtt_us: sender.rtt.map(|d| d.as_micros() as u64),
+        encrypted: opts.encrypt.filter(|_| opts.keys.is_some()).map(|c| c.name()),
         stats,
         adaptation: tx.control.take().map(|a| Adaptation {
             ceiling: a.ceiling().to_string(),

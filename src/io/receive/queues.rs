@@ -140,7 +140,9 @@ pub(super) fn run(
         let out = lp.out_path.clone();
         let resumed_from = lp.rx.resumed_from();
         let prepared = lp.out.take().zip(lp.journal.take());
-        return Outcome::TcpFallback(Box::new(TcpHandoff { stream, header, out, pending, prepared, resumed_from }));
+        let encrypted = lp.rx.encrypted();
+        let handoff = TcpHandoff { stream, header, out, pending, prepared, resumed_from, encrypted };
+        return Outcome::TcpFallback(Box::new(handoff));
     }
     let mut report = lp.report(mode, opts);
     report.per_queue = figures;
@@ -236,7 +238,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
             let (writer, written) = {
                 let mut lp = shared.lock();
                 lp.packets += batch.len() as u64;
-                for d in batch {
+                for d in batch.iter_mut() {
                     match d {
                         Ok((from, payload)) => {
                             if let Some(w) = lp.rx.on_data(now, *from, payload) {

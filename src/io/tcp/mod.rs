@@ -21,6 +21,7 @@
 //! | splice    | file -> pipe -> socket with `splice(2)`  |
 
 mod recv;
+mod secure;
 mod send;
 
 use std::io::{self};
@@ -31,6 +32,7 @@ use serde::Serialize;
 use crate::os::sys::Doing;
 
 pub use recv::{receive, TcpReceiveOptions};
+pub use secure::StreamEncryption;
 pub use send::{send, TcpSendOptions};
 
 const CHUNK: usize = 1 << 20;
@@ -84,6 +86,9 @@ pub struct TcpReport {
     /// Sender in auto mode: why AF_XDP was not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub afxdp_not_used: Option<String>,
+    /// An encrypted session's: the AEAD, and whether the kernel sealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<secure::StreamEncryption>,
 }
 
 fn interrupted() -> io::Error {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tracing::warn;
 
+use super::secure::{SecureStream, StreamEncryption};
 use super::{TcpReport, CHUNK, PROGRESS_QUANTUM};
 use crate::io::output::{Destination, DestinationWriter};
 use crate::io::resume::Journaling;
@@ -28,6 +29,9 @@ pub struct TcpReceiveOptions<'a> {
     /// Where the stream resumes, as settled over the control channel: the
     /// sender's streams carry the bytes from there on.
     pub resumed_from: u64,
+    /// An encrypted session's keys and AEAD: its streams are TLS records
+    /// after their headers.
+    pub encrypted: Option<(&'a crate::proto::auth::Keys, crate::wire::message::Cipher)>,
 }
 
 /// Receives one admitted TCP transfer: `header` was read and checked
@@ -59,7 +63,8 @@ pub fn receive(
         }
     }
     let mut failed_files = Vec::new();
-    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals, &mut failed_files);
+    let mut encryption = None;
+    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals, &mut failed_files, &mut encryption);
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -96,6 +101,7 @@ pub fn receive(
         e2e_goodput_bps: if verified { bytes as f64 * 8.0 / process.e2e_s.max(1e-9) } else { 0.0 },
         process,
         afxdp_not_used: None,
+        encryption,
     }
 }
 
@@ -121,7 +127,7 @@ impl Progress {
     }
 
     /// Reads into `buf` before the deadline; 0 only at the end of the stream.
-    fn read(&self, sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<usize> {
+    fn read(&self, sock: &mut SecureStream, buf: &mut [u8]) -> anyhow::Result<usize> {
         loop {
             if crate::os::signals::stop_requested() {
                 bail!("interrupted");
@@ -131,7 +137,7 @@ impl Progress {
                 bail!("the sender delivered under {} KiB in {:?} (idle timeout)", PROGRESS_QUANTUM >> 10, self.timeout);
             }
             // Wake now and then to see a stop request.
-            sock.set_read_timeout(Some(left.min(Duration::from_millis(500))))?;
+            sock.tcp().set_read_timeout(Some(left.min(Duration::from_millis(500))))?;
             count_syscalls(1);
             match sock.read(buf) {
                 Ok(n) => return Ok(n),
@@ -145,7 +151,7 @@ impl Progress {
         }
     }
 
-    fn read_exact(&mut self, sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn read_exact(&mut self, sock: &mut SecureStream, buf: &mut [u8]) -> anyhow::Result<()> {
         let mut got = 0;
         while got < buf.len() {
             let n = self.read(sock, &mut buf[got..])?;
@@ -158,6 +164,7 @@ impl Progress {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn receive_inner(
     first: TcpStream,
     header: &StreamHeader,
@@ -166,9 +173,27 @@ pub(super) fn receive_inner(
     prepared: Option<(Destination, Journaling)>,
     intervals: &mut Intervals,
     failed_files: &mut Vec<crate::tree::output::FailedFile>,
+    encryption: &mut Option<StreamEncryption>,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
-    let mut socks = join_streams(first, header, opts, pending)?;
+    let mut socks: Vec<SecureStream> = join_streams(first, header, opts, pending)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, sock)| match opts.encrypted {
+            Some((keys, cipher)) => SecureStream::encrypted(
+                sock,
+                keys,
+                (header.session, header.cookie, i as u16),
+                crate::proto::auth::StreamDirection::ToSender,
+                cipher,
+            ),
+            None => SecureStream::clear(sock),
+        })
+        .collect();
+    *encryption = socks.first().and_then(|s| s.encryption().cloned());
+    if let (true, Some(e)) = (opts.intervals, encryption.as_ref()) {
+        println!("{}", e.describe());
+    }
     // Made when the session opened (`crate::io::resume::prepare`), where an
     // interrupted transfer's output is taken up.
     let (mut output, mut journal) = prepared.context("the session's output was not prepared")?;
@@ -261,7 +286,7 @@ pub(super) fn complete_prefix(ranges: &[std::ops::Range<u64>], got: &[std::sync:
 /// Reads one stream's range into the output, then the sender's digest
 /// that follows it.
 pub(super) fn receive_range(
-    sock: &mut TcpStream,
+    sock: &mut SecureStream,
     range: std::ops::Range<u64>,
     writer: &DestinationWriter,
     got: &std::sync::atomic::AtomicU64,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tracing::info;
 
+use super::secure::SecureStream;
 use super::{interrupted, TcpMode, TcpReport, CHUNK};
 use crate::io::control::Control;
 use crate::os::sys::{self};
@@ -84,7 +85,7 @@ impl TcpInput<'_> {
         self,
         mode: TcpMode,
         range: std::ops::Range<u64>,
-        sock: &mut TcpStream,
+        sock: &mut SecureStream,
         progress: &mut dyn FnMut(u64) -> io::Result<()>,
     ) -> io::Result<()> {
         let tree = match self {
@@ -107,7 +108,7 @@ impl TcpInput<'_> {
     }
 }
 
-pub(super) fn write_all_counted(sock: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
+pub(super) fn write_all_counted(sock: &mut impl Write, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         count_syscalls(1);
         match sock.write(buf) {
@@ -125,18 +126,20 @@ pub(super) fn write_all_counted(sock: &mut TcpStream, mut buf: &[u8]) -> io::Res
 pub(super) const SENDFILE_STEP: usize = 64 << 20;
 
 /// Sends the file's bytes in `range`; `progress` hears how many of them
-/// are out after each step.
+/// are out after each step. A stream sealed in user space takes every
+/// byte through a buffer, whatever the mode.
 pub(super) fn send_body(
     mode: TcpMode,
     file: &File,
     range: std::ops::Range<u64>,
-    sock: &mut TcpStream,
+    sock: &mut SecureStream,
     progress: &mut dyn FnMut(u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let fd_in = file.as_raw_fd();
     let fd_out = sock.as_raw_fd();
     let (base, size) = (range.start, range.end);
     let mut progress = |at: u64| progress(at - base);
+    let mode = if sock.seals_in_user_space() { TcpMode::Readwrite } else { mode };
     match mode {
         TcpMode::Sendfile => {
             let mut off = libc::off_t::try_from(base).map_err(|_| io::Error::other("offset too large"))?;
@@ -217,6 +220,9 @@ pub struct TcpSendOptions {
     pub progress: bool,
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
+    /// With `keys`: the AEAD of the streams' TLS records (`None`: in clear,
+    /// `send --no-encrypt`).
+    pub encrypt: Option<crate::wire::message::Cipher>,
     /// Why TCP carries the file when AF_XDP was asked for (auto's fallback),
     /// for the mode line.
     pub fallback_reason: Option<String>,
@@ -246,7 +252,9 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
     }
     let (session, cookie, from) = admit(opts, input, size, &meta, tree, &mut intervals)?;
     intervals.resumed(from);
-    let mut socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
+    let socks = (0..count).map(|_| connect(opts)).collect::<anyhow::Result<Vec<TcpStream>>>()?;
+    let mut socks = secure_streams(opts, socks, size, session, cookie, &meta)?;
+    let encryption = socks.first().and_then(|s| s.encryption().cloned());
     let prepare_s = t_prep.elapsed().as_secs_f64();
     info!(dst = %opts.dst, mode = opts.mode.name(), bytes = size, streams = count, "transfer started");
     if opts.intervals {
@@ -259,14 +267,12 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
             opts.dst,
             opts.mode.name()
         );
+        if let Some(e) = &encryption {
+            println!("{}", e.describe());
+        }
     }
     let rusage_at_start = crate::os::process::Rusage::of_self();
     let start = Instant::now();
-    for (i, sock) in socks.iter_mut().enumerate() {
-        let source = crate::io::output::source_id(&meta);
-        let header = StreamHeader { file_size: size, session, cookie, source, index: i as u16, count };
-        write_all_counted(sock, &header.emit())?;
-    }
     let fds: Vec<std::os::fd::RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
     let retransmits_all = || fds.iter().map(|&fd| sys::tcp_retransmits(fd).ok()).sum::<Option<u64>>();
     let digest = send_streams(opts, input, from..size, &mut socks, &mut intervals, &retransmits_all)?;
@@ -315,7 +321,41 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         e2e_goodput_bps: size as f64 * 8.0 / process.e2e_s.max(1e-9),
         process,
         afxdp_not_used: opts.fallback_reason.clone(),
+        encryption,
     })
+}
+
+/// Sends each stream's header, in clear (it names the session), and
+/// makes the streams of an encrypted session encrypted from there on.
+fn secure_streams(
+    opts: &TcpSendOptions,
+    socks: Vec<TcpStream>,
+    size: u64,
+    session: u64,
+    cookie: u64,
+    meta: &std::fs::Metadata,
+) -> anyhow::Result<Vec<SecureStream>> {
+    let count = socks.len() as u16;
+    let source = crate::io::output::source_id(meta);
+    socks
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut sock)| {
+            let index = i as u16;
+            let header = StreamHeader { file_size: size, session, cookie, source, index, count };
+            write_all_counted(&mut sock, &header.emit())?;
+            Ok(match (&opts.keys, opts.encrypt) {
+                (Some(keys), Some(cipher)) => SecureStream::encrypted(
+                    sock,
+                    keys,
+                    (session, cookie, index),
+                    crate::proto::auth::StreamDirection::ToReceiver,
+                    cipher,
+                ),
+                _ => SecureStream::clear(sock),
+            })
+        })
+        .collect()
 }
 
 pub(super) fn connect(opts: &TcpSendOptions) -> anyhow::Result<TcpStream> {
@@ -335,7 +375,7 @@ pub(super) fn send_streams(
     opts: &TcpSendOptions,
     input: TcpInput<'_>,
     stream: std::ops::Range<u64>,
-    socks: &mut [TcpStream],
+    socks: &mut [SecureStream],
     intervals: &mut Intervals,
     retransmits_all: &dyn Fn() -> Option<u64>,
 ) -> anyhow::Result<[u8; 32]> {
@@ -404,14 +444,14 @@ pub(super) fn send_streams(
 /// answers), calling `waiting` at least twice a second; fails after
 /// `timeout` of silence.
 pub(super) fn await_verdict(
-    sock: &mut TcpStream,
+    sock: &mut SecureStream,
     timeout: Duration,
     waiting: &mut dyn FnMut(Instant),
 ) -> anyhow::Result<[u8; REPLY_LEN]> {
     let mut reply = [0u8; REPLY_LEN];
     let mut got = 0;
     let deadline = Instant::now() + timeout;
-    sock.set_read_timeout(Some(Duration::from_millis(250)))?;
+    sock.tcp().set_read_timeout(Some(Duration::from_millis(250)))?;
     while got < REPLY_LEN {
         if crate::os::signals::stop_requested() {
             bail!("interrupted");
@@ -461,6 +501,7 @@ pub(super) fn admit(
         tree,
         via_tcp: true,
         keys: opts.keys.clone(),
+        encrypt: opts.encrypt,
         name: crate::io::file_name(&opts.file),
         ..Default::default()
     };

@@ -21,8 +21,19 @@ impl Receiver {
 
     fn control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Result<(), DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
-        if let Message::Hello { session, info, source, via_tcp, keyed, name, data_ports, attrs, tree, resume_from } =
-            msg
+        if let Message::Hello {
+            session,
+            info,
+            source,
+            via_tcp,
+            keyed,
+            encrypted,
+            name,
+            data_ports,
+            attrs,
+            tree,
+            resume_from,
+        } = msg
         {
             if let Err(why) = self.key_matches(keyed, bytes) {
                 if self.session.is_none() {
@@ -31,7 +42,8 @@ impl Receiver {
                 return Err(DropReason::BadSeal);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
-            let hello = HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree, resume_from };
+            let hello =
+                HelloFields { session, info, source, via_tcp, encrypted, name, data_ports, attrs, tree, resume_from };
             return self.hello(now, from, cookie, hello);
         }
         // Every sealed control message counts up: a replay is refused.
@@ -109,7 +121,8 @@ impl Receiver {
     /// A Hello. Without our cookie it only earns one (no state is kept);
     /// with it, it opens the session. Every refusal tells the sender why.
     fn hello(&mut self, now: Instant, from: SocketAddr, cookie: u64, hello: HelloFields) -> Result<(), DropReason> {
-        let HelloFields { session, info, source, via_tcp, name, data_ports, attrs, tree, resume_from } = hello;
+        let HelloFields { session, info, source, via_tcp, encrypted, name, data_ports, attrs, tree, resume_from } =
+            hello;
         if let Some(s) = &self.session {
             if s.id != session || s.peer != from {
                 if matches!(self.state, State::Complete { .. }) {
@@ -206,7 +219,8 @@ impl Receiver {
             // A tree's chunks past its manifest wait until the driver has
             // read the manifest and made the files they go to.
             held_from: tree.filter(|_| !via_tcp).map(|t| t.manifest_len.div_ceil(u64::from(info.chunk_size))),
-            data_key: self.cfg.keys.as_ref().filter(|_| !via_tcp).map(|k| k.data_key(session, cookie)),
+            data_key: self.cfg.keys.as_ref().filter(|_| !via_tcp).map(|k| k.data_key(session, cookie, encrypted)),
+            encrypted,
             resume: None,
         });
         self.last_progress = now;

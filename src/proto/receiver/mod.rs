@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::auth::{Counter, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
-use crate::wire::message::{FileAttrs, Message, Nack, Resume, SessionInfo, SourceId, TreeShape, HEADER_LEN};
+use crate::wire::message::{Cipher, FileAttrs, Message, Nack, Resume, SessionInfo, SourceId, TreeShape, HEADER_LEN};
 
 /// Files and directories a tree may hold unless `recv --max-files` says
 /// otherwise: ESnet's largest small-file data set is 5 GB of 1 MiB files,
@@ -243,6 +243,11 @@ impl Receiver {
         self.session.as_ref().map(|s| s.id)
     }
 
+    /// The AEAD the open session's data is encrypted with, if it is.
+    pub fn encrypted(&self) -> Option<Cipher> {
+        self.session.as_ref().and_then(|s| s.encrypted)
+    }
+
     pub fn peer(&self) -> Option<SocketAddr> {
         self.session.as_ref().map(|s| s.peer)
     }
@@ -303,9 +308,11 @@ impl Receiver {
 
     /// A datagram from the data path. Returns the file offset and bytes to
     /// write, or `None` if it was dropped (and counted) or carried no data.
-    pub fn on_data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a [u8]) -> Option<(u64, &'a [u8])> {
+    /// An encrypted session's payload is opened in place, in `bytes`.
+    pub fn on_data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a mut [u8]) -> Option<(u64, &'a [u8])> {
         match self.data(now, from, bytes) {
-            Ok(w) => w,
+            Ok(Some((offset, len))) => Some((offset, &bytes[HEADER_LEN..HEADER_LEN + len])),
+            Ok(None) => None,
             Err(r) => {
                 self.stats.drops.add(r);
                 None
@@ -313,12 +320,9 @@ impl Receiver {
         }
     }
 
-    fn data<'a>(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        bytes: &'a [u8],
-    ) -> Result<Option<(u64, &'a [u8])>, DropReason> {
+    /// Checks a datagram; for a chunk to take, returns its file offset and
+    /// payload length (the payload follows the header).
+    fn data(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) -> Result<Option<(u64, usize)>, DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         // Every check drops; their order only decides which reason is
@@ -330,8 +334,8 @@ impl Receiver {
                 if session != s.id {
                     return Err(DropReason::WrongSession);
                 }
-                let want = s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)?;
-                if payload.len() != want {
+                let len = s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)?;
+                if payload.len() != len {
                     return Err(DropReason::BadLength);
                 }
                 if cookie != s.cookie {
@@ -341,11 +345,22 @@ impl Receiver {
                 if s.held_from.is_some_and(|h| chunk >= h) {
                     return Err(DropReason::HeldForManifest);
                 }
+                if s.data_key.is_some() && s.chunks.contains(chunk) {
+                    // Not worth opening: its place is taken.
+                    return Err(DropReason::Duplicate);
+                }
                 // Last, being the dearest: nothing a frame says counts
                 // before its tag holds.
                 if let Some(k) = &s.data_key {
-                    let (message, tag) = bytes.split_at(HEADER_LEN + payload.len());
-                    if !k.tag_matches(chunk, message, tag.get(..DATA_TAG_LEN).unwrap_or(&[])) {
+                    let (message, tag) = bytes.split_at_mut(HEADER_LEN + len);
+                    let tag = tag.get(..DATA_TAG_LEN).unwrap_or(&[]);
+                    let authentic = if s.encrypted.is_some() {
+                        let (header, payload) = message.split_at_mut(HEADER_LEN);
+                        k.open(chunk, header, payload, tag)
+                    } else {
+                        k.tag_matches(chunk, message, tag)
+                    };
+                    if !authentic {
                         return Err(DropReason::BadSeal);
                     }
                 }
@@ -359,10 +374,10 @@ impl Receiver {
                 }
                 self.last_progress = now;
                 self.stats.first_data.get_or_insert(now);
-                self.stats.bytes += payload.len() as u64;
+                self.stats.bytes += len as u64;
                 let offset = chunk * u64::from(s.info.chunk_size);
                 self.maybe_verify();
-                Ok(Some((offset, payload)))
+                Ok(Some((offset, len)))
             }
             Message::Meta { session, last, info } => {
                 if session != s.id {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::proto::auth::DataKey;
 use crate::proto::chunkset::ChunkSet;
 use crate::wire::message::{
-    lane_of, DataPorts, FileAttrs, Message, Resume, SessionInfo, SourceId, TreeShape, LANE_RUN,
+    lane_of, Cipher, DataPorts, FileAttrs, Message, Resume, SessionInfo, SourceId, TreeShape, LANE_RUN,
 };
 
 #[derive(Debug)]
@@ -59,8 +59,12 @@ pub(super) struct Session {
     pub(super) digest: Option<[u8; 32]>,
     /// First chunk not yet counted in a loss report.
     pub(super) loss_from: u64,
-    /// With a key: the key the data frames' tags are checked with.
+    /// With a key: the key the data frames' tags are checked (and their
+    /// payloads opened) with.
     pub(super) data_key: Option<DataKey>,
+    /// The AEAD of an encrypted session (the data frames', or over TCP the
+    /// records').
+    pub(super) encrypted: Option<Cipher>,
     /// A tree's session, until the driver has made its files
     /// ([`super::Receiver::release_hold`]): chunks from this one on (past
     /// the manifest) are dropped, and the reported prefix stays below it,
@@ -87,6 +91,7 @@ pub(super) struct HelloFields {
     pub(super) info: SessionInfo,
     pub(super) source: SourceId,
     pub(super) via_tcp: bool,
+    pub(super) encrypted: Option<Cipher>,
     pub(super) name: Option<String>,
     pub(super) data_ports: DataPorts,
     pub(super) attrs: Option<FileAttrs>,

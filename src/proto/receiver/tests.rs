@@ -18,6 +18,7 @@ fn hello_with(info: SessionInfo, data_ports: DataPorts, keyed: bool) -> Message<
         source: [0; 16],
         via_tcp: false,
         keyed,
+        encrypted: None,
         name: "",
         data_ports,
         attrs: None,
@@ -188,13 +189,13 @@ fn drops_are_counted_by_what_was_wrong() {
     ];
     for (from, bytes, reason) in &cases {
         let before = rx.stats().drops.get(*reason);
-        assert_eq!(rx.on_data(now, *from, bytes), None);
+        assert_eq!(rx.on_data(now, *from, &mut bytes.clone()), None);
         assert_eq!(rx.stats().drops.get(*reason), before + 1, "{reason:?}");
     }
     assert_eq!(rx.stats().drops.total(), cases.len() as u64);
     assert_eq!(rx.chunks_received(), 0, "nothing from a stranger or malformed may be taken");
-    let good = data(7, 0, &chunk);
-    assert_eq!(rx.on_data(now, peer, &good), Some((0, &chunk[..])));
+    let mut good = data(7, 0, &chunk);
+    assert_eq!(rx.on_data(now, peer, &mut good), Some((0, &chunk[..])));
 }
 
 #[test]
@@ -203,7 +204,9 @@ fn control_chatter_does_not_keep_a_stalled_transfer_alive() {
     let (mut rx, start, cookie) = open(info);
     let peer: SocketAddr = PEER.parse().unwrap();
     let chunk = [1u8; 1000];
-    assert!(rx.on_data(start, peer, &Message::Data { session: 7, chunk: 0, payload: &chunk }.encode(cookie)).is_some());
+    assert!(rx
+        .on_data(start, peer, &mut Message::Data { session: 7, chunk: 0, payload: &chunk }.encode(cookie))
+        .is_some());
     // End probes and keepalive Hellos every 100 ms, never a new chunk.
     let mut now = start;
     let end = Message::End { session: 7, info, retransmits: 0 }.encode(cookie);
@@ -258,7 +261,7 @@ fn with_a_key_unsealed_and_replayed_control_is_dropped() {
     assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 2, "the replay is dropped");
     let mut forged_meta = Message::Meta { session: 7, last: true, info }.encode(cookie);
     keys.seal(Direction::ToSender, 0, &mut forged_meta);
-    assert!(rx.on_data(now, peer, &forged_meta).is_none());
+    assert!(rx.on_data(now, peer, &mut forged_meta).is_none());
     assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
 }
 
@@ -280,7 +283,7 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
     keys.seal(Direction::ToReceiver, 1, &mut hello);
     rx.on_control(now, peer, &hello);
     assert!(rx.info().is_some());
-    let key = keys.data_key(7, cookie);
+    let key = keys.data_key(7, cookie, None);
     let tagged = |c: u64, payload: &[u8]| {
         let mut b = Message::Data { session: 7, chunk: c, payload }.encode(cookie);
         let tag = key.tag(c, &b);
@@ -298,16 +301,16 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
         b
     };
     let mut another_key = Message::Data { session: 7, chunk: 9, payload: &file[900..] }.encode(cookie);
-    let tag = Keys::derive(&[5; 32]).data_key(7, cookie).tag(9, &another_key);
+    let tag = Keys::derive(&[5; 32]).data_key(7, cookie, None).tag(9, &another_key);
     another_key.extend_from_slice(&tag);
     for bad in [&forged, &untagged, &wrong_place, &another_key] {
-        assert_eq!(rx.on_data(now, peer, bad), None);
+        assert_eq!(rx.on_data(now, peer, &mut bad.clone()), None);
     }
     assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 4);
     assert_eq!((rx.chunks_received(), rx.stats().bytes), (0, 0), "nothing forged was taken");
     for c in 0..10u64 {
-        let frame = genuine(c);
-        let (offset, payload) = rx.on_data(now, peer, &frame).expect("a genuine chunk is taken");
+        let mut frame = genuine(c);
+        let (offset, payload) = rx.on_data(now, peer, &mut frame).expect("a genuine chunk is taken");
         assert_eq!((offset, payload), (c * 100, &file[c as usize * 100..(c as usize + 1) * 100]));
     }
     assert_eq!(rx.contiguous_bytes(), 1000);
@@ -335,7 +338,7 @@ fn a_lagging_lane_is_not_loss_but_a_gap_in_a_lane_is() {
     rx.on_control(now, peer, &hello_from_ports(info, ports).encode(cookie));
     let payload = [0u8; 10];
     let send = |rx: &mut Receiver, from: SocketAddr, c: u64| {
-        rx.on_data(now, from, &Message::Data { session: 7, chunk: c, payload: &payload }.encode(cookie)).is_some()
+        rx.on_data(now, from, &mut Message::Data { session: 7, chunk: c, payload: &payload }.encode(cookie)).is_some()
     };
     // Lane 0 has delivered its first 10 chunks; lane 1 all of its runs
     // (64..128, 192..256, ...) but chunk 200.

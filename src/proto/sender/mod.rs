@@ -58,6 +58,9 @@ pub struct SenderConfig {
     /// Seal every control message, and require the receiver's to be sealed
     /// (`--key-file`).
     pub keys: Option<Keys>,
+    /// With `keys`: the payloads are encrypted with this AEAD (the Hello
+    /// says so), not only tagged.
+    pub encrypt: Option<crate::wire::message::Cipher>,
     /// The input file's name (no directory), for a receiver whose output is
     /// a directory.
     pub name: String,
@@ -83,6 +86,7 @@ impl Default for SenderConfig {
             source: [0; 16],
             via_tcp: false,
             keys: None,
+            encrypt: None,
             name: String::new(),
             data_ports: crate::wire::message::DataPorts::NONE,
             attrs: None,
@@ -606,6 +610,7 @@ impl Sender {
             source: self.cfg.source,
             via_tcp: self.cfg.via_tcp,
             keyed: self.cfg.keys.is_some(),
+            encrypted: self.cfg.encrypt.filter(|_| self.cfg.keys.is_some()),
             name: &name,
             data_ports: self.cfg.data_ports,
             attrs: self.cfg.attrs,
