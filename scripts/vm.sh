@@ -57,6 +57,9 @@ PINNED=6.18.15+deb13-cloud-amd64
 # since 6.13.
 MIN_ZC=6.13
 MODULES=(failover net_failover virtio_net)
+# Kernel TLS with AES-GCM, for the encrypted TCP modes' test: loaded where
+# the kernel has them (the guest has no modprobe to load them on demand).
+OPTIONAL_MODULES=(ghash-generic gcm tls)
 
 log() { echo "vm.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -159,18 +162,24 @@ kernel() {
     newest) v=$(newest) ;;
     *) v=$want ;;
   esac
-  if [[ ! -s $CACHE/kernel/$v/vmlinuz ]]; then
+  if ! cached "$v"; then
     if ! fetch_kernel "$v"; then
       [[ $want == pinned ]] || die "kernel $v is not in the archive (scripts/vm.sh kernels lists what is)"
       v=$(newest)
       log "WARNING: the pinned kernel $PINNED is no longer in the archive; using the newest, $v"
-      [[ -s $CACHE/kernel/$v/vmlinuz ]] || fetch_kernel "$v" || die "cannot fetch kernel $v"
+      cached "$v" || fetch_kernel "$v" || die "cannot fetch kernel $v"
     fi
   fi
   echo "$v"
 }
 
-# Downloads a kernel's packages and keeps its image and our three modules
+# Whether kernel V is in the cache, with the modules this script looks for
+# now (a cache made for another list is fetched again).
+cached() {
+  [[ -s $CACHE/kernel/$1/vmlinuz && $(cat "$CACHE/kernel/$1/modules.wanted" 2>/dev/null) == "${MODULES[*]} ${OPTIONAL_MODULES[*]}" ]]
+}
+
+# Downloads a kernel's packages and keeps its image and our modules
 # (decompressed, so busybox's insmod can load them).
 fetch_kernel() {
   local v=$1 conf tmp dir=$CACHE/kernel/$1
@@ -196,14 +205,24 @@ fetch_kernel() {
     local ko
     ko=$(find "$tmp/root/usr/lib/modules/$v" -name "$m.ko*" | head -n 1)
     [[ -n $ko ]] || { rm -rf "$tmp" "$dir"; die "kernel $v has no module $m"; }
-    case $ko in
-      *.xz) xz -dc "$ko" > "$dir/modules/$m.ko" ;;
-      *.zst) zstd -dcq "$ko" > "$dir/modules/$m.ko" ;;
-      *) cp "$ko" "$dir/modules/$m.ko" ;;
-    esac
+    unpack_module "$ko" "$dir/modules/$m.ko"
   done
+  for m in "${OPTIONAL_MODULES[@]}"; do
+    local ko
+    ko=$(find "$tmp/root/usr/lib/modules/$v" -name "$m.ko*" | head -n 1)
+    if [[ -n $ko ]]; then unpack_module "$ko" "$dir/modules/$m.ko"; else log "kernel $v has no module $m"; fi
+  done
+  echo "${MODULES[*]} ${OPTIONAL_MODULES[*]}" > "$dir/modules.wanted"
   cp "$img" "$dir/vmlinuz.part" && mv "$dir/vmlinuz.part" "$dir/vmlinuz"
   rm -rf "$tmp"
+}
+
+unpack_module() {
+  case $1 in
+    *.xz) xz -dc "$1" > "$2" ;;
+    *.zst) zstd -dcq "$1" > "$2" ;;
+    *) cp "$1" "$2" ;;
+  esac
 }
 
 # Copies a dynamically linked program and the libraries it loads.
@@ -240,6 +259,7 @@ mount -t tmpfs run /run
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 ip link set lo up
 for m in ${MODULES[*]}; do insmod /lib/modules/\$m.ko || echo "insmod \$m failed"; done
+for m in ${OPTIONAL_MODULES[*]}; do [ -e /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "insmod \$m failed"; }; done
 mdev -s 2>/dev/null
 # The NICs appear asynchronously after the module loads.
 n=0; while [ \$(ls /sys/class/net | grep -c '^e') -lt 4 ] && [ \$n -lt 50 ]; do sleep 0.1; n=\$((n+1)); done

@@ -221,13 +221,40 @@ fn zero_copy_with_5_percent_loss_is_repaired() {
     assert!(s["retransmits"].as_u64().unwrap_or(0) > 0, "nothing was repaired: {s}");
 }
 
+/// A key encrypts by default: each payload sealed in its UMEM frame by the
+/// sender and opened in place, in the zero-copy receive frame, by the
+/// receiver; with either AEAD.
 #[test]
-fn zero_copy_keyed() {
+fn zero_copy_encrypted_with_either_aead() {
     let g = guest();
-    let (s, r) = g.transferred("keyed", ZC, ZC);
-    // Every frame carries its 16-byte tag (at MTU 1500), and each held.
-    assert_eq!(s["chunk_size"], 1500 - 28 - 32 - 16, "{s}");
-    assert_eq!(r["dropped"]["bad_seal"].as_u64().unwrap_or(0), 0, "{r}");
+    for (key, want) in [("keyed", None), ("keyed_chacha", Some("ChaCha20-Poly1305"))] {
+        let (s, r) = g.transferred(key, ZC, ZC);
+        // Every frame carries its 16-byte tag (at MTU 1500), and each held.
+        assert_eq!(s["chunk_size"], 1500 - 28 - 32 - 16, "{key}: {s}");
+        assert_eq!(r["dropped"]["bad_seal"].as_u64().unwrap_or(0), 0, "{key}: {r}");
+        let cipher = s["encrypted"].as_str().unwrap_or_else(|| panic!("{key}: the sender did not encrypt: {s}"));
+        assert!(want.is_none_or(|w| w == cipher), "{key}: {cipher}");
+        assert_eq!(r["encrypted"], s["encrypted"], "{key}: the receiver opened what was sealed: {r}");
+    }
+}
+
+/// The TCP modes' TLS records: with the guest kernel's TLS, sendfile runs
+/// with both ends sealing and opening in the kernel; a sender sealing in
+/// user space (as on a kernel without TLS) is understood by a receiver
+/// opening in the kernel, the records being the same.
+#[test]
+fn tcp_streams_encrypted_by_kernel_tls_and_in_user_space_understand_each_other() {
+    let g = guest();
+    assert_eq!(g.fact("tls_module"), "1", "the guest kernel ({}) loaded no tls module", g.kernel);
+    let (s, r) = g.transferred("ktls", "sendfile", "tcp");
+    let kernel = |v: &Value| (v["encryption"]["kernel_tx"].as_bool(), v["encryption"]["kernel_rx"].as_bool());
+    assert_eq!(s["encryption"]["cipher"], "AES-256-GCM", "{s}");
+    assert_eq!(kernel(&s), (Some(true), Some(true)), "the sender's kTLS: {s}");
+    assert_eq!(kernel(&r), (Some(true), Some(true)), "the receiver's kTLS: {r}");
+    let (s, r) = g.transferred("ktls_mixed", "sendfile", "tcp");
+    assert_eq!(kernel(&s), (Some(false), Some(false)), "XDPBLAST_NO_KTLS keeps the sender in user space: {s}");
+    assert!(s["encryption"]["kernel_tls_missing"].is_string(), "and says why: {s}");
+    assert_eq!(kernel(&r), (Some(true), Some(true)), "{r}");
 }
 
 #[test]

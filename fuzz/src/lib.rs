@@ -157,6 +157,7 @@ pub fn run_wire(data: &[u8]) {
     }
     check_seal(data);
     check_manifest(data);
+    check_records(data);
 }
 
 /// A tree's manifest from arbitrary bytes: refused or parsed, never a
@@ -184,6 +185,21 @@ fn check_seal(data: &[u8]) {
     assert_eq!(keys.open(Direction::ToSender, &sealed), Some(7));
     assert_eq!(keys.open(Direction::ToReceiver, &sealed), None, "a seal opened in the wrong direction");
     assert_eq!(Message::parse_with_cookie(&sealed), Ok((msg, cookie)), "a seal changed the message");
+}
+
+/// A TCP stream's TLS records from arbitrary bytes: refused or opened,
+/// never a panic, and nothing forged opens.
+fn check_records(data: &[u8]) {
+    use xdpblast::proto::auth::StreamDirection;
+    use xdpblast::proto::record::RecordOpener;
+    use xdpblast::wire::message::Cipher;
+    let keys = Keys::derive(&[0x42; 32]).record_keys(1, 2, 0, StreamDirection::ToReceiver, Cipher::Aes256Gcm);
+    if let Ok(Some(len)) = RecordOpener::record_len(data) {
+        if let Some(record) = data.get(..len) {
+            let opened = RecordOpener::new(&keys).open(&mut record.to_vec());
+            assert!(opened.is_err(), "a record not sealed with the key opened");
+        }
+    }
 }
 
 fn check_message(bytes: &[u8]) {

@@ -155,9 +155,12 @@ impl Runner<'_> {
         let cipher = cipher.with_context(|| format!("{mode}: the transfer was not encrypted"))?;
         if !kernel && !self.said_no_ktls.replace(true) {
             let why = send["encryption"]["kernel_tls_missing"].as_str().unwrap_or("kernel TLS refused");
-            self.bytes_bar.println(format!(
-                "{mode}: {why}: its {cipher} records are sealed in user space (a read and a write, not sendfile)"
-            ));
+            // Said even where the bars are hidden (no terminal).
+            self.bytes_bar.suspend(|| {
+                eprintln!(
+                    "{mode}: {why}: its {cipher} records are sealed in user space (a read and a write, not sendfile)"
+                )
+            });
         }
         Ok(())
     }

@@ -283,21 +283,27 @@ pub enum PreloadError {
 /// payload at a time (1,400-odd bytes) it compresses serially, which
 /// measured as 38 % of the sender's CPU. The gather is one copy out of
 /// frames still in cache. Each payload's UDP checksum sum (`sums[i]`) is
-/// taken from its copy there, in L1, instead of from the frame later.
+/// taken from its copy there, in L1, instead of from the frame later;
+/// `None` where the payloads are encrypted after hashing, so the wire
+/// carries other bytes.
 pub fn hash_payloads(
     hasher: &mut blake3::Hasher,
     gather: &mut Vec<u8>,
-    sums: &mut Vec<u32>,
+    mut sums: Option<&mut Vec<u32>>,
     frames: &[&mut [u8]],
     lens: &[usize],
     at: usize,
 ) {
     gather.clear();
-    sums.clear();
+    if let Some(s) = sums.as_deref_mut() {
+        s.clear();
+    }
     for (f, &len) in frames.iter().zip(lens) {
         let start = gather.len();
         gather.extend_from_slice(&f[at..at + len]);
-        sums.push(crate::wire::checksum::sum(0, &gather[start..]));
+        if let Some(s) = sums.as_deref_mut() {
+            s.push(crate::wire::checksum::sum(0, &gather[start..]));
+        }
     }
     hasher.update(gather);
 }

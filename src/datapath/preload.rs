@@ -84,7 +84,7 @@ pub fn preload(
                 got += n;
             }
             let lens: Vec<usize> = (idx..batch_end).map(|c| shape.chunk_len(c as u64).unwrap_or(0)).collect();
-            hash_payloads(&mut hasher, &mut gather, &mut sums, &frames[idx..batch_end], &lens, payload_at);
+            hash_payloads(&mut hasher, &mut gather, Some(&mut sums), &frames[idx..batch_end], &lens, payload_at);
             for (i, f) in frames[idx..batch_end].iter_mut().enumerate() {
                 let c = (idx + i) as u64;
                 let len = lens[i];

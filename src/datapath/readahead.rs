@@ -246,17 +246,17 @@ impl ReadAhead {
         if let (Some(d), Some(file)) = (self.drop_behind.as_mut(), self.input.file()) {
             d.read_up_to(file, offset + total as u64);
         }
-        hash_payloads(&mut self.hasher, &mut self.gather, &mut self.sums, &frames, &lens, at);
+        let sums = (!self.encrypted).then_some(&mut self.sums);
+        hash_payloads(&mut self.hasher, &mut self.gather, sums, &frames, &lens, at);
         let header_at = self.plan.header_offset();
         for (i, f) in frames.iter_mut().enumerate() {
             let len = lens[i];
             emit_header(&mut f[header_at..], Kind::Data, len as u16, self.session, self.cookie, first + i as u64);
-            let mut tail = (len, self.sums[i]);
-            match &self.data_key {
-                Some(k) if self.encrypted => tail = encrypt_payload(k, first + i as u64, f, header_at, len),
-                Some(k) => tail = append_tag(k, first + i as u64, f, header_at, len, tail),
-                None => {}
-            }
+            let tail = match &self.data_key {
+                Some(k) if self.encrypted => encrypt_payload(k, first + i as u64, f, header_at, len),
+                Some(k) => append_tag(k, first + i as u64, f, header_at, len, (len, self.sums[i])),
+                None => (len, self.sums[i]),
+            };
             let tpl = lane_template(&self.tpl, &self.lane_ports, first + i as u64);
             tpl.build_in_place_summed(f, HEADER_LEN + tail.0, Some(tail))?;
         }

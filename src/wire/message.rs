@@ -941,6 +941,32 @@ mod tests {
                 tree: None,
                 resume_from: Some(4096),
             },
+            Message::Hello {
+                session: 9,
+                info: info(),
+                source: [6; 16],
+                via_tcp: false,
+                keyed: true,
+                encrypted: Some(Cipher::Aes256Gcm),
+                name: "sealed.bin",
+                data_ports: DataPorts::NONE,
+                attrs: None,
+                tree: None,
+                resume_from: None,
+            },
+            Message::Hello {
+                session: 9,
+                info: info(),
+                source: [7; 16],
+                via_tcp: true,
+                keyed: true,
+                encrypted: Some(Cipher::ChaCha20Poly1305),
+                name: "sealed.bin",
+                data_ports: DataPorts::NONE,
+                attrs: None,
+                tree: None,
+                resume_from: Some(0),
+            },
             Message::Nack {
                 session: 9,
                 nack: Nack {
@@ -1099,6 +1125,24 @@ mod tests {
         };
         let bytes = Message::Nack { session: 1, nack }.to_vec();
         assert_eq!(Message::parse(&bytes), Err(WireError::BadBody));
+    }
+
+    /// Encryption needs the key's session keys; ChaCha's flag alone names
+    /// nothing.
+    #[test]
+    fn an_encrypted_hello_without_a_key_or_with_a_lone_cipher_flag_is_refused() {
+        let flags_at = HEADER_LEN + SESSION_INFO_LEN + 16;
+        let set_flags = |m: Message<'_>, f: u32| {
+            let mut b = m.to_vec();
+            b[flags_at..flags_at + 4].copy_from_slice(&f.to_be_bytes());
+            b
+        };
+        let plain = Message::plain_hello(1, SessionInfo { file_size: 10, chunk_size: 10, n_chunks: 1, digest: None });
+        assert_eq!(Message::parse(&set_flags(plain.clone(), HELLO_ENCRYPTED)), Err(WireError::BadBody));
+        assert_eq!(Message::parse(&set_flags(plain.clone(), HELLO_KEYED | HELLO_CHACHA)), Err(WireError::BadBody));
+        let both = set_flags(plain, HELLO_KEYED | HELLO_ENCRYPTED | HELLO_CHACHA);
+        let ok = Message::parse(&both);
+        assert!(matches!(ok, Ok(Message::Hello { keyed: true, encrypted: Some(Cipher::ChaCha20Poly1305), .. })));
     }
 
     #[test]

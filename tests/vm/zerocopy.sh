@@ -71,15 +71,16 @@ wait_ready() {
   done
 }
 
-# transfer KEY "RECV ARGS" "SEND ARGS": one file, receiver in rx, sender in tx.
+# transfer KEY "RECV ARGS" "SEND ARGS" ["SENDER ENV"]: one file, receiver
+# in rx, sender in tx.
 transfer() {
-  local key=$1 rargs=$2 sargs=$3 out=/tmp/out-$1.bin
+  local key=$1 rargs=$2 sargs=$3 senv=${4:-} out=/tmp/out-$1.bin
   rm -f "$out"
   in_rx timeout 120 xdpblast recv --iface "$RX" --listen $RX_IP:$PORT --out "$out" --wait 60 --json $rargs \
     > /tmp/$key.recv.json 2> /tmp/$key.recv.log &
   local rpid=$!
   wait_ready /tmp/$key.recv.log || fact "$key.recv_ready" false
-  in_tx timeout 120 xdpblast send /tmp/file.bin --iface "$TX" --dst $RX_IP:$PORT --json $sargs \
+  in_tx env $senv timeout 120 xdpblast send /tmp/file.bin --iface "$TX" --dst $RX_IP:$PORT --json $sargs \
     > /tmp/$key.send.json 2> /tmp/$key.send.log
   fact "$key.send_rc" $?
   wait $rpid
@@ -109,6 +110,12 @@ transfer zc_copy "--xdp-bind copy" ""
 transfer copy_zc "" "--xdp-bind copy"
 transfer loss "--inject-loss 0.05" ""
 transfer keyed "--key-file /tmp/key" "--key-file /tmp/key"
+transfer keyed_chacha "--key-file /tmp/key" "--key-file /tmp/key --cipher chacha20-poly1305"
+# The TCP modes' TLS records: both ends in the kernel (kTLS), then the
+# sender sealing in user space against a receiver opening in the kernel.
+fact tls_module "$(grep -c '^tls ' /proc/modules)"
+transfer ktls "--key-file /tmp/key" "--key-file /tmp/key --mode sendfile --cipher aes-256-gcm"
+transfer ktls_mixed "--key-file /tmp/key" "--key-file /tmp/key --mode sendfile --cipher aes-256-gcm" XDPBLAST_NO_KTLS=1
 
 # Raw TX: the preloaded frames round and round into the drop sink.
 in_rx timeout 30 xdpblast sink --iface "$RX" --port $PORT --duration 6 --json > /tmp/sink.json 2> /tmp/sink.log &

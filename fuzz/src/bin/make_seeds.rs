@@ -65,8 +65,15 @@ fn main() {
     .encode(k);
     let done = Message::Done { session: SESSION, ok: true, digest }.encode(k);
     let abort = Message::Abort { session: SESSION, reason: "receiver interrupted" }.encode(k);
-    let ack =
-        Message::HelloAck { session: SESSION, delay_us: 120, opened: true, tcp_only: false, max_datagram: 0, resume: None }.encode(k);
+    let ack = Message::HelloAck {
+        session: SESSION,
+        delay_us: 120,
+        opened: true,
+        tcp_only: false,
+        max_datagram: 0,
+        resume: None,
+    }
+    .encode(k);
     let stream =
         StreamHeader { file_size: 2500, session: SESSION, cookie: k, source: [7; 16], index: 0, count: 1 }.emit();
 
@@ -88,6 +95,16 @@ fn main() {
         let mut frame = vec![0u8; 2048];
         let n = tpl.build(&msg, &mut frame).expect("a seed frame fits");
         write("wire", &format!("frame_{name}"), &frame[..n]);
+    }
+    // A TCP stream's TLS record, sealed under another key than the
+    // harness's: the opener must refuse whatever the fuzzer makes of it.
+    {
+        use xdpblast::proto::auth::{Keys, StreamDirection};
+        use xdpblast::wire::message::Cipher;
+        let keys = Keys::derive(&[0x17; 32]).record_keys(1, 2, 0, StreamDirection::ToReceiver, Cipher::Aes256Gcm);
+        let mut sealed = Vec::new();
+        xdpblast::proto::record::RecordSealer::new(&keys).seal(&content[..300], &mut sealed);
+        write("wire", "tls_record", &sealed);
     }
 
     // Receiver scripts.

@@ -321,6 +321,79 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
     assert_eq!(rx.poll_event(), Some(Event::Verify));
 }
 
+/// An encrypted session: each payload is opened in place on arrival. A
+/// frame from another session (re-addressed to this one), the same chunk
+/// only tagged, a flipped ciphertext bit, or a frame moved to another place
+/// is dropped as a bad seal; a second copy of a chunk held is not opened.
+#[test]
+fn encrypted_payloads_open_in_place_and_replays_from_another_session_do_not() {
+    use crate::proto::auth::{Direction, Keys};
+    use crate::wire::message::Cipher;
+    let keys = Keys::derive(&[4; 32]);
+    let now = Instant::now();
+    let mut rx = Receiver::new(ReceiverConfig { keys: Some(keys.clone()), ..Default::default() }, now);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let file: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let info = SessionInfo { file_size: 1000, chunk_size: 100, n_chunks: 10, digest: Some([1; 32]) };
+    let cookie = rx.cookie_for(peer.ip(), 7);
+    let hello = Message::Hello {
+        session: 7,
+        info,
+        source: [0; 16],
+        via_tcp: false,
+        keyed: true,
+        encrypted: Some(Cipher::ChaCha20Poly1305),
+        name: "",
+        data_ports: DataPorts::NONE,
+        attrs: None,
+        tree: None,
+        resume_from: None,
+    };
+    let mut hello = hello.encode(cookie);
+    keys.seal(Direction::ToReceiver, 1, &mut hello);
+    rx.on_control(now, peer, &hello);
+    assert_eq!(rx.encrypted(), Some(Cipher::ChaCha20Poly1305));
+    let sealed = |key: &crate::proto::auth::DataKey, session: u64, cookie: u64, c: u64| {
+        let plain = &file[c as usize * 100..(c as usize + 1) * 100];
+        let mut b = Message::Data { session, chunk: c, payload: plain }.encode(cookie);
+        let (header, payload) = b.split_at_mut(HEADER_LEN);
+        let tag = key.seal(c, header, payload);
+        b.extend_from_slice(&tag);
+        b
+    };
+    let key = keys.data_key(7, cookie, Some(Cipher::ChaCha20Poly1305));
+    let genuine = |c: u64| sealed(&key, 7, cookie, c);
+    assert!(genuine(2)[HEADER_LEN..HEADER_LEN + 100] != file[200..300], "the payload travels encrypted");
+    // Session 6 of the same pair (its own cookie), its frame given session
+    // 7's header: the key and the associated data are 7's, not 6's.
+    let old_cookie = rx.cookie_for(peer.ip(), 6);
+    let mut replayed = sealed(&keys.data_key(6, old_cookie, Some(Cipher::ChaCha20Poly1305)), 6, old_cookie, 2);
+    replayed[..HEADER_LEN].copy_from_slice(&genuine(2)[..HEADER_LEN]);
+    let tag_only = {
+        let mut b = Message::Data { session: 7, chunk: 2, payload: &file[200..300] }.encode(cookie);
+        let tag = keys.data_key(7, cookie, None).tag(2, &b);
+        b.extend_from_slice(&tag);
+        b
+    };
+    let mut flipped = genuine(2);
+    flipped[HEADER_LEN + 50] ^= 1;
+    let mut moved = genuine(3);
+    moved[crate::wire::message::field::SEQ].copy_from_slice(&2u64.to_be_bytes());
+    for bad in [replayed, tag_only, flipped, moved] {
+        assert_eq!(rx.on_data(now, peer, &mut bad.clone()), None);
+    }
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 4);
+    assert_eq!(rx.chunks_received(), 0, "nothing forged or replayed was taken");
+    for c in 0..10u64 {
+        let mut frame = genuine(c);
+        let (offset, payload) = rx.on_data(now, peer, &mut frame).expect("a genuine chunk is taken");
+        assert_eq!((offset, payload), (c * 100, &file[c as usize * 100..(c as usize + 1) * 100]));
+    }
+    assert_eq!(rx.on_data(now, peer, &mut genuine(4)), None);
+    assert_eq!(rx.stats().drops.get(DropReason::Duplicate), 1, "a copy of a chunk held is a duplicate");
+    assert_eq!(rx.contiguous_bytes(), 1000);
+}
+
 /// Two lanes (transmit queues): lane 1 runs far ahead of lane 0, which
 /// is not loss, while a gap inside lane 1 is. Data from a port the
 /// Hello did not list is refused.
