@@ -171,6 +171,8 @@ fn with_a_key_every_chunk_is_tagged_through_a_small_ring_with_loss() {
     // The tag takes 16 bytes of each 1500-byte packet.
     assert_eq!(s["chunk_size"], 1500 - 28 - 32 - 16, "{s}");
     assert_eq!(recv["dropped"]["bad_seal"].as_u64().unwrap_or(0), 0, "loss is not forgery: {recv}");
+    // A key encrypts by default, and both ends say with what.
+    assert!(s["encrypted"].is_string() && s["encrypted"] == recv["encrypted"], "{s}\n{recv}");
 }
 
 /// Trust round 2, row 6. Before: a receiver that refused a sender (a key on
@@ -184,9 +186,13 @@ fn a_refused_sender_is_named_on_the_receiver_with_the_reason() {
     let key = key_file(dir.path());
     let file = random_file(dir.path(), "in.bin", MIB, 61);
     let out = dir.path().join("out.bin");
-    let cases: [(&[&str], &[&str], &str); 2] = [
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other_key = key_file(other_dir.path());
+    let cases: [(&[&str], &[&str], &str); 3] = [
         (&["--timeout", "3"], &["--key-file", &key], "the sender uses a key"),
         (&["--timeout", "3", "--max-size", "1K"], &[], "above this receiver's --max-size"),
+        // Encrypting, as a key does by default, under another key.
+        (&["--timeout", "3", "--key-file", &other_key], &["--key-file", &key], "wrong key"),
     ];
     for (rx_args, tx_args, why) in cases {
         let rx = veth.start_receiver(&out, rx_args);
