@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
 use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
+use crate::proto::receiver::{DataOpener, Opened};
 
 /// Hash ahead in steps of this many bytes, outside the lock.
 const HASH_STEP: u64 = 2 << 20;
@@ -224,30 +225,60 @@ fn hash_ahead(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
     true
 }
 
+/// A datagram of a batch, after this queue's thread opened what it could
+/// without the lock.
+enum Frame<'a> {
+    Opened(std::net::SocketAddr, Opened<'a>),
+    Unopened(std::net::SocketAddr, &'a mut [u8]),
+    Undecodable(crate::wire::WireError),
+}
+
+impl<'a> Frame<'a> {
+    fn open(d: &'a mut super::Datagram<'_>, opener: Option<&DataOpener>) -> Frame<'a> {
+        let (from, bytes) = match d {
+            Ok((from, bytes)) => (*from, &mut **bytes),
+            Err(e) => return Frame::Undecodable(*e),
+        };
+        match opener {
+            Some(o) => match o.open(bytes) {
+                Ok(opened) => Frame::Opened(from, opened),
+                Err(bytes) => Frame::Unopened(from, bytes),
+            },
+            None => Frame::Unopened(from, bytes),
+        }
+    }
+}
+
 /// One receive queue's thread: takes batches until told to stop.
 fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: usize) -> QueueFigures {
     let start = Instant::now();
     let mut fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
     let gen = &shared.gens[index];
     let mut idle_spins = 0u32;
+    // A keyed session's opener, from the last batch: this thread checks
+    // (and opens) its frames before it takes the lock.
+    let mut opener: Option<DataOpener> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let r = path.poll(&mut |batch| {
             fig.packets += batch.len() as u64;
-            let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
+            let frames: Vec<Frame<'_>> = batch.iter_mut().map(|d| Frame::open(d, opener.as_ref())).collect();
+            let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(frames.len());
             let (writer, written) = {
                 let mut lp = shared.lock();
-                lp.packets += batch.len() as u64;
-                for d in batch.iter_mut() {
-                    match d {
-                        Ok((from, payload)) => {
-                            if let Some(w) = lp.rx.on_data(now, *from, payload) {
-                                writes.push(w);
-                            }
+                lp.packets += frames.len() as u64;
+                for f in frames {
+                    let w = match f {
+                        Frame::Opened(from, o) => lp.rx.on_data_opened(now, from, o),
+                        Frame::Unopened(from, bytes) => lp.rx.on_data(now, from, bytes),
+                        Frame::Undecodable(e) => {
+                            lp.rx.on_undecodable(e);
+                            None
                         }
-                        Err(e) => lp.rx.on_undecodable(*e),
-                    }
+                    };
+                    writes.extend(w);
                 }
+                opener = lp.rx.data_opener();
                 if writes.is_empty() {
                     return;
                 }

@@ -219,7 +219,12 @@ impl Receiver {
             // A tree's chunks past its manifest wait until the driver has
             // read the manifest and made the files they go to.
             held_from: tree.filter(|_| !via_tcp).map(|t| t.manifest_len.div_ceil(u64::from(info.chunk_size))),
-            data_key: self.cfg.keys.as_ref().filter(|_| !via_tcp).map(|k| k.data_key(session, cookie, encrypted)),
+            data_key: self
+                .cfg
+                .keys
+                .as_ref()
+                .filter(|_| !via_tcp)
+                .map(|k| std::sync::Arc::new(k.data_key(session, cookie, encrypted))),
             encrypted,
             resume: None,
         });

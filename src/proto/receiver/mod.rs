@@ -6,6 +6,7 @@
 
 mod drops;
 mod handshake;
+mod opener;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::auth::{Counter, Direction, Keys, ReplayGuard, DATA_TAG_LEN};
+use super::auth::{Counter, Direction, Keys, ReplayGuard};
 use crate::wire::message::{Cipher, FileAttrs, Message, Nack, Resume, SessionInfo, SourceId, TreeShape, HEADER_LEN};
 
 /// Files and directories a tree may hold unless `recv --max-files` says
@@ -27,6 +28,8 @@ pub const DEFAULT_MAX_FILES: u64 = 1_000_000;
 use crate::wire::stream::StreamHeader;
 
 pub use drops::{DropCounts, DropReason};
+use opener::Verdict;
+pub use opener::{DataOpener, Opened};
 use session::{HelloFields, Session, State, LANES_QUIET_ROUNDS, MAX_TINY_CHUNKS};
 
 #[derive(Debug, Clone)]
@@ -310,7 +313,38 @@ impl Receiver {
     /// write, or `None` if it was dropped (and counted) or carried no data.
     /// An encrypted session's payload is opened in place, in `bytes`.
     pub fn on_data<'a>(&mut self, now: Instant, from: SocketAddr, bytes: &'a mut [u8]) -> Option<(u64, &'a [u8])> {
-        match self.data(now, from, bytes) {
+        self.take_data(now, from, bytes, None)
+    }
+
+    /// The session's [`DataOpener`], for a keyed datagram session: a queue
+    /// thread opens its frames with it before taking the receiver, so the
+    /// AEAD runs on every queue at once.
+    pub fn data_opener(&self) -> Option<DataOpener> {
+        let s = self.session.as_ref()?;
+        let key = s.data_key.clone()?;
+        Some(DataOpener { session: s.id, cookie: s.cookie, key, encrypted: s.encrypted.is_some() })
+    }
+
+    /// [`Receiver::on_data`] for a frame a [`DataOpener`] opened: its
+    /// verdict stands in for the tag check while the session is the one it
+    /// was opened for; otherwise the frame is checked again here.
+    pub fn on_data_opened<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        opened: Opened<'a>,
+    ) -> Option<(u64, &'a [u8])> {
+        self.take_data(now, from, opened.bytes, Some(opened.verdict))
+    }
+
+    fn take_data<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a mut [u8],
+        verdict: Option<Verdict>,
+    ) -> Option<(u64, &'a [u8])> {
+        match self.data(now, from, bytes, verdict) {
             Ok(Some((offset, len))) => Some((offset, &bytes[HEADER_LEN..HEADER_LEN + len])),
             Ok(None) => None,
             Err(r) => {
@@ -322,7 +356,13 @@ impl Receiver {
 
     /// Checks a datagram; for a chunk to take, returns its file offset and
     /// payload length (the payload follows the header).
-    fn data(&mut self, now: Instant, from: SocketAddr, bytes: &mut [u8]) -> Result<Option<(u64, usize)>, DropReason> {
+    fn data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &mut [u8],
+        verdict: Option<Verdict>,
+    ) -> Result<Option<(u64, usize)>, DropReason> {
         let (msg, cookie) = Message::parse_with_cookie(bytes).map_err(DropReason::Wire)?;
         let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
         // Every check drops; their order only decides which reason is
@@ -352,13 +392,9 @@ impl Receiver {
                 // Last, being the dearest: nothing a frame says counts
                 // before its tag holds.
                 if let Some(k) = &s.data_key {
-                    let (message, tag) = bytes.split_at_mut(HEADER_LEN + len);
-                    let tag = tag.get(..DATA_TAG_LEN).unwrap_or(&[]);
-                    let authentic = if s.encrypted.is_some() {
-                        let (header, payload) = message.split_at_mut(HEADER_LEN);
-                        k.open(chunk, header, payload, tag)
-                    } else {
-                        k.tag_matches(chunk, message, tag)
+                    let authentic = match verdict {
+                        Some(v) if (v.session, v.cookie, v.chunk) == (s.id, s.cookie, chunk) => v.authentic,
+                        _ => opener::open_data(k, s.encrypted.is_some(), chunk, len, bytes),
                     };
                     if !authentic {
                         return Err(DropReason::BadSeal);

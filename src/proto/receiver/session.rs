@@ -61,7 +61,7 @@ pub(super) struct Session {
     pub(super) loss_from: u64,
     /// With a key: the key the data frames' tags are checked (and their
     /// payloads opened) with.
-    pub(super) data_key: Option<DataKey>,
+    pub(super) data_key: Option<std::sync::Arc<DataKey>>,
     /// The AEAD of an encrypted session (the data frames', or over TCP the
     /// records').
     pub(super) encrypted: Option<Cipher>,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::proto::auth::DATA_TAG_LEN;
 use crate::wire::message::{lane_of, DataPorts, LANE_RUN};
 use crate::wire::WireError;
 
@@ -384,9 +385,25 @@ fn encrypted_payloads_open_in_place_and_replays_from_another_session_do_not() {
     }
     assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 4);
     assert_eq!(rx.chunks_received(), 0, "nothing forged or replayed was taken");
+    // A queue thread's opener, away from the receiver: its verdict travels
+    // with the frame, a forgery's too.
+    let opener = rx.data_opener().expect("a keyed datagram session has an opener");
+    let mut forged = genuine(5);
+    forged[HEADER_LEN + 1] ^= 0x40;
+    let opened = opener.open(&mut forged).expect("a data frame of the session");
+    assert_eq!(rx.on_data_opened(now, peer, opened), None);
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 5);
+    let mut hello_again = hello.clone();
+    assert!(opener.open(&mut hello_again).is_err(), "not a data frame: handed back for the receiver to check");
     for c in 0..10u64 {
         let mut frame = genuine(c);
-        let (offset, payload) = rx.on_data(now, peer, &mut frame).expect("a genuine chunk is taken");
+        let (offset, payload) = if c % 2 == 0 {
+            rx.on_data(now, peer, &mut frame)
+        } else {
+            let opened = opener.open(&mut frame).expect("a data frame of the session");
+            rx.on_data_opened(now, peer, opened)
+        }
+        .expect("a genuine chunk is taken");
         assert_eq!((offset, payload), (c * 100, &file[c as usize * 100..(c as usize + 1) * 100]));
     }
     assert_eq!(rx.on_data(now, peer, &mut genuine(4)), None);
