@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::os::ktls;
 use crate::os::syscount::count as count_syscalls;
-use crate::proto::auth::{Keys, StreamDirection};
+use crate::proto::auth::{Keys, RecordKeys, StreamDirection};
 use crate::proto::record::{RecordOpener, RecordSealer, MAX_RECORD};
 use crate::wire::message::Cipher;
 
@@ -40,6 +40,14 @@ impl StreamEncryption {
             (Some(why), _) => format!("encrypted: {}, sealed in user space ({why})", self.cipher),
             (None, false) => format!("encrypted: {}, sealed in user space", self.cipher),
         }
+    }
+}
+
+/// The kernel's form of one direction's keys.
+fn kernel_key(k: &RecordKeys) -> ktls::RecordKey {
+    match k.cipher {
+        Cipher::Aes256Gcm => ktls::RecordKey::Aes256Gcm { key: k.key, iv: k.iv },
+        Cipher::ChaCha20Poly1305 => ktls::RecordKey::ChaCha20Poly1305 { key: k.key, iv: k.iv },
     }
 }
 
@@ -88,7 +96,7 @@ impl SecureStream {
             let off = nix::errno::Errno::ENOPROTOOPT;
             ktls::KernelTls { tx: Err(off), rx: Err(off) }
         } else {
-            ktls::enable(&sock, &tx_keys, &rx_keys)
+            ktls::enable(&sock, &kernel_key(&tx_keys), &kernel_key(&rx_keys))
         };
         let missing = kernel.tx.err().or(kernel.rx.err()).map(ktls::describe);
         let rx = kernel.rx.is_err().then(|| Inbound {
