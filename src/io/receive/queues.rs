@@ -249,11 +249,73 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// Most datagrams [`take_batch`] takes at once: what one AF_XDP receive
+/// hands over.
+const BATCH_MAX: usize = crate::afxdp::xsk::RX_BATCH_MAX;
+
+/// One batch of queue `index`: keyed frames opened on this thread, then
+/// accepted under the lock, then written outside it. It allocates nothing:
+/// the frames and the writes live on the stack.
+fn take_batch(
+    shared: &Shared,
+    index: usize,
+    fig: &mut QueueFigures,
+    opener: &mut Option<DataOpener>,
+    now: Instant,
+    batch: &mut [super::Datagram<'_>],
+) {
+    let gen = &shared.gens[index];
+    let count = batch.len() as u64;
+    fig.packets += count;
+    let mut frames: [Option<Frame<'_>>; BATCH_MAX] = std::array::from_fn(|_| None);
+    for (slot, d) in frames.iter_mut().zip(batch.iter_mut()) {
+        *slot = Some(Frame::open(d, opener.as_ref()));
+    }
+    let mut writes: [(u64, &[u8]); BATCH_MAX] = [(0, &[]); BATCH_MAX];
+    let mut n = 0;
+    let (writer, written) = {
+        let mut lp = shared.lock();
+        lp.packets += count;
+        for f in frames.iter_mut().filter_map(Option::take) {
+            let w = match f {
+                Frame::Opened(from, o) => lp.rx.on_data_opened(now, from, o),
+                Frame::Unopened(from, bytes) => lp.rx.on_data(now, from, bytes),
+                Frame::Undecodable(e) => {
+                    lp.rx.on_undecodable(e);
+                    None
+                }
+            };
+            if let Some(w) = w {
+                writes[n] = w;
+                n += 1;
+            }
+        }
+        *opener = lp.rx.data_opener();
+        if n == 0 {
+            return;
+        }
+        gen.accepted.fetch_add(1, Ordering::SeqCst);
+        (lp.writer.clone(), Written(&gen.written))
+    };
+    let writes = &mut writes[..n];
+    let result = match writer {
+        Some(w) => w.write_batch(writes),
+        None => Err(std::io::Error::other("data before the output was prepared")),
+    };
+    // Before taking the lock again: the main thread may hold it, waiting
+    // for this batch.
+    drop(written);
+    fig.batches += 1;
+    fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
+    if let Err(e) = result {
+        shared.lock().fail(format!("writing the output: {e}"));
+    }
+}
+
 /// One receive queue's thread: takes batches until told to stop.
 fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: usize) -> QueueFigures {
     let start = Instant::now();
     let mut fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
-    let gen = &shared.gens[index];
     let mut idle_spins = 0u32;
     // A keyed session's opener, from the last batch: this thread checks
     // (and opens) its frames before it takes the lock.
@@ -261,41 +323,8 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let r = path.poll(&mut |batch| {
-            fig.packets += batch.len() as u64;
-            let frames: Vec<Frame<'_>> = batch.iter_mut().map(|d| Frame::open(d, opener.as_ref())).collect();
-            let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(frames.len());
-            let (writer, written) = {
-                let mut lp = shared.lock();
-                lp.packets += frames.len() as u64;
-                for f in frames {
-                    let w = match f {
-                        Frame::Opened(from, o) => lp.rx.on_data_opened(now, from, o),
-                        Frame::Unopened(from, bytes) => lp.rx.on_data(now, from, bytes),
-                        Frame::Undecodable(e) => {
-                            lp.rx.on_undecodable(e);
-                            None
-                        }
-                    };
-                    writes.extend(w);
-                }
-                opener = lp.rx.data_opener();
-                if writes.is_empty() {
-                    return;
-                }
-                gen.accepted.fetch_add(1, Ordering::SeqCst);
-                (lp.writer.clone(), Written(&gen.written))
-            };
-            let result = match writer {
-                Some(w) => w.write_batch(&mut writes),
-                None => Err(std::io::Error::other("data before the output was prepared")),
-            };
-            // Before taking the lock again: the main thread may hold it,
-            // waiting for this batch.
-            drop(written);
-            fig.batches += 1;
-            fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
-            if let Err(e) = result {
-                shared.lock().fail(format!("writing the output: {e}"));
+            for part in batch.chunks_mut(BATCH_MAX) {
+                take_batch(shared, index, &mut fig, &mut opener, now, part);
             }
         });
         match r {
