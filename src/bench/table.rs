@@ -32,14 +32,14 @@ pub(super) fn verdict(results: &[ModeResult], afxdp: Option<usize>, sendfile: Op
     }
     let (ca, cs) = (a.system_cpu_s_per_gib, s.system_cpu_s_per_gib);
     let cpu = if ca > cs * 1.1 {
-        "more"
+        "more whole-system CPU than"
     } else if ca < cs * 0.9 {
-        "less"
+        "less whole-system CPU than"
     } else {
-        "about the same"
+        "about the same whole-system CPU as"
     };
     v.push_str(&format!(
-        "; it costs {cpu} whole-system CPU than sendfile ({ca:.2} against {cs:.2} s/GiB){}.",
+        "; it costs {cpu} sendfile ({ca:.2} against {cs:.2} s/GiB){}.",
         match (ratio < 1.0 && ca > cs, per_gib) {
             // MTU 1500 moves about 750k packets per GiB, 9000 about 120k.
             (true, Some(n)) if n >= PER_PACKET_BOUND =>
