@@ -98,6 +98,16 @@ fn aead_key(cipher: Cipher, key: &[u8; 32]) -> aws_lc_rs::aead::LessSafeKey {
     aws_lc_rs::aead::LessSafeKey::new(unbound)
 }
 
+/// What a derived key is for, as one byte of its derivation's input: only
+/// tagging (`None`), or encrypting with an AEAD.
+fn protection_id(encrypted: Option<Cipher>) -> u8 {
+    match encrypted {
+        None => 0,
+        Some(Cipher::Aes256Gcm) => 1,
+        Some(Cipher::ChaCha20Poly1305) => 2,
+    }
+}
+
 /// The AEAD this machine seals fastest: AES-256-GCM where the CPU has AES
 /// and carry-less multiply instructions, ChaCha20-Poly1305 where it does
 /// not (its software AES would be several times slower).
@@ -258,11 +268,7 @@ impl Keys {
         let mut input = [0u8; 17];
         input[..8].copy_from_slice(&session.to_be_bytes());
         input[8..16].copy_from_slice(&cookie.to_be_bytes());
-        input[16] = match encrypted {
-            None => 0,
-            Some(Cipher::Aes256Gcm) => 1,
-            Some(Cipher::ChaCha20Poly1305) => 2,
-        };
+        input[16] = protection_id(encrypted);
         let key = blake3::keyed_hash(&self.data, &input);
         DataKey(aead_key(encrypted.unwrap_or(Cipher::Aes256Gcm), key.as_bytes()))
     }
@@ -283,7 +289,7 @@ impl Keys {
         h.update(&session.to_be_bytes());
         h.update(&cookie.to_be_bytes());
         h.update(&index.to_be_bytes());
-        h.update(&[u8::from(dir == StreamDirection::ToSender), cipher as u8]);
+        h.update(&[u8::from(dir == StreamDirection::ToSender), protection_id(Some(cipher))]);
         let mut okm = [0u8; 44];
         h.finalize_xof().fill(&mut okm);
         let mut keys = RecordKeys { cipher, key: [0; 32], iv: [0; 12] };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::receiver::{Event, RecvError};
 use super::sender::SendError;
 use super::*;
-use crate::wire::message::{lane_of, Message, SessionInfo, LANE_RUN};
+use crate::wire::message::{lane_of, Message, SessionInfo, HEADER_LEN, LANE_RUN};
 
 const SENDER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000));
 
@@ -123,6 +123,8 @@ struct Sim {
     preload_time: Duration,
     /// A pre-shared key on both ends: data frames tagged, Metas sealed.
     keys: Option<crate::proto::auth::Keys>,
+    /// With `keys`: the payloads encrypted with this AEAD, not only tagged.
+    encrypt: Option<crate::wire::message::Cipher>,
     /// An attacker who reads every NACK and sends a forged copy of each
     /// chunk it names, arriving before the sender's repair.
     forge_repairs: bool,
@@ -184,6 +186,7 @@ impl Sim {
             slots: None,
             preload_time: Duration::ZERO,
             keys: None,
+            encrypt: None,
             forge_repairs: false,
             forged: 0,
             partial: None,
@@ -254,7 +257,14 @@ impl Sim {
                 let end = (start + self.chunk as usize).min(self.file.len());
                 let mut b = Message::Data { session, chunk: c, payload: &self.file[start..end] }.encode(cookie);
                 if let Some(k) = &self.keys {
-                    let tag = k.data_key(session, cookie, None).tag(c, &b);
+                    let key = k.data_key(session, cookie, self.encrypt);
+                    let tag = match self.encrypt {
+                        Some(_) => {
+                            let (header, payload) = b.split_at_mut(HEADER_LEN);
+                            key.seal(c, header, payload)
+                        }
+                        None => key.tag(c, &b),
+                    };
                     b.extend_from_slice(&tag);
                 }
                 b
@@ -362,6 +372,7 @@ impl Sim {
             cfg.data_ports = q.ports();
         }
         cfg.keys = self.keys.clone();
+        cfg.encrypt = self.encrypt;
         let mut rx_cfg = self.receiver_cfg.clone();
         rx_cfg.keys = self.keys.clone();
         let mut tx = Sender::new(cfg, 0xabcd, SessionInfo { digest: None, ..info }, self.now);
@@ -971,27 +982,36 @@ fn a_bounded_ring_delivers_with_loss_and_never_loses_a_repair() {
 /// as many rounds as without the attacker.
 #[test]
 fn with_a_key_forged_repairs_cost_the_transfer_nothing() {
+    use crate::wire::message::Cipher;
     let keys = crate::proto::auth::Keys::derive(&[6; 32]);
-    let run = |forge: bool| {
-        let mut sim = Sim::new(300_000, 1000, 11);
-        sim.keys = Some(keys.clone());
-        sim.data_faults.loss = 0.05;
-        sim.forge_repairs = forge;
-        let file = sim.file.clone();
-        let o = sim.run();
-        assert_delivered(&o, &file);
-        o
-    };
-    let clean = run(false);
-    let attacked = run(true);
-    assert!(attacked.forged > 0 && attacked.forged_dropped == attacked.forged, "{} forged", attacked.forged);
-    assert_eq!(attacked.duplicates, clean.duplicates, "no genuine repair was taken for a duplicate");
-    assert!(
-        attacked.elapsed <= clean.elapsed.mul_f64(1.5),
-        "attacked {:?}, clean {:?}",
-        attacked.elapsed,
-        clean.elapsed
-    );
+    // Tagged only, and encrypted with each AEAD.
+    for encrypt in [None, Some(Cipher::Aes256Gcm), Some(Cipher::ChaCha20Poly1305)] {
+        let run = |forge: bool| {
+            let mut sim = Sim::new(300_000, 1000, 11);
+            sim.keys = Some(keys.clone());
+            sim.encrypt = encrypt;
+            sim.data_faults.loss = 0.05;
+            sim.forge_repairs = forge;
+            let file = sim.file.clone();
+            let o = sim.run();
+            assert_delivered(&o, &file);
+            o
+        };
+        let clean = run(false);
+        let attacked = run(true);
+        assert!(
+            attacked.forged > 0 && attacked.forged_dropped == attacked.forged,
+            "{encrypt:?}: {} forged",
+            attacked.forged
+        );
+        assert_eq!(attacked.duplicates, clean.duplicates, "{encrypt:?}: no genuine repair was taken for a duplicate");
+        assert!(
+            attacked.elapsed <= clean.elapsed.mul_f64(1.5),
+            "{encrypt:?}: attacked {:?}, clean {:?}",
+            attacked.elapsed,
+            clean.elapsed
+        );
+    }
 }
 
 /// Issue 10 item 5: a receiver that takes smaller datagrams says so with its

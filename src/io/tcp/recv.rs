@@ -62,9 +62,9 @@ pub fn receive(
             );
         }
     }
-    let mut failed_files = Vec::new();
-    let mut encryption = None;
-    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals, &mut failed_files, &mut encryption);
+    let mut facts = Facts::default();
+    let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals, &mut facts);
+    let Facts { failed_files, encryption } = facts;
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -164,7 +164,14 @@ impl Progress {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a receive learned besides the digest, for its report, failed or not.
+#[derive(Default)]
+pub(super) struct Facts {
+    /// A verified tree's files that could not be put in place.
+    failed_files: Vec<crate::tree::output::FailedFile>,
+    encryption: Option<StreamEncryption>,
+}
+
 pub(super) fn receive_inner(
     first: TcpStream,
     header: &StreamHeader,
@@ -172,26 +179,12 @@ pub(super) fn receive_inner(
     pending: PendingStreams,
     prepared: Option<(Destination, Journaling)>,
     intervals: &mut Intervals,
-    failed_files: &mut Vec<crate::tree::output::FailedFile>,
-    encryption: &mut Option<StreamEncryption>,
+    facts: &mut Facts,
 ) -> anyhow::Result<[u8; 32]> {
     let size = header.file_size;
-    let mut socks: Vec<SecureStream> = join_streams(first, header, opts, pending)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, sock)| match opts.encrypted {
-            Some((keys, cipher)) => SecureStream::encrypted(
-                sock,
-                keys,
-                (header.session, header.cookie, i as u16),
-                crate::proto::auth::StreamDirection::ToSender,
-                cipher,
-            ),
-            None => SecureStream::clear(sock),
-        })
-        .collect();
-    *encryption = socks.first().and_then(|s| s.encryption().cloned());
-    if let (true, Some(e)) = (opts.intervals, encryption.as_ref()) {
+    let mut socks = secure_streams(join_streams(first, header, opts, pending)?, header, opts);
+    facts.encryption = socks.first().and_then(|s| s.encryption().cloned());
+    if let (true, Some(e)) = (opts.intervals, facts.encryption.as_ref()) {
         println!("{}", e.describe());
     }
     // Made when the session opened (`crate::io::resume::prepare`), where an
@@ -250,7 +243,7 @@ pub(super) fn receive_inner(
     if ok {
         output
             .commit()
-            .inspect_err(|e| *failed_files = crate::tree::output::failed_files(e))
+            .inspect_err(|e| facts.failed_files = crate::tree::output::failed_files(e))
             .context("committing the output")?;
     }
     // Committed, or not worth resuming: its bytes are not the sender's.
@@ -268,6 +261,18 @@ pub(super) fn receive_inner(
         bail!("digest mismatch: the file received does not match the sender's BLAKE3 digest; output kept as partial");
     }
     Ok(ours)
+}
+
+/// The session's streams, in index order, encrypted from here on where the
+/// session is.
+fn secure_streams(socks: Vec<TcpStream>, header: &StreamHeader, opts: &TcpReceiveOptions<'_>) -> Vec<SecureStream> {
+    let ids = |i: usize| (header.session, header.cookie, i as u16);
+    let we_send = crate::proto::auth::StreamDirection::ToSender;
+    let secure = |(i, sock)| match opts.encrypted {
+        Some((keys, cipher)) => SecureStream::encrypted(sock, keys, ids(i), we_send, cipher),
+        None => SecureStream::clear(sock),
+    };
+    socks.into_iter().enumerate().map(secure).collect()
 }
 
 /// Bytes from the file's start that every stream has written.

@@ -27,7 +27,7 @@ pub struct StreamEncryption {
     /// what it received.
     pub kernel_tx: bool,
     pub kernel_rx: bool,
-    /// Why the kernel took a direction not, where it did not.
+    /// Why the kernel did not take a direction, where it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_tls_missing: Option<String>,
 }
@@ -37,7 +37,7 @@ impl StreamEncryption {
     pub fn describe(&self) -> String {
         match (&self.kernel_tls_missing, self.kernel_tx && self.kernel_rx) {
             (_, true) => format!("encrypted: {}, kernel TLS", self.cipher),
-            (Some(why), _) => format!("encrypted: {}, sealed in user space ({why})", self.cipher),
+            (Some(why), _) => format!("encrypted: {}, sealed in user space: {why}", self.cipher),
             (None, false) => format!("encrypted: {}, sealed in user space", self.cipher),
         }
     }
