@@ -367,7 +367,9 @@ pub(crate) struct RecvArgs {
     #[arg(long)]
     pub(crate) no_resume: bool,
     /// Take only a sender holding the pre-shared key in PATH (`xdpblast
-    /// keygen`).
+    /// keygen`). Its data arrives encrypted (AF_XDP: each datagram; TCP: TLS
+    /// records, opened by the kernel where it has kTLS) unless it sends with
+    /// --no-encrypt.
     #[arg(long, value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
     /// Refuse files larger than this (K, M, G, T suffixes). Default: any
