@@ -91,14 +91,14 @@ impl SecureStream {
         };
         let tx_keys = keys.record_keys(session, cookie, index, ours, cipher);
         let rx_keys = keys.record_keys(session, cookie, index, theirs, cipher);
-        let kernel = if std::env::var_os("XDPBLAST_NO_KTLS").is_some() {
+        let (kernel, missing) = if std::env::var_os("XDPBLAST_NO_KTLS").is_some() {
             // Tests of the user-space records against a kernel that has kTLS.
             let off = nix::errno::Errno::ENOPROTOOPT;
-            ktls::KernelTls { tx: Err(off), rx: Err(off) }
+            (ktls::KernelTls { tx: Err(off), rx: Err(off) }, Some("kernel TLS turned off (XDPBLAST_NO_KTLS)".into()))
         } else {
-            ktls::enable(&sock, &kernel_key(&tx_keys), &kernel_key(&rx_keys))
+            let k = ktls::enable(&sock, &kernel_key(&tx_keys), &kernel_key(&rx_keys));
+            (k, k.tx.err().or(k.rx.err()).map(ktls::describe))
         };
-        let missing = kernel.tx.err().or(kernel.rx.err()).map(ktls::describe);
         let rx = kernel.rx.is_err().then(|| Inbound {
             opener: RecordOpener::new(&rx_keys),
             buf: vec![0; READ_BUF + MAX_RECORD],
