@@ -84,15 +84,19 @@ pub fn run_receiver(script: &[u8]) -> bool {
     // model keeps no bytes for it (its size is bounded by --max-size only).
     let mut via_tcp_session = false;
     let mut rest = script;
+    // Data is handed over writable (an encrypted payload opens in place):
+    // a copy, in a buffer kept across records.
+    let mut datagram = Vec::with_capacity(1 << 16);
     while rest.len() >= 3 {
         let op = Op::from_byte(rest[0]);
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
-        let mut datagram = rest[3..3 + len].to_vec();
-        let bytes = &datagram[..];
+        let bytes = &rest[3..3 + len];
         rest = &rest[3 + len..];
         match op {
             Op::DataFromPeer | Op::DataFromStranger => {
                 let from = if op == Op::DataFromPeer { peer } else { stranger };
+                datagram.clear();
+                datagram.extend_from_slice(bytes);
                 if let Some((offset, payload)) = rx.on_data(now, from, &mut datagram) {
                     assert!(!via_tcp_session, "datagram data taken for a session that asked for TCP");
                     let end = offset + payload.len() as u64;
