@@ -47,21 +47,11 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
 
     // Capture everything the receiving end sees.
     let cap = dir.path().join("transfer.pcapng");
-    let cap_log = dir.path().join("tshark.log");
-    let mut capture = veth
-        .in_ns_cmd(
-            &veth.rx_ns,
-            "tshark",
-            &["-n", "-i", &veth.rx_if, "-w", cap.to_str().expect("utf-8"), "-f", "udp or tcp"],
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&cap_log).expect("log"))
-        .spawn()
-        .expect("starting tshark");
-    wait_for_text(&cap_log, "Capturing on", 20);
+    let capture = start_capture(&veth, &cap, &dir.path().join("tshark.log"));
 
     // 1. Keyed AF_XDP sender to a UDP receiver with loss: Hello, HelloAck,
-    //    Meta, tagged Data, Nack, End, Done, sealed control messages.
+    //    Meta, encrypted Data with its tag, Nack, End, Done, sealed control
+    //    messages.
     let out = dir.path().join("out.bin");
     let rx = veth.start_receiver(&out, &["--mode", "udp", "--key-file", key, "--inject-loss", "0.05"]);
     let sent = veth.send(&file, &["--key-file", key]);
@@ -81,10 +71,7 @@ fn tshark_decodes_every_kind_with_no_malformed_frame() {
     let (rx_ok, _, _) = rx.finish();
     assert!(sent.status.success() && rx_ok);
 
-    std::thread::sleep(Duration::from_millis(300));
-    let st = Command::new("kill").args(["-INT", &capture.id().to_string()]).status().expect("kill");
-    assert!(st.success());
-    let _ = capture.wait();
+    stop_capture(capture);
 
     let kinds: std::collections::BTreeSet<String> =
         decode(&cap, "xdpblast", &["xdpblast.kind"]).into_iter().filter(|k| !k.is_empty()).collect();

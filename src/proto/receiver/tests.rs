@@ -1,5 +1,5 @@
 use super::*;
-use crate::proto::auth::DATA_TAG_LEN;
+use crate::proto::auth::{Direction, Keys, DATA_TAG_LEN};
 use crate::wire::message::{lane_of, DataPorts, LANE_RUN};
 use crate::wire::WireError;
 
@@ -11,15 +11,20 @@ fn hello(info: SessionInfo) -> Message<'static> {
 }
 
 /// Session 7's Hello from a sender whose queues send from `data_ports`,
-/// with a key or without.
-fn hello_with(info: SessionInfo, data_ports: DataPorts, keyed: bool) -> Message<'static> {
+/// with a key or without, its payloads encrypted or not.
+fn hello_with(
+    info: SessionInfo,
+    data_ports: DataPorts,
+    keyed: bool,
+    encrypted: Option<crate::wire::message::Cipher>,
+) -> Message<'static> {
     Message::Hello {
         session: 7,
         info,
         source: [0; 16],
         via_tcp: false,
         keyed,
-        encrypted: None,
+        encrypted,
         name: "",
         data_ports,
         attrs: None,
@@ -29,12 +34,12 @@ fn hello_with(info: SessionInfo, data_ports: DataPorts, keyed: bool) -> Message<
 }
 
 fn hello_from_ports(info: SessionInfo, data_ports: DataPorts) -> Message<'static> {
-    hello_with(info, data_ports, false)
+    hello_with(info, data_ports, false, None)
 }
 
 /// Session 7's Hello from a sender with a key.
 fn keyed_hello(info: SessionInfo) -> Message<'static> {
-    hello_with(info, DataPorts::NONE, true)
+    hello_with(info, DataPorts::NONE, true, None)
 }
 
 /// A receiver with session 7 open from PEER; returns its cookie.
@@ -234,7 +239,6 @@ fn network_text_in_an_abort_is_escaped() {
 
 #[test]
 fn with_a_key_unsealed_and_replayed_control_is_dropped() {
-    use crate::proto::auth::{Direction, Keys};
     let keys = Keys::derive(&[9; 32]);
     let now = Instant::now();
     let cfg = ReceiverConfig { keys: Some(keys.clone()), ..Default::default() };
@@ -266,13 +270,13 @@ fn with_a_key_unsealed_and_replayed_control_is_dropped() {
     assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 3, "a Meta sealed for the wrong direction");
 }
 
-/// With a key, a data frame counts only once its tag holds: a forged
-/// chunk (right session, cookie and source, any payload) is dropped on
-/// arrival, moves no mark, and leaves the chunk's place to the genuine
-/// frame.
-#[test]
-fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
-    use crate::proto::auth::{Direction, Keys};
+/// A receiver with key [4; 32] and session 7 open from PEER for a
+/// 1,000-byte file of ten chunks, its payloads encrypted with `encrypted`
+/// (or only tagged); returns it, the keys, the time, the peer, the file and
+/// the session's cookie.
+fn keyed_session(
+    encrypted: Option<crate::wire::message::Cipher>,
+) -> (Receiver, Keys, Instant, SocketAddr, Vec<u8>, u64) {
     let keys = Keys::derive(&[4; 32]);
     let now = Instant::now();
     let mut rx = Receiver::new(ReceiverConfig { keys: Some(keys.clone()), ..Default::default() }, now);
@@ -280,10 +284,21 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
     let file: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     let info = SessionInfo { file_size: 1000, chunk_size: 100, n_chunks: 10, digest: Some([1; 32]) };
     let cookie = rx.cookie_for(peer.ip(), 7);
-    let mut hello = keyed_hello(info).encode(cookie);
+    let mut hello = hello_with(info, DataPorts::NONE, true, encrypted).encode(cookie);
     keys.seal(Direction::ToReceiver, 1, &mut hello);
     rx.on_control(now, peer, &hello);
     assert!(rx.info().is_some());
+    (rx, keys, now, peer, file, cookie)
+}
+
+/// With a key, a data frame counts only once its tag holds: a forged
+/// chunk (right session, cookie and source, any payload) is dropped on
+/// arrival, moves no mark, and leaves the chunk's place to the genuine
+/// frame.
+#[test]
+fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
+    let (mut rx, keys, now, peer, file, cookie) = keyed_session(None);
+    let info = *rx.info().expect("open");
     let key = keys.data_key(7, cookie, None);
     let tagged = |c: u64, payload: &[u8]| {
         let mut b = Message::Data { session: 7, chunk: c, payload }.encode(cookie);
@@ -328,31 +343,8 @@ fn with_a_key_a_forged_chunk_costs_nothing_but_itself() {
 /// is dropped as a bad seal; a second copy of a chunk held is not opened.
 #[test]
 fn encrypted_payloads_open_in_place_and_replays_from_another_session_do_not() {
-    use crate::proto::auth::{Direction, Keys};
     use crate::wire::message::Cipher;
-    let keys = Keys::derive(&[4; 32]);
-    let now = Instant::now();
-    let mut rx = Receiver::new(ReceiverConfig { keys: Some(keys.clone()), ..Default::default() }, now);
-    let peer: SocketAddr = PEER.parse().unwrap();
-    let file: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
-    let info = SessionInfo { file_size: 1000, chunk_size: 100, n_chunks: 10, digest: Some([1; 32]) };
-    let cookie = rx.cookie_for(peer.ip(), 7);
-    let hello = Message::Hello {
-        session: 7,
-        info,
-        source: [0; 16],
-        via_tcp: false,
-        keyed: true,
-        encrypted: Some(Cipher::ChaCha20Poly1305),
-        name: "",
-        data_ports: DataPorts::NONE,
-        attrs: None,
-        tree: None,
-        resume_from: None,
-    };
-    let mut hello = hello.encode(cookie);
-    keys.seal(Direction::ToReceiver, 1, &mut hello);
-    rx.on_control(now, peer, &hello);
+    let (mut rx, keys, now, peer, file, cookie) = keyed_session(Some(Cipher::ChaCha20Poly1305));
     assert_eq!(rx.encrypted(), Some(Cipher::ChaCha20Poly1305));
     let sealed = |key: &crate::proto::auth::DataKey, session: u64, cookie: u64, c: u64| {
         let plain = &file[c as usize * 100..(c as usize + 1) * 100];
@@ -393,8 +385,8 @@ fn encrypted_payloads_open_in_place_and_replays_from_another_session_do_not() {
     let opened = opener.open(&mut forged).expect("a data frame of the session");
     assert_eq!(rx.on_data_opened(now, peer, opened), None);
     assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 5);
-    let mut hello_again = hello.clone();
-    assert!(opener.open(&mut hello_again).is_err(), "not a data frame: handed back for the receiver to check");
+    let mut end = Message::End { session: 7, info: *rx.info().expect("open"), retransmits: 0 }.encode(cookie);
+    assert!(opener.open(&mut end).is_err(), "not a data frame: handed back for the receiver to check");
     for c in 0..10u64 {
         let mut frame = genuine(c);
         let (offset, payload) = if c % 2 == 0 {
