@@ -55,6 +55,15 @@ fn short_bench_run_produces_verified_json_and_chart() {
         assert!(r["sender_peak_rss_bytes"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
         assert!(r["receiver_peak_rss_bytes"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
         assert!(r["syscalls_per_gib"].as_f64().unwrap_or(0.0) > 0.0, "syscalls are counted: {r}");
+        // Each side's CPU, split: user and system add up to about its total.
+        for side in ["sender", "receiver"] {
+            let split = &r[format!("{side}_split")];
+            let (user, sys) = (split["user_s_per_gib"].as_f64(), split["sys_s_per_gib"].as_f64());
+            let total = r[format!("{side}_cpu_s_per_gib")].as_f64().unwrap_or(0.0);
+            assert!(user.is_some_and(|u| u >= 0.0) && sys.is_some_and(|s| s >= 0.0), "{side}: {r}");
+            let sum = user.unwrap_or(0.0) + sys.unwrap_or(0.0);
+            assert!((sum - total).abs() <= 0.5 * total, "{side}: user + sys {sum:.3} against {total:.3}: {r}");
+        }
     }
     assert!(report["ratio_afxdp_over_sendfile"].as_f64().is_some_and(|x| x > 0.0));
     assert!(report["ratio_transfer_phase"].as_f64().is_some_and(|x| x > 0.0));
@@ -69,6 +78,7 @@ fn short_bench_run_produces_verified_json_and_chart() {
     );
     assert!(reference["goodput_bps"]["median"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(reference["syscalls_per_gib"].is_null() && reference["ctx_switches_per_gib"].is_null());
+    assert!(reference["sender_split"].is_null(), "iperf3 reports no user/system split");
     assert_eq!(reference["verified"], false);
     assert!(report["host"]["cpus"].as_u64().unwrap_or(0) >= 1);
     assert_eq!(report["host"]["mtu"], 1500, "the MTU the kernel reports for a fresh veth");

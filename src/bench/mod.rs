@@ -77,6 +77,10 @@ pub struct ModeResult {
     pub verified: bool,
     pub sender_cpu_s_per_gib: f64,
     pub receiver_cpu_s_per_gib: f64,
+    /// Each side's CPU split into user and system time (medians of each;
+    /// `null` where the tool does not report it).
+    pub sender_split: Option<CpuSplit>,
+    pub receiver_split: Option<CpuSplit>,
     pub system_cpu_s_per_gib: f64,
     /// `null` where not measured (the iperf3 reference).
     pub syscalls_per_gib: Option<f64>,
@@ -85,6 +89,13 @@ pub struct ModeResult {
     /// With a dataset: files per second, end to end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files_per_s: Option<Stat>,
+}
+
+/// One side's CPU seconds per GiB, user and system.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuSplit {
+    pub user_s_per_gib: f64,
+    pub sys_s_per_gib: f64,
 }
 
 #[derive(Debug, Serialize)]

@@ -30,6 +30,9 @@ pub(super) struct Run {
     pub pps: Option<f64>,
     pub sender_cpu_s: f64,
     pub receiver_cpu_s: f64,
+    /// Each side's (user, system) seconds, where the tool reports them.
+    pub sender_user_sys: Option<(f64, f64)>,
+    pub receiver_user_sys: Option<(f64, f64)>,
     pub system_cpu_s: f64,
     /// `None` where the tool does not report it (the iperf3 reference).
     pub syscalls: Option<u64>,
@@ -133,6 +136,8 @@ impl Runner<'_> {
             pps: send["packets"].as_u64().map(|p| p as f64 / elapsed.max(1e-9)),
             sender_cpu_s: f(&tr["user_s"]) + f(&tr["sys_s"]),
             receiver_cpu_s: f(&recv["transfer_rusage"]["user_s"]) + f(&recv["transfer_rusage"]["sys_s"]),
+            sender_user_sys: Some((f(&tr["user_s"]), f(&tr["sys_s"]))),
+            receiver_user_sys: Some((f(&recv["transfer_rusage"]["user_s"]), f(&recv["transfer_rusage"]["sys_s"]))),
             system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
             syscalls: Some(u(&send["syscalls"])),
             ctx_switches: Some(u(&tr["voluntary_ctx_switches"]) + u(&tr["involuntary_ctx_switches"])),
@@ -288,6 +293,8 @@ pub(super) fn run_iperf3(bed: &Testbed, iperf3: &Path, bytes: u64) -> anyhow::Re
         pps: None,
         sender_cpu_s: f(&cpu["host_total"]) / 100.0 * secs,
         receiver_cpu_s: f(&cpu["remote_total"]) / 100.0 * secs,
+        sender_user_sys: None,
+        receiver_user_sys: None,
         system_cpu_s: (busy1 - busy0) as f64 / clock_ticks(),
         syscalls: None,
         ctx_switches: None,
@@ -320,6 +327,8 @@ pub(super) fn summarize(name: &str, runs: &[Run], bytes: u64, files: Option<u64>
         verified: runs.iter().all(|r| r.verified),
         sender_cpu_s_per_gib: per_gib(|r| r.sender_cpu_s),
         receiver_cpu_s_per_gib: per_gib(|r| r.receiver_cpu_s),
+        sender_split: split(runs, |r| r.sender_user_sys, gib),
+        receiver_split: split(runs, |r| r.receiver_user_sys, gib),
         system_cpu_s_per_gib: per_gib(|r| r.system_cpu_s),
         syscalls_per_gib: runs
             .iter()
@@ -334,6 +343,16 @@ pub(super) fn summarize(name: &str, runs: &[Run], bytes: u64, files: Option<u64>
         retransmits: runs.iter().map(|r| r.retransmits).sum(),
         files_per_s: files.map(|n| stat(runs.iter().map(|r| n as f64 / r.e2e_s.max(1e-9)).collect())),
     }
+}
+
+/// The medians of one side's user and system seconds per GiB, where every
+/// run reports them.
+fn split(runs: &[Run], side: fn(&Run) -> Option<(f64, f64)>, gib: f64) -> Option<super::CpuSplit> {
+    let both: Vec<(f64, f64)> = runs.iter().map(side).collect::<Option<_>>()?;
+    Some(super::CpuSplit {
+        user_s_per_gib: median(both.iter().map(|b| b.0).collect()) / gib,
+        sys_s_per_gib: median(both.iter().map(|b| b.1).collect()) / gib,
+    })
 }
 
 /// Writes `size` bytes of xorshift output seeded with `seed` (not 0) to `w`.

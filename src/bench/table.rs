@@ -196,6 +196,8 @@ mod tests {
             verified: true,
             sender_cpu_s_per_gib: 1.0,
             receiver_cpu_s_per_gib: 1.0,
+            sender_split: None,
+            receiver_split: None,
             system_cpu_s_per_gib: sys_cpu,
             syscalls_per_gib: None,
             ctx_switches_per_gib: None,
