@@ -188,11 +188,16 @@ fn a_refused_sender_is_named_on_the_receiver_with_the_reason() {
     let out = dir.path().join("out.bin");
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other_key = key_file(other_dir.path());
-    let cases: [(&[&str], &[&str], &str); 3] = [
+    let cases: [(&[&str], &[&str], &str); 4] = [
         (&["--timeout", "3"], &["--key-file", &key], "the sender uses a key"),
         (&["--timeout", "3", "--max-size", "1K"], &[], "above this receiver's --max-size"),
         // Encrypting, as a key does by default, under another key.
         (&["--timeout", "3", "--key-file", &other_key], &["--key-file", &key], "wrong key"),
+        (
+            &["--timeout", "3", "--key-file", &key, "--require-encryption"],
+            &["--key-file", &key, "--no-encrypt"],
+            "requires encryption",
+        ),
     ];
     for (rx_args, tx_args, why) in cases {
         let rx = veth.start_receiver(&out, rx_args);

@@ -372,6 +372,10 @@ pub(crate) struct RecvArgs {
     /// --no-encrypt.
     #[arg(long, value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
+    /// With --key-file: refuse a sender that only authenticates (`send
+    /// --no-encrypt`), so the file never crosses the network in clear.
+    #[arg(long, requires = "key_file")]
+    pub(crate) require_encryption: bool,
     /// Refuse files larger than this (K, M, G, T suffixes). Default: any
     /// size the disk has room for.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

@@ -117,6 +117,7 @@ fn recv_options(
     };
     Ok(RecvOptions {
         keys: load_keys(a.key_file.as_deref())?,
+        require_encryption: a.require_encryption,
         out: a.out.clone(),
         policy,
         idle_timeout: seconds(a.timeout, "--timeout")?,

@@ -66,6 +66,8 @@ pub struct RecvOptions {
     pub no_resume: bool,
     /// The pre-shared key's derived keys (`--key-file`).
     pub keys: Option<crate::proto::auth::Keys>,
+    /// Refuse a keyed sender that does not encrypt (`--require-encryption`).
+    pub require_encryption: bool,
     pub intervals: bool,
 }
 
@@ -209,6 +211,7 @@ impl ReceiveLoop {
             tcp_only: opts.tcp_only,
             cookie_key: crate::os::process::random_bytes(),
             keys: opts.keys.clone(),
+            require_encryption: opts.require_encryption,
             ..Default::default()
         };
         ReceiveLoop {

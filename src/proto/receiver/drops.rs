@@ -36,7 +36,8 @@ pub enum DropReason {
     TooLarge,
     /// The header's cookie is not the one this session's sender was given.
     BadCookie,
-    /// A Hello asking for a transport this receiver does not take.
+    /// A Hello asking for a transport this receiver does not take, or
+    /// without the encryption it requires.
     WrongMode,
     /// With a key: a control message or Meta without a valid seal, or a
     /// replayed one; a data frame whose tag does not verify (forged or

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::proto::auth::DATA_TAG_LEN;
 use crate::proto::chunkset::ChunkSet;
-use crate::wire::message::{Message, SessionInfo, TreeShape, HEADER_LEN, MIN_CHUNK_SIZE};
+use crate::wire::message::{Cipher, Message, SessionInfo, TreeShape, HEADER_LEN, MIN_CHUNK_SIZE};
 use crate::wire::untrusted_text;
 
 use super::*;
@@ -40,6 +40,12 @@ impl Receiver {
                     self.refuse(from, session, why);
                 }
                 return Err(DropReason::BadSeal);
+            }
+            if let Err(why) = self.encryption_fits(encrypted) {
+                if self.session.is_none() {
+                    self.refuse(from, session, why);
+                }
+                return Err(DropReason::WrongMode);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
             let hello =
@@ -114,6 +120,15 @@ impl Receiver {
             (false, true) => Err("the sender uses a key; start the receiver with the same --key-file"),
             (true, false) => Err("this receiver requires a key; send with the same --key-file"),
             (true, true) if !self.authentic(bytes, false) => Err("wrong key: the Hello's seal does not verify"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a Hello's protection is what this receiver takes: with
+    /// `--require-encryption`, only encrypted data.
+    fn encryption_fits(&self, encrypted: Option<Cipher>) -> Result<(), &'static str> {
+        match (self.cfg.require_encryption, encrypted) {
+            (true, None) => Err("this receiver requires encryption; send without --no-encrypt"),
             _ => Ok(()),
         }
     }

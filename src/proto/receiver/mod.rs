@@ -73,6 +73,9 @@ pub struct ReceiverConfig {
     /// With a pre-shared key (`--key-file`): every control message and Meta
     /// must be sealed with it, replies are sealed, the digest is keyed.
     pub keys: Option<Keys>,
+    /// With `keys`: refuse a sender that only authenticates (`send
+    /// --no-encrypt`) (`recv --require-encryption`).
+    pub require_encryption: bool,
     /// Most files and directories a tree may hold (`recv --max-files`).
     pub max_files: u64,
 }
@@ -95,6 +98,7 @@ impl Default for ReceiverConfig {
             tcp_only: false,
             cookie_key: [0; 32],
             keys: None,
+            require_encryption: false,
             max_files: DEFAULT_MAX_FILES,
         }
     }

@@ -291,6 +291,32 @@ fn keyed_session(
     (rx, keys, now, peer, file, cookie)
 }
 
+/// `recv --require-encryption`: a keyed sender that only authenticates is
+/// refused at its Hello, with the reason; an encrypted one is taken.
+#[test]
+fn a_receiver_that_requires_encryption_refuses_a_sender_that_only_authenticates() {
+    use crate::wire::message::Cipher;
+    let keys = Keys::derive(&[4; 32]);
+    let now = Instant::now();
+    let cfg = ReceiverConfig { keys: Some(keys.clone()), require_encryption: true, ..Default::default() };
+    let mut rx = Receiver::new(cfg, now);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let info = SessionInfo { file_size: 1000, chunk_size: 100, n_chunks: 10, digest: None };
+    let cookie = rx.cookie_for(peer.ip(), 7);
+    let mut clear = hello_with(info, DataPorts::NONE, true, None).encode(cookie);
+    keys.seal(Direction::ToReceiver, 1, &mut clear);
+    rx.on_control(now, peer, &clear);
+    assert!(rx.info().is_none(), "no session for a sender in clear");
+    assert_eq!(rx.stats().drops.get(DropReason::WrongMode), 1);
+    let (to, why) = rx.take_refusal().expect("a refusal, with its reason");
+    assert_eq!(to, peer);
+    assert!(why.contains("requires encryption"), "{why}");
+    let mut sealed = hello_with(info, DataPorts::NONE, true, Some(Cipher::Aes256Gcm)).encode(cookie);
+    keys.seal(Direction::ToReceiver, 2, &mut sealed);
+    rx.on_control(now, peer, &sealed);
+    assert_eq!(rx.encrypted(), Some(Cipher::Aes256Gcm), "an encrypted sender is taken");
+}
+
 /// With a key, a data frame counts only once its tag holds: a forged
 /// chunk (right session, cookie and source, any payload) is dropped on
 /// arrival, moves no mark, and leaves the chunk's place to the genuine
