@@ -35,17 +35,15 @@ impl Receiver {
             resume_from,
         } = msg
         {
-            if let Err(why) = self.key_matches(keyed, bytes) {
+            let admitted = self
+                .key_matches(keyed, bytes)
+                .map_err(|why| (why, DropReason::BadSeal))
+                .and_then(|()| self.encryption_fits(encrypted).map_err(|why| (why, DropReason::WrongMode)));
+            if let Err((why, reason)) = admitted {
                 if self.session.is_none() {
                     self.refuse(from, session, why);
                 }
-                return Err(DropReason::BadSeal);
-            }
-            if let Err(why) = self.encryption_fits(encrypted) {
-                if self.session.is_none() {
-                    self.refuse(from, session, why);
-                }
-                return Err(DropReason::WrongMode);
+                return Err(reason);
             }
             let name = crate::wire::safe_file_name(name).map(str::to_string);
             let hello =
