@@ -221,13 +221,10 @@ fn write_runs(file: &File, len: u64, sparse: bool, writes: &mut [(u64, &[u8])]) 
 /// Writes `run` (at most [`IOV_MAX`] pieces, back to back from `offset`)
 /// with `pwritev`; its iovecs live on the stack.
 pub(crate) fn write_run(file: &File, mut offset: u64, run: &[(u64, &[u8])]) -> io::Result<()> {
-    let mut slices = [IoSlice::new(&[]); IOV_MAX];
-    let count = run.len().min(IOV_MAX);
-    for (s, w) in slices.iter_mut().zip(run) {
-        *s = IoSlice::new(w.1);
-    }
     debug_assert!(run.len() <= IOV_MAX, "a run of {} pieces", run.len());
-    let mut rest = &mut slices[..count];
+    let mut slices: arrayvec::ArrayVec<IoSlice<'_>, IOV_MAX> =
+        run.iter().take(IOV_MAX).map(|w| IoSlice::new(w.1)).collect();
+    let mut rest = &mut slices[..];
     while !rest.is_empty() {
         let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
         crate::os::syscount::count(1);

@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
 use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
 use crate::proto::receiver::{DataOpener, Opened};
+use arrayvec::ArrayVec;
 
 /// Hash ahead in steps of this many bytes, outside the lock.
 const HASH_STEP: u64 = 2 << 20;
@@ -255,7 +256,8 @@ const BATCH_MAX: usize = crate::afxdp::xsk::RX_BATCH_MAX;
 
 /// One batch of queue `index`: keyed frames opened on this thread, then
 /// accepted under the lock, then written outside it. It allocates nothing:
-/// the frames and the writes live on the stack.
+/// the frames and the writes live on the stack, in arrays of fixed capacity
+/// that only what the batch holds is written to.
 fn take_batch(
     shared: &Shared,
     index: usize,
@@ -267,16 +269,13 @@ fn take_batch(
     let gen = &shared.gens[index];
     let count = batch.len() as u64;
     fig.packets += count;
-    let mut frames: [Option<Frame<'_>>; BATCH_MAX] = std::array::from_fn(|_| None);
-    for (slot, d) in frames.iter_mut().zip(batch.iter_mut()) {
-        *slot = Some(Frame::open(d, opener.as_ref()));
-    }
-    let mut writes: [(u64, &[u8]); BATCH_MAX] = [(0, &[]); BATCH_MAX];
-    let mut n = 0;
+    // At most BATCH_MAX: the caller hands batches in pieces of that size.
+    let frames: ArrayVec<Frame<'_>, BATCH_MAX> = batch.iter_mut().map(|d| Frame::open(d, opener.as_ref())).collect();
+    let mut writes: ArrayVec<(u64, &[u8]), BATCH_MAX> = ArrayVec::new();
     let (writer, written) = {
         let mut lp = shared.lock();
         lp.packets += count;
-        for f in frames.iter_mut().filter_map(Option::take) {
+        for f in frames {
             let w = match f {
                 Frame::Opened(from, o) => lp.rx.on_data_opened(now, from, o),
                 Frame::Unopened(from, bytes) => lp.rx.on_data(now, from, bytes),
@@ -285,21 +284,17 @@ fn take_batch(
                     None
                 }
             };
-            if let Some(w) = w {
-                writes[n] = w;
-                n += 1;
-            }
+            writes.extend(w);
         }
         *opener = lp.rx.data_opener();
-        if n == 0 {
+        if writes.is_empty() {
             return;
         }
         gen.accepted.fetch_add(1, Ordering::SeqCst);
         (lp.writer.clone(), Written(&gen.written))
     };
-    let writes = &mut writes[..n];
     let result = match writer {
-        Some(w) => w.write_batch(writes),
+        Some(w) => w.write_batch(&mut writes),
         None => Err(std::io::Error::other("data before the output was prepared")),
     };
     // Before taking the lock again: the main thread may hold it, waiting
