@@ -6,7 +6,11 @@
 //! - a payload's keyed work: today's tag (AES-GCM over the header and the
 //!   payload as associated data), against sealing the payload itself with
 //!   AES-256-GCM or ChaCha20-Poly1305 (aws-lc-rs), and BLAKE3 over it: the
-//!   evidence an encrypted data path (issue 27) starts from.
+//!   evidence an encrypted data path (issue 27) starts from;
+//! - the receiver's digest: a batch of payloads, each in its own frame,
+//!   hashed where they are (gathering the subtrees that span frames, or
+//!   hashing each frame's own chunks and stitching the rest), against
+//!   reading the same bytes back and hashing them in one stream.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -177,5 +181,57 @@ fn transmit_schedule(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frame_build, checksum, payload_aead, receive_path, nack_round, transmit_schedule);
+/// A batch of 64 payloads, each in a 4 KiB or 12 KiB frame of its own (as
+/// in a UMEM), hashed into the stream's digest; the stream is 64 MiB, so
+/// the tree's merges and block bookkeeping are in the figure.
+fn digest_batch(c: &mut Criterion) {
+    use xdpblast::digest::{Digest, Params, Scratch};
+    let mut g = c.benchmark_group("digest_batch");
+    for payload in [1440usize, 8940] {
+        let frame = payload.next_power_of_two().max(4096);
+        let frames: Vec<u8> = (0..64 * frame).map(|i| (i * 31) as u8).collect();
+        let batch = (64 * payload) as u64;
+        g.throughput(Throughput::Bytes(batch));
+        let len = (64 << 20) / batch * batch;
+        for (name, mut s) in [("gather", Scratch::new()), ("in_place", Scratch::in_place_only())] {
+            let mut d = Digest::new(Params { key: None, len });
+            let mut at = 0u64;
+            g.bench_with_input(BenchmarkId::new(name, payload), &payload, |b, &p| {
+                b.iter(|| {
+                    if at >= len {
+                        (d, at) = (Digest::new(Params { key: None, len }), 0);
+                    }
+                    let segs: Vec<(u64, &[u8])> =
+                        (0..64).map(|i| (at + (i * p) as u64, &frames[i * frame..i * frame + p])).collect();
+                    d.absorb(&segs, &mut s);
+                    at += batch;
+                })
+            });
+        }
+        // The read-back it replaces: a copy out of the page cache (here a
+        // memcpy of the same bytes) and one streaming hasher.
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 * payload];
+        g.bench_with_input(BenchmarkId::new("read_back", payload), &payload, |b, &p| {
+            b.iter(|| {
+                for i in 0..64 {
+                    buf[i * p..(i + 1) * p].copy_from_slice(&frames[i * frame..i * frame + p]);
+                }
+                hasher.update(black_box(&buf));
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    frame_build,
+    checksum,
+    payload_aead,
+    digest_batch,
+    receive_path,
+    nack_round,
+    transmit_schedule
+);
 criterion_main!(benches);

@@ -11,6 +11,8 @@
 //!   engine (post, pace, reap, kick) on any TX ring;
 //! - [`io`]: drivers that move the protocol's datagrams (AF_XDP, UDP socket);
 //! - [`bench`]: every mode side by side on a veth pair it creates;
+//! - [`digest`]: the whole-stream BLAKE3 digest, hashed in pieces where the
+//!   bytes already are and merged in the hash's own tree;
 //! - [`tree`]: directory trees as one stream, and the receiver's safe making of them;
 //! - [`report`]: human and JSON output, in [`units`];
 //! - [`os`]: the libc calls outside the rings (errno kept as a value), the
@@ -19,6 +21,7 @@
 pub mod afxdp;
 pub mod bench;
 pub mod datapath;
+pub mod digest;
 pub mod io;
 pub mod net;
 pub mod os;

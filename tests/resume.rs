@@ -89,6 +89,9 @@ fn a_killed_sender_resumes_and_sends_only_the_rest() {
     let resumed = send["resumed_bytes"].as_u64().expect("resumed_bytes");
     assert_eq!(recv["resumed_bytes"].as_u64(), Some(resumed));
     assert!(resumed >= len / 4, "only {resumed} bytes were resumed");
+    // The kept prefix is read back once, to check it; the rest is hashed
+    // as it arrives.
+    assert_eq!(recv["read_back_bytes"].as_u64(), Some(resumed), "{recv}");
     let ratio = on_wire as f64 / len as f64;
     println!("second run: {on_wire} bytes on the wire for a {len}-byte file ({ratio:.3}x), {resumed} resumed");
     assert!(ratio < 0.65, "the second run sent {ratio:.3}x the file");

@@ -32,6 +32,7 @@ fn assert_transfer(
     assert_eq!(send["digest"].as_str(), Some(blake3::hash(&std::fs::read(&file).expect("read")).to_hex().as_str()));
     assert!(same_file(&file, &out), "output differs from input");
     assert!(!dir.path().join("out.bin.partial").exists(), "the partial file must be renamed away");
+    assert_eq!(recv["read_back_bytes"], 0, "the receive threads hash on arrival; nothing is read back: {recv}");
     (send, recv)
 }
 

@@ -28,9 +28,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::digest::{Digest, Params, StreamDigest};
 use crate::os::sys::{self, Doing};
 use crate::wire::message::{FileAttrs, SourceId};
 
@@ -246,9 +248,9 @@ pub struct Output {
     len: u64,
     /// Blocks of zeros are not written ([`write_runs`]).
     sparse: bool,
-    /// BLAKE3 over `0..hashed`, read back from the file as it fills in order.
-    hasher: blake3::Hasher,
-    hashed: u64,
+    /// The file's digest: hashed on arrival by the receive threads, or
+    /// read back in order as it fills (TCP, and a resumed prefix).
+    digest: StreamDigest,
     /// Writeback has been started for `0..synced`.
     synced: u64,
     /// For an output larger than half the machine's memory: pages below this
@@ -358,8 +360,7 @@ impl Output {
             file,
             len,
             sparse,
-            hasher: blake3::Hasher::new(),
-            hashed: 0,
+            digest: StreamDigest::new(Params { key: None, len }),
             synced: 0,
             dropped: crate::os::process::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
             buf: vec![0u8; 1 << 20],
@@ -397,16 +398,20 @@ impl Output {
     /// The digest of what was hashed so far, and how far that is: what a
     /// journal records and a resume offers.
     pub fn prefix_digest(&self) -> (u64, [u8; 32]) {
-        (self.hashed, *self.hasher.clone().finalize().as_bytes())
+        self.digest.prefix()
     }
 
-    /// Hashes again from the start with `hasher`: the bytes hashed so far
-    /// were not the sender's (a resume it refused) and will be written
-    /// again.
-    pub fn restart_digest(&mut self, hasher: blake3::Hasher) {
-        self.hasher = hasher;
-        self.hashed = 0;
+    /// Hashes again from the start: the bytes hashed so far were not the
+    /// sender's (a resume it refused) and will be written again.
+    pub fn restart_digest(&mut self) {
+        self.digest.restart();
         self.synced = 0;
+    }
+
+    /// From now on the receive threads hash what they write, with the
+    /// digest returned; nothing is read back.
+    pub fn hash_on_arrival(&mut self) -> Arc<Digest> {
+        self.digest.on_arrival()
     }
 
     /// Gives the committed file the sender's mode (masked by our umask) and
@@ -436,11 +441,10 @@ impl Output {
         Ok(())
     }
 
-    /// Computes the digest with `hasher` instead of plain BLAKE3 (a keyed
-    /// one, with a pre-shared key). Call before anything is hashed.
-    pub fn with_hasher(mut self, hasher: blake3::Hasher) -> Output {
-        debug_assert_eq!(self.hashed, 0, "the hasher changes before hashing starts");
-        self.hasher = hasher;
+    /// Computes the digest keyed with `key` (a pre-shared key's digest
+    /// key) instead of plain BLAKE3. Call before anything is hashed.
+    pub fn with_digest_key(mut self, key: Option<[u8; 32]>) -> Output {
+        self.digest = StreamDigest::new(Params { key, len: self.len });
         self
     }
 
@@ -456,22 +460,35 @@ impl Output {
         Ok(OutputWriter { file: self.file.try_clone()?, len: self.len, sparse: self.sparse })
     }
 
-    /// Hashes the file, read back, from where it stopped up to `upto` (bytes
-    /// known to be final), at most `budget` bytes this call; and starts
-    /// writeback of what it has hashed, so the final sync has little left.
-    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
-        let mut end = upto.min(self.len).min(self.hashed.saturating_add(budget));
-        // Read back in whole buffers (one syscall per MiB); the last partial
-        // buffer waits for the end, when `digest` takes it.
-        if end < self.len {
-            let step = self.buf.len() as u64;
-            end = self.hashed + (end.saturating_sub(self.hashed) / step) * step;
+    /// Whether [`Output::hash_ahead`] has work with `upto` bytes final: a
+    /// `step` to read back, or (hashing on arrival) writeback to start.
+    pub fn ahead_due(&self, upto: u64, step: u64) -> bool {
+        match self.digest.fed() {
+            Some(fed) => upto >= fed.saturating_add(step),
+            None => self.digest.verified() >= self.synced + WRITEBACK_STEP,
         }
-        while self.hashed < end {
-            let want = (end - self.hashed).min(self.buf.len() as u64) as usize;
-            self.read_back(self.hashed, want)?;
-            self.hasher.update(&self.buf[..want]);
-            self.hashed += want as u64;
+    }
+
+    /// Hashes the file, read back, from where it stopped up to `upto` (bytes
+    /// known to be final), at most `budget` bytes this call, unless the
+    /// receive threads hash it on arrival; and starts writeback of what is
+    /// verified, so the final sync has little left.
+    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
+        if let Some(fed) = self.digest.fed() {
+            let mut end = upto.min(self.len).min(fed.saturating_add(budget));
+            // Read back in whole buffers (one syscall per MiB, whole digest
+            // blocks); the last partial one waits for the end.
+            if end < self.len {
+                let step = self.buf.len() as u64;
+                end = fed + (end.saturating_sub(fed) / step) * step;
+            }
+            let mut at = fed;
+            while at < end {
+                let want = (end - at).min(self.buf.len() as u64) as usize;
+                self.read_back(at, want)?;
+                self.digest.feed(&self.buf[..want]);
+                at += want as u64;
+            }
         }
         self.start_writeback();
         Ok(())
@@ -494,10 +511,11 @@ impl Output {
         Ok(())
     }
 
-    /// Starts writeback of what was hashed, in steps of [`WRITEBACK_STEP`].
+    /// Starts writeback of what is verified, in steps of [`WRITEBACK_STEP`].
     fn start_writeback(&mut self) {
-        if self.hashed >= self.synced + WRITEBACK_STEP {
-            let (off, len) = (self.synced, self.hashed - self.synced);
+        let verified = self.digest.verified();
+        if verified >= self.synced + WRITEBACK_STEP {
+            let (off, len) = (self.synced, verified - self.synced);
             if sys::start_writeback(&self.file, off, len).is_ok() {
                 // What the previous step started is on disk by now (or
                 // nearly): an output that cannot stay cached drops it, so its
@@ -511,16 +529,18 @@ impl Output {
                     );
                     *d = off;
                 }
-                self.synced = self.hashed;
+                self.synced = verified;
             }
         }
     }
 
-    /// BLAKE3 of the whole file, read back from the file (the part hashed
-    /// ahead of time is not read twice).
+    /// BLAKE3 of the whole file: what was hashed on arrival, or read back
+    /// from the file (the part hashed ahead of time is not read twice).
     pub fn digest(&mut self) -> io::Result<[u8; 32]> {
         self.hash_ahead(self.len, u64::MAX)?;
-        Ok(*self.hasher.finalize().as_bytes())
+        self.digest
+            .finish()
+            .map_err(|missing| io::Error::other(format!("{missing} bytes of the output were never hashed")))
     }
 
     /// Flushes to disk and renames `PATH.partial` to `PATH`, provided
@@ -565,9 +585,14 @@ impl Output {
         std::fs::remove_file(&self.partial)
     }
 
-    /// How far the digest has read the file back.
+    /// How much of the file, from its start, the digest has verified.
     pub fn hashed_bytes(&self) -> u64 {
-        self.hashed
+        self.digest.verified()
+    }
+
+    /// Bytes the digest read back from the file.
+    pub fn read_back_bytes(&self) -> u64 {
+        self.digest.read_back()
     }
 
     pub fn partial(&self) -> &Path {
@@ -613,10 +638,36 @@ impl Destination {
         }
     }
 
+    /// Whether [`Destination::hash_ahead`] has work with `upto` bytes final.
+    pub fn ahead_due(&self, upto: u64, step: u64) -> bool {
+        match self {
+            Destination::File(o) => o.ahead_due(upto, step),
+            Destination::Tree(t) => t.ahead_due(upto, step),
+        }
+    }
+
+    /// From now on the receive threads hash what they write, with the
+    /// digest returned (their batches' offsets are the stream's).
+    pub fn hash_on_arrival(&mut self) -> Arc<Digest> {
+        match self {
+            Destination::File(o) => o.hash_on_arrival(),
+            Destination::Tree(t) => t.hash_on_arrival(),
+        }
+    }
+
     pub fn hashed_bytes(&self) -> u64 {
         match self {
             Destination::File(o) => o.hashed_bytes(),
             Destination::Tree(t) => t.hashed_bytes(),
+        }
+    }
+
+    /// Bytes read back from the output to hash them: a resumed prefix, or
+    /// (over TCP) the whole stream.
+    pub fn read_back_bytes(&self) -> u64 {
+        match self {
+            Destination::File(o) => o.read_back_bytes(),
+            Destination::Tree(t) => t.read_back_bytes(),
         }
     }
 

@@ -10,6 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,12 +20,32 @@ use super::control::Control;
 use super::output::{Destination, DestinationWriter, OutputPolicy};
 use super::resume::{Journaling, OutputPlan};
 use super::stream_accept::PendingStreams;
+use crate::digest::{Digest, Scratch};
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::message::FileAttrs;
 use crate::wire::stream::StreamHeader;
 use crate::wire::WireError;
+
+/// Where a receive thread lands a batch: written into the output, then
+/// hashed into the digest while its bytes are still in cache (a session
+/// over TCP reads its output back instead, and has none).
+pub struct Landing {
+    writer: DestinationWriter,
+    digest: Option<Arc<Digest>>,
+}
+
+impl Landing {
+    /// Writes `writes` (sorted by it) and hashes them.
+    fn land(&self, writes: &mut [(u64, &[u8])], scratch: &mut Scratch) -> io::Result<()> {
+        self.writer.write_batch(writes)?;
+        if let Some(d) = &self.digest {
+            d.absorb(writes, scratch);
+        }
+        Ok(())
+    }
+}
 
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
@@ -92,6 +113,9 @@ pub struct RecvReport {
     pub process: crate::report::ProcessFigures,
     /// Every chunk in to the digest known: what hashing ahead left to do.
     pub final_hash_s: Option<f64>,
+    /// Bytes of the output read back to hash them: none where the receive
+    /// threads hash on arrival, but a resumed prefix (checked at the start).
+    pub read_back_bytes: u64,
     /// A verified tree's files that could not be put in place, and why
     /// (they stay as their partials).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -177,14 +201,16 @@ struct ReceiveLoop {
     /// A session whose file comes on the data path (not over TCP) is open.
     datagram_session: bool,
     out: Option<Destination>,
-    /// Writes into `out` from the receive queues' threads.
-    writer: Option<std::sync::Arc<DestinationWriter>>,
+    /// Writes into `out` from the receive queues' threads, and hashes.
+    writer: Option<Arc<Landing>>,
     start: Instant,
     packets: u64,
     verified_at: Option<Instant>,
     /// How long the final digest took once every chunk was in: what was
-    /// left to hash after hashing ahead, read back.
+    /// left to hash (read back, for a session over TCP).
     final_hash: Option<Duration>,
+    /// Bytes the digest read back (the report's `read_back_bytes`).
+    read_back: u64,
     /// The first local failure, which the report names.
     fatal: Option<String>,
     intervals: Intervals,
@@ -229,6 +255,7 @@ impl ReceiveLoop {
             packets: 0,
             verified_at: None,
             final_hash: None,
+            read_back: 0,
             fatal: None,
             intervals: Intervals::new(opts.intervals, start, 0),
             rusage_at_start: None,
@@ -371,10 +398,11 @@ impl ReceiveLoop {
         }
         self.intervals.resumed(from);
         let writer = out.writer();
+        let digest = self.datagram_session.then(|| out.hash_on_arrival());
         self.out = Some(out);
         self.journal = Some(journal);
         match (r, writer) {
-            (Ok(()), Ok(w)) => self.writer = Some(std::sync::Arc::new(w)),
+            (Ok(()), Ok(writer)) => self.writer = Some(Arc::new(Landing { writer, digest })),
             (Err(e), _) | (_, Err(e)) => self.fail(format!("cannot prepare the output: {e}")),
         }
     }
@@ -435,13 +463,15 @@ impl ReceiveLoop {
         let Some(plan) = self.plan(opts) else { return };
         let prepared = super::resume::prepare(&plan).and_then(|p| Ok((p.dest.writer()?, p)));
         match prepared {
-            Ok((w, p)) => {
+            Ok((writer, mut p)) => {
                 if let Some((from, hash)) = p.offer {
                     self.rx.offer_resume(from, hash);
                 }
+                // The queue threads hash what they write: nothing is read back.
+                let digest = self.datagram_session.then(|| p.dest.hash_on_arrival());
                 self.out = Some(p.dest);
                 self.journal = Some(p.journal);
-                self.writer = Some(std::sync::Arc::new(w));
+                self.writer = Some(Arc::new(Landing { writer, digest }));
             }
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }
@@ -479,6 +509,7 @@ impl ReceiveLoop {
         let hashing = Instant::now();
         let digest = o.digest();
         self.final_hash = Some(hashing.elapsed());
+        self.read_back = o.read_back_bytes();
         let digest = match digest {
             Ok(d) => d,
             Err(e) => return self.fail(format!("reading the output back to verify it: {e}")),
@@ -589,6 +620,7 @@ impl ReceiveLoop {
             error,
             process: crate::report::ProcessFigures::now(&self.rusage_at_start.unwrap_or_default()),
             final_hash_s: self.final_hash.map(|d| d.as_secs_f64()),
+            read_back_bytes: self.read_back,
             failed_files: std::mem::take(&mut self.failed_files),
             per_queue: Vec::new(),
             path_stats: None,

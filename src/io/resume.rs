@@ -39,8 +39,8 @@ pub struct OutputPlan<'a> {
 }
 
 impl OutputPlan<'_> {
-    fn hasher(&self) -> blake3::Hasher {
-        self.keys.map_or_else(blake3::Hasher::new, Keys::digest_hasher)
+    fn digest_key(&self) -> Option<[u8; 32]> {
+        self.keys.map(Keys::digest_key)
     }
 
     fn identity(&self) -> Identity {
@@ -59,11 +59,11 @@ impl OutputPlan<'_> {
         if let Some(shape) = self.tree {
             let limits = crate::wire::manifest::Limits { max_entries: self.max_files };
             let t = TreeOutput::create(self.path, shape, self.info.file_size, self.held_len, self.policy, limits)?;
-            return Ok(Destination::Tree(t.with_hasher(self.hasher())));
+            return Ok(Destination::Tree(t.with_digest_key(self.digest_key())));
         }
         let sparse = self.attrs.and_then(|a| a.data_bytes);
         let o = Output::create(self.path, self.info.file_size, sparse, &self.source, self.policy)?;
-        Ok(Destination::File(o.with_hasher(self.hasher()).with_attrs(self.attrs)))
+        Ok(Destination::File(o.with_digest_key(self.digest_key()).with_attrs(self.attrs)))
     }
 
     /// The output an interrupted transfer left, its first `j.verified`
@@ -73,13 +73,13 @@ impl OutputPlan<'_> {
         let mut dest = if let Some(shape) = self.tree {
             let limits = crate::wire::manifest::Limits { max_entries: self.max_files };
             let mut t = TreeOutput::create(self.path, shape, self.info.file_size, self.held_len, self.policy, limits)?
-                .with_hasher(self.hasher());
+                .with_digest_key(self.digest_key());
             t.resume(&j.manifest)?;
             Destination::Tree(t)
         } else {
             let sparse = self.attrs.and_then(|a| a.data_bytes).is_some();
             let o = Output::reopen(self.path, self.info.file_size, sparse, &self.source, self.policy)?;
-            Destination::File(o.with_hasher(self.hasher()).with_attrs(self.attrs))
+            Destination::File(o.with_digest_key(self.digest_key()).with_attrs(self.attrs))
         };
         dest.hash_ahead(j.verified, u64::MAX)?;
         Ok((dest.prefix_digest() == (j.verified, j.hash)).then_some(dest))
@@ -147,7 +147,7 @@ pub fn settled(plan: &OutputPlan<'_>, dest: &mut Destination, journal: &mut Jour
     );
     match dest {
         Destination::File(o) => {
-            o.restart_digest(plan.hasher());
+            o.restart_digest();
             journal.start(Vec::new())
         }
         Destination::Tree(_) => {

@@ -245,6 +245,12 @@ impl Keys {
         blake3::Hasher::new_keyed(&self.digest)
     }
 
+    /// The key of [`Keys::digest_hasher`], for a digest hashed in pieces
+    /// ([`crate::digest`]).
+    pub fn digest_key(&self) -> [u8; 32] {
+        self.digest
+    }
+
     /// The hasher that seals a receiver's resume journal
     /// ([`crate::io::journal`]): one written under another key is refused.
     pub fn journal_hasher(&self) -> blake3::Hasher {

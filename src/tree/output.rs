@@ -32,6 +32,7 @@ use nix::sys::stat::Mode;
 use tracing::info;
 
 use super::Layout;
+use crate::digest::{Digest, Params, StreamDigest};
 use crate::io::output::{partial_path, process_umask, OutputPolicy};
 use crate::wire::manifest::{EntryKind, Limits, Manifest};
 use crate::wire::message::TreeShape;
@@ -228,8 +229,9 @@ pub struct TreeOutput {
     /// Directories this transfer made (entry indexes): they get their modes
     /// and mtimes at the commit.
     dirs_made: Vec<usize>,
-    hasher: blake3::Hasher,
-    hashed: u64,
+    /// The stream's digest (manifest and files): hashed on arrival, or
+    /// read back in order (TCP, and a resumed prefix).
+    digest: StreamDigest,
     reading: Option<(usize, File)>,
     buf: Vec<u8>,
     /// Making the tree of an interrupted transfer again: partials and
@@ -291,8 +293,7 @@ impl TreeOutput {
             manifest: None,
             files: Vec::new(),
             dirs_made: Vec::new(),
-            hasher: blake3::Hasher::new(),
-            hashed: 0,
+            digest: StreamDigest::new(Params { key: None, len: total }),
             reading: None,
             buf: vec![0u8; 1 << 20],
             resuming: false,
@@ -313,9 +314,20 @@ impl TreeOutput {
         self.make()
     }
 
-    pub fn with_hasher(mut self, hasher: blake3::Hasher) -> TreeOutput {
-        self.hasher = hasher;
+    /// The digest keyed with `key`; before anything is hashed.
+    pub fn with_digest_key(mut self, key: Option<[u8; 32]>) -> TreeOutput {
+        self.digest = StreamDigest::new(Params { key, len: self.total });
         self
+    }
+
+    /// As [`crate::io::output::Output::hash_on_arrival`].
+    pub fn hash_on_arrival(&mut self) -> Arc<Digest> {
+        self.digest.on_arrival()
+    }
+
+    /// Whether [`TreeOutput::hash_ahead`] has `step` bytes to read back.
+    pub fn ahead_due(&self, upto: u64, step: u64) -> bool {
+        self.digest.fed().is_some_and(|fed| upto >= fed.saturating_add(step))
     }
 
     pub fn writer(&self) -> Arc<TreeWriter> {
@@ -459,30 +471,31 @@ impl TreeOutput {
     /// from disk), from where it stopped up to `upto`, at most `budget`
     /// bytes this call.
     pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
-        let end = upto.min(self.total).min(self.hashed.saturating_add(budget));
-        if self.hashed < self.manifest_len && end > self.hashed {
+        let Some(mut fed) = self.digest.fed() else { return Ok(()) };
+        let end = upto.min(self.total).min(fed.saturating_add(budget));
+        if fed < self.manifest_len && end > fed {
             let to = end.min(self.manifest_len);
-            let bytes = self.writer.held_bytes(self.hashed..to);
-            if bytes.len() as u64 != to - self.hashed {
+            let bytes = self.writer.held_bytes(fed..to);
+            if bytes.len() as u64 != to - fed {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the manifest is shorter than what was written",
                 ));
             }
-            self.hasher.update(&bytes);
-            self.hashed = to;
+            self.digest.feed(&bytes);
+            fed = to;
         }
-        while self.hashed < end {
+        while fed < end {
             let Some(made) = self.writer.made.get() else { break };
-            let Some(i) = made.layout.span_at(self.hashed) else { break };
+            let Some(i) = made.layout.span_at(fed) else { break };
             let span = made.layout.spans[i];
             if self.reading.as_ref().is_none_or(|(s, _)| *s != i) {
                 let rel = made.partials[i].to_str().unwrap_or_default();
                 self.reading = Some((i, File::from(open_beneath(&made.root, rel, OFlag::O_RDONLY, 0)?)));
             }
             let Some((_, f)) = &self.reading else { break };
-            let want = (end - self.hashed).min(span.start + span.len - self.hashed).min(self.buf.len() as u64) as usize;
-            let at = self.hashed - span.start;
+            let want = (end - fed).min(span.start + span.len - fed).min(self.buf.len() as u64) as usize;
+            let at = fed - span.start;
             let n = std::os::unix::fs::FileExt::read_at(f, &mut self.buf[..want], at)?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -490,19 +503,25 @@ impl TreeOutput {
                     "a file of the tree is shorter than what was written",
                 ));
             }
-            self.hasher.update(&self.buf[..n]);
-            self.hashed += n as u64;
+            self.digest.feed(&self.buf[..n]);
+            fed += n as u64;
         }
         Ok(())
     }
 
+    /// How much of the stream, from its start, the digest has verified.
     pub fn hashed_bytes(&self) -> u64 {
-        self.hashed
+        self.digest.verified()
+    }
+
+    /// Bytes the digest read back (held in memory, or from the files).
+    pub fn read_back_bytes(&self) -> u64 {
+        self.digest.read_back()
     }
 
     /// As [`crate::io::output::Output::prefix_digest`].
     pub fn prefix_digest(&self) -> (u64, [u8; 32]) {
-        (self.hashed, *self.hasher.clone().finalize().as_bytes())
+        self.digest.prefix()
     }
 
     /// The manifest's bytes, once the tree is made (a journal keeps them).
@@ -513,10 +532,10 @@ impl TreeOutput {
     /// The stream's digest, everything read back.
     pub fn digest(&mut self) -> io::Result<[u8; 32]> {
         self.hash_ahead(self.total, u64::MAX)?;
-        if self.hashed < self.total {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tree's files were never made"));
-        }
-        Ok(*self.hasher.finalize().as_bytes())
+        self.digest.finish().map_err(|missing| match self.digest.fed() {
+            Some(_) => io::Error::new(io::ErrorKind::UnexpectedEof, "the tree's files were never made"),
+            None => io::Error::other(format!("{missing} bytes of the tree's stream were never hashed")),
+        })
     }
 
     /// Gives every file its mode (masked by our umask) and mtime, renames

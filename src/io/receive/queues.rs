@@ -3,14 +3,15 @@
 //! Each queue's thread takes its ring's batches, lets the protocol accept
 //! each datagram under a short lock (dedup, bitmap, counters), and writes
 //! the accepted chunks with `pwritev` outside it, so the queues parse,
-//! copy and write in parallel. The main thread keeps the control socket,
-//! the timers, the events, and the digest: it hashes the complete prefix of
-//! the file while the queues write what follows.
+//! copy, write and hash in parallel: each hashes what it wrote into the
+//! digest's tree ([`crate::digest`]) while the bytes are in cache. The main
+//! thread keeps the control socket, the timers, the events, the journal and
+//! the output's writeback.
 //!
-//! A chunk is marked received before its bytes are written, so whatever
-//! reads the file back (hashing ahead, a block check, the final verify)
-//! first waits for the writes accepted so far: each queue counts the
-//! batches it accepted (under the lock) and the ones it wrote
+//! A chunk is marked received before its bytes are written and hashed, so
+//! whatever needs them (the final verify, a journal's prefix, a read-back
+//! over TCP) first waits for the batches accepted so far: each queue counts
+//! the batches it accepted (under the lock) and the ones it landed
 //! ([`Shared::written_up_to_now`]).
 
 use std::os::fd::RawFd;
@@ -22,10 +23,11 @@ use serde::Serialize;
 
 use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
 use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
+use crate::digest::Scratch;
 use crate::proto::receiver::{DataOpener, Opened};
 use arrayvec::ArrayVec;
 
-/// Hash ahead in steps of this many bytes, outside the lock.
+/// Read back (a session over TCP) in steps of this many bytes, outside the lock.
 const HASH_STEP: u64 = 2 << 20;
 /// Longest sleep of an idle thread (data or main).
 const IDLE_WAIT: Duration = Duration::from_millis(1);
@@ -197,6 +199,9 @@ fn main_loop(
             }
         }
         let next_timer = lp.rx.poll_timeout();
+        // What the queues hashed on arrival is verified: the journal keeps
+        // up (at most every 250 ms or 16 MiB).
+        lp.record_journal(false);
         if !hash_ahead(shared, lp) && got == 0 {
             // The queues do the data: sleep until a control datagram, the
             // next timer, or a millisecond (events from the queues wait
@@ -207,12 +212,13 @@ fn main_loop(
     }
 }
 
-/// Hashes the next step of the complete prefix outside the lock (the
-/// queues keep writing meanwhile), after waiting for the writes it covers.
-/// Returns whether it hashed anything.
+/// The output's next step outside the lock (the queues keep writing
+/// meanwhile), after waiting for the writes it covers: writeback of what is
+/// verified, and a read-back where nothing is hashed on arrival. Returns
+/// whether there was one.
 fn hash_ahead(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
     let upto = lp.rx.contiguous_bytes();
-    let Some(mut out) = lp.out.take_if(|o| upto >= o.hashed_bytes() + HASH_STEP) else { return false };
+    let Some(mut out) = lp.out.take_if(|o| o.ahead_due(upto, HASH_STEP)) else { return false };
     let accepted = shared.accepted();
     drop(lp);
     shared.written_up_to(&accepted);
@@ -254,23 +260,28 @@ impl<'a> Frame<'a> {
 /// hands over.
 const BATCH_MAX: usize = crate::afxdp::xsk::RX_BATCH_MAX;
 
-/// One batch of queue `index`: keyed frames opened on this thread, then
-/// accepted under the lock, then written outside it. It allocates nothing:
-/// the frames and the writes live on the stack, in arrays of fixed capacity
-/// that only what the batch holds is written to.
-fn take_batch(
-    shared: &Shared,
+/// What a queue's thread keeps from batch to batch.
+struct QueueThread {
     index: usize,
-    fig: &mut QueueFigures,
-    opener: &mut Option<DataOpener>,
-    now: Instant,
-    batch: &mut [super::Datagram<'_>],
-) {
-    let gen = &shared.gens[index];
+    fig: QueueFigures,
+    /// A keyed session's opener, from the last batch: this thread checks
+    /// (and opens) its frames before it takes the lock.
+    opener: Option<DataOpener>,
+    /// The digest's buffers.
+    scratch: Scratch,
+}
+
+/// One batch of a queue: keyed frames opened on this thread, then accepted
+/// under the lock, then written and hashed outside it. It allocates
+/// nothing: the frames and the writes live on the stack, in arrays of
+/// fixed capacity that only what the batch holds is written to, and the
+/// digest's scratch is the thread's.
+fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [super::Datagram<'_>]) {
+    let gen = &shared.gens[q.index];
     let count = batch.len() as u64;
-    fig.packets += count;
+    q.fig.packets += count;
     // At most BATCH_MAX: the caller hands batches in pieces of that size.
-    let frames: ArrayVec<Frame<'_>, BATCH_MAX> = batch.iter_mut().map(|d| Frame::open(d, opener.as_ref())).collect();
+    let frames: ArrayVec<Frame<'_>, BATCH_MAX> = batch.iter_mut().map(|d| Frame::open(d, q.opener.as_ref())).collect();
     let mut writes: ArrayVec<(u64, &[u8]), BATCH_MAX> = ArrayVec::new();
     let (writer, written) = {
         let mut lp = shared.lock();
@@ -286,7 +297,7 @@ fn take_batch(
             };
             writes.extend(w);
         }
-        *opener = lp.rx.data_opener();
+        q.opener = lp.rx.data_opener();
         if writes.is_empty() {
             return;
         }
@@ -294,14 +305,14 @@ fn take_batch(
         (lp.writer.clone(), Written(&gen.written))
     };
     let result = match writer {
-        Some(w) => w.write_batch(&mut writes),
+        Some(w) => w.land(&mut writes, &mut q.scratch),
         None => Err(std::io::Error::other("data before the output was prepared")),
     };
     // Before taking the lock again: the main thread may hold it, waiting
     // for this batch.
     drop(written);
-    fig.batches += 1;
-    fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
+    q.fig.batches += 1;
+    q.fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
     if let Err(e) = result {
         shared.lock().fail(format!("writing the output: {e}"));
     }
@@ -310,16 +321,14 @@ fn take_batch(
 /// One receive queue's thread: takes batches until told to stop.
 fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: usize) -> QueueFigures {
     let start = Instant::now();
-    let mut fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
+    let fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
+    let mut q = QueueThread { index, fig, opener: None, scratch: Scratch::new() };
     let mut idle_spins = 0u32;
-    // A keyed session's opener, from the last batch: this thread checks
-    // (and opens) its frames before it takes the lock.
-    let mut opener: Option<DataOpener> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let r = path.poll(&mut |batch| {
             for part in batch.chunks_mut(BATCH_MAX) {
-                take_batch(shared, index, &mut fig, &mut opener, now, part);
+                take_batch(shared, &mut q, now, part);
             }
         });
         match r {
@@ -339,7 +348,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
             }
         }
     }
-    fig.cpu_s = crate::os::process::Rusage::of_thread().cpu_s();
-    fig.wall_s = start.elapsed().as_secs_f64();
-    fig
+    q.fig.cpu_s = crate::os::process::Rusage::of_thread().cpu_s();
+    q.fig.wall_s = start.elapsed().as_secs_f64();
+    q.fig
 }
