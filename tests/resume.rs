@@ -116,6 +116,7 @@ fn an_afxdp_transfer_is_finished_over_two_tcp_streams() {
     let resumed = json(&sent)["resumed_bytes"].as_u64().expect("resumed_bytes");
     assert!(resumed >= len / 4, "only {resumed} bytes were resumed");
     assert_eq!(recv["resumed_bytes"].as_u64(), Some(resumed));
+    assert_eq!(recv["read_back_bytes"].as_u64(), Some(resumed), "only the kept prefix is read back: {recv}");
     assert!(same_file_streamed(&file, &out));
     assert_eq!(partials_and_journals(dir.path()), "");
 }

@@ -27,6 +27,7 @@ fn tcp_transfer(veth: &Veth, mode: &str, recv_args: &[&str]) {
     assert_eq!(recv["mode"], "tcp");
     assert_eq!(recv["verified"], true);
     assert_eq!(send["digest"], recv["digest"]);
+    assert_eq!(recv["read_back_bytes"], 0, "{mode}: the streams hash what they write; nothing is read back: {recv}");
     assert!(send["syscalls"].as_u64().unwrap_or(0) > 0, "syscalls are counted");
     // The end-to-end rate is the file over the whole command, as AF_XDP's.
     let (e2e, e2e_s) = (send["e2e_goodput_bps"].as_f64().unwrap_or(0.0), send["e2e_s"].as_f64().unwrap_or(0.0));

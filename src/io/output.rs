@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::digest::{Digest, Params, StreamDigest};
+use crate::digest::{Digest, Params, Scratch, StreamDigest};
 use crate::os::sys::{self, Doing};
 use crate::wire::message::{FileAttrs, SourceId};
 
@@ -608,6 +608,22 @@ pub enum Destination {
     Tree(crate::tree::output::TreeOutput),
 }
 
+/// Where a receive thread lands what it received: written into the
+/// output, then hashed into the digest while the bytes are in cache.
+pub struct Landing {
+    writer: DestinationWriter,
+    digest: Arc<Digest>,
+}
+
+impl Landing {
+    /// Writes `writes` (sorting them) and hashes them.
+    pub fn land(&self, writes: &mut [(u64, &[u8])], scratch: &mut Scratch) -> io::Result<()> {
+        self.writer.write_batch(writes)?;
+        self.digest.absorb(writes, scratch);
+        Ok(())
+    }
+}
+
 /// Writes into a [`Destination`] from the receive threads.
 pub enum DestinationWriter {
     File(OutputWriter),
@@ -646,13 +662,15 @@ impl Destination {
         }
     }
 
-    /// From now on the receive threads hash what they write, with the
-    /// digest returned (their batches' offsets are the stream's).
-    pub fn hash_on_arrival(&mut self) -> Arc<Digest> {
-        match self {
+    /// Where the receive threads land the data: from now on they hash
+    /// what they write, and nothing more is read back.
+    pub fn landing(&mut self) -> io::Result<Landing> {
+        let writer = self.writer()?;
+        let digest = match self {
             Destination::File(o) => o.hash_on_arrival(),
             Destination::Tree(t) => t.hash_on_arrival(),
-        }
+        };
+        Ok(Landing { writer, digest })
     }
 
     pub fn hashed_bytes(&self) -> u64 {

@@ -17,35 +17,15 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::output::{Destination, DestinationWriter, OutputPolicy};
+use super::output::{Destination, Landing, OutputPolicy};
 use super::resume::{Journaling, OutputPlan};
 use super::stream_accept::PendingStreams;
-use crate::digest::{Digest, Scratch};
 use crate::proto::receiver::{DropCounts, DropReason, Event};
 use crate::proto::{Receiver, ReceiverConfig};
 use crate::report::{hex, human_bytes, summary_line, Intervals};
 use crate::wire::message::FileAttrs;
 use crate::wire::stream::StreamHeader;
 use crate::wire::WireError;
-
-/// Where a receive thread lands a batch: written into the output, then
-/// hashed into the digest while its bytes are still in cache (a session
-/// over TCP reads its output back instead, and has none).
-pub struct Landing {
-    writer: DestinationWriter,
-    digest: Option<Arc<Digest>>,
-}
-
-impl Landing {
-    /// Writes `writes` (sorted by it) and hashes them.
-    fn land(&self, writes: &mut [(u64, &[u8])], scratch: &mut Scratch) -> io::Result<()> {
-        self.writer.write_batch(writes)?;
-        if let Some(d) = &self.digest {
-            d.absorb(writes, scratch);
-        }
-        Ok(())
-    }
-}
 
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
@@ -397,12 +377,11 @@ impl ReceiveLoop {
             println!("Resuming: {} of {} already here and verified", human_bytes(from), human_bytes(size));
         }
         self.intervals.resumed(from);
-        let writer = out.writer();
-        let digest = self.datagram_session.then(|| out.hash_on_arrival());
+        let landing = out.landing();
         self.out = Some(out);
         self.journal = Some(journal);
-        match (r, writer) {
-            (Ok(()), Ok(writer)) => self.writer = Some(Arc::new(Landing { writer, digest })),
+        match (r, landing) {
+            (Ok(()), Ok(l)) => self.writer = Some(Arc::new(l)),
             (Err(e), _) | (_, Err(e)) => self.fail(format!("cannot prepare the output: {e}")),
         }
     }
@@ -461,17 +440,17 @@ impl ReceiveLoop {
         // Over TCP too: what an interrupted transfer left is offered before
         // the session's answer goes out.
         let Some(plan) = self.plan(opts) else { return };
-        let prepared = super::resume::prepare(&plan).and_then(|p| Ok((p.dest.writer()?, p)));
+        // Over TCP, the stream threads land the data (`crate::io::tcp`).
+        let prepared = super::resume::prepare(&plan)
+            .and_then(|mut p| Ok((self.datagram_session.then(|| p.dest.landing()).transpose()?, p)));
         match prepared {
-            Ok((writer, mut p)) => {
+            Ok((landing, p)) => {
                 if let Some((from, hash)) = p.offer {
                     self.rx.offer_resume(from, hash);
                 }
-                // The queue threads hash what they write: nothing is read back.
-                let digest = self.datagram_session.then(|| p.dest.hash_on_arrival());
                 self.out = Some(p.dest);
                 self.journal = Some(p.journal);
-                self.writer = Some(Arc::new(Landing { writer, digest }));
+                self.writer = landing.map(Arc::new);
             }
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }

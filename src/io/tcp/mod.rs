@@ -89,6 +89,10 @@ pub struct TcpReport {
     /// An encrypted session's: the AEAD, and whether the kernel sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption: Option<secure::StreamEncryption>,
+    /// Receiver: bytes of the output read back to hash them (a resumed
+    /// prefix; the streams hash the rest as it arrives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_back_bytes: Option<u64>,
 }
 
 fn interrupted() -> io::Error {

@@ -11,7 +11,8 @@ use tracing::warn;
 
 use super::secure::{SecureStream, StreamEncryption};
 use super::{TcpReport, CHUNK, PROGRESS_QUANTUM};
-use crate::io::output::{Destination, DestinationWriter};
+use crate::digest::Scratch;
+use crate::io::output::{Destination, Landing};
 use crate::io::resume::Journaling;
 use crate::io::stream_accept::PendingStreams;
 use crate::os::syscount::count as count_syscalls;
@@ -64,7 +65,7 @@ pub fn receive(
     }
     let mut facts = Facts::default();
     let r = receive_inner(sock, header, opts, pending, prepared, &mut intervals, &mut facts);
-    let Facts { failed_files, encryption } = facts;
+    let Facts { failed_files, encryption, read_back } = facts;
     let elapsed = start.elapsed().as_secs_f64();
     let (verified, digest, error) = match r {
         Ok(d) => (true, hex(&d), None),
@@ -102,6 +103,7 @@ pub fn receive(
         process,
         afxdp_not_used: None,
         encryption,
+        read_back_bytes: Some(read_back),
     }
 }
 
@@ -170,6 +172,8 @@ pub(super) struct Facts {
     /// A verified tree's files that could not be put in place.
     failed_files: Vec<crate::tree::output::FailedFile>,
     encryption: Option<StreamEncryption>,
+    /// Bytes of the output read back to hash them.
+    read_back: u64,
 }
 
 pub(super) fn receive_inner(
@@ -190,21 +194,21 @@ pub(super) fn receive_inner(
     // Made when the session opened (`crate::io::resume::prepare`), where an
     // interrupted transfer's output is taken up.
     let (mut output, mut journal) = prepared.context("the session's output was not prepared")?;
-    let writer = output.writer().context("preparing the output")?;
+    let landing = output.landing().context("preparing the output")?;
     let got: Vec<std::sync::atomic::AtomicU64> = socks.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
     let from = opts.resumed_from.min(size);
     let ranges: Vec<_> = (0..header.count).map(|i| resumed_range(from, size, header.count, i)).collect();
     let mut files_shown = false;
-    // Each stream on a thread of its own, writing its range; this thread
-    // hashes the complete prefix as it grows.
+    // Each stream on a thread of its own, writing and hashing its range;
+    // this thread keeps the journal, the tree and the writeback.
     let digests = std::thread::scope(|scope| {
         let handles: Vec<_> = socks
             .iter_mut()
             .zip(&ranges)
             .zip(&got)
             .map(|((sock, range), got)| {
-                let (range, writer) = (range.clone(), &writer);
-                scope.spawn(move || receive_range(sock, range, writer, got, opts.timeout))
+                let (range, landing) = (range.clone(), &landing);
+                scope.spawn(move || receive_range(sock, range, landing, got, opts.timeout))
             })
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
@@ -220,7 +224,8 @@ pub(super) fn receive_inner(
                     files_shown = true;
                 }
             }
-            output.hash_ahead(prefix, 4 << 20).context("reading the output back")?;
+            // The streams hash what they write: this starts writeback.
+            output.hash_ahead(prefix, 4 << 20).context("writing the output back")?;
             journal.record(&output, false);
             intervals.tick(
                 Instant::now(),
@@ -238,7 +243,8 @@ pub(super) fn receive_inner(
             .map(|(i, h)| h.join().map_err(|_| anyhow::anyhow!("the thread of stream {i} panicked"))?)
             .collect::<anyhow::Result<Vec<[u8; 32]>>>()
     })?;
-    let ours = output.digest().context("reading the output back")?;
+    let ours = output.digest().context("the output's digest")?;
+    facts.read_back = output.read_back_bytes();
     let ok = digests.iter().all(|d| *d == ours);
     if ok {
         output
@@ -293,12 +299,13 @@ pub(super) fn complete_prefix(ranges: &[std::ops::Range<u64>], got: &[std::sync:
 pub(super) fn receive_range(
     sock: &mut SecureStream,
     range: std::ops::Range<u64>,
-    writer: &DestinationWriter,
+    landing: &Landing,
     got: &std::sync::atomic::AtomicU64,
     timeout: Duration,
 ) -> anyhow::Result<[u8; 32]> {
     let len = range.end - range.start;
     let mut buf = vec![0u8; CHUNK];
+    let mut scratch = Scratch::new();
     let mut done = 0u64;
     let mut progress = Progress::new(timeout);
     while done < len {
@@ -310,7 +317,7 @@ pub(super) fn receive_range(
         if n == 0 {
             bail!("the sender closed the connection after {done} of the {len} bytes of its range");
         }
-        writer.write_batch(&mut [(range.start + done, &buf[..n])]).context("writing the output")?;
+        landing.land(&mut [(range.start + done, &buf[..n])], &mut scratch).context("writing the output")?;
         done += n as u64;
         got.store(done, std::sync::atomic::Ordering::Release);
         progress.advance(done, len);

@@ -322,6 +322,7 @@ pub fn send(opts: &TcpSendOptions) -> anyhow::Result<TcpReport> {
         process,
         afxdp_not_used: opts.fallback_reason.clone(),
         encryption,
+        read_back_bytes: None,
     })
 }
 
