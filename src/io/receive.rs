@@ -1,7 +1,8 @@
 //! The receiver, shared by the AF_XDP and UDP-socket data paths: the
 //! protocol's state, the output and the report ([`ReceiveLoop`]), driven by
-//! [`queues`], one thread per data path (receive queue) around that state
-//! and a main thread for control, timers and the digest.
+//! [`queues`], one thread per data path (receive queue) around that state,
+//! each writing and hashing what it takes, and a main thread for control,
+//! timers, the journal and the verdict.
 
 mod queues;
 pub use queues::QueueFigures;
@@ -393,8 +394,9 @@ impl ReceiveLoop {
         }
     }
 
-    /// A transfer that failed with data in: hash what is in order, and
-    /// record it, so the next run resumes from there.
+    /// A transfer that failed with data in: record what is verified in
+    /// order (a session over TCP reads it back first), so the next run
+    /// resumes from there.
     fn record_before_exit(&mut self) {
         if matches!(self.rx.outcome(), Some(Ok(_))) {
             return;
