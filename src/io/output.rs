@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::digest::{Digest, Params, Scratch, StreamDigest};
+use crate::digest::{Digest, Params, Scratch, StreamDigest, BLOCK};
 use crate::os::sys::{self, Doing};
 use crate::wire::message::{FileAttrs, SourceId};
 
@@ -363,7 +363,7 @@ impl Output {
             digest: StreamDigest::new(Params { key: None, len }),
             synced: 0,
             dropped: crate::os::process::total_memory_bytes().filter(|m| len > m / 2).map(|_| 0),
-            buf: vec![0u8; 1 << 20],
+            buf: Vec::new(),
             attrs: None,
         }
     }
@@ -476,12 +476,14 @@ impl Output {
     pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
         if let Some(fed) = self.digest.fed() {
             let mut end = upto.min(self.len).min(fed.saturating_add(budget));
-            // Read back in whole buffers (one syscall per MiB, whole digest
-            // blocks); the last partial one waits for the end.
+            // Read back in whole digest blocks (one syscall per MiB), so a
+            // journal's prefix ends where one did; the last partial block
+            // waits for the end.
             if end < self.len {
-                let step = self.buf.len() as u64;
-                end = fed + (end.saturating_sub(fed) / step) * step;
+                end = fed + (end.saturating_sub(fed) / BLOCK) * BLOCK;
             }
+            // Only a session that reads back needs the buffer.
+            self.buf.resize(BLOCK as usize, 0);
             let mut at = fed;
             while at < end {
                 let want = (end - at).min(self.buf.len() as u64) as usize;

@@ -182,8 +182,8 @@ struct ReceiveLoop {
     /// A session whose file comes on the data path (not over TCP) is open.
     datagram_session: bool,
     out: Option<Destination>,
-    /// Writes into `out` from the receive queues' threads, and hashes.
-    writer: Option<Arc<Landing>>,
+    /// Where the receive queues' threads write into `out` and hash.
+    landing: Option<Arc<Landing>>,
     start: Instant,
     packets: u64,
     verified_at: Option<Instant>,
@@ -231,7 +231,7 @@ impl ReceiveLoop {
             journal: None,
             datagram_session: false,
             out: None,
-            writer: None,
+            landing: None,
             start,
             packets: 0,
             verified_at: None,
@@ -267,7 +267,7 @@ impl ReceiveLoop {
             let _ = j.stop();
         }
         let partial = o.partial().to_path_buf();
-        self.writer = None;
+        self.landing = None;
         match o.discard() {
             Ok(()) => info!(path = %partial.display(), "no data arrived: removed the empty partial file"),
             Err(e) => warn!(path = %partial.display(), "no data arrived, but the partial file stays: {e}"),
@@ -382,7 +382,7 @@ impl ReceiveLoop {
         self.out = Some(out);
         self.journal = Some(journal);
         match (r, landing) {
-            (Ok(()), Ok(l)) => self.writer = Some(Arc::new(l)),
+            (Ok(()), Ok(l)) => self.landing = Some(Arc::new(l)),
             (Err(e), _) | (_, Err(e)) => self.fail(format!("cannot prepare the output: {e}")),
         }
     }
@@ -442,9 +442,7 @@ impl ReceiveLoop {
         // Over TCP too: what an interrupted transfer left is offered before
         // the session's answer goes out.
         let Some(plan) = self.plan(opts) else { return };
-        // Over TCP, the stream threads land the data (`crate::io::tcp`).
-        let prepared = super::resume::prepare(&plan)
-            .and_then(|mut p| Ok((self.datagram_session.then(|| p.dest.landing()).transpose()?, p)));
+        let prepared = super::resume::prepare(&plan).and_then(|mut p| Ok((p.dest.landing()?, p)));
         match prepared {
             Ok((landing, p)) => {
                 if let Some((from, hash)) = p.offer {
@@ -452,7 +450,7 @@ impl ReceiveLoop {
                 }
                 self.out = Some(p.dest);
                 self.journal = Some(p.journal);
-                self.writer = landing.map(Arc::new);
+                self.landing = Some(Arc::new(landing));
             }
             Err(e) => self.fail(format!("cannot prepare the output: {e}")),
         }

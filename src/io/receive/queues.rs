@@ -283,7 +283,7 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
     // At most BATCH_MAX: the caller hands batches in pieces of that size.
     let frames: ArrayVec<Frame<'_>, BATCH_MAX> = batch.iter_mut().map(|d| Frame::open(d, q.opener.as_ref())).collect();
     let mut writes: ArrayVec<(u64, &[u8]), BATCH_MAX> = ArrayVec::new();
-    let (writer, written) = {
+    let (landing, written) = {
         let mut lp = shared.lock();
         lp.packets += count;
         for f in frames {
@@ -302,9 +302,9 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
             return;
         }
         gen.accepted.fetch_add(1, Ordering::SeqCst);
-        (lp.writer.clone(), Written(&gen.written))
+        (lp.landing.clone(), Written(&gen.written))
     };
-    let result = match writer {
+    let result = match landing {
         Some(w) => w.land(&mut writes, &mut q.scratch),
         None => Err(std::io::Error::other("data before the output was prepared")),
     };
