@@ -55,6 +55,25 @@ fn afxdp_to_afxdp_at_mtu_9000_repairs_five_percent_loss() {
     assert_chains_whole(&recv);
 }
 
+/// With a key, a chain is joined before its tag is checked and its payload
+/// opened (an AEAD needs it in one piece); without one (above), a chain is
+/// written and hashed from its frames where they lie.
+#[test]
+fn encrypted_at_mtu_9000_with_loss_chains_are_joined_and_opened() {
+    let veth = Veth::with_mtu(9000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let file = random_file(dir.path(), "in.bin", 32 * MIB + 4321, 104);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--key-file", &key, "--inject-loss", "0.02"]);
+    let sent = veth.send(&file, &["--key-file", &key]);
+    let (send, recv) = finished_identical(rx, &sent, &file, &out);
+    assert!(send["encrypted"].is_string() && send["encrypted"] == recv["encrypted"], "{send}\n{recv}");
+    assert_eq!(send["packet_size"], 9000);
+    assert_eq!(recv["dropped"]["bad_seal"].as_u64().unwrap_or(0), 0, "a joined chain opens: {recv}");
+    assert_chains_whole(&recv);
+}
+
 #[test]
 fn afxdp_to_the_udp_socket_receiver_at_mtu_9000() {
     let veth = Veth::with_mtu(9000);

@@ -12,7 +12,7 @@ use xdpblast::proto::auth::{Direction, Keys};
 use xdpblast::proto::receiver::Event;
 use xdpblast::proto::{Receiver, ReceiverConfig};
 use xdpblast::wire::frame::parse_udp;
-use xdpblast::wire::message::Message;
+use xdpblast::wire::message::{Message, HEADER_LEN};
 use xdpblast::wire::stream::StreamHeader;
 
 /// The peer that opens the session in every seed, and a stranger.
@@ -87,6 +87,7 @@ pub fn run_receiver(script: &[u8]) -> bool {
     // Data is handed over writable (an encrypted payload opens in place):
     // a copy, in a buffer kept across records.
     let mut datagram = Vec::with_capacity(1 << 16);
+    let mut chained = false;
     while rest.len() >= 3 {
         let op = Op::from_byte(rest[0]);
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
@@ -97,7 +98,21 @@ pub fn run_receiver(script: &[u8]) -> bool {
                 let from = if op == Op::DataFromPeer { peer } else { stranger };
                 datagram.clear();
                 datagram.extend_from_slice(bytes);
-                if let Some((offset, payload)) = rx.on_data(now, from, &mut datagram) {
+                // Every other datagram as a chain of frames, cut after its
+                // header and a few payload bytes, as a jumbo frame comes.
+                chained = !chained;
+                let taken = if chained && datagram.len() > HEADER_LEN {
+                    let cut = (HEADER_LEN + datagram.len() % 7).min(datagram.len());
+                    let (head, tail) = datagram.split_at(cut);
+                    rx.on_data_chain(now, from, head, tail.len()).map(|(offset, len)| {
+                        let payload = &datagram[HEADER_LEN..];
+                        assert!(len <= payload.len(), "a chain's chunk longer than the chain");
+                        (offset, &payload[..len])
+                    })
+                } else {
+                    rx.on_data(now, from, &mut datagram).map(|(o, p)| (o, &*p))
+                };
+                if let Some((offset, payload)) = taken {
                     assert!(!via_tcp_session, "datagram data taken for a session that asked for TCP");
                     let end = offset + payload.len() as u64;
                     let size = rx.info().map_or(0, |i| i.file_size);
@@ -156,12 +171,34 @@ pub fn run_wire(data: &[u8]) {
         check_message(d.payload);
     }
     check_message(data);
+    check_chain(data);
     if let Ok(h) = StreamHeader::parse(data) {
         assert_eq!(StreamHeader::parse(&h.emit()), Ok(h), "round trip changed the stream header");
     }
     check_seal(data);
     check_manifest(data);
     check_records(data);
+}
+
+/// The frame cut into a chain of frames (as XDP multi-buffer delivers a
+/// jumbo one) at points its own bytes choose: what parses as a chain parses
+/// whole, to the same datagram.
+fn check_chain(data: &[u8]) {
+    use xdpblast::wire::frame::parse_udp_chain_mut;
+    if data.len() < 4 {
+        return;
+    }
+    let a = (usize::from(data[0]) * 7) % data.len();
+    let b = (a + usize::from(data[1]) * 13 + 1).min(data.len());
+    let mut head = data[..a].to_vec();
+    let rest = [&data[a..b], &data[b..]];
+    let chained = parse_udp_chain_mut(&mut head, &rest).map(|(s, d, p)| (s, d, p.to_vec()));
+    let Ok((src, dst, first)) = chained else { return };
+    let whole = parse_udp(data).expect("a chain that parses is a frame that parses");
+    assert_eq!((src, dst), (whole.src, whole.dst));
+    let mut payload = first;
+    rest.iter().for_each(|r| payload.extend_from_slice(r));
+    assert_eq!(payload, whole.payload, "a chain's payload differs from the whole frame's");
 }
 
 /// A tree's manifest from arbitrary bytes: refused or parsed, never a

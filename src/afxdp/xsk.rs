@@ -14,6 +14,8 @@ pub use xdpilone::xdp::XdpDesc;
 use xdpilone::xdp::XdpStatisticsV2;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
+use arrayvec::ArrayVec;
+
 use super::umem::UmemArea;
 use crate::os::sys::SysError;
 
@@ -44,6 +46,9 @@ pub fn rx_frame_capacity(frame_size: u32) -> u32 {
 /// Most descriptors a received chain may have before it is dropped as
 /// malformed: 64 KiB in 2 KiB frames, and some.
 const MAX_RX_CHAIN: usize = 40;
+/// Most frames one receive hands as the rest of chains: its descriptors
+/// and those of a chain left unfinished by the last one.
+pub const RX_REST_MAX: usize = RX_BATCH_MAX + MAX_RX_CHAIN;
 
 /// Copy or zero-copy, as the kernel chose at bind time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -145,16 +150,13 @@ pub struct Queue {
     /// fill-ring consumer index lazily, so a refill may briefly find less room
     /// than it just freed; what does not fit waits here for the next call.
     recycle: Vec<u64>,
-    /// Receive: this call's descriptors, a chain whose rest is not on the
-    /// ring yet (kept, its frames held, until it is), and chains' bytes
-    /// joined for parsing.
+    /// Receive: this call's descriptors, and a chain whose rest is not on
+    /// the ring yet (kept, its frames held, until it is).
     rx_descs: Vec<XdpDesc>,
     rx_partial: Vec<XdpDesc>,
-    rx_gather: Vec<u8>,
-    /// The last receive's packets (index ranges into `rx_descs`) and where
-    /// each one's bytes are; kept so a receive allocates nothing.
+    /// The last receive's packets (index ranges into `rx_descs`); kept so
+    /// a receive allocates nothing.
     rx_packets: Vec<std::ops::Range<usize>>,
-    rx_joined: Vec<(usize, usize)>,
     /// Received chains dropped as malformed (too long).
     pub rx_bad_chains: u64,
 }
@@ -248,49 +250,48 @@ impl Xsk {
 
     /// Takes up to `max` received descriptors and hands their packets to
     /// `f` as one batch (so the caller can coalesce its writes), then returns
-    /// the frames to the fill ring. A packet of one frame is handed as it
-    /// lies in the UMEM, writable (it is ours until it goes back on the fill
-    /// ring); a chain (multi-buffer) is joined into one buffer
-    /// first, and a chain still arriving waits, its frames held, for the
-    /// next call. A chain too long to be ours is handed as an empty slice
-    /// (which no parser takes). Returns how many descriptors were taken.
-    pub fn receive(&mut self, max: u32, f: impl FnOnce(&mut [&mut [u8]])) -> u32 {
+    /// the frames to the fill ring. Every frame is handed where it lies in
+    /// the UMEM (it is ours until it goes back on the fill ring): a packet's
+    /// first frame writable, and a chain's (multi-buffer) other frames after
+    /// it, in order; nothing is copied. A chain still arriving waits, its
+    /// frames held, for the next call. A chain too long to be ours is handed
+    /// as an empty frame (which no parser takes). Returns how many
+    /// descriptors were taken.
+    pub fn receive(&mut self, max: u32, f: impl FnOnce(&mut [RxPacket<'_>])) -> u32 {
         let area = &self.area;
         let q = &mut self.queues[0];
         let mask = !(u64::from(area.frame_size()) - 1);
         let Some(n) = q.take_descs(max.min(RX_BATCH_MAX as u32), mask) else { return 0 };
         let whole = q.rx_packets.last().map_or(0, |p| p.end);
         let descs = &q.rx_descs[..whole];
-        join_chains(area, descs, &q.rx_packets, &mut q.rx_gather, &mut q.rx_bad_chains, &mut q.rx_joined);
-        // On the stack: a receive allocates nothing.
-        let mut frames: [&mut [u8]; RX_BATCH_MAX] = std::array::from_fn(|_| -> &mut [u8] { &mut [] });
+        // On the stack: a receive allocates nothing. There are no more
+        // frames than descriptors, at most RX_BATCH_MAX.
+        let mut rest: ArrayVec<&[u8], RX_REST_MAX> = ArrayVec::new();
+        let mut spans: ArrayVec<std::ops::Range<usize>, RX_BATCH_MAX> = ArrayVec::new();
+        chain_rests(area, descs, &q.rx_packets, &mut rest, &mut spans, &mut q.rx_bad_chains);
+        let mut packets: [RxPacket<'_>; RX_BATCH_MAX] = std::array::from_fn(|_| RxPacket::empty());
         let mut count = 0;
-        // The joined chains lie back to back in `rx_gather`, in packet order.
-        let mut joined = &mut q.rx_gather[..];
-        for (p, &(_, len)) in q.rx_packets.iter().zip(&q.rx_joined) {
-            if p.len() > 1 {
-                let (bytes, rest) = std::mem::take(&mut joined).split_at_mut(len);
-                joined = rest;
-                frames[count] = bytes;
+        for (p, span) in q.rx_packets.iter().zip(&spans) {
+            if p.len() > MAX_RX_CHAIN {
                 count += 1;
                 continue;
             }
             let d = descs[p.start];
             // SAFETY: the kernel handed this frame to us on the RX ring; it will
             // not read or write it until we put it back on the fill ring below,
-            // after `f` has returned and with it the last use of `frames`. Each
-            // descriptor of the ring names a frame of its own, so no two
-            // slices overlap.
+            // after `f` has returned and with it the last use of `packets`.
+            // Each descriptor of the ring names a frame of its own, so no two
+            // slices (these, and the chains' other frames) overlap.
             match unsafe { area.bytes_at_mut(d.addr, d.len) } {
-                Some(bytes) => {
-                    frames[count] = bytes;
+                Some(head) => {
+                    packets[count] = RxPacket { head, rest: &rest[span.clone()] };
                     count += 1;
                 }
                 None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; skipped"),
             }
         }
         if count > 0 {
-            f(&mut frames[..count]);
+            f(&mut packets[..count]);
         }
         q.recycle.extend(descs.iter().map(|d| d.addr & mask));
         if !q.recycle.is_empty() {
@@ -303,36 +304,49 @@ impl Xsk {
     }
 }
 
-/// Copies each chain of `packets` (index ranges into `descs`) into `gather`,
-/// back to back; returns where each packet's bytes are there (`(at, 0)` for
-/// a single frame, which is read in place, and for a chain too long to be
-/// ours, counted in `bad`).
-fn join_chains(
-    area: &UmemArea,
+/// A received packet, where it lies in the UMEM: its first frame, ours to
+/// change in place, and for a chain (XDP multi-buffer) the frames after
+/// it, in order.
+pub struct RxPacket<'a> {
+    pub head: &'a mut [u8],
+    pub rest: &'a [&'a [u8]],
+}
+
+impl RxPacket<'_> {
+    fn empty() -> Self {
+        RxPacket { head: &mut [], rest: &[] }
+    }
+}
+
+/// The frames after the first of each chain of `packets` (index ranges
+/// into `descs`), into `rest` back to back, and each packet's span of
+/// them into `spans` (empty for a single frame, and for a chain too long to
+/// be ours, counted in `bad`).
+fn chain_rests<'a>(
+    area: &'a UmemArea,
     descs: &[XdpDesc],
     packets: &[std::ops::Range<usize>],
-    gather: &mut Vec<u8>,
+    rest: &mut ArrayVec<&'a [u8], RX_REST_MAX>,
+    spans: &mut ArrayVec<std::ops::Range<usize>, RX_BATCH_MAX>,
     bad: &mut u64,
-    joined: &mut Vec<(usize, usize)>,
 ) {
-    gather.clear();
-    joined.clear();
     for p in packets {
-        let at = gather.len();
+        let at = rest.len();
         if p.len() > MAX_RX_CHAIN {
             *bad += 1;
-        } else if p.len() > 1 {
-            for d in &descs[p.clone()] {
+        } else {
+            for d in &descs[p.start + 1..p.end] {
                 // SAFETY: the kernel handed these frames to us on the RX ring
                 // and gets them back on the fill ring only after `receive`
-                // has used the joined bytes.
+                // has handed them over; we only read them.
                 match unsafe { area.bytes_at(d.addr, d.len) } {
-                    Some(b) => gather.extend_from_slice(b),
+                    // At most one per descriptor: there is room.
+                    Some(b) => rest.push(b),
                     None => warn!(addr = d.addr, len = d.len, "RX descriptor outside the UMEM; chain cut short"),
                 }
             }
         }
-        joined.push((at, gather.len() - at));
+        spans.push(at..rest.len());
     }
 }
 
@@ -448,9 +462,7 @@ impl Queue {
             recycle: Vec::new(),
             rx_descs: Vec::new(),
             rx_partial: Vec::new(),
-            rx_gather: Vec::new(),
             rx_packets: Vec::new(),
-            rx_joined: Vec::new(),
             rx_bad_chains: 0,
         })
     }
@@ -655,12 +667,6 @@ mod tests {
         out
     }
 
-    fn join(area: &UmemArea, descs: &[XdpDesc], gather: &mut Vec<u8>, bad: &mut u64) -> Vec<(usize, usize)> {
-        let mut joined = vec![(7, 7)];
-        join_chains(area, descs, &split(descs), gather, bad, &mut joined);
-        joined
-    }
-
     #[test]
     fn chains_end_at_the_first_descriptor_without_contd() {
         let d = [desc(0, false), desc(1, true), desc(2, true), desc(3, false), desc(4, false), desc(5, true)];
@@ -670,7 +676,7 @@ mod tests {
     }
 
     #[test]
-    fn chains_are_joined_back_to_back_and_single_frames_left_in_place() {
+    fn a_chains_other_frames_are_handed_in_place_in_order() {
         let mut area = UmemArea::new(8, 2048).unwrap();
         for i in 0..8u32 {
             area.frame_mut(i).unwrap().fill(i as u8);
@@ -680,16 +686,16 @@ mod tests {
             len,
             options: if more { XDP_PKT_CONTD } else { 0 },
         };
-        let descs = [d(1, 2048, true), d(2, 10, false), d(3, 100, false), d(4, 2048, true), d(5, 5, false)];
-        let (mut gather, mut bad) = (Vec::new(), 0);
-        let joined = join(&area, &descs, &mut gather, &mut bad);
-        assert_eq!(joined, vec![(0, 2058), (2058, 0), (2058, 2053)]);
-        assert_eq!(&gather[..2048], &[1u8; 2048][..]);
-        assert_eq!(&gather[2048..2058], &[2u8; 10][..]);
-        assert_eq!(&gather[2058 + 2048..], &[5u8; 5][..]);
+        let descs =
+            [d(1, 2048, true), d(2, 10, false), d(3, 100, false), d(4, 2048, true), d(6, 7, true), d(5, 5, false)];
+        let (mut rest, mut spans, mut bad) = (ArrayVec::new(), ArrayVec::new(), 0);
+        chain_rests(&area, &descs, &split(&descs), &mut rest, &mut spans, &mut bad);
+        assert_eq!(spans.as_slice(), &[0..1, 1..1, 1..3]);
+        assert_eq!(rest.as_slice(), &[&[2u8; 10][..], &[6u8; 7][..], &[5u8; 5][..]]);
         assert_eq!(bad, 0);
         let long: Vec<XdpDesc> = (0..=MAX_RX_CHAIN as u64).map(|i| d(i % 8, 1, i < MAX_RX_CHAIN as u64)).collect();
-        let joined = join(&area, &long, &mut gather, &mut bad);
-        assert_eq!((joined, bad), (vec![(0, 0)], 1), "a chain too long to be ours is handed empty and counted");
+        let (mut rest, mut spans) = (ArrayVec::new(), ArrayVec::new());
+        chain_rests(&area, &long, &split(&long), &mut rest, &mut spans, &mut bad);
+        assert_eq!((spans.len(), spans[0].clone(), rest.len(), bad), (1, 0..0, 0, 1), "a chain too long is counted");
     }
 }

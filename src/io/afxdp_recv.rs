@@ -10,13 +10,13 @@ use std::os::fd::RawFd;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::receive::{BoxedPath, DataPath, Datagram};
+use super::receive::{BoxedPath, DataPath, Datagram, Payload};
 use super::QueueCount;
 use crate::afxdp::program::{Steering, TestKnobs};
 use crate::afxdp::umem::UmemArea;
 use crate::afxdp::xsk::{rx_frame_capacity, BindMode, Xsk, XskConfig, XskError, XskMode, RX_BATCH_MAX};
 use crate::net::iface::Interface;
-use crate::wire::frame::{parse_udp_mut, ETH_LEN};
+use crate::wire::frame::{parse_udp_chain_mut, ETH_LEN};
 use crate::wire::WireError;
 
 /// Bytes of each queue's receive UMEM, and the RX ring's size. The fill
@@ -237,13 +237,14 @@ struct XskPath<'a> {
 impl DataPath for XskPath<'_> {
     fn poll(&mut self, f: &mut dyn FnMut(&mut [Datagram<'_>])) -> io::Result<usize> {
         let port = self.port;
-        let n = self.xsk.receive(BATCH, |frames| {
+        let n = self.xsk.receive(BATCH, |packets| {
             // On the stack: a receive allocates nothing.
             let mut batch: [Datagram<'_>; RX_BATCH_MAX] = std::array::from_fn(|_| Err(WireError::NotUdp));
-            let count = frames.len();
-            for (slot, frame) in batch.iter_mut().zip(frames.iter_mut()) {
-                *slot = match parse_udp_mut(frame) {
-                    Ok((src, dst, payload)) if dst.port() == port => Ok((src, payload)),
+            let count = packets.len();
+            for (slot, p) in batch.iter_mut().zip(packets.iter_mut()) {
+                let rest = p.rest;
+                *slot = match parse_udp_chain_mut(std::mem::take(&mut p.head), rest) {
+                    Ok((src, dst, head)) if dst.port() == port => Ok((src, Payload { head, rest })),
                     Ok(_) => Err(WireError::NotUdp),
                     Err(e) => Err(e),
                 };

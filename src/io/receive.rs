@@ -30,7 +30,21 @@ use crate::wire::WireError;
 
 /// One received datagram: its source and UDP payload, or why its frame was
 /// not a UDP datagram for us.
-pub type Datagram<'a> = Result<(SocketAddr, &'a mut [u8]), WireError>;
+pub type Datagram<'a> = Result<(SocketAddr, Payload<'a>), WireError>;
+
+/// A datagram's UDP payload where it lies: in one piece (ours to change in
+/// place), or for a packet that came as a chain of frames (XDP
+/// multi-buffer), its first part and the parts after it, in order.
+pub struct Payload<'a> {
+    pub head: &'a mut [u8],
+    pub rest: &'a [&'a [u8]],
+}
+
+impl<'a> Payload<'a> {
+    pub fn whole(bytes: &'a mut [u8]) -> Payload<'a> {
+        Payload { head: bytes, rest: &[] }
+    }
+}
 
 /// A data path that a receive queue's thread can own.
 pub type BoxedPath<'a> = Box<dyn DataPath + Send + 'a>;

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use tracing::{debug, info};
 
-use super::receive::{DataPath, Datagram};
+use super::receive::{DataPath, Datagram, Payload};
 use crate::os::sys::setsockopt_u32;
 use crate::os::sys::Doing;
 use crate::wire::WireError;
@@ -113,7 +113,9 @@ impl DataPath for UdpReceiver {
         let bufs = self.bufs.chunks_exact_mut(SLOT);
         for (i, (slot, buf)) in batch.iter_mut().zip(bufs).enumerate().take(n) {
             let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-            *slot = socket_addr(&self.addrs[i]).ok_or(WireError::NotUdp).map(|from| (from, &mut buf[..len]));
+            *slot = socket_addr(&self.addrs[i])
+                .ok_or(WireError::NotUdp)
+                .map(|from| (from, Payload::whole(&mut buf[..len])));
         }
         if n > 0 {
             f(&mut batch[..n]);

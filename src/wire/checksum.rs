@@ -38,6 +38,17 @@ pub fn sum(acc: u32, data: &[u8]) -> u32 {
     fold(u128::from(acc)) as u32
 }
 
+/// [`sum`] for data that starts at an `odd` offset of the summed range:
+/// its bytes pair the other way, which swaps the folded sum's bytes
+/// (RFC 1071, section 2 B). A chain of frames splits a datagram anywhere.
+pub fn sum_at(acc: u32, data: &[u8], odd: bool) -> u32 {
+    if !odd {
+        return sum(acc, data);
+    }
+    let own = fold(u128::from(sum(0, data))).swap_bytes();
+    fold(u128::from(acc) + u128::from(own)) as u32
+}
+
 /// Folds a wide one's-complement sum to 16 bits (end-around carries).
 fn fold(mut x: u128) -> u16 {
     while x > 0xffff {

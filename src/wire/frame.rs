@@ -8,8 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, SlicedPacket,
-    TransportSlice, UdpHeader,
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, LaxNetSlice, LaxSlicedPacket,
+    NetSlice, SlicedPacket, TransportSlice, UdpHeader,
 };
 
 use super::{checksum, WireError};
@@ -245,6 +245,79 @@ pub fn parse_udp_mut(frame: &mut [u8]) -> Result<(SocketAddr, SocketAddr, &mut [
     Ok((src, dst, &mut frame[at..at + len]))
 }
 
+/// [`parse_udp_mut`] for a packet that came as a chain of frames (XDP
+/// multi-buffer): `head` holds the headers and the payload's first part,
+/// `rest` the frames after it. Returns the source, the destination and the
+/// payload's part in `head`; the payload goes on through `rest`. The
+/// headers' lengths must match the chain's exactly, and the UDP checksum
+/// is taken over every part, where each lies.
+pub fn parse_udp_chain_mut<'a>(
+    head: &'a mut [u8],
+    rest: &[&[u8]],
+) -> Result<(SocketAddr, SocketAddr, &'a mut [u8]), WireError> {
+    if rest.is_empty() {
+        return parse_udp_mut(head);
+    }
+    let (src, dst, in_head) = parse_udp_chain(head, rest)?;
+    let at = head.len() - in_head;
+    Ok((src, dst, &mut head[at..]))
+}
+
+/// The checks of [`parse_udp_chain_mut`]; returns how many of the payload's
+/// bytes are in `head` (at its end).
+fn parse_udp_chain(head: &[u8], rest: &[&[u8]]) -> Result<(SocketAddr, SocketAddr, usize), WireError> {
+    let rest_len: usize = rest.iter().map(|r| r.len()).sum();
+    let sliced = LaxSlicedPacket::from_ethernet(head).map_err(|_| WireError::NotUdp)?;
+    let udp = match sliced.transport {
+        Some(TransportSlice::Udp(udp)) => udp,
+        _ => return Err(WireError::NotUdp),
+    };
+    let udp_len = usize::from(udp.length());
+    // The datagram's part in `head` runs to the frame's end, and the chain
+    // holds exactly the rest of it.
+    let in_head = udp.slice();
+    if in_head.as_ptr_range().end != head.as_ptr_range().end || in_head.len() + rest_len != udp_len {
+        return Err(WireError::NotUdp);
+    }
+    let (pseudo, src_ip, dst_ip, optional): (u32, IpAddr, IpAddr, bool) = match &sliced.net {
+        Some(LaxNetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            if v4.is_payload_fragmented() || usize::from(h.total_len()) != h.slice().len() + udp_len {
+                return Err(WireError::NotUdp);
+            }
+            if checksum::internet_checksum(h.slice()) != 0 {
+                return Err(WireError::BadChecksum);
+            }
+            let pseudo = checksum::pseudo_ipv4(h.source(), h.destination(), udp_len);
+            (pseudo, h.source_addr().into(), h.destination_addr().into(), true)
+        }
+        Some(LaxNetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            let exts = v6.payload().payload.as_ptr() as usize - h.slice().as_ptr() as usize - Ipv6Header::LEN;
+            if v6.is_payload_fragmented() || usize::from(h.payload_length()) != exts + udp_len {
+                return Err(WireError::NotUdp);
+            }
+            let pseudo = checksum::pseudo_ipv6(h.source(), h.destination(), udp_len);
+            (pseudo, h.source_addr().into(), h.destination_addr().into(), false)
+        }
+        _ => return Err(WireError::NotUdp),
+    };
+    // Checksum 0 over IPv4: the sender computed none (RFC 768).
+    if !(optional && udp.checksum() == 0) {
+        let mut acc = checksum::sum(pseudo, in_head);
+        let mut at = in_head.len();
+        for part in rest {
+            acc = checksum::sum_at(acc, part, at % 2 == 1);
+            at += part.len();
+        }
+        if checksum::finish(acc) != 0 {
+            return Err(WireError::BadChecksum);
+        }
+    }
+    let (src, dst) = (SocketAddr::new(src_ip, udp.source_port()), SocketAddr::new(dst_ip, udp.destination_port()));
+    Ok((src, dst, in_head.len() - UdpHeader::LEN))
+}
+
 /// A locally administered unicast MAC, handy in tests.
 pub fn test_mac(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, last]
@@ -273,6 +346,42 @@ pub fn example_template_v6() -> FrameTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A jumbo frame cut into a chain anywhere (odd offsets included)
+    /// parses as the whole frame does, over IPv4 and IPv6; a chain with a
+    /// part missing, one byte changed or the wrong length is refused.
+    #[test]
+    fn a_chain_of_frames_parses_as_the_whole_frame() {
+        for t in [example_template(), example_template_v6()] {
+            let payload: Vec<u8> = (0..8940u32).map(|i| (i * 31 + i / 7) as u8).collect();
+            let mut buf = vec![0u8; 9100];
+            let n = t.build(&payload, &mut buf).unwrap();
+            let frame = &buf[..n];
+            for cuts in [vec![4096, 8192], vec![3001, 6002], vec![100, 101, 5555]] {
+                let mut head = frame[..cuts[0]].to_vec();
+                let parts: Vec<&[u8]> = cuts
+                    .iter()
+                    .zip(cuts.iter().skip(1).chain(std::iter::once(&n)))
+                    .map(|(&a, &b)| &frame[a..b])
+                    .collect();
+                let (src, dst, first) = parse_udp_chain_mut(&mut head, &parts).unwrap();
+                assert_eq!((src, dst), (t.src, t.dst));
+                let mut whole = first.to_vec();
+                parts.iter().for_each(|p| whole.extend_from_slice(p));
+                assert_eq!(whole, payload, "cut at {cuts:?}");
+                // A part short, a byte changed: refused.
+                let mut head = frame[..cuts[0]].to_vec();
+                assert_eq!(parse_udp_chain_mut(&mut head, &parts[..parts.len() - 1]), Err(WireError::NotUdp));
+                let mut changed = parts[parts.len() - 1].to_vec();
+                changed[0] ^= 0x40;
+                let mut bad = parts.clone();
+                let last = bad.len() - 1;
+                bad[last] = &changed;
+                let mut head = frame[..cuts[0]].to_vec();
+                assert_eq!(parse_udp_chain_mut(&mut head, &bad), Err(WireError::BadChecksum), "cut at {cuts:?}");
+            }
+        }
+    }
 
     #[test]
     fn build_then_parse_round_trips() {

@@ -101,22 +101,28 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// Checks the header at `buf`'s start for a datagram of `total` bytes.
+fn check_header(buf: &[u8], total: usize) -> Result<Kind, WireError> {
+    if buf.len() < HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    if be_u32(&buf[field::MAGIC]) != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    if buf[field::VERSION] != VERSION {
+        return Err(WireError::BadVersion);
+    }
+    let kind = Kind::from_u8(buf[field::KIND]).ok_or(WireError::UnknownKind)?;
+    let body_len = usize::from(be_u16(&buf[field::BODY_LEN]));
+    if HEADER_LEN + body_len > total {
+        return Err(WireError::BadLength);
+    }
+    Ok(kind)
+}
+
 impl<'a> Header<'a> {
     pub fn new_checked(buf: &'a [u8]) -> Result<Header<'a>, WireError> {
-        if buf.len() < HEADER_LEN {
-            return Err(WireError::Truncated);
-        }
-        if be_u32(&buf[field::MAGIC]) != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        if buf[field::VERSION] != VERSION {
-            return Err(WireError::BadVersion);
-        }
-        let kind = Kind::from_u8(buf[field::KIND]).ok_or(WireError::UnknownKind)?;
-        let body_len = usize::from(be_u16(&buf[field::BODY_LEN]));
-        if HEADER_LEN + body_len > buf.len() {
-            return Err(WireError::BadLength);
-        }
+        let kind = check_header(buf, buf.len())?;
         Ok(Header { buf, kind })
     }
 
@@ -135,6 +141,33 @@ impl<'a> Header<'a> {
     pub fn body(&self) -> &'a [u8] {
         let len = usize::from(be_u16(&self.buf[field::BODY_LEN]));
         &self.buf[HEADER_LEN..HEADER_LEN + len]
+    }
+}
+
+/// A Data message whose payload goes on past `head`: a datagram that came
+/// as a chain of frames, `total` bytes in all. Its header is checked as
+/// [`Header::new_checked`] checks a whole datagram's; the payload is the
+/// `len` bytes after it, in the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHead {
+    pub session: u64,
+    pub cookie: u64,
+    pub chunk: u64,
+    pub len: usize,
+}
+
+impl DataHead {
+    /// `Ok(None)`: a sound header of another kind.
+    pub fn parse(head: &[u8], total: usize) -> Result<Option<DataHead>, WireError> {
+        if check_header(head, total)? != Kind::Data {
+            return Ok(None);
+        }
+        Ok(Some(DataHead {
+            session: be_u64(&head[field::SESSION]),
+            cookie: be_u64(&head[field::COOKIE]),
+            chunk: be_u64(&head[field::SEQ]),
+            len: usize::from(be_u16(&head[field::BODY_LEN])),
+        }))
     }
 }
 

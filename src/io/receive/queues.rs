@@ -25,6 +25,7 @@ use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
 use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
 use crate::digest::Scratch;
 use crate::proto::receiver::{DataOpener, Opened};
+use crate::wire::message::HEADER_LEN;
 use arrayvec::ArrayVec;
 
 /// Read back (a session over TCP) in steps of this many bytes, outside the lock.
@@ -237,14 +238,33 @@ fn hash_ahead(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
 enum Frame<'a> {
     Opened(std::net::SocketAddr, Opened<'a>),
     Unopened(std::net::SocketAddr, &'a mut [u8]),
+    /// A chain of frames in a session without a key: taken where it lies.
+    Chain(std::net::SocketAddr, &'a [u8], &'a [&'a [u8]]),
     Undecodable(crate::wire::WireError),
 }
 
 impl<'a> Frame<'a> {
-    fn open(d: &'a mut super::Datagram<'_>, opener: Option<&DataOpener>) -> Frame<'a> {
-        let (from, bytes) = match d {
-            Ok((from, bytes)) => (*from, &mut **bytes),
+    /// `join`: where a keyed receiver joins chains (its tags need the
+    /// payload in one piece); the space left after each one.
+    fn open(d: &'a mut super::Datagram<'_>, opener: Option<&DataOpener>, join: Option<&mut &'a mut [u8]>) -> Frame<'a> {
+        let (from, head, rest) = match d {
+            Ok((from, p)) => (*from, &mut *p.head, p.rest),
             Err(e) => return Frame::Undecodable(*e),
+        };
+        let bytes = match join {
+            _ if rest.is_empty() => head,
+            None => return Frame::Chain(from, head, rest),
+            Some(space) => {
+                let (buf, left) = std::mem::take(space).split_at_mut(head.len() + chain_len(rest));
+                *space = left;
+                let mut at = head.len();
+                buf[..at].copy_from_slice(head);
+                for part in rest {
+                    buf[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
+                buf
+            }
         };
         match opener {
             Some(o) => match o.open(bytes) {
@@ -259,6 +279,31 @@ impl<'a> Frame<'a> {
 /// Most datagrams [`take_batch`] takes at once: what one AF_XDP receive
 /// hands over.
 const BATCH_MAX: usize = crate::afxdp::xsk::RX_BATCH_MAX;
+/// Most writes one batch makes: a chain of frames writes one per frame.
+const WRITES_MAX: usize = BATCH_MAX + crate::afxdp::xsk::RX_REST_MAX;
+
+fn chain_len(rest: &[&[u8]]) -> usize {
+    rest.iter().map(|r| r.len()).sum()
+}
+
+/// The writes of a chained chunk at `offset`: its `len` bytes, the part in
+/// the first frame then each other frame's, where they lie.
+fn chain_writes<'a>(
+    writes: &mut ArrayVec<(u64, &'a [u8]), WRITES_MAX>,
+    offset: u64,
+    first: &'a [u8],
+    rest: &[&'a [u8]],
+    len: usize,
+) {
+    let (mut at, mut left) = (offset, len);
+    for part in std::iter::once(first).chain(rest.iter().copied()) {
+        let take = part.len().min(left);
+        if take > 0 {
+            writes.push((at, &part[..take]));
+        }
+        (at, left) = (at + take as u64, left - take);
+    }
+}
 
 /// What a queue's thread keeps from batch to batch.
 struct QueueThread {
@@ -269,6 +314,9 @@ struct QueueThread {
     opener: Option<DataOpener>,
     /// The digest's buffers.
     scratch: Scratch,
+    /// A keyed receiver's chains, joined (`None` without a key: chains are
+    /// taken where they lie).
+    joined: Option<Vec<u8>>,
 }
 
 /// One batch of a queue: keyed frames opened on this thread, then accepted
@@ -280,9 +328,18 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
     let gen = &shared.gens[q.index];
     let count = batch.len() as u64;
     q.fig.packets += count;
+    let mut join = q.joined.as_mut().map(|j| {
+        let chains = batch.iter().flatten().filter(|(_, p)| !p.rest.is_empty());
+        let need = chains.map(|(_, p)| p.head.len() + chain_len(p.rest)).sum();
+        if j.len() < need {
+            j.resize(need, 0);
+        }
+        &mut j[..need]
+    });
     // At most BATCH_MAX: the caller hands batches in pieces of that size.
-    let frames: ArrayVec<Frame<'_>, BATCH_MAX> = batch.iter_mut().map(|d| Frame::open(d, q.opener.as_ref())).collect();
-    let mut writes: ArrayVec<(u64, &[u8]), BATCH_MAX> = ArrayVec::new();
+    let frames: ArrayVec<Frame<'_>, BATCH_MAX> =
+        batch.iter_mut().map(|d| Frame::open(d, q.opener.as_ref(), join.as_mut())).collect();
+    let mut writes: ArrayVec<(u64, &[u8]), WRITES_MAX> = ArrayVec::new();
     let (landing, written) = {
         let mut lp = shared.lock();
         lp.packets += count;
@@ -290,6 +347,12 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
             let w = match f {
                 Frame::Opened(from, o) => lp.rx.on_data_opened(now, from, o),
                 Frame::Unopened(from, bytes) => lp.rx.on_data(now, from, bytes),
+                Frame::Chain(from, head, rest) => {
+                    if let Some((offset, len)) = lp.rx.on_data_chain(now, from, head, chain_len(rest)) {
+                        chain_writes(&mut writes, offset, &head[HEADER_LEN..], rest, len);
+                    }
+                    None
+                }
                 Frame::Undecodable(e) => {
                     lp.rx.on_undecodable(e);
                     None
@@ -322,7 +385,8 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
 fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: usize) -> QueueFigures {
     let start = Instant::now();
     let fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
-    let mut q = QueueThread { index, fig, opener: None, scratch: Scratch::new() };
+    let joined = shared.lock().rx.keyed().then(Vec::new);
+    let mut q = QueueThread { index, fig, opener: None, scratch: Scratch::new(), joined };
     let mut idle_spins = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::auth::{Counter, Direction, Keys, ReplayGuard};
-use crate::wire::message::{Cipher, FileAttrs, Message, Nack, Resume, SessionInfo, SourceId, TreeShape, HEADER_LEN};
+use crate::wire::message::{
+    Cipher, DataHead, FileAttrs, Message, Nack, Resume, SessionInfo, SourceId, TreeShape, HEADER_LEN,
+};
 
 /// Files and directories a tree may hold unless `recv --max-files` says
 /// otherwise: ESnet's largest small-file data set is 5 GB of 1 MiB files,
@@ -320,6 +322,12 @@ impl Receiver {
         self.take_data(now, from, bytes, None)
     }
 
+    /// Whether this receiver has a key: then every session it takes is
+    /// keyed, and its data frames' tags need their payload in one piece.
+    pub fn keyed(&self) -> bool {
+        self.cfg.keys.is_some()
+    }
+
     /// The session's [`DataOpener`], for a keyed datagram session: a queue
     /// thread opens its frames with it before taking the receiver, so the
     /// AEAD runs on every queue at once.
@@ -375,49 +383,8 @@ impl Receiver {
         // before acceptance.
         match msg {
             Message::Data { session, chunk, payload } => {
-                if session != s.id {
-                    return Err(DropReason::WrongSession);
-                }
-                let len = s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)?;
-                if payload.len() != len {
-                    return Err(DropReason::BadLength);
-                }
-                if cookie != s.cookie {
-                    return Err(DropReason::BadCookie);
-                }
-                let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
-                if s.held_from.is_some_and(|h| chunk >= h) {
-                    return Err(DropReason::HeldForManifest);
-                }
-                if s.data_key.is_some() && s.chunks.contains(chunk) {
-                    // Not worth opening: its place is taken.
-                    return Err(DropReason::Duplicate);
-                }
-                // Last, being the dearest: nothing a frame says counts
-                // before its tag holds.
-                if let Some(k) = &s.data_key {
-                    let authentic = match verdict {
-                        Some(v) if (v.session, v.cookie, v.chunk) == (s.id, s.cookie, chunk) => v.authentic,
-                        _ => opener::open_data(k, s.encrypted.is_some(), chunk, len, bytes),
-                    };
-                    if !authentic {
-                        return Err(DropReason::BadSeal);
-                    }
-                }
-                s.idle_since = None;
-                s.high = s.high.max(chunk + 1);
-                if let Some(l) = lane {
-                    s.lane_high[l] = s.lane_high[l].max(chunk + 1);
-                }
-                if !s.chunks.insert(chunk) {
-                    return Err(DropReason::Duplicate);
-                }
-                self.last_progress = now;
-                self.stats.first_data.get_or_insert(now);
-                self.stats.bytes += len as u64;
-                let offset = chunk * u64::from(s.info.chunk_size);
-                self.maybe_verify();
-                Ok(Some((offset, len)))
+                let head = DataHead { session, cookie, chunk, len: payload.len() };
+                self.take_chunk(now, from, head, Some((bytes, verdict))).map(Some)
             }
             Message::Meta { session, last, info } => {
                 if session != s.id {
@@ -448,6 +415,87 @@ impl Receiver {
             }
             _ => Err(DropReason::WrongKind),
         }
+    }
+
+    /// [`Receiver::on_data`] for a datagram that came as a chain of frames
+    /// (XDP multi-buffer): `head` holds the header and the payload's first
+    /// part, and `rest_len` bytes follow in the chain. For a chunk to take,
+    /// returns its file offset and length: the payload is `head`'s bytes
+    /// after the header and the chain's, up to that length. Its bytes are
+    /// never copied; only a session without a key takes one (a tag needs the
+    /// payload in one piece: the driver joins a keyed session's chains).
+    pub fn on_data_chain(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        head: &[u8],
+        rest_len: usize,
+    ) -> Option<(u64, usize)> {
+        let taken = match DataHead::parse(head, head.len() + rest_len) {
+            Ok(Some(h)) if h.len == head.len() - HEADER_LEN + rest_len => self.take_chunk(now, from, h, None),
+            Ok(Some(_)) => Err(DropReason::BadLength),
+            Ok(None) => Err(DropReason::WrongKind),
+            Err(e) => Err(DropReason::Wire(e)),
+        };
+        taken.map_err(|r| self.stats.drops.add(r)).ok()
+    }
+
+    /// The checks a data frame passes before its chunk is taken, and the
+    /// taking: its file offset and length. `sealed`: the frame's bytes for
+    /// its tag (and a queue thread's verdict on them), for a keyed session.
+    fn take_chunk(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        d: DataHead,
+        sealed: Option<(&mut [u8], Option<Verdict>)>,
+    ) -> Result<(u64, usize), DropReason> {
+        let s = self.session.as_mut().ok_or(DropReason::NoSession)?;
+        let (chunk, len) = (d.chunk, d.len);
+        if d.session != s.id {
+            return Err(DropReason::WrongSession);
+        }
+        if s.info.chunk_len(chunk).ok_or(DropReason::OutOfRange)? != len {
+            return Err(DropReason::BadLength);
+        }
+        if d.cookie != s.cookie {
+            return Err(DropReason::BadCookie);
+        }
+        let lane = s.data_source(from).ok_or(DropReason::WrongSource)?;
+        if s.held_from.is_some_and(|h| chunk >= h) {
+            return Err(DropReason::HeldForManifest);
+        }
+        if s.data_key.is_some() && s.chunks.contains(chunk) {
+            // Not worth opening: its place is taken.
+            return Err(DropReason::Duplicate);
+        }
+        // Last, being the dearest: nothing a frame says counts before its
+        // tag holds.
+        if let Some(k) = &s.data_key {
+            let authentic = match sealed {
+                Some((_, Some(v))) if (v.session, v.cookie, v.chunk) == (s.id, s.cookie, chunk) => v.authentic,
+                Some((bytes, _)) => opener::open_data(k, s.encrypted.is_some(), chunk, len, bytes),
+                // A chain, not joined: it cannot be checked.
+                None => false,
+            };
+            if !authentic {
+                return Err(DropReason::BadSeal);
+            }
+        }
+        s.idle_since = None;
+        s.high = s.high.max(chunk + 1);
+        if let Some(l) = lane {
+            s.lane_high[l] = s.lane_high[l].max(chunk + 1);
+        }
+        if !s.chunks.insert(chunk) {
+            return Err(DropReason::Duplicate);
+        }
+        self.last_progress = now;
+        self.stats.first_data.get_or_insert(now);
+        self.stats.bytes += len as u64;
+        let offset = chunk * u64::from(s.info.chunk_size);
+        self.maybe_verify();
+        Ok((offset, len))
     }
 
     /// A tree's session whose manifest has arrived whole while the rest is

@@ -508,3 +508,36 @@ fn a_tcp_only_receiver_says_so_with_a_flag_the_sender_understands() {
     tx.on_control(now, &bytes).expect("taken");
     assert_eq!(tx.outcome(), Some(&Err(crate::proto::sender::SendError::ReceiverTakesTcpOnly)));
 }
+
+/// A datagram that came as a chain of frames is checked from its first
+/// frame and the chain's length, as a whole one is; a keyed session's chain
+/// (whose tag needs the payload whole) is never taken unjoined.
+#[test]
+fn a_chained_datagram_is_taken_from_its_head_and_length() {
+    let info = SessionInfo { file_size: 2500, chunk_size: 1000, n_chunks: 3, digest: None };
+    let (mut rx, now, cookie) = open(info);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let chunk = [3u8; 1000];
+    let whole = Message::Data { session: 7, chunk: 1, payload: &chunk }.encode(cookie);
+    // Cut after 300 payload bytes: 700 follow in the chain.
+    let head = &whole[..HEADER_LEN + 300];
+    // Shorter than its header says, and longer than its payload.
+    let cases = [(600, DropReason::Wire(WireError::BadLength)), (800, DropReason::BadLength)];
+    for (rest, reason) in cases {
+        assert_eq!(rx.on_data_chain(now, peer, head, rest), None);
+        assert_eq!(rx.stats().drops.get(reason), 1, "{rest}");
+    }
+    let meta = Message::Meta { session: 7, last: false, info }.encode(cookie);
+    assert_eq!(rx.on_data_chain(now, peer, &meta[..HEADER_LEN], meta.len() - HEADER_LEN), None);
+    assert_eq!(rx.stats().drops.get(DropReason::WrongKind), 1);
+    assert_eq!(rx.on_data_chain(now, peer, head, 700), Some((1000, 1000)));
+    assert_eq!(rx.on_data_chain(now, peer, head, 700), None, "taken once");
+    assert_eq!(rx.stats().drops.get(DropReason::Duplicate), 1);
+
+    let (mut rx, _keys, now, peer, _file, cookie) = keyed_session(None);
+    let payload = [5u8; 100];
+    let sealed = Message::Data { session: 7, chunk: 0, payload: &payload }.encode(cookie);
+    assert_eq!(rx.on_data_chain(now, peer, &sealed[..HEADER_LEN + 40], 60), None);
+    assert_eq!(rx.stats().drops.get(DropReason::BadSeal), 1);
+    assert_eq!(rx.chunks_received(), 0);
+}
