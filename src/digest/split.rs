@@ -59,11 +59,14 @@ impl<'a> Run<'_, 'a> {
 
     /// Calls `f` with the bytes of `[from, to)`, a segment's slice at a time.
     fn slices(&self, from: u64, to: u64, mut f: impl FnMut(u64, &'a [u8])) {
-        for &(at, bytes) in self.segments {
-            let end = at + bytes.len() as u64;
-            if end <= from || at >= to {
-                continue;
+        // The segments follow each other: start at the one holding `from`
+        // (a batch's run has hundreds, a subtree spans a few).
+        let first = self.segments.partition_point(|&(at, bytes)| at + bytes.len() as u64 <= from);
+        for &(at, bytes) in &self.segments[first..] {
+            if at >= to {
+                break;
             }
+            let end = at + bytes.len() as u64;
             let (lo, hi) = (from.max(at), to.min(end));
             f(lo, &bytes[(lo - at) as usize..(hi - at) as usize]);
         }
