@@ -460,22 +460,12 @@ impl Output {
         Ok(OutputWriter { file: self.file.try_clone()?, len: self.len, sparse: self.sparse })
     }
 
-    /// Whether [`Output::hash_ahead`] has work with `upto` bytes final: a
-    /// `step` to read back, or (hashing on arrival) writeback to start.
-    pub fn ahead_due(&self, upto: u64, step: u64) -> bool {
-        match self.digest.fed() {
-            Some(fed) => upto >= fed.saturating_add(step),
-            None => self.digest.verified() >= self.synced + WRITEBACK_STEP,
-        }
-    }
-
-    /// Hashes the file, read back, from where it stopped up to `upto` (bytes
-    /// known to be final), at most `budget` bytes this call, unless the
-    /// receive threads hash it on arrival; and starts writeback of what is
-    /// verified, so the final sync has little left.
-    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
+    /// Hashes the file, read back, from where it stopped up to `upto`,
+    /// unless the receive threads hash it on arrival: a resumed prefix, at
+    /// the start.
+    pub fn hash_read_back(&mut self, upto: u64) -> io::Result<()> {
         if let Some(fed) = self.digest.fed() {
-            let mut end = upto.min(self.len).min(fed.saturating_add(budget));
+            let mut end = upto.min(self.len);
             // Read back in whole digest blocks (one syscall per MiB), so a
             // journal's prefix ends where one did; the last partial block
             // waits for the end.
@@ -492,8 +482,12 @@ impl Output {
                 at += want as u64;
             }
         }
-        self.start_writeback();
         Ok(())
+    }
+
+    /// Whether [`Output::write_back`] has a step to start.
+    pub fn writeback_due(&self) -> bool {
+        self.digest.verified() >= self.synced + WRITEBACK_STEP
     }
 
     /// Reads `len` bytes of the output at `at` into the buffer's start.
@@ -513,8 +507,9 @@ impl Output {
         Ok(())
     }
 
-    /// Starts writeback of what is verified, in steps of [`WRITEBACK_STEP`].
-    fn start_writeback(&mut self) {
+    /// Starts writeback of what is verified, in steps of [`WRITEBACK_STEP`],
+    /// so the final sync has little left.
+    pub fn write_back(&mut self) {
         let verified = self.digest.verified();
         if verified >= self.synced + WRITEBACK_STEP {
             let (off, len) = (self.synced, verified - self.synced);
@@ -539,7 +534,7 @@ impl Output {
     /// BLAKE3 of the whole file: what was hashed on arrival, or read back
     /// from the file (the part hashed ahead of time is not read twice).
     pub fn digest(&mut self) -> io::Result<[u8; 32]> {
-        self.hash_ahead(self.len, u64::MAX)?;
+        self.hash_read_back(self.len)?;
         self.digest
             .finish()
             .map_err(|missing| io::Error::other(format!("{missing} bytes of the output were never hashed")))
@@ -649,18 +644,26 @@ impl Destination {
         })
     }
 
-    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
+    /// Hashes what an interrupted transfer left, read back up to `upto`.
+    pub fn hash_read_back(&mut self, upto: u64) -> io::Result<()> {
         match self {
-            Destination::File(o) => o.hash_ahead(upto, budget),
-            Destination::Tree(t) => t.hash_ahead(upto, budget),
+            Destination::File(o) => o.hash_read_back(upto),
+            Destination::Tree(t) => t.hash_read_back(upto),
         }
     }
 
-    /// Whether [`Destination::hash_ahead`] has work with `upto` bytes final.
-    pub fn ahead_due(&self, upto: u64, step: u64) -> bool {
+    /// Whether [`Destination::write_back`] has a step to start (a tree's
+    /// files are synced at the commit).
+    pub fn writeback_due(&self) -> bool {
         match self {
-            Destination::File(o) => o.ahead_due(upto, step),
-            Destination::Tree(t) => t.ahead_due(upto, step),
+            Destination::File(o) => o.writeback_due(),
+            Destination::Tree(_) => false,
+        }
+    }
+
+    pub fn write_back(&mut self) {
+        if let Destination::File(o) = self {
+            o.write_back();
         }
     }
 
@@ -746,7 +749,7 @@ mod tests {
         o.write_batch(&mut [(5, &b"wor"[..]), (0, &b"hello"[..]), (8, &b"ld"[..])]).unwrap();
         o.write_batch(&mut [(10, &b"!!"[..])]).unwrap();
         assert!(o.write_batch(&mut [(11, &b"xy"[..])]).is_err(), "past the end");
-        o.hash_ahead(5, 3).unwrap(); // part of the prefix, in a small step
+        o.hash_read_back(5).unwrap(); // part of the prefix
         assert_eq!(o.digest().unwrap(), *blake3::hash(b"helloworld!!").as_bytes());
         o.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"helloworld!!");

@@ -409,17 +409,10 @@ impl ReceiveLoop {
     }
 
     /// A transfer that failed with data in: record what is verified in
-    /// order (a session over TCP reads it back first), so the next run
-    /// resumes from there.
+    /// order (hashed as it arrived), so the next run resumes from there.
     fn record_before_exit(&mut self) {
         if matches!(self.rx.outcome(), Some(Ok(_))) {
             return;
-        }
-        let upto = self.rx.contiguous_bytes();
-        if let Some(o) = self.out.as_mut() {
-            if let Err(e) = o.hash_ahead(upto, u64::MAX) {
-                warn!("reading the output back for its journal: {e}");
-            }
         }
         self.record_journal(true);
     }

@@ -81,7 +81,7 @@ impl OutputPlan<'_> {
             let o = Output::reopen(self.path, self.info.file_size, sparse, &self.source, self.policy)?;
             Destination::File(o.with_digest_key(self.digest_key()).with_attrs(self.attrs))
         };
-        dest.hash_ahead(j.verified, u64::MAX)?;
+        dest.hash_read_back(j.verified)?;
         Ok((dest.prefix_digest() == (j.verified, j.hash)).then_some(dest))
     }
 }

@@ -325,11 +325,6 @@ impl TreeOutput {
         self.digest.on_arrival()
     }
 
-    /// Whether [`TreeOutput::hash_ahead`] has `step` bytes to read back.
-    pub fn ahead_due(&self, upto: u64, step: u64) -> bool {
-        self.digest.fed().is_some_and(|fed| upto >= fed.saturating_add(step))
-    }
-
     pub fn writer(&self) -> Arc<TreeWriter> {
         Arc::clone(&self.writer)
     }
@@ -468,11 +463,11 @@ impl TreeOutput {
     }
 
     /// Hashes the stream, read back (the manifest from memory, the files
-    /// from disk), from where it stopped up to `upto`, at most `budget`
-    /// bytes this call.
-    pub fn hash_ahead(&mut self, upto: u64, budget: u64) -> io::Result<()> {
+    /// from disk), from where it stopped up to `upto`, unless the receive
+    /// threads hash it on arrival: a resumed prefix, at the start.
+    pub fn hash_read_back(&mut self, upto: u64) -> io::Result<()> {
         let Some(mut fed) = self.digest.fed() else { return Ok(()) };
-        let end = upto.min(self.total).min(fed.saturating_add(budget));
+        let end = upto.min(self.total);
         if fed < self.manifest_len && end > fed {
             let to = end.min(self.manifest_len);
             let bytes = self.writer.held_bytes(fed..to);
@@ -531,7 +526,7 @@ impl TreeOutput {
 
     /// The stream's digest, everything read back.
     pub fn digest(&mut self) -> io::Result<[u8; 32]> {
-        self.hash_ahead(self.total, u64::MAX)?;
+        self.hash_read_back(self.total)?;
         self.digest.finish().map_err(|missing| match self.digest.fed() {
             Some(_) => io::Error::new(io::ErrorKind::UnexpectedEof, "the tree's files were never made"),
             None => io::Error::other(format!("{missing} bytes of the tree's stream were never hashed")),

@@ -28,8 +28,6 @@ use crate::proto::receiver::{DataOpener, Opened};
 use crate::wire::message::HEADER_LEN;
 use arrayvec::ArrayVec;
 
-/// Read back (a session over TCP) in steps of this many bytes, outside the lock.
-const HASH_STEP: u64 = 2 << 20;
 /// Longest sleep of an idle thread (data or main).
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 
@@ -203,7 +201,7 @@ fn main_loop(
         // What the queues hashed on arrival is verified: the journal keeps
         // up (at most every 250 ms or 16 MiB).
         lp.record_journal(false);
-        if !hash_ahead(shared, lp) && got == 0 {
+        if !write_back(shared, lp) && got == 0 {
             // The queues do the data: sleep until a control datagram, the
             // next timer, or a millisecond (events from the queues wait
             // that long at most).
@@ -213,23 +211,13 @@ fn main_loop(
     }
 }
 
-/// The output's next step outside the lock (the queues keep writing
-/// meanwhile), after waiting for the writes it covers: writeback of what is
-/// verified, and a read-back where nothing is hashed on arrival. Returns
-/// whether there was one.
-fn hash_ahead(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
-    let upto = lp.rx.contiguous_bytes();
-    let Some(mut out) = lp.out.take_if(|o| o.ahead_due(upto, HASH_STEP)) else { return false };
-    let accepted = shared.accepted();
+/// Starts the writeback of what is verified, outside the lock (the queues
+/// keep writing meanwhile). Returns whether there was a step to start.
+fn write_back(shared: &Shared, mut lp: MutexGuard<'_, ReceiveLoop>) -> bool {
+    let Some(mut out) = lp.out.take_if(|o| o.writeback_due()) else { return false };
     drop(lp);
-    shared.written_up_to(&accepted);
-    let r = out.hash_ahead(upto, HASH_STEP);
-    let mut lp = shared.lock();
-    lp.out = Some(out);
-    match r {
-        Ok(()) => lp.record_journal(false),
-        Err(e) => lp.fail(format!("reading the output back: {e}")),
-    }
+    out.write_back();
+    shared.lock().out = Some(out);
     true
 }
 
