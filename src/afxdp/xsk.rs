@@ -264,8 +264,9 @@ impl Xsk {
         let Some(n) = q.take_descs(max.min(RX_BATCH_MAX as u32), mask) else { return 0 };
         let whole = q.rx_packets.last().map_or(0, |p| p.end);
         let descs = &q.rx_descs[..whole];
-        // On the stack: a receive allocates nothing. There are no more
-        // frames than descriptors, at most RX_BATCH_MAX.
+        // On the stack: a receive allocates nothing. Each packet ends at a
+        // descriptor this call took (at most RX_BATCH_MAX of them); a chain's
+        // other frames may include those an unfinished chain left last time.
         let mut rest: ArrayVec<&[u8], RX_REST_MAX> = ArrayVec::new();
         let mut spans: ArrayVec<std::ops::Range<usize>, RX_BATCH_MAX> = ArrayVec::new();
         chain_rests(area, descs, &q.rx_packets, &mut rest, &mut spans, &mut q.rx_bad_chains);
