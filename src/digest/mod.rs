@@ -4,7 +4,7 @@
 //! subtree whose chaining value can be computed alone (the `blake3` crate's
 //! `hazmat`) and merged later. So each receive queue's thread hashes the
 //! bytes it has just written, from the frames they arrived in, and a small
-//! shared [`tree::TreeDigest`] merges the chaining values in BLAKE3's own
+//! shared tree (`tree::TreeDigest`) merges the chaining values in BLAKE3's own
 //! shape. The result is exactly `blake3::hash` (or `keyed_hash`) of the
 //! stream: the sender's digest, with no read-back of the output.
 //!
@@ -22,7 +22,7 @@ mod tree;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use split::Scratch;
-pub use tree::TreeDigest;
+use tree::TreeDigest;
 
 /// BLAKE3's chunk: the leaf of its tree.
 pub const CHUNK: u64 = blake3::CHUNK_LEN as u64;

@@ -637,7 +637,7 @@ impl DestinationWriter {
 }
 
 impl Destination {
-    pub fn writer(&self) -> io::Result<DestinationWriter> {
+    fn writer(&self) -> io::Result<DestinationWriter> {
         Ok(match self {
             Destination::File(o) => DestinationWriter::File(o.writer()?),
             Destination::Tree(t) => DestinationWriter::Tree(t.writer()),

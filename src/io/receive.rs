@@ -106,7 +106,8 @@ pub struct RecvReport {
     /// (setting up sockets and the XDP program is not counted).
     #[serde(flatten)]
     pub process: crate::report::ProcessFigures,
-    /// Every chunk in to the digest known: what hashing ahead left to do.
+    /// Every chunk in to the digest known: what was left to hash and merge
+    /// (the queues hash as the data arrives).
     pub final_hash_s: Option<f64>,
     /// Bytes of the output read back to hash them: none where the receive
     /// threads hash on arrival, but a resumed prefix (checked at the start).
@@ -201,8 +202,7 @@ struct ReceiveLoop {
     start: Instant,
     packets: u64,
     verified_at: Option<Instant>,
-    /// How long the final digest took once every chunk was in: what was
-    /// left to hash (read back, for a session over TCP).
+    /// How long the final digest took once every chunk was in.
     final_hash: Option<Duration>,
     /// Bytes the digest read back (the report's `read_back_bytes`).
     read_back: u64,
