@@ -67,6 +67,37 @@ fn a_paced_sender_waiting_on_a_silent_receiver_sleeps() {
     assert!(used < 0.25 * span, "waiting on a silent receiver, the sender used {used:.2} CPU-seconds in {span:.2} s");
 }
 
+#[test]
+fn a_paced_sender_sleeps_while_its_receiver_pauses() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The receiver pauses for 200 ms at a time, less than the 250 ms after
+    // which the sender calls it silent: a 4 MiB UMEM at 400 Mb/s fills in
+    // about 60 ms, and the sender then waits for reports that free its
+    // slots, with the pacer ready and nothing it may post. 64 MiB keeps it
+    // at work for longer than the pauses last.
+    let file = random_file(dir.path(), "paused.bin", 64 << 20, 33);
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &[]);
+    let tx = veth.start_sender(&file, &dir.path().join("send.log"), &["--rate", "400M", "--umem", "4M"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(tx.pid()));
+    for _ in 0..8 {
+        rx.signal("STOP");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        rx.signal("CONT");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let used = (cpu_ticks(tx.pid()) - c0) as f64 / ticks_per_sec() as f64;
+    let span = t0.elapsed().as_secs_f64();
+    assert!(running(tx.pid()), "the transfer ended before the receiver's pauses did: nothing was measured");
+    let (ok, _, log, _) = tx.wait_exit(60);
+    let (rx_ok, recv, rx_log) = rx.finish();
+    assert!(ok && rx_ok, "{log}\n{recv}\n{rx_log}");
+    assert!(same_file(&file, &out), "output differs from input");
+    assert!(used < 0.25 * span, "while its receiver paused, the sender used {used:.2} CPU-seconds in {span:.2} s");
+}
+
 /// Whether a process is alive and not yet a zombie.
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -173,7 +173,7 @@ impl Transmit {
             if paced || (posted == 0 && !self.sched.in_flight()) {
                 idle_spins += 1;
                 if paced || idle_spins > 64 {
-                    woke = self.wait(sender, ctrl, reader);
+                    woke = self.wait(sender, ctrl, reader, paced);
                 }
             } else {
                 idle_spins = 0;
@@ -257,25 +257,47 @@ impl Transmit {
     }
 
     /// Nothing to post and nothing in flight: sleep on the control socket
-    /// until the next timer, or the pacer's next slot, and return true. When
-    /// only a reader thread's next chunks are awaited, sleep until it
-    /// publishes them instead (at most a control interval), and return false.
-    fn wait(&self, sender: &Sender, ctrl: &Control, reader: &Reader<'_>) -> bool {
+    /// until the next timer, or while the pacer holds frames back (`paced`),
+    /// until its next slot; return true. When only a reader thread's next
+    /// chunks are awaited, sleep until it publishes them instead (at most a
+    /// control interval), and return false.
+    fn wait(&self, sender: &Sender, ctrl: &Control, reader: &Reader<'_>, paced: bool) -> bool {
         let on_reader = sender.backlog() > 0 && sender.backlog_ready() == 0 && !self.sched.reader_blocked();
         if on_reader && reader.wait_for_chunks(Duration::from_millis(1)) {
             return false;
         }
-        let mut wait =
-            sender.poll_timeout().map_or(Duration::from_millis(5), |t| t.saturating_duration_since(Instant::now()));
-        // A pacer's slot matters only when data may go out: not while a
-        // silent receiver is asked whether it is there.
-        let now = Instant::now();
-        if let Some(ready) =
-            self.sched.pacer_ready_at().filter(|_| sender.backlog() > 0 && !sender.receiver_silent(now))
-        {
-            wait = wait.min(ready.saturating_duration_since(now));
-        }
-        crate::os::sys::wait_readable(&[ctrl.fd()], wait.min(Duration::from_millis(5)));
+        // A pacer that is ready holds nothing back: what is awaited then is
+        // the receiver (its reports free ring slots) or a timer, and its
+        // past slot would make every wait zero.
+        let slot = if paced { self.sched.pacer_ready_at() } else { None };
+        crate::os::sys::wait_readable(&[ctrl.fd()], idle_wait(Instant::now(), sender.poll_timeout(), slot));
         true
+    }
+}
+
+/// The longest an idle loop sleeps: it looks at the link, the reader and
+/// the signals at least this often.
+const IDLE_WAIT_MAX: Duration = Duration::from_millis(5);
+
+/// How long an idle transmit loop sleeps from `now`: until the protocol's
+/// next `timer` or the pacer's next `slot`, whichever comes first, at most
+/// [`IDLE_WAIT_MAX`].
+fn idle_wait(now: Instant, timer: Option<Instant>, slot: Option<Instant>) -> Duration {
+    [timer, slot].into_iter().flatten().map(|t| t.saturating_duration_since(now)).fold(IDLE_WAIT_MAX, Duration::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_wait_ends_at_the_first_deadline_and_never_exceeds_the_cap() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(idle_wait(now, None, None), IDLE_WAIT_MAX);
+        assert_eq!(idle_wait(now, Some(now + ms(2)), None), ms(2));
+        assert_eq!(idle_wait(now, Some(now + ms(3)), Some(now + ms(1))), ms(1));
+        assert_eq!(idle_wait(now, Some(now + ms(60)), None), IDLE_WAIT_MAX);
+        assert_eq!(idle_wait(now + ms(1), Some(now), None), Duration::ZERO, "an overdue timer is served at once");
     }
 }
