@@ -10,12 +10,15 @@
 //!
 //! - [`split`] cuts a contiguous run of the stream into aligned subtrees,
 //!   hashed outside any lock, and the partial chunks at its two ends;
+//! - [`held`] holds a receive thread's in-order run back until a whole
+//!   window of it can be hashed at once;
 //! - [`tree`] stitches those partial chunks, merges subtrees into 1 MiB
 //!   [`BLOCK`]s, and blocks in stream order, which gives the digest of the
 //!   verified prefix (a resume journal's) at every block boundary.
 //!
 //! Nothing here does I/O; it knows no protocol.
 
+mod held;
 mod split;
 mod tree;
 
@@ -83,7 +86,28 @@ impl Digest {
     /// offset, neighbours without a gap between them are hashed as one run. The hashing runs
     /// on the calling thread without the lock; only the merge takes it.
     /// Every byte of the stream must be absorbed exactly once.
+    ///
+    /// A [`Scratch::holding`] holds back the bytes that continue its run
+    /// instead, and hashes them a whole window at a time (or on
+    /// [`Digest::release`]).
     pub fn absorb(&self, segments: &[(u64, &[u8])], scratch: &mut Scratch) {
+        let Some(mut held) = scratch.held.take() else { return self.hash(segments, scratch) };
+        for &(at, bytes) in segments {
+            held.append(at, bytes, self.params.len, |at, run| self.hash(&[(at, run)], scratch));
+        }
+        scratch.held = Some(held);
+    }
+
+    /// Hashes what `scratch` holds: until then, those bytes count as
+    /// missing from the digest.
+    pub fn release(&self, scratch: &mut Scratch) {
+        if let Some(mut held) = scratch.held.take() {
+            held.take(|at, run| self.hash(&[(at, run)], scratch));
+            scratch.held = Some(held);
+        }
+    }
+
+    fn hash(&self, segments: &[(u64, &[u8])], scratch: &mut Scratch) {
         let join = !scratch.in_place_only;
         scratch.subtrees.clear();
         split::for_each_run(segments, join, |run| split::hash_interior(&self.params, run, scratch));

@@ -5,6 +5,7 @@
 
 use blake3::hazmat::HasherExt;
 
+use super::held::Held;
 use super::{Cv, Params, BLOCK_CHUNKS, CHUNK};
 
 /// The largest subtree hashed at once, in chunks: big enough for the
@@ -27,11 +28,28 @@ pub struct Scratch {
     /// Hash each segment's own whole chunks only, never copying: the
     /// alternative to gathering that the benchmarks compare.
     pub(super) in_place_only: bool,
+    /// With [`Scratch::holding`]: the thread's run, held back until a
+    /// window of it is complete.
+    pub(super) held: Option<Held>,
 }
 
 impl Scratch {
+    /// Hashes what it is given at once.
     pub fn new() -> Scratch {
         Scratch::default()
+    }
+
+    /// Holds back the bytes of the run it was last given, and hashes them
+    /// a whole window at a time, or when a piece does not continue them,
+    /// or on [`super::Digest::release`]. For a receive thread, whose
+    /// batches are short pieces of one in-order run.
+    pub fn holding() -> Scratch {
+        Scratch { held: Some(Held::new()), ..Scratch::default() }
+    }
+
+    /// Whether it holds bytes not yet hashed.
+    pub fn holds(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| !h.is_empty())
     }
 
     /// Never gathers a subtree that spans segments: each segment's own

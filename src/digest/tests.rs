@@ -46,6 +46,8 @@ fn deliver(data: &[u8], payload: usize, batch: usize, key: Option<[u8; 32]>, scr
         assert!(upto % BLOCK == 0 || upto == data.len() as u64, "a prefix ends at a block: {upto}");
         assert_eq!(hash, reference(key, &data[..upto as usize]), "prefix of {upto}");
     }
+    d.release(scratch);
+    assert!(!scratch.holds());
     assert_eq!(d.verified(), data.len() as u64);
     assert_eq!(d.finish(), Some(reference(key, data)), "len {} payload {payload}", data.len());
 }
@@ -64,6 +66,7 @@ fn any_order_and_cut_gives_blake3_of_the_stream() {
             for batch in [1, 3, 64] {
                 deliver(&data, payload, batch, None, &mut Scratch::new(), &mut rng);
                 deliver(&data, payload, batch, key, &mut Scratch::in_place_only(), &mut rng);
+                deliver(&data, payload, batch, key, &mut Scratch::holding(), &mut rng);
             }
         }
     }
@@ -76,7 +79,43 @@ fn several_blocks_out_of_order_merge_into_the_root() {
         let data = stream(len);
         deliver(&data, 8940, 256, None, &mut Scratch::new(), &mut rng);
         deliver(&data, 1440, 64, Some([1; 32]), &mut Scratch::in_place_only(), &mut rng);
+        deliver(&data, 1440, 37, None, &mut Scratch::holding(), &mut rng);
     }
+}
+
+#[test]
+fn a_held_run_is_hashed_at_each_window_and_when_it_breaks() {
+    let data = stream((3 * held::WINDOW + 5000) as usize);
+    let len = data.len() as u64;
+    let d = Digest::new(Params { key: None, len });
+    let mut s = Scratch::holding();
+    let piece = |at: u64, n: u64| (at, &data[at as usize..(at + n).min(len) as usize]);
+    // In order up to a byte short of the first window: all held.
+    let w = held::WINDOW;
+    d.absorb(&[piece(0, w - 1)], &mut s);
+    assert!(s.holds());
+    // The window's last byte completes it: hashed, nothing held.
+    d.absorb(&[piece(w - 1, 1)], &mut s);
+    assert!(!s.holds());
+    // A piece that jumps ahead hashes what was held before it is held.
+    d.absorb(&[piece(w, 100)], &mut s);
+    d.absorb(&[piece(2 * w, 3000)], &mut s);
+    assert!(s.holds());
+    d.release(&mut s);
+    assert!(!s.holds());
+    // The gap, then the rest, in pieces crossing windows and the end.
+    for at in (w + 100..2 * w).step_by(1440) {
+        d.absorb(&[piece(at, 1440.min(2 * w - at))], &mut s);
+    }
+    for at in (2 * w + 3000..len).step_by(8940) {
+        d.absorb(&[piece(at, 8940)], &mut s);
+    }
+    assert!(!s.holds(), "the stream's end completes the last window");
+    assert_eq!(d.finish(), Some(reference(None, &data)));
+    // Past the end: held, and ignored when released.
+    d.absorb(&[(len, &[1u8; 10][..])], &mut s);
+    d.release(&mut s);
+    assert_eq!(d.finish(), Some(reference(None, &data)));
 }
 
 #[test]
