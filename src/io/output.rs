@@ -614,10 +614,18 @@ pub struct Landing {
 
 impl Landing {
     /// Writes `writes` (sorting them) and hashes them.
+    ///
+    /// A [`Scratch::holding`] may hold their hashing back: such bytes are
+    /// written but not yet in the digest until [`Landing::release`].
     pub fn land(&self, writes: &mut [(u64, &[u8])], scratch: &mut Scratch) -> io::Result<()> {
         self.writer.write_batch(writes)?;
         self.digest.absorb(writes, scratch);
         Ok(())
+    }
+
+    /// Hashes what `scratch` holds of what was landed here.
+    pub fn release(&self, scratch: &mut Scratch) {
+        self.digest.release(scratch);
     }
 }
 

@@ -12,11 +12,16 @@
 //! whatever needs them (the final verify, a journal's prefix, a read-back
 //! over TCP) first waits for the batches accepted so far: each queue counts
 //! the batches it accepted (under the lock) and the ones it landed
-//! ([`Shared::written_up_to_now`]).
+//! ([`Shared::written_up_to_now`]). A thread holds back the hashing of its
+//! in-order run until a whole window of it is in ([`Scratch::holding`]), so
+//! a batch counts as landed only once nothing the thread holds is left;
+//! before it would wait for the lock, and before it sleeps, the thread
+//! hashes what it holds, so the main thread never waits on a thread that
+//! waits.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,6 +29,7 @@ use serde::Serialize;
 use super::super::stream_accept::{PendingStreams, HEADER_DEADLINE};
 use super::{accept_admitted, BoxedPath, Control, Outcome, ReceiveLoop, RecvOptions, TcpHandoff};
 use crate::digest::Scratch;
+use crate::io::output::Landing;
 use crate::proto::receiver::{DataOpener, Opened};
 use crate::wire::message::HEADER_LEN;
 use arrayvec::ArrayVec;
@@ -53,14 +59,26 @@ struct Gen {
     written: AtomicU64,
 }
 
-/// Counts a batch as written when dropped: after its `pwritev`, and on
-/// unwinding too, so a thread that panics mid-batch cannot leave the main
-/// thread waiting for it.
-struct Written<'a>(&'a AtomicU64);
+/// A queue's batches accepted and not yet counted as written: the one it
+/// is landing, and those whose bytes its digest scratch still holds.
+/// Counted when dropped too (unwinding), so a thread that panics cannot
+/// leave the main thread waiting for it.
+struct Unwritten<'a> {
+    written: &'a AtomicU64,
+    batches: u64,
+}
 
-impl Drop for Written<'_> {
+impl Unwritten<'_> {
+    fn count(&mut self) {
+        if self.batches > 0 {
+            self.written.fetch_add(std::mem::take(&mut self.batches), Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Unwritten<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Release);
+        self.count();
     }
 }
 
@@ -294,26 +312,74 @@ fn chain_writes<'a>(
 }
 
 /// What a queue's thread keeps from batch to batch.
-struct QueueThread {
+struct QueueThread<'a> {
     index: usize,
     fig: QueueFigures,
     /// A keyed session's opener, from the last batch: this thread checks
     /// (and opens) its frames before it takes the lock.
     opener: Option<DataOpener>,
-    /// The digest's buffers.
-    scratch: Scratch,
+    landed: Landed<'a>,
     /// A keyed receiver's chains, joined (`None` without a key: chains are
     /// taken where they lie).
     joined: Option<Vec<u8>>,
 }
 
+/// What a queue's thread has landed: its batches written, and their bytes
+/// hashed or held.
+struct Landed<'a> {
+    /// The digest's buffers, holding back the thread's in-order run.
+    scratch: Scratch,
+    /// Where the held bytes were landed: their digest.
+    landing: Option<Arc<Landing>>,
+    unwritten: Unwritten<'a>,
+}
+
+impl Landed<'_> {
+    /// Hashes what the scratch holds, and counts every batch landed as
+    /// written.
+    fn release(&mut self) {
+        if let Some(l) = &self.landing {
+            l.release(&mut self.scratch);
+        }
+        self.unwritten.count();
+    }
+
+    /// Lands `writes` with `landing`, and counts the batches landed once
+    /// nothing is held. What is held for another landing (a new output's)
+    /// is hashed first, into the digest it was landed for.
+    fn land(&mut self, landing: Arc<Landing>, writes: &mut [(u64, &[u8])]) -> std::io::Result<()> {
+        if let Some(old) = self.landing.take_if(|l| !Arc::ptr_eq(l, &landing)) {
+            old.release(&mut self.scratch);
+        }
+        let result = landing.land(writes, &mut self.scratch);
+        self.landing = Some(landing);
+        if !self.scratch.holds() {
+            self.unwritten.count();
+        }
+        result
+    }
+
+    /// The lock; when another thread has it (the main thread may be
+    /// waiting, lock held, for this thread's batches), first releases
+    /// what this thread holds.
+    fn lock<'s>(&mut self, shared: &'s Shared) -> MutexGuard<'s, ReceiveLoop> {
+        match shared.lp.try_lock() {
+            Ok(lp) => lp,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.release();
+                shared.lock()
+            }
+        }
+    }
+}
+
 /// One batch of a queue: keyed frames opened on this thread, then accepted
-/// under the lock, then written and hashed outside it. It allocates
+/// under the lock, then written and hashed (or held) outside it. It allocates
 /// nothing: the frames and the writes live on the stack, in arrays of
 /// fixed capacity that only what the batch holds is written to, and the
 /// digest's scratch is the thread's.
-fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [super::Datagram<'_>]) {
-    let gen = &shared.gens[q.index];
+fn take_batch(shared: &Shared, q: &mut QueueThread<'_>, now: Instant, batch: &mut [super::Datagram<'_>]) {
     let count = batch.len() as u64;
     q.fig.packets += count;
     let mut join = q.joined.as_mut().map(|j| {
@@ -328,8 +394,8 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
     let frames: ArrayVec<Frame<'_>, BATCH_MAX> =
         batch.iter_mut().map(|d| Frame::open(d, q.opener.as_ref(), join.as_mut())).collect();
     let mut writes: ArrayVec<(u64, &[u8]), WRITES_MAX> = ArrayVec::new();
-    let (landing, written) = {
-        let mut lp = shared.lock();
+    let landing = {
+        let mut lp = q.landed.lock(shared);
         lp.packets += count;
         for f in frames {
             let w = match f {
@@ -352,20 +418,19 @@ fn take_batch(shared: &Shared, q: &mut QueueThread, now: Instant, batch: &mut [s
         if writes.is_empty() {
             return;
         }
-        gen.accepted.fetch_add(1, Ordering::SeqCst);
-        (lp.landing.clone(), Written(&gen.written))
+        shared.gens[q.index].accepted.fetch_add(1, Ordering::SeqCst);
+        q.landed.unwritten.batches += 1;
+        lp.landing.clone()
     };
     let result = match landing {
-        Some(w) => w.land(&mut writes, &mut q.scratch),
+        Some(l) => q.landed.land(l, &mut writes),
         None => Err(std::io::Error::other("data before the output was prepared")),
     };
-    // Before taking the lock again: the main thread may hold it, waiting
-    // for this batch.
-    drop(written);
     q.fig.batches += 1;
     q.fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
     if let Err(e) = result {
-        shared.lock().fail(format!("writing the output: {e}"));
+        q.landed.release();
+        q.landed.lock(shared).fail(format!("writing the output: {e}"));
     }
 }
 
@@ -374,7 +439,9 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
     let start = Instant::now();
     let fig = QueueFigures { queue: index as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 };
     let joined = shared.lock().rx.keyed().then(Vec::new);
-    let mut q = QueueThread { index, fig, opener: None, scratch: Scratch::new(), joined };
+    let unwritten = Unwritten { written: &shared.gens[index].written, batches: 0 };
+    let landed = Landed { scratch: Scratch::holding(), landing: None, unwritten };
+    let mut q = QueueThread { index, fig, opener: None, landed, joined };
     let mut idle_spins = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -387,12 +454,14 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
             Ok(0) => {
                 idle_spins += 1;
                 if idle_spins > 64 {
+                    q.landed.release();
                     path.before_block();
                     crate::os::sys::wait_readable(&[path.fd()], IDLE_WAIT);
                 }
             }
             Ok(_) => idle_spins = 0,
             Err(e) => {
+                q.landed.release();
                 let mut lp = shared.lock();
                 lp.fatal.get_or_insert(format!("data path: {e}"));
                 lp.rx.abort("receiver data path failed");
@@ -400,6 +469,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
             }
         }
     }
+    q.landed.release();
     q.fig.cpu_s = crate::os::process::Rusage::of_thread().cpu_s();
     q.fig.wall_s = start.elapsed().as_secs_f64();
     q.fig
