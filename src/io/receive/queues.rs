@@ -133,12 +133,16 @@ pub(super) fn run(
         stop: AtomicBool::new(false),
     };
     let (tcp, figures) = std::thread::scope(|scope| {
+        // Named, so that `top -H` and a profile tell the queues apart.
         let handles: Vec<_> = paths
             .into_iter()
             .enumerate()
             .map(|(i, mut p)| {
                 let shared = &shared;
-                scope.spawn(move || take_queue(shared, &mut *p, i))
+                let thread = std::thread::Builder::new().name(format!("xdpblast-rxq{i}"));
+                thread.spawn_scoped(scope, move || take_queue(shared, &mut *p, i)).map_err(|e| {
+                    shared.lock().fail(format!("cannot start the thread of receive queue {i}: {e}"));
+                })
             })
             .collect();
         let tcp = main_loop(&shared, ctrl, opts, fallback);
@@ -147,9 +151,17 @@ pub(super) fn run(
             .into_iter()
             .enumerate()
             .map(|(i, h)| {
-                h.join().unwrap_or_else(|_| {
+                let joined = h.map(|h| h.join());
+                if let Ok(Err(_)) = joined {
                     shared.lock().fail(format!("the thread of receive queue {i} panicked"));
-                    QueueFigures { queue: i as u32, packets: 0, bytes: 0, batches: 0, cpu_s: 0.0, wall_s: 0.0 }
+                }
+                joined.ok().and_then(Result::ok).unwrap_or(QueueFigures {
+                    queue: i as u32,
+                    packets: 0,
+                    bytes: 0,
+                    batches: 0,
+                    cpu_s: 0.0,
+                    wall_s: 0.0,
                 })
             })
             .collect();
