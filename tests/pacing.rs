@@ -23,6 +23,15 @@ fn ticks_per_sec() -> u64 {
     u64::try_from(t).unwrap_or(100).max(1)
 }
 
+/// Runs `during`; returns the CPU-seconds process `pid` used meanwhile, and
+/// the seconds it took.
+fn cpu_during(pid: u32, during: impl FnOnce()) -> (f64, f64) {
+    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(pid));
+    during();
+    let used = (cpu_ticks(pid) - c0) as f64 / ticks_per_sec() as f64;
+    (used, t0.elapsed().as_secs_f64())
+}
+
 #[test]
 fn a_paced_transfer_uses_less_than_a_quarter_of_a_core() {
     let veth = Veth::new();
@@ -55,10 +64,7 @@ fn a_paced_sender_waiting_on_a_silent_receiver_sleeps() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     rx.signal("STOP");
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(tx.pid()));
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let used = (cpu_ticks(tx.pid()) - c0) as f64 / ticks_per_sec() as f64;
-    let span = t0.elapsed().as_secs_f64();
+    let (used, span) = cpu_during(tx.pid(), || std::thread::sleep(std::time::Duration::from_secs(2)));
     assert!(running(tx.pid()), "the sender must still be waiting for the stopped receiver: {}", tx.log_text());
     rx.signal("CONT");
     rx.kill("KILL");
@@ -81,15 +87,14 @@ fn a_paced_sender_sleeps_while_its_receiver_pauses() {
     let rx = veth.start_receiver(&out, &[]);
     let tx = veth.start_sender(&file, &dir.path().join("send.log"), &["--rate", "400M", "--umem", "4M"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let (t0, c0) = (std::time::Instant::now(), cpu_ticks(tx.pid()));
-    for _ in 0..8 {
-        rx.signal("STOP");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        rx.signal("CONT");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let used = (cpu_ticks(tx.pid()) - c0) as f64 / ticks_per_sec() as f64;
-    let span = t0.elapsed().as_secs_f64();
+    let (used, span) = cpu_during(tx.pid(), || {
+        for _ in 0..8 {
+            rx.signal("STOP");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            rx.signal("CONT");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
     assert!(running(tx.pid()), "the transfer ended before the receiver's pauses did: nothing was measured");
     let (ok, _, log, _) = tx.wait_exit(60);
     let (rx_ok, recv, rx_log) = rx.finish();
