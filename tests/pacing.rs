@@ -1,7 +1,7 @@
 //! A paced sender sleeps while the pacer holds it back, as `pv -L` and
 //! `iperf3 -b` do: it must not spin a core, during a transfer or while it
-//! waits on a receiver that died. CPU is read from the kernel (rusage and
-//! /proc), not timed.
+//! waits on a receiver that died. Nor may a receiver that waits for its
+//! sender. CPU is read from the kernel (rusage and /proc), not timed.
 
 mod common;
 
@@ -101,6 +101,24 @@ fn a_paced_sender_sleeps_while_its_receiver_pauses() {
     assert!(ok && rx_ok, "{log}\n{recv}\n{rx_log}");
     assert!(same_file(&file, &out), "output differs from input");
     assert!(used < 0.25 * span, "while its receiver paused, the sender used {used:.2} CPU-seconds in {span:.2} s");
+}
+
+#[test]
+fn a_receiver_waiting_for_its_sender_sleeps() {
+    let veth = Veth::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.bin");
+    let rx = veth.start_receiver(&out, &["--wait", "30"]);
+    // A second in, its threads have seen nothing for long enough to sleep
+    // long: 3 s of waiting then cost a few ticks, where waking every
+    // millisecond on two threads cost 4 % of a core.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (used, span) = cpu_during(rx.pid(), || std::thread::sleep(std::time::Duration::from_secs(3)));
+    assert!(used < 0.02 * span, "waiting for a sender, the receiver used {used:.2} CPU-seconds in {span:.2} s");
+    // And it still answers the sender that comes at once.
+    let file = random_file(dir.path(), "late.bin", 4 << 20, 34);
+    let sent = veth.send(&file, &[]);
+    finished_identical(rx, &sent, &file, &out);
 }
 
 /// Whether a process is alive and not yet a zombie.

@@ -36,6 +36,22 @@ use arrayvec::ArrayVec;
 
 /// Longest sleep of an idle thread (data or main).
 const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// Longest sleep of a thread that has seen nothing for [`QUIET_AFTER`]
+/// waits (a receiver waiting for its sender): a datagram or a control
+/// message still wakes it at once, and it notices a stop this late at most.
+const QUIET_WAIT: Duration = Duration::from_millis(50);
+/// Idle waits in a row (about a second of them) after which a thread
+/// sleeps [`QUIET_WAIT`] at a time.
+const QUIET_AFTER: u32 = 1000;
+
+/// How long an idle thread sleeps after `waits` idle waits in a row.
+fn idle_wait(waits: u32) -> Duration {
+    if waits > QUIET_AFTER {
+        QUIET_WAIT
+    } else {
+        IDLE_WAIT
+    }
+}
 
 /// What one receive queue's thread took in.
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +212,7 @@ fn main_loop(
         fds.push(std::os::fd::AsRawFd::as_raw_fd(l));
     }
     let mut seen = 0u64;
+    let mut quiet = 0u32;
     let mut pending = PendingStreams::new(HEADER_DEADLINE.min(opts.idle_timeout));
     loop {
         let now = Instant::now();
@@ -231,12 +248,14 @@ fn main_loop(
         // What the queues hashed on arrival is verified: the journal keeps
         // up (at most every 250 ms or 16 MiB).
         lp.record_journal(false);
+        quiet = if idle && got == 0 { quiet.saturating_add(1) } else { 0 };
         if !write_back(shared, lp) && got == 0 {
             // The queues do the data: sleep until a control datagram, the
             // next timer, or a millisecond (events from the queues wait
-            // that long at most).
-            let wait = next_timer.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()));
-            crate::os::sys::wait_readable(&fds, wait.min(IDLE_WAIT));
+            // that long at most), longer once nothing came for a while.
+            let cap = idle_wait(quiet);
+            let wait = next_timer.map_or(cap, |t| t.saturating_duration_since(Instant::now()));
+            crate::os::sys::wait_readable(&fds, wait.min(cap));
         }
     }
 }
@@ -464,11 +483,11 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
         });
         match r {
             Ok(0) => {
-                idle_spins += 1;
+                idle_spins = idle_spins.saturating_add(1);
                 if idle_spins > 64 {
                     q.landed.release();
                     path.before_block();
-                    crate::os::sys::wait_readable(&[path.fd()], IDLE_WAIT);
+                    crate::os::sys::wait_readable(&[path.fd()], idle_wait(idle_spins - 64));
                 }
             }
             Ok(_) => idle_spins = 0,
