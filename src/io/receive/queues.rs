@@ -44,8 +44,8 @@ const QUIET_WAIT: Duration = Duration::from_millis(50);
 /// sleeps [`QUIET_WAIT`] at a time.
 const QUIET_AFTER: u32 = 1000;
 
-/// How long an idle thread sleeps after `waits` idle waits in a row.
-fn idle_wait(waits: u32) -> Duration {
+/// The longest an idle thread sleeps after `waits` idle waits in a row.
+fn idle_cap(waits: u32) -> Duration {
     if waits > QUIET_AFTER {
         QUIET_WAIT
     } else {
@@ -253,7 +253,7 @@ fn main_loop(
             // The queues do the data: sleep until a control datagram, the
             // next timer, or a millisecond (events from the queues wait
             // that long at most), longer once nothing came for a while.
-            let cap = idle_wait(quiet);
+            let cap = idle_cap(quiet);
             let wait = next_timer.map_or(cap, |t| t.saturating_duration_since(Instant::now()));
             crate::os::sys::wait_readable(&fds, wait.min(cap));
         }
@@ -487,7 +487,7 @@ fn take_queue(shared: &Shared, path: &mut (dyn super::DataPath + Send), index: u
                 if idle_spins > 64 {
                     q.landed.release();
                     path.before_block();
-                    crate::os::sys::wait_readable(&[path.fd()], idle_wait(idle_spins - 64));
+                    crate::os::sys::wait_readable(&[path.fd()], idle_cap(idle_spins - 64));
                 }
             }
             Ok(_) => idle_spins = 0,
