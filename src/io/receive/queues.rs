@@ -34,7 +34,7 @@ use crate::proto::receiver::{DataOpener, Opened};
 use crate::wire::message::HEADER_LEN;
 use arrayvec::ArrayVec;
 
-/// Longest sleep of an idle thread (data or main).
+/// Longest sleep of an idle thread (data or main) while things happen.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 /// Longest sleep of a thread that has seen nothing for [`QUIET_AFTER`]
 /// waits (a receiver waiting for its sender): a datagram or a control
