@@ -390,10 +390,10 @@ impl Landed<'_> {
         result
     }
 
-    /// The lock; when another thread has it (the main thread may be
-    /// waiting, lock held, for this thread's batches), first releases
-    /// what this thread holds.
-    fn lock<'s>(&mut self, shared: &'s Shared) -> MutexGuard<'s, ReceiveLoop> {
+    /// The receive loop's lock; when another thread has it (the main
+    /// thread may be waiting, lock held, for this thread's batches), first
+    /// releases what this thread holds.
+    fn lock_shared<'s>(&mut self, shared: &'s Shared) -> MutexGuard<'s, ReceiveLoop> {
         match shared.lp.try_lock() {
             Ok(lp) => lp,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -426,7 +426,7 @@ fn take_batch(shared: &Shared, q: &mut QueueThread<'_>, now: Instant, batch: &mu
         batch.iter_mut().map(|d| Frame::open(d, q.opener.as_ref(), join.as_mut())).collect();
     let mut writes: ArrayVec<(u64, &[u8]), WRITES_MAX> = ArrayVec::new();
     let landing = {
-        let mut lp = q.landed.lock(shared);
+        let mut lp = q.landed.lock_shared(shared);
         lp.packets += count;
         for f in frames {
             let w = match f {
@@ -461,7 +461,7 @@ fn take_batch(shared: &Shared, q: &mut QueueThread<'_>, now: Instant, batch: &mu
     q.fig.bytes += writes.iter().map(|w| w.1.len() as u64).sum::<u64>();
     if let Err(e) = result {
         q.landed.release();
-        q.landed.lock(shared).fail(format!("writing the output: {e}"));
+        q.landed.lock_shared(shared).fail(format!("writing the output: {e}"));
     }
 }
 
